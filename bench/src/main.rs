@@ -1,0 +1,2 @@
+//! switchyard-bench: benchmark scenarios (placeholder until the scenarios land).
+fn main() {}

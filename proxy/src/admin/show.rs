@@ -1,0 +1,189 @@
+//! The SHOW commands: VERSION, STATUS, SESSIONS, STATS, CONFIG, HELP.
+
+use super::{Reply, ResultSet};
+use crate::server::Shared;
+use crate::stats::Stats;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// The proxy's version string.
+pub const VERSION: &str = concat!("switchyard ", env!("CARGO_PKG_VERSION"));
+
+fn rfc3339(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil-from-days (Howard Hinnant's algorithm), to avoid a date crate.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}+00",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+pub(super) fn version() -> Reply {
+    let mut r = ResultSet::new(&["version"]);
+    r.row([VERSION]);
+    Reply::Rows(r)
+}
+
+pub(super) fn status(shared: &Shared) -> Reply {
+    let gate = &shared.gate;
+    let pause = *shared.pause.lock().unwrap_or_else(|p| p.into_inner());
+    let now = Instant::now();
+    let mut r = ResultSet::new(&["key", "value"]);
+    let state = if gate.is_closed() { "paused" } else { "serving" };
+    r.row(["state", state]);
+    r.row(["sessions".to_string(), shared.sessions.len().to_string()]);
+    r.row(["busy_sessions".to_string(), gate.busy().to_string()]);
+    r.row(["held_sessions".to_string(), gate.held().to_string()]);
+    if let (Some(p), true) = (pause, gate.is_closed()) {
+        r.row(["paused_for_ms".to_string(), (now - p.since).as_millis().to_string()]);
+        r.row([
+            "resumes_in_ms".to_string(),
+            p.until.saturating_duration_since(now).as_millis().to_string(),
+        ]);
+    }
+    r.row(["started_at".to_string(), rfc3339(shared.started_at)]);
+    Reply::Rows(r)
+}
+
+pub(super) fn sessions(shared: &Shared) -> Reply {
+    let mut r = ResultSet::new(&[
+        "id",
+        "user",
+        "database",
+        "application_name",
+        "client_addr",
+        "state",
+        "backend_pid",
+        "connected_at",
+        "queries",
+        "prepared_statements",
+        "settings",
+        "listen_channels",
+        "pinned_by",
+    ]);
+    for s in shared.sessions.snapshot() {
+        let (prepared, settings, listens) = s.tracked();
+        let pid = s.backend_pid();
+        let row = vec![
+            Some(s.id.to_string()),
+            Some(s.user.clone()),
+            Some(s.database.clone()),
+            Some(s.application.clone()),
+            Some(s.client.to_string()),
+            Some(s.state().name().to_string()),
+            (pid != 0).then(|| pid.to_string()),
+            Some(rfc3339(s.connected_at)),
+            Some(s.queries().to_string()),
+            Some(prepared.to_string()),
+            Some(settings.to_string()),
+            Some(listens.to_string()),
+            Some(s.pins().join(", ")),
+        ];
+        r.rows.push(row);
+    }
+    Reply::Rows(r)
+}
+
+pub(super) fn stats(shared: &Shared) -> Reply {
+    let s = &shared.stats;
+    let l = s.latency();
+    let uptime = shared.started_at.elapsed().map(|d| d.as_secs()).unwrap_or(0);
+    let mut r = ResultSet::new(&["stat", "value"]);
+    for (k, v) in [
+        ("uptime_s", uptime),
+        ("connections_total", Stats::get(&s.connections_total)),
+        ("connections_open", Stats::get(&s.connections_open)),
+        ("connections_refused", Stats::get(&s.connections_refused)),
+        ("queries", Stats::get(&s.queries)),
+        ("transactions", Stats::get(&s.transactions)),
+        ("bytes_received", Stats::get(&s.bytes_from_clients)),
+        ("bytes_sent", Stats::get(&s.bytes_to_clients)),
+        ("server_errors", Stats::get(&s.server_errors)),
+        ("protocol_errors", Stats::get(&s.protocol_errors)),
+        ("latency_samples", l.count),
+        ("latency_p50_us", l.p50),
+        ("latency_p90_us", l.p90),
+        ("latency_p99_us", l.p99),
+        ("latency_max_us", l.max),
+    ] {
+        r.row([k.to_string(), v.to_string()]);
+    }
+    r.row(["latency_mean_us".to_string(), format!("{:.1}", l.mean)]);
+    Reply::Rows(r)
+}
+
+pub(super) fn config(shared: &Shared) -> Reply {
+    let c = &shared.config;
+    let mut r = ResultSet::new(&["key", "value"]);
+    let opt = |v: &Option<String>, absent: &str| v.clone().unwrap_or_else(|| absent.to_string());
+    let rows: Vec<(&str, String)> = vec![
+        ("listen", c.listen.to_string()),
+        ("admin_database", c.admin_database.clone()),
+        ("source.host", c.source.host.clone()),
+        ("source.port", c.source.port.to_string()),
+        ("source.database", opt(&c.source.database, "(client's)")),
+        ("source.user", opt(&c.source.user, "(client's)")),
+        (
+            "source.password",
+            if c.source.password.is_some() { "(set)" } else { "(unset)" }.into(),
+        ),
+        ("auth.method", format!("{:?}", c.auth.method).to_lowercase()),
+        ("users", c.users.iter().map(|u| u.name.as_str()).collect::<Vec<_>>().join(", ")),
+        ("limits.max_message_bytes", c.limits.max_message_bytes.to_string()),
+        ("limits.max_clients", c.limits.max_clients.to_string()),
+        ("limits.startup_timeout_ms", c.limits.startup_timeout_ms.to_string()),
+        ("limits.connect_timeout_ms", c.limits.connect_timeout_ms.to_string()),
+        ("limits.shutdown_timeout_ms", c.limits.shutdown_timeout_ms.to_string()),
+        ("limits.pause_timeout_ms", c.limits.pause_timeout_ms.to_string()),
+        (
+            "metrics.listen",
+            c.metrics.listen.map_or("(off)".to_string(), |a| a.to_string()),
+        ),
+    ];
+    for (k, v) in rows {
+        r.row([k.to_string(), v]);
+    }
+    Reply::Rows(r)
+}
+
+pub(super) fn help() -> Reply {
+    let mut r = ResultSet::new(&["command", "description"]);
+    for (c, d) in [
+        ("SHOW VERSION", "the proxy's version"),
+        ("SHOW STATUS", "serving or paused; busy and held sessions"),
+        ("SHOW SESSIONS", "one row per client session"),
+        ("SHOW STATS", "counters and query latency percentiles"),
+        ("SHOW CONFIG", "the configuration in force (passwords hidden)"),
+        ("PAUSE [timeout]", "hold all sessions at their next transaction boundary; returns once none is busy; reopens on RESUME or after the timeout (default limits.pause_timeout_ms)"),
+        ("RESUME", "reopen the gate after PAUSE"),
+    ] {
+        r.row([c, d]);
+    }
+    Reply::Rows(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn formats_timestamps() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01 00:00:00+00");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(1_795_000_000)),
+            "2026-11-18 11:06:40+00"
+        );
+    }
+}

@@ -1,0 +1,75 @@
+//! Routing of CancelRequests. A client cancels with the key it was given at
+//! startup; the proxy maps that key to whichever backend its session uses
+//! now, so the key keeps working after the session moves to another backend.
+
+use crate::wire::startup::cancel_request;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// Where a cancel for one session goes now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelTarget {
+    /// Backend host.
+    pub host: String,
+    /// Backend port.
+    pub port: u16,
+    /// The backend's process id.
+    pub pid: i32,
+    /// The backend's secret key.
+    pub key: i32,
+}
+
+/// The key a client holds → its session's current backend.
+#[derive(Debug, Default)]
+pub struct CancelMap {
+    map: Mutex<HashMap<(i32, i32), CancelTarget>>,
+}
+
+impl CancelMap {
+    /// An empty map.
+    pub fn new() -> Arc<CancelMap> {
+        Arc::new(CancelMap::default())
+    }
+
+    /// Routes the client key `(pid, key)` to `target` (insert or move).
+    pub fn route(&self, client_key: (i32, i32), target: CancelTarget) {
+        self.lock().insert(client_key, target);
+    }
+
+    /// Forgets a client key when its session ends.
+    pub fn remove(&self, client_key: (i32, i32)) {
+        self.lock().remove(&client_key);
+    }
+
+    /// The current target of a client key.
+    pub fn target(&self, client_key: (i32, i32)) -> Option<CancelTarget> {
+        self.lock().get(&client_key).cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(i32, i32), CancelTarget>> {
+        // A panic elsewhere while holding this lock leaves the map intact.
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends the cancel for `client_key` to its backend. Unknown keys are
+    /// ignored, as PostgreSQL does, so a guesser learns nothing.
+    pub async fn cancel(&self, client_key: (i32, i32), timeout: Duration) {
+        let Some(t) = self.target(client_key) else {
+            tracing::debug!(pid = client_key.0, "cancel request with unknown key");
+            return;
+        };
+        let send = async {
+            let mut s = TcpStream::connect((t.host.as_str(), t.port)).await?;
+            s.write_all(&cancel_request(t.pid, t.key)).await?;
+            s.shutdown().await
+        };
+        match tokio::time::timeout(timeout, send).await {
+            Ok(Ok(())) => tracing::debug!(backend_pid = t.pid, "cancel forwarded"),
+            Ok(Err(e)) => tracing::warn!(backend_pid = t.pid, error = %e, "cancel failed"),
+            Err(_) => tracing::warn!(backend_pid = t.pid, "cancel timed out"),
+        }
+    }
+}

@@ -1,0 +1,413 @@
+//! The proxy's configuration: a TOML file read by [`Config::load`] and checked
+//! by [`Config::validate`]. Every error names the key at fault.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+use thiserror::Error;
+
+/// Configuration errors. Exit code 2 in the binary.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or did not match the schema.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What the TOML parser said (it names the key and line).
+        message: String,
+    },
+    /// A value that parsed but makes no sense.
+    #[error("config key `{key}`: {message}")]
+    Invalid {
+        /// The dotted key.
+        key: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
+}
+
+/// How a client (or the proxy, towards a database) proves who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMethod {
+    /// No password.
+    Trust,
+    /// MD5 challenge.
+    Md5,
+    /// SCRAM-SHA-256.
+    ScramSha256,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address clients connect to. Default `127.0.0.1:6432`.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Name of the virtual database that is the admin console. Default `switchyard`.
+    #[serde(default = "default_admin_database")]
+    pub admin_database: String,
+    /// The database that serves traffic now (before a cutover, the source).
+    pub source: DatabaseConfig,
+    /// How clients authenticate to the proxy.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Users known to the proxy.
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+    /// Limits and timeouts.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Prometheus metrics endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// A database the proxy connects to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// Host name or IP address.
+    pub host: String,
+    /// Port. Default 5432.
+    #[serde(default = "default_pg_port")]
+    pub port: u16,
+    /// Database name; when absent, the one the client asked for.
+    pub database: Option<String>,
+    /// User the proxy logs in as; when absent, the client's user name.
+    pub user: Option<String>,
+    /// Password the proxy uses (for md5 or SCRAM); when absent, the client
+    /// user's configured password if it is in clear text.
+    pub password: Option<String>,
+}
+
+/// Client authentication.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `trust`, `md5` or `scram-sha-256` (default). With `trust` any user name
+    /// is accepted; otherwise only users listed in `[[users]]`.
+    #[serde(default = "default_auth_method")]
+    pub method: AuthMethod,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            method: default_auth_method(),
+        }
+    }
+}
+
+/// A user known to the proxy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// User name.
+    pub name: String,
+    /// Password in clear text, or a PostgreSQL SCRAM verifier
+    /// (`SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`), or an md5
+    /// hash (`md5` + md5(password || user)). A verifier works only for SCRAM
+    /// and an md5 hash only for md5.
+    pub password: Option<String>,
+    /// Whether the user may open the admin console.
+    #[serde(default)]
+    pub admin: bool,
+}
+
+/// Limits and timeouts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest message accepted from a client, in bytes. Default 64 MiB.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Most client connections at once. Default 1000.
+    #[serde(default = "default_max_clients")]
+    pub max_clients: usize,
+    /// A client must finish startup and authentication within this many
+    /// milliseconds. Default 10000.
+    #[serde(default = "default_startup_timeout_ms")]
+    pub startup_timeout_ms: u64,
+    /// Timeout for opening a connection to a database, in ms. Default 5000.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// On shutdown, how long open transactions may run before their sessions
+    /// are closed, in ms. Default 10000.
+    #[serde(default = "default_shutdown_timeout_ms")]
+    pub shutdown_timeout_ms: u64,
+    /// Default for `PAUSE` without a timeout: the longest the gate stays
+    /// closed, in ms. Default 30000.
+    #[serde(default = "default_pause_timeout_ms")]
+    pub pause_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: default_max_message_bytes(),
+            max_clients: default_max_clients(),
+            startup_timeout_ms: default_startup_timeout_ms(),
+            connect_timeout_ms: default_connect_timeout_ms(),
+            shutdown_timeout_ms: default_shutdown_timeout_ms(),
+            pause_timeout_ms: default_pause_timeout_ms(),
+        }
+    }
+}
+
+impl Limits {
+    /// Startup timeout as a duration.
+    pub fn startup_timeout(&self) -> Duration {
+        Duration::from_millis(self.startup_timeout_ms)
+    }
+
+    /// Connect timeout as a duration.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    /// Shutdown grace period as a duration.
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+
+    /// Default pause timeout as a duration.
+    pub fn pause_timeout(&self) -> Duration {
+        Duration::from_millis(self.pause_timeout_ms)
+    }
+}
+
+/// Prometheus endpoint.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the HTTP endpoint serving `/metrics`; off when absent.
+    pub listen: Option<SocketAddr>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 6432))
+}
+fn default_admin_database() -> String {
+    "switchyard".into()
+}
+fn default_pg_port() -> u16 {
+    5432
+}
+fn default_auth_method() -> AuthMethod {
+    AuthMethod::ScramSha256
+}
+fn default_max_message_bytes() -> usize {
+    64 << 20
+}
+fn default_max_clients() -> usize {
+    1000
+}
+fn default_startup_timeout_ms() -> u64 {
+    10_000
+}
+fn default_connect_timeout_ms() -> u64 {
+    5_000
+}
+fn default_shutdown_timeout_ms() -> u64 {
+    10_000
+}
+fn default_pause_timeout_ms() -> u64 {
+    30_000
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates config text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: key.to_owned(),
+            message,
+        };
+        if self.source.host.trim().is_empty() {
+            return Err(invalid("source.host", "must name the database host".into()));
+        }
+        if self.source.port == 0 {
+            return Err(invalid("source.port", "must be a port number 1-65535".into()));
+        }
+        if self.admin_database.is_empty() {
+            return Err(invalid("admin_database", "must not be empty".into()));
+        }
+        if self.source.database.as_deref() == Some(self.admin_database.as_str()) {
+            return Err(invalid(
+                "source.database",
+                format!(
+                    "is the admin console's name `{}`; set admin_database to another name",
+                    self.admin_database
+                ),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, user) in self.users.iter().enumerate() {
+            let key = format!("users[{i}]");
+            if user.name.is_empty() {
+                return Err(invalid(&format!("{key}.name"), "must not be empty".into()));
+            }
+            if !seen.insert(user.name.as_str()) {
+                return Err(invalid(
+                    &format!("{key}.name"),
+                    format!("user `{}` is listed twice", user.name),
+                ));
+            }
+            let password = user.password.as_deref();
+            match (self.auth.method, password) {
+                (AuthMethod::Trust, _) => {}
+                (_, None) => {
+                    return Err(invalid(
+                        &format!("{key}.password"),
+                        format!(
+                            "user `{}` needs a password when auth.method is not trust",
+                            user.name
+                        ),
+                    ))
+                }
+                (AuthMethod::Md5, Some(p)) if p.starts_with("SCRAM-SHA-256$") => {
+                    return Err(invalid(
+                        &format!("{key}.password"),
+                        format!("user `{}` has a SCRAM verifier, which cannot answer md5; give the password in clear text or as an md5 hash", user.name),
+                    ))
+                }
+                (AuthMethod::ScramSha256, Some(p)) if is_md5_hash(p) => {
+                    return Err(invalid(
+                        &format!("{key}.password"),
+                        format!("user `{}` has an md5 hash, which cannot answer SCRAM; give the password in clear text or as a SCRAM verifier", user.name),
+                    ))
+                }
+                (AuthMethod::ScramSha256, Some(p)) if p.starts_with("SCRAM-SHA-256$") => {
+                    crate::auth::scram::Verifier::parse(p).map_err(|e| {
+                        invalid(&format!("{key}.password"), format!("bad SCRAM verifier: {e}"))
+                    })?;
+                }
+                _ => {}
+            }
+        }
+        if self.auth.method != AuthMethod::Trust && self.users.is_empty() {
+            return Err(invalid(
+                "users",
+                "no users are configured, so nobody could log in; add [[users]] entries or set auth.method = \"trust\"".into(),
+            ));
+        }
+        if self.limits.max_message_bytes < 1024 {
+            return Err(invalid(
+                "limits.max_message_bytes",
+                "must be at least 1024".into(),
+            ));
+        }
+        if self.limits.max_clients == 0 {
+            return Err(invalid("limits.max_clients", "must be at least 1".into()));
+        }
+        for (key, v) in [
+            ("limits.startup_timeout_ms", self.limits.startup_timeout_ms),
+            ("limits.connect_timeout_ms", self.limits.connect_timeout_ms),
+            ("limits.pause_timeout_ms", self.limits.pause_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be above 0".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The configured user of this name.
+    pub fn user(&self, name: &str) -> Option<&UserConfig> {
+        self.users.iter().find(|u| u.name == name)
+    }
+
+    /// A minimal config for a source at `host:port` with trust auth, used by
+    /// the testkit and the demo.
+    pub fn trusting(listen: SocketAddr, host: &str, port: u16) -> Config {
+        Config {
+            listen,
+            admin_database: default_admin_database(),
+            source: DatabaseConfig {
+                host: host.to_owned(),
+                port,
+                database: None,
+                user: None,
+                password: None,
+            },
+            auth: AuthConfig {
+                method: AuthMethod::Trust,
+            },
+            users: Vec::new(),
+            limits: Limits::default(),
+            metrics: MetricsConfig::default(),
+        }
+    }
+}
+
+/// Whether a stored password is an md5 hash (`md5` + 32 hex digits).
+pub fn is_md5_hash(p: &str) -> bool {
+    p.len() == 35 && p.starts_with("md5") && p[3..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse(
+            "[source]\nhost = \"127.0.0.1\"\n[auth]\nmethod = \"trust\"\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.listen, default_listen());
+        assert_eq!(c.source.port, 5432);
+        assert_eq!(c.limits.max_message_bytes, 64 << 20);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = Config::parse("[source]\nhost = \"h\"\nprot = 1\n", "t").unwrap_err();
+        assert!(e.to_string().contains("prot"), "{e}");
+        let e = Config::parse("[source]\nhost = \"h\"\n", "t").unwrap_err();
+        assert!(e.to_string().contains("`users`"), "{e}");
+        let e = Config::parse(
+            "[source]\nhost = \"h\"\n[[users]]\nname = \"a\"\n",
+            "t",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("users[0].password"), "{e}");
+        let e = Config::parse(
+            "[source]\nhost = \"h\"\n[limits]\nmax_clients = 0\n[auth]\nmethod = \"trust\"\n",
+            "t",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("limits.max_clients"), "{e}");
+    }
+}

@@ -1,0 +1,22 @@
+//! switchyard-proxy: a PostgreSQL wire-protocol proxy for zero-downtime
+//! migrations. Clients connect to it as if it were the database; it relays
+//! their sessions to the current backend, tracks each session's state, and
+//! can hold every session at a transaction boundary (the freeze gate).
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod auth;
+pub mod cancel;
+pub mod cli;
+pub mod config;
+pub mod gate;
+pub mod metrics;
+pub mod net;
+pub mod registry;
+pub mod server;
+pub mod session;
+pub mod stats;
+pub mod wire;
+
+pub use config::{AuthConfig, AuthMethod, Config, DatabaseConfig, UserConfig};
+pub use server::Proxy;

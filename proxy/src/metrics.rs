@@ -1,0 +1,171 @@
+//! The Prometheus endpoint: a small HTTP server on its own port that renders
+//! the proxy's counters and its query-latency histogram in the text
+//! exposition format. Each proxy owns its recorder (no process-global
+//! recorder), so several proxies can live in one process.
+
+use crate::stats::Stats;
+use metrics::{Counter, Gauge, Histogram, Key, Level, Metadata, Recorder};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// Latency buckets, seconds.
+const BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// The proxy's Prometheus metrics.
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    /// Query latency in seconds, recorded by sessions.
+    pub query_seconds: Histogram,
+    counters: Vec<(Counter, fn(&Stats) -> u64)>,
+    open: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+const META: Metadata<'static> = Metadata::new("switchyard", Level::INFO, None);
+
+impl Metrics {
+    /// A recorder with the proxy's metrics registered.
+    pub fn new() -> Metrics {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(BUCKETS)
+            .map(|b| b.build_recorder())
+            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+        let handle = recorder.handle();
+        let counter = |name: &'static str| recorder.register_counter(&Key::from_name(name), &META);
+        use std::sync::atomic::Ordering::Relaxed;
+        let counters: Vec<(Counter, fn(&Stats) -> u64)> = vec![
+            (counter("switchyard_connections_total"), |s| {
+                s.connections_total.load(Relaxed)
+            }),
+            (counter("switchyard_connections_refused_total"), |s| {
+                s.connections_refused.load(Relaxed)
+            }),
+            (counter("switchyard_queries_total"), |s| s.queries.load(Relaxed)),
+            (counter("switchyard_transactions_total"), |s| {
+                s.transactions.load(Relaxed)
+            }),
+            (counter("switchyard_client_bytes_received_total"), |s| {
+                s.bytes_from_clients.load(Relaxed)
+            }),
+            (counter("switchyard_client_bytes_sent_total"), |s| {
+                s.bytes_to_clients.load(Relaxed)
+            }),
+            (counter("switchyard_server_errors_total"), |s| {
+                s.server_errors.load(Relaxed)
+            }),
+            (counter("switchyard_protocol_errors_total"), |s| {
+                s.protocol_errors.load(Relaxed)
+            }),
+        ];
+        let open = recorder.register_gauge(&Key::from_name("switchyard_client_connections"), &META);
+        let query_seconds =
+            recorder.register_histogram(&Key::from_name("switchyard_query_duration_seconds"), &META);
+        Metrics {
+            recorder,
+            handle,
+            query_seconds,
+            counters,
+            open,
+        }
+    }
+
+    /// The text exposition of every metric, current as of now.
+    pub fn render(&self, stats: &Stats) -> String {
+        for (counter, read) in &self.counters {
+            counter.absolute(read(stats));
+        }
+        self.open
+            .set(Stats::get(&stats.connections_open) as f64);
+        let _ = &self.recorder;
+        self.handle.render()
+    }
+
+    /// Drains histogram samples so memory stays bounded between scrapes.
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// Binds the metrics endpoint.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves `GET /metrics` (any path, in fact) until the task is dropped.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, stats: Arc<Stats>) {
+    let upkeep = {
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                metrics.upkeep();
+            }
+        })
+    };
+    let _abort = AbortOnDrop(upkeep);
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = metrics.clone();
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            let mut req = Vec::with_capacity(1024);
+            let mut buf = [0u8; 1024];
+            // Read the request head, bounded in size and time.
+            let read = tokio::time::timeout(Duration::from_secs(5), async {
+                loop {
+                    let n = sock.read(&mut buf).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    req.extend_from_slice(&buf[..n]);
+                    if req.windows(4).any(|w| w == b"\r\n\r\n") || req.len() > 16 * 1024 {
+                        break;
+                    }
+                }
+                Ok::<_, std::io::Error>(())
+            })
+            .await;
+            if !matches!(read, Ok(Ok(()))) {
+                return;
+            }
+            let body = metrics.render(&stats);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = sock.write_all(head.as_bytes()).await;
+            let _ = sock.write_all(body.as_bytes()).await;
+            let _ = sock.shutdown().await;
+        });
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

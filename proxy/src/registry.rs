@@ -1,0 +1,213 @@
+//! The live sessions, for `SHOW SESSIONS`. Each session owns an
+//! [`SessionInfo`] that it updates with relaxed atomics as it goes; the
+//! console reads a snapshot. Nothing here is on a session's critical path
+//! except those atomic stores.
+
+use crate::session::effects::Pin;
+use crate::session::state::Phase;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+/// What SHOW SESSIONS reports for a session's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shown {
+    /// Authenticating or opening its backend.
+    Startup,
+    /// One of the relay phases.
+    Relay(Phase),
+    /// Waiting at the closed gate.
+    Held,
+}
+
+impl Shown {
+    fn code(self) -> u8 {
+        match self {
+            Shown::Startup => 0,
+            Shown::Relay(Phase::Idle) => 1,
+            Shown::Relay(Phase::Active) => 2,
+            Shown::Relay(Phase::InTransaction) => 3,
+            Shown::Relay(Phase::Failed) => 4,
+            Shown::Held => 5,
+        }
+    }
+
+    fn from_code(c: u8) -> Shown {
+        match c {
+            1 => Shown::Relay(Phase::Idle),
+            2 => Shown::Relay(Phase::Active),
+            3 => Shown::Relay(Phase::InTransaction),
+            4 => Shown::Relay(Phase::Failed),
+            5 => Shown::Held,
+            _ => Shown::Startup,
+        }
+    }
+
+    /// The name shown to DBAs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Shown::Startup => "startup",
+            Shown::Relay(p) => p.name(),
+            Shown::Held => "held at gate",
+        }
+    }
+}
+
+/// One session's live facts.
+#[derive(Debug)]
+pub struct SessionInfo {
+    /// Proxy-wide session number.
+    pub id: u64,
+    /// Client address.
+    pub client: SocketAddr,
+    /// User the client logged in as.
+    pub user: String,
+    /// Database the client asked for.
+    pub database: String,
+    /// application_name from startup.
+    pub application: String,
+    /// When the client connected.
+    pub connected_at: SystemTime,
+    state: AtomicU8,
+    backend_pid: AtomicI32,
+    queries: AtomicU64,
+    statements: AtomicU32,
+    settings: AtomicU32,
+    listens: AtomicU32,
+    pins: AtomicU8,
+}
+
+impl SessionInfo {
+    /// Sets the shown state.
+    pub fn set_state(&self, s: Shown) {
+        self.state.store(s.code(), Relaxed);
+    }
+
+    /// The shown state.
+    pub fn state(&self) -> Shown {
+        Shown::from_code(self.state.load(Relaxed))
+    }
+
+    /// Sets the backend pid.
+    pub fn set_backend_pid(&self, pid: i32) {
+        self.backend_pid.store(pid, Relaxed);
+    }
+
+    /// The backend pid.
+    pub fn backend_pid(&self) -> i32 {
+        self.backend_pid.load(Relaxed)
+    }
+
+    /// Counts a query.
+    pub fn count_query(&self) {
+        self.queries.fetch_add(1, Relaxed);
+    }
+
+    /// Queries so far.
+    pub fn queries(&self) -> u64 {
+        self.queries.load(Relaxed)
+    }
+
+    /// Records the sizes of the session's tracked state.
+    pub fn set_tracked(&self, statements: usize, settings: usize, listens: usize, pins: &std::collections::BTreeSet<Pin>) {
+        self.statements.store(statements as u32, Relaxed);
+        self.settings.store(settings as u32, Relaxed);
+        self.listens.store(listens as u32, Relaxed);
+        let mask = pins.iter().fold(0u8, |m, p| m | (1 << (*p as u8)));
+        self.pins.store(mask, Relaxed);
+    }
+
+    /// (prepared statements, settings, listen channels).
+    pub fn tracked(&self) -> (u32, u32, u32) {
+        (
+            self.statements.load(Relaxed),
+            self.settings.load(Relaxed),
+            self.listens.load(Relaxed),
+        )
+    }
+
+    /// What pins the session, by name.
+    pub fn pins(&self) -> Vec<&'static str> {
+        let mask = self.pins.load(Relaxed);
+        [Pin::TempTable, Pin::AdvisoryLock, Pin::HoldCursor]
+            .into_iter()
+            .filter(|p| mask & (1 << (*p as u8)) != 0)
+            .map(Pin::name)
+            .collect()
+    }
+}
+
+/// All live sessions.
+#[derive(Debug, Default)]
+pub struct Registry {
+    next_id: AtomicU64,
+    sessions: Mutex<BTreeMap<u64, Arc<SessionInfo>>>,
+}
+
+impl Registry {
+    /// Adds a session; it is removed when the returned guard drops.
+    pub fn add(
+        self: &Arc<Self>,
+        client: SocketAddr,
+        user: &str,
+        database: &str,
+        application: &str,
+    ) -> Registered {
+        let id = self.next_id.fetch_add(1, Relaxed) + 1;
+        let info = Arc::new(SessionInfo {
+            id,
+            client,
+            user: user.to_owned(),
+            database: database.to_owned(),
+            application: application.to_owned(),
+            connected_at: SystemTime::now(),
+            state: AtomicU8::new(0),
+            backend_pid: AtomicI32::new(0),
+            queries: AtomicU64::new(0),
+            statements: AtomicU32::new(0),
+            settings: AtomicU32::new(0),
+            listens: AtomicU32::new(0),
+            pins: AtomicU8::new(0),
+        });
+        self.lock().insert(id, info.clone());
+        Registered {
+            registry: self.clone(),
+            info,
+        }
+    }
+
+    /// A snapshot of all sessions, by id.
+    pub fn snapshot(&self) -> Vec<Arc<SessionInfo>> {
+        self.lock().values().cloned().collect()
+    }
+
+    /// Number of live sessions.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no session is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<SessionInfo>>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A session's place in the registry; removes it on drop.
+#[derive(Debug)]
+pub struct Registered {
+    registry: Arc<Registry>,
+    /// The session's info.
+    pub info: Arc<SessionInfo>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.info.id);
+    }
+}

@@ -1,0 +1,211 @@
+//! The listener: binds the proxy's port, accepts clients, runs one session
+//! task per connection, and shuts down gracefully: stop accepting, let open
+//! transactions finish (up to `limits.shutdown_timeout_ms`), close the rest.
+
+use crate::auth::Users;
+use crate::cancel::CancelMap;
+use crate::config::Config;
+use crate::gate::Gate;
+use crate::metrics::{self, Metrics};
+use crate::registry::Registry;
+use crate::session;
+use crate::stats::Stats;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// Why the proxy could not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The metrics address could not be bound.
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    MetricsBind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A PAUSE in force: which close of the gate, and until when at the latest.
+#[derive(Debug, Clone, Copy)]
+pub struct PauseState {
+    /// The gate generation the PAUSE closed.
+    pub generation: u64,
+    /// When the PAUSE started.
+    pub since: Instant,
+    /// When the gate reopens by itself.
+    pub until: Instant,
+}
+
+/// Everything the sessions and the admin console share.
+#[derive(Debug)]
+pub struct Shared {
+    /// The configuration.
+    pub config: Config,
+    /// Users with their verifiers.
+    pub users: Users,
+    /// The freeze gate.
+    pub gate: Arc<Gate>,
+    /// Cancel-key routing.
+    pub cancel: Arc<CancelMap>,
+    /// Counters.
+    pub stats: Arc<Stats>,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// Live sessions.
+    pub sessions: Arc<Registry>,
+    /// Becomes true when the proxy shuts down.
+    pub shutdown: watch::Receiver<bool>,
+    /// When the proxy started.
+    pub started_at: SystemTime,
+    /// The PAUSE in force, if any.
+    pub pause: Mutex<Option<PauseState>>,
+}
+
+/// A running proxy.
+pub struct Proxy {
+    addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Binds the listen (and metrics) addresses and starts serving.
+    pub async fn start(config: Config) -> Result<Proxy, StartError> {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            users: Users::new(&config),
+            gate: Gate::new(),
+            cancel: CancelMap::new(),
+            stats: Arc::new(Stats::default()),
+            metrics: Arc::new(Metrics::new()),
+            sessions: Arc::new(Registry::default()),
+            shutdown: shutdown_rx,
+            started_at: SystemTime::now(),
+            pause: Mutex::new(None),
+            config,
+        });
+        let mut metrics_addr = None;
+        let mut metrics_task = None;
+        if let Some(maddr) = shared.config.metrics.listen {
+            let l = metrics::bind(maddr)
+                .await
+                .map_err(|source| StartError::MetricsBind { addr: maddr, source })?;
+            metrics_addr = l.local_addr().ok();
+            metrics_task = Some(tokio::spawn(metrics::serve(
+                l,
+                shared.metrics.clone(),
+                shared.stats.clone(),
+            )));
+        }
+        tracing::info!(%addr, metrics = ?metrics_addr, source = %format!("{}:{}", shared.config.source.host, shared.config.source.port), "switchyard proxy listening");
+        let task = tokio::spawn(serve(listener, shared.clone(), metrics_task));
+        Ok(Proxy {
+            addr,
+            metrics_addr,
+            shared,
+            shutdown: shutdown_tx,
+            task,
+        })
+    }
+
+    /// The address clients connect to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The metrics endpoint's address, if enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The shared state (gate, stats, sessions).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Asks the proxy to shut down and waits until every session has ended.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+
+    /// Waits for SIGTERM or SIGINT, then shuts down gracefully.
+    pub async fn run_until_signal(self) -> std::io::Result<()> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        self.shutdown().await;
+        Ok(())
+    }
+}
+
+async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    metrics_task: Option<tokio::task::JoinHandle<()>>,
+) {
+    let mut sessions = JoinSet::new();
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => {
+                    sessions.spawn(session::run(shared.clone(), socket, peer));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => break,
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+        }
+    }
+    drop(listener);
+    // Held sessions must not wait for a RESUME that will never come.
+    shared.gate.open();
+    let grace = shared.config.limits.shutdown_timeout();
+    let drained = tokio::time::timeout(grace, async {
+        while sessions.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(left = sessions.len(), "shutdown grace period over; closing sessions");
+        sessions.shutdown().await;
+    }
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
+    tracing::info!("switchyard proxy stopped");
+}

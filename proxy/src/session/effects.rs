@@ -1,0 +1,227 @@
+//! Recognising statements that change session state the proxy must know of
+//! to move a session: SET/RESET, LISTEN/UNLISTEN, DISCARD, DEALLOCATE, and
+//! the things that pin a session to its backend (temp tables, session
+//! advisory locks, WITH HOLD cursors). Recognition looks only at the first
+//! statement of a query text; it is cheap because it runs on every query.
+
+/// A change to session state, applied when its statement's transaction commits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// `SET name ...`: the statement text replays it.
+    Set {
+        /// Lower-cased parameter name.
+        name: String,
+        /// The statement, to replay on another backend.
+        statement: String,
+    },
+    /// `RESET name`.
+    Reset(String),
+    /// `RESET ALL`.
+    ResetAll,
+    /// `LISTEN channel`.
+    Listen(String),
+    /// `UNLISTEN channel`.
+    Unlisten(String),
+    /// `UNLISTEN *`.
+    UnlistenAll,
+    /// `DEALLOCATE name`.
+    Deallocate(String),
+    /// `DEALLOCATE ALL`.
+    DeallocateAll,
+    /// `DISCARD ALL`: resets everything above and drops temp objects.
+    DiscardAll,
+    /// Something that ties the session to its backend.
+    Pin(Pin),
+}
+
+/// Why a session cannot move to another backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Pin {
+    /// It created a temporary table.
+    TempTable,
+    /// It took a session-level advisory lock.
+    AdvisoryLock,
+    /// It declared a WITH HOLD cursor.
+    HoldCursor,
+}
+
+impl Pin {
+    /// Name for SHOW SESSIONS and error messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Pin::TempTable => "temp table",
+            Pin::AdvisoryLock => "advisory lock",
+            Pin::HoldCursor => "WITH HOLD cursor",
+        }
+    }
+}
+
+fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
+    hay.len() >= needle.len()
+        && hay
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// Words of the first statement, split on whitespace, stopping at `;`.
+fn words(sql: &str) -> impl Iterator<Item = &str> {
+    let first = sql.split(';').next().unwrap_or("");
+    first.split_ascii_whitespace()
+}
+
+fn ident(word: &str) -> String {
+    let w = word.trim_end_matches(';');
+    if let Some(q) = w.strip_prefix('"').and_then(|w| w.strip_suffix('"')) {
+        q.replace("\"\"", "\"")
+    } else {
+        w.to_ascii_lowercase()
+    }
+}
+
+/// Finds what the first statement of `sql` does to session state.
+pub fn detect(sql: &[u8]) -> Option<Effect> {
+    let start = sql.iter().position(|b| !b.is_ascii_whitespace())?;
+    let sql = &sql[start..];
+    let first = sql[0].to_ascii_lowercase();
+    // Fast exit for the common statements (SELECT, INSERT, UPDATE, BEGIN...).
+    let pin = match first {
+        b's' | b'i' | b'u' | b'w' | b'b' | b'e' => detect_pin(sql),
+        _ => None,
+    };
+    if !matches!(first, b's' | b'r' | b'l' | b'u' | b'd' | b'c') {
+        return pin.map(Effect::Pin);
+    }
+    let text = std::str::from_utf8(sql).ok()?;
+    let mut w = words(text);
+    let verb = w.next()?.to_ascii_lowercase();
+    let verb = verb.trim_end_matches(';');
+    let effect = match verb {
+        "set" => {
+            let mut next = w.next()?.to_ascii_lowercase();
+            if next == "local" || next == "transaction" {
+                return None;
+            }
+            if next == "session" {
+                next = w.next()?.to_ascii_lowercase();
+                if next == "characteristics" || next == "authorization" {
+                    let name = format!("session {next}");
+                    return Some(set(name, text));
+                }
+            }
+            let name = match next.as_str() {
+                "time" => "timezone".to_owned(),
+                "names" => "client_encoding".to_owned(),
+                _ => ident(next.split('=').next().unwrap_or(&next)),
+            };
+            Some(set(name, text))
+        }
+        "reset" => match ident(w.next()?).as_str() {
+            "all" => Some(Effect::ResetAll),
+            name => Some(Effect::Reset(name.to_owned())),
+        },
+        "listen" => Some(Effect::Listen(ident(w.next()?))),
+        "unlisten" => match w.next()?.trim_end_matches(';') {
+            "*" => Some(Effect::UnlistenAll),
+            ch => Some(Effect::Unlisten(ident(ch))),
+        },
+        "discard" => match w.next()?.to_ascii_lowercase().trim_end_matches(';') {
+            "all" => Some(Effect::DiscardAll),
+            _ => None,
+        },
+        "deallocate" => {
+            let mut name = w.next()?;
+            if name.eq_ignore_ascii_case("prepare") {
+                name = w.next()?;
+            }
+            match ident(name).as_str() {
+                "all" => Some(Effect::DeallocateAll),
+                n => Some(Effect::Deallocate(n.to_owned())),
+            }
+        }
+        "create" => {
+            let second = w.next()?.to_ascii_lowercase();
+            let third = w.next().unwrap_or("").to_ascii_lowercase();
+            let temp = |s: &str| s == "temp" || s == "temporary";
+            if temp(&second) || ((second == "local" || second == "global") && temp(&third)) {
+                Some(Effect::Pin(Pin::TempTable))
+            } else {
+                None
+            }
+        }
+        "declare" => detect_pin(sql).map(Effect::Pin),
+        _ => None,
+    };
+    effect.or(pin.map(Effect::Pin))
+}
+
+fn set(name: String, statement: &str) -> Effect {
+    let statement = statement.split(';').next().unwrap_or(statement).trim().to_owned();
+    Effect::Set { name, statement }
+}
+
+/// Pins found anywhere in the text of a statement (also used on Parse).
+pub fn detect_pin(sql: &[u8]) -> Option<Pin> {
+    if contains_ci(sql, b"advisory_lock") {
+        // pg_advisory_lock / pg_try_advisory_lock, not the _xact_ kinds,
+        // which end with their transaction.
+        if contains_ci(sql, b"pg_advisory_lock") || contains_ci(sql, b"pg_try_advisory_lock") {
+            return Some(Pin::AdvisoryLock);
+        }
+    }
+    if contains_ci(sql, b"with hold") {
+        return Some(Pin::HoldCursor);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_session_statements() {
+        assert_eq!(
+            detect(b"  SET search_path TO app, public"),
+            Some(Effect::Set {
+                name: "search_path".into(),
+                statement: "SET search_path TO app, public".into()
+            })
+        );
+        assert_eq!(
+            detect(b"set session statement_timeout=5"),
+            Some(Effect::Set {
+                name: "statement_timeout".into(),
+                statement: "set session statement_timeout=5".into()
+            })
+        );
+        assert_eq!(detect(b"SET LOCAL work_mem = '1MB'"), None);
+        assert_eq!(detect(b"SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"), None);
+        assert_eq!(detect(b"RESET ALL"), Some(Effect::ResetAll));
+        assert_eq!(detect(b"reset work_mem;"), Some(Effect::Reset("work_mem".into())));
+        assert_eq!(detect(b"LISTEN \"Chan\""), Some(Effect::Listen("Chan".into())));
+        assert_eq!(detect(b"unlisten *"), Some(Effect::UnlistenAll));
+        assert_eq!(detect(b"DISCARD ALL"), Some(Effect::DiscardAll));
+        assert_eq!(detect(b"deallocate prepare s1"), Some(Effect::Deallocate("s1".into())));
+        assert_eq!(
+            detect(b"CREATE TEMP TABLE t(x int)"),
+            Some(Effect::Pin(Pin::TempTable))
+        );
+        assert_eq!(
+            detect(b"create local temporary table t(x int)"),
+            Some(Effect::Pin(Pin::TempTable))
+        );
+        assert_eq!(detect(b"create table t(x int)"), None);
+        assert_eq!(
+            detect(b"select pg_advisory_lock(1)"),
+            Some(Effect::Pin(Pin::AdvisoryLock))
+        );
+        assert_eq!(detect(b"select pg_advisory_xact_lock(1)"), None);
+        assert_eq!(
+            detect(b"DECLARE c CURSOR WITH HOLD FOR select 1"),
+            Some(Effect::Pin(Pin::HoldCursor))
+        );
+        assert_eq!(detect(b"SELECT abalance FROM pgbench_accounts WHERE aid = 1"), None);
+        assert_eq!(detect(b""), None);
+        assert_eq!(detect(b"\xff\xfe set"), None);
+    }
+}

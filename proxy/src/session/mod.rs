@@ -1,0 +1,225 @@
+//! One client connection, from its first byte to its last: the startup
+//! phase (SSL/GSSENC refusal, CancelRequest routing, StartupMessage),
+//! authentication, the admin console or a backend, then the relay.
+
+pub mod backend;
+pub mod effects;
+mod relay;
+pub mod state;
+
+use crate::admin;
+use crate::auth::{self, AuthError, LoginError};
+use crate::net::{Conn, ReadError};
+use crate::registry::Shown;
+use crate::server::Shared;
+use crate::stats::Stats;
+use crate::wire::backend::{self as bmsg, Severity};
+use crate::wire::startup::StartupPacket;
+use backend::ConnectError;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpStream;
+
+/// A connection ending with an error the client should see.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    pub severity: Severity,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl Refusal {
+    pub(crate) fn fatal(code: &'static str, message: impl Into<String>) -> Refusal {
+        Refusal {
+            severity: Severity::Fatal,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Decrements the open-connection gauge however the session ends.
+struct OpenGuard(Arc<Stats>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0
+            .connections_open
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Serves one client connection to its end. Never panics on input.
+pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
+    let stats = shared.stats.clone();
+    Stats::bump(&stats.connections_total);
+    Stats::bump(&stats.connections_open);
+    let _open = OpenGuard(stats.clone());
+    let mut client = Conn::new(socket, shared.config.limits.max_message_bytes);
+    let timeout = shared.config.limits.startup_timeout();
+    let startup = tokio::time::timeout(timeout, read_startup(&shared, &mut client)).await;
+    let params = match startup {
+        Ok(Ok(Some(params))) => params,
+        Ok(Ok(None)) => return, // cancel request served, or client left
+        Ok(Err(refusal)) => return refuse(&shared, &mut client, refusal).await,
+        Err(_) => {
+            tracing::debug!(%peer, "startup timed out");
+            let r = Refusal::fatal("08P01", "startup did not complete in time");
+            return refuse(&shared, &mut client, r).await;
+        }
+    };
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let Some(user) = get("user").filter(|u| !u.is_empty()).map(str::to_owned) else {
+        let r = Refusal::fatal("28000", "no PostgreSQL user name specified in startup packet");
+        return refuse(&shared, &mut client, r).await;
+    };
+    let database = get("database").filter(|d| !d.is_empty()).unwrap_or(&user).to_owned();
+    if get("replication").is_some_and(|v| v != "false" && v != "0" && v != "off") {
+        let r = Refusal::fatal("0A000", "replication connections are not supported through switchyard; connect to the database directly");
+        return refuse(&shared, &mut client, r).await;
+    }
+    if shared.sessions.len() >= shared.config.limits.max_clients {
+        let r = Refusal::fatal("53300", "sorry, too many clients already (limits.max_clients)");
+        return refuse(&shared, &mut client, r).await;
+    }
+    let authed = tokio::time::timeout(
+        timeout,
+        auth::authenticate_client(&mut client, &shared.users, &user),
+    )
+    .await;
+    match authed {
+        Ok(Ok(())) => {}
+        Ok(Err(AuthError::Read(e))) => {
+            tracing::debug!(%peer, error = %e, "client left during authentication");
+            Stats::bump(&stats.connections_refused);
+            return;
+        }
+        Ok(Err(e @ AuthError::Failed(_))) => {
+            tracing::info!(%peer, user = %user, "authentication failed");
+            return refuse(&shared, &mut client, Refusal::fatal("28P01", e.to_string())).await;
+        }
+        Ok(Err(e @ AuthError::Protocol)) => {
+            return refuse(&shared, &mut client, Refusal::fatal("08P01", e.to_string())).await;
+        }
+        Err(_) => {
+            let r = Refusal::fatal("08P01", "authentication did not complete in time");
+            return refuse(&shared, &mut client, r).await;
+        }
+    }
+    let application = get("application_name").unwrap_or("").to_owned();
+    let registered = shared.sessions.add(peer, &user, &database, &application);
+    let info = registered.info.clone();
+    if database == shared.config.admin_database {
+        if !shared.users.is_admin(&user) {
+            let r = Refusal::fatal(
+                "28000",
+                format!("user \"{user}\" is not allowed to use the admin console (set admin = true for it in [[users]])"),
+            );
+            return refuse(&shared, &mut client, r).await;
+        }
+        admin::serve(&shared, &mut client, &info).await;
+        return;
+    }
+    let src = &shared.config.source;
+    let (db_user, db_name, password) =
+        backend::login_identity(&shared.config, src, &user, &database);
+    let opened = backend::connect(
+        src,
+        db_user,
+        db_name,
+        password,
+        &params,
+        shared.config.limits.connect_timeout(),
+    )
+    .await;
+    let mut be = match opened {
+        Ok(b) => b,
+        Err(ConnectError::Login(LoginError::Refused(fields, frame))) => {
+            // The database's own words (e.g. database "x" does not exist).
+            tracing::info!(%peer, code = %fields.code, message = %fields.message, "database refused login");
+            Stats::bump(&stats.connections_refused);
+            client.queue(frame.bytes());
+            client.close().await;
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "cannot open backend");
+            let code = match e {
+                ConnectError::Login(LoginError::NoPassword(_) | LoginError::Unsupported(_)) => "28000",
+                _ => "08006",
+            };
+            return refuse(&shared, &mut client, Refusal::fatal(code, e.to_string())).await;
+        }
+    };
+    for m in &be.startup_messages {
+        client.queue(m.bytes());
+    }
+    bmsg::backend_key_data(client.wbuf(), be.key.0, be.key.1);
+    bmsg::ready_for_query(client.wbuf(), be.status);
+    info.set_backend_pid(be.key.0);
+    // The client holds the first backend's real key; route it to whatever
+    // backend the session uses from now on.
+    let client_key = be.key;
+    shared.cancel.route(
+        client_key,
+        crate::cancel::CancelTarget {
+            host: src.host.clone(),
+            port: src.port,
+            pid: be.key.0,
+            key: be.key.1,
+        },
+    );
+    info.set_state(Shown::Relay(state::Phase::Idle));
+    tracing::debug!(session = info.id, %peer, user = %user, database = %database, backend_pid = be.key.0, "session started");
+    let ended = relay::Relay::new(&shared, &info).run(&mut client, &mut be.conn).await;
+    shared.cancel.remove(client_key);
+    match ended {
+        Ok(how) => tracing::debug!(session = info.id, ?how, "session ended"),
+        Err(e) => tracing::info!(session = info.id, error = %e, "session ended with error"),
+    }
+    drop(registered);
+}
+
+/// Reads startup packets until a StartupMessage: answers SSL/GSSENC
+/// requests with 'N' and serves a CancelRequest (returning `None`).
+async fn read_startup(
+    shared: &Shared,
+    client: &mut Conn,
+) -> Result<Option<Vec<(String, String)>>, Refusal> {
+    loop {
+        let packet = match client.read_startup().await {
+            Ok(Some(p)) => p,
+            Ok(None) => return Ok(None),
+            Err(ReadError::Wire(e)) => return Err(Refusal::fatal("08P01", format!("invalid startup packet: {e}"))),
+            Err(_) => return Ok(None),
+        };
+        match StartupPacket::parse(&packet) {
+            Ok(StartupPacket::SslRequest) | Ok(StartupPacket::GssEncRequest) => {
+                // No TLS or GSS encryption here: 'N' makes the client go on in
+                // clear text (or give up if it requires encryption).
+                if client.buffered() > 0 {
+                    return Err(Refusal::fatal("08P01", "unexpected data after encryption request"));
+                }
+                if client.send(b"N").await.is_err() {
+                    return Ok(None);
+                }
+            }
+            Ok(StartupPacket::Cancel { pid, key }) => {
+                shared.cancel.cancel((pid, key), shared.config.limits.connect_timeout()).await;
+                return Ok(None);
+            }
+            Ok(StartupPacket::Startup { params, .. }) => return Ok(Some(params)),
+            Err(e) => return Err(Refusal::fatal("08P01", format!("invalid startup packet: {e}"))),
+        }
+    }
+}
+
+/// Sends the client an error and closes its connection.
+async fn refuse(shared: &Shared, client: &mut Conn, r: Refusal) {
+    Stats::bump(&shared.stats.connections_refused);
+    if r.code == "08P01" {
+        Stats::bump(&shared.stats.protocol_errors);
+    }
+    bmsg::error_response(client.wbuf(), r.severity, r.code, &r.message);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), client.close()).await;
+}

@@ -1,0 +1,478 @@
+//! What the proxy knows of one client session: its transaction status, the
+//! requests forwarded and not yet answered (so it knows when the session is
+//! at a transaction boundary), its prepared statements, session settings,
+//! LISTEN channels, and whatever pins it to its backend.
+//!
+//! The pending queue follows the protocol's own pairing: every Query, Sync
+//! and FunctionCall is answered by exactly one ReadyForQuery; Parse, Bind and
+//! Close by their completion messages; Describe by RowDescription or NoData;
+//! Execute by CommandComplete, EmptyQueryResponse or PortalSuspended; and an
+//! error in an extended batch makes the server skip everything up to the Sync.
+
+use super::effects::{self, Effect, Pin};
+use crate::wire::backend::{tag as btag, BackendMessage, TxStatus};
+use crate::wire::frontend::{tag as ftag, FrontendMessage, TargetKind};
+use crate::wire::{Reader, WireError};
+use bytes::Bytes;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// A request forwarded to the server and not yet answered.
+#[derive(Debug)]
+enum Pending {
+    Query {
+        started: Instant,
+        effect: Option<Effect>,
+    },
+    FunctionCall {
+        started: Instant,
+    },
+    Sync {
+        started: Instant,
+    },
+    Parse {
+        /// Named statements only; the unnamed one is not tracked.
+        named: Option<(String, Bytes)>,
+    },
+    Bind,
+    Describe,
+    Execute,
+    Close {
+        statement: Option<String>,
+    },
+}
+
+impl Pending {
+    fn ends_with_ready(&self) -> bool {
+        matches!(
+            self,
+            Pending::Query { .. } | Pending::FunctionCall { .. } | Pending::Sync { .. }
+        )
+    }
+}
+
+/// A named prepared statement the client created.
+#[derive(Debug, Clone)]
+pub struct PreparedStatement {
+    /// The name the statement has on the server. The proxy owns this
+    /// namespace; it is the client's own name unless the proxy had to
+    /// re-prepare under another one.
+    pub server_name: String,
+    /// The client's Parse message, to re-prepare on another backend.
+    pub parse: Bytes,
+}
+
+/// Where a session is, for SHOW SESSIONS and the gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// At a transaction boundary, nothing in flight.
+    Idle,
+    /// Work in flight outside a transaction block.
+    Active,
+    /// Inside a transaction block.
+    InTransaction,
+    /// Inside a failed transaction block.
+    Failed,
+}
+
+impl Phase {
+    /// The name shown to DBAs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Idle => "idle",
+            Phase::Active => "active",
+            Phase::InTransaction => "idle in transaction",
+            Phase::Failed => "idle in failed transaction",
+        }
+    }
+}
+
+/// What a server message meant for the session.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ServerEvent {
+    /// A ReadyForQuery arrived; the latency of the request it answered.
+    pub ready: Option<Duration>,
+    /// The session is now at a transaction boundary.
+    pub at_boundary: bool,
+    /// The message was an ErrorResponse.
+    pub error: bool,
+}
+
+/// The state of one session.
+#[derive(Debug)]
+pub struct SessionState {
+    tx: TxStatus,
+    pending: VecDeque<Pending>,
+    /// Extended-protocol messages sent since the last Sync.
+    unsynced: bool,
+    statements: HashMap<String, PreparedStatement>,
+    settings: BTreeMap<String, String>,
+    listens: BTreeSet<String>,
+    pins: BTreeSet<Pin>,
+    /// Effects of the open transaction, applied when it commits.
+    tx_effects: Vec<Effect>,
+    tx_rolled_back: bool,
+}
+
+impl Default for SessionState {
+    fn default() -> Self {
+        SessionState::new()
+    }
+}
+
+impl SessionState {
+    /// A fresh session, idle.
+    pub fn new() -> SessionState {
+        SessionState {
+            tx: TxStatus::Idle,
+            pending: VecDeque::new(),
+            unsynced: false,
+            statements: HashMap::new(),
+            settings: BTreeMap::new(),
+            listens: BTreeSet::new(),
+            pins: BTreeSet::new(),
+            tx_effects: Vec::new(),
+            tx_rolled_back: false,
+        }
+    }
+
+    /// Transaction status from the last ReadyForQuery.
+    pub fn tx_status(&self) -> TxStatus {
+        self.tx
+    }
+
+    /// Whether nothing is in flight and no transaction block is open.
+    pub fn at_boundary(&self) -> bool {
+        self.pending.is_empty() && !self.unsynced && self.tx == TxStatus::Idle
+    }
+
+    /// The session's phase.
+    pub fn phase(&self) -> Phase {
+        match self.tx {
+            TxStatus::InTransaction => Phase::InTransaction,
+            TxStatus::Failed => Phase::Failed,
+            TxStatus::Idle if self.pending.is_empty() && !self.unsynced => Phase::Idle,
+            TxStatus::Idle => Phase::Active,
+        }
+    }
+
+    /// Named prepared statements, by client name.
+    pub fn statements(&self) -> &HashMap<String, PreparedStatement> {
+        &self.statements
+    }
+
+    /// Session-level settings: parameter name → the SET statement.
+    pub fn settings(&self) -> &BTreeMap<String, String> {
+        &self.settings
+    }
+
+    /// Channels the session listens on.
+    pub fn listens(&self) -> &BTreeSet<String> {
+        &self.listens
+    }
+
+    /// What pins the session to its backend.
+    pub fn pins(&self) -> &BTreeSet<Pin> {
+        &self.pins
+    }
+
+    /// Records a message forwarded to the server. Errors are malformed
+    /// messages: the caller closes the session with 08P01.
+    pub fn on_client(&mut self, msg: &FrontendMessage, now: Instant) -> Result<(), WireError> {
+        match msg.tag() {
+            ftag::QUERY => {
+                let sql = Reader::new(msg.0.body(), "Query").cstr_bytes()?;
+                self.pending.push_back(Pending::Query {
+                    started: now,
+                    effect: effects::detect(sql),
+                });
+            }
+            ftag::SYNC => {
+                self.unsynced = false;
+                self.pending.push_back(Pending::Sync { started: now });
+            }
+            ftag::FUNCTION_CALL => self.pending.push_back(Pending::FunctionCall { started: now }),
+            ftag::PARSE => {
+                let parse = msg.parse()?;
+                let named = (!parse.name.is_empty())
+                    .then(|| (parse.name.to_owned(), msg.bytes().clone()));
+                if let Some(pin) = effects::detect_pin(parse.query.as_bytes()) {
+                    self.tx_effects.push(Effect::Pin(pin));
+                }
+                self.unsynced = true;
+                self.pending.push_back(Pending::Parse { named });
+            }
+            ftag::BIND => {
+                msg.bind()?;
+                self.unsynced = true;
+                self.pending.push_back(Pending::Bind);
+            }
+            ftag::DESCRIBE => {
+                msg.target()?;
+                self.unsynced = true;
+                self.pending.push_back(Pending::Describe);
+            }
+            ftag::EXECUTE => {
+                self.unsynced = true;
+                self.pending.push_back(Pending::Execute);
+            }
+            ftag::CLOSE => {
+                let target = msg.target()?;
+                let statement = (target.kind == TargetKind::Statement && !target.name.is_empty())
+                    .then(|| target.name.to_owned());
+                self.unsynced = true;
+                self.pending.push_back(Pending::Close { statement });
+            }
+            // Flush, COPY data, Terminate and unknown kinds expect no reply of
+            // their own.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Records a message from the server.
+    pub fn on_server(&mut self, msg: &BackendMessage, now: Instant) -> ServerEvent {
+        let mut event = ServerEvent::default();
+        match msg.tag() {
+            btag::READY_FOR_QUERY => {
+                let status = msg.ready_status().unwrap_or(TxStatus::Idle);
+                let mut started = None;
+                while let Some(p) = self.pending.pop_front() {
+                    if p.ends_with_ready() {
+                        started = match p {
+                            Pending::Query { started, .. }
+                            | Pending::FunctionCall { started }
+                            | Pending::Sync { started } => Some(started),
+                            _ => None,
+                        };
+                        break;
+                    }
+                }
+                self.tx = status;
+                if status == TxStatus::Idle {
+                    self.end_transaction();
+                }
+                event.ready = Some(started.map_or(Duration::ZERO, |s| now - s));
+                event.at_boundary = self.at_boundary();
+            }
+            btag::PARSE_COMPLETE => {
+                if let Some(Pending::Parse { named }) = self.pop_if(|p| matches!(p, Pending::Parse { .. })) {
+                    if let Some((name, parse)) = named {
+                        let server_name = name.clone();
+                        self.statements.insert(name, PreparedStatement { server_name, parse });
+                    }
+                }
+            }
+            btag::BIND_COMPLETE => {
+                self.pop_if(|p| matches!(p, Pending::Bind));
+            }
+            btag::CLOSE_COMPLETE => {
+                if let Some(Pending::Close { statement: Some(name) }) =
+                    self.pop_if(|p| matches!(p, Pending::Close { .. }))
+                {
+                    self.statements.remove(&name);
+                }
+            }
+            btag::ROW_DESCRIPTION | btag::NO_DATA => {
+                self.pop_if(|p| matches!(p, Pending::Describe));
+            }
+            btag::COMMAND_COMPLETE | btag::EMPTY_QUERY_RESPONSE | btag::PORTAL_SUSPENDED => {
+                if msg.tag() == btag::COMMAND_COMPLETE {
+                    self.on_command_complete(msg);
+                }
+                self.pop_if(|p| matches!(p, Pending::Execute));
+            }
+            btag::ERROR_RESPONSE => {
+                event.error = true;
+                // In an extended batch the server now skips to the Sync.
+                while let Some(p) = self.pending.front() {
+                    if p.ends_with_ready() {
+                        break;
+                    }
+                    self.pending.pop_front();
+                }
+            }
+            _ => {}
+        }
+        event
+    }
+
+    fn pop_if(&mut self, f: impl Fn(&Pending) -> bool) -> Option<Pending> {
+        if self.pending.front().is_some_and(f) {
+            self.pending.pop_front()
+        } else {
+            None
+        }
+    }
+
+    fn on_command_complete(&mut self, msg: &BackendMessage) {
+        let Ok(tag) = msg.command_tag() else { return };
+        if tag == "ROLLBACK" {
+            // Also the tag of ROLLBACK TO SAVEPOINT and of a COMMIT that
+            // failed: forgetting a SET is safer than inventing one.
+            self.tx_rolled_back = true;
+            self.tx_effects.clear();
+            return;
+        }
+        if let Some(Pending::Query { effect, .. }) = self.pending.front_mut() {
+            if let Some(e) = effect.take() {
+                self.tx_effects.push(e);
+            }
+        }
+    }
+
+    fn end_transaction(&mut self) {
+        let effects = std::mem::take(&mut self.tx_effects);
+        if std::mem::take(&mut self.tx_rolled_back) {
+            return;
+        }
+        for effect in effects {
+            self.apply(effect);
+        }
+    }
+
+    fn apply(&mut self, effect: Effect) {
+        match effect {
+            Effect::Set { name, statement } => {
+                self.settings.insert(name, statement);
+            }
+            Effect::Reset(name) => {
+                self.settings.remove(&name);
+            }
+            Effect::ResetAll => self.settings.clear(),
+            Effect::Listen(ch) => {
+                self.listens.insert(ch);
+            }
+            Effect::Unlisten(ch) => {
+                self.listens.remove(&ch);
+            }
+            Effect::UnlistenAll => self.listens.clear(),
+            Effect::Deallocate(name) => {
+                self.statements.remove(&name);
+            }
+            Effect::DeallocateAll => self.statements.clear(),
+            Effect::DiscardAll => {
+                self.settings.clear();
+                self.listens.clear();
+                self.statements.clear();
+                self.pins.clear();
+            }
+            Effect::Pin(pin) => {
+                self.pins.insert(pin);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{put_cstr, write_message, Frame};
+    use bytes::{BufMut, BytesMut};
+
+    fn fe(tag: u8, body: impl FnOnce(&mut BytesMut)) -> FrontendMessage {
+        let mut out = BytesMut::new();
+        write_message(&mut out, tag, body);
+        FrontendMessage(Frame::from_bytes(out.freeze()).unwrap())
+    }
+    fn be(tag: u8, body: impl FnOnce(&mut BytesMut)) -> BackendMessage {
+        let mut out = BytesMut::new();
+        write_message(&mut out, tag, body);
+        BackendMessage(Frame::from_bytes(out.freeze()).unwrap())
+    }
+    fn query(sql: &str) -> FrontendMessage {
+        fe(ftag::QUERY, |b| put_cstr(b, sql.as_bytes()))
+    }
+    fn ready(s: u8) -> BackendMessage {
+        be(btag::READY_FOR_QUERY, |b| b.put_u8(s))
+    }
+    fn complete(t: &str) -> BackendMessage {
+        be(btag::COMMAND_COMPLETE, |b| put_cstr(b, t.as_bytes()))
+    }
+
+    #[test]
+    fn boundary_follows_ready_for_query() {
+        let mut s = SessionState::new();
+        let now = Instant::now();
+        assert!(s.at_boundary());
+        s.on_client(&query("begin"), now).unwrap();
+        assert_eq!(s.phase(), Phase::Active);
+        let ev = s.on_server(&ready(b'T'), now);
+        assert!(!ev.at_boundary);
+        assert_eq!(s.phase(), Phase::InTransaction);
+        s.on_client(&query("select x"), now).unwrap();
+        s.on_server(&ready(b'E'), now);
+        assert_eq!(s.phase(), Phase::Failed);
+        s.on_client(&query("rollback"), now).unwrap();
+        assert!(s.on_server(&ready(b'I'), now).at_boundary);
+    }
+
+    #[test]
+    fn prepared_statements_commit_on_parse_complete_and_skip_after_error() {
+        let mut s = SessionState::new();
+        let now = Instant::now();
+        let parse = |name: &str| {
+            fe(ftag::PARSE, |b| {
+                put_cstr(b, name.as_bytes());
+                put_cstr(b, b"select 1");
+                b.put_i16(0);
+            })
+        };
+        s.on_client(&parse("a"), now).unwrap();
+        s.on_client(&parse("b"), now).unwrap();
+        s.on_client(&fe(ftag::SYNC, |_| {}), now).unwrap();
+        assert!(!s.at_boundary());
+        s.on_server(&be(btag::PARSE_COMPLETE, |_| {}), now);
+        s.on_server(&be(btag::ERROR_RESPONSE, |b| b.put_u8(0)), now);
+        assert!(s.on_server(&ready(b'I'), now).at_boundary);
+        assert!(s.statements().contains_key("a"));
+        assert!(!s.statements().contains_key("b"));
+        s.on_client(
+            &fe(ftag::CLOSE, |b| {
+                b.put_u8(b'S');
+                put_cstr(b, b"a");
+            }),
+            now,
+        )
+        .unwrap();
+        s.on_client(&fe(ftag::SYNC, |_| {}), now).unwrap();
+        s.on_server(&be(btag::CLOSE_COMPLETE, |_| {}), now);
+        s.on_server(&ready(b'I'), now);
+        assert!(s.statements().is_empty());
+    }
+
+    #[test]
+    fn settings_apply_on_commit_only() {
+        let mut s = SessionState::new();
+        let now = Instant::now();
+        s.on_client(&query("SET search_path = a"), now).unwrap();
+        s.on_server(&complete("SET"), now);
+        s.on_server(&ready(b'I'), now);
+        assert_eq!(s.settings()["search_path"], "SET search_path = a");
+        // A SET inside a transaction that rolls back is forgotten.
+        s.on_client(&query("begin"), now).unwrap();
+        s.on_server(&ready(b'T'), now);
+        s.on_client(&query("set work_mem = '8MB'"), now).unwrap();
+        s.on_server(&complete("SET"), now);
+        s.on_server(&ready(b'T'), now);
+        s.on_client(&query("rollback"), now).unwrap();
+        s.on_server(&complete("ROLLBACK"), now);
+        s.on_server(&ready(b'I'), now);
+        assert!(!s.settings().contains_key("work_mem"));
+        s.on_client(&query("LISTEN jobs"), now).unwrap();
+        s.on_server(&complete("LISTEN"), now);
+        s.on_server(&ready(b'I'), now);
+        assert!(s.listens().contains("jobs"));
+        s.on_client(&query("create temp table t(x int)"), now).unwrap();
+        s.on_server(&complete("CREATE TABLE"), now);
+        s.on_server(&ready(b'I'), now);
+        assert!(s.pins().contains(&Pin::TempTable));
+    }
+
+    #[test]
+    fn malformed_client_messages_are_errors() {
+        let mut s = SessionState::new();
+        let bad = fe(ftag::PARSE, |b| b.put_slice(b"name-without-nul"));
+        assert!(s.on_client(&bad, Instant::now()).is_err());
+    }
+}

@@ -1,0 +1,224 @@
+//! Messages from the client to the server. Only the kinds the proxy acts on
+//! are parsed; everything else is forwarded as its bytes.
+
+use super::{put_cstr, write_message, Frame, Reader, WireError};
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// Frontend message type bytes.
+pub mod tag {
+    /// Bind a portal.
+    pub const BIND: u8 = b'B';
+    /// Close a statement or portal.
+    pub const CLOSE: u8 = b'C';
+    /// COPY data.
+    pub const COPY_DATA: u8 = b'd';
+    /// COPY done.
+    pub const COPY_DONE: u8 = b'c';
+    /// COPY failed.
+    pub const COPY_FAIL: u8 = b'f';
+    /// Describe a statement or portal.
+    pub const DESCRIBE: u8 = b'D';
+    /// Execute a portal.
+    pub const EXECUTE: u8 = b'E';
+    /// Flush the server's output.
+    pub const FLUSH: u8 = b'H';
+    /// Fast-path function call.
+    pub const FUNCTION_CALL: u8 = b'F';
+    /// Parse a statement.
+    pub const PARSE: u8 = b'P';
+    /// Password, SASL initial response or SASL response (by context).
+    pub const PASSWORD: u8 = b'p';
+    /// Simple query.
+    pub const QUERY: u8 = b'Q';
+    /// Sync: end of an extended-protocol batch.
+    pub const SYNC: u8 = b'S';
+    /// Terminate the session.
+    pub const TERMINATE: u8 = b'X';
+}
+
+/// A message from the client, with its original bytes.
+#[derive(Debug, Clone)]
+pub struct FrontendMessage(pub Frame);
+
+impl FrontendMessage {
+    /// The type byte.
+    pub fn tag(&self) -> u8 {
+        self.0.tag()
+    }
+
+    /// The original bytes.
+    pub fn bytes(&self) -> &Bytes {
+        self.0.bytes()
+    }
+
+    /// The SQL of a simple Query.
+    pub fn query(&self) -> Result<&str, WireError> {
+        Reader::new(self.0.body(), "Query").cstr()
+    }
+
+    /// Parse: statement name, SQL text.
+    pub fn parse(&self) -> Result<Parse<'_>, WireError> {
+        let mut r = Reader::new(self.0.body(), "Parse");
+        let name = r.cstr()?;
+        let query = r.cstr()?;
+        let n = r.i16()?;
+        if n < 0 {
+            return Err(WireError::Malformed {
+                what: "Parse",
+                why: "negative parameter count",
+            });
+        }
+        r.bytes(n as usize * 4)?;
+        Ok(Parse { name, query })
+    }
+
+    /// Bind: portal and statement names.
+    pub fn bind(&self) -> Result<Bind<'_>, WireError> {
+        let mut r = Reader::new(self.0.body(), "Bind");
+        let portal = r.cstr()?;
+        let statement = r.cstr()?;
+        Ok(Bind { portal, statement })
+    }
+
+    /// Describe or Close: the target kind and name.
+    pub fn target(&self) -> Result<Target<'_>, WireError> {
+        let what = if self.tag() == tag::CLOSE {
+            "Close"
+        } else {
+            "Describe"
+        };
+        let mut r = Reader::new(self.0.body(), what);
+        let kind = match r.u8()? {
+            b'S' => TargetKind::Statement,
+            b'P' => TargetKind::Portal,
+            _ => {
+                return Err(WireError::Malformed {
+                    what,
+                    why: "target is neither 'S' nor 'P'",
+                })
+            }
+        };
+        let name = r.cstr()?;
+        Ok(Target { kind, name })
+    }
+}
+
+/// The parts of a Parse message the proxy uses.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Parse<'a> {
+    /// Statement name ("" for the unnamed statement).
+    pub name: &'a str,
+    /// SQL text.
+    pub query: &'a str,
+}
+
+/// The parts of a Bind message the proxy uses.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Bind<'a> {
+    /// Portal name.
+    pub portal: &'a str,
+    /// Statement name.
+    pub statement: &'a str,
+}
+
+/// What a Describe or Close names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetKind {
+    /// A prepared statement ('S').
+    Statement,
+    /// A portal ('P').
+    Portal,
+}
+
+/// The target of a Describe or Close.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Target<'a> {
+    /// Statement or portal.
+    pub kind: TargetKind,
+    /// Its name.
+    pub name: &'a str,
+}
+
+/// Builds a simple Query message.
+pub fn query(sql: &str) -> Bytes {
+    let mut out = BytesMut::with_capacity(sql.len() + 6);
+    write_message(&mut out, tag::QUERY, |b| put_cstr(b, sql.as_bytes()));
+    out.freeze()
+}
+
+/// Builds a password message (also used for SASL responses).
+pub fn password(data: &[u8], nul_terminated: bool) -> Bytes {
+    let mut out = BytesMut::new();
+    write_message(&mut out, tag::PASSWORD, |b| {
+        b.put_slice(data);
+        if nul_terminated {
+            b.put_u8(0);
+        }
+    });
+    out.freeze()
+}
+
+/// Builds a SASLInitialResponse.
+pub fn sasl_initial_response(mechanism: &str, data: &[u8]) -> Bytes {
+    let mut out = BytesMut::new();
+    write_message(&mut out, tag::PASSWORD, |b| {
+        put_cstr(b, mechanism.as_bytes());
+        b.put_i32(data.len() as i32);
+        b.put_slice(data);
+    });
+    out.freeze()
+}
+
+/// Reads a SASLInitialResponse body: mechanism and initial data.
+pub fn parse_sasl_initial_response(body: &[u8]) -> Result<(&str, &[u8]), WireError> {
+    let mut r = Reader::new(body, "SASLInitialResponse");
+    let mechanism = r.cstr()?;
+    let len = r.i32()?;
+    let data = if len < 0 { &[][..] } else { r.bytes(len as usize)? };
+    Ok((mechanism, data))
+}
+
+/// The Terminate message.
+pub fn terminate() -> Bytes {
+    Bytes::from_static(b"X\0\0\0\x04")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(tag: u8, body: &[u8]) -> FrontendMessage {
+        let mut out = BytesMut::new();
+        write_message(&mut out, tag, |b| b.put_slice(body));
+        FrontendMessage(Frame::from_bytes(out.freeze()).unwrap())
+    }
+
+    #[test]
+    fn parses_parse_and_bind() {
+        let p = msg(tag::PARSE, b"s1\0select $1\0\0\x01\0\0\0\x17");
+        assert_eq!(
+            p.parse().unwrap(),
+            Parse {
+                name: "s1",
+                query: "select $1"
+            }
+        );
+        let b = msg(tag::BIND, b"\0s1\0\0\0\0\0\0\0");
+        assert_eq!(
+            b.bind().unwrap(),
+            Bind {
+                portal: "",
+                statement: "s1"
+            }
+        );
+    }
+
+    #[test]
+    fn malformed_bodies_are_errors_not_panics() {
+        assert!(msg(tag::PARSE, b"s1\0select").parse().is_err());
+        assert!(msg(tag::PARSE, b"s1\0q\0\0\x05").parse().is_err());
+        assert!(msg(tag::CLOSE, b"Xname\0").target().is_err());
+        assert!(msg(tag::DESCRIBE, b"").target().is_err());
+        assert!(msg(tag::QUERY, b"\xff\xfe\0").query().is_err());
+    }
+}

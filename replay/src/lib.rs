@@ -1,0 +1,4 @@
+//! switchyard-replay: the capture-log format, catalog introspection, migration
+//! mapping and the key-sync replayer. The proxy depends on this crate; it
+//! depends on nothing of the proxy's.
+#![warn(missing_docs)]

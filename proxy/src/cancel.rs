@@ -6,8 +6,7 @@ use crate::wire::startup::cancel_request;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use crate::net::ServerConn;
 
 /// Where a cancel for one session goes now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,9 +61,12 @@ impl CancelMap {
             return;
         };
         let send = async {
-            let mut s = TcpStream::connect((t.host.as_str(), t.port)).await?;
-            s.write_all(&cancel_request(t.pid, t.key)).await?;
-            s.shutdown().await
+            let mut conn = crate::net::connect(&t.host, t.port, timeout, 1024).await?;
+            let request = cancel_request(t.pid, t.key);
+            match &mut conn {
+                ServerConn::Tcp(c) => c.send(&request).await,
+                ServerConn::Unix(c) => c.send(&request).await,
+            }
         };
         match tokio::time::timeout(timeout, send).await {
             Ok(Ok(())) => tracing::debug!(backend_pid = t.pid, "cancel forwarded"),

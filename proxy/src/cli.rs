@@ -23,6 +23,9 @@ pub enum Command {
         /// The TOML config file.
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
+        /// Runtime threads serving sessions (1: a single event loop).
+        #[arg(long, default_value_t = 1, env = "SWITCHYARD_THREADS")]
+        threads: usize,
     },
     /// Check a config file and print what it resolves to.
     CheckConfig {

@@ -13,7 +13,20 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let threads = match &cli.command {
+        Command::Proxy { threads, .. } => *threads,
+        _ => 1,
+    };
+    // One thread serves best on small machines: no cross-thread wake-ups,
+    // and the database and clients keep the other cores.
+    let mut builder = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("switchyard: cannot start the runtime: {e}");
@@ -25,7 +38,7 @@ fn main() {
 
 async fn run(cli: Cli) -> i32 {
     match cli.command {
-        Command::Proxy { config } => {
+        Command::Proxy { config, .. } => {
             let config = match cli::load_config(&config) {
                 Ok(c) => c,
                 Err(e) => {

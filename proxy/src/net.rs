@@ -1,16 +1,99 @@
 //! A connection: one socket with its read and write buffers. Sessions see
 //! messages, not bytes: [`Conn::read_message`] frames, [`Conn::queue`] and
-//! [`Conn::flush`] send. The relay loop also uses the readiness-based pair
-//! [`Conn::try_fill`] / [`Conn::try_flush`], so that it can wait on both
-//! directions of both sockets in one `select!` without ever blocking a write
-//! while the peer is blocked writing to us.
+//! [`Conn::flush`] send. The relay loop takes a connection apart with
+//! [`Conn::parts`], so that it can wait on both directions of both sockets in
+//! one `select!` without ever blocking a write while the peer is blocked
+//! writing to us.
 
 use crate::wire::{startup, Frame, WireError};
 use bytes::{Buf, Bytes, BytesMut};
 use std::io;
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+
+/// A stream socket the proxy speaks the protocol over: TCP, or a Unix-domain
+/// socket for a database on the same machine (much cheaper per message than
+/// loopback TCP).
+pub trait Socket: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Borrowed read half.
+    type Read<'a>: AsyncRead + Unpin + Send
+    where
+        Self: 'a;
+    /// Borrowed write half.
+    type Write<'a>: AsyncWrite + Unpin + Send
+    where
+        Self: 'a;
+    /// Splits into halves that can be used at the same time.
+    fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>);
+    /// Writes without waiting (`WouldBlock` when the socket is full).
+    fn try_write_half(w: &Self::Write<'_>, buf: &[u8]) -> io::Result<usize>;
+    /// Sets socket options once connected.
+    fn configure(&self) {}
+}
+
+impl Socket for TcpStream {
+    type Read<'a> = tokio::net::tcp::ReadHalf<'a>;
+    type Write<'a> = tokio::net::tcp::WriteHalf<'a>;
+    fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>) {
+        self.split()
+    }
+    fn try_write_half(w: &Self::Write<'_>, buf: &[u8]) -> io::Result<usize> {
+        w.try_write(buf)
+    }
+    fn configure(&self) {
+        // Small messages dominate; Nagle would add a round trip's delay to
+        // every pipelined batch.
+        let _ = self.set_nodelay(true);
+    }
+}
+
+impl Socket for UnixStream {
+    type Read<'a> = tokio::net::unix::ReadHalf<'a>;
+    type Write<'a> = tokio::net::unix::WriteHalf<'a>;
+    fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>) {
+        self.split()
+    }
+    fn try_write_half(w: &Self::Write<'_>, buf: &[u8]) -> io::Result<usize> {
+        w.try_write(buf)
+    }
+}
+
+/// A connection to a database: TCP, or a Unix socket when the configured
+/// host is a directory (as with libpq: `/var/run/postgresql`).
+pub enum ServerConn {
+    /// Over TCP.
+    Tcp(Conn<TcpStream>),
+    /// Over a Unix-domain socket.
+    Unix(Conn<UnixStream>),
+}
+
+/// Whether a host names a Unix-socket directory rather than a machine.
+pub fn is_socket_dir(host: &str) -> bool {
+    host.starts_with('/')
+}
+
+/// The socket file PostgreSQL listens on in `dir` for `port`.
+pub fn socket_path(dir: &str, port: u16) -> std::path::PathBuf {
+    std::path::Path::new(dir).join(format!(".s.PGSQL.{port}"))
+}
+
+/// Opens a connection to a database at `host:port` (or its socket in the
+/// directory `host`), within `timeout`.
+pub async fn connect(host: &str, port: u16, timeout: Duration, limit: usize) -> io::Result<ServerConn> {
+    let open = async {
+        if is_socket_dir(host) {
+            Ok(ServerConn::Unix(Conn::new(UnixStream::connect(socket_path(host, port)).await?, limit)))
+        } else {
+            Ok(ServerConn::Tcp(Conn::new(TcpStream::connect((host, port)).await?, limit)))
+        }
+    };
+    match tokio::time::timeout(timeout, open).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("timed out after {} ms", timeout.as_millis()))),
+    }
+}
 
 /// Errors reading a message.
 #[derive(Debug, Error)]
@@ -28,20 +111,83 @@ pub enum ReadError {
 
 const READ_CHUNK: usize = 16 * 1024;
 
+/// A connection taken apart for the relay loop; see [`Conn::parts`].
+pub struct Parts<'a, S: Socket> {
+    /// Read half of the socket.
+    pub read: S::Read<'a>,
+    /// Write half of the socket.
+    pub write: S::Write<'a>,
+    /// Bytes read, not yet taken as messages.
+    pub rbuf: &'a mut BytesMut,
+    /// Bytes queued, not yet written.
+    pub wbuf: &'a mut BytesMut,
+    /// Largest message accepted.
+    pub limit: usize,
+}
+
+impl<S: Socket> Parts<'_, S> {
+
+    /// Sends `bytes` after whatever is queued: written straight from the
+    /// caller's buffer when nothing is queued (no copy), and the rest queued.
+    pub fn forward(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let mut rest = bytes;
+        if self.wbuf.is_empty() && !rest.is_empty() {
+            match S::try_write_half(&self.write, rest) {
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.wbuf.extend_from_slice(rest);
+        Ok(())
+    }
+
+    /// Writes what the socket takes without waiting.
+    pub fn try_flush(&mut self) -> io::Result<()> {
+        while !self.wbuf.is_empty() {
+            match S::try_write_half(&self.write, self.wbuf) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.wbuf.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+}
+
+/// Reads more bytes into `rbuf` (cancel-safe); 0 at end of stream. A free
+/// function so that a `select!` can borrow the read side and the write side
+/// of one connection at once.
+pub async fn fill<R: AsyncRead + Unpin>(read: &mut R, rbuf: &mut BytesMut) -> io::Result<usize> {
+    rbuf.reserve(READ_CHUNK);
+    read.read_buf(rbuf).await
+}
+
+/// Writes some of `wbuf`, waiting until the socket takes any (cancel-safe:
+/// nothing is lost if dropped).
+pub async fn write_some<W: AsyncWrite + Unpin>(write: &mut W, wbuf: &mut BytesMut) -> io::Result<usize> {
+    let n = write.write(wbuf).await?;
+    if n == 0 {
+        return Err(io::ErrorKind::WriteZero.into());
+    }
+    wbuf.advance(n);
+    Ok(n)
+}
+
 /// A socket with its buffers.
-pub struct Conn {
-    stream: TcpStream,
+pub struct Conn<S: Socket = TcpStream> {
+    stream: S,
     rbuf: BytesMut,
     wbuf: BytesMut,
     limit: usize,
 }
 
-impl Conn {
+impl<S: Socket> Conn<S> {
     /// Wraps a connected socket; `limit` bounds the size of one message read.
-    pub fn new(stream: TcpStream, limit: usize) -> Conn {
-        // Small messages dominate; Nagle would add a round trip's delay to
-        // every pipelined batch.
-        let _ = stream.set_nodelay(true);
+    pub fn new(stream: S, limit: usize) -> Conn<S> {
+        stream.configure();
         Conn {
             stream,
             rbuf: BytesMut::with_capacity(READ_CHUNK),
@@ -50,14 +196,24 @@ impl Conn {
         }
     }
 
-    /// The socket.
-    pub fn stream(&self) -> &TcpStream {
-        &self.stream
-    }
-
     /// The largest message this connection accepts.
     pub fn limit(&self) -> usize {
         self.limit
+    }
+
+    /// The socket's two halves and the two buffers, for a relay loop that
+    /// waits on reads and writes at once. Reading through the half (rather
+    /// than `try_read`) lets tokio clear read readiness after a short read,
+    /// which saves a `read` returning EAGAIN per message exchange.
+    pub fn parts(&mut self) -> Parts<'_, S> {
+        let (read, write) = self.stream.halves();
+        Parts {
+            read,
+            write,
+            rbuf: &mut self.rbuf,
+            wbuf: &mut self.wbuf,
+            limit: self.limit,
+        }
     }
 
     /// Takes the next whole message already in the read buffer.
@@ -68,17 +224,6 @@ impl Conn {
     /// Bytes read but not yet taken as messages.
     pub fn buffered(&self) -> usize {
         self.rbuf.len()
-    }
-
-    /// Reads what the socket has without waiting: `Ok(Some(0))` at end of
-    /// stream, `Ok(None)` when nothing is ready.
-    pub fn try_fill(&mut self) -> io::Result<Option<usize>> {
-        self.rbuf.reserve(READ_CHUNK);
-        match self.stream.try_read_buf(&mut self.rbuf) {
-            Ok(n) => Ok(Some(n)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-            Err(e) => Err(e),
-        }
     }
 
     /// Reads more bytes, waiting for them; returns 0 at end of stream.
@@ -135,19 +280,6 @@ impl Conn {
     /// Bytes queued but not yet written.
     pub fn pending_write(&self) -> usize {
         self.wbuf.len()
-    }
-
-    /// Writes what the socket takes without waiting.
-    pub fn try_flush(&mut self) -> io::Result<()> {
-        while !self.wbuf.is_empty() {
-            match self.stream.try_write(&self.wbuf) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.wbuf.advance(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
     }
 
     /// Writes everything queued, waiting as needed.

@@ -164,7 +164,7 @@ pub async fn serve(shared: &Arc<Shared>, client: &mut Conn, info: &Arc<SessionIn
                 return;
             }
         };
-        let msg = FrontendMessage(frame);
+        let msg = FrontendMessage::of(&frame);
         match msg.tag() {
             ftag::TERMINATE => return,
             ftag::QUERY => {

@@ -5,7 +5,7 @@
 pub mod scram;
 
 use crate::config::{is_md5_hash, AuthMethod, Config};
-use crate::net::{Conn, ReadError};
+use crate::net::{Conn, ReadError, Socket};
 use crate::wire::backend::{self, auth, BackendMessage, ErrorFields};
 use crate::wire::frontend::{self, parse_sasl_initial_response, tag as ftag};
 use crate::wire::Frame;
@@ -109,7 +109,7 @@ impl Users {
 /// Runs the configured authentication with a client that sent a
 /// StartupMessage for `user`, ending with AuthenticationOk queued (not yet
 /// flushed) on success.
-pub async fn authenticate_client(conn: &mut Conn, users: &Users, user: &str) -> Result<(), AuthError> {
+pub async fn authenticate_client<S: Socket>(conn: &mut Conn<S>, users: &Users, user: &str) -> Result<(), AuthError> {
     let creds = users.users.get(user);
     match users.method {
         AuthMethod::Trust => {}
@@ -120,7 +120,7 @@ pub async fn authenticate_client(conn: &mut Conn, users: &Users, user: &str) -> 
     Ok(())
 }
 
-async fn read_password(conn: &mut Conn) -> Result<Frame, AuthError> {
+async fn read_password<S: Socket>(conn: &mut Conn<S>) -> Result<Frame, AuthError> {
     conn.flush().await?;
     match conn.read_message().await? {
         Some(f) if f.tag() == ftag::PASSWORD => Ok(f),
@@ -129,7 +129,7 @@ async fn read_password(conn: &mut Conn) -> Result<Frame, AuthError> {
     }
 }
 
-async fn md5_exchange(conn: &mut Conn, user: &str, creds: Option<&Credentials>) -> Result<(), AuthError> {
+async fn md5_exchange<S: Socket>(conn: &mut Conn<S>, user: &str, creds: Option<&Credentials>) -> Result<(), AuthError> {
     let mut salt = [0u8; 4];
     rand::rng().fill_bytes(&mut salt);
     backend::authentication(conn.wbuf(), auth::MD5, &salt);
@@ -146,7 +146,7 @@ async fn md5_exchange(conn: &mut Conn, user: &str, creds: Option<&Credentials>) 
     }
 }
 
-async fn scram_exchange(conn: &mut Conn, user: &str, creds: Option<&Credentials>) -> Result<(), AuthError> {
+async fn scram_exchange<S: Socket>(conn: &mut Conn<S>, user: &str, creds: Option<&Credentials>) -> Result<(), AuthError> {
     // Unknown users get a throwaway verifier so the exchange looks the same.
     let verifier = match creds.and_then(|c| c.scram.clone()) {
         Some(v) => v,
@@ -205,7 +205,7 @@ impl From<std::io::Error> for LoginError {
 
 /// Answers a database's authentication requests after the StartupMessage
 /// was sent, until AuthenticationOk.
-pub async fn login(conn: &mut Conn, user: &str, password: Option<&str>) -> Result<(), LoginError> {
+pub async fn login<S: Socket>(conn: &mut Conn<S>, user: &str, password: Option<&str>) -> Result<(), LoginError> {
     let mut scram: Option<ScramSha256> = None;
     loop {
         conn.flush().await?;
@@ -213,11 +213,11 @@ pub async fn login(conn: &mut Conn, user: &str, password: Option<&str>) -> Resul
             .read_message()
             .await?
             .ok_or(LoginError::Read(ReadError::Truncated))?;
-        let msg = BackendMessage(frame);
+        let msg = BackendMessage::of(&frame);
         match msg.tag() {
             backend::tag::ERROR_RESPONSE => {
                 let fields = msg.error_fields().unwrap_or_default();
-                return Err(LoginError::Refused(fields, msg.0));
+                return Err(LoginError::Refused(fields, frame));
             }
             backend::tag::AUTHENTICATION => {}
             backend::tag::NOTICE_RESPONSE | backend::tag::NEGOTIATE_PROTOCOL_VERSION => continue,

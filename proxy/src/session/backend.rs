@@ -4,12 +4,11 @@
 
 use crate::auth::{login, LoginError};
 use crate::config::{is_md5_hash, Config, DatabaseConfig};
-use crate::net::{Conn, ReadError};
+use crate::net::{self, Conn, ReadError, ServerConn, Socket};
 use crate::wire::backend::{tag as btag, BackendMessage, TxStatus};
 use crate::wire::{startup, Frame};
 use std::time::Duration;
 use thiserror::Error;
-use tokio::net::TcpStream;
 
 /// Largest message accepted from a database: PostgreSQL's own bound on a
 /// field is 1 GB, and a DataRow can carry several.
@@ -48,7 +47,7 @@ impl From<ReadError> for ConnectError {
 /// An open, logged-in backend, before its first query.
 pub struct Backend {
     /// The connection.
-    pub conn: Conn,
+    pub conn: ServerConn,
     /// The backend's (pid, secret key).
     pub key: (i32, i32),
     /// ParameterStatus and NoticeResponse messages received during startup,
@@ -86,18 +85,21 @@ pub async fn connect(
     params: &[(String, String)],
     timeout: Duration,
 ) -> Result<Backend, ConnectError> {
-    let addr = format!("{}:{}", db.host, db.port);
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect((db.host.as_str(), db.port))).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(source)) => return Err(ConnectError::Unreachable { addr, source }),
-        Err(_) => {
+    let addr = if net::is_socket_dir(&db.host) {
+        net::socket_path(&db.host, db.port).display().to_string()
+    } else {
+        format!("{}:{}", db.host, db.port)
+    };
+    let mut conn = match net::connect(&db.host, db.port, timeout, SERVER_MESSAGE_LIMIT).await {
+        Ok(c) => c,
+        Err(source) if source.kind() == std::io::ErrorKind::TimedOut => {
             return Err(ConnectError::Timeout {
                 addr,
                 ms: timeout.as_millis() as u64,
             })
         }
+        Err(source) => return Err(ConnectError::Unreachable { addr, source }),
     };
-    let mut conn = Conn::new(stream, SERVER_MESSAGE_LIMIT);
     let forwarded = params
         .iter()
         .filter(|(k, _)| !matches!(k.as_str(), "user" | "database" | "replication") && !k.starts_with("_pq_."))
@@ -105,40 +107,17 @@ pub async fn connect(
     let startup = startup::startup_message(
         [("user", user), ("database", database)].into_iter().chain(forwarded),
     );
-    conn.queue(&startup);
     let handshake = async {
-        login(&mut conn, user, password).await?;
-        let mut startup_messages = Vec::new();
-        let mut key = (0, 0);
-        loop {
-            let frame = conn
-                .read_message()
-                .await?
-                .ok_or(ConnectError::from(ReadError::Truncated))?;
-            let msg = BackendMessage(frame);
-            match msg.tag() {
-                btag::BACKEND_KEY_DATA => {
-                    key = msg
-                        .backend_key()
-                        .map_err(|e| ConnectError::from(ReadError::Wire(e)))?;
-                }
-                btag::READY_FOR_QUERY => {
-                    let status = msg.ready_status().unwrap_or(TxStatus::Idle);
-                    return Ok((key, startup_messages, status));
-                }
-                btag::ERROR_RESPONSE => {
-                    let fields = msg.error_fields().unwrap_or_default();
-                    return Err(ConnectError::Login(LoginError::Refused(fields, msg.0)));
-                }
-                _ => startup_messages.push(msg.0),
-            }
+        match &mut conn {
+            ServerConn::Tcp(c) => handshake(c, &startup, user, password).await,
+            ServerConn::Unix(c) => handshake(c, &startup, user, password).await,
         }
     };
     let (key, startup_messages, status) = match tokio::time::timeout(timeout, handshake).await {
         Ok(r) => r?,
         Err(_) => {
             return Err(ConnectError::Timeout {
-                addr: format!("{}:{}", db.host, db.port),
+                addr,
                 ms: timeout.as_millis() as u64,
             })
         }
@@ -149,4 +128,42 @@ pub async fn connect(
         startup_messages,
         status,
     })
+}
+
+type Handshake = ((i32, i32), Vec<Frame>, TxStatus);
+
+/// Sends the StartupMessage, logs in, and reads up to the first ReadyForQuery.
+async fn handshake<S: Socket>(
+    conn: &mut Conn<S>,
+    startup: &[u8],
+    user: &str,
+    password: Option<&str>,
+) -> Result<Handshake, ConnectError> {
+    conn.queue(startup);
+    login(conn, user, password).await?;
+    let mut startup_messages = Vec::new();
+    let mut key = (0, 0);
+    loop {
+        let frame = conn
+            .read_message()
+            .await?
+            .ok_or(ConnectError::from(ReadError::Truncated))?;
+        let msg = BackendMessage::of(&frame);
+        match msg.tag() {
+            btag::BACKEND_KEY_DATA => {
+                key = msg
+                    .backend_key()
+                    .map_err(|e| ConnectError::from(ReadError::Wire(e)))?;
+            }
+            btag::READY_FOR_QUERY => {
+                let status = msg.ready_status().unwrap_or(TxStatus::Idle);
+                return Ok((key, startup_messages, status));
+            }
+            btag::ERROR_RESPONSE => {
+                let fields = msg.error_fields().unwrap_or_default();
+                return Err(ConnectError::Login(LoginError::Refused(fields, frame)));
+            }
+            _ => startup_messages.push(frame),
+        }
+    }
 }

@@ -88,7 +88,23 @@ pub fn detect(sql: &[u8]) -> Option<Effect> {
         b's' | b'i' | b'u' | b'w' | b'b' | b'e' => detect_pin(sql),
         _ => None,
     };
-    if !matches!(first, b's' | b'r' | b'l' | b'u' | b'd' | b'c') {
+    // Only these verbs change session state; most queries stop here
+    // without decoding their text.
+    let verb_len = sql
+        .iter()
+        .position(|b| b.is_ascii_whitespace() || *b == b';')
+        .unwrap_or(sql.len());
+    const VERBS: [&[u8]; 8] = [
+        b"set",
+        b"reset",
+        b"listen",
+        b"unlisten",
+        b"discard",
+        b"deallocate",
+        b"create",
+        b"declare",
+    ];
+    if !VERBS.iter().any(|v| v.eq_ignore_ascii_case(&sql[..verb_len])) {
         return pin.map(Effect::Pin);
     }
     let text = std::str::from_utf8(sql).ok()?;

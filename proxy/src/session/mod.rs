@@ -9,7 +9,7 @@ pub mod state;
 
 use crate::admin;
 use crate::auth::{self, AuthError, LoginError};
-use crate::net::{Conn, ReadError};
+use crate::net::{Conn, ReadError, ServerConn};
 use crate::registry::Shown;
 use crate::server::Shared;
 use crate::stats::Stats;
@@ -171,7 +171,11 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
     );
     info.set_state(Shown::Relay(state::Phase::Idle));
     tracing::debug!(session = info.id, %peer, user = %user, database = %database, backend_pid = be.key.0, "session started");
-    let ended = relay::Relay::new(&shared, &info).run(&mut client, &mut be.conn).await;
+    let relay = relay::Relay::new(&shared, &info);
+    let ended = match &mut be.conn {
+        ServerConn::Tcp(server) => relay.run(&mut client, server).await,
+        ServerConn::Unix(server) => relay.run(&mut client, server).await,
+    };
     shared.cancel.remove(client_key);
     match ended {
         Ok(how) => tracing::debug!(session = info.id, ?how, "session ended"),

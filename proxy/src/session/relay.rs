@@ -10,13 +10,15 @@
 
 use super::state::SessionState;
 use crate::gate::Busy;
-use crate::net::Conn;
+use crate::net::{self, Conn, Parts, Socket};
+use tokio::net::TcpStream;
 use crate::registry::{SessionInfo, Shown};
 use crate::server::Shared;
 use crate::stats::{latency_histogram, Stats};
 use crate::wire::backend::{self as bmsg, tag as btag, BackendMessage, Severity};
 use crate::wire::frontend::{self, tag as ftag, FrontendMessage};
-use crate::wire::{Frame, WireError};
+use crate::wire::{Header, WireError};
+use bytes::Buf;
 use hdrhistogram::Histogram;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -60,8 +62,9 @@ pub(crate) struct Relay<'a> {
     info: &'a Arc<SessionInfo>,
     state: SessionState,
     busy: Busy,
-    /// A message waiting at the closed gate.
-    held: Option<Frame>,
+    /// A message waits at the closed gate (at the front of the client's
+    /// read buffer).
+    held: bool,
     shutting_down: bool,
     latency: Histogram<u64>,
     last_merge: Instant,
@@ -76,7 +79,7 @@ impl<'a> Relay<'a> {
             info,
             state: SessionState::new(),
             busy: Busy::new(shared.gate.clone()),
-            held: None,
+            held: false,
             shutting_down: false,
             latency: latency_histogram(),
             last_merge: Instant::now(),
@@ -84,7 +87,7 @@ impl<'a> Relay<'a> {
         }
     }
 
-    pub(crate) async fn run(mut self, client: &mut Conn, server: &mut Conn) -> Result<Ended, RelayError> {
+    pub(crate) async fn run<S: Socket>(mut self, client: &mut Conn<TcpStream>, server: &mut Conn<S>) -> Result<Ended, RelayError> {
         let result = self.relay(client, server).await;
         match &result {
             Err(RelayError::Protocol(e)) => {
@@ -111,60 +114,57 @@ impl<'a> Relay<'a> {
         result
     }
 
-    async fn relay(&mut self, client: &mut Conn, server: &mut Conn) -> Result<Ended, RelayError> {
+    async fn relay<S: Socket>(&mut self, client: &mut Conn<TcpStream>, server: &mut Conn<S>) -> Result<Ended, RelayError> {
         let mut shutdown = self.shared.shutdown.clone();
         if *shutdown.borrow() {
             return Ok(Ended::Shutdown);
         }
+        // Created once: a fresh `changed()` per iteration would register on
+        // the watch's shared waiter list (a lock all sessions contend) every time.
+        let shutdown_changed = shutdown.changed();
+        tokio::pin!(shutdown_changed);
         let gate = self.shared.gate.clone();
+        let mut client = client.parts();
+        let mut server = server.parts();
         loop {
-            let read_client = self.held.is_none() && server.pending_write() < HIGH_WATER;
-            let read_server = client.pending_write() < HIGH_WATER;
+            let read_client = !self.held && server.wbuf.len() < HIGH_WATER;
+            let read_server = client.wbuf.len() < HIGH_WATER;
+            let write_client = !client.wbuf.is_empty();
+            let write_server = !server.wbuf.is_empty();
             tokio::select! {
-                r = client.stream().readable(), if read_client => {
-                    r?;
-                    match client.try_fill()? {
-                        Some(0) => return Ok(Ended::ClientClosed),
-                        Some(n) => {
-                            self.shared.stats.bytes_from_clients.fetch_add(n as u64, Relaxed);
-                            if let Some(end) = self.from_client(client, server)? {
-                                return Ok(end);
-                            }
-                        }
-                        None => {}
+                r = net::fill(&mut client.read, client.rbuf), if read_client => {
+                    let n = r?;
+                    if n == 0 {
+                        return Ok(Ended::ClientClosed);
                     }
-                }
-                r = server.stream().readable(), if read_server => {
-                    r?;
-                    match server.try_fill()? {
-                        Some(0) => {
-                            client.try_flush()?;
-                            return Ok(Ended::ServerClosed);
-                        }
-                        Some(_) => self.from_server(server, client)?,
-                        None => {}
-                    }
-                }
-                r = client.stream().writable(), if client.pending_write() > 0 => {
-                    r?;
-                    let before = client.pending_write();
-                    client.try_flush()?;
-                    self.count_sent(before - client.pending_write());
-                }
-                r = server.stream().writable(), if server.pending_write() > 0 => {
-                    r?;
-                    server.try_flush()?;
-                }
-                _ = gate.wait_open(), if self.held.is_some() => {
-                    if let Some(end) = self.from_client(client, server)? {
+                    self.shared.stats.bytes_from_clients.fetch_add(n as u64, Relaxed);
+                    if let Some(end) = self.from_client(&mut client, &mut server)? {
                         return Ok(end);
                     }
                 }
-                _ = shutdown.changed(), if !self.shutting_down => {
+                r = net::fill(&mut server.read, server.rbuf), if read_server => {
+                    if r? == 0 {
+                        client.try_flush()?;
+                        return Ok(Ended::ServerClosed);
+                    }
+                    self.from_server(&mut server, &mut client)?;
+                }
+                r = net::write_some(&mut client.write, client.wbuf), if write_client => {
+                    r?;
+                }
+                r = net::write_some(&mut server.write, server.wbuf), if write_server => {
+                    r?;
+                }
+                _ = gate.wait_open(), if self.held => {
+                    if let Some(end) = self.from_client(&mut client, &mut server)? {
+                        return Ok(end);
+                    }
+                }
+                _ = &mut shutdown_changed, if !self.shutting_down => {
                     self.shutting_down = true;
                 }
             }
-            if self.shutting_down && self.state.at_boundary() && client.pending_write() == 0 {
+            if self.shutting_down && self.state.at_boundary() && client.wbuf.is_empty() {
                 return Ok(Ended::Shutdown);
             }
         }
@@ -174,58 +174,76 @@ impl<'a> Relay<'a> {
         self.shared.stats.bytes_to_clients.fetch_add(n as u64, Relaxed);
     }
 
-    /// Forwards every whole client message buffered (and a held one first),
-    /// stopping at a closed gate.
-    fn from_client(&mut self, client: &mut Conn, server: &mut Conn) -> Result<Option<Ended>, RelayError> {
+    /// Forwards every whole client message buffered, stopping at a closed
+    /// gate: the held message stays at the front of the read buffer.
+    fn from_client<S: Socket>(
+        &mut self,
+        client: &mut Parts<'_, TcpStream>,
+        server: &mut Parts<'_, S>,
+    ) -> Result<Option<Ended>, RelayError> {
         let now = Instant::now();
+        let mut end = None;
+        let mut off = 0;
+        self.held = false;
         loop {
-            let frame = match self.held.take() {
-                Some(f) => f,
-                None => match client.next_frame()? {
-                    Some(f) => f,
-                    None => break,
-                },
+            let len = match Header::parse(&client.rbuf[off..], client.limit)? {
+                Header::Need(_) => break,
+                Header::Ready { len, .. } => len,
             };
-            if frame.tag() == ftag::TERMINATE {
-                server.try_flush()?;
-                return Ok(Some(Ended::Terminated));
+            let msg = FrontendMessage::new(&client.rbuf[off..off + len]);
+            if msg.tag() == ftag::TERMINATE {
+                end = Some(Ended::Terminated);
+                break;
             }
             if !self.busy.is_busy() && self.state.at_boundary() {
                 if self.shutting_down {
-                    return Ok(Some(Ended::Shutdown));
+                    end = Some(Ended::Shutdown);
+                    break;
                 }
                 if !self.busy.try_enter() {
-                    self.held = Some(frame);
+                    self.held = true;
                     self.info.set_state(Shown::Held);
                     break;
                 }
             }
-            let msg = FrontendMessage(frame);
-            self.state.on_client(&msg, now)?;
+            self.state.on_client(msg, now)?;
             if matches!(msg.tag(), ftag::QUERY | ftag::SYNC | ftag::FUNCTION_CALL) {
                 Stats::bump(&self.shared.stats.queries);
                 self.info.count_query();
             }
-            server.queue(msg.bytes());
+            off += len;
         }
+        // Everything framed so far goes out as one write, straight from the
+        // read buffer when nothing else is queued.
+        server.forward(&client.rbuf[..off])?;
+        client.rbuf.advance(off);
         if self.state.at_boundary() {
             // E.g. a lone Flush: it took the gate but leaves nothing in flight.
             self.busy.leave();
         }
-        if self.held.is_none() {
+        if !self.held {
             self.info.set_state(Shown::Relay(self.state.phase()));
         }
         server.try_flush()?;
-        Ok(None)
+        Ok(end)
     }
 
     /// Forwards every whole server message buffered.
-    fn from_server(&mut self, server: &mut Conn, client: &mut Conn) -> Result<(), RelayError> {
+    fn from_server<S: Socket>(
+        &mut self,
+        server: &mut Parts<'_, S>,
+        client: &mut Parts<'_, TcpStream>,
+    ) -> Result<(), RelayError> {
         let now = Instant::now();
         let mut ready = false;
-        while let Some(frame) = server.next_frame().map_err(RelayError::ServerProtocol)? {
-            let msg = BackendMessage(frame);
-            let event = self.state.on_server(&msg, now);
+        let mut off = 0;
+        loop {
+            let len = match Header::parse(&server.rbuf[off..], server.limit).map_err(RelayError::ServerProtocol)? {
+                Header::Need(_) => break,
+                Header::Ready { len, .. } => len,
+            };
+            let msg = BackendMessage::new(&server.rbuf[off..off + len]);
+            let event = self.state.on_server(msg, now);
             if let Some(latency) = event.ready {
                 ready = true;
                 let us = latency.as_micros().max(1) as u64;
@@ -240,10 +258,13 @@ impl<'a> Relay<'a> {
                 Stats::bump(&self.shared.stats.server_errors);
             }
             self.last_was_error = msg.tag() == btag::ERROR_RESPONSE;
-            client.queue(msg.bytes());
+            off += len;
         }
+        self.count_sent(off);
+        client.forward(&server.rbuf[..off])?;
+        server.rbuf.advance(off);
         if ready {
-            if self.held.is_none() {
+            if !self.held {
                 self.info.set_state(Shown::Relay(self.state.phase()));
             }
             if self.state.at_boundary() {
@@ -255,9 +276,7 @@ impl<'a> Relay<'a> {
                 }
             }
         }
-        let before = client.pending_write();
         client.try_flush()?;
-        self.count_sent(before - client.pending_write());
         Ok(())
     }
 }

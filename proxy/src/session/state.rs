@@ -178,10 +178,10 @@ impl SessionState {
 
     /// Records a message forwarded to the server. Errors are malformed
     /// messages: the caller closes the session with 08P01.
-    pub fn on_client(&mut self, msg: &FrontendMessage, now: Instant) -> Result<(), WireError> {
+    pub fn on_client(&mut self, msg: FrontendMessage<'_>, now: Instant) -> Result<(), WireError> {
         match msg.tag() {
             ftag::QUERY => {
-                let sql = Reader::new(msg.0.body(), "Query").cstr_bytes()?;
+                let sql = Reader::new(msg.body(), "Query").cstr_bytes()?;
                 self.pending.push_back(Pending::Query {
                     started: now,
                     effect: effects::detect(sql),
@@ -195,7 +195,7 @@ impl SessionState {
             ftag::PARSE => {
                 let parse = msg.parse()?;
                 let named = (!parse.name.is_empty())
-                    .then(|| (parse.name.to_owned(), msg.bytes().clone()));
+                    .then(|| (parse.name.to_owned(), Bytes::copy_from_slice(msg.bytes())));
                 if let Some(pin) = effects::detect_pin(parse.query.as_bytes()) {
                     self.tx_effects.push(Effect::Pin(pin));
                 }
@@ -231,7 +231,7 @@ impl SessionState {
     }
 
     /// Records a message from the server.
-    pub fn on_server(&mut self, msg: &BackendMessage, now: Instant) -> ServerEvent {
+    pub fn on_server(&mut self, msg: BackendMessage<'_>, now: Instant) -> ServerEvent {
         let mut event = ServerEvent::default();
         match msg.tag() {
             btag::READY_FOR_QUERY => {
@@ -305,7 +305,7 @@ impl SessionState {
         }
     }
 
-    fn on_command_complete(&mut self, msg: &BackendMessage) {
+    fn on_command_complete(&mut self, msg: BackendMessage<'_>) {
         let Ok(tag) = msg.command_tag() else { return };
         if tag == "ROLLBACK" {
             // Also the tag of ROLLBACK TO SAVEPOINT and of a COMMIT that
@@ -367,26 +367,28 @@ impl SessionState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{put_cstr, write_message, Frame};
+    use crate::wire::{put_cstr, write_message};
     use bytes::{BufMut, BytesMut};
 
-    fn fe(tag: u8, body: impl FnOnce(&mut BytesMut)) -> FrontendMessage {
+    /// Builds a message and leaks it: tests only, so views can be `'static`.
+    fn leak(tag: u8, body: impl FnOnce(&mut BytesMut)) -> &'static [u8] {
         let mut out = BytesMut::new();
         write_message(&mut out, tag, body);
-        FrontendMessage(Frame::from_bytes(out.freeze()).unwrap())
+        Box::leak(out.to_vec().into_boxed_slice())
     }
-    fn be(tag: u8, body: impl FnOnce(&mut BytesMut)) -> BackendMessage {
-        let mut out = BytesMut::new();
-        write_message(&mut out, tag, body);
-        BackendMessage(Frame::from_bytes(out.freeze()).unwrap())
+    fn fe(tag: u8, body: impl FnOnce(&mut BytesMut)) -> FrontendMessage<'static> {
+        FrontendMessage::new(leak(tag, body))
     }
-    fn query(sql: &str) -> FrontendMessage {
+    fn be(tag: u8, body: impl FnOnce(&mut BytesMut)) -> BackendMessage<'static> {
+        BackendMessage::new(leak(tag, body))
+    }
+    fn query(sql: &str) -> FrontendMessage<'static> {
         fe(ftag::QUERY, |b| put_cstr(b, sql.as_bytes()))
     }
-    fn ready(s: u8) -> BackendMessage {
+    fn ready(s: u8) -> BackendMessage<'static> {
         be(btag::READY_FOR_QUERY, |b| b.put_u8(s))
     }
-    fn complete(t: &str) -> BackendMessage {
+    fn complete(t: &str) -> BackendMessage<'static> {
         be(btag::COMMAND_COMPLETE, |b| put_cstr(b, t.as_bytes()))
     }
 
@@ -395,16 +397,16 @@ mod tests {
         let mut s = SessionState::new();
         let now = Instant::now();
         assert!(s.at_boundary());
-        s.on_client(&query("begin"), now).unwrap();
+        s.on_client(query("begin"), now).unwrap();
         assert_eq!(s.phase(), Phase::Active);
-        let ev = s.on_server(&ready(b'T'), now);
+        let ev = s.on_server(ready(b'T'), now);
         assert!(!ev.at_boundary);
         assert_eq!(s.phase(), Phase::InTransaction);
-        s.on_client(&query("select x"), now).unwrap();
-        s.on_server(&ready(b'E'), now);
+        s.on_client(query("select x"), now).unwrap();
+        s.on_server(ready(b'E'), now);
         assert_eq!(s.phase(), Phase::Failed);
-        s.on_client(&query("rollback"), now).unwrap();
-        assert!(s.on_server(&ready(b'I'), now).at_boundary);
+        s.on_client(query("rollback"), now).unwrap();
+        assert!(s.on_server(ready(b'I'), now).at_boundary);
     }
 
     #[test]
@@ -418,26 +420,26 @@ mod tests {
                 b.put_i16(0);
             })
         };
-        s.on_client(&parse("a"), now).unwrap();
-        s.on_client(&parse("b"), now).unwrap();
-        s.on_client(&fe(ftag::SYNC, |_| {}), now).unwrap();
+        s.on_client(parse("a"), now).unwrap();
+        s.on_client(parse("b"), now).unwrap();
+        s.on_client(fe(ftag::SYNC, |_| {}), now).unwrap();
         assert!(!s.at_boundary());
-        s.on_server(&be(btag::PARSE_COMPLETE, |_| {}), now);
-        s.on_server(&be(btag::ERROR_RESPONSE, |b| b.put_u8(0)), now);
-        assert!(s.on_server(&ready(b'I'), now).at_boundary);
+        s.on_server(be(btag::PARSE_COMPLETE, |_| {}), now);
+        s.on_server(be(btag::ERROR_RESPONSE, |b| b.put_u8(0)), now);
+        assert!(s.on_server(ready(b'I'), now).at_boundary);
         assert!(s.statements().contains_key("a"));
         assert!(!s.statements().contains_key("b"));
         s.on_client(
-            &fe(ftag::CLOSE, |b| {
+            fe(ftag::CLOSE, |b| {
                 b.put_u8(b'S');
                 put_cstr(b, b"a");
             }),
             now,
         )
         .unwrap();
-        s.on_client(&fe(ftag::SYNC, |_| {}), now).unwrap();
-        s.on_server(&be(btag::CLOSE_COMPLETE, |_| {}), now);
-        s.on_server(&ready(b'I'), now);
+        s.on_client(fe(ftag::SYNC, |_| {}), now).unwrap();
+        s.on_server(be(btag::CLOSE_COMPLETE, |_| {}), now);
+        s.on_server(ready(b'I'), now);
         assert!(s.statements().is_empty());
     }
 
@@ -445,27 +447,27 @@ mod tests {
     fn settings_apply_on_commit_only() {
         let mut s = SessionState::new();
         let now = Instant::now();
-        s.on_client(&query("SET search_path = a"), now).unwrap();
-        s.on_server(&complete("SET"), now);
-        s.on_server(&ready(b'I'), now);
+        s.on_client(query("SET search_path = a"), now).unwrap();
+        s.on_server(complete("SET"), now);
+        s.on_server(ready(b'I'), now);
         assert_eq!(s.settings()["search_path"], "SET search_path = a");
         // A SET inside a transaction that rolls back is forgotten.
-        s.on_client(&query("begin"), now).unwrap();
-        s.on_server(&ready(b'T'), now);
-        s.on_client(&query("set work_mem = '8MB'"), now).unwrap();
-        s.on_server(&complete("SET"), now);
-        s.on_server(&ready(b'T'), now);
-        s.on_client(&query("rollback"), now).unwrap();
-        s.on_server(&complete("ROLLBACK"), now);
-        s.on_server(&ready(b'I'), now);
+        s.on_client(query("begin"), now).unwrap();
+        s.on_server(ready(b'T'), now);
+        s.on_client(query("set work_mem = '8MB'"), now).unwrap();
+        s.on_server(complete("SET"), now);
+        s.on_server(ready(b'T'), now);
+        s.on_client(query("rollback"), now).unwrap();
+        s.on_server(complete("ROLLBACK"), now);
+        s.on_server(ready(b'I'), now);
         assert!(!s.settings().contains_key("work_mem"));
-        s.on_client(&query("LISTEN jobs"), now).unwrap();
-        s.on_server(&complete("LISTEN"), now);
-        s.on_server(&ready(b'I'), now);
+        s.on_client(query("LISTEN jobs"), now).unwrap();
+        s.on_server(complete("LISTEN"), now);
+        s.on_server(ready(b'I'), now);
         assert!(s.listens().contains("jobs"));
-        s.on_client(&query("create temp table t(x int)"), now).unwrap();
-        s.on_server(&complete("CREATE TABLE"), now);
-        s.on_server(&ready(b'I'), now);
+        s.on_client(query("create temp table t(x int)"), now).unwrap();
+        s.on_server(complete("CREATE TABLE"), now);
+        s.on_server(ready(b'I'), now);
         assert!(s.pins().contains(&Pin::TempTable));
     }
 
@@ -473,6 +475,6 @@ mod tests {
     fn malformed_client_messages_are_errors() {
         let mut s = SessionState::new();
         let bad = fe(ftag::PARSE, |b| b.put_slice(b"name-without-nul"));
-        assert!(s.on_client(&bad, Instant::now()).is_err());
+        assert!(s.on_client(bad, Instant::now()).is_err());
     }
 }

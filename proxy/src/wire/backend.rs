@@ -3,7 +3,7 @@
 //! (errors, authentication, the admin console's result sets).
 
 use super::{put_cstr, write_message, Frame, Reader, WireError};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 
 /// Backend message type bytes.
 pub mod tag {
@@ -57,9 +57,9 @@ pub mod tag {
     pub const ROW_DESCRIPTION: u8 = b'T';
 }
 
-/// A message from the server, with its original bytes.
-#[derive(Debug, Clone)]
-pub struct BackendMessage(pub Frame);
+/// A message from the server: a view of its original bytes, already framed.
+#[derive(Debug, Clone, Copy)]
+pub struct BackendMessage<'a>(&'a [u8]);
 
 /// Transaction status as reported by ReadyForQuery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,20 +103,36 @@ pub struct ErrorFields {
     pub message: String,
 }
 
-impl BackendMessage {
+impl<'a> BackendMessage<'a> {
+    /// Views one whole framed message (as found by [`super::Header::parse`]).
+    pub fn new(whole: &'a [u8]) -> BackendMessage<'a> {
+        debug_assert!(whole.len() >= 5);
+        BackendMessage(whole)
+    }
+
+    /// Views an owned frame.
+    pub fn of(frame: &'a Frame) -> BackendMessage<'a> {
+        BackendMessage(frame.bytes())
+    }
+
     /// The type byte.
     pub fn tag(&self) -> u8 {
-        self.0.tag()
+        self.0[0]
     }
 
     /// The original bytes.
-    pub fn bytes(&self) -> &Bytes {
-        self.0.bytes()
+    pub fn bytes(&self) -> &'a [u8] {
+        self.0
+    }
+
+    /// The body, after type and length.
+    pub fn body(&self) -> &'a [u8] {
+        &self.0[5..]
     }
 
     /// The status of a ReadyForQuery.
     pub fn ready_status(&self) -> Result<TxStatus, WireError> {
-        match self.0.body() {
+        match self.body() {
             [b'I'] => Ok(TxStatus::Idle),
             [b'T'] => Ok(TxStatus::InTransaction),
             [b'E'] => Ok(TxStatus::Failed),
@@ -129,24 +145,24 @@ impl BackendMessage {
 
     /// The (pid, key) of a BackendKeyData.
     pub fn backend_key(&self) -> Result<(i32, i32), WireError> {
-        let mut r = Reader::new(self.0.body(), "BackendKeyData");
+        let mut r = Reader::new(self.body(), "BackendKeyData");
         Ok((r.i32()?, r.i32()?))
     }
 
     /// The (name, value) of a ParameterStatus.
-    pub fn parameter_status(&self) -> Result<(&str, &str), WireError> {
-        let mut r = Reader::new(self.0.body(), "ParameterStatus");
+    pub fn parameter_status(&self) -> Result<(&'a str, &'a str), WireError> {
+        let mut r = Reader::new(self.body(), "ParameterStatus");
         Ok((r.cstr()?, r.cstr()?))
     }
 
     /// The tag of a CommandComplete, e.g. "INSERT 0 1".
-    pub fn command_tag(&self) -> Result<&str, WireError> {
-        Reader::new(self.0.body(), "CommandComplete").cstr()
+    pub fn command_tag(&self) -> Result<&'a str, WireError> {
+        Reader::new(self.body(), "CommandComplete").cstr()
     }
 
     /// The severity, code and message of an ErrorResponse or NoticeResponse.
     pub fn error_fields(&self) -> Result<ErrorFields, WireError> {
-        let mut r = Reader::new(self.0.body(), "ErrorResponse");
+        let mut r = Reader::new(self.body(), "ErrorResponse");
         let mut fields = ErrorFields::default();
         let mut localized = String::new();
         loop {
@@ -170,8 +186,8 @@ impl BackendMessage {
     }
 
     /// The authentication request code and its data.
-    pub fn authentication(&self) -> Result<(i32, &[u8]), WireError> {
-        let mut r = Reader::new(self.0.body(), "Authentication");
+    pub fn authentication(&self) -> Result<(i32, &'a [u8]), WireError> {
+        let mut r = Reader::new(self.body(), "Authentication");
         let code = r.i32()?;
         Ok((code, r.rest()))
     }
@@ -317,10 +333,6 @@ pub fn data_row<S: AsRef<str>>(out: &mut BytesMut, values: &[Option<S>]) {
     });
 }
 
-/// Wraps bytes built here into a backend message (used by tests).
-pub fn frame(bytes: Bytes) -> Result<BackendMessage, WireError> {
-    Frame::from_bytes(bytes).map(BackendMessage)
-}
 
 #[cfg(test)]
 mod tests {
@@ -330,9 +342,9 @@ mod tests {
     fn error_response_round_trips() {
         let mut out = BytesMut::new();
         error_response(&mut out, Severity::Fatal, "08P01", "bad message");
-        let msg = frame(out.freeze()).unwrap();
+        let frame = Frame::from_bytes(out.freeze()).unwrap();
         assert_eq!(
-            msg.error_fields().unwrap(),
+            BackendMessage::of(&frame).error_fields().unwrap(),
             ErrorFields {
                 severity: "FATAL".into(),
                 code: "08P01".into(),
@@ -345,11 +357,8 @@ mod tests {
     fn ready_for_query_status() {
         let mut out = BytesMut::new();
         ready_for_query(&mut out, TxStatus::Failed);
-        assert_eq!(
-            frame(out.freeze()).unwrap().ready_status(),
-            Ok(TxStatus::Failed)
-        );
-        let bad = frame(Bytes::from_static(b"Z\0\0\0\x05X")).unwrap();
-        assert!(bad.ready_status().is_err());
+        let frame = Frame::from_bytes(out.freeze()).unwrap();
+        assert_eq!(BackendMessage::of(&frame).ready_status(), Ok(TxStatus::Failed));
+        assert!(BackendMessage::new(b"Z\0\0\0\x05X").ready_status().is_err());
     }
 }

@@ -36,29 +36,46 @@ pub mod tag {
     pub const TERMINATE: u8 = b'X';
 }
 
-/// A message from the client, with its original bytes.
-#[derive(Debug, Clone)]
-pub struct FrontendMessage(pub Frame);
+/// A message from the client: a view of its original bytes, already framed
+/// (type byte, length, body).
+#[derive(Debug, Clone, Copy)]
+pub struct FrontendMessage<'a>(&'a [u8]);
 
-impl FrontendMessage {
+impl<'a> FrontendMessage<'a> {
+    /// Views one whole framed message (as found by [`super::Header::parse`]).
+    pub fn new(whole: &'a [u8]) -> FrontendMessage<'a> {
+        debug_assert!(whole.len() >= 5);
+        FrontendMessage(whole)
+    }
+
+    /// Views an owned frame.
+    pub fn of(frame: &'a Frame) -> FrontendMessage<'a> {
+        FrontendMessage(frame.bytes())
+    }
+
     /// The type byte.
     pub fn tag(&self) -> u8 {
-        self.0.tag()
+        self.0[0]
     }
 
     /// The original bytes.
-    pub fn bytes(&self) -> &Bytes {
-        self.0.bytes()
+    pub fn bytes(&self) -> &'a [u8] {
+        self.0
+    }
+
+    /// The body, after type and length.
+    pub fn body(&self) -> &'a [u8] {
+        &self.0[5..]
     }
 
     /// The SQL of a simple Query.
-    pub fn query(&self) -> Result<&str, WireError> {
-        Reader::new(self.0.body(), "Query").cstr()
+    pub fn query(&self) -> Result<&'a str, WireError> {
+        Reader::new(self.body(), "Query").cstr()
     }
 
     /// Parse: statement name, SQL text.
-    pub fn parse(&self) -> Result<Parse<'_>, WireError> {
-        let mut r = Reader::new(self.0.body(), "Parse");
+    pub fn parse(&self) -> Result<Parse<'a>, WireError> {
+        let mut r = Reader::new(self.body(), "Parse");
         let name = r.cstr()?;
         let query = r.cstr()?;
         let n = r.i16()?;
@@ -73,21 +90,21 @@ impl FrontendMessage {
     }
 
     /// Bind: portal and statement names.
-    pub fn bind(&self) -> Result<Bind<'_>, WireError> {
-        let mut r = Reader::new(self.0.body(), "Bind");
+    pub fn bind(&self) -> Result<Bind<'a>, WireError> {
+        let mut r = Reader::new(self.body(), "Bind");
         let portal = r.cstr()?;
         let statement = r.cstr()?;
         Ok(Bind { portal, statement })
     }
 
     /// Describe or Close: the target kind and name.
-    pub fn target(&self) -> Result<Target<'_>, WireError> {
+    pub fn target(&self) -> Result<Target<'a>, WireError> {
         let what = if self.tag() == tag::CLOSE {
             "Close"
         } else {
             "Describe"
         };
-        let mut r = Reader::new(self.0.body(), what);
+        let mut r = Reader::new(self.body(), what);
         let kind = match r.u8()? {
             b'S' => TargetKind::Statement,
             b'P' => TargetKind::Portal,
@@ -187,15 +204,16 @@ pub fn terminate() -> Bytes {
 mod tests {
     use super::*;
 
-    fn msg(tag: u8, body: &[u8]) -> FrontendMessage {
+    fn msg(tag: u8, body: &[u8]) -> Frame {
         let mut out = BytesMut::new();
         write_message(&mut out, tag, |b| b.put_slice(body));
-        FrontendMessage(Frame::from_bytes(out.freeze()).unwrap())
+        Frame::from_bytes(out.freeze()).unwrap()
     }
 
     #[test]
     fn parses_parse_and_bind() {
         let p = msg(tag::PARSE, b"s1\0select $1\0\0\x01\0\0\0\x17");
+        let p = FrontendMessage::of(&p);
         assert_eq!(
             p.parse().unwrap(),
             Parse {
@@ -204,6 +222,7 @@ mod tests {
             }
         );
         let b = msg(tag::BIND, b"\0s1\0\0\0\0\0\0\0");
+        let b = FrontendMessage::of(&b);
         assert_eq!(
             b.bind().unwrap(),
             Bind {
@@ -215,10 +234,10 @@ mod tests {
 
     #[test]
     fn malformed_bodies_are_errors_not_panics() {
-        assert!(msg(tag::PARSE, b"s1\0select").parse().is_err());
-        assert!(msg(tag::PARSE, b"s1\0q\0\0\x05").parse().is_err());
-        assert!(msg(tag::CLOSE, b"Xname\0").target().is_err());
-        assert!(msg(tag::DESCRIBE, b"").target().is_err());
-        assert!(msg(tag::QUERY, b"\xff\xfe\0").query().is_err());
+        assert!(FrontendMessage::of(&msg(tag::PARSE, b"s1\0select")).parse().is_err());
+        assert!(FrontendMessage::of(&msg(tag::PARSE, b"s1\0q\0\0\x05")).parse().is_err());
+        assert!(FrontendMessage::of(&msg(tag::CLOSE, b"Xname\0")).target().is_err());
+        assert!(FrontendMessage::of(&msg(tag::DESCRIBE, b"")).target().is_err());
+        assert!(FrontendMessage::of(&msg(tag::QUERY, b"\xff\xfe\0")).query().is_err());
     }
 }

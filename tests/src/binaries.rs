@@ -1,0 +1,134 @@
+//! Finding the PostgreSQL 15 programs: `pg_config --bindir`, then `PATH`, then
+//! Debian's `/usr/lib/postgresql/15/bin`.
+
+use crate::Error;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The programs a cluster needs; a directory lacking one of them is skipped.
+const SERVER_PROGRAMS: [&str; 3] = ["initdb", "pg_ctl", "postgres"];
+
+/// Debian's location, tried last.
+const DEBIAN_BINDIR: &str = "/usr/lib/postgresql/15/bin";
+
+/// The major version the testkit is written for.
+const WANTED_MAJOR: &str = "15";
+
+/// A directory holding the PostgreSQL server and client programs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binaries {
+    bindir: PathBuf,
+}
+
+impl Binaries {
+    /// Finds the programs once per process. A directory whose `postgres`
+    /// reports version 15 is preferred; failing that, the first complete
+    /// directory is used with a warning.
+    pub fn locate() -> Result<Binaries, Error> {
+        static FOUND: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+        match FOUND.get_or_init(search) {
+            Ok(bindir) => Ok(Binaries {
+                bindir: bindir.clone(),
+            }),
+            Err(searched) => Err(Error::BinariesNotFound {
+                searched: searched.clone(),
+            }),
+        }
+    }
+
+    /// Uses `bindir` as is, without checking it.
+    pub fn at(bindir: impl Into<PathBuf>) -> Binaries {
+        Binaries {
+            bindir: bindir.into(),
+        }
+    }
+
+    /// The directory.
+    pub fn bindir(&self) -> &Path {
+        &self.bindir
+    }
+
+    /// The path of program `name` (`pgbench`, `psql`, `pg_dump`, ...) in the
+    /// directory, whether or not it exists there.
+    pub fn bin(&self, name: &str) -> PathBuf {
+        self.bindir.join(name)
+    }
+}
+
+/// Tries the candidate directories; on failure returns the list it tried.
+fn search() -> Result<PathBuf, String> {
+    let candidates = candidates();
+    let complete: Vec<&PathBuf> = candidates.iter().filter(|d| has_server(d)).collect();
+    if let Some(dir) = complete
+        .iter()
+        .find(|d| major_version(d).as_deref() == Some(WANTED_MAJOR))
+    {
+        return Ok((*dir).clone());
+    }
+    if let Some(dir) = complete.first() {
+        tracing::warn!(
+            bindir = %dir.display(),
+            version = ?major_version(dir),
+            "no PostgreSQL 15 found; using another version"
+        );
+        return Ok((*dir).clone());
+    }
+    let searched: Vec<String> = candidates.iter().map(|d| d.display().to_string()).collect();
+    Err(if searched.is_empty() {
+        DEBIAN_BINDIR.to_owned()
+    } else {
+        searched.join(", ")
+    })
+}
+
+/// The directories to try, in order of preference, without duplicates.
+fn candidates() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        if out.status.success() {
+            let dir = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            if !dir.is_empty() {
+                dirs.push(PathBuf::from(dir));
+            }
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            // A PATH entry often holds symlinks (Debian's /usr/bin wrappers or
+            // /usr/local/bin links); the real directory is where initdb points.
+            match std::fs::canonicalize(dir.join("initdb")) {
+                Ok(real) => {
+                    if let Some(parent) = real.parent() {
+                        dirs.push(parent.to_path_buf());
+                    }
+                    dirs.push(dir);
+                }
+                Err(_) => continue,
+            }
+        }
+    }
+    dirs.push(PathBuf::from(DEBIAN_BINDIR));
+    let mut unique = Vec::new();
+    for d in dirs {
+        if !unique.contains(&d) {
+            unique.push(d);
+        }
+    }
+    unique
+}
+
+fn has_server(dir: &Path) -> bool {
+    SERVER_PROGRAMS.iter().all(|p| dir.join(p).is_file())
+}
+
+/// `postgres --version` prints `postgres (PostgreSQL) 15.8 (Debian 15.8-0+deb12u1)`.
+fn major_version(dir: &Path) -> Option<String> {
+    let out = Command::new(dir.join("postgres"))
+        .arg("--version")
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text.split(')').nth(1)?.split_whitespace().next()?;
+    Some(version.split('.').next()?.to_owned())
+}

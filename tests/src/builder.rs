@@ -1,0 +1,312 @@
+//! Setting up a throwaway cluster: options, initdb, configuration files and
+//! the first start on a free port.
+
+use crate::cluster::{blocking, Cluster, Ctl};
+use crate::run_as::{describe, run, RunAs};
+use crate::util::quote_literal;
+use crate::{free_port, Binaries, Error};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+/// How many ports are tried before giving up: the port is picked free but
+/// released before the server binds it, so another process may take it.
+const PORT_ATTEMPTS: usize = 5;
+
+/// The included file holding the testkit's settings; rewritten for each port.
+const SETTINGS_FILE: &str = "switchyard-testkit.conf";
+
+/// How clients authenticate to the cluster (`pg_hba.conf`, for TCP on
+/// 127.0.0.1 and for the Unix socket alike).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Auth {
+    /// No password.
+    #[default]
+    Trust,
+    /// SCRAM-SHA-256; passwords are stored as SCRAM verifiers.
+    Scram {
+        /// The superuser's password.
+        password: String,
+    },
+    /// MD5; passwords are stored as md5 hashes (`password_encryption = md5`),
+    /// so the server really runs the md5 exchange rather than upgrading it.
+    Md5 {
+        /// The superuser's password.
+        password: String,
+    },
+}
+
+impl Auth {
+    /// The superuser's password, if the method has one.
+    pub fn password(&self) -> Option<&str> {
+        match self {
+            Auth::Trust => None,
+            Auth::Scram { password } | Auth::Md5 { password } => Some(password),
+        }
+    }
+
+    /// The `pg_hba.conf` method name.
+    fn hba_method(&self) -> &'static str {
+        match self {
+            Auth::Trust => "trust",
+            Auth::Scram { .. } => "scram-sha-256",
+            Auth::Md5 { .. } => "md5",
+        }
+    }
+
+    /// The `password_encryption` setting that matches the method.
+    fn password_encryption(&self) -> &'static str {
+        match self {
+            Auth::Md5 { .. } => "md5",
+            Auth::Trust | Auth::Scram { .. } => "scram-sha-256",
+        }
+    }
+}
+
+/// Options for a [`Cluster`]; [`ClusterBuilder::start`] creates it.
+#[derive(Debug, Clone)]
+pub struct ClusterBuilder {
+    pub(crate) auth: Auth,
+    pub(crate) settings: Vec<(String, String)>,
+    pub(crate) superuser: String,
+    pub(crate) users: Vec<(String, String)>,
+    pub(crate) databases: Vec<(String, Option<String>)>,
+}
+
+impl Default for ClusterBuilder {
+    fn default() -> Self {
+        ClusterBuilder {
+            auth: Auth::Trust,
+            settings: Vec::new(),
+            superuser: "postgres".into(),
+            users: Vec::new(),
+            databases: Vec::new(),
+        }
+    }
+}
+
+impl ClusterBuilder {
+    /// Trust authentication, superuser `postgres`, no extra users or databases.
+    pub fn new() -> ClusterBuilder {
+        ClusterBuilder::default()
+    }
+
+    /// Sets the authentication method.
+    pub fn auth(mut self, auth: Auth) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// SCRAM-SHA-256 authentication with this superuser password.
+    pub fn scram(self, superuser_password: impl Into<String>) -> Self {
+        self.auth(Auth::Scram {
+            password: superuser_password.into(),
+        })
+    }
+
+    /// MD5 authentication with this superuser password.
+    pub fn md5(self, superuser_password: impl Into<String>) -> Self {
+        self.auth(Auth::Md5 {
+            password: superuser_password.into(),
+        })
+    }
+
+    /// Adds a `postgresql.conf` setting; it overrides the testkit's defaults
+    /// (except `port`, `listen_addresses` and `unix_socket_directories`,
+    /// which the testkit owns).
+    pub fn setting(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.settings.push((name.into(), value.into()));
+        self
+    }
+
+    /// Adds several `postgresql.conf` settings, as [`ClusterBuilder::setting`].
+    pub fn settings(mut self, settings: Vec<(String, String)>) -> Self {
+        self.settings.extend(settings);
+        self
+    }
+
+    /// Names the bootstrap superuser (default `postgres`).
+    pub fn superuser(mut self, name: impl Into<String>) -> Self {
+        self.superuser = name.into();
+        self
+    }
+
+    /// Creates a login role with this password once the server is up.
+    pub fn user(mut self, name: impl Into<String>, password: impl Into<String>) -> Self {
+        self.users.push((name.into(), password.into()));
+        self
+    }
+
+    /// Creates a database, owned by the superuser, once the server is up.
+    pub fn database(mut self, name: impl Into<String>) -> Self {
+        self.databases.push((name.into(), None));
+        self
+    }
+
+    /// Creates a database owned by `owner` (a superuser or a user added with
+    /// [`ClusterBuilder::user`]) once the server is up.
+    pub fn database_owned_by(mut self, name: impl Into<String>, owner: impl Into<String>) -> Self {
+        self.databases.push((name.into(), Some(owner.into())));
+        self
+    }
+
+    /// Runs initdb, starts the server, waits until it accepts connections and
+    /// creates the users and databases. The blocking steps run on tokio's
+    /// blocking pool, so this is fine inside `#[tokio::test]`.
+    pub async fn start(self) -> Result<Cluster, Error> {
+        let (cluster, builder) = blocking(move || launch(self)).await?;
+        // From here on the server runs and `cluster` stops it if we fail.
+        cluster.bootstrap(&builder).await?;
+        Ok(cluster)
+    }
+}
+
+/// The blocking phase: initdb, configuration, first start. Returns a running
+/// cluster, handing the options back for the bootstrap phase.
+fn launch(builder: ClusterBuilder) -> Result<(Cluster, ClusterBuilder), Error> {
+    let binaries = Binaries::locate()?;
+    let run_as = RunAs::detect()?;
+    let dir = tempfile::Builder::new()
+        .prefix("switchyard-pg-")
+        .tempdir()
+        .map_err(Error::io("creating a temporary directory for the cluster"))?;
+    run_as.give(dir.path())?;
+    let ctl = Ctl::new(binaries, run_as, dir.path());
+
+    initdb(&ctl, &builder)?;
+    std::fs::write(ctl.data_dir.join("pg_hba.conf"), hba(&builder.auth))
+        .map_err(Error::io("writing pg_hba.conf"))?;
+    include_settings_file(&ctl.data_dir)?;
+
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let port = free_port().map_err(Error::io("picking a free port"))?;
+        let settings_path = ctl.data_dir.join(SETTINGS_FILE);
+        std::fs::write(&settings_path, settings_file(&builder, ctl.root(), port))
+            .map_err(Error::io(format!("writing {SETTINGS_FILE}")))?;
+        // Under a restrictive umask a file root creates is unreadable to the server.
+        ctl.give(&settings_path)?;
+        let log_start = file_len(&ctl.log_path);
+        let error = match ctl.start_server() {
+            Ok(()) => {
+                tracing::debug!(port, dir = %ctl.root().display(), "PostgreSQL cluster started");
+                let cluster = Cluster::new(dir, ctl, port, &builder);
+                return Ok((cluster, builder));
+            }
+            Err(error) => error,
+        };
+        let log = read_from(&ctl.log_path, log_start);
+        if log.contains("Address already in use") && attempt < PORT_ATTEMPTS {
+            tracing::debug!(
+                port,
+                attempt,
+                "port taken before the server bound it; retrying"
+            );
+            continue;
+        }
+        tracing::debug!(%error, "pg_ctl start failed");
+        let log_path = ctl.log_path.clone();
+        // Keep the directory so that the whole log can be read.
+        let _kept = dir.keep();
+        return Err(Error::Start {
+            log: log_path,
+            tail: tail(&log, 40),
+        });
+    }
+}
+
+/// `initdb` with trust (our own `pg_hba.conf` replaces its file) and the
+/// superuser's password, if any, from a file so it never shows in `ps`.
+fn initdb(ctl: &Ctl, builder: &ClusterBuilder) -> Result<(), Error> {
+    let mut cmd = ctl.command("initdb");
+    cmd.arg("-D")
+        .arg(&ctl.data_dir)
+        .args(["-U", &builder.superuser])
+        .args(["--auth=trust", "--encoding=UTF8", "--locale=C"])
+        .args(["--no-sync", "--no-instructions"]);
+    let pwfile = ctl.root().join("superuser.pw");
+    if let Some(password) = builder.auth.password() {
+        std::fs::write(&pwfile, format!("{password}\n"))
+            .map_err(Error::io("writing the superuser password file"))?;
+        ctl.give(&pwfile)?;
+        cmd.arg(format!("--pwfile={}", pwfile.display()));
+    }
+    tracing::debug!(command = %describe(&cmd), "initdb");
+    let result = run(cmd);
+    if pwfile.exists() {
+        std::fs::remove_file(&pwfile).map_err(Error::io("removing the password file"))?;
+    }
+    result.map(drop)
+}
+
+/// `pg_hba.conf`: one method for everyone, over the socket and 127.0.0.1,
+/// for normal and replication connections (cutover tests replicate).
+fn hba(auth: &Auth) -> String {
+    let m = auth.hba_method();
+    format!(
+        "# written by switchyard-tests\n\
+         local all         all              {m}\n\
+         host  all         all 127.0.0.1/32 {m}\n\
+         local replication all              {m}\n\
+         host  replication all 127.0.0.1/32 {m}\n"
+    )
+}
+
+/// Makes `postgresql.conf` read the testkit's settings file last.
+fn include_settings_file(data_dir: &Path) -> Result<(), Error> {
+    let path = data_dir.join("postgresql.conf");
+    let mut conf = std::fs::read_to_string(&path).map_err(Error::io("reading postgresql.conf"))?;
+    conf.push_str(&format!("\ninclude '{SETTINGS_FILE}'\n"));
+    std::fs::write(&path, conf).map_err(Error::io("writing postgresql.conf"))
+}
+
+/// The testkit's settings: fast and durable-enough defaults, then the
+/// caller's (later lines win), then what the testkit must control.
+fn settings_file(builder: &ClusterBuilder, root: &Path, port: u16) -> String {
+    let defaults = [
+        ("fsync", "off"),
+        ("synchronous_commit", "off"),
+        ("full_page_writes", "off"),
+        ("max_connections", "200"),
+        ("shared_buffers", "128MB"),
+        ("password_encryption", builder.auth.password_encryption()),
+        ("log_line_prefix", "%m [%p] %q%u@%d "),
+    ];
+    let socket_dir = root.display().to_string();
+    let port = port.to_string();
+    let owned = [
+        ("listen_addresses", "127.0.0.1"),
+        ("unix_socket_directories", socket_dir.as_str()),
+        ("port", port.as_str()),
+    ];
+    let mut text = String::from("# written by switchyard-tests; rewritten on every start\n");
+    let extra = builder
+        .settings
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()));
+    for (name, value) in defaults.into_iter().chain(extra).chain(owned) {
+        text.push_str(&format!("{name} = {}\n", quote_literal(value)));
+    }
+    text
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+/// The file's text from byte `offset` on; empty if it cannot be read.
+pub(crate) fn read_from(path: &Path, offset: u64) -> String {
+    let mut bytes = Vec::new();
+    if let Ok(mut file) = std::fs::File::open(path) {
+        if file.seek(SeekFrom::Start(offset)).is_ok() {
+            let _ = file.read_to_end(&mut bytes);
+        }
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// The last `n` lines of `text`.
+pub(crate) fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

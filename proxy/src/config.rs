@@ -45,7 +45,19 @@ pub enum AuthMethod {
     /// MD5 challenge.
     Md5,
     /// SCRAM-SHA-256.
+    #[serde(rename = "scram-sha-256")]
     ScramSha256,
+}
+
+impl AuthMethod {
+    /// The name used in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            AuthMethod::Trust => "trust",
+            AuthMethod::Md5 => "md5",
+            AuthMethod::ScramSha256 => "scram-sha-256",
+        }
+    }
 }
 
 /// The whole configuration.
@@ -389,6 +401,14 @@ mod tests {
         assert_eq!(c.listen, default_listen());
         assert_eq!(c.source.port, 5432);
         assert_eq!(c.limits.max_message_bytes, 64 << 20);
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let text = include_str!("../../switchyard.example.toml");
+        let c = Config::parse(text, "switchyard.example.toml").unwrap();
+        assert_eq!(c.auth.method, AuthMethod::ScramSha256);
+        assert!(c.user("admin").is_some_and(|u| u.admin));
     }
 
     #[test]

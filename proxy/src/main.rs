@@ -64,7 +64,14 @@ async fn run(cli: Cli) -> i32 {
         Command::CheckConfig { config } => match cli::load_config(&config) {
             Ok(c) => {
                 println!("{}: OK", config.display());
-                println!("listen {} -> source {}:{}; {} user(s); auth {:?}", c.listen, c.source.host, c.source.port, c.users.len(), c.auth.method);
+                println!(
+                    "listen {} -> source {}:{}; {} user(s); auth {}",
+                    c.listen,
+                    c.source.host,
+                    c.source.port,
+                    c.users.len(),
+                    c.auth.method.name()
+                );
                 0
             }
             Err(e) => {

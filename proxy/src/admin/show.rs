@@ -138,7 +138,7 @@ pub(super) fn config(shared: &Shared) -> Reply {
             "source.password",
             if c.source.password.is_some() { "(set)" } else { "(unset)" }.into(),
         ),
-        ("auth.method", format!("{:?}", c.auth.method).to_lowercase()),
+        ("auth.method", c.auth.method.name().to_string()),
         ("users", c.users.iter().map(|u| u.name.as_str()).collect::<Vec<_>>().join(", ")),
         ("limits.max_message_bytes", c.limits.max_message_bytes.to_string()),
         ("limits.max_clients", c.limits.max_clients.to_string()),

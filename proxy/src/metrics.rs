@@ -1,10 +1,13 @@
 //! The Prometheus endpoint: a small HTTP server on its own port that renders
 //! the proxy's counters and its query-latency histogram in the text
 //! exposition format. Each proxy owns its recorder (no process-global
-//! recorder), so several proxies can live in one process.
+//! recorder), so several proxies can live in one process. Sessions never
+//! touch the recorder: counters are copied from [`Stats`] at scrape time and
+//! the latency histogram's buckets are read off the same HDR histogram that
+//! `SHOW STATS` uses, so the hot path pays for one histogram, not two.
 
 use crate::stats::Stats;
-use metrics::{Counter, Gauge, Histogram, Key, Level, Metadata, Recorder};
+use metrics::{Counter, Gauge, Key, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,7 +15,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-/// Latency buckets, seconds.
+/// Latency bucket bounds, seconds.
 const BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
@@ -22,8 +25,6 @@ const BUCKETS: &[f64] = &[
 pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
-    /// Query latency in seconds, recorded by sessions.
-    pub query_seconds: Histogram,
     counters: Vec<(Counter, fn(&Stats) -> u64)>,
     open: Gauge,
 }
@@ -39,10 +40,7 @@ const META: Metadata<'static> = Metadata::new("switchyard", Level::INFO, None);
 impl Metrics {
     /// A recorder with the proxy's metrics registered.
     pub fn new() -> Metrics {
-        let recorder = PrometheusBuilder::new()
-            .set_buckets(BUCKETS)
-            .map(|b| b.build_recorder())
-            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+        let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
         let counter = |name: &'static str| recorder.register_counter(&Key::from_name(name), &META);
         use std::sync::atomic::Ordering::Relaxed;
@@ -71,12 +69,9 @@ impl Metrics {
             }),
         ];
         let open = recorder.register_gauge(&Key::from_name("switchyard_client_connections"), &META);
-        let query_seconds =
-            recorder.register_histogram(&Key::from_name("switchyard_query_duration_seconds"), &META);
         Metrics {
             recorder,
             handle,
-            query_seconds,
             counters,
             open,
         }
@@ -90,13 +85,25 @@ impl Metrics {
         self.open
             .set(Stats::get(&stats.connections_open) as f64);
         let _ = &self.recorder;
-        self.handle.render()
+        let mut text = self.handle.render();
+        render_latency(&mut text, stats);
+        text
     }
+}
 
-    /// Drains histogram samples so memory stays bounded between scrapes.
-    pub fn upkeep(&self) {
-        self.handle.run_upkeep();
+/// Appends `switchyard_query_duration_seconds` as a Prometheus histogram.
+fn render_latency(out: &mut String, stats: &Stats) {
+    use std::fmt::Write;
+    let name = "switchyard_query_duration_seconds";
+    let _ = writeln!(out, "# HELP {name} Time from a query (or Sync) to its ReadyForQuery.");
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    let (buckets, count, sum_us) = stats.latency_buckets(BUCKETS);
+    for (le, n) in BUCKETS.iter().zip(buckets) {
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {n}");
     }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+    let _ = writeln!(out, "{name}_sum {}", sum_us / 1e6);
+    let _ = writeln!(out, "{name}_count {count}");
 }
 
 impl Default for Metrics {
@@ -110,19 +117,8 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serves `GET /metrics` (any path, in fact) until the task is dropped.
+/// Serves `GET /metrics` (any path, in fact) until the task is aborted.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, stats: Arc<Stats>) {
-    let upkeep = {
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tick.tick().await;
-                metrics.upkeep();
-            }
-        })
-    };
-    let _abort = AbortOnDrop(upkeep);
     loop {
         let Ok((mut sock, _)) = listener.accept().await else {
             continue;
@@ -162,10 +158,25 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, stats: Arc<Stat
     }
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::latency_histogram;
 
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
+    #[test]
+    fn renders_counters_and_cumulative_latency_buckets() {
+        let stats = Stats::default();
+        Stats::bump(&stats.queries);
+        Stats::bump(&stats.queries);
+        let mut local = latency_histogram();
+        local.record(200).unwrap(); // 0.2 ms
+        local.record(3_000).unwrap(); // 3 ms
+        stats.merge_latency(&mut local);
+        let text = Metrics::new().render(&stats);
+        assert!(text.contains("switchyard_queries_total 2"), "{text}");
+        assert!(text.contains("switchyard_query_duration_seconds_bucket{le=\"0.0001\"} 0"), "{text}");
+        assert!(text.contains("switchyard_query_duration_seconds_bucket{le=\"0.00025\"} 1"), "{text}");
+        assert!(text.contains("switchyard_query_duration_seconds_bucket{le=\"0.005\"} 2"), "{text}");
+        assert!(text.contains("switchyard_query_duration_seconds_count 2"), "{text}");
     }
 }

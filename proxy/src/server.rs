@@ -111,20 +111,20 @@ impl Proxy {
             config,
         });
         let mut metrics_addr = None;
-        let mut metrics_task = None;
+        let mut side_tasks = Vec::new();
         if let Some(maddr) = shared.config.metrics.listen {
             let l = metrics::bind(maddr)
                 .await
                 .map_err(|source| StartError::MetricsBind { addr: maddr, source })?;
             metrics_addr = l.local_addr().ok();
-            metrics_task = Some(tokio::spawn(metrics::serve(
+            side_tasks.push(tokio::spawn(metrics::serve(
                 l,
                 shared.metrics.clone(),
                 shared.stats.clone(),
             )));
         }
         tracing::info!(%addr, metrics = ?metrics_addr, source = %format!("{}:{}", shared.config.source.host, shared.config.source.port), "switchyard proxy listening");
-        let task = tokio::spawn(serve(listener, shared.clone(), metrics_task));
+        let task = tokio::spawn(serve(listener, shared.clone(), side_tasks));
         Ok(Proxy {
             addr,
             metrics_addr,
@@ -172,7 +172,7 @@ impl Proxy {
 async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
-    metrics_task: Option<tokio::task::JoinHandle<()>>,
+    side_tasks: Vec<tokio::task::JoinHandle<()>>,
 ) {
     let mut sessions = JoinSet::new();
     let mut shutdown = shared.shutdown.clone();
@@ -204,7 +204,7 @@ async fn serve(
         tracing::warn!(left = sessions.len(), "shutdown grace period over; closing sessions");
         sessions.shutdown().await;
     }
-    if let Some(t) = metrics_task {
+    for t in side_tasks {
         t.abort();
     }
     tracing::info!("switchyard proxy stopped");

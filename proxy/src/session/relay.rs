@@ -248,7 +248,6 @@ impl<'a> Relay<'a> {
                 ready = true;
                 let us = latency.as_micros().max(1) as u64;
                 let _ = self.latency.record(us.min(3_600_000_000));
-                self.shared.metrics.query_seconds.record(latency.as_secs_f64());
                 if event.at_boundary {
                     self.busy.leave();
                     Stats::bump(&self.shared.stats.transactions);

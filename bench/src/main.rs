@@ -1,2 +1,72 @@
-//! switchyard-bench: benchmark scenarios (placeholder until the scenarios land).
-fn main() {}
+//! switchyard-bench: benchmark programs. `main` parses the command line and
+//! hands each scenario to its module; every scenario prints a table and
+//! writes its numbers to a JSON file under `bench/results/`.
+
+mod demo;
+mod pgbench;
+mod pgbouncer;
+mod proxy_bench;
+mod proxy_thread;
+mod report;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// switchyard's benchmarks and demo, run against throwaway PostgreSQL 15
+/// clusters started by the testkit.
+#[derive(Debug, Parser)]
+#[command(name = "switchyard-bench", version, about, long_about = None)]
+struct Cli {
+    /// The scenario to run.
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The scenarios.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Proxy overhead: pgbench -S straight to PostgreSQL, through switchyard
+    /// and through PgBouncer (each with a TCP and a Unix-socket backend),
+    /// side by side in alternating rounds.
+    Proxy(proxy_bench::Args),
+    /// Start a sample database behind the proxy and print how to connect;
+    /// runs until Ctrl-C.
+    Demo(demo::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            // The proxy logs every start at info; a bench's output is its table.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    // The driver only waits on child processes and the testkit; one thread
+    // is plenty, and leaves the cores to pgbench, PostgreSQL and the proxy.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("switchyard-bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Proxy(args) => proxy_bench::run(args).await,
+            Command::Demo(args) => demo::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("switchyard-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

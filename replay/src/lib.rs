@@ -2,3 +2,10 @@
 //! mapping and the key-sync replayer. The proxy depends on this crate; it
 //! depends on nothing of the proxy's.
 #![warn(missing_docs)]
+
+pub mod log;
+
+pub use log::{
+    CommitRecord, Durability, Key, LogEntry, LogError, LogOptions, LogReader, LogStats, LogWriter,
+    LogWriterHandle, Lsn, Marker, Record, TableKeys,
+};

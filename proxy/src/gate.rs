@@ -23,6 +23,9 @@ pub enum GateError {
     /// Someone else holds the gate closed.
     #[error("the gate is already closed (by PAUSE or a cutover); RESUME first")]
     AlreadyClosed,
+    /// The gate was reopened (RESUME) before the sessions drained.
+    #[error("the gate was reopened before the sessions drained")]
+    Aborted,
     /// Sessions were still busy when the drain timeout passed.
     #[error("{busy} session(s) still in a transaction after {waited_ms} ms; the gate was reopened")]
     DrainTimeout {
@@ -103,6 +106,13 @@ impl Gate {
     /// On timeout the gate is reopened and the error says how many sessions
     /// were still busy.
     pub async fn close(self: &Arc<Gate>, drain: Duration) -> Result<Closed, GateError> {
+        let closed = self.close_now()?;
+        closed.drain(drain).await?;
+        Ok(closed)
+    }
+
+    /// Closes the gate without waiting; [`Closed::drain`] waits.
+    pub fn close_now(self: &Arc<Gate>) -> Result<Closed, GateError> {
         if self
             .closed
             .compare_exchange(false, true, SeqCst, SeqCst)
@@ -111,28 +121,10 @@ impl Gate {
             return Err(GateError::AlreadyClosed);
         }
         let generation = self.generation.fetch_add(1, SeqCst) + 1;
-        let guard = Closed {
+        Ok(Closed {
             gate: self.clone(),
             generation,
-        };
-        let start = Instant::now();
-        let deadline = tokio::time::Instant::now() + drain;
-        loop {
-            let drained = self.drained.notified();
-            tokio::pin!(drained);
-            drained.as_mut().enable();
-            if self.busy.load(SeqCst) == 0 {
-                return Ok(guard);
-            }
-            if tokio::time::timeout_at(deadline, drained).await.is_err()
-                && self.busy.load(SeqCst) != 0
-            {
-                return Err(GateError::DrainTimeout {
-                    busy: self.busy.load(SeqCst),
-                    waited_ms: start.elapsed().as_millis() as u64,
-                });
-            }
-        }
+        })
     }
 
     /// Reopens the gate if it is closed; returns whether it was.
@@ -165,6 +157,46 @@ pub struct Closed {
 }
 
 impl Closed {
+    /// Which close of the gate this is.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Waits until no session is busy, at most `timeout`. Fails if the gate
+    /// is reopened meanwhile (by RESUME) or the timeout passes; the guard
+    /// still reopens the gate when dropped.
+    pub async fn drain(&self, timeout: Duration) -> Result<(), GateError> {
+        let gate = &self.gate;
+        let start = Instant::now();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let drained = gate.drained.notified();
+            let opened = gate.opened.notified();
+            tokio::pin!(drained, opened);
+            drained.as_mut().enable();
+            opened.as_mut().enable();
+            if !gate.closed.load(SeqCst) || gate.generation.load(SeqCst) != self.generation {
+                return Err(GateError::Aborted);
+            }
+            if gate.busy.load(SeqCst) == 0 {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = &mut drained => {}
+                _ = &mut opened => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    let busy = gate.busy.load(SeqCst);
+                    if busy != 0 {
+                        return Err(GateError::DrainTimeout {
+                            busy,
+                            waited_ms: start.elapsed().as_millis() as u64,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
     /// Keeps the gate closed past this guard's life: something else (RESUME,
     /// a timer) is now responsible for reopening it.
     pub fn keep_closed(self) -> u64 {
@@ -284,6 +316,22 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn reopening_aborts_a_drain() {
+        let gate = Gate::new();
+        let mut s = Busy::new(gate.clone());
+        assert!(s.try_enter());
+        let closed = gate.close_now().unwrap();
+        let generation = closed.generation();
+        let g2 = gate.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            reopen_if_generation(&g2, generation);
+        });
+        assert_eq!(closed.drain(Duration::from_secs(5)).await, Err(GateError::Aborted));
+        assert!(!gate.is_closed());
     }
 
     #[tokio::test]

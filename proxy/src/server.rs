@@ -55,6 +55,8 @@ pub struct PauseState {
 pub struct Shared {
     /// The configuration.
     pub config: Config,
+    /// The address actually bound (the config may say port 0).
+    pub local_addr: SocketAddr,
     /// Users with their verifiers.
     pub users: Users,
     /// The freeze gate.
@@ -73,6 +75,15 @@ pub struct Shared {
     pub started_at: SystemTime,
     /// The PAUSE in force, if any.
     pub pause: Mutex<Option<PauseState>>,
+}
+
+impl Shared {
+    /// Resolves once the proxy starts shutting down (at once if it has).
+    pub async fn shutting_down(&self) {
+        let mut rx = self.shutdown.clone();
+        // The guard `wait_for` returns must not live across an await.
+        let _ = rx.wait_for(|down| *down).await.map(|_| ());
+    }
 }
 
 /// A running proxy.
@@ -108,6 +119,7 @@ impl Proxy {
             shutdown: shutdown_rx,
             started_at: SystemTime::now(),
             pause: Mutex::new(None),
+            local_addr: addr,
             config,
         });
         let mut metrics_addr = None;

@@ -155,7 +155,15 @@ pub async fn serve(shared: &Arc<Shared>, client: &mut Conn, info: &Arc<SessionIn
         if client.flush().await.is_err() {
             return;
         }
-        let frame = match client.read_message().await {
+        let read = tokio::select! {
+            r = client.read_message() => r,
+            _ = shared.shutting_down() => {
+                bmsg::error_response(client.wbuf(), Severity::Fatal, "57P01", "terminating connection because switchyard is shutting down");
+                client.close().await;
+                return;
+            }
+        };
+        let frame = match read {
             Ok(Some(f)) => f,
             Ok(None) | Err(crate::net::ReadError::Io(_)) | Err(crate::net::ReadError::Truncated) => return,
             Err(crate::net::ReadError::Wire(e)) => {

@@ -11,17 +11,30 @@ use std::time::{Duration, Instant};
 pub(super) async fn execute(shared: &Arc<Shared>, timeout: Option<Duration>) -> Result<Reply, AdminError> {
     let timeout = timeout.unwrap_or(shared.config.limits.pause_timeout());
     let since = Instant::now();
-    let closed = shared.gate.close(timeout).await.map_err(|e| match e {
-        GateError::AlreadyClosed => AdminError::State("already paused; RESUME first".into()),
-        e @ GateError::DrainTimeout { .. } => AdminError::State(format!("PAUSE failed: {e}")),
+    let closed = shared.gate.close_now().map_err(|_| {
+        AdminError::State("already paused (or a cutover holds the gate); RESUME first".into())
     })?;
-    let generation = closed.keep_closed();
+    let generation = closed.generation();
     let until = since + timeout;
+    // Recorded before draining, so that RESUME can abort a drain that an
+    // idle-in-transaction session holds up.
     *shared.pause.lock().unwrap_or_else(|p| p.into_inner()) = Some(PauseState {
         generation,
         since,
         until,
     });
+    if let Err(e) = closed.drain(timeout).await {
+        let mut p = shared.pause.lock().unwrap_or_else(|p| p.into_inner());
+        if p.is_some_and(|p| p.generation == generation) {
+            *p = None;
+        }
+        let why = match e {
+            GateError::Aborted => "PAUSE aborted: RESUME reopened the gate before the sessions drained".to_string(),
+            e => format!("PAUSE failed: {e}"),
+        };
+        return Err(AdminError::State(why));
+    }
+    closed.keep_closed();
     let waited = since.elapsed();
     tracing::info!(drain_ms = waited.as_millis() as u64, timeout_ms = timeout.as_millis() as u64, "paused");
     // The pause ends by itself at the deadline, so a forgotten PAUSE cannot

@@ -128,7 +128,7 @@ pub(super) fn config(shared: &Shared) -> Reply {
     let mut r = ResultSet::new(&["key", "value"]);
     let opt = |v: &Option<String>, absent: &str| v.clone().unwrap_or_else(|| absent.to_string());
     let rows: Vec<(&str, String)> = vec![
-        ("listen", c.listen.to_string()),
+        ("listen", shared.local_addr.to_string()),
         ("admin_database", c.admin_database.clone()),
         ("source.host", c.source.host.clone()),
         ("source.port", c.source.port.to_string()),

@@ -78,11 +78,130 @@ fn ident(word: &str) -> String {
     }
 }
 
+/// Splits a query string into its statements at top-level `;`, skipping
+/// quoted strings, quoted identifiers, dollar-quoted bodies and comments.
+pub fn statements(sql: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let (mut i, mut start) = (0, 0);
+    // Whether the current statement has anything but space and comments:
+    // PostgreSQL runs no command (and sends no reply) for one that has not.
+    let mut significant = false;
+    while i < sql.len() {
+        let b = sql[i];
+        let comment = (b == b'-' && sql.get(i + 1) == Some(&b'-'))
+            || (b == b'/' && sql.get(i + 1) == Some(&b'*'));
+        if b != b';' && !comment && !b.is_ascii_whitespace() {
+            significant = true;
+        }
+        match b {
+            b';' => {
+                if significant {
+                    out.push(&sql[start..i]);
+                }
+                significant = false;
+                start = i + 1;
+                i += 1;
+            }
+            q @ (b'\'' | b'"') => {
+                i += 1;
+                while i < sql.len() {
+                    if sql[i] == q {
+                        // A doubled quote is an escaped quote.
+                        if sql.get(i + 1) == Some(&q) {
+                            i += 2;
+                            continue;
+                        }
+                        break;
+                    }
+                    // E'...' strings may escape a quote with a backslash.
+                    if sql[i] == b'\\' && q == b'\'' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                i += 1;
+            }
+            b'-' if sql.get(i + 1) == Some(&b'-') => {
+                while i < sql.len() && sql[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if sql.get(i + 1) == Some(&b'*') => {
+                let mut depth = 0;
+                while i < sql.len() {
+                    if sql[i..].starts_with(b"/*") {
+                        depth += 1;
+                        i += 2;
+                    } else if sql[i..].starts_with(b"*/") {
+                        depth -= 1;
+                        i += 2;
+                        if depth == 0 {
+                            break;
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            b'$' => {
+                // $tag$ ... $tag$, where tag is empty or an identifier.
+                let tag_end = sql[i + 1..]
+                    .iter()
+                    .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_'))
+                    .map(|n| i + 1 + n);
+                match tag_end {
+                    Some(e) if sql[e] == b'$' && !sql[i + 1..e].first().is_some_and(u8::is_ascii_digit) => {
+                        let tag = &sql[i..=e];
+                        let body = e + 1;
+                        i = sql[body..]
+                            .windows(tag.len())
+                            .position(|w| w == tag)
+                            .map_or(sql.len(), |p| body + p + tag.len());
+                    }
+                    _ => i += 1,
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    if significant {
+        out.push(&sql[start..]);
+    }
+    out
+}
+
+/// `sql` after leading white space and comments.
+fn skip_space_and_comments(mut sql: &[u8]) -> &[u8] {
+    loop {
+        let start = sql.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(sql.len());
+        sql = &sql[start..];
+        if sql.starts_with(b"--") {
+            let end = sql.iter().position(|b| *b == b'\n').unwrap_or(sql.len());
+            sql = &sql[end..];
+        } else if sql.starts_with(b"/*") {
+            // Nesting is rare at the start of a statement; the first `*/` ends it.
+            let end = sql.windows(2).position(|w| w == b"*/").map_or(sql.len(), |p| p + 2);
+            sql = &sql[end..];
+        } else {
+            return sql;
+        }
+    }
+}
+
+/// What each statement of a query string does to session state, in order:
+/// `None` when no statement has an effect (the common case, allocation-free).
+pub fn detect_all(sql: &[u8]) -> Option<Vec<Option<Effect>>> {
+    if !sql.contains(&b';') {
+        return detect(sql).map(|e| vec![Some(e)]);
+    }
+    let effects: Vec<Option<Effect>> = statements(sql).into_iter().map(detect).collect();
+    effects.iter().any(Option::is_some).then_some(effects)
+}
+
 /// Finds what the first statement of `sql` does to session state.
 pub fn detect(sql: &[u8]) -> Option<Effect> {
-    let start = sql.iter().position(|b| !b.is_ascii_whitespace())?;
-    let sql = &sql[start..];
-    let first = sql[0].to_ascii_lowercase();
+    let sql = skip_space_and_comments(sql);
+    let first = sql.first()?.to_ascii_lowercase();
     // Fast exit for the common statements (SELECT, INSERT, UPDATE, BEGIN...).
     let pin = match first {
         b's' | b'i' | b'u' | b'w' | b'b' | b'e' => detect_pin(sql),
@@ -193,6 +312,42 @@ pub fn detect_pin(sql: &[u8]) -> Option<Pin> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn splits_statements_outside_quotes_and_comments() {
+        let sql = b"SET a = ';'; LISTEN \"x;y\" -- c;\n; select $f$ ; $f$; /* ; /* ; */ */ RESET b";
+        let parts: Vec<&str> = statements(sql)
+            .into_iter()
+            .map(|s| std::str::from_utf8(s).unwrap().trim())
+            .collect();
+        assert_eq!(
+            parts,
+            ["SET a = ';'", "LISTEN \"x;y\" -- c;", "select $f$ ; $f$", "/* ; /* ; */ */ RESET b"]
+        );
+        assert_eq!(statements(b"select 1;  "), vec![&b"select 1"[..]]);
+        assert_eq!(statements(b"select 1;; /* only */ ; select 2").len(), 2);
+        assert_eq!(detect(b"/* why */ -- note\n RESET ALL"), Some(Effect::ResetAll));
+        assert_eq!(statements(b"select 'it''s;'").len(), 1);
+        assert_eq!(statements(b"select $1; select 2").len(), 2);
+    }
+
+    #[test]
+    fn detects_every_statement_of_a_query() {
+        let all = detect_all(b"LISTEN a; select 1; SET x = 1").unwrap();
+        assert_eq!(
+            all,
+            vec![
+                Some(Effect::Listen("a".into())),
+                None,
+                Some(Effect::Set {
+                    name: "x".into(),
+                    statement: "SET x = 1".into()
+                })
+            ]
+        );
+        assert_eq!(detect_all(b"select 1; select 2"), None);
+        assert_eq!(detect_all(b"select 1"), None);
+    }
 
     #[test]
     fn recognises_session_statements() {

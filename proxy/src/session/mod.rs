@@ -57,12 +57,13 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
     let _open = OpenGuard(stats.clone());
     let mut client = Conn::new(socket, shared.config.limits.max_message_bytes);
     let timeout = shared.config.limits.startup_timeout();
-    let startup = tokio::time::timeout(timeout, read_startup(&shared, &mut client)).await;
-    let params = match startup {
-        Ok(Ok(Some(params))) => params,
-        Ok(Ok(None)) => return, // cancel request served, or client left
-        Ok(Err(refusal)) => return refuse(&shared, &mut client, refusal).await,
-        Err(_) => {
+    let startup = unless_shutdown(&shared, tokio::time::timeout(timeout, read_startup(&shared, &mut client))).await;
+    let (version, params) = match startup {
+        None => return refuse(&shared, &mut client, shutting_down()).await,
+        Some(Ok(Ok(Some(startup)))) => startup,
+        Some(Ok(Ok(None))) => return, // cancel request served, or client left
+        Some(Ok(Err(refusal))) => return refuse(&shared, &mut client, refusal).await,
+        Some(Err(_)) => {
             tracing::debug!(%peer, "startup timed out");
             let r = Refusal::fatal("08P01", "startup did not complete in time");
             return refuse(&shared, &mut client, r).await;
@@ -82,11 +83,15 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
         let r = Refusal::fatal("53300", "sorry, too many clients already (limits.max_clients)");
         return refuse(&shared, &mut client, r).await;
     }
-    let authed = tokio::time::timeout(
-        timeout,
-        auth::authenticate_client(&mut client, &shared.users, &user),
+    negotiate_protocol(&mut client, version, &params);
+    let authed = unless_shutdown(
+        &shared,
+        tokio::time::timeout(timeout, auth::authenticate_client(&mut client, &shared.users, &user)),
     )
     .await;
+    let Some(authed) = authed else {
+        return refuse(&shared, &mut client, shutting_down()).await;
+    };
     match authed {
         Ok(Ok(())) => {}
         Ok(Err(AuthError::Read(e))) => {
@@ -184,12 +189,39 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
     drop(registered);
 }
 
+/// Runs `f` unless the proxy shuts down first (`None`).
+async fn unless_shutdown<F: std::future::Future>(shared: &Shared, f: F) -> Option<F::Output> {
+    tokio::select! {
+        biased;
+        _ = shared.shutting_down() => None,
+        r = f => Some(r),
+    }
+}
+
+fn shutting_down() -> Refusal {
+    Refusal::fatal("57P01", "terminating connection because switchyard is shutting down")
+}
+
+/// Tells a client that asked for a newer protocol minor version, or for
+/// protocol options (`_pq_.*`), that it gets 3.0 without them, as
+/// PostgreSQL itself does.
+fn negotiate_protocol(client: &mut Conn, version: i32, params: &[(String, String)]) {
+    let unsupported: Vec<&str> = params
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .filter(|k| k.starts_with("_pq_."))
+        .collect();
+    if version & 0xffff == 0 && unsupported.is_empty() {
+        return;
+    }
+    bmsg::negotiate_protocol_version(client.wbuf(), crate::wire::startup::PROTOCOL_3_0, &unsupported);
+}
+
+type Startup = (i32, Vec<(String, String)>);
+
 /// Reads startup packets until a StartupMessage: answers SSL/GSSENC
 /// requests with 'N' and serves a CancelRequest (returning `None`).
-async fn read_startup(
-    shared: &Shared,
-    client: &mut Conn,
-) -> Result<Option<Vec<(String, String)>>, Refusal> {
+async fn read_startup(shared: &Shared, client: &mut Conn) -> Result<Option<Startup>, Refusal> {
     loop {
         let packet = match client.read_startup().await {
             Ok(Some(p)) => p,
@@ -212,7 +244,7 @@ async fn read_startup(
                 shared.cancel.cancel((pid, key), shared.config.limits.connect_timeout()).await;
                 return Ok(None);
             }
-            Ok(StartupPacket::Startup { params, .. }) => return Ok(Some(params)),
+            Ok(StartupPacket::Startup { version, params }) => return Ok(Some((version, params))),
             Err(e) => return Err(Refusal::fatal("08P01", format!("invalid startup packet: {e}"))),
         }
     }

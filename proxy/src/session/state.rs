@@ -22,8 +22,13 @@ use std::time::{Duration, Instant};
 enum Pending {
     Query {
         started: Instant,
-        effect: Option<Effect>,
+        /// One entry per statement, consumed per CommandComplete; `None`
+        /// when no statement changes session state.
+        effects: Option<std::vec::IntoIter<Option<Effect>>>,
     },
+    /// The client ended a COPY FROM STDIN (CopyDone or CopyFail). No reply
+    /// of its own; it marks which Syncs the server ignores (see `on_copy_in`).
+    CopyEnd,
     FunctionCall {
         started: Instant,
     },
@@ -112,6 +117,8 @@ pub struct SessionState {
     /// Effects of the open transaction, applied when it commits.
     tx_effects: Vec<Effect>,
     tx_rolled_back: bool,
+    /// The server is in COPY FROM STDIN and the client has not ended it yet.
+    copy_in: bool,
 }
 
 impl Default for SessionState {
@@ -133,6 +140,7 @@ impl SessionState {
             pins: BTreeSet::new(),
             tx_effects: Vec::new(),
             tx_rolled_back: false,
+            copy_in: false,
         }
     }
 
@@ -184,12 +192,21 @@ impl SessionState {
                 let sql = Reader::new(msg.body(), "Query").cstr_bytes()?;
                 self.pending.push_back(Pending::Query {
                     started: now,
-                    effect: effects::detect(sql),
+                    effects: effects::detect_all(sql).map(Vec::into_iter),
                 });
             }
             ftag::SYNC => {
                 self.unsynced = false;
-                self.pending.push_back(Pending::Sync { started: now });
+                // The server ignores Sync while it receives COPY data.
+                if !self.copy_in {
+                    self.pending.push_back(Pending::Sync { started: now });
+                }
+            }
+            ftag::COPY_DONE | ftag::COPY_FAIL => {
+                if !std::mem::take(&mut self.copy_in) {
+                    // Sent ahead of the server's CopyInResponse (pipelined).
+                    self.pending.push_back(Pending::CopyEnd);
+                }
             }
             ftag::FUNCTION_CALL => self.pending.push_back(Pending::FunctionCall { started: now }),
             ftag::PARSE => {
@@ -249,6 +266,7 @@ impl SessionState {
                     }
                 }
                 self.tx = status;
+                self.copy_in = false;
                 if status == TxStatus::Idle {
                     self.end_transaction();
                 }
@@ -282,8 +300,11 @@ impl SessionState {
                 }
                 self.pop_if(|p| matches!(p, Pending::Execute));
             }
+            btag::COPY_IN_RESPONSE => self.on_copy_in(),
             btag::ERROR_RESPONSE => {
                 event.error = true;
+                // An error ends copy-in mode; the client's next Sync counts.
+                self.copy_in = false;
                 // In an extended batch the server now skips to the Sync.
                 while let Some(p) = self.pending.front() {
                     if p.ends_with_ready() {
@@ -297,7 +318,41 @@ impl SessionState {
         event
     }
 
+    /// The server entered COPY FROM STDIN for the request at the front. It
+    /// ignores every Sync it reads until the client's CopyDone/CopyFail, so
+    /// the Syncs forwarded in that span get no ReadyForQuery: forget them.
+    fn on_copy_in(&mut self) {
+        let end = self
+            .pending
+            .iter()
+            .skip(1)
+            .position(|p| matches!(p, Pending::CopyEnd))
+            .map(|i| i + 1);
+        let stop = end.unwrap_or(self.pending.len());
+        let mut i = 1;
+        let mut stop_at = stop;
+        while i < stop_at {
+            if matches!(self.pending[i], Pending::Sync { .. }) {
+                self.pending.remove(i);
+                stop_at -= 1;
+            } else {
+                i += 1;
+            }
+        }
+        match end {
+            Some(_) => {
+                self.pending.remove(stop_at);
+            }
+            None => self.copy_in = true,
+        }
+    }
+
     fn pop_if(&mut self, f: impl Fn(&Pending) -> bool) -> Option<Pending> {
+        // A CopyEnd marker whose COPY never started (the server failed the
+        // statement first) expects nothing.
+        while matches!(self.pending.front(), Some(Pending::CopyEnd)) {
+            self.pending.pop_front();
+        }
         if self.pending.front().is_some_and(f) {
             self.pending.pop_front()
         } else {
@@ -314,8 +369,12 @@ impl SessionState {
             self.tx_effects.clear();
             return;
         }
-        if let Some(Pending::Query { effect, .. }) = self.pending.front_mut() {
-            if let Some(e) = effect.take() {
+        if let Some(Pending::Query {
+            effects: Some(effects),
+            ..
+        }) = self.pending.front_mut()
+        {
+            if let Some(Some(e)) = effects.next() {
                 self.tx_effects.push(e);
             }
         }
@@ -469,6 +528,45 @@ mod tests {
         s.on_server(complete("CREATE TABLE"), now);
         s.on_server(ready(b'I'), now);
         assert!(s.pins().contains(&Pin::TempTable));
+        s.on_client(query("LISTEN a; select 1; SET x = 1"), now).unwrap();
+        s.on_server(complete("LISTEN"), now);
+        s.on_server(complete("SELECT 1"), now);
+        s.on_server(complete("SET"), now);
+        s.on_server(ready(b'I'), now);
+        assert!(s.listens().contains("a"));
+        assert_eq!(s.settings()["x"], "SET x = 1");
+    }
+
+    #[test]
+    fn syncs_sent_during_copy_in_expect_no_reply() {
+        let now = Instant::now();
+        let sync = || fe(ftag::SYNC, |_| {});
+        let execute = || fe(ftag::EXECUTE, |b| { put_cstr(b, b""); b.put_i32(0); });
+        let copy_done = || fe(ftag::COPY_DONE, |_| {});
+        // Pipelined: Execute, Sync, data, CopyDone, Sync before the server answers.
+        let mut s = SessionState::new();
+        for m in [execute(), sync(), copy_done(), sync()] {
+            s.on_client(m, now).unwrap();
+        }
+        s.on_server(be(btag::COPY_IN_RESPONSE, |b| b.put_u8(0)), now);
+        s.on_server(complete("COPY 3"), now);
+        assert!(s.on_server(ready(b'I'), now).at_boundary);
+        // Waiting: Execute, Sync; the server answers G; then data, CopyDone, Sync.
+        let mut s = SessionState::new();
+        s.on_client(execute(), now).unwrap();
+        s.on_client(sync(), now).unwrap();
+        s.on_server(be(btag::COPY_IN_RESPONSE, |b| b.put_u8(0)), now);
+        s.on_client(copy_done(), now).unwrap();
+        s.on_client(sync(), now).unwrap();
+        s.on_server(complete("COPY 3"), now);
+        assert!(s.on_server(ready(b'I'), now).at_boundary);
+        // Simple query COPY.
+        let mut s = SessionState::new();
+        s.on_client(query("copy t from stdin"), now).unwrap();
+        s.on_server(be(btag::COPY_IN_RESPONSE, |b| b.put_u8(0)), now);
+        s.on_client(copy_done(), now).unwrap();
+        s.on_server(complete("COPY 1"), now);
+        assert!(s.on_server(ready(b'I'), now).at_boundary);
     }
 
     #[test]

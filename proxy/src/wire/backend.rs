@@ -264,6 +264,19 @@ pub fn auth_sasl_scram(out: &mut BytesMut) {
     authentication(out, auth::SASL, b"SCRAM-SHA-256\0\0");
 }
 
+/// Appends a NegotiateProtocolVersion: the newest protocol version supported
+/// (major << 16 | minor, as PostgreSQL sends it) and the protocol options
+/// not recognised.
+pub fn negotiate_protocol_version(out: &mut BytesMut, version: i32, unsupported: &[&str]) {
+    write_message(out, tag::NEGOTIATE_PROTOCOL_VERSION, |b| {
+        b.put_i32(version);
+        b.put_i32(unsupported.len() as i32);
+        for name in unsupported {
+            put_cstr(b, name.as_bytes());
+        }
+    });
+}
+
 /// Appends a ParameterStatus.
 pub fn parameter_status(out: &mut BytesMut, name: &str, value: &str) {
     write_message(out, tag::PARAMETER_STATUS, |b| {

@@ -129,8 +129,11 @@ async fn config_and_help(admin: &Client, source_port: u16) -> Result<()> {
     let c = config.map();
     assert_eq!(c["source.host"], "127.0.0.1");
     assert_eq!(c["source.port"], source_port.to_string());
-    // The configured address (port 0 here), not the one bound.
-    assert_eq!(c["listen"], "127.0.0.1:0");
+    // The address bound, not the configured port 0.
+    assert!(
+        c["listen"].starts_with("127.0.0.1:") && !c["listen"].ends_with(":0"),
+        "{c:?}"
+    );
     assert_eq!(c["admin_database"], "switchyard");
     assert_eq!(c["auth.method"], "trust");
     assert_eq!(c["source.password"], "(unset)");

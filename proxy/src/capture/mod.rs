@@ -1,0 +1,293 @@
+//! Statement classification for write capture: SQL text in, one
+//! classification per statement out, with the byte offset where the capture
+//! tap splices its `RETURNING <key columns>` projection. Pure code, no I/O.
+//!
+//! The AST (sqlparser, PostgreSQL dialect) is used to classify; the rewrite
+//! is a text splice found with the tokenizer, never SQL re-printed from the
+//! AST, so the server runs exactly what the client sent plus the projection.
+//! Where sqlparser cannot parse a PostgreSQL form, a deliberate token-level
+//! fallback classifies it, and a statement that neither understands is
+//! reported as [`UnsafeKind::Unparsable`] — never guessed to be a read.
+//!
+//! Entry points: [`classify`], then [`splice_returning`] / [`splice_all`].
+
+mod command;
+mod fallback;
+mod lex;
+mod parse;
+mod splice;
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod tests_more;
+
+use std::ops::Range;
+
+pub use splice::{returning_suffix, splice_all, splice_returning};
+
+/// A schema-qualified name (table or function), normalized as PostgreSQL
+/// does: unquoted identifiers folded to lower case, quoted ones kept.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct QualName {
+    /// The schema, when the statement named one (a catalog prefix is dropped).
+    pub schema: Option<String>,
+    /// The object's own name.
+    pub name: String,
+}
+
+impl QualName {
+    /// A name without schema.
+    pub fn bare(name: &str) -> Self {
+        Self {
+            schema: None,
+            name: name.to_string(),
+        }
+    }
+
+    /// A schema-qualified name.
+    pub fn qualified(schema: &str, name: &str) -> Self {
+        Self {
+            schema: Some(schema.to_string()),
+            name: name.to_string(),
+        }
+    }
+
+    /// The name as SQL text with every part double-quoted.
+    pub fn quoted(&self) -> String {
+        match &self.schema {
+            Some(s) => format!("{}.{}", quote_ident(s), quote_ident(&self.name)),
+            None => quote_ident(&self.name),
+        }
+    }
+}
+
+/// Double-quotes an identifier (doubling embedded quotes), so it means
+/// exactly the given (already normalized) name to PostgreSQL.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// One statement of a query string and what it is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Classified {
+    /// Byte range of the statement in the text: from its first token to the
+    /// end of its last token (no terminating `;`, no trailing comments).
+    pub range: Range<usize>,
+    /// What the statement is.
+    pub class: Class,
+}
+
+/// What a statement is, as far as capture is concerned.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Class {
+    /// Writes no rows: SELECT (also with FOR UPDATE / FOR SHARE: locks are
+    /// not writes), VALUES, TABLE, SHOW, EXPLAIN without ANALYZE of a write,
+    /// COPY ... TO, DECLARE CURSOR. `functions` are the functions the
+    /// statement calls, so the caller can check their volatility.
+    Read {
+        /// Functions called anywhere in the statement, deduplicated.
+        functions: Vec<QualName>,
+    },
+    /// Transaction control.
+    TxControl(TxControl),
+    /// A session or maintenance command that writes no table rows.
+    Utility(Utility),
+    /// An INSERT / UPDATE / DELETE that capture handles with a splice.
+    Write(WriteStmt),
+    /// `PREPARE name AS statement`: `statement` is the classification of
+    /// the prepared body (offsets into the same text, so a write body can be
+    /// spliced in place).
+    Prepare {
+        /// The prepared statement's name (normalized).
+        name: String,
+        /// The body's classification.
+        statement: Box<Class>,
+    },
+    /// `EXECUTE name`: what it does depends on the earlier PREPARE, which
+    /// the caller tracks.
+    Execute {
+        /// The prepared statement's name (normalized).
+        name: String,
+    },
+    /// A statement that writes (or may write) in a way the splice cannot
+    /// capture.
+    Unsafe(UnsafeKind),
+}
+
+/// Transaction-control statements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxControl {
+    /// BEGIN / START TRANSACTION.
+    Begin,
+    /// COMMIT / END; `chain` for `AND CHAIN` (a new transaction starts).
+    Commit {
+        /// `AND CHAIN` was given.
+        chain: bool,
+    },
+    /// ROLLBACK / ABORT; `chain` for `AND CHAIN`.
+    Rollback {
+        /// `AND CHAIN` was given.
+        chain: bool,
+    },
+    /// SAVEPOINT name.
+    Savepoint(String),
+    /// ROLLBACK [WORK|TRANSACTION] TO [SAVEPOINT] name.
+    RollbackTo(String),
+    /// RELEASE [SAVEPOINT] name.
+    Release(String),
+    /// COMMIT PREPARED 'gid'.
+    CommitPrepared(String),
+    /// ROLLBACK PREPARED 'gid'.
+    RollbackPrepared(String),
+}
+
+/// Session and maintenance commands that write no table rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Utility {
+    /// SET (any form: SET LOCAL, SET TRANSACTION, SET ROLE, SET CONSTRAINTS).
+    Set,
+    /// RESET.
+    Reset,
+    /// LISTEN channel.
+    Listen(String),
+    /// UNLISTEN channel, or `None` for `UNLISTEN *`.
+    Unlisten(Option<String>),
+    /// NOTIFY.
+    Notify,
+    /// DEALLOCATE [PREPARE] name, or `None` for ALL.
+    Deallocate(Option<String>),
+    /// FETCH / MOVE / CLOSE on a cursor.
+    Cursor,
+    /// DISCARD.
+    Discard,
+    /// LOCK TABLE.
+    Lock,
+    /// VACUUM / ANALYZE / CHECKPOINT: rewrite storage, not row values.
+    Maintenance,
+}
+
+/// Which data-modifying command a [`WriteStmt`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteKind {
+    /// INSERT (including ON CONFLICT).
+    Insert,
+    /// UPDATE (including UPDATE ... FROM).
+    Update,
+    /// DELETE (including DELETE ... USING).
+    Delete,
+}
+
+/// A capturable write and where to splice the key projection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WriteStmt {
+    /// INSERT, UPDATE or DELETE.
+    pub kind: WriteKind,
+    /// The target table (temp or not: the classifier cannot know).
+    pub table: QualName,
+    /// The target's alias (`UPDATE t AS x`), which hides the table name, so
+    /// the projection must be qualified with it.
+    pub alias: Option<String>,
+    /// The client wrote its own RETURNING: the projection is appended to its
+    /// list as `, keys` and the caller strips the trailing columns.
+    pub has_returning: bool,
+    /// Byte offset in the whole text where the projection goes: the end of
+    /// the statement's last token that is not whitespace, a comment or `;`.
+    pub splice_at: usize,
+    /// INSERT ... ON CONFLICT (DO NOTHING or DO UPDATE).
+    pub on_conflict: bool,
+    /// Columns assigned by SET (UPDATE, or INSERT ... ON CONFLICT DO
+    /// UPDATE), so the caller can see whether a key column changes.
+    pub assigned_columns: Vec<String>,
+    /// Functions called anywhere in the statement, deduplicated.
+    pub functions: Vec<QualName>,
+}
+
+impl WriteStmt {
+    /// True if the statement assigns any of `key_columns` (compared exactly:
+    /// pass catalog names).
+    pub fn assigns_any(&self, key_columns: &[&str]) -> bool {
+        self.assigned_columns
+            .iter()
+            .any(|c| key_columns.iter().any(|k| k == c))
+    }
+}
+
+/// Why a statement cannot be captured by a RETURNING splice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnsafeKind {
+    /// CREATE / ALTER / DROP / GRANT / REVOKE / COMMENT / REINDEX / CLUSTER /
+    /// REFRESH MATERIALIZED VIEW / SECURITY LABEL / IMPORT / LOAD / REASSIGN.
+    Ddl,
+    /// TRUNCATE of these tables.
+    Truncate {
+        /// The truncated tables.
+        tables: Vec<QualName>,
+    },
+    /// A data-modifying statement inside WITH (or nested anywhere else).
+    WriteInCte,
+    /// MERGE.
+    Merge,
+    /// COPY ... FROM (STDIN or a file): the caller decides whether the
+    /// table's key is defaulted (not in `columns`, or `columns` empty = all).
+    CopyFrom {
+        /// The target table.
+        table: QualName,
+        /// The column list, empty when none was given.
+        columns: Vec<String>,
+    },
+    /// CALL or DO: arbitrary code.
+    CallOrDo,
+    /// PREPARE TRANSACTION 'gid'. It also ends the transaction block like a
+    /// COMMIT, which a caller applying a `warn` policy must account for.
+    PrepareTransaction {
+        /// The global transaction id.
+        gid: String,
+    },
+    /// SELECT ... INTO (creates and fills a table).
+    SelectInto,
+    /// EXPLAIN ANALYZE of a statement that is not a plain read (it runs it).
+    ExplainAnalyze,
+    /// Not understood: tokenizing or parsing failed, or an unknown command.
+    Unparsable,
+}
+
+/// Classifies every statement of a (possibly multi-statement) query string.
+///
+/// Statements are split at top-level semicolons (strings, dollar quotes,
+/// comments and `BEGIN ATOMIC` bodies respected); empty statements are
+/// skipped. If the text cannot even be tokenized, the result is a single
+/// [`UnsafeKind::Unparsable`] covering the whole (trimmed) text.
+pub fn classify(sql: &str) -> Vec<Classified> {
+    let Some(toks) = lex::tokenize(sql) else {
+        let start = sql.len() - sql.trim_start().len();
+        let end = sql.trim_end().len().max(start);
+        return vec![Classified {
+            range: start..end,
+            class: Class::Unsafe(UnsafeKind::Unparsable),
+        }];
+    };
+    lex::split_statements(&toks)
+        .into_iter()
+        .map(|stmt| Classified {
+            range: stmt[0].start..stmt[stmt.len() - 1].end,
+            class: classify_tokens(sql, stmt),
+        })
+        .collect()
+}
+
+/// Classifies one statement given its significant tokens (non-empty).
+pub(crate) fn classify_tokens(sql: &str, toks: &[lex::Tok]) -> Class {
+    let Some(first) = toks.first() else {
+        return Class::Unsafe(UnsafeKind::Unparsable);
+    };
+    if first.is(&sqlparser::tokenizer::Token::LParen)
+        || first.is_any_kw(&["SELECT", "WITH", "VALUES", "TABLE", "INSERT", "UPDATE", "DELETE"])
+    {
+        let text = &sql[first.start..toks[toks.len() - 1].end];
+        return match parse::classify_ast(text, toks) {
+            Some(class) => class,
+            None => fallback::classify_dml(toks),
+        };
+    }
+    command::classify_command(sql, toks)
+}

@@ -1,0 +1,220 @@
+//! The AST path: classify a SELECT / WITH / INSERT / UPDATE / DELETE
+//! statement from sqlparser's PostgreSQL-dialect AST. Returns `None` when
+//! sqlparser cannot parse it (or produces a shape PostgreSQL would not), so
+//! the caller falls back to the token path.
+
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{
+    AssignmentTarget, Delete, FromTable, Ident, Insert, ObjectName, OnConflictAction, OnInsert,
+    SetExpr, Statement, TableFactor, TableObject, Update, Visit, Visitor,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+use super::lex::{normalize_ident, Tok};
+use super::{Class, QualName, UnsafeKind, WriteKind, WriteStmt};
+
+/// Classifies `text` (exactly one statement, whose significant tokens are
+/// `toks`) from its AST, or `None` if sqlparser cannot parse it.
+pub(crate) fn classify_ast(text: &str, toks: &[Tok]) -> Option<Class> {
+    let mut stmts = Parser::parse_sql(&PostgreSqlDialect {}, text).ok()?;
+    if stmts.len() != 1 {
+        return None;
+    }
+    let stmt = stmts.pop()?;
+    let mut facts = Facts::default();
+    let _ = stmt.visit(&mut facts);
+    let splice_at = toks.last()?.end;
+    let write = |s: &Statement, facts: Facts| {
+        if facts.writes != 1 {
+            return Some(Class::Unsafe(UnsafeKind::WriteInCte));
+        }
+        write_stmt(s, splice_at, facts.functions).map(Class::Write)
+    };
+    match &stmt {
+        Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_) => write(&stmt, facts),
+        Statement::Merge(_) => Some(Class::Unsafe(UnsafeKind::Merge)),
+        Statement::Query(q) => match q.body.as_ref() {
+            SetExpr::Insert(s) | SetExpr::Update(s) | SetExpr::Delete(s) => write(s, facts),
+            SetExpr::Merge(_) => Some(Class::Unsafe(UnsafeKind::Merge)),
+            body => Some(if facts.writes > 0 {
+                Class::Unsafe(UnsafeKind::WriteInCte)
+            } else if has_into(body) {
+                Class::Unsafe(UnsafeKind::SelectInto)
+            } else {
+                Class::Read {
+                    functions: facts.functions,
+                }
+            }),
+        },
+        _ => None,
+    }
+}
+
+/// What a walk over the whole AST finds: nested data-modifying statements
+/// (the statement itself counts as one) and called functions.
+#[derive(Default)]
+struct Facts {
+    writes: usize,
+    functions: Vec<QualName>,
+}
+
+impl Facts {
+    fn add_function(&mut self, name: &ObjectName) {
+        if let Some(n) = qualname(name) {
+            if !self.functions.contains(&n) {
+                self.functions.push(n);
+            }
+        }
+    }
+}
+
+impl Visitor for Facts {
+    type Break = ();
+
+    fn pre_visit_statement(&mut self, s: &Statement) -> ControlFlow<()> {
+        if matches!(
+            s,
+            Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_) | Statement::Merge(_)
+        ) {
+            self.writes += 1;
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_expr(&mut self, e: &sqlparser::ast::Expr) -> ControlFlow<()> {
+        if let sqlparser::ast::Expr::Function(f) = e {
+            self.add_function(&f.name);
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_table_factor(&mut self, t: &TableFactor) -> ControlFlow<()> {
+        match t {
+            TableFactor::Table { name, args: Some(_), .. } => self.add_function(name),
+            TableFactor::Function { name, .. } => self.add_function(name),
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// SELECT ... INTO anywhere in the top-level set expression.
+fn has_into(body: &SetExpr) -> bool {
+    match body {
+        SetExpr::Select(s) => s.into.is_some(),
+        SetExpr::Query(q) => has_into(&q.body),
+        SetExpr::SetOperation { left, right, .. } => has_into(left) || has_into(right),
+        _ => false,
+    }
+}
+
+fn ident(i: &Ident) -> String {
+    normalize_ident(&i.value, i.quote_style.is_some())
+}
+
+/// `name`, `schema.name` or `catalog.schema.name`, normalized.
+fn qualname(name: &ObjectName) -> Option<QualName> {
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .map(|p| p.as_ident().map(ident))
+        .collect::<Option<_>>()?;
+    match parts.as_slice() {
+        [n] => Some(QualName::bare(n)),
+        [s, n] | [_, s, n] => Some(QualName::qualified(s, n)),
+        _ => None,
+    }
+}
+
+/// Column names assigned by SET items. PostgreSQL does not allow a table
+/// prefix on a SET target, so in `a.b = ...` the column is `a` (and `.b`
+/// a field of a composite column).
+fn assigned(assignments: &[sqlparser::ast::Assignment]) -> Vec<String> {
+    let first = |n: &ObjectName| n.0.first().and_then(|p| p.as_ident()).map(ident);
+    assignments
+        .iter()
+        .flat_map(|a| match &a.target {
+            AssignmentTarget::ColumnName(n) => first(n).into_iter().collect::<Vec<_>>(),
+            AssignmentTarget::Tuple(ns) => ns.iter().filter_map(first).collect(),
+        })
+        .collect()
+}
+
+/// The capture facts of an INSERT / UPDATE / DELETE statement node.
+fn write_stmt(s: &Statement, splice_at: usize, functions: Vec<QualName>) -> Option<WriteStmt> {
+    let base = |kind, table, alias, returning: bool| WriteStmt {
+        kind,
+        table,
+        alias,
+        has_returning: returning,
+        splice_at,
+        on_conflict: false,
+        assigned_columns: Vec::new(),
+        functions: functions.clone(),
+    };
+    match s {
+        Statement::Insert(Insert {
+            table: TableObject::TableName(name),
+            table_alias,
+            returning,
+            on,
+            ..
+        }) => {
+            let mut w = base(
+                WriteKind::Insert,
+                qualname(name)?,
+                table_alias.as_ref().map(|a| ident(&a.alias)),
+                returning.is_some(),
+            );
+            if let Some(OnInsert::OnConflict(oc)) = on {
+                w.on_conflict = true;
+                if let OnConflictAction::DoUpdate(du) = &oc.action {
+                    w.assigned_columns = assigned(&du.assignments);
+                }
+            } else if on.is_some() {
+                return None;
+            }
+            Some(w)
+        }
+        Statement::Update(Update {
+            table,
+            assignments,
+            returning,
+            ..
+        }) => {
+            let TableFactor::Table { name, alias, .. } = &table.relation else {
+                return None;
+            };
+            if !table.joins.is_empty() {
+                return None;
+            }
+            let mut w = base(
+                WriteKind::Update,
+                qualname(name)?,
+                alias.as_ref().map(|a| ident(&a.name)),
+                returning.is_some(),
+            );
+            w.assigned_columns = assigned(assignments);
+            Some(w)
+        }
+        Statement::Delete(Delete {
+            tables,
+            from: FromTable::WithFromKeyword(from),
+            returning,
+            ..
+        }) if tables.is_empty() && from.len() == 1 && from[0].joins.is_empty() => {
+            let TableFactor::Table { name, alias, .. } = &from[0].relation else {
+                return None;
+            };
+            Some(base(
+                WriteKind::Delete,
+                qualname(name)?,
+                alias.as_ref().map(|a| ident(&a.name)),
+                returning.is_some(),
+            ))
+        }
+        _ => None,
+    }
+}

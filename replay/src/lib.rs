@@ -3,6 +3,7 @@
 //! depends on nothing of the proxy's.
 #![warn(missing_docs)]
 
+pub mod catalog;
 pub mod log;
 
 pub use log::{

@@ -2,3 +2,19 @@
 //! real clients. One test binary, one module per area.
 
 mod testkit;
+
+mod admin;
+mod auth;
+mod backend;
+mod bad_input;
+mod cancel;
+mod catalog;
+mod copy;
+mod gate;
+mod lifecycle;
+mod notify;
+mod protocol;
+mod startup;
+mod support;
+mod tools;
+mod types;

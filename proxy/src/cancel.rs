@@ -63,10 +63,22 @@ impl CancelMap {
         let send = async {
             let mut conn = crate::net::connect(&t.host, t.port, timeout, 1024).await?;
             let request = cancel_request(t.pid, t.key);
+            // The postmaster closes its end only after signalling the
+            // backend; clients (libpq, asyncpg) wait for that close before
+            // their next statement, so the caller must not return (and close
+            // the client's cancel connection) before it, or a late signal
+            // could cancel the client's next statement.
             match &mut conn {
-                ServerConn::Tcp(c) => c.send(&request).await,
-                ServerConn::Unix(c) => c.send(&request).await,
+                ServerConn::Tcp(c) => {
+                    c.send(&request).await?;
+                    while c.fill().await? > 0 {}
+                }
+                ServerConn::Unix(c) => {
+                    c.send(&request).await?;
+                    while c.fill().await? > 0 {}
+                }
             }
+            Ok::<(), std::io::Error>(())
         };
         match tokio::time::timeout(timeout, send).await {
             Ok(Ok(())) => tracing::debug!(backend_pid = t.pid, "cancel forwarded"),

@@ -18,3 +18,4 @@ mod startup;
 mod support;
 mod tools;
 mod types;
+mod drivers;

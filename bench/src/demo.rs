@@ -65,10 +65,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         .start()
         .await
         .context("starting the PostgreSQL cluster")?;
-    let client = cluster
-        .connect(DB)
-        .await
-        .context("connecting to the cluster")?;
+    let client = cluster.connect(DB).await.context("connecting to the cluster")?;
     client
         .batch_execute(SAMPLE_SQL)
         .await
@@ -78,10 +75,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let proxy = start_proxy(&cluster, args.port)?;
     let port = proxy.addr().port();
     let through = proxy.endpoint(cluster.superuser(), cluster.binaries());
-    let client = through
-        .connect(DB)
-        .await
-        .context("connecting through the proxy")?;
+    let client = through.connect(DB).await.context("connecting through the proxy")?;
     let row = client
         .query_one(
             "SELECT (SELECT count(*) FROM customers), (SELECT count(*) FROM orders)",
@@ -105,10 +99,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
 /// Starts the proxy on `port`, or on a free port if that one is taken.
 fn start_proxy(cluster: &Cluster, port: u16) -> Result<ProxyThread> {
     let config = |port| -> Result<Config> {
-        let socket_dir = cluster
-            .socket_dir()
-            .to_str()
-            .context("socket dir is not UTF-8")?;
+        let socket_dir = cluster.socket_dir().to_str().context("socket dir is not UTF-8")?;
         let mut config = Config::trusting(
             SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
             socket_dir,
@@ -139,13 +130,7 @@ fn port_taken(e: &anyhow::Error) -> bool {
     )
 }
 
-fn print_instructions(
-    cluster: &Cluster,
-    proxy: &ProxyThread,
-    port: u16,
-    customers: i64,
-    orders: i64,
-) {
+fn print_instructions(cluster: &Cluster, proxy: &ProxyThread, port: u16, customers: i64, orders: i64) {
     let metrics = proxy
         .metrics_addr()
         .map_or_else(|| "(off)".to_owned(), |a| format!("http://{a}/metrics"));

@@ -46,10 +46,7 @@ fn main() -> ExitCode {
         .init();
     // The driver only waits on child processes and the testkit; one thread
     // is plenty, and leaves the cores to pgbench, PostgreSQL and the proxy.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("switchyard-bench: cannot start the runtime: {e}");

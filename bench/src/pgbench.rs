@@ -172,8 +172,7 @@ pub fn parse(output: &str) -> Result<Summary> {
     };
     Ok(Summary {
         tps,
-        transactions: transactions
-            .context("no `number of transactions actually processed` line")?,
+        transactions: transactions.context("no `number of transactions actually processed` line")?,
         failed,
         latency_avg_ms,
         initial_connection_ms,

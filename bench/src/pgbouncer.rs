@@ -215,8 +215,7 @@ fn spawn(ini: &Path, log: &Path, cwd: &Path, owner: Owner) -> Result<Child> {
         // std drops supplementary groups itself when root changes uid.
         cmd.uid(uid).gid(gid);
     }
-    cmd.spawn()
-        .with_context(|| format!("starting {}", program().display()))
+    cmd.spawn().with_context(|| format!("starting {}", program().display()))
 }
 
 /// Who PgBouncer runs as.

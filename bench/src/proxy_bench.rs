@@ -143,17 +143,11 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         select_only: true,
     };
 
-    println!(
-        "starting a PostgreSQL cluster and pgbench -i -s {}",
-        args.scale
-    );
+    println!("starting a PostgreSQL cluster and pgbench -i -s {}", args.scale);
     let cluster = Cluster::builder()
         .database(DB)
         // Idle PgBouncer pools keep their server connections between runs.
-        .setting(
-            "max_connections",
-            (4 * args.clients + 20).max(200).to_string(),
-        )
+        .setting("max_connections", (4 * args.clients + 20).max(200).to_string())
         .start()
         .await
         .context("starting the PostgreSQL cluster")?;
@@ -164,14 +158,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let rounds = measure(&stack, &cluster, &load, args.rounds).await?;
     stack.stop();
 
-    let report = Report::build(
-        &args,
-        &load,
-        rounds,
-        machine,
-        (unix_time, timestamp),
-        &cluster,
-    );
+    let report = Report::build(&args, &load, rounds, machine, (unix_time, timestamp), &cluster);
     print!("\n{}", report.table());
     println!(
         "headline (backend = unix): switchyard {:.3}x direct, PgBouncer {:.3}x direct",
@@ -194,20 +181,11 @@ pub async fn run(args: Args) -> Result<ExitCode> {
 /// both PgBouncers.
 fn start_stack(cluster: &Cluster, args: &Args) -> Result<Stack> {
     let any_port = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-    let socket_dir = cluster
-        .socket_dir()
-        .to_str()
-        .context("socket dir is not UTF-8")?;
+    let socket_dir = cluster.socket_dir().to_str().context("socket dir is not UTF-8")?;
     let user = cluster.superuser();
     let binaries = cluster.binaries();
-    let proxy_tcp = ProxyThread::start(
-        "proxy-tcp",
-        Config::trusting(any_port, cluster.host(), cluster.port()),
-    )?;
-    let proxy_unix = ProxyThread::start(
-        "proxy-unix",
-        Config::trusting(any_port, socket_dir, cluster.port()),
-    )?;
+    let proxy_tcp = ProxyThread::start("proxy-tcp", Config::trusting(any_port, cluster.host(), cluster.port()))?;
+    let proxy_unix = ProxyThread::start("proxy-unix", Config::trusting(any_port, socket_dir, cluster.port()))?;
     let bouncer = |db_host: &str| {
         PgBouncer::start(&pgbouncer::Settings {
             db_host: db_host.to_owned(),
@@ -286,12 +264,7 @@ struct RunReport {
 
 /// Runs every target once per round, rotating the order each round so that
 /// drift over the run (caches, thermal, neighbours) spreads over all.
-async fn measure(
-    stack: &Stack,
-    cluster: &Cluster,
-    load: &Load,
-    rounds: usize,
-) -> Result<Vec<RoundReport>> {
+async fn measure(stack: &Stack, cluster: &Cluster, load: &Load, rounds: usize) -> Result<Vec<RoundReport>> {
     let mut reports = Vec::with_capacity(rounds);
     for r in 0..rounds {
         let mut order = Target::ALL;
@@ -406,11 +379,7 @@ impl Report {
     ) -> Report {
         let tps = |t| round(median_tps(&rounds, t), 1);
         let over = |a, b| round(ratio(median_tps(&rounds, a), median_tps(&rounds, b)), 4);
-        let failed_transactions = rounds
-            .iter()
-            .flat_map(|r| &r.runs)
-            .map(|r| r.summary.failed)
-            .sum();
+        let failed_transactions = rounds.iter().flat_map(|r| &r.runs).map(|r| r.summary.failed).sum();
         let targets = target_reports(&rounds);
         Report {
             scenario: "proxy",
@@ -455,14 +424,7 @@ impl Report {
 
     /// The per-target table.
     fn table(&self) -> String {
-        let mut table = Table::new(&[
-            "target",
-            "median tps",
-            "vs direct",
-            "tps per round",
-            "failed",
-            "path",
-        ]);
+        let mut table = Table::new(&["target", "median tps", "vs direct", "tps per round", "failed", "path"]);
         for t in &self.targets {
             let per_round: Vec<String> = t.tps.iter().map(|v| format!("{v:.0}")).collect();
             table.row(vec![
@@ -488,10 +450,7 @@ fn runs_of(rounds: &[RoundReport], target: Target) -> Vec<&RunReport> {
 
 /// The median TPS through `target` over all rounds.
 fn median_tps(rounds: &[RoundReport], target: Target) -> f64 {
-    let tps: Vec<f64> = runs_of(rounds, target)
-        .iter()
-        .map(|r| r.summary.tps)
-        .collect();
+    let tps: Vec<f64> = runs_of(rounds, target).iter().map(|r| r.summary.tps).collect();
     median(&tps)
 }
 

@@ -102,10 +102,7 @@ impl Drop for ProxyThread {
 /// The thread's body: a current-thread runtime (the `switchyard` binary's
 /// default) serving the proxy until `stop` fires or its sender is dropped.
 fn serve(config: Config, ready: mpsc::Sender<Result<Bound>>, stop: oneshot::Receiver<()>) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             let _ = ready.send(Err(anyhow!(e).context("building the proxy's runtime")));

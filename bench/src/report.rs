@@ -102,9 +102,7 @@ fn read(path: &str) -> Option<String> {
 
 /// The current time in seconds since the epoch and as RFC 3339 UTC.
 pub fn now() -> (u64, String) {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     (secs, rfc3339_utc(secs))
 }
 

@@ -2,11 +2,11 @@
 //! startup; the proxy maps that key to whichever backend its session uses
 //! now, so the key keeps working after the session moves to another backend.
 
+use crate::net::ServerConn;
 use crate::wire::startup::cancel_request;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use crate::net::ServerConn;
 
 /// Where a cancel for one session goes now.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -99,7 +99,10 @@ pub async fn console(args: &ConsoleArgs, command: &str) -> anyhow::Result<String
     })?;
     let task = tokio::spawn(conn);
     let messages = client.simple_query(command).await.map_err(|e| {
-        let msg = e.as_db_error().map(|d| d.message().to_string()).unwrap_or(e.to_string());
+        let msg = e
+            .as_db_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or(e.to_string());
         anyhow::anyhow!("{msg}")
     })?;
     drop(client);

@@ -330,14 +330,12 @@ impl Config {
         if self.auth.method != AuthMethod::Trust && self.users.is_empty() {
             return Err(invalid(
                 "users",
-                "no users are configured, so nobody could log in; add [[users]] entries or set auth.method = \"trust\"".into(),
+                "no users are configured, so nobody could log in; add [[users]] entries or set auth.method = \"trust\""
+                    .into(),
             ));
         }
         if self.limits.max_message_bytes < 1024 {
-            return Err(invalid(
-                "limits.max_message_bytes",
-                "must be at least 1024".into(),
-            ));
+            return Err(invalid("limits.max_message_bytes", "must be at least 1024".into()));
         }
         if self.limits.max_clients == 0 {
             return Err(invalid("limits.max_clients", "must be at least 1".into()));
@@ -393,11 +391,7 @@ mod tests {
 
     #[test]
     fn minimal_config_gets_defaults() {
-        let c = Config::parse(
-            "[source]\nhost = \"127.0.0.1\"\n[auth]\nmethod = \"trust\"\n",
-            "t",
-        )
-        .unwrap();
+        let c = Config::parse("[source]\nhost = \"127.0.0.1\"\n[auth]\nmethod = \"trust\"\n", "t").unwrap();
         assert_eq!(c.listen, default_listen());
         assert_eq!(c.source.port, 5432);
         assert_eq!(c.limits.max_message_bytes, 64 << 20);
@@ -417,11 +411,7 @@ mod tests {
         assert!(e.to_string().contains("prot"), "{e}");
         let e = Config::parse("[source]\nhost = \"h\"\n", "t").unwrap_err();
         assert!(e.to_string().contains("`users`"), "{e}");
-        let e = Config::parse(
-            "[source]\nhost = \"h\"\n[[users]]\nname = \"a\"\n",
-            "t",
-        )
-        .unwrap_err();
+        let e = Config::parse("[source]\nhost = \"h\"\n[[users]]\nname = \"a\"\n", "t").unwrap_err();
         assert!(e.to_string().contains("users[0].password"), "{e}");
         let e = Config::parse(
             "[source]\nhost = \"h\"\n[limits]\nmax_clients = 0\n[auth]\nmethod = \"trust\"\n",

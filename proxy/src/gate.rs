@@ -113,11 +113,7 @@ impl Gate {
 
     /// Closes the gate without waiting; [`Closed::drain`] waits.
     pub fn close_now(self: &Arc<Gate>) -> Result<Closed, GateError> {
-        if self
-            .closed
-            .compare_exchange(false, true, SeqCst, SeqCst)
-            .is_err()
-        {
+        if self.closed.compare_exchange(false, true, SeqCst, SeqCst).is_err() {
             return Err(GateError::AlreadyClosed);
         }
         let generation = self.generation.fetch_add(1, SeqCst) + 1;

@@ -17,8 +17,7 @@ use tokio::net::TcpListener;
 
 /// Latency bucket bounds, seconds.
 const BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
 /// The proxy's Prometheus metrics.
@@ -82,8 +81,7 @@ impl Metrics {
         for (counter, read) in &self.counters {
             counter.absolute(read(stats));
         }
-        self.open
-            .set(Stats::get(&stats.connections_open) as f64);
+        self.open.set(Stats::get(&stats.connections_open) as f64);
         let _ = &self.recorder;
         let mut text = self.handle.render();
         render_latency(&mut text, stats);
@@ -174,9 +172,18 @@ mod tests {
         stats.merge_latency(&mut local);
         let text = Metrics::new().render(&stats);
         assert!(text.contains("switchyard_queries_total 2"), "{text}");
-        assert!(text.contains("switchyard_query_duration_seconds_bucket{le=\"0.0001\"} 0"), "{text}");
-        assert!(text.contains("switchyard_query_duration_seconds_bucket{le=\"0.00025\"} 1"), "{text}");
-        assert!(text.contains("switchyard_query_duration_seconds_bucket{le=\"0.005\"} 2"), "{text}");
+        assert!(
+            text.contains("switchyard_query_duration_seconds_bucket{le=\"0.0001\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("switchyard_query_duration_seconds_bucket{le=\"0.00025\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("switchyard_query_duration_seconds_bucket{le=\"0.005\"} 2"),
+            "{text}"
+        );
         assert!(text.contains("switchyard_query_duration_seconds_count 2"), "{text}");
     }
 }

@@ -8,8 +8,8 @@
 use crate::wire::{startup, Frame, WireError};
 use bytes::{Buf, Bytes, BytesMut};
 use std::io;
-use thiserror::Error;
 use std::time::Duration;
+use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
@@ -84,14 +84,23 @@ pub fn socket_path(dir: &str, port: u16) -> std::path::PathBuf {
 pub async fn connect(host: &str, port: u16, timeout: Duration, limit: usize) -> io::Result<ServerConn> {
     let open = async {
         if is_socket_dir(host) {
-            Ok(ServerConn::Unix(Conn::new(UnixStream::connect(socket_path(host, port)).await?, limit)))
+            Ok(ServerConn::Unix(Conn::new(
+                UnixStream::connect(socket_path(host, port)).await?,
+                limit,
+            )))
         } else {
-            Ok(ServerConn::Tcp(Conn::new(TcpStream::connect((host, port)).await?, limit)))
+            Ok(ServerConn::Tcp(Conn::new(
+                TcpStream::connect((host, port)).await?,
+                limit,
+            )))
         }
     };
     match tokio::time::timeout(timeout, open).await {
         Ok(r) => r,
-        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("timed out after {} ms", timeout.as_millis()))),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("timed out after {} ms", timeout.as_millis()),
+        )),
     }
 }
 
@@ -126,7 +135,6 @@ pub struct Parts<'a, S: Socket> {
 }
 
 impl<S: Socket> Parts<'_, S> {
-
     /// Sends `bytes` after whatever is queued: written straight from the
     /// caller's buffer when nothing is queued (no copy), and the rest queued.
     pub fn forward(&mut self, bytes: &[u8]) -> io::Result<()> {
@@ -154,7 +162,6 @@ impl<S: Socket> Parts<'_, S> {
         }
         Ok(())
     }
-
 }
 
 /// Reads more bytes into `rbuf` (cancel-safe); 0 at end of stream. A free

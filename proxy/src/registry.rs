@@ -111,7 +111,13 @@ impl SessionInfo {
     }
 
     /// Records the sizes of the session's tracked state.
-    pub fn set_tracked(&self, statements: usize, settings: usize, listens: usize, pins: &std::collections::BTreeSet<Pin>) {
+    pub fn set_tracked(
+        &self,
+        statements: usize,
+        settings: usize,
+        listens: usize,
+        pins: &std::collections::BTreeSet<Pin>,
+    ) {
         self.statements.store(statements as u32, Relaxed);
         self.settings.store(settings as u32, Relaxed);
         self.listens.store(listens as u32, Relaxed);
@@ -148,13 +154,7 @@ pub struct Registry {
 
 impl Registry {
     /// Adds a session; it is removed when the returned guard drops.
-    pub fn add(
-        self: &Arc<Self>,
-        client: SocketAddr,
-        user: &str,
-        database: &str,
-        application: &str,
-    ) -> Registered {
+    pub fn add(self: &Arc<Self>, client: SocketAddr, user: &str, database: &str, application: &str) -> Registered {
         let id = self.next_id.fetch_add(1, Relaxed) + 1;
         let info = Arc::new(SessionInfo {
             id,

@@ -181,11 +181,7 @@ impl Proxy {
     }
 }
 
-async fn serve(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    side_tasks: Vec<tokio::task::JoinHandle<()>>,
-) {
+async fn serve(listener: TcpListener, shared: Arc<Shared>, side_tasks: Vec<tokio::task::JoinHandle<()>>) {
     let mut sessions = JoinSet::new();
     let mut shutdown = shared.shutdown.clone();
     loop {
@@ -208,10 +204,7 @@ async fn serve(
     // Held sessions must not wait for a RESUME that will never come.
     shared.gate.open();
     let grace = shared.config.limits.shutdown_timeout();
-    let drained = tokio::time::timeout(grace, async {
-        while sessions.join_next().await.is_some() {}
-    })
-    .await;
+    let drained = tokio::time::timeout(grace, async { while sessions.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         tracing::warn!(left = sessions.len(), "shutdown grace period over; closing sessions");
         sessions.shutdown().await;

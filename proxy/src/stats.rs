@@ -103,10 +103,7 @@ impl Stats {
     /// total count, and the sum of samples in microseconds.
     pub fn latency_buckets(&self, bounds: &[f64]) -> (Vec<u64>, u64, f64) {
         let h = self.latency.lock().unwrap_or_else(|p| p.into_inner());
-        let counts = bounds
-            .iter()
-            .map(|b| h.count_between(0, (b * 1e6) as u64))
-            .collect();
+        let counts = bounds.iter().map(|b| h.count_between(0, (b * 1e6) as u64)).collect();
         (counts, h.len(), h.mean() * h.len() as f64)
     }
 

@@ -7,6 +7,6 @@ pub mod catalog;
 pub mod log;
 
 pub use log::{
-    CommitRecord, Durability, Key, LogEntry, LogError, LogOptions, LogReader, LogStats, LogWriter,
-    LogWriterHandle, Lsn, Marker, Record, TableKeys,
+    CommitRecord, Durability, Key, LogEntry, LogError, LogOptions, LogReader, LogStats, LogWriter, LogWriterHandle,
+    Lsn, Marker, Record, TableKeys,
 };

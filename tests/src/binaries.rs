@@ -28,9 +28,7 @@ impl Binaries {
     pub fn locate() -> Result<Binaries, Error> {
         static FOUND: OnceLock<Result<PathBuf, String>> = OnceLock::new();
         match FOUND.get_or_init(search) {
-            Ok(bindir) => Ok(Binaries {
-                bindir: bindir.clone(),
-            }),
+            Ok(bindir) => Ok(Binaries { bindir: bindir.clone() }),
             Err(searched) => Err(Error::BinariesNotFound {
                 searched: searched.clone(),
             }),
@@ -39,9 +37,7 @@ impl Binaries {
 
     /// Uses `bindir` as is, without checking it.
     pub fn at(bindir: impl Into<PathBuf>) -> Binaries {
-        Binaries {
-            bindir: bindir.into(),
-        }
+        Binaries { bindir: bindir.into() }
     }
 
     /// The directory.
@@ -124,10 +120,7 @@ fn has_server(dir: &Path) -> bool {
 
 /// `postgres --version` prints `postgres (PostgreSQL) 15.8 (Debian 15.8-0+deb12u1)`.
 fn major_version(dir: &Path) -> Option<String> {
-    let out = Command::new(dir.join("postgres"))
-        .arg("--version")
-        .output()
-        .ok()?;
+    let out = Command::new(dir.join("postgres")).arg("--version").output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let version = text.split(')').nth(1)?.split_whitespace().next()?;
     Some(version.split('.').next()?.to_owned())

@@ -173,8 +173,7 @@ fn launch(builder: ClusterBuilder) -> Result<(Cluster, ClusterBuilder), Error> {
     let ctl = Ctl::new(binaries, run_as, dir.path());
 
     initdb(&ctl, &builder)?;
-    std::fs::write(ctl.data_dir.join("pg_hba.conf"), hba(&builder.auth))
-        .map_err(Error::io("writing pg_hba.conf"))?;
+    std::fs::write(ctl.data_dir.join("pg_hba.conf"), hba(&builder.auth)).map_err(Error::io("writing pg_hba.conf"))?;
     include_settings_file(&ctl.data_dir)?;
 
     let mut attempt = 0;
@@ -197,11 +196,7 @@ fn launch(builder: ClusterBuilder) -> Result<(Cluster, ClusterBuilder), Error> {
         };
         let log = read_from(&ctl.log_path, log_start);
         if log.contains("Address already in use") && attempt < PORT_ATTEMPTS {
-            tracing::debug!(
-                port,
-                attempt,
-                "port taken before the server bound it; retrying"
-            );
+            tracing::debug!(port, attempt, "port taken before the server bound it; retrying");
             continue;
         }
         tracing::debug!(%error, "pg_ctl start failed");
@@ -226,8 +221,7 @@ fn initdb(ctl: &Ctl, builder: &ClusterBuilder) -> Result<(), Error> {
         .args(["--no-sync", "--no-instructions"]);
     let pwfile = ctl.root().join("superuser.pw");
     if let Some(password) = builder.auth.password() {
-        std::fs::write(&pwfile, format!("{password}\n"))
-            .map_err(Error::io("writing the superuser password file"))?;
+        std::fs::write(&pwfile, format!("{password}\n")).map_err(Error::io("writing the superuser password file"))?;
         ctl.give(&pwfile)?;
         cmd.arg(format!("--pwfile={}", pwfile.display()));
     }
@@ -280,10 +274,7 @@ fn settings_file(builder: &ClusterBuilder, root: &Path, port: u16) -> String {
         ("port", port.as_str()),
     ];
     let mut text = String::from("# written by switchyard-tests; rewritten on every start\n");
-    let extra = builder
-        .settings
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()));
+    let extra = builder.settings.iter().map(|(k, v)| (k.as_str(), v.as_str()));
     for (name, value) in defaults.into_iter().chain(extra).chain(owned) {
         text.push_str(&format!("{name} = {}\n", quote_literal(value)));
     }

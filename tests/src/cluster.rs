@@ -80,14 +80,10 @@ impl Ctl {
     /// `pg_ctl stop` in `mode` (`fast`, `immediate`, `smart`), waiting.
     pub(crate) fn stop_server(&self, mode: &str) -> Result<(), Error> {
         let mut cmd = self.command("pg_ctl");
-        cmd.arg("stop").arg("-D").arg(&self.data_dir).args([
-            "-m",
-            mode,
-            "-w",
-            "-t",
-            PG_CTL_TIMEOUT_SECS,
-            "-s",
-        ]);
+        cmd.arg("stop")
+            .arg("-D")
+            .arg(&self.data_dir)
+            .args(["-m", mode, "-w", "-t", PG_CTL_TIMEOUT_SECS, "-s"]);
         run(cmd).map(drop)
     }
 
@@ -182,11 +178,7 @@ impl Cluster {
         }
         for (db, owner) in &builder.databases {
             let owner = owner.as_deref().unwrap_or(&self.superuser);
-            let sql = format!(
-                "CREATE DATABASE {} OWNER {}",
-                quote_ident(db),
-                quote_ident(owner)
-            );
+            let sql = format!("CREATE DATABASE {} OWNER {}", quote_ident(db), quote_ident(owner));
             client
                 .batch_execute(&sql)
                 .await
@@ -247,10 +239,7 @@ impl Cluster {
 
     /// The password the builder gave `user`, if any.
     pub fn password(&self, user: &str) -> Option<&str> {
-        self.passwords
-            .iter()
-            .find(|(u, _)| u == user)
-            .map(|(_, p)| p.as_str())
+        self.passwords.iter().find(|(u, _)| u == user).map(|(_, p)| p.as_str())
     }
 
     /// The endpoint for logging in as the superuser.
@@ -356,10 +345,7 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         if self.running.swap(false, Ordering::SeqCst) {
             if let Err(error) = self.ctl.stop_server("immediate") {
-                eprintln!(
-                    "switchyard-tests: stopping the cluster on port {}: {error}",
-                    self.port
-                );
+                eprintln!("switchyard-tests: stopping the cluster on port {}: {error}", self.port);
                 self.ctl.quit_postmaster();
             }
         }

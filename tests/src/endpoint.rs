@@ -150,10 +150,7 @@ impl Endpoint {
             ("PGDATABASE", Some(db.to_owned())),
             ("PGPASSWORD", self.password.clone()),
             ("PGSSLMODE", Some("disable".into())),
-            (
-                "PGCONNECT_TIMEOUT",
-                Some(CONNECT_TIMEOUT.as_secs().to_string()),
-            ),
+            ("PGCONNECT_TIMEOUT", Some(CONNECT_TIMEOUT.as_secs().to_string())),
             ("PGHOSTADDR", None),
             ("PGSERVICE", None),
             ("PGOPTIONS", None),
@@ -164,9 +161,7 @@ impl Endpoint {
 
 /// Connects with `config` and spawns the connection on the current runtime;
 /// its end (normal or not) is logged at debug level.
-pub(crate) async fn connect_with(
-    config: &tokio_postgres::Config,
-) -> Result<Client, tokio_postgres::Error> {
+pub(crate) async fn connect_with(config: &tokio_postgres::Config) -> Result<Client, tokio_postgres::Error> {
     let (client, connection) = config.connect(NoTls).await?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
@@ -176,11 +171,7 @@ pub(crate) async fn connect_with(
     Ok(client)
 }
 
-async fn output(
-    mut cmd: tokio::process::Command,
-    tool: &str,
-    args: &[&str],
-) -> Result<Output, Error> {
+async fn output(mut cmd: tokio::process::Command, tool: &str, args: &[&str]) -> Result<Output, Error> {
     cmd.output()
         .await
         .map_err(Error::io(format!("running {tool} {}", args.join(" "))))

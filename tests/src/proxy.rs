@@ -91,9 +91,7 @@ impl TestProxy {
     /// The proxy itself.
     pub fn proxy(&self) -> &Proxy {
         // Only `shutdown` and `drop` take it out, and both consume `self`.
-        self.proxy
-            .as_ref()
-            .expect("the proxy is present until shutdown")
+        self.proxy.as_ref().expect("the proxy is present until shutdown")
     }
 
     /// The endpoint for the default login (see [`TestProxy::with_login`]).

@@ -74,11 +74,8 @@ impl RunAs {
     pub(crate) fn give(self, path: &Path) -> Result<(), Error> {
         match self {
             RunAs::Myself => Ok(()),
-            RunAs::Other { uid, gid } => {
-                std::os::unix::fs::chown(path, Some(uid.as_raw()), Some(gid.as_raw())).map_err(
-                    Error::io(format!("giving {} to the postgres user", path.display())),
-                )
-            }
+            RunAs::Other { uid, gid } => std::os::unix::fs::chown(path, Some(uid.as_raw()), Some(gid.as_raw()))
+                .map_err(Error::io(format!("giving {} to the postgres user", path.display()))),
         }
     }
 }
@@ -87,9 +84,7 @@ impl RunAs {
 /// the program's output.
 pub(crate) fn run(mut cmd: Command) -> Result<String, Error> {
     let program = describe(&cmd);
-    let out = cmd
-        .output()
-        .map_err(Error::io(format!("running {program}")))?;
+    let out = cmd.output().map_err(Error::io(format!("running {program}")))?;
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     if out.status.success() {

@@ -167,7 +167,12 @@ pub async fn serve(shared: &Arc<Shared>, client: &mut Conn, info: &Arc<SessionIn
             Ok(Some(f)) => f,
             Ok(None) | Err(crate::net::ReadError::Io(_)) | Err(crate::net::ReadError::Truncated) => return,
             Err(crate::net::ReadError::Wire(e)) => {
-                bmsg::error_response(client.wbuf(), Severity::Fatal, "08P01", &format!("invalid message: {e}"));
+                bmsg::error_response(
+                    client.wbuf(),
+                    Severity::Fatal,
+                    "08P01",
+                    &format!("invalid message: {e}"),
+                );
                 client.close().await;
                 return;
             }
@@ -189,7 +194,12 @@ pub async fn serve(shared: &Arc<Shared>, client: &mut Conn, info: &Arc<SessionIn
             }
             ftag::SYNC => {
                 if std::mem::take(&mut extended_error) {
-                    bmsg::error_response(client.wbuf(), Severity::Error, "0A000", "the admin console speaks only the simple query protocol (use psql)");
+                    bmsg::error_response(
+                        client.wbuf(),
+                        Severity::Error,
+                        "0A000",
+                        "the admin console speaks only the simple query protocol (use psql)",
+                    );
                 }
                 bmsg::ready_for_query(client.wbuf(), TxStatus::Idle);
             }
@@ -201,11 +211,7 @@ pub async fn serve(shared: &Arc<Shared>, client: &mut Conn, info: &Arc<SessionIn
 
 /// Runs each `;`-separated command of a simple query; stops at the first error.
 async fn run_query(shared: &Arc<Shared>, sql: &str, out: &mut bytes::BytesMut) {
-    let statements: Vec<&str> = sql
-        .split(';')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
+    let statements: Vec<&str> = sql.split(';').map(str::trim).filter(|s| !s.is_empty()).collect();
     if statements.is_empty() {
         bmsg::empty_query_response(out);
         return;
@@ -239,16 +245,26 @@ mod tests {
         assert_eq!(AdminCommand::parse("pause"), Ok(AdminCommand::Pause { timeout: None }));
         assert_eq!(
             AdminCommand::parse("PAUSE 500ms"),
-            Ok(AdminCommand::Pause { timeout: Some(Duration::from_millis(500)) })
+            Ok(AdminCommand::Pause {
+                timeout: Some(Duration::from_millis(500))
+            })
         );
         assert_eq!(
             AdminCommand::parse("PAUSE '2'"),
-            Ok(AdminCommand::Pause { timeout: Some(Duration::from_secs(2)) })
+            Ok(AdminCommand::Pause {
+                timeout: Some(Duration::from_secs(2))
+            })
         );
         assert!(matches!(AdminCommand::parse("PAUSE soon"), Err(AdminError::Syntax(_))));
         assert!(matches!(AdminCommand::parse("PAUSE 0"), Err(AdminError::Syntax(_))));
-        assert!(matches!(AdminCommand::parse("SHOW TABLES"), Err(AdminError::Unknown(_))));
-        assert!(matches!(AdminCommand::parse("DROP TABLE x"), Err(AdminError::Unknown(_))));
+        assert!(matches!(
+            AdminCommand::parse("SHOW TABLES"),
+            Err(AdminError::Unknown(_))
+        ));
+        assert!(matches!(
+            AdminCommand::parse("DROP TABLE x"),
+            Err(AdminError::Unknown(_))
+        ));
     }
 
     #[test]

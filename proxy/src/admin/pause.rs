@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 pub(super) async fn execute(shared: &Arc<Shared>, timeout: Option<Duration>) -> Result<Reply, AdminError> {
     let timeout = timeout.unwrap_or(shared.config.limits.pause_timeout());
     let since = Instant::now();
-    let closed = shared.gate.close_now().map_err(|_| {
-        AdminError::State("already paused (or a cutover holds the gate); RESUME first".into())
-    })?;
+    let closed = shared
+        .gate
+        .close_now()
+        .map_err(|_| AdminError::State("already paused (or a cutover holds the gate); RESUME first".into()))?;
     let generation = closed.generation();
     let until = since + timeout;
     // Recorded before draining, so that RESUME can abort a drain that an
@@ -36,7 +37,11 @@ pub(super) async fn execute(shared: &Arc<Shared>, timeout: Option<Duration>) -> 
     }
     closed.keep_closed();
     let waited = since.elapsed();
-    tracing::info!(drain_ms = waited.as_millis() as u64, timeout_ms = timeout.as_millis() as u64, "paused");
+    tracing::info!(
+        drain_ms = waited.as_millis() as u64,
+        timeout_ms = timeout.as_millis() as u64,
+        "paused"
+    );
     // The pause ends by itself at the deadline, so a forgotten PAUSE cannot
     // freeze the applications for good.
     let shared2 = shared.clone();

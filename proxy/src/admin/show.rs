@@ -136,10 +136,18 @@ pub(super) fn config(shared: &Shared) -> Reply {
         ("source.user", opt(&c.source.user, "(client's)")),
         (
             "source.password",
-            if c.source.password.is_some() { "(set)" } else { "(unset)" }.into(),
+            if c.source.password.is_some() {
+                "(set)"
+            } else {
+                "(unset)"
+            }
+            .into(),
         ),
         ("auth.method", c.auth.method.name().to_string()),
-        ("users", c.users.iter().map(|u| u.name.as_str()).collect::<Vec<_>>().join(", ")),
+        (
+            "users",
+            c.users.iter().map(|u| u.name.as_str()).collect::<Vec<_>>().join(", "),
+        ),
         ("limits.max_message_bytes", c.limits.max_message_bytes.to_string()),
         ("limits.max_clients", c.limits.max_clients.to_string()),
         ("limits.startup_timeout_ms", c.limits.startup_timeout_ms.to_string()),

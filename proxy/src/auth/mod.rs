@@ -77,9 +77,7 @@ impl Users {
                 };
                 let md5 = match pw {
                     Some(p) if is_md5_hash(p) => Some(p[3..].to_ascii_lowercase()),
-                    Some(p) if !p.starts_with("SCRAM-SHA-256$") => {
-                        Some(md5_hex(&[p.as_bytes(), u.name.as_bytes()]))
-                    }
+                    Some(p) if !p.starts_with("SCRAM-SHA-256$") => Some(md5_hex(&[p.as_bytes(), u.name.as_bytes()])),
                     _ => None,
                 };
                 let creds = Credentials {
@@ -146,7 +144,11 @@ async fn md5_exchange<S: Socket>(conn: &mut Conn<S>, user: &str, creds: Option<&
     }
 }
 
-async fn scram_exchange<S: Socket>(conn: &mut Conn<S>, user: &str, creds: Option<&Credentials>) -> Result<(), AuthError> {
+async fn scram_exchange<S: Socket>(
+    conn: &mut Conn<S>,
+    user: &str,
+    creds: Option<&Credentials>,
+) -> Result<(), AuthError> {
     // Unknown users get a throwaway verifier so the exchange looks the same.
     let verifier = match creds.and_then(|c| c.scram.clone()) {
         Some(v) => v,
@@ -155,8 +157,7 @@ async fn scram_exchange<S: Socket>(conn: &mut Conn<S>, user: &str, creds: Option
     let known = creds.and_then(|c| c.scram.as_ref()).is_some();
     backend::auth_sasl_scram(conn.wbuf());
     let first = read_password(conn).await?;
-    let (mechanism, data) =
-        parse_sasl_initial_response(first.body()).map_err(|_| AuthError::Protocol)?;
+    let (mechanism, data) = parse_sasl_initial_response(first.body()).map_err(|_| AuthError::Protocol)?;
     if mechanism != "SCRAM-SHA-256" {
         return Err(AuthError::Failed(user.to_owned()));
     }
@@ -223,9 +224,7 @@ pub async fn login<S: Socket>(conn: &mut Conn<S>, user: &str, password: Option<&
             backend::tag::NOTICE_RESPONSE | backend::tag::NEGOTIATE_PROTOCOL_VERSION => continue,
             other => return Err(LoginError::Unexpected(other as char)),
         }
-        let (code, data) = msg
-            .authentication()
-            .map_err(|_| LoginError::Unexpected('R'))?;
+        let (code, data) = msg.authentication().map_err(|_| LoginError::Unexpected('R'))?;
         let need_password = || password.ok_or_else(|| LoginError::NoPassword(user.to_owned()));
         match code {
             auth::OK => return Ok(()),
@@ -234,17 +233,12 @@ pub async fn login<S: Socket>(conn: &mut Conn<S>, user: &str, password: Option<&
             }
             auth::MD5 => {
                 let salt: [u8; 4] = data.try_into().map_err(|_| LoginError::Unexpected('R'))?;
-                let hash = postgres_protocol::authentication::md5_hash(
-                    user.as_bytes(),
-                    need_password()?.as_bytes(),
-                    salt,
-                );
+                let hash =
+                    postgres_protocol::authentication::md5_hash(user.as_bytes(), need_password()?.as_bytes(), salt);
                 conn.queue(&frontend::password(hash.as_bytes(), true));
             }
             auth::SASL => {
-                let offers_scram = data
-                    .split(|&b| b == 0)
-                    .any(|m| m == b"SCRAM-SHA-256");
+                let offers_scram = data.split(|&b| b == 0).any(|m| m == b"SCRAM-SHA-256");
                 if !offers_scram {
                     return Err(LoginError::Unsupported(code));
                 }

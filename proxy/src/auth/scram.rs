@@ -133,8 +133,7 @@ pub struct ServerExchange {
 impl ServerExchange {
     /// Reads the client-first-message and produces the server-first-message.
     pub fn start(verifier: &Verifier, client_first: &[u8]) -> Result<(Self, String), ScramError> {
-        let client_first =
-            std::str::from_utf8(client_first).map_err(|_| ScramError::Malformed("not UTF-8"))?;
+        let client_first = std::str::from_utf8(client_first).map_err(|_| ScramError::Malformed("not UTF-8"))?;
         // gs2-header: cbind-flag "," [authzid] ","
         let (flag, rest) = client_first
             .split_once(',')
@@ -144,9 +143,7 @@ impl ServerExchange {
             f if f.starts_with("p=") => return Err(ScramError::ChannelBinding),
             _ => return Err(ScramError::Malformed("bad channel-binding flag")),
         }
-        let (authzid, bare) = rest
-            .split_once(',')
-            .ok_or(ScramError::Malformed("no gs2 header"))?;
+        let (authzid, bare) = rest.split_once(',').ok_or(ScramError::Malformed("no gs2 header"))?;
         if !authzid.is_empty() {
             return Err(ScramError::Malformed("authzid is not supported"));
         }
@@ -158,11 +155,7 @@ impl ServerExchange {
         let mut raw = [0u8; 18];
         rand::rng().fill_bytes(&mut raw);
         let nonce = format!("{client_nonce}{}", B64.encode(raw));
-        let server_first = format!(
-            "r={nonce},s={},i={}",
-            B64.encode(&verifier.salt),
-            verifier.iterations
-        );
+        let server_first = format!("r={nonce},s={},i={}", B64.encode(&verifier.salt), verifier.iterations);
         let exchange = ServerExchange {
             gs2_header: format!("{flag},{authzid},"),
             client_first_bare: bare.to_owned(),
@@ -175,8 +168,7 @@ impl ServerExchange {
     /// Checks the client-final-message; on success returns the
     /// server-final-message (`v=...`).
     pub fn finish(self, verifier: &Verifier, client_final: &[u8]) -> Result<String, ScramError> {
-        let client_final =
-            std::str::from_utf8(client_final).map_err(|_| ScramError::Malformed("not UTF-8"))?;
+        let client_final = std::str::from_utf8(client_final).map_err(|_| ScramError::Malformed("not UTF-8"))?;
         let (without_proof, proof) = client_final
             .rsplit_once(",p=")
             .ok_or(ScramError::Malformed("no proof"))?;
@@ -201,10 +193,7 @@ impl ServerExchange {
             .ok()
             .and_then(|p| key32(&p))
             .ok_or(ScramError::Malformed("proof is not 32 bytes of base64"))?;
-        let auth_message = format!(
-            "{},{},{}",
-            self.client_first_bare, self.server_first, without_proof
-        );
+        let auth_message = format!("{},{},{}", self.client_first_bare, self.server_first, without_proof);
         let signature = hmac(&verifier.stored_key, auth_message.as_bytes());
         let mut client_key = [0u8; 32];
         for i in 0..32 {

@@ -12,8 +12,8 @@ use super::{classify_tokens, Class, TxControl, UnsafeKind, Utility};
 
 /// Commands that change the schema or privileges, or load arbitrary code.
 const DDL: &[&str] = &[
-    "ALTER", "CLUSTER", "COMMENT", "CREATE", "DROP", "GRANT", "IMPORT", "LOAD", "REASSIGN",
-    "REFRESH", "REINDEX", "REVOKE", "SECURITY",
+    "ALTER", "CLUSTER", "COMMENT", "CREATE", "DROP", "GRANT", "IMPORT", "LOAD", "REASSIGN", "REFRESH", "REINDEX",
+    "REVOKE", "SECURITY",
 ];
 
 /// Classifies a statement that is not DML by its leading keywords.
@@ -186,7 +186,10 @@ fn explain(sql: &str, toks: &[Tok]) -> Class {
         }
         i = close + 1;
     } else {
-        while toks.get(i).is_some_and(|t| t.is_any_kw(&["ANALYZE", "ANALYSE", "VERBOSE"])) {
+        while toks
+            .get(i)
+            .is_some_and(|t| t.is_any_kw(&["ANALYZE", "ANALYSE", "VERBOSE"]))
+        {
             analyze |= !toks[i].is_kw("VERBOSE");
             i += 1;
         }

@@ -115,8 +115,7 @@ pub(crate) fn is_write_word(toks: &[Tok], i: usize) -> bool {
             return false;
         }
         return next.is_some_and(|n| {
-            matches!(n.token, Token::Word(_))
-                && !n.is_any_kw(&["SET", "WHERE", "FROM", "RETURNING", "AND", "OR", "OF"])
+            matches!(n.token, Token::Word(_)) && !n.is_any_kw(&["SET", "WHERE", "FROM", "RETURNING", "AND", "OR", "OF"])
         });
     }
     false
@@ -168,18 +167,62 @@ fn skip_ctes(toks: &[Tok]) -> Option<usize> {
 /// `MERGE INTO` do not count.
 fn has_select_into(toks: &[Tok]) -> bool {
     let d = depths(toks);
-    toks.iter().enumerate().any(|(i, t)| {
-        d[i] == 0 && t.is_kw("INTO") && !(i > 0 && toks[i - 1].is_any_kw(&["INSERT", "MERGE"]))
-    })
+    toks.iter()
+        .enumerate()
+        .any(|(i, t)| d[i] == 0 && t.is_kw("INTO") && !(i > 0 && toks[i - 1].is_any_kw(&["INSERT", "MERGE"])))
 }
 
 /// Words that are followed by `(` without being function calls.
 const NOT_FUNCTIONS: &[&str] = &[
-    "ALL", "AND", "ANY", "ARRAY", "AS", "BETWEEN", "BY", "CASE", "CONFLICT", "CUBE", "DISTINCT",
-    "DO", "ELSE", "EXISTS", "FILTER", "FROM", "GROUPING", "IN", "INTO", "IS", "JOIN", "LATERAL",
-    "LIKE", "ILIKE", "LIMIT", "MATERIALIZED", "NOT", "OFFSET", "ON", "ONLY", "OR", "OVER",
-    "RECURSIVE", "RETURNING", "ROLLUP", "ROW", "SELECT", "SET", "SETS", "SIMILAR", "SOME", "TABLE",
-    "THEN", "USING", "VALUES", "WHEN", "WHERE", "WITH", "WITHIN",
+    "ALL",
+    "AND",
+    "ANY",
+    "ARRAY",
+    "AS",
+    "BETWEEN",
+    "BY",
+    "CASE",
+    "CONFLICT",
+    "CUBE",
+    "DISTINCT",
+    "DO",
+    "ELSE",
+    "EXISTS",
+    "FILTER",
+    "FROM",
+    "GROUPING",
+    "IN",
+    "INTO",
+    "IS",
+    "JOIN",
+    "LATERAL",
+    "LIKE",
+    "ILIKE",
+    "LIMIT",
+    "MATERIALIZED",
+    "NOT",
+    "OFFSET",
+    "ON",
+    "ONLY",
+    "OR",
+    "OVER",
+    "RECURSIVE",
+    "RETURNING",
+    "ROLLUP",
+    "ROW",
+    "SELECT",
+    "SET",
+    "SETS",
+    "SIMILAR",
+    "SOME",
+    "TABLE",
+    "THEN",
+    "USING",
+    "VALUES",
+    "WHEN",
+    "WHERE",
+    "WITH",
+    "WITHIN",
 ];
 
 /// Function names called in the statement, found as a (qualified) name
@@ -210,7 +253,9 @@ pub(crate) fn functions(toks: &[Tok]) -> Vec<QualName> {
         // `name (cols) AS (` is a CTE header.
         if let Some(close) = matching_paren(toks, i + 1) {
             if toks.get(close + 1).is_some_and(|t| t.is_kw("AS"))
-                && toks.get(close + 2).is_some_and(|t| t.is(&Token::LParen) || t.is_any_kw(&["NOT", "MATERIALIZED"]))
+                && toks
+                    .get(close + 2)
+                    .is_some_and(|t| t.is(&Token::LParen) || t.is_any_kw(&["NOT", "MATERIALIZED"]))
             {
                 continue;
             }
@@ -246,9 +291,10 @@ fn write_stmt(toks: &[Tok], at: usize, functions: Vec<QualName>) -> Option<Write
     }
     let alias = match toks.get(j) {
         Some(t) if t.is_kw("AS") => Some(toks.get(j + 1)?.ident()?),
-        Some(t) if kind != WriteKind::Insert
-            && matches!(t.token, Token::Word(_))
-            && !t.is_any_kw(&["SET", "USING", "WHERE", "RETURNING"]) =>
+        Some(t)
+            if kind != WriteKind::Insert
+                && matches!(t.token, Token::Word(_))
+                && !t.is_any_kw(&["SET", "USING", "WHERE", "RETURNING"]) =>
         {
             Some(t.ident()?)
         }

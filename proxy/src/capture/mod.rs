@@ -206,9 +206,7 @@ impl WriteStmt {
     /// True if the statement assigns any of `key_columns` (compared exactly:
     /// pass catalog names).
     pub fn assigns_any(&self, key_columns: &[&str]) -> bool {
-        self.assigned_columns
-            .iter()
-            .any(|c| key_columns.iter().any(|k| k == c))
+        self.assigned_columns.iter().any(|c| key_columns.iter().any(|k| k == c))
     }
 }
 

@@ -6,8 +6,8 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    AssignmentTarget, Delete, FromTable, Ident, Insert, ObjectName, OnConflictAction, OnInsert,
-    SetExpr, Statement, TableFactor, TableObject, Update, Visit, Visitor,
+    AssignmentTarget, Delete, FromTable, Ident, Insert, ObjectName, OnConflictAction, OnInsert, SetExpr, Statement,
+    TableFactor, TableObject, Update, Visit, Visitor,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -92,7 +92,9 @@ impl Visitor for Facts {
 
     fn pre_visit_table_factor(&mut self, t: &TableFactor) -> ControlFlow<()> {
         match t {
-            TableFactor::Table { name, args: Some(_), .. } => self.add_function(name),
+            TableFactor::Table {
+                name, args: Some(_), ..
+            } => self.add_function(name),
             TableFactor::Function { name, .. } => self.add_function(name),
             _ => {}
         }
@@ -116,11 +118,7 @@ fn ident(i: &Ident) -> String {
 
 /// `name`, `schema.name` or `catalog.schema.name`, normalized.
 fn qualname(name: &ObjectName) -> Option<QualName> {
-    let parts: Vec<String> = name
-        .0
-        .iter()
-        .map(|p| p.as_ident().map(ident))
-        .collect::<Option<_>>()?;
+    let parts: Vec<String> = name.0.iter().map(|p| p.as_ident().map(ident)).collect::<Option<_>>()?;
     match parts.as_slice() {
         [n] => Some(QualName::bare(n)),
         [s, n] | [_, s, n] => Some(QualName::qualified(s, n)),

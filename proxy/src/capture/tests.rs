@@ -173,7 +173,10 @@ fn own_returning_gets_keys_appended() {
     assert!(parses(&out));
 
     let sql = "DELETE FROM t RETURNING *";
-    assert_eq!(spliced(sql, &["a", "b"]), "DELETE FROM t RETURNING *, \"t\".\"a\", \"t\".\"b\"");
+    assert_eq!(
+        spliced(sql, &["a", "b"]),
+        "DELETE FROM t RETURNING *, \"t\".\"a\", \"t\".\"b\""
+    );
 }
 
 #[test]
@@ -196,7 +199,14 @@ fn quoted_and_schema_qualified_tables() {
 #[test]
 fn trailing_semicolon_whitespace_and_comments() {
     let body = "INSERT INTO t VALUES (1)";
-    for tail in [";", " ;  \n", " -- note\n", "/* c */;", "; -- after\n", "\n/* a */ -- b\n ; /* c */"] {
+    for tail in [
+        ";",
+        " ;  \n",
+        " -- note\n",
+        "/* c */;",
+        "; -- after\n",
+        "\n/* a */ -- b\n ; /* c */",
+    ] {
         let sql = format!("{body}{tail}");
         let w = write(&sql);
         assert_eq!(w.splice_at, body.len(), "tail {tail:?}");
@@ -216,14 +226,20 @@ fn multibyte_text_before_the_splice_point() {
     let expected = sql.find(" -- fin").unwrap();
     assert_eq!(w.splice_at, expected);
     let out = spliced(sql, &["id"]);
-    assert_eq!(out, "INSERT INTO café (nom) VALUES ('crème brûlée 🍮'), ('日本語') RETURNING \"café\".\"id\" -- fin ✓");
+    assert_eq!(
+        out,
+        "INSERT INTO café (nom) VALUES ('crème brûlée 🍮'), ('日本語') RETURNING \"café\".\"id\" -- fin ✓"
+    );
     assert!(parses(&out));
 
     let sql = "SELECT 'ü';\nUPDATE t SET v = '€€€\n€' WHERE k = 'ß';";
     let c = classify(sql);
     assert_eq!(c.len(), 2);
     let Class::Write(w) = &c[1].class else { panic!("{c:?}") };
-    assert_eq!(&sql[..w.splice_at], "SELECT 'ü';\nUPDATE t SET v = '€€€\n€' WHERE k = 'ß'");
+    assert_eq!(
+        &sql[..w.splice_at],
+        "SELECT 'ü';\nUPDATE t SET v = '€€€\n€' WHERE k = 'ß'"
+    );
 }
 
 #[test]
@@ -232,7 +248,10 @@ fn dollar_quotes_and_strings_keep_semicolons() {
     let c = classify(sql);
     assert_eq!(c.len(), 2, "{c:?}");
     let Class::Write(w) = &c[0].class else { panic!("{c:?}") };
-    assert_eq!(&sql[..w.splice_at], "INSERT INTO t VALUES ($$a;b$$, $x$;;$x$, 'c;d', E'e\\';f')");
+    assert_eq!(
+        &sql[..w.splice_at],
+        "INSERT INTO t VALUES ($$a;b$$, $x$;;$x$, 'c;d', E'e\\';f')"
+    );
     assert_eq!(c[1].class, reads(&[]));
 }
 

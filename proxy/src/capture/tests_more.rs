@@ -57,7 +57,10 @@ fn utilities() {
     assert_eq!(one("UNLISTEN ch"), Class::Utility(Unlisten(Some("ch".into()))));
     assert_eq!(one("NOTIFY ch, 'x;y'"), Class::Utility(Notify));
     assert_eq!(one("DEALLOCATE ALL"), Class::Utility(Deallocate(None)));
-    assert_eq!(one("DEALLOCATE PREPARE p1"), Class::Utility(Deallocate(Some("p1".into()))));
+    assert_eq!(
+        one("DEALLOCATE PREPARE p1"),
+        Class::Utility(Deallocate(Some("p1".into())))
+    );
     assert_eq!(one("FETCH 10 FROM c"), Class::Utility(Cursor));
     assert_eq!(one("CLOSE c"), Class::Utility(Cursor));
     assert_eq!(one("MOVE NEXT IN c"), Class::Utility(Cursor));
@@ -90,7 +93,10 @@ fn ddl_and_other_unsafe_commands() {
         one("DO $$BEGIN INSERT INTO t VALUES (1); END$$"),
         unsafe_(UnsafeKind::CallOrDo)
     );
-    assert_eq!(one("DO LANGUAGE plpgsql $$ BEGIN NULL; END $$"), unsafe_(UnsafeKind::CallOrDo));
+    assert_eq!(
+        one("DO LANGUAGE plpgsql $$ BEGIN NULL; END $$"),
+        unsafe_(UnsafeKind::CallOrDo)
+    );
     assert_eq!(
         one("MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE"),
         unsafe_(UnsafeKind::Merge)
@@ -101,7 +107,12 @@ fn ddl_and_other_unsafe_commands() {
             tables: vec![QualName::bare("a"), QualName::qualified("s", "b")]
         })
     );
-    assert_eq!(one("TRUNCATE \"T\""), unsafe_(UnsafeKind::Truncate { tables: vec![QualName::bare("T")] }));
+    assert_eq!(
+        one("TRUNCATE \"T\""),
+        unsafe_(UnsafeKind::Truncate {
+            tables: vec![QualName::bare("T")]
+        })
+    );
     // Never guessed to be a read.
     assert_eq!(one("FROBNICATE t"), unsafe_(UnsafeKind::Unparsable));
     assert_eq!(one("\"SELECT\" 1"), unsafe_(UnsafeKind::Unparsable));
@@ -131,7 +142,10 @@ fn copy() {
     );
     assert_eq!(
         one("COPY t FROM '/tmp/x'"),
-        unsafe_(UnsafeKind::CopyFrom { table: QualName::bare("t"), columns: vec![] })
+        unsafe_(UnsafeKind::CopyFrom {
+            table: QualName::bare("t"),
+            columns: vec![]
+        })
     );
     assert_eq!(one("COPY t TO STDOUT"), reads(&[]));
     assert_eq!(one("COPY (SELECT f(a) FROM t) TO STDOUT"), reads(&["f"]));
@@ -147,8 +161,14 @@ fn explain() {
     assert_eq!(one("EXPLAIN INSERT INTO t VALUES (g(1))"), reads(&["g"]));
     assert_eq!(one("EXPLAIN (COSTS OFF) DELETE FROM t"), reads(&[]));
     assert_eq!(one("EXPLAIN ANALYZE SELECT 1"), reads(&[]));
-    assert_eq!(one("EXPLAIN ANALYZE UPDATE t SET a = 1"), unsafe_(UnsafeKind::ExplainAnalyze));
-    assert_eq!(one("EXPLAIN ANALYZE VERBOSE DELETE FROM t"), unsafe_(UnsafeKind::ExplainAnalyze));
+    assert_eq!(
+        one("EXPLAIN ANALYZE UPDATE t SET a = 1"),
+        unsafe_(UnsafeKind::ExplainAnalyze)
+    );
+    assert_eq!(
+        one("EXPLAIN ANALYZE VERBOSE DELETE FROM t"),
+        unsafe_(UnsafeKind::ExplainAnalyze)
+    );
     assert_eq!(
         one("EXPLAIN (ANALYZE, BUFFERS) INSERT INTO t VALUES (1)"),
         unsafe_(UnsafeKind::ExplainAnalyze)
@@ -160,9 +180,13 @@ fn explain() {
 #[test]
 fn prepare_execute_declare() {
     let sql = "PREPARE ins (int) AS INSERT INTO t VALUES ($1)";
-    let Class::Prepare { name, statement } = one(sql) else { panic!() };
+    let Class::Prepare { name, statement } = one(sql) else {
+        panic!()
+    };
     assert_eq!(name, "ins");
-    let Class::Write(w) = *statement else { panic!("{statement:?}") };
+    let Class::Write(w) = *statement else {
+        panic!("{statement:?}")
+    };
     assert_eq!(w.table, QualName::bare("t"));
     assert_eq!(
         splice_returning(sql, &w, &["id"]),
@@ -170,10 +194,16 @@ fn prepare_execute_declare() {
     );
     assert_eq!(
         one("PREPARE q AS SELECT 1"),
-        Class::Prepare { name: "q".into(), statement: Box::new(reads(&[])) }
+        Class::Prepare {
+            name: "q".into(),
+            statement: Box::new(reads(&[]))
+        }
     );
     assert_eq!(one("EXECUTE Ins(1)"), Class::Execute { name: "ins".into() });
-    assert_eq!(one("DECLARE c CURSOR WITH HOLD FOR SELECT f(x) FROM t FOR UPDATE"), reads(&["f"]));
+    assert_eq!(
+        one("DECLARE c CURSOR WITH HOLD FOR SELECT f(x) FROM t FOR UPDATE"),
+        reads(&["f"])
+    );
     assert_eq!(one("DECLARE c BINARY CURSOR FOR VALUES (1)"), reads(&[]));
 }
 
@@ -231,7 +261,11 @@ fn fallback_writes() {
         assert_eq!(w.alias.as_deref(), *alias, "{sql}");
         assert_eq!(w.has_returning, *ret, "{sql}");
         assert_eq!(w.on_conflict, *oc, "{sql}");
-        assert_eq!(w.assigned_columns, cols.iter().map(|c| c.to_string()).collect::<Vec<_>>(), "{sql}");
+        assert_eq!(
+            w.assigned_columns,
+            cols.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+            "{sql}"
+        );
         assert_eq!(w.splice_at, sql.len(), "{sql}");
     }
 }
@@ -257,10 +291,16 @@ fn fallback_agrees_with_the_ast_path() {
 #[test]
 fn fallback_reads_and_failures() {
     // Lock strength sqlparser may not know: still a read.
-    assert_eq!(by_tokens("SELECT * FROM t FOR NO KEY UPDATE OF t SKIP LOCKED"), reads(&[]));
+    assert_eq!(
+        by_tokens("SELECT * FROM t FOR NO KEY UPDATE OF t SKIP LOCKED"),
+        reads(&[])
+    );
     assert_eq!(by_tokens("SELECT 1 INTO TEMP x"), unsafe_(UnsafeKind::SelectInto));
     // A write whose target cannot be read is never guessed.
-    assert_eq!(by_tokens("INSERT INTO (SELECT 1) VALUES (1)"), unsafe_(UnsafeKind::Unparsable));
+    assert_eq!(
+        by_tokens("INSERT INTO (SELECT 1) VALUES (1)"),
+        unsafe_(UnsafeKind::Unparsable)
+    );
     assert_eq!(by_tokens("WITH broken AS SELECT 1"), unsafe_(UnsafeKind::Unparsable));
     assert_eq!(one("UPDATE"), unsafe_(UnsafeKind::Unparsable));
 }

@@ -104,9 +104,7 @@ pub async fn connect(
         .iter()
         .filter(|(k, _)| !matches!(k.as_str(), "user" | "database" | "replication") && !k.starts_with("_pq_."))
         .map(|(k, v)| (k.as_str(), v.as_str()));
-    let startup = startup::startup_message(
-        [("user", user), ("database", database)].into_iter().chain(forwarded),
-    );
+    let startup = startup::startup_message([("user", user), ("database", database)].into_iter().chain(forwarded));
     let handshake = async {
         match &mut conn {
             ServerConn::Tcp(c) => handshake(c, &startup, user, password).await,
@@ -151,9 +149,7 @@ async fn handshake<S: Socket>(
         let msg = BackendMessage::of(&frame);
         match msg.tag() {
             btag::BACKEND_KEY_DATA => {
-                key = msg
-                    .backend_key()
-                    .map_err(|e| ConnectError::from(ReadError::Wire(e)))?;
+                key = msg.backend_key().map_err(|e| ConnectError::from(ReadError::Wire(e)))?;
             }
             btag::READY_FOR_QUERY => {
                 let status = msg.ready_status().unwrap_or(TxStatus::Idle);

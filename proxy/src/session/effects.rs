@@ -57,10 +57,7 @@ impl Pin {
 }
 
 fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
-    hay.len() >= needle.len()
-        && hay
-            .windows(needle.len())
-            .any(|w| w.eq_ignore_ascii_case(needle))
+    hay.len() >= needle.len() && hay.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 /// Words of the first statement, split on whitespace, stopping at `;`.
@@ -88,8 +85,7 @@ pub fn statements(sql: &[u8]) -> Vec<&[u8]> {
     let mut significant = false;
     while i < sql.len() {
         let b = sql[i];
-        let comment = (b == b'-' && sql.get(i + 1) == Some(&b'-'))
-            || (b == b'/' && sql.get(i + 1) == Some(&b'*'));
+        let comment = (b == b'-' && sql.get(i + 1) == Some(&b'-')) || (b == b'/' && sql.get(i + 1) == Some(&b'*'));
         if b != b';' && !comment && !b.is_ascii_whitespace() {
             significant = true;
         }
@@ -322,7 +318,12 @@ mod tests {
             .collect();
         assert_eq!(
             parts,
-            ["SET a = ';'", "LISTEN \"x;y\" -- c;", "select $f$ ; $f$", "/* ; /* ; */ */ RESET b"]
+            [
+                "SET a = ';'",
+                "LISTEN \"x;y\" -- c;",
+                "select $f$ ; $f$",
+                "/* ; /* ; */ */ RESET b"
+            ]
         );
         assert_eq!(statements(b"select 1;  "), vec![&b"select 1"[..]]);
         assert_eq!(statements(b"select 1;; /* only */ ; select 2").len(), 2);
@@ -373,10 +374,7 @@ mod tests {
         assert_eq!(detect(b"unlisten *"), Some(Effect::UnlistenAll));
         assert_eq!(detect(b"DISCARD ALL"), Some(Effect::DiscardAll));
         assert_eq!(detect(b"deallocate prepare s1"), Some(Effect::Deallocate("s1".into())));
-        assert_eq!(
-            detect(b"CREATE TEMP TABLE t(x int)"),
-            Some(Effect::Pin(Pin::TempTable))
-        );
+        assert_eq!(detect(b"CREATE TEMP TABLE t(x int)"), Some(Effect::Pin(Pin::TempTable)));
         assert_eq!(
             detect(b"create local temporary table t(x int)"),
             Some(Effect::Pin(Pin::TempTable))

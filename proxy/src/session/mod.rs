@@ -57,7 +57,11 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
     let _open = OpenGuard(stats.clone());
     let mut client = Conn::new(socket, shared.config.limits.max_message_bytes);
     let timeout = shared.config.limits.startup_timeout();
-    let startup = unless_shutdown(&shared, tokio::time::timeout(timeout, read_startup(&shared, &mut client))).await;
+    let startup = unless_shutdown(
+        &shared,
+        tokio::time::timeout(timeout, read_startup(&shared, &mut client)),
+    )
+    .await;
     let (version, params) = match startup {
         None => return refuse(&shared, &mut client, shutting_down()).await,
         Some(Ok(Ok(Some(startup)))) => startup,
@@ -76,7 +80,10 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
     };
     let database = get("database").filter(|d| !d.is_empty()).unwrap_or(&user).to_owned();
     if get("replication").is_some_and(|v| v != "false" && v != "0" && v != "off") {
-        let r = Refusal::fatal("0A000", "replication connections are not supported through switchyard; connect to the database directly");
+        let r = Refusal::fatal(
+            "0A000",
+            "replication connections are not supported through switchyard; connect to the database directly",
+        );
         return refuse(&shared, &mut client, r).await;
     }
     if shared.sessions.len() >= shared.config.limits.max_clients {
@@ -118,7 +125,9 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
         if !shared.users.is_admin(&user) {
             let r = Refusal::fatal(
                 "28000",
-                format!("user \"{user}\" is not allowed to use the admin console (set admin = true for it in [[users]])"),
+                format!(
+                    "user \"{user}\" is not allowed to use the admin console (set admin = true for it in [[users]])"
+                ),
             );
             return refuse(&shared, &mut client, r).await;
         }
@@ -126,8 +135,7 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
         return;
     }
     let src = &shared.config.source;
-    let (db_user, db_name, password) =
-        backend::login_identity(&shared.config, src, &user, &database);
+    let (db_user, db_name, password) = backend::login_identity(&shared.config, src, &user, &database);
     let opened = backend::connect(
         src,
         db_user,
@@ -241,7 +249,10 @@ async fn read_startup(shared: &Shared, client: &mut Conn) -> Result<Option<Start
                 }
             }
             Ok(StartupPacket::Cancel { pid, key }) => {
-                shared.cancel.cancel((pid, key), shared.config.limits.connect_timeout()).await;
+                shared
+                    .cancel
+                    .cancel((pid, key), shared.config.limits.connect_timeout())
+                    .await;
                 return Ok(None);
             }
             Ok(StartupPacket::Startup { version, params }) => return Ok(Some((version, params))),

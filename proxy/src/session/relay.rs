@@ -11,7 +11,6 @@
 use super::state::SessionState;
 use crate::gate::Busy;
 use crate::net::{self, Conn, Parts, Socket};
-use tokio::net::TcpStream;
 use crate::registry::{SessionInfo, Shown};
 use crate::server::Shared;
 use crate::stats::{latency_histogram, Stats};
@@ -24,6 +23,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
+use tokio::net::TcpStream;
 
 /// Stop reading from one side while this much is queued for the other.
 const HIGH_WATER: usize = 256 * 1024;
@@ -87,20 +87,39 @@ impl<'a> Relay<'a> {
         }
     }
 
-    pub(crate) async fn run<S: Socket>(mut self, client: &mut Conn<TcpStream>, server: &mut Conn<S>) -> Result<Ended, RelayError> {
+    pub(crate) async fn run<S: Socket>(
+        mut self,
+        client: &mut Conn<TcpStream>,
+        server: &mut Conn<S>,
+    ) -> Result<Ended, RelayError> {
         let result = self.relay(client, server).await;
         match &result {
             Err(RelayError::Protocol(e)) => {
                 Stats::bump(&self.shared.stats.protocol_errors);
-                bmsg::error_response(client.wbuf(), Severity::Fatal, "08P01", &format!("invalid message from client: {e}"));
+                bmsg::error_response(
+                    client.wbuf(),
+                    Severity::Fatal,
+                    "08P01",
+                    &format!("invalid message from client: {e}"),
+                );
                 let _ = tokio::time::timeout(Duration::from_secs(1), client.close()).await;
             }
             Err(RelayError::ServerProtocol(_)) | Ok(Ended::ServerClosed) if !self.last_was_error => {
-                bmsg::error_response(client.wbuf(), Severity::Fatal, "08006", "the connection to the database was lost");
+                bmsg::error_response(
+                    client.wbuf(),
+                    Severity::Fatal,
+                    "08006",
+                    "the connection to the database was lost",
+                );
                 let _ = tokio::time::timeout(Duration::from_secs(1), client.close()).await;
             }
             Ok(Ended::Shutdown) => {
-                bmsg::error_response(client.wbuf(), Severity::Fatal, "57P01", "terminating connection because switchyard is shutting down");
+                bmsg::error_response(
+                    client.wbuf(),
+                    Severity::Fatal,
+                    "57P01",
+                    "terminating connection because switchyard is shutting down",
+                );
                 let _ = tokio::time::timeout(Duration::from_secs(1), client.close()).await;
             }
             _ => {
@@ -114,7 +133,11 @@ impl<'a> Relay<'a> {
         result
     }
 
-    async fn relay<S: Socket>(&mut self, client: &mut Conn<TcpStream>, server: &mut Conn<S>) -> Result<Ended, RelayError> {
+    async fn relay<S: Socket>(
+        &mut self,
+        client: &mut Conn<TcpStream>,
+        server: &mut Conn<S>,
+    ) -> Result<Ended, RelayError> {
         let mut shutdown = self.shared.shutdown.clone();
         if *shutdown.borrow() {
             return Ok(Ended::Shutdown);
@@ -268,7 +291,8 @@ impl<'a> Relay<'a> {
             }
             if self.state.at_boundary() {
                 let s = &self.state;
-                self.info.set_tracked(s.statements().len(), s.settings().len(), s.listens().len(), s.pins());
+                self.info
+                    .set_tracked(s.statements().len(), s.settings().len(), s.listens().len(), s.pins());
                 if now - self.last_merge > MERGE_EVERY {
                     self.shared.stats.merge_latency(&mut self.latency);
                     self.last_merge = now;

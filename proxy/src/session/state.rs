@@ -211,8 +211,8 @@ impl SessionState {
             ftag::FUNCTION_CALL => self.pending.push_back(Pending::FunctionCall { started: now }),
             ftag::PARSE => {
                 let parse = msg.parse()?;
-                let named = (!parse.name.is_empty())
-                    .then(|| (parse.name.to_owned(), Bytes::copy_from_slice(msg.bytes())));
+                let named =
+                    (!parse.name.is_empty()).then(|| (parse.name.to_owned(), Bytes::copy_from_slice(msg.bytes())));
                 if let Some(pin) = effects::detect_pin(parse.query.as_bytes()) {
                     self.tx_effects.push(Effect::Pin(pin));
                 }
@@ -235,8 +235,8 @@ impl SessionState {
             }
             ftag::CLOSE => {
                 let target = msg.target()?;
-                let statement = (target.kind == TargetKind::Statement && !target.name.is_empty())
-                    .then(|| target.name.to_owned());
+                let statement =
+                    (target.kind == TargetKind::Statement && !target.name.is_empty()).then(|| target.name.to_owned());
                 self.unsynced = true;
                 self.pending.push_back(Pending::Close { statement });
             }
@@ -370,8 +370,7 @@ impl SessionState {
             return;
         }
         if let Some(Pending::Query {
-            effects: Some(effects),
-            ..
+            effects: Some(effects), ..
         }) = self.pending.front_mut()
         {
             if let Some(Some(e)) = effects.next() {
@@ -541,7 +540,12 @@ mod tests {
     fn syncs_sent_during_copy_in_expect_no_reply() {
         let now = Instant::now();
         let sync = || fe(ftag::SYNC, |_| {});
-        let execute = || fe(ftag::EXECUTE, |b| { put_cstr(b, b""); b.put_i32(0); });
+        let execute = || {
+            fe(ftag::EXECUTE, |b| {
+                put_cstr(b, b"");
+                b.put_i32(0);
+            })
+        };
         let copy_done = || fe(ftag::COPY_DONE, |_| {});
         // Pipelined: Execute, Sync, data, CopyDone, Sync before the server answers.
         let mut s = SessionState::new();

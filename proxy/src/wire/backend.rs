@@ -300,9 +300,7 @@ pub fn ready_for_query(out: &mut BytesMut, status: TxStatus) {
 
 /// Appends a CommandComplete.
 pub fn command_complete(out: &mut BytesMut, command_tag: &str) {
-    write_message(out, tag::COMMAND_COMPLETE, |b| {
-        put_cstr(b, command_tag.as_bytes())
-    });
+    write_message(out, tag::COMMAND_COMPLETE, |b| put_cstr(b, command_tag.as_bytes()));
 }
 
 /// Appends an EmptyQueryResponse.
@@ -345,7 +343,6 @@ pub fn data_row<S: AsRef<str>>(out: &mut BytesMut, values: &[Option<S>]) {
         }
     });
 }
-
 
 #[cfg(test)]
 mod tests {

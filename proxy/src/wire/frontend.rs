@@ -99,11 +99,7 @@ impl<'a> FrontendMessage<'a> {
 
     /// Describe or Close: the target kind and name.
     pub fn target(&self) -> Result<Target<'a>, WireError> {
-        let what = if self.tag() == tag::CLOSE {
-            "Close"
-        } else {
-            "Describe"
-        };
+        let what = if self.tag() == tag::CLOSE { "Close" } else { "Describe" };
         let mut r = Reader::new(self.body(), what);
         let kind = match r.u8()? {
             b'S' => TargetKind::Statement,

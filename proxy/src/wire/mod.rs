@@ -155,10 +155,7 @@ impl<'a> Reader<'a> {
     }
 
     fn malformed(&self, why: &'static str) -> WireError {
-        WireError::Malformed {
-            what: self.what,
-            why,
-        }
+        WireError::Malformed { what: self.what, why }
     }
 
     /// A NUL-terminated string, as raw bytes (without the NUL).

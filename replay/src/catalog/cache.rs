@@ -86,12 +86,7 @@ impl CatalogCache {
     /// happens after one period. Failures are logged and counted, and the
     /// loop goes on with the previous snapshot. Spawn it on the runtime:
     /// `tokio::spawn(async move { cache.refresh_every(&client, period, stop).await })`.
-    pub async fn refresh_every(
-        &self,
-        client: &Client,
-        every: Duration,
-        shutdown: impl Future<Output = ()>,
-    ) {
+    pub async fn refresh_every(&self, client: &Client, every: Duration, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut ticks = tokio::time::interval(every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

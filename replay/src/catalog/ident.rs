@@ -114,10 +114,7 @@ mod tests {
 
     #[test]
     fn parses_search_paths() {
-        assert_eq!(
-            parse_search_path("\"$user\", public"),
-            vec!["$user", "public"]
-        );
+        assert_eq!(parse_search_path("\"$user\", public"), vec!["$user", "public"]);
         assert_eq!(
             parse_search_path("App ,  \"Mixed\"\"Q\",x"),
             vec!["app", "Mixed\"Q", "x"]

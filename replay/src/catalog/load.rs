@@ -7,13 +7,10 @@ use std::collections::HashMap;
 use tokio_postgres::types::FromSql;
 use tokio_postgres::{Client, Row};
 
-use super::sql::{
-    foreign_keys_sql, BEGIN, COLUMNS, FUNCTIONS, KEYS, RULES, SEQUENCES, SESSION, TABLES, TRIGGERS,
-};
+use super::sql::{foreign_keys_sql, BEGIN, COLUMNS, FUNCTIONS, KEYS, RULES, SEQUENCES, SESSION, TABLES, TRIGGERS};
 use super::types::{
-    Column, ColumnRef, FkAction, ForeignKey, Function, Generated, Identity, Key, KeySource,
-    QualifiedName, Rule, RuleEvent, Sequence, Table, TableKind, Trigger, TriggerFiring,
-    TriggerTiming, Volatility,
+    Column, ColumnRef, FkAction, ForeignKey, Function, Generated, Identity, Key, KeySource, QualifiedName, Rule,
+    RuleEvent, Sequence, Table, TableKind, Trigger, TriggerFiring, TriggerTiming, Volatility,
 };
 use super::{Catalog, CatalogError};
 
@@ -162,13 +159,7 @@ async fn load_columns(client: &Client, tables: &mut Tables) -> Result<(), Catalo
             "" => None,
             "a" => Some(Identity::Always),
             "d" => Some(Identity::ByDefault),
-            other => {
-                return Err(CatalogError::unexpected(
-                    "pg_attribute.attidentity",
-                    other,
-                    &name,
-                ))
-            }
+            other => return Err(CatalogError::unexpected("pg_attribute.attidentity", other, &name)),
         };
         let expr: Option<String> = q.get(&row, 7)?;
         let (default, generated) = match q.get::<String>(&row, 6)?.as_str() {
@@ -179,13 +170,7 @@ async fn load_columns(client: &Client, tables: &mut Tables) -> Result<(), Catalo
                     expr: expr.unwrap_or_default(),
                 }),
             ),
-            other => {
-                return Err(CatalogError::unexpected(
-                    "pg_attribute.attgenerated",
-                    other,
-                    &name,
-                ))
-            }
+            other => return Err(CatalogError::unexpected("pg_attribute.attgenerated", other, &name)),
         };
         table.columns.push(Column {
             attnum: q.get(&row, 1)?,
@@ -267,13 +252,7 @@ async fn load_triggers(client: &Client, tables: &mut Tables) -> Result<(), Catal
             "O" => TriggerFiring::Origin,
             "A" => TriggerFiring::Always,
             "R" => TriggerFiring::Replica,
-            other => {
-                return Err(CatalogError::unexpected(
-                    "pg_trigger.tgenabled",
-                    other,
-                    &name,
-                ))
-            }
+            other => return Err(CatalogError::unexpected("pg_trigger.tgenabled", other, &name)),
         };
         let timing = if tgtype & INSTEAD != 0 {
             TriggerTiming::InsteadOf
@@ -331,13 +310,7 @@ fn fk_action(code: &str, constraint: &str) -> Result<FkAction, CatalogError> {
         "c" => FkAction::Cascade,
         "n" => FkAction::SetNull,
         "d" => FkAction::SetDefault,
-        other => {
-            return Err(CatalogError::unexpected(
-                "pg_constraint.confdeltype",
-                other,
-                constraint,
-            ))
-        }
+        other => return Err(CatalogError::unexpected("pg_constraint.confdeltype", other, constraint)),
     })
 }
 
@@ -375,13 +348,7 @@ async fn load_functions(client: &Client) -> Result<Vec<Function>, CatalogError> 
             "i" => Volatility::Immutable,
             "s" => Volatility::Stable,
             "v" => Volatility::Volatile,
-            other => {
-                return Err(CatalogError::unexpected(
-                    "pg_proc.provolatile",
-                    other,
-                    &name,
-                ))
-            }
+            other => return Err(CatalogError::unexpected("pg_proc.provolatile", other, &name)),
         };
         out.push(Function {
             arguments: q.get(&row, 2)?,
@@ -444,10 +411,7 @@ mod tests {
     #[test]
     fn primary_key_wins() {
         let cols = [col("a", true), col("b", true)];
-        let key = choose_key(
-            vec![cand("u", false, &["a"]), cand("pk", true, &["a", "b"])],
-            &cols,
-        );
+        let key = choose_key(vec![cand("u", false, &["a"]), cand("pk", true, &["a", "b"])], &cols);
         assert_eq!(
             key,
             Some(Key {
@@ -459,12 +423,7 @@ mod tests {
 
     #[test]
     fn fewest_not_null_columns_then_name() {
-        let cols = [
-            col("a", true),
-            col("b", true),
-            col("c", false),
-            col("d", true),
-        ];
+        let cols = [col("a", true), col("b", true), col("c", false), col("d", true)];
         let key = choose_key(
             vec![
                 cand("z_ab", false, &["a", "b"]),

@@ -22,9 +22,8 @@ pub use cache::{CacheStats, CatalogCache};
 pub use error::CatalogError;
 pub use ident::{parse_search_path, quote_ident, quote_qualified};
 pub use types::{
-    Column, ColumnRef, FkAction, ForeignKey, Function, Generated, Identity, Key, KeySource,
-    QualifiedName, Rule, RuleEvent, Sequence, Table, TableKind, Trigger, TriggerFiring,
-    TriggerTiming, Volatility,
+    Column, ColumnRef, FkAction, ForeignKey, Function, Generated, Identity, Key, KeySource, QualifiedName, Rule,
+    RuleEvent, Sequence, Table, TableKind, Trigger, TriggerFiring, TriggerTiming, Volatility,
 };
 
 /// The search path used when the caller has none: PostgreSQL's default.
@@ -70,10 +69,7 @@ impl Catalog {
         }
         let mut functions_by_name: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, f) in functions.iter().enumerate() {
-            functions_by_name
-                .entry(f.name.name.clone())
-                .or_default()
-                .push(i);
+            functions_by_name.entry(f.name.name.clone()).or_default().push(i);
         }
         Catalog {
             tables,
@@ -142,12 +138,7 @@ impl Catalog {
     /// path means [`DEFAULT_SEARCH_PATH`]. `pg_catalog` and `pg_temp` entries
     /// hold no user tables and are skipped: session temp tables, which the
     /// server finds first, are the caller's to track.
-    pub fn table(
-        &self,
-        schema: Option<&str>,
-        name: &str,
-        search_path: &[String],
-    ) -> Option<&Table> {
+    pub fn table(&self, schema: Option<&str>, name: &str, search_path: &[String]) -> Option<&Table> {
         if let Some(schema) = schema {
             return self.table_exact(schema, name);
         }
@@ -156,9 +147,7 @@ impl Catalog {
                 .iter()
                 .find_map(|s| self.table_in_path_entry(s, name));
         }
-        search_path
-            .iter()
-            .find_map(|s| self.table_in_path_entry(s, name))
+        search_path.iter().find_map(|s| self.table_in_path_entry(s, name))
     }
 
     fn table_in_path_entry(&self, entry: &str, name: &str) -> Option<&Table> {
@@ -177,18 +166,12 @@ impl Catalog {
     /// The foreign keys that reference `parent` (whose rows a delete or
     /// re-key of `parent` can cascade to).
     pub fn referencing(&self, parent: &QualifiedName) -> Vec<&ForeignKey> {
-        self.foreign_keys
-            .iter()
-            .filter(|fk| &fk.parent == parent)
-            .collect()
+        self.foreign_keys.iter().filter(|fk| &fk.parent == parent).collect()
     }
 
     /// The foreign keys declared on `child`.
     pub fn foreign_keys_of(&self, child: &QualifiedName) -> Vec<&ForeignKey> {
-        self.foreign_keys
-            .iter()
-            .filter(|fk| &fk.child == child)
-            .collect()
+        self.foreign_keys.iter().filter(|fk| &fk.child == child).collect()
     }
 
     /// The volatility of user functions named `name` in any user schema; for

@@ -17,11 +17,9 @@ macro_rules! user_schema {
 
 // The queries name catalogs unqualified; a search_path that puts a user
 // schema before pg_catalog could shadow them, so the snapshot pins it.
-pub(super) const BEGIN: &str =
-    "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET LOCAL search_path = pg_catalog";
+pub(super) const BEGIN: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET LOCAL search_path = pg_catalog";
 
-pub(super) const SESSION: &str =
-    "SELECT current_user::text, current_setting('server_version_num')::int4";
+pub(super) const SESSION: &str = "SELECT current_user::text, current_setting('server_version_num')::int4";
 
 pub(super) const TABLES: &str = concat!(
     "SELECT c.oid, n.nspname::text, c.relname::text, c.relkind::text, c.relispartition, ",

@@ -96,16 +96,11 @@ impl LogError {
             LogError::Corrupt { .. } | LogError::Decode { .. } => "XX001",
             LogError::RecordTooLarge { .. } => "54000",
             LogError::Locked { .. } | LogError::Closed | LogError::WriterGone => "57P03",
-            LogError::LsnUnavailable { .. }
-            | LogError::InvalidRecord(_)
-            | LogError::InvalidOptions(_) => "XX000",
+            LogError::LsnUnavailable { .. } | LogError::InvalidRecord(_) | LogError::InvalidOptions(_) => "XX000",
         }
     }
 
-    pub(crate) fn io(
-        op: &'static str,
-        path: impl Into<PathBuf>,
-    ) -> impl FnOnce(io::Error) -> LogError {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> LogError {
         let path = path.into();
         move |source| LogError::Io { op, path, source }
     }
@@ -153,10 +148,7 @@ impl fmt::Display for Corruption {
                 write!(f, "unsupported segment format version {v}")
             }
             Corruption::HeaderLsnMismatch { named, header } => {
-                write!(
-                    f,
-                    "segment named for LSN {named} but its header says {header}"
-                )
+                write!(f, "segment named for LSN {named} but its header says {header}")
             }
             Corruption::BadFrameBeforeValidData {
                 frame,

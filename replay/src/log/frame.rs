@@ -43,10 +43,7 @@ impl fmt::Display for BadFrame {
         match self {
             BadFrame::Length(n) => write!(f, "frame length {n} out of range"),
             BadFrame::Crc { stored, computed } => {
-                write!(
-                    f,
-                    "CRC mismatch (stored {stored:08x}, computed {computed:08x})"
-                )
+                write!(f, "CRC mismatch (stored {stored:08x}, computed {computed:08x})")
             }
         }
     }
@@ -81,10 +78,7 @@ pub(crate) fn check_frame(buf: &[u8]) -> FrameCheck<'_> {
     if computed != stored {
         return FrameCheck::Invalid(BadFrame::Crc { stored, computed });
     }
-    FrameCheck::Complete {
-        payload,
-        len: total,
-    }
+    FrameCheck::Complete { payload, len: total }
 }
 
 /// Reserves a frame header at the end of `buf`; returns where it starts.
@@ -160,9 +154,7 @@ pub(crate) enum Tail {
 /// LSN in `[expected, expected + rest.len() / MIN_FRAME_LEN]` before its CRC
 /// is computed, which random bytes almost never do.
 pub(crate) fn classify_tail(rest: &[u8], expected: Lsn) -> Tail {
-    let max_lsn = expected
-        .0
-        .saturating_add((rest.len() / MIN_FRAME_LEN) as u64);
+    let max_lsn = expected.0.saturating_add((rest.len() / MIN_FRAME_LEN) as u64);
     for at in 1..rest.len().saturating_sub(MIN_FRAME_LEN - 1) {
         let cand = &rest[at..];
         let len = u32::from_le_bytes([cand[0], cand[1], cand[2], cand[3]]) as usize;

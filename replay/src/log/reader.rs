@@ -16,13 +16,11 @@ use std::path::{Path, PathBuf};
 
 use super::error::{Corruption, LogError};
 use super::frame::{
-    check_frame, classify_tail, parse_segment_header, BadFrame, FrameCheck, HeaderError, Tail,
-    FRAME_HEADER_LEN, SEGMENT_HEADER_LEN,
+    check_frame, classify_tail, parse_segment_header, BadFrame, FrameCheck, HeaderError, Tail, FRAME_HEADER_LEN,
+    SEGMENT_HEADER_LEN,
 };
 use super::record::{payload_lsn, LogEntry};
-use super::segment::{
-    list_segments, remove_segments_before, segment_path, segments_before, SegmentInfo,
-};
+use super::segment::{list_segments, remove_segments_before, segment_path, segments_before, SegmentInfo};
 use super::Lsn;
 
 /// How much to read from a segment at a time.
@@ -94,13 +92,11 @@ impl LogReader {
                     }
                     let entry = if found >= self.from_lsn {
                         let path = &cursor.path;
-                        Some(
-                            LogEntry::decode(payload).map_err(|source| LogError::Decode {
-                                path: path.clone(),
-                                offset,
-                                source,
-                            })?,
-                        )
+                        Some(LogEntry::decode(payload).map_err(|source| LogError::Decode {
+                            path: path.clone(),
+                            offset,
+                            source,
+                        })?)
                     } else {
                         None
                     };
@@ -276,18 +272,10 @@ impl Cursor {
             Ok(header) => header,
             Err(HeaderError::Short) => return Ok(None),
             Err(HeaderError::Magic) => return Err(c.corrupt(0, Corruption::BadMagic)),
-            Err(HeaderError::Version(v)) => {
-                return Err(c.corrupt(0, Corruption::UnsupportedVersion(v)))
-            }
+            Err(HeaderError::Version(v)) => return Err(c.corrupt(0, Corruption::UnsupportedVersion(v))),
         };
         if header != first {
-            return Err(c.corrupt(
-                0,
-                Corruption::HeaderLsnMismatch {
-                    named: first,
-                    header,
-                },
-            ));
+            return Err(c.corrupt(0, Corruption::HeaderLsnMismatch { named: first, header }));
         }
         c.pos = SEGMENT_HEADER_LEN;
         Ok(Some(c))

@@ -103,9 +103,7 @@ impl Record {
         };
         for t in &commit.tables {
             if t.key_columns.is_empty() && !t.keys.is_empty() {
-                return Err(InvalidRecord::KeysWithoutColumns {
-                    table: t.table.clone(),
-                });
+                return Err(InvalidRecord::KeysWithoutColumns { table: t.table.clone() });
             }
             if let Some(bad) = t.keys.iter().find(|k| k.len() != t.key_columns.len()) {
                 return Err(InvalidRecord::KeyArity {
@@ -250,10 +248,7 @@ fn decode_table(d: &mut Decoder<'_>) -> Result<TableKeys, DecodeError> {
         for _ in 0..ncols {
             key.push(match d.varint()? {
                 0 => None,
-                n => Some(
-                    d.str_of_len(usize::try_from(n - 1).unwrap_or(usize::MAX))?
-                        .to_owned(),
-                ),
+                n => Some(d.str_of_len(usize::try_from(n - 1).unwrap_or(usize::MAX))?.to_owned()),
             });
         }
         keys.push(key);

@@ -10,8 +10,7 @@ use std::path::{Path, PathBuf};
 
 use super::error::{Corruption, LogError};
 use super::frame::{
-    check_frame, classify_tail, parse_segment_header, segment_header, FrameCheck, HeaderError,
-    Tail, SEGMENT_HEADER_LEN,
+    check_frame, classify_tail, parse_segment_header, segment_header, FrameCheck, HeaderError, Tail, SEGMENT_HEADER_LEN,
 };
 use super::record::payload_lsn;
 use super::segment::{list_segments, segment_path, sync_dir};
@@ -103,8 +102,7 @@ pub(crate) fn recover(dir: &Path) -> Result<(RecoveryReport, TailSegment), LogEr
             .write(true)
             .open(&path)
             .map_err(LogError::io("open", &path))?;
-        f.set_len(valid_len as u64)
-            .map_err(LogError::io("truncate", &path))?;
+        f.set_len(valid_len as u64).map_err(LogError::io("truncate", &path))?;
         f.sync_all().map_err(LogError::io("fsync", &path))?;
     }
     let file = OpenOptions::new()
@@ -143,10 +141,7 @@ fn scan_frames(
             FrameCheck::Complete { payload, len } => {
                 let found = payload_lsn(payload).unwrap_or_default();
                 if found != expected {
-                    return Err(corrupt(
-                        off as u64,
-                        Corruption::LsnMismatch { expected, found },
-                    ));
+                    return Err(corrupt(off as u64, Corruption::LsnMismatch { expected, found }));
                 }
                 expected = expected.next();
                 records += 1;
@@ -162,9 +157,7 @@ fn scan_frames(
             Tail::Corrupt { valid_frame_at } => {
                 let next_valid_offset = (off + valid_frame_at) as u64;
                 // An incomplete frame followed by valid data has a bad length.
-                let frame = bad.unwrap_or(super::frame::BadFrame::Length(frame_len_field(
-                    &data[off..],
-                )));
+                let frame = bad.unwrap_or(super::frame::BadFrame::Length(frame_len_field(&data[off..])));
                 Err(corrupt(
                     off as u64,
                     Corruption::BadFrameBeforeValidData {

@@ -26,11 +26,7 @@ pub struct SegmentInfo {
 
 /// The path of the segment whose first record is `first`.
 pub(crate) fn segment_path(dir: &Path, first: Lsn) -> PathBuf {
-    dir.join(format!(
-        "{:0width$}{SEGMENT_SUFFIX}",
-        first.0,
-        width = NAME_DIGITS
-    ))
+    dir.join(format!("{:0width$}{SEGMENT_SUFFIX}", first.0, width = NAME_DIGITS))
 }
 
 /// The first LSN a segment file name stands for, if it is one.
@@ -54,11 +50,7 @@ pub fn list_segments(dir: impl AsRef<Path>) -> Result<Vec<SegmentInfo>, LogError
         };
         let path = entry.path();
         let size = entry.metadata().map_err(LogError::io("stat", &path))?.len();
-        out.push(SegmentInfo {
-            first_lsn,
-            path,
-            size,
-        });
+        out.push(SegmentInfo { first_lsn, path, size });
     }
     out.sort_by_key(|s| s.first_lsn);
     Ok(out)
@@ -70,10 +62,7 @@ pub fn list_segments(dir: impl AsRef<Path>) -> Result<Vec<SegmentInfo>, LogError
 /// never among them.
 pub fn segments_before(dir: impl AsRef<Path>, lsn: Lsn) -> Result<Vec<SegmentInfo>, LogError> {
     let mut segments = list_segments(dir)?;
-    let keep_from = segments
-        .windows(2)
-        .take_while(|w| w[1].first_lsn <= lsn)
-        .count();
+    let keep_from = segments.windows(2).take_while(|w| w[1].first_lsn <= lsn).count();
     segments.truncate(keep_from);
     Ok(segments)
 }
@@ -82,10 +71,7 @@ pub fn segments_before(dir: impl AsRef<Path>, lsn: Lsn) -> Result<Vec<SegmentInf
 /// inside a deleted segment reads it to its end (the file stays open), then
 /// gets [`LogError::LsnUnavailable`] if the next segment was deleted too, as
 /// does a reader opened later below the oldest kept position.
-pub fn remove_segments_before(
-    dir: impl AsRef<Path>,
-    lsn: Lsn,
-) -> Result<Vec<SegmentInfo>, LogError> {
+pub fn remove_segments_before(dir: impl AsRef<Path>, lsn: Lsn) -> Result<Vec<SegmentInfo>, LogError> {
     let dir = dir.as_ref();
     let old = segments_before(dir, lsn)?;
     for seg in &old {
@@ -121,9 +107,7 @@ pub(crate) fn lock_dir(dir: &Path) -> Result<File, LogError> {
     if rc != 0 {
         let err = io::Error::last_os_error();
         if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Err(LogError::Locked {
-                dir: dir.to_path_buf(),
-            });
+            return Err(LogError::Locked { dir: dir.to_path_buf() });
         }
         return Err(LogError::Io {
             op: "lock",

@@ -130,20 +130,11 @@ impl LogWriter {
         let lock = lock_dir(&dir)?;
         let (recovery, tail) = recover(&dir)?;
         let shared = Arc::new(Shared::default());
-        shared
-            .last_lsn
-            .store(recovery.next_lsn.0 - 1, Ordering::Relaxed);
+        shared.last_lsn.store(recovery.next_lsn.0 - 1, Ordering::Relaxed);
         let capacity = options.queue_capacity;
         // One slot more than there are permits, for the shutdown request.
         let (tx, rx) = crossbeam_channel::bounded(capacity + 1);
-        let state = WriterThread::new(
-            dir.clone(),
-            options,
-            tail,
-            recovery.next_lsn,
-            Arc::clone(&shared),
-            lock,
-        );
+        let state = WriterThread::new(dir.clone(), options, tail, recovery.next_lsn, Arc::clone(&shared), lock);
         let thread = thread::Builder::new()
             .name("switchyard-log-writer".into())
             .spawn(move || state.run(rx))
@@ -184,10 +175,7 @@ impl LogWriterHandle {
     /// per [`Durability`]). Suspends, never blocks, while the queue is full.
     /// The returned future owns what it needs, so it can be spawned. If it is
     /// dropped after the record was queued, the record is still written.
-    pub fn append(
-        &self,
-        record: Record,
-    ) -> impl Future<Output = Result<Lsn, LogError>> + Send + 'static {
+    pub fn append(&self, record: Record) -> impl Future<Output = Result<Lsn, LogError>> + Send + 'static {
         let inner = Arc::clone(&self.inner);
         async move {
             record.validate()?;
@@ -200,11 +188,7 @@ impl LogWriterHandle {
             let (ack, done) = oneshot::channel();
             inner
                 .tx
-                .try_send(Request::Append {
-                    record,
-                    ack,
-                    permit,
-                })
+                .try_send(Request::Append { record, ack, permit })
                 .map_err(|e| match e {
                     // Cannot happen while permits match slots; refuse rather than block.
                     TrySendError::Full(_) => LogError::WriterGone,

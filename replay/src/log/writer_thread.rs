@@ -94,11 +94,7 @@ impl WriterThread {
             let mut shutdown = false;
             for request in batch.drain(..) {
                 match request {
-                    Request::Append {
-                        record,
-                        ack,
-                        permit,
-                    } => {
+                    Request::Append { record, ack, permit } => {
                         drop(permit);
                         self.append(&record, ack);
                     }
@@ -173,9 +169,7 @@ impl WriterThread {
         self.shared
             .bytes
             .fetch_add(self.pending.len() as u64, Ordering::Relaxed);
-        self.shared
-            .records
-            .fetch_add(self.pending_records, Ordering::Relaxed);
+        self.shared.records.fetch_add(self.pending_records, Ordering::Relaxed);
         self.shared.batches.fetch_add(1, Ordering::Relaxed);
         self.pending.clear();
         self.pending_records = 0;
@@ -184,9 +178,7 @@ impl WriterThread {
 
     fn sync(&mut self) -> Result<(), LogError> {
         let seg = &self.segment;
-        seg.file
-            .sync_data()
-            .map_err(LogError::io("fsync", &seg.path))?;
+        seg.file.sync_data().map_err(LogError::io("fsync", &seg.path))?;
         self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

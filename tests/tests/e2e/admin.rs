@@ -3,8 +3,8 @@
 //! with their SQLSTATEs, who may connect, and the Prometheus endpoint.
 
 use crate::support::{
-    admin, backend_pid, expect_sqlstate, metric, scrape, session_by_pid, table, trusting_config,
-    user, wait_session_state,
+    admin, backend_pid, expect_sqlstate, metric, scrape, session_by_pid, table, trusting_config, user,
+    wait_session_state,
 };
 use anyhow::{ensure, Context, Result};
 use std::net::SocketAddr;
@@ -94,8 +94,7 @@ async fn sessions_and_stats(admin: &Client, client: &Client, pid: i32) -> Result
     let stats = table(admin, "SHOW STATS").await?;
     assert_eq!(stats.columns, ["stat", "value"]);
     let after = stats.map();
-    let delta =
-        |k: &str| -> Result<i64> { Ok(after[k].parse::<i64>()? - before[k].parse::<i64>()?) };
+    let delta = |k: &str| -> Result<i64> { Ok(after[k].parse::<i64>()? - before[k].parse::<i64>()?) };
     ensure!(
         delta("queries")? >= 20,
         "queries {} → {}",
@@ -106,12 +105,7 @@ async fn sessions_and_stats(admin: &Client, client: &Client, pid: i32) -> Result
     ensure!(delta("bytes_received")? > 0 && delta("bytes_sent")? > 0);
     assert_eq!(after["connections_open"], "2");
     assert_eq!(after["protocol_errors"], "0");
-    for key in [
-        "uptime_s",
-        "latency_p50_us",
-        "latency_p99_us",
-        "latency_mean_us",
-    ] {
+    for key in ["uptime_s", "latency_p50_us", "latency_p99_us", "latency_mean_us"] {
         assert!(after.contains_key(key), "SHOW STATS lacks {key}");
     }
     // Sessions fold their latency samples into SHOW STATS now and then
@@ -141,9 +135,7 @@ async fn config_and_help(admin: &Client, source_port: u16) -> Result<()> {
     for help in ["SHOW HELP", "help"] {
         let t = table(admin, help).await?;
         assert_eq!(t.columns, ["command", "description"]);
-        let commands: Vec<&str> = (0..t.rows.len())
-            .filter_map(|i| t.get(i, "command"))
-            .collect();
+        let commands: Vec<&str> = (0..t.rows.len()).filter_map(|i| t.get(i, "command")).collect();
         for want in [
             "SHOW STATUS",
             "SHOW SESSIONS",
@@ -151,10 +143,7 @@ async fn config_and_help(admin: &Client, source_port: u16) -> Result<()> {
             "PAUSE [timeout]",
             "RESUME",
         ] {
-            assert!(
-                commands.contains(&want),
-                "{help} lacks {want}: {commands:?}"
-            );
+            assert!(commands.contains(&want), "{help} lacks {want}: {commands:?}");
         }
     }
     Ok(())
@@ -216,13 +205,7 @@ async fn console_errors_and_access() -> Result<()> {
     let proxy = TestProxy::start_with(config).await?;
 
     let dba = proxy.connect_as("dba", None, "switchyard").await?;
-    for bad in [
-        "SHOW TABLES",
-        "DROP TABLE x",
-        "PAUSE soon",
-        "PAUSE 0",
-        "select 1",
-    ] {
+    for bad in ["SHOW TABLES", "DROP TABLE x", "PAUSE soon", "PAUSE 0", "select 1"] {
         let message = expect_sqlstate(dba.simple_query(bad).await, "42601")?;
         assert!(!message.is_empty(), "{bad}");
     }
@@ -235,19 +218,10 @@ async fn console_errors_and_access() -> Result<()> {
 
     // Users without admin = true are refused the console, not the database.
     let message = expect_sqlstate(proxy.connect_as("app", None, "switchyard").await, "28000")?;
-    assert!(
-        message.contains("not allowed to use the admin console"),
-        "{message}"
-    );
-    expect_sqlstate(
-        proxy.connect_as("postgres", None, "switchyard").await,
-        "28000",
-    )?;
+    assert!(message.contains("not allowed to use the admin console"), "{message}");
+    expect_sqlstate(proxy.connect_as("postgres", None, "switchyard").await, "28000")?;
     let app = proxy.connect_as("app", None, "postgres").await?;
-    let who: String = app
-        .query_one("select current_user::text", &[])
-        .await?
-        .get(0);
+    let who: String = app.query_one("select current_user::text", &[]).await?.get(0);
     assert_eq!(who, "app");
     Ok(())
 }
@@ -271,23 +245,13 @@ async fn prometheus_endpoint_counts_queries() -> Result<()> {
     let after = scrape(addr).await?;
     let q1 = metric(&after, "switchyard_queries_total").context(after.clone())?;
     assert!(q1 >= q0 + 30.0, "switchyard_queries_total went {q0} → {q1}");
-    assert!(
-        after.contains("# TYPE switchyard_queries_total counter"),
-        "{after}"
-    );
-    assert_eq!(
-        metric(&after, "switchyard_client_connections"),
-        Some(1.0),
-        "{after}"
-    );
+    assert!(after.contains("# TYPE switchyard_queries_total counter"), "{after}");
+    assert_eq!(metric(&after, "switchyard_client_connections"), Some(1.0), "{after}");
     assert!(metric(&after, "switchyard_connections_total").is_some_and(|v| v >= 1.0));
     assert!(
         metric(&after, "switchyard_transactions_total").is_some_and(|v| v >= 30.0),
         "{after}"
     );
-    assert!(
-        after.contains("switchyard_query_duration_seconds"),
-        "{after}"
-    );
+    assert!(after.contains("switchyard_query_duration_seconds"), "{after}");
     Ok(())
 }

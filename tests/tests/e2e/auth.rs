@@ -21,10 +21,7 @@ async fn whoami(client: &Client) -> Result<(String, String)> {
 async fn stored_password(cluster: &Cluster, role: &str) -> Result<String> {
     let su = cluster.connect("postgres").await?;
     let row = su
-        .query_one(
-            "select rolpassword from pg_authid where rolname = $1",
-            &[&role],
-        )
+        .query_one("select rolpassword from pg_authid where rolname = $1", &[&role])
         .await?;
     Ok(row.get(0))
 }
@@ -52,24 +49,13 @@ async fn scram_clients_and_scram_database() -> Result<()> {
         .batch_execute("create table notes (body text); insert into notes values ('via scram')")
         .await?;
     let direct = cluster.connect("appdb").await?;
-    let body: String = direct
-        .query_one("select body from notes", &[])
-        .await?
-        .get(0);
+    let body: String = direct.query_one("select body from notes", &[]).await?.get(0);
     assert_eq!(body, "via scram");
 
     // A wrong password and an unknown user look the same: 28P01.
-    let message = expect_sqlstate(
-        proxy.connect_as("app", Some("wrong"), "appdb").await,
-        "28P01",
-    )?;
+    let message = expect_sqlstate(proxy.connect_as("app", Some("wrong"), "appdb").await, "28P01")?;
     assert_eq!(message, "password authentication failed for user \"app\"");
-    expect_sqlstate(
-        proxy
-            .connect_as("nobody", Some("app-secret"), "appdb")
-            .await,
-        "28P01",
-    )?;
+    expect_sqlstate(proxy.connect_as("nobody", Some("app-secret"), "appdb").await, "28P01")?;
     // The right password still works after the failures.
     let again = proxy.connect_as("app", Some("app-secret"), "appdb").await?;
     assert_eq!(
@@ -86,10 +72,7 @@ async fn scram_clients_and_scram_database() -> Result<()> {
     config.source.password = Some("not-it".into());
     let wrong = TestProxy::start_with(config).await?;
     let message = expect_sqlstate(wrong.connect_as("app", None, "appdb").await, "28P01")?;
-    assert!(
-        message.contains("password authentication failed"),
-        "{message}"
-    );
+    assert!(message.contains("password authentication failed"), "{message}");
     let none = TestProxy::start_with(trusting_config(cluster.host(), cluster.port())).await?;
     let message = expect_sqlstate(none.connect_as("app", None, "appdb").await, "28000")?;
     assert!(message.contains("none is configured"), "{message}");
@@ -116,23 +99,15 @@ async fn scram_verifier_from_postgres() -> Result<()> {
     config.source.password = Some("v-secret".into());
     let proxy = TestProxy::start_with(config).await?;
 
-    let client = proxy
-        .connect_as("vuser", Some("v-secret"), "postgres")
-        .await?;
+    let client = proxy.connect_as("vuser", Some("v-secret"), "postgres").await?;
     assert_eq!(whoami(&client).await?, ("vuser".into(), "postgres".into()));
     let sum: i64 = client
         .query_one("select sum(g)::int8 from generate_series(1, 100) g", &[])
         .await?
         .get(0);
     assert_eq!(sum, 5050);
-    expect_sqlstate(
-        proxy.connect_as("vuser", Some("v-secre"), "postgres").await,
-        "28P01",
-    )?;
-    expect_sqlstate(
-        proxy.connect_as("vuser", Some(""), "postgres").await,
-        "28P01",
-    )?;
+    expect_sqlstate(proxy.connect_as("vuser", Some("v-secre"), "postgres").await, "28P01")?;
+    expect_sqlstate(proxy.connect_as("vuser", Some(""), "postgres").await, "28P01")?;
     Ok(())
 }
 
@@ -152,31 +127,17 @@ async fn md5_clients_with_clear_and_hashed_passwords() -> Result<()> {
         cluster.host(),
         cluster.port(),
         AuthMethod::Md5,
-        vec![
-            user("app", Some("app-pw"), false),
-            user("hashed", Some(&hash), false),
-        ],
+        vec![user("app", Some("app-pw"), false), user("hashed", Some(&hash), false)],
     );
     let proxy = TestProxy::start_with(config).await?;
 
     let app = proxy.connect_as("app", Some("app-pw"), "postgres").await?;
     assert_eq!(whoami(&app).await?.0, "app");
-    let hashed = proxy
-        .connect_as("hashed", Some("h-secret"), "postgres")
-        .await?;
+    let hashed = proxy.connect_as("hashed", Some("h-secret"), "postgres").await?;
     assert_eq!(whoami(&hashed).await?.0, "hashed");
-    expect_sqlstate(
-        proxy.connect_as("app", Some("h-secret"), "postgres").await,
-        "28P01",
-    )?;
-    expect_sqlstate(
-        proxy.connect_as("hashed", Some("app-pw"), "postgres").await,
-        "28P01",
-    )?;
-    expect_sqlstate(
-        proxy.connect_as("ghost", Some("app-pw"), "postgres").await,
-        "28P01",
-    )?;
+    expect_sqlstate(proxy.connect_as("app", Some("h-secret"), "postgres").await, "28P01")?;
+    expect_sqlstate(proxy.connect_as("hashed", Some("app-pw"), "postgres").await, "28P01")?;
+    expect_sqlstate(proxy.connect_as("ghost", Some("app-pw"), "postgres").await, "28P01")?;
     Ok(())
 }
 

@@ -2,9 +2,7 @@
 //! that is not there (08006, and the proxy keeps serving), and one that goes
 //! away and comes back.
 
-use crate::support::{
-    admin, connect_watched, expect_sqlstate, status, table, trusting_config, within, PROMPT,
-};
+use crate::support::{admin, connect_watched, expect_sqlstate, status, table, trusting_config, within, PROMPT};
 use anyhow::{Context, Result};
 use std::time::{Duration, Instant};
 use switchyard_tests::{free_port, init_tracing, Cluster, TestProxy};
@@ -14,10 +12,7 @@ use tokio_postgres::NoTls;
 async fn unix_socket_backend() -> Result<()> {
     init_tracing();
     let cluster = Cluster::start().await?;
-    let dir = cluster
-        .socket_dir()
-        .to_str()
-        .context("socket dir is UTF-8")?;
+    let dir = cluster.socket_dir().to_str().context("socket dir is UTF-8")?;
     let proxy = TestProxy::start_with(trusting_config(dir, cluster.port())).await?;
     let client = proxy.connect("postgres").await?;
     let direct = cluster.connect("postgres").await?;
@@ -32,10 +27,7 @@ async fn unix_socket_backend() -> Result<()> {
     );
     assert_eq!(via.get::<_, i32>(1), i32::from(cluster.port()));
     let tcp = direct.query_one(sql, &[]).await?;
-    assert_eq!(
-        tcp.get::<_, Option<String>>(0).as_deref(),
-        Some("127.0.0.1/32")
-    );
+    assert_eq!(tcp.get::<_, Option<String>>(0).as_deref(), Some("127.0.0.1/32"));
 
     client
         .batch_execute("create table t (v int); insert into t select generate_series(1, 1000)")
@@ -54,10 +46,7 @@ async fn unix_socket_backend() -> Result<()> {
     expect_sqlstate(result, "57014")?;
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(
-        client
-            .query_one("select count(*) from t", &[])
-            .await?
-            .get::<_, i64>(0),
+        client.query_one("select count(*) from t", &[]).await?.get::<_, i64>(0),
         1000
     );
     Ok(())
@@ -76,8 +65,7 @@ async fn unreachable_database_gives_08006_and_the_proxy_keeps_serving() -> Resul
         let started = Instant::now();
         let message = expect_sqlstate(proxy.connect("postgres").await, "08006")?;
         assert!(
-            message.contains("could not connect to the database")
-                && message.contains(&format!("127.0.0.1:{port}")),
+            message.contains("could not connect to the database") && message.contains(&format!("127.0.0.1:{port}")),
             "{message}"
         );
         assert!(started.elapsed() < Duration::from_secs(3));

@@ -3,8 +3,7 @@
 //! session running queries alongside never notices.
 
 use crate::support::{
-    admin, connect_watched, frontend, startup_message, table, trusting_config, within, RawConn,
-    PROMPT,
+    admin, connect_watched, frontend, startup_message, table, trusting_config, within, RawConn, PROMPT,
 };
 use anyhow::{ensure, Result};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -86,11 +85,7 @@ async fn expect_08p01(proxy: &TestProxy, what: &str, bytes: &[u8]) -> Result<Str
         .expect_error_and_close("08P01")
         .await
         .map_err(|e| e.context(what.to_owned()))?;
-    assert_eq!(
-        fields.get(&'S').map(String::as_str),
-        Some("FATAL"),
-        "{what}"
-    );
+    assert_eq!(fields.get(&'S').map(String::as_str), Some("FATAL"), "{what}");
     Ok(fields.get(&'M').cloned().unwrap_or_default())
 }
 
@@ -167,8 +162,7 @@ async fn malformed_messages_after_startup_get_08p01() -> Result<()> {
     healthy.progress(5).await?;
 
     // A Parse whose strings have no NUL terminators.
-    let message =
-        expect_08p01_in_session(&proxy, "Parse", &frontend(b'P', b"stmtselect 1")).await?;
+    let message = expect_08p01_in_session(&proxy, "Parse", &frontend(b'P', b"stmtselect 1")).await?;
     assert!(message.contains("Parse"), "{message}");
     let mut oversized = b"Q".to_vec();
     oversized.extend((2u32 << 20).to_be_bytes());

@@ -23,10 +23,7 @@ async fn cancel_pg_sleep_through_the_proxy() -> Result<()> {
     });
     cancelled?;
     let message = expect_sqlstate(result, "57014")?;
-    assert!(
-        message.contains("canceling statement due to user request"),
-        "{message}"
-    );
+    assert!(message.contains("canceling statement due to user request"), "{message}");
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "took {:?}",
@@ -34,19 +31,11 @@ async fn cancel_pg_sleep_through_the_proxy() -> Result<()> {
     );
 
     // The session is usable after, for both protocols.
-    assert_eq!(
-        client
-            .query_one("select 41::int4 + 1", &[])
-            .await?
-            .get::<_, i32>(0),
-        42
-    );
+    assert_eq!(client.query_one("select 41::int4 + 1", &[]).await?.get::<_, i32>(0), 42);
 
     // Inside a transaction the cancel fails the transaction, which then
     // rolls back normally.
-    client
-        .batch_execute("begin; create table t (x int)")
-        .await?;
+    client.batch_execute("begin; create table t (x int)").await?;
     let (result, cancelled) = tokio::join!(client.query("select pg_sleep(30)", &[]), async {
         tokio::time::sleep(Duration::from_millis(300)).await;
         token.cancel_query(NoTls).await
@@ -69,28 +58,22 @@ async fn cancel_with_an_unknown_key_cancels_nothing() -> Result<()> {
     let cluster = Cluster::start().await?;
     let proxy = TestProxy::start(&cluster).await?;
     let client = proxy.connect("postgres").await?;
-    let pid: i32 = client
-        .query_one("select pg_backend_pid()", &[])
-        .await?
-        .get(0);
+    let pid: i32 = client.query_one("select pg_backend_pid()", &[]).await?.get(0);
 
-    let (result, sent) = tokio::join!(
-        client.query_one("select pg_sleep(0.6), 5::int4", &[]),
-        async {
-            tokio::time::sleep(Duration::from_millis(150)).await;
-            // The right pid with a wrong secret, as a guesser would send it.
-            let mut raw = RawConn::connect(proxy.addr()).await?;
-            let mut request = 16i32.to_be_bytes().to_vec();
-            request.extend(80_877_102i32.to_be_bytes());
-            request.extend(pid.to_be_bytes());
-            request.extend(12345i32.to_be_bytes());
-            raw.send(&request).await?;
-            // The proxy answers a cancel request by closing the connection.
-            let reply = raw.message().await?;
-            anyhow::ensure!(reply.is_none(), "cancel request answered with {reply:?}");
-            Ok::<_, anyhow::Error>(())
-        }
-    );
+    let (result, sent) = tokio::join!(client.query_one("select pg_sleep(0.6), 5::int4", &[]), async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        // The right pid with a wrong secret, as a guesser would send it.
+        let mut raw = RawConn::connect(proxy.addr()).await?;
+        let mut request = 16i32.to_be_bytes().to_vec();
+        request.extend(80_877_102i32.to_be_bytes());
+        request.extend(pid.to_be_bytes());
+        request.extend(12345i32.to_be_bytes());
+        raw.send(&request).await?;
+        // The proxy answers a cancel request by closing the connection.
+        let reply = raw.message().await?;
+        anyhow::ensure!(reply.is_none(), "cancel request answered with {reply:?}");
+        Ok::<_, anyhow::Error>(())
+    });
     sent?;
     let row = within(PROMPT, "query", async { result }).await??;
     assert_eq!(row.get::<_, i32>(1), 5);

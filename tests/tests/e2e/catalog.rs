@@ -7,9 +7,9 @@ use anyhow::{ensure, Context, Result};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard_replay::catalog::{
-    parse_search_path, Catalog, CatalogCache, CatalogError, Column, ColumnRef, FkAction,
-    ForeignKey, Function, Generated, Identity, Key, KeySource, QualifiedName, Rule, RuleEvent,
-    Sequence, TableKind, Trigger, TriggerFiring, TriggerTiming, Volatility,
+    parse_search_path, Catalog, CatalogCache, CatalogError, Column, ColumnRef, FkAction, ForeignKey, Function,
+    Generated, Identity, Key, KeySource, QualifiedName, Rule, RuleEvent, Sequence, TableKind, Trigger, TriggerFiring,
+    TriggerTiming, Volatility,
 };
 use switchyard_tests::{init_tracing, Cluster};
 
@@ -101,10 +101,7 @@ async fn schema_cluster() -> Result<(Cluster, Catalog)> {
     init_tracing();
     let cluster = Cluster::start().await?;
     let client = cluster.connect("postgres").await?;
-    client
-        .batch_execute(SCHEMA)
-        .await
-        .context("creating the schema")?;
+    client.batch_execute(SCHEMA).await.context("creating the schema")?;
     // A session's temp table lives in a pg_temp_N schema: never listed.
     client
         .batch_execute("CREATE TEMP TABLE scratch (id int PRIMARY KEY)")
@@ -119,11 +116,7 @@ async fn catalog_lists_tables_columns_and_keys() -> Result<()> {
     assert_eq!(catalog.current_user(), "postgres");
     assert!((150000..160000).contains(&catalog.server_version_num()));
 
-    let names: Vec<String> = catalog
-        .tables()
-        .iter()
-        .map(|t| t.name.qualified())
-        .collect();
+    let names: Vec<String> = catalog.tables().iter().map(|t| t.name.qualified()).collect();
     assert_eq!(
         names,
         strings(&[
@@ -154,10 +147,7 @@ async fn catalog_lists_tables_columns_and_keys() -> Result<()> {
         .await?
         .get(0);
     assert_eq!(orders.oid, oid);
-    assert_eq!(
-        catalog.table_by_oid(oid).map(|t| &t.name),
-        Some(&orders.name)
-    );
+    assert_eq!(catalog.table_by_oid(oid).map(|t| &t.name), Some(&orders.name));
     assert_eq!(
         orders.columns,
         vec![
@@ -174,9 +164,7 @@ async fn catalog_lists_tables_columns_and_keys() -> Result<()> {
     assert!(orders.key_is_defaulted());
 
     // Composite primary key, no defaults.
-    let items = catalog
-        .table_exact("public", "line_items")
-        .context("line_items")?;
+    let items = catalog.table_exact("public", "line_items").context("line_items")?;
     assert_eq!(items.key, pk(&["order_id", "line"]));
     assert!(!items.key_is_defaulted());
     assert!(!items.has_side_effects());
@@ -194,28 +182,17 @@ async fn catalog_lists_tables_columns_and_keys() -> Result<()> {
     );
     assert!(!users.key_is_defaulted());
     assert_eq!(
-        catalog
-            .table_exact("public", "nullable_unique")
-            .context("nu")?
-            .key,
+        catalog.table_exact("public", "nullable_unique").context("nu")?.key,
         None
     );
-    assert_eq!(
-        catalog
-            .table_exact("public", "no_key")
-            .context("no_key")?
-            .key,
-        None
-    );
+    assert_eq!(catalog.table_exact("public", "no_key").context("no_key")?.key, None);
     assert!(!catalog
         .table_exact("public", "no_key")
         .context("no_key")?
         .key_is_defaulted());
 
     // Identity keys and a generated column.
-    let tickets = catalog
-        .table_exact("public", "tickets")
-        .context("tickets")?;
+    let tickets = catalog.table_exact("public", "tickets").context("tickets")?;
     assert_eq!(
         tickets.columns[0],
         Column {
@@ -267,9 +244,7 @@ async fn catalog_lists_tables_columns_and_keys() -> Result<()> {
     }
 
     // Quoted mixed-case names keep their case; qualified() quotes them.
-    let customers = catalog
-        .table_exact("app", "Customers")
-        .context("Customers")?;
+    let customers = catalog.table_exact("app", "Customers").context("Customers")?;
     assert_eq!(customers.key, pk(&["Id"]));
     assert_eq!(customers.columns[1], column("Full Name", "text", false, 2));
     assert_eq!(customers.name.qualified(), "app.\"Customers\"");
@@ -281,9 +256,8 @@ async fn catalog_lists_tables_columns_and_keys() -> Result<()> {
 async fn catalog_resolves_names_through_search_path() -> Result<()> {
     let (cluster, catalog) = schema_cluster().await?;
     let path = |items: &[&str]| strings(items);
-    let found = |schema: Option<&str>, table: &str, p: &[String]| {
-        catalog.table(schema, table, p).map(|t| t.name.qualified())
-    };
+    let found =
+        |schema: Option<&str>, table: &str, p: &[String]| catalog.table(schema, table, p).map(|t| t.name.qualified());
     assert_eq!(
         found(None, "orders", &path(&["app", "public"])).as_deref(),
         Some("app.orders")
@@ -305,9 +279,7 @@ async fn catalog_resolves_names_through_search_path() -> Result<()> {
 
     // The path as the server reports it after a SET.
     let client = cluster.connect("postgres").await?;
-    client
-        .batch_execute("SET search_path = \"$user\", app, public")
-        .await?;
+    client.batch_execute("SET search_path = \"$user\", app, public").await?;
     let shown: String = client.query_one("SHOW search_path", &[]).await?.get(0);
     let server_path = parse_search_path(&shown);
     assert_eq!(server_path, path(&["$user", "app", "public"]));
@@ -315,10 +287,7 @@ async fn catalog_resolves_names_through_search_path() -> Result<()> {
         found(None, "Customers", &server_path).as_deref(),
         Some("app.\"Customers\"")
     );
-    assert_eq!(
-        found(None, "mine", &server_path).as_deref(),
-        Some("postgres.mine")
-    );
+    assert_eq!(found(None, "mine", &server_path).as_deref(), Some("postgres.mine"));
     assert_eq!(
         catalog.key_of(None, "Customers", &server_path),
         Some(&Key {
@@ -374,15 +343,9 @@ async fn catalog_lists_foreign_keys_triggers_functions_sequences() -> Result<()>
         catalog.referencing(&name("public", "orders")),
         vec![&events_fk, &items_fk]
     );
-    assert_eq!(
-        catalog.referencing(&name("public", "cities")),
-        vec![&city_fk]
-    );
+    assert_eq!(catalog.referencing(&name("public", "cities")), vec![&city_fk]);
     assert!(catalog.referencing(&name("app", "orders")).is_empty());
-    assert_eq!(
-        catalog.foreign_keys_of(&name("public", "events")),
-        vec![&events_fk]
-    );
+    assert_eq!(catalog.foreign_keys_of(&name("public", "events")), vec![&events_fk]);
 
     // Enabled user triggers only: not the disabled one, not the internal
     // foreign-key triggers.
@@ -435,14 +398,8 @@ async fn catalog_lists_foreign_keys_triggers_functions_sequences() -> Result<()>
         ]
     );
     // Overloads: the most dangerous one answers.
-    assert_eq!(
-        catalog.function_volatility("add_one"),
-        Some(Volatility::Stable)
-    );
-    assert_eq!(
-        catalog.function_volatility("bump"),
-        Some(Volatility::Volatile)
-    );
+    assert_eq!(catalog.function_volatility("add_one"), Some(Volatility::Stable));
+    assert_eq!(catalog.function_volatility("bump"), Some(Volatility::Volatile));
     assert_eq!(catalog.function_volatility("now"), None);
     assert_eq!(
         catalog.function_volatility_in("public", "add_one"),
@@ -498,21 +455,13 @@ async fn cache_refreshes_on_demand_and_periodically() -> Result<()> {
     assert_eq!(cache.stats().refreshes, 1);
     assert!(cache.current().tables().is_empty());
 
-    client
-        .batch_execute("CREATE TABLE late (id int PRIMARY KEY)")
-        .await?;
+    client.batch_execute("CREATE TABLE late (id int PRIMARY KEY)").await?;
     let before = cache.current();
-    assert!(
-        !has_table(&cache, "late"),
-        "a snapshot does not change by itself"
-    );
+    assert!(!has_table(&cache, "late"), "a snapshot does not change by itself");
     let fresh = cache.refresh(&client).await?;
     assert!(fresh.table_exact("public", "late").is_some());
     assert!(has_table(&cache, "late"));
-    assert!(
-        before.tables().is_empty(),
-        "old snapshots stay valid for their holders"
-    );
+    assert!(before.tables().is_empty(), "old snapshots stay valid for their holders");
     assert_eq!(cache.stats().refreshes, 2);
     assert_eq!(cache.stats().failures, 0);
 
@@ -534,22 +483,13 @@ async fn cache_refreshes_on_demand_and_periodically() -> Result<()> {
             ..
         } => {
             assert_eq!(*what, "begin the catalog snapshot");
-            assert!(
-                sql.starts_with("BEGIN ISOLATION LEVEL REPEATABLE READ"),
-                "{sql}"
-            );
+            assert!(sql.starts_with("BEGIN ISOLATION LEVEL REPEATABLE READ"), "{sql}");
             assert_eq!(sqlstate.as_deref(), Some("25P02"));
-            assert!(
-                message.contains("current transaction is aborted"),
-                "{message}"
-            );
+            assert!(message.contains("current transaction is aborted"), "{message}");
         }
         other => anyhow::bail!("unexpected error {other:?}"),
     }
-    assert!(
-        error.to_string().contains("SQL: BEGIN ISOLATION"),
-        "{error}"
-    );
+    assert!(error.to_string().contains("SQL: BEGIN ISOLATION"), "{error}");
     assert_eq!(cache.stats().failures, 1);
     assert!(has_table(&cache, "late"));
     failing.batch_execute("ROLLBACK").await?;
@@ -565,20 +505,13 @@ async fn cache_refreshes_on_demand_and_periodically() -> Result<()> {
             let shutdown = async {
                 let _ = stopped.await;
             };
-            cache
-                .refresh_every(&client, Duration::from_millis(50), shutdown)
-                .await
+            cache.refresh_every(&client, Duration::from_millis(50), shutdown).await
         }
     });
-    client
-        .batch_execute("CREATE TABLE later (id int PRIMARY KEY)")
-        .await?;
+    client.batch_execute("CREATE TABLE later (id int PRIMARY KEY)").await?;
     let started = Instant::now();
     while !has_table(&cache, "later") {
-        ensure!(
-            started.elapsed() < Duration::from_secs(10),
-            "no periodic refresh"
-        );
+        ensure!(started.elapsed() < Duration::from_secs(10), "no periodic refresh");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let _ = stop.send(());

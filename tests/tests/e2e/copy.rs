@@ -4,8 +4,8 @@
 //! COPY, which the gate depends on.
 
 use crate::support::{
-    admin, backend_pid, cstr, first_column, frontend, query_msg, session_by_pid,
-    wait_session_state, within, RawConn, PROMPT,
+    admin, backend_pid, cstr, first_column, frontend, query_msg, session_by_pid, wait_session_state, within, RawConn,
+    PROMPT,
 };
 use anyhow::{ensure, Result};
 use bytes::Bytes;
@@ -74,10 +74,7 @@ async fn copy_in_100k_rows() -> Result<()> {
     assert_eq!(row.get::<_, i64>(0), ROWS);
     assert_eq!(row.get::<_, i64>(1), ROWS * (ROWS + 1) / 2);
     let cents: i64 = (1..=ROWS).map(|i| i * 300 + i % 100).sum();
-    assert_eq!(
-        row.get::<_, String>(2),
-        format!("{}.{:02}", cents / 100, cents % 100)
-    );
+    assert_eq!(row.get::<_, String>(2), format!("{}.{:02}", cents / 100, cents % 100));
     let name_chars: i64 = (1..=ROWS)
         .map(|i| format!("name {i} \\ tab\there").chars().count() as i64)
         .sum();
@@ -91,10 +88,7 @@ async fn copy_in_100k_rows() -> Result<()> {
         assert_eq!(r.get::<_, String>(1), format!("{}.{:02}", id * 3, id % 100));
     }
     // The session goes on after the COPY.
-    let count: i64 = client
-        .query_one("select count(*) from items", &[])
-        .await?
-        .get(0);
+    let count: i64 = client.query_one("select count(*) from items", &[]).await?.get(0);
     assert_eq!(count, ROWS);
     Ok(())
 }
@@ -107,32 +101,17 @@ async fn copy_out_100k_rows_is_identical_to_direct() -> Result<()> {
     let client = proxy.connect("postgres").await?;
     let direct = cluster.connect("postgres").await?;
 
-    let sql =
-        "copy (select g, 'row ' || g, g * 1.5, case when g % 10 = 0 then null else md5(g::text) end
+    let sql = "copy (select g, 'row ' || g, g * 1.5, case when g % 10 = 0 then null else md5(g::text) end
                       from generate_series(1, 100000) g) to stdout";
-    let via = within(
-        Duration::from_secs(60),
-        "copy out",
-        copy_out_bytes(&client, sql),
-    )
-    .await??;
+    let via = within(Duration::from_secs(60), "copy out", copy_out_bytes(&client, sql)).await??;
     let want = copy_out_bytes(&direct, sql).await?;
-    assert!(
-        via == want,
-        "COPY TO STDOUT through the proxy differs from direct"
-    );
+    assert!(via == want, "COPY TO STDOUT through the proxy differs from direct");
     let text = String::from_utf8(via)?;
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len() as i64, ROWS);
     let sum: i64 = lines
         .iter()
-        .map(|l| {
-            l.split('\t')
-                .next()
-                .unwrap_or("0")
-                .parse::<i64>()
-                .unwrap_or(0)
-        })
+        .map(|l| l.split('\t').next().unwrap_or("0").parse::<i64>().unwrap_or(0))
         .sum();
     assert_eq!(sum, ROWS * (ROWS + 1) / 2);
     assert!(lines[9].ends_with("\\N"), "row 10 has a NULL: {}", lines[9]);
@@ -188,15 +167,9 @@ async fn failed_copy_in_leaves_the_session_usable() -> Result<()> {
 
     // Nothing was inserted, the session answers, and the proxy sees it idle.
     raw.send(&query_msg("select count(*) from nums")).await?;
-    assert_eq!(
-        first_column(&raw.until_ready().await?),
-        [Some("0".to_owned())]
-    );
+    assert_eq!(first_column(&raw.until_ready().await?), [Some("0".to_owned())]);
     wait_session_state(&admin, pid, "idle").await?;
-    let n: i64 = direct
-        .query_one("select count(*) from nums", &[])
-        .await?
-        .get(0);
+    let n: i64 = direct.query_one("select count(*) from nums", &[]).await?.get(0);
     assert_eq!(n, 0);
     Ok(())
 }
@@ -220,9 +193,7 @@ async fn session_is_idle_after_extended_copy_in() -> Result<()> {
     pin_mut!(sink);
     sink.send(Bytes::from_static(b"1\n2\n3\n")).await?;
     assert_eq!(sink.finish().await?, 3);
-    let row = client
-        .query_one("select sum(n)::int4 from nums", &[])
-        .await?;
+    let row = client.query_one("select sum(n)::int4 from nums", &[]).await?;
     assert_eq!(row.get::<_, i32>(0), 6);
 
     // The session is idle: PAUSE drains at once, and the console says so.
@@ -235,11 +206,7 @@ async fn session_is_idle_after_extended_copy_in() -> Result<()> {
         paused.is_ok() && state.as_deref() == Some("idle"),
         "after COPY FROM STDIN the proxy still counts the session as busy: \
          PAUSE gave {:?} after {waited:?}; SHOW SESSIONS state {state:?}",
-        paused
-            .as_ref()
-            .err()
-            .and_then(|e| e.as_db_error())
-            .map(|e| e.message())
+        paused.as_ref().err().and_then(|e| e.as_db_error()).map(|e| e.message())
     );
     admin.simple_query("RESUME").await?;
     Ok(())

@@ -122,13 +122,7 @@ struct Target {
 /// A driver's suite: runs all its tests, or only the named ones, at a target.
 trait Suite {
     /// Runs into files under `dir`, killing the run after `limit`.
-    async fn run(
-        &self,
-        target: &Target,
-        only: &[String],
-        dir: &Path,
-        limit: Duration,
-    ) -> Result<Run>;
+    async fn run(&self, target: &Target, only: &[String], dir: &Path, limit: Duration) -> Result<Run>;
 }
 
 /// tests/drivers, where setup.sh puts everything.
@@ -142,10 +136,7 @@ fn find_prefixed(dir: &Path, prefix: &str) -> Option<PathBuf> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
-        })
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(prefix)))
         .collect();
     found.sort();
     found.pop()
@@ -210,20 +201,14 @@ async fn run_logged(mut cmd: tokio::process::Command, log: &Path, limit: Duratio
 /// The last `n` characters of `text`.
 fn tail(text: &str, n: usize) -> String {
     let start = text.len().saturating_sub(n);
-    let start = (start..=text.len())
-        .find(|i| text.is_char_boundary(*i))
-        .unwrap_or(0);
+    let start = (start..=text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(0);
     text[start..].to_owned()
 }
 
 /// Tests whose outcome differs between two runs; a test one run lacks
 /// counts as failed there.
 fn differences(direct: &Run, proxied: &Run) -> BTreeSet<String> {
-    let names: BTreeSet<&String> = direct
-        .outcomes
-        .keys()
-        .chain(proxied.outcomes.keys())
-        .collect();
+    let names: BTreeSet<&String> = direct.outcomes.keys().chain(proxied.outcomes.keys()).collect();
     let get = |run: &Run, t: &str| run.outcomes.get(t).copied().unwrap_or(Outcome::Fail);
     names
         .into_iter()
@@ -247,13 +232,9 @@ async fn compare(
         .prefix(&format!("switchyard-{name}-"))
         .tempdir()?;
     let started = Instant::now();
-    let d = suite
-        .run(direct, &[], &dir.path().join("direct"), RUN_LIMIT)
-        .await?;
+    let d = suite.run(direct, &[], &dir.path().join("direct"), RUN_LIMIT).await?;
     let direct_took = started.elapsed();
-    let p = suite
-        .run(proxied, &[], &dir.path().join("proxy"), RUN_LIMIT)
-        .await?;
+    let p = suite.run(proxied, &[], &dir.path().join("proxy"), RUN_LIMIT).await?;
     let mut report = format!(
         "{name}: direct {} ({:.0?}) | proxy {} ({:.0?})\n",
         d.summary(),
@@ -264,7 +245,10 @@ async fn compare(
     let passed = d.count(Outcome::Pass);
     if passed < min_passed {
         let _kept = dir.keep();
-        bail!("{report}{name} passed only {passed} tests directly (expected at least {min_passed}); see {}", d.log.display());
+        bail!(
+            "{report}{name} passed only {passed} tests directly (expected at least {min_passed}); see {}",
+            d.log.display()
+        );
     }
 
     let mut diffs = differences(&d, &p);
@@ -272,16 +256,11 @@ async fn compare(
     if !diffs.is_empty() && diffs.len() <= RERUN_MAX && !left.is_zero() {
         // Only a difference that comes back when its tests run again counts.
         let only: Vec<String> = diffs.iter().cloned().collect();
-        let d2 = suite
-            .run(direct, &only, &dir.path().join("direct-rerun"), left)
-            .await?;
-        let p2 = suite
-            .run(proxied, &only, &dir.path().join("proxy-rerun"), left)
-            .await?;
+        let d2 = suite.run(direct, &only, &dir.path().join("direct-rerun"), left).await?;
+        let p2 = suite.run(proxied, &only, &dir.path().join("proxy-rerun"), left).await?;
         // It must come back the same way round: a test that fails directly
         // on the re-run and passes through the proxy is flaky, not broken.
-        let pair =
-            |a: &Run, b: &Run, t: &str| (a.outcomes.get(t).copied(), b.outcomes.get(t).copied());
+        let pair = |a: &Run, b: &Run, t: &str| (a.outcomes.get(t).copied(), b.outcomes.get(t).copied());
         let flaky: Vec<String> = diffs
             .iter()
             .filter(|t| {
@@ -295,12 +274,7 @@ async fn compare(
             diffs.remove(t);
         }
     }
-    let show = |run: &Run, t: &str| {
-        format!(
-            "{:?}",
-            run.outcomes.get(t).copied().unwrap_or(Outcome::Fail)
-        )
-    };
+    let show = |run: &Run, t: &str| format!("{:?}", run.outcomes.get(t).copied().unwrap_or(Outcome::Fail));
     let mut unexplained = Vec::new();
     for t in &diffs {
         let line = format!("{t}: direct {} / proxy {}", show(&d, t), show(&p, t));
@@ -364,13 +338,7 @@ struct PythonSuite {
 }
 
 impl Suite for PythonSuite {
-    async fn run(
-        &self,
-        target: &Target,
-        only: &[String],
-        dir: &Path,
-        limit: Duration,
-    ) -> Result<Run> {
+    async fn run(&self, target: &Target, only: &[String], dir: &Path, limit: Duration) -> Result<Run> {
         std::fs::create_dir_all(dir)?;
         let results = dir.join("results.tsv");
         let mut cmd = command(&self.python);
@@ -388,10 +356,7 @@ impl Suite for PythonSuite {
         let log = dir.join("output.log");
         let timed_out = run_logged(cmd, &log, limit).await?;
         let text = std::fs::read_to_string(&results).unwrap_or_default();
-        let mut run = Run {
-            log,
-            ..Run::default()
-        };
+        let mut run = Run { log, ..Run::default() };
         parse_unittest(&text, timed_out, &mut run);
         Ok(run)
     }
@@ -439,14 +404,7 @@ struct TokioPostgresSuite {
 const TOKIO_POSTGRES_AUTH_TESTS: &str = "_password_";
 
 impl TokioPostgresSuite {
-    async fn run_at(
-        &self,
-        port: u16,
-        filter: &[&str],
-        log: PathBuf,
-        limit: Duration,
-        run: &mut Run,
-    ) -> Result<()> {
+    async fn run_at(&self, port: u16, filter: &[&str], log: PathBuf, limit: Duration, run: &mut Run) -> Result<()> {
         let mut cmd = command(&self.binary);
         cmd.env("SWITCHYARD_PG_PORT", port.to_string())
             .env("RUST_BACKTRACE", "0")
@@ -461,32 +419,19 @@ impl TokioPostgresSuite {
 }
 
 impl Suite for TokioPostgresSuite {
-    async fn run(
-        &self,
-        target: &Target,
-        only: &[String],
-        dir: &Path,
-        limit: Duration,
-    ) -> Result<Run> {
+    async fn run(&self, target: &Target, only: &[String], dir: &Path, limit: Duration) -> Result<Run> {
         std::fs::create_dir_all(dir)?;
         let mut run = Run::default();
         let is_auth = |t: &str| t.contains(TOKIO_POSTGRES_AUTH_TESTS);
-        let (auth, rest): (Vec<&str>, Vec<&str>) =
-            only.iter().map(String::as_str).partition(|t| is_auth(t));
+        let (auth, rest): (Vec<&str>, Vec<&str>) = only.iter().map(String::as_str).partition(|t| is_auth(t));
         let Some(auth_port) = target.auth_port else {
             let filter: Vec<&str> = if only.is_empty() {
                 vec![]
             } else {
                 [&["--exact"][..], &rest, &auth].concat()
             };
-            self.run_at(
-                target.port,
-                &filter,
-                dir.join("output.log"),
-                limit,
-                &mut run,
-            )
-            .await?;
+            self.run_at(target.port, &filter, dir.join("output.log"), limit, &mut run)
+                .await?;
             return Ok(run);
         };
         if only.is_empty() || !rest.is_empty() {
@@ -495,14 +440,8 @@ impl Suite for TokioPostgresSuite {
             } else {
                 [&["--exact"][..], &rest].concat()
             };
-            self.run_at(
-                target.port,
-                &filter,
-                dir.join("output.log"),
-                limit,
-                &mut run,
-            )
-            .await?;
+            self.run_at(target.port, &filter, dir.join("output.log"), limit, &mut run)
+                .await?;
         }
         if only.is_empty() || !auth.is_empty() {
             let filter = if only.is_empty() {
@@ -510,14 +449,8 @@ impl Suite for TokioPostgresSuite {
             } else {
                 [&["--exact"][..], &auth].concat()
             };
-            self.run_at(
-                auth_port,
-                &filter,
-                dir.join("auth-output.log"),
-                limit,
-                &mut run,
-            )
-            .await?;
+            self.run_at(auth_port, &filter, dir.join("auth-output.log"), limit, &mut run)
+                .await?;
         }
         Ok(run)
     }
@@ -529,10 +462,7 @@ fn parse_libtest(text: &str, timed_out: bool, run: &mut Run) {
     let mut sections: BTreeMap<String, String> = BTreeMap::new();
     let mut current: Option<String> = None;
     for line in text.lines() {
-        if let Some(name) = line
-            .strip_prefix("---- ")
-            .and_then(|l| l.strip_suffix(" stdout ----"))
-        {
+        if let Some(name) = line.strip_prefix("---- ").and_then(|l| l.strip_suffix(" stdout ----")) {
             current = Some(name.to_owned());
             continue;
         }
@@ -547,10 +477,7 @@ fn parse_libtest(text: &str, timed_out: bool, run: &mut Run) {
     }
     let mut seen = BTreeSet::new();
     for line in text.lines() {
-        let Some((name, result)) = line
-            .strip_prefix("test ")
-            .and_then(|l| l.split_once(" ... "))
-        else {
+        let Some((name, result)) = line.strip_prefix("test ").and_then(|l| l.split_once(" ... ")) else {
             continue;
         };
         let outcome = match result.split([' ', ',']).next() {
@@ -560,11 +487,7 @@ fn parse_libtest(text: &str, timed_out: bool, run: &mut Run) {
             _ => continue,
         };
         seen.insert(name.to_owned());
-        run.record(
-            name,
-            outcome,
-            sections.get(name).map(String::as_str).unwrap_or(""),
-        );
+        run.record(name, outcome, sections.get(name).map(String::as_str).unwrap_or(""));
     }
     if timed_out {
         // libtest names a test only when it ends; the hung one is unnamed.
@@ -580,13 +503,7 @@ struct NodeSuite {
 }
 
 impl Suite for NodeSuite {
-    async fn run(
-        &self,
-        target: &Target,
-        only: &[String],
-        dir: &Path,
-        limit: Duration,
-    ) -> Result<Run> {
+    async fn run(&self, target: &Target, only: &[String], dir: &Path, limit: Duration) -> Result<Run> {
         std::fs::create_dir_all(dir)?;
         let mut cmd = command(&self.node);
         cmd.args(["--test", "--test-reporter=tap"])
@@ -602,10 +519,7 @@ impl Suite for NodeSuite {
         let log = dir.join("output.log");
         let timed_out = run_logged(cmd, &log, limit).await?;
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let mut run = Run {
-            log,
-            ..Run::default()
-        };
+        let mut run = Run { log, ..Run::default() };
         parse_tap(&text, &mut run);
         if timed_out {
             run.record("<run hit its time limit>", Outcome::Fail, "");
@@ -706,15 +620,7 @@ async fn psycopg2_suite() -> Result<()> {
             ]
         },
     };
-    compare(
-        "psycopg2",
-        &suite,
-        &direct(&cluster),
-        &via(&proxy),
-        PSYCOPG2_KNOWN,
-        600,
-    )
-    .await?;
+    compare("psycopg2", &suite, &direct(&cluster), &via(&proxy), PSYCOPG2_KNOWN, 600).await?;
     proxy.shutdown().await;
     Ok(())
 }
@@ -739,7 +645,6 @@ const ASYNCPG_KNOWN: &[Known] = &[
         ),
     },
 ];
-
 
 /// asyncpg's suite (its sdist's tests/) against an existing server, which it
 /// uses when `PGHOST` is set; the tests that need a cluster of their own
@@ -770,15 +675,7 @@ async fn asyncpg_suite() -> Result<()> {
             ]
         },
     };
-    compare(
-        "asyncpg",
-        &suite,
-        &direct(&cluster),
-        &via(&proxy),
-        ASYNCPG_KNOWN,
-        250,
-    )
-    .await?;
+    compare("asyncpg", &suite, &direct(&cluster), &via(&proxy), ASYNCPG_KNOWN, 250).await?;
     proxy.shutdown().await;
     Ok(())
 }
@@ -872,10 +769,7 @@ async fn prepare_tokio_postgres_cluster(cluster: &Cluster) -> Result<()> {
                host  all all        127.0.0.1/32 trust\n\
                local all all                     trust\n";
     std::fs::write(cluster.data_dir().join("pg_hba.conf"), hba).context("writing pg_hba.conf")?;
-    let reloaded: bool = client
-        .query_one("SELECT pg_reload_conf()", &[])
-        .await?
-        .get(0);
+    let reloaded: bool = client.query_one("SELECT pg_reload_conf()", &[]).await?.get(0);
     ensure!(reloaded, "pg_reload_conf() failed");
     Ok(())
 }
@@ -900,15 +794,7 @@ async fn node_postgres_conformance() -> Result<()> {
     let cluster = Cluster::start().await?;
     let proxy = TestProxy::start(&cluster).await?;
     let suite = NodeSuite { node, dir };
-    compare(
-        "node-postgres",
-        &suite,
-        &direct(&cluster),
-        &via(&proxy),
-        NODE_KNOWN,
-        20,
-    )
-    .await?;
+    compare("node-postgres", &suite, &direct(&cluster), &via(&proxy), NODE_KNOWN, 20).await?;
     proxy.shutdown().await;
     Ok(())
 }

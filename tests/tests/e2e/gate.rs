@@ -28,26 +28,15 @@ async fn wait_status(admin: &Client, key: &str, value: &str) -> Result<()> {
 }
 
 async fn count(direct: &Client) -> Result<i64> {
-    Ok(direct
-        .query_one("select count(*) from ledger", &[])
-        .await?
-        .get(0))
+    Ok(direct.query_one("select count(*) from ledger", &[]).await?.get(0))
 }
 
 /// Runs `transactions` transactions of an insert and an update on the
 /// `ledger` rows of client `c`, counting each commit in `progress`.
-async fn worker(
-    mut client: Client,
-    c: i32,
-    transactions: i32,
-    progress: Arc<AtomicU64>,
-) -> Result<()> {
+async fn worker(mut client: Client, c: i32, transactions: i32, progress: Arc<AtomicU64>) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     for n in 0..transactions {
-        ensure!(
-            Instant::now() < deadline,
-            "client {c} ran out of time at {n}"
-        );
+        ensure!(Instant::now() < deadline, "client {c} ran out of time at {n}");
         let tx = client.transaction().await?;
         tx.execute("insert into ledger values ($1, $2, 'new')", &[&c, &n])
             .await?;
@@ -71,9 +60,7 @@ async fn pause_under_load_holds_then_completes_everything() -> Result<()> {
     let proxy = TestProxy::start(&cluster).await?;
     let direct = cluster.connect("postgres").await?;
     direct
-        .batch_execute(
-            "create table ledger (client int, n int, note text, primary key (client, n))",
-        )
+        .batch_execute("create table ledger (client int, n int, note text, primary key (client, n))")
         .await?;
     let admin = admin(&proxy).await?;
 
@@ -81,12 +68,7 @@ async fn pause_under_load_holds_then_completes_everything() -> Result<()> {
     let mut workers = Vec::new();
     for c in 0..CLIENTS {
         let client = proxy.connect("postgres").await?;
-        workers.push(tokio::spawn(worker(
-            client,
-            c,
-            TRANSACTIONS,
-            progress.clone(),
-        )));
+        workers.push(tokio::spawn(worker(client, c, TRANSACTIONS, progress.clone())));
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     while progress.load(Ordering::SeqCst) < 40 {
@@ -97,18 +79,11 @@ async fn pause_under_load_holds_then_completes_everything() -> Result<()> {
     within(PROMPT, "PAUSE", admin.simple_query("PAUSE 20s")).await??;
     let s = status(&admin).await?;
     assert_eq!(s["state"], "paused", "{s:?}");
-    assert_eq!(
-        s["busy_sessions"], "0",
-        "PAUSE returned with a session busy: {s:?}"
-    );
+    assert_eq!(s["busy_sessions"], "0", "PAUSE returned with a session busy: {s:?}");
     // Nothing commits while paused.
     let (before, seen) = (count(&direct).await?, progress.load(Ordering::SeqCst));
     tokio::time::sleep(Duration::from_millis(250)).await;
-    assert_eq!(
-        count(&direct).await?,
-        before,
-        "rows were committed while paused"
-    );
+    assert_eq!(count(&direct).await?, before, "rows were committed while paused");
     assert_eq!(progress.load(Ordering::SeqCst), seen);
     assert!(
         before < i64::from(CLIENTS * TRANSACTIONS),
@@ -117,10 +92,7 @@ async fn pause_under_load_holds_then_completes_everything() -> Result<()> {
     // Every client waits at the gate with its next BEGIN.
     wait_status(&admin, "held_sessions", &CLIENTS.to_string()).await?;
     let sessions = table(&admin, "SHOW SESSIONS").await?;
-    assert_eq!(
-        sessions.rows_where("state", "held at gate").len(),
-        CLIENTS as usize
-    );
+    assert_eq!(sessions.rows_where("state", "held at gate").len(), CLIENTS as usize);
 
     admin.simple_query("RESUME").await?;
     assert_eq!(status(&admin).await?["state"], "serving");
@@ -150,8 +122,7 @@ async fn pause_waits_for_an_open_transaction() -> Result<()> {
     let a = proxy.connect("postgres").await?;
     let b = proxy.connect("postgres").await?;
     let watcher = admin(&proxy).await?;
-    a.batch_execute("begin; insert into ledger values (1)")
-        .await?;
+    a.batch_execute("begin; insert into ledger values (1)").await?;
 
     let pauser = admin(&proxy).await?;
     let pause = tokio::spawn(async move {
@@ -161,10 +132,7 @@ async fn pause_waits_for_an_open_transaction() -> Result<()> {
     // PAUSE closes the gate at once but drains only when A's transaction ends.
     wait_status(&watcher, "state", "paused").await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !pause.is_finished(),
-        "PAUSE returned with a transaction open"
-    );
+    assert!(!pause.is_finished(), "PAUSE returned with a transaction open");
     assert_eq!(status(&watcher).await?["busy_sessions"], "1");
     // A new transaction waits at the gate (it is not failed).
     let held = tokio::spawn(async move {
@@ -175,10 +143,7 @@ async fn pause_waits_for_an_open_transaction() -> Result<()> {
 
     // The open transaction runs to its end, and only then does PAUSE return.
     a.batch_execute("insert into ledger values (2)").await?;
-    assert!(
-        !pause.is_finished(),
-        "PAUSE returned with a transaction open"
-    );
+    assert!(!pause.is_finished(), "PAUSE returned with a transaction open");
     // (PAUSE may answer before A reads its own CommandComplete, so the
     // commit is timed from when it is sent.)
     let committing = Instant::now();
@@ -207,8 +172,7 @@ async fn pause_fails_on_a_transaction_left_open_and_reopens() -> Result<()> {
     let a = proxy.connect("postgres").await?;
     let b = proxy.connect("postgres").await?;
     let admin = admin(&proxy).await?;
-    a.batch_execute("begin; insert into ledger values (1)")
-        .await?;
+    a.batch_execute("begin; insert into ledger values (1)").await?;
 
     let started = Instant::now();
     let message = expect_sqlstate(admin.simple_query("PAUSE 300ms").await, "55000")?;
@@ -228,12 +192,8 @@ async fn pause_fails_on_a_transaction_left_open_and_reopens() -> Result<()> {
     assert_eq!(row.get::<_, i32>(0), 7);
     assert!(started.elapsed() < Duration::from_secs(1));
     // The transaction left open was not disturbed.
-    a.batch_execute("insert into ledger values (2); commit")
-        .await?;
-    let n: i64 = direct
-        .query_one("select count(*) from ledger", &[])
-        .await?
-        .get(0);
+    a.batch_execute("insert into ledger values (2); commit").await?;
+    let n: i64 = direct.query_one("select count(*) from ledger", &[]).await?.get(0);
     assert_eq!(n, 2);
     // And a PAUSE with nothing open now succeeds.
     admin.simple_query("PAUSE 5s").await?;
@@ -259,12 +219,7 @@ async fn pause_reopens_by_itself_after_its_timeout() -> Result<()> {
     assert!(message.contains("already paused"), "{message}");
 
     // A query waits for the gate, then runs without an error.
-    let row = within(
-        PROMPT,
-        "held query",
-        client.query_one("select 3::int4", &[]),
-    )
-    .await??;
+    let row = within(PROMPT, "held query", client.query_one("select 3::int4", &[])).await??;
     let waited = paused.elapsed();
     assert_eq!(row.get::<_, i32>(0), 3);
     assert!(
@@ -297,8 +252,7 @@ async fn resume_aborts_a_draining_pause() -> Result<()> {
 
     let resumed = watcher.simple_query("RESUME").await;
     let started = Instant::now();
-    let query =
-        tokio::time::timeout(Duration::from_secs(2), b.query_one("select 1::int4", &[])).await;
+    let query = tokio::time::timeout(Duration::from_secs(2), b.query_one("select 1::int4", &[])).await;
     let waited = started.elapsed();
     let paused = within(Duration::from_secs(10), "PAUSE", pause).await??;
     ensure!(

@@ -4,8 +4,7 @@
 //! transactions finish.
 
 use crate::support::{
-    auth_config, connect_watched, expect_sqlstate, startup_message, trusting_config, user, within,
-    RawConn, PROMPT,
+    auth_config, connect_watched, expect_sqlstate, startup_message, trusting_config, user, within, RawConn, PROMPT,
 };
 use anyhow::{ensure, Context, Result};
 use std::time::{Duration, Instant};
@@ -16,15 +15,9 @@ use tokio_postgres::SimpleQueryMessage;
 
 /// Expects the proxy to drop `raw` with 08P01 about 300 ms after `since`.
 async fn expect_timeout(raw: &mut RawConn, since: Instant, what: &str) -> Result<()> {
-    let fields = raw
-        .expect_error_and_close("08P01")
-        .await
-        .context(what.to_owned())?;
+    let fields = raw.expect_error_and_close("08P01").await.context(what.to_owned())?;
     let waited = since.elapsed();
-    assert!(
-        fields[&'M'].contains("did not complete in time"),
-        "{what}: {fields:?}"
-    );
+    assert!(fields[&'M'].contains("did not complete in time"), "{what}: {fields:?}");
     assert!(
         waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
         "{what}: dropped after {waited:?}"
@@ -52,33 +45,21 @@ async fn stalled_clients_are_dropped_after_the_startup_timeout() -> Result<()> {
     // Sends half a startup packet.
     let since = Instant::now();
     let mut partial = RawConn::connect(proxy.addr()).await?;
-    partial
-        .send(&startup_message(&[("user", "app")])[..6])
-        .await?;
+    partial.send(&startup_message(&[("user", "app")])[..6]).await?;
     expect_timeout(&mut partial, since, "partial startup packet").await?;
     // Starts up, is asked for a password, and never answers.
     let since = Instant::now();
     let mut mute = RawConn::connect(proxy.addr()).await?;
-    mute.send(&startup_message(&[
-        ("user", "app"),
-        ("database", "postgres"),
-    ]))
-    .await?;
+    mute.send(&startup_message(&[("user", "app"), ("database", "postgres")]))
+        .await?;
     let challenge = mute.expect_message().await?;
     assert_eq!(challenge.tag, b'R');
-    assert_eq!(
-        &challenge.body[..4],
-        &5i32.to_be_bytes(),
-        "AuthenticationMD5Password"
-    );
+    assert_eq!(&challenge.body[..4], &5i32.to_be_bytes(), "AuthenticationMD5Password");
     expect_timeout(&mut mute, since, "client silent during authentication").await?;
 
     // Meanwhile a real client logs in well within the limit.
     let client = proxy.connect_as("app", Some("app-pw"), "postgres").await?;
-    let who: String = client
-        .query_one("select current_user::text", &[])
-        .await?
-        .get(0);
+    let who: String = client.query_one("select current_user::text", &[]).await?.get(0);
     assert_eq!(who, "app");
     Ok(())
 }
@@ -98,11 +79,7 @@ async fn shutdown_closes_idle_sessions_with_57p01() -> Result<()> {
 
     let started = Instant::now();
     within(PROMPT, "shutdown", proxy.shutdown()).await?;
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
     let ended = within(PROMPT, "connection end", connection).await??;
     let message = expect_sqlstate(ended, "57P01")?;
     assert!(message.contains("shutting down"), "{message}");
@@ -121,9 +98,7 @@ async fn shutdown_lets_an_open_transaction_finish() -> Result<()> {
     let direct = cluster.connect("postgres").await?;
     direct.batch_execute("create table t (v int)").await?;
     let (client, connection) = connect_watched(&proxy.pg_config("postgres")).await?;
-    client
-        .batch_execute("begin; insert into t values (1)")
-        .await?;
+    client.batch_execute("begin; insert into t values (1)").await?;
 
     let shutdown = tokio::spawn(proxy.shutdown());
     // New clients are turned away at once, the open transaction is not.
@@ -133,10 +108,7 @@ async fn shutdown_lets_an_open_transaction_finish() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(
-        !shutdown.is_finished(),
-        "shutdown did not wait for the transaction"
-    );
+    assert!(!shutdown.is_finished(), "shutdown did not wait for the transaction");
     client.batch_execute("insert into t values (2)").await?;
     let row = client.query_one("select count(*) from t", &[]).await?;
     assert_eq!(row.get::<_, i64>(0), 2);
@@ -174,13 +146,7 @@ async fn shutdown_closes_an_idle_admin_session() -> Result<()> {
     let took = started.elapsed();
     let ended = within(PROMPT, "console connection end", connection).await??;
     ensure!(
-        took < Duration::from_secs(2)
-            && ended
-                .as_ref()
-                .err()
-                .and_then(|e| e.code())
-                .map(|c| c.code())
-                == Some("57P01"),
+        took < Duration::from_secs(2) && ended.as_ref().err().and_then(|e| e.code()).map(|c| c.code()) == Some("57P01"),
         "shutdown took {took:?} with an idle admin session open, which ended with {ended:?}"
     );
     Ok(())
@@ -198,10 +164,7 @@ async fn too_many_clients_get_53300() -> Result<()> {
     let message = expect_sqlstate(proxy.connect("postgres").await, "53300")?;
     assert!(message.contains("too many clients"), "{message}");
     // The two sessions are unaffected, and a place frees up when one leaves.
-    assert_eq!(
-        b.query_one("select 2::int4", &[]).await?.get::<_, i32>(0),
-        2
-    );
+    assert_eq!(b.query_one("select 2::int4", &[]).await?.get::<_, i32>(0), 2);
     drop(a);
     let deadline = Instant::now() + PROMPT;
     let c = loop {
@@ -214,10 +177,7 @@ async fn too_many_clients_get_53300() -> Result<()> {
             Err(e) => return Err(e.into()),
         }
     };
-    assert_eq!(
-        c.query_one("select 3::int4", &[]).await?.get::<_, i32>(0),
-        3
-    );
+    assert_eq!(c.query_one("select 3::int4", &[]).await?.get::<_, i32>(0), 3);
     Ok(())
 }
 

@@ -4,8 +4,7 @@
 //! listener's channels.
 
 use crate::support::{
-    admin, backend_pid, connect_listening, session_by_pid, wait_session, wait_session_state,
-    within, PROMPT,
+    admin, backend_pid, connect_listening, session_by_pid, wait_session, wait_session_state, within, PROMPT,
 };
 use anyhow::Result;
 use std::time::Duration;
@@ -41,9 +40,7 @@ async fn listen_notify_across_sessions() -> Result<()> {
 
     // The listener sits idle: the proxy must relay what the server sends
     // without a request to answer.
-    notifier
-        .batch_execute("NOTIFY jobs, 'first payload'")
-        .await?;
+    notifier.batch_execute("NOTIFY jobs, 'first payload'").await?;
     let n = next(&mut rx).await?;
     assert_eq!(
         (n.channel(), n.payload(), n.process_id()),
@@ -56,10 +53,7 @@ async fn listen_notify_across_sessions() -> Result<()> {
         .batch_execute("begin; select pg_notify('jobs', 'second'); select pg_notify('Other Channel', 'ünïcode ☃')")
         .await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(
-        rx.try_recv().is_err(),
-        "a notification arrived before commit"
-    );
+    assert!(rx.try_recv().is_err(), "a notification arrived before commit");
     notifier.batch_execute("commit").await?;
     let a = next(&mut rx).await?;
     let b = next(&mut rx).await?;
@@ -70,20 +64,13 @@ async fn listen_notify_across_sessions() -> Result<()> {
         .await?;
 
     // From a session that does not go through the proxy.
-    let direct_pid: i32 = direct
-        .query_one("select pg_backend_pid()", &[])
-        .await?
-        .get(0);
+    let direct_pid: i32 = direct.query_one("select pg_backend_pid()", &[]).await?.get(0);
     direct
         .execute("select pg_notify('jobs', $1)", &[&"x".repeat(7000)])
         .await?;
     let n = next(&mut rx).await?;
     assert_eq!(n.process_id(), direct_pid);
-    assert_eq!(
-        n.payload(),
-        "x".repeat(7000),
-        "the rolled-back NOTIFY arrived"
-    );
+    assert_eq!(n.payload(), "x".repeat(7000), "the rolled-back NOTIFY arrived");
 
     // The proxy tracked both channels, and forgets one on UNLISTEN.
     wait_session(&admin, listener_pid, &[("listen_channels", "2")]).await?;
@@ -122,11 +109,7 @@ async fn session_state_from_multi_statement_queries_is_tracked() -> Result<()> {
         )
         .await?;
     assert_eq!(
-        (
-            row.get::<_, i64>(0),
-            row.get::<_, String>(1),
-            row.get::<_, String>(2)
-        ),
+        (row.get::<_, i64>(0), row.get::<_, String>(1), row.get::<_, String>(2)),
         (2, "8MB".to_owned(), "5s".to_owned())
     );
     wait_session_state(&admin, pid, "idle").await?;
@@ -156,9 +139,7 @@ async fn notices_reach_the_client() -> Result<()> {
     let mut notices = Vec::new();
     while notices.len() < 2 {
         match within(PROMPT, "notice", rx.recv()).await? {
-            Some(AsyncMessage::Notice(n)) => {
-                notices.push((n.severity().to_owned(), n.message().to_owned()))
-            }
+            Some(AsyncMessage::Notice(n)) => notices.push((n.severity().to_owned(), n.message().to_owned())),
             Some(_) => {}
             None => anyhow::bail!("connection ended"),
         }

@@ -3,8 +3,8 @@
 //! messages, and transaction status as clients and the admin console see it.
 
 use crate::support::{
-    admin, backend_pid, bind_msg, execute_msg, expect_sqlstate, first_column, parse_msg, query_msg,
-    sync_msg, table, wait_session, wait_session_state, within, RawConn, PROMPT,
+    admin, backend_pid, bind_msg, execute_msg, expect_sqlstate, first_column, parse_msg, query_msg, sync_msg, table,
+    wait_session, wait_session_state, within, RawConn, PROMPT,
 };
 use anyhow::Result;
 use futures_util::future::join_all;
@@ -69,13 +69,9 @@ async fn simple_and_extended_queries_match_direct() -> Result<()> {
     assert_eq!(via[0], (5, "item 5".into(), "7.25".into()));
     assert_eq!(via[7], (12, "item 12".into(), "15.00".into()));
 
-    let deleted = client
-        .execute("delete from items where id > $1", &[&490i32])
-        .await?;
+    let deleted = client.execute("delete from items where id > $1", &[&490i32]).await?;
     assert_eq!(deleted, 10);
-    let row = direct
-        .query_one("select count(*), sum(id) from items", &[])
-        .await?;
+    let row = direct.query_one("select count(*), sum(id) from items", &[]).await?;
     assert_eq!(row.get::<_, i64>(0), 490);
     assert_eq!(row.get::<_, i64>(1), 490 * 491 / 2);
     Ok(())
@@ -101,23 +97,17 @@ async fn pipelined_queries_with_errors_on_one_client() -> Result<()> {
             let (client, double, divide) = (&client, &double, &divide);
             async move {
                 match i % 3 {
-                    0 => client
-                        .query_one(double, &[&i])
-                        .await
-                        .map(|r| Some(r.get::<_, i32>(0))),
+                    0 => client.query_one(double, &[&i]).await.map(|r| Some(r.get::<_, i32>(0))),
                     1 => client
                         .query_one(divide, &[&(i % 7)])
                         .await
                         .map(|r| Some(r.get::<_, i32>(0))),
-                    _ => client
-                        .simple_query(&format!("select {i} + 1"))
-                        .await
-                        .map(|m| {
-                            m.iter().find_map(|m| match m {
-                                SimpleQueryMessage::Row(r) => r.get(0).and_then(|v| v.parse().ok()),
-                                _ => None,
-                            })
-                        }),
+                    _ => client.simple_query(&format!("select {i} + 1")).await.map(|m| {
+                        m.iter().find_map(|m| match m {
+                            SimpleQueryMessage::Row(r) => r.get(0).and_then(|v| v.parse().ok()),
+                            _ => None,
+                        })
+                    }),
                 }
             }
         })),
@@ -143,10 +133,7 @@ async fn pipelined_queries_with_errors_on_one_client() -> Result<()> {
     let pid = backend_pid(&client).await?;
     let row = wait_session_state(&admin, pid, "idle").await?;
     let queries: u64 = row["queries"].parse()?;
-    assert!(
-        queries >= N as u64,
-        "SHOW SESSIONS counted {queries} queries"
-    );
+    assert!(queries >= N as u64, "SHOW SESSIONS counted {queries} queries");
     Ok(())
 }
 
@@ -168,16 +155,10 @@ async fn named_prepared_statements_are_reused_and_tracked() -> Result<()> {
         assert_eq!(client.query_one(&add, &[&i]).await?.get::<_, i32>(0), i + 1);
         let word = format!("word{i}");
         assert_eq!(
-            client
-                .query_one(&upper, &[&word])
-                .await?
-                .get::<_, String>(0),
+            client.query_one(&upper, &[&word]).await?.get::<_, String>(0),
             word.to_uppercase()
         );
-        assert_eq!(
-            client.query_one(&count, &[&i]).await?.get::<_, i64>(0),
-            i64::from(i)
-        );
+        assert_eq!(client.query_one(&count, &[&i]).await?.get::<_, i64>(0), i64::from(i));
     }
 
     // The server holds exactly the three statements, and the proxy knows it.
@@ -242,10 +223,7 @@ async fn error_inside_extended_batch_skips_to_sync() -> Result<()> {
     batch.extend(execute_msg());
     batch.extend(sync_msg());
     raw.send(&batch).await?;
-    assert_eq!(
-        first_column(&raw.until_ready().await?),
-        [Some("5".to_owned())]
-    );
+    assert_eq!(first_column(&raw.until_ready().await?), [Some("5".to_owned())]);
     let mut batch = bind_msg("bad");
     batch.extend(execute_msg());
     batch.extend(sync_msg());
@@ -255,21 +233,13 @@ async fn error_inside_extended_batch_skips_to_sync() -> Result<()> {
 
     // The proxy followed all of it: the session is idle with one statement,
     // and PAUSE drains at once.
-    wait_session(
-        &admin,
-        pid,
-        &[("state", "idle"), ("prepared_statements", "1")],
-    )
-    .await?;
+    wait_session(&admin, pid, &[("state", "idle"), ("prepared_statements", "1")]).await?;
     let started = Instant::now();
     within(PROMPT, "PAUSE", admin.simple_query("PAUSE 3s")).await??;
     assert!(started.elapsed() < Duration::from_secs(1));
     admin.simple_query("RESUME").await?;
     raw.send(&query_msg("select 6")).await?;
-    assert_eq!(
-        first_column(&raw.until_ready().await?),
-        [Some("6".to_owned())]
-    );
+    assert_eq!(first_column(&raw.until_ready().await?), [Some("6".to_owned())]);
     Ok(())
 }
 
@@ -281,15 +251,11 @@ async fn transaction_status_follows_the_session() -> Result<()> {
     let client = proxy.connect("postgres").await?;
     let direct = cluster.connect("postgres").await?;
     let admin = admin(&proxy).await?;
-    client
-        .batch_execute("create table t (id int primary key)")
-        .await?;
+    client.batch_execute("create table t (id int primary key)").await?;
     let pid = backend_pid(&client).await?;
     wait_session_state(&admin, pid, "idle").await?;
 
-    client
-        .batch_execute("begin; insert into t values (1)")
-        .await?;
+    client.batch_execute("begin; insert into t values (1)").await?;
     wait_session_state(&admin, pid, "idle in transaction").await?;
     expect_sqlstate(client.simple_query("select 1/0").await, "22012")?;
     wait_session_state(&admin, pid, "idle in failed transaction").await?;
@@ -298,33 +264,19 @@ async fn transaction_status_follows_the_session() -> Result<()> {
     expect_sqlstate(client.query("select 1", &[]).await, "25P02")?;
     client.batch_execute("rollback").await?;
     wait_session_state(&admin, pid, "idle").await?;
-    assert_eq!(
-        client
-            .query_one("select 1::int4", &[])
-            .await?
-            .get::<_, i32>(0),
-        1
-    );
-    let n: i64 = direct
-        .query_one("select count(*) from t", &[])
-        .await?
-        .get(0);
+    assert_eq!(client.query_one("select 1::int4", &[]).await?.get::<_, i32>(0), 1);
+    let n: i64 = direct.query_one("select count(*) from t", &[]).await?.get(0);
     assert_eq!(n, 0, "the rolled-back insert is not there");
 
     // A savepoint brings a failed transaction back.
     client
         .batch_execute("begin; insert into t values (1); savepoint a")
         .await?;
-    expect_sqlstate(
-        client.simple_query("insert into t values (1)").await,
-        "23505",
-    )?;
+    expect_sqlstate(client.simple_query("insert into t values (1)").await, "23505")?;
     wait_session_state(&admin, pid, "idle in failed transaction").await?;
     client.batch_execute("rollback to savepoint a").await?;
     wait_session_state(&admin, pid, "idle in transaction").await?;
-    client
-        .batch_execute("insert into t values (2); commit")
-        .await?;
+    client.batch_execute("insert into t values (2); commit").await?;
     wait_session_state(&admin, pid, "idle").await?;
     let ids: Vec<i32> = direct
         .query("select id from t order by id", &[])
@@ -342,10 +294,7 @@ async fn transaction_status_follows_the_session() -> Result<()> {
         wait_session_state(&admin, pid, "idle in transaction").await?;
     }
     assert_eq!(
-        client
-            .query_one("select count(*) from t", &[])
-            .await?
-            .get::<_, i64>(0),
+        client.query_one("select count(*) from t", &[]).await?.get::<_, i64>(0),
         2
     );
     wait_session_state(&admin, pid, "idle").await?;
@@ -374,9 +323,7 @@ async fn large_results_and_large_messages() -> Result<()> {
     assert_eq!(rows[25].get::<_, String>(1), "A".repeat(100));
 
     // An 8 MB parameter one way and an 8 MB value back.
-    let big: String = (0..8 << 20)
-        .map(|i| (b'a' + (i % 26) as u8) as char)
-        .collect();
+    let big: String = (0..8 << 20).map(|i| (b'a' + (i % 26) as u8) as char).collect();
     let sql = "select length($1::text), md5($1::text), repeat($1::text, 1)";
     let via = client.query_one(sql, &[&big]).await?;
     let want = direct.query_one(sql, &[&big]).await?;

@@ -31,10 +31,7 @@ async fn startup_parameters_and_encryption_requests() -> Result<()> {
     let pid: i32 = row.get(3);
     let direct = cluster.connect("postgres").await?;
     let app: String = direct
-        .query_one(
-            "select application_name from pg_stat_activity where pid = $1",
-            &[&pid],
-        )
+        .query_one("select application_name from pg_stat_activity where pid = $1", &[&pid])
         .await?
         .get(0);
     assert_eq!(app, "billing-worker");
@@ -48,28 +45,19 @@ async fn startup_parameters_and_encryption_requests() -> Result<()> {
     assert_eq!(raw.read_byte().await?, b'N');
     raw.login("postgres", "postgres").await?;
     raw.send(&query_msg("select 'clear'")).await?;
-    assert_eq!(
-        first_column(&raw.until_ready().await?),
-        [Some("clear".to_owned())]
-    );
+    assert_eq!(first_column(&raw.until_ready().await?), [Some("clear".to_owned())]);
 
     // libpq asks for TLS first when it may, and falls back.
     let mut cmd = proxy.endpoint().command("psql", "postgres");
-    cmd.env("PGSSLMODE", "prefer")
-        .env("PGGSSENCMODE", "prefer")
-        .args([
-            "-X",
-            "-A",
-            "-t",
-            "-c",
-            "select 'ssl=' || ssl from pg_stat_ssl where pid = pg_backend_pid()",
-        ]);
+    cmd.env("PGSSLMODE", "prefer").env("PGGSSENCMODE", "prefer").args([
+        "-X",
+        "-A",
+        "-t",
+        "-c",
+        "select 'ssl=' || ssl from pg_stat_ssl where pid = pg_backend_pid()",
+    ]);
     let out = cmd.output().await?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ssl=false");
     Ok(())
 }
@@ -94,10 +82,7 @@ async fn newer_protocol_minor_is_negotiated_down() -> Result<()> {
     let mut direct = RawConn::connect(cluster.addr()).await?;
     direct.send(&startup).await?;
     let want = direct.until_ready().await?;
-    let want = want
-        .iter()
-        .find(|m| m.tag == b'v')
-        .expect("PostgreSQL negotiates");
+    let want = want.iter().find(|m| m.tag == b'v').expect("PostgreSQL negotiates");
     assert_eq!(&want.body[..], b"\0\x03\0\0\0\0\0\x01_pq_.test_option\0");
 
     let mut via = RawConn::connect(proxy.addr()).await?;

@@ -50,10 +50,7 @@ pub fn sqlstate(error: &tokio_postgres::Error) -> Option<&str> {
 }
 
 /// Asserts that `result` failed with SQLSTATE `code`; returns the message.
-pub fn expect_sqlstate<T: std::fmt::Debug>(
-    result: Result<T, tokio_postgres::Error>,
-    code: &str,
-) -> Result<String> {
+pub fn expect_sqlstate<T: std::fmt::Debug>(result: Result<T, tokio_postgres::Error>, code: &str) -> Result<String> {
     match result {
         Ok(v) => bail!("expected SQLSTATE {code}, got success: {v:?}"),
         Err(e) => {
@@ -143,11 +140,8 @@ pub async fn table(client: &Client, sql: &str) -> Result<Table, tokio_postgres::
                 t.columns = cols.iter().map(|c| c.name().to_owned()).collect();
             }
             SimpleQueryMessage::Row(row) => {
-                t.rows.push(
-                    (0..row.len())
-                        .map(|i| row.get(i).map(str::to_owned))
-                        .collect(),
-                );
+                t.rows
+                    .push((0..row.len()).map(|i| row.get(i).map(str::to_owned)).collect());
             }
             _ => {}
         }
@@ -183,29 +177,21 @@ pub async fn session_by_pid(admin: &Client, pid: i32) -> Result<Option<BTreeMap<
 
 /// Waits until `SHOW SESSIONS` shows the session of backend `pid` in
 /// `state`, and returns its row.
-pub async fn wait_session_state(
-    admin: &Client,
-    pid: i32,
-    state: &str,
-) -> Result<BTreeMap<String, String>> {
+pub async fn wait_session_state(admin: &Client, pid: i32, state: &str) -> Result<BTreeMap<String, String>> {
     wait_session(admin, pid, &[("state", state)]).await
 }
 
 /// Waits until the `SHOW SESSIONS` row of backend `pid` has every
 /// `(column, value)` of `want`, and returns it. The console may lag the
 /// client by a moment: the proxy forwards a reply before it updates the row.
-pub async fn wait_session(
-    admin: &Client,
-    pid: i32,
-    want: &[(&str, &str)],
-) -> Result<BTreeMap<String, String>> {
+pub async fn wait_session(admin: &Client, pid: i32, want: &[(&str, &str)]) -> Result<BTreeMap<String, String>> {
     let deadline = Instant::now() + PROMPT;
     loop {
         let row = session_by_pid(admin, pid).await?;
-        if let Some(row) = row.as_ref().filter(|r| {
-            want.iter()
-                .all(|(k, v)| r.get(*k).map(String::as_str) == Some(*v))
-        }) {
+        if let Some(row) = row
+            .as_ref()
+            .filter(|r| want.iter().all(|(k, v)| r.get(*k).map(String::as_str) == Some(*v)))
+        {
             return Ok(row.clone());
         }
         if Instant::now() >= deadline {
@@ -218,25 +204,18 @@ pub async fn wait_session(
 /// The backend pid of a client's session (the proxy passes the real key
 /// through, so this is also what SHOW SESSIONS shows).
 pub async fn backend_pid(client: &Client) -> Result<i32> {
-    Ok(client
-        .query_one("select pg_backend_pid()", &[])
-        .await?
-        .get(0))
+    Ok(client.query_one("select pg_backend_pid()", &[]).await?.get(0))
 }
 
 /// Scrapes the Prometheus endpoint.
 pub async fn scrape(addr: SocketAddr) -> Result<String> {
     within(PROMPT, "metrics scrape", async {
         let mut s = TcpStream::connect(addr).await?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            .await?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").await?;
         let mut body = Vec::new();
         s.read_to_end(&mut body).await?;
         let text = String::from_utf8(body)?;
-        ensure!(
-            text.starts_with("HTTP/1.1 200"),
-            "metrics answered {text:?}"
-        );
+        ensure!(text.starts_with("HTTP/1.1 200"), "metrics answered {text:?}");
         Ok(text)
     })
     .await?
@@ -276,9 +255,7 @@ impl RawMessage {
 
     /// The SQLSTATE of an ErrorResponse.
     pub fn code(&self) -> Option<String> {
-        (self.tag == b'E')
-            .then(|| self.fields().get(&'C').cloned())
-            .flatten()
+        (self.tag == b'E').then(|| self.fields().get(&'C').cloned()).flatten()
     }
 }
 
@@ -374,8 +351,7 @@ impl RawConn {
 
     /// Sends a StartupMessage and reads up to ReadyForQuery (trust).
     pub async fn login(&mut self, user: &str, db: &str) -> Result<()> {
-        self.send(&startup_message(&[("user", user), ("database", db)]))
-            .await?;
+        self.send(&startup_message(&[("user", user), ("database", db)])).await?;
         loop {
             let m = self.expect_message().await?;
             match m.tag {
@@ -409,9 +385,7 @@ impl RawConn {
         within(PROMPT, "reading a backend message", async {
             loop {
                 if self.buf.len() >= 5 {
-                    let len =
-                        u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
-                            as usize;
+                    let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
                     ensure!(len >= 4, "bad length {len} from the proxy");
                     if self.buf.len() > len {
                         let tag = self.buf[0];
@@ -437,9 +411,7 @@ impl RawConn {
 
     /// Reads the next message, failing at end of stream.
     pub async fn expect_message(&mut self) -> Result<RawMessage> {
-        self.message()
-            .await?
-            .context("the proxy closed the connection")
+        self.message().await?.context("the proxy closed the connection")
     }
 
     /// Reads messages up to and including ReadyForQuery.
@@ -463,10 +435,7 @@ impl RawConn {
             match m.tag {
                 b'E' if error.is_none() => error = Some(m),
                 // Anything after the error means the session went on.
-                t => bail!(
-                    "unexpected message {:?} (error so far: {error:?})",
-                    t as char
-                ),
+                t => bail!("unexpected message {:?} (error so far: {error:?})", t as char),
             }
         }
         let error = error.context("connection closed without an ErrorResponse")?;

@@ -17,13 +17,13 @@ async fn trust_cluster_answers_queries() -> Result<()> {
     assert_eq!(row.get::<_, i32>(0), 1);
 
     let row = client
-        .query_one("select current_setting('server_version_num')::int4, current_user::text, current_setting('fsync')", &[])
+        .query_one(
+            "select current_setting('server_version_num')::int4, current_user::text, current_setting('fsync')",
+            &[],
+        )
         .await?;
     let version: i32 = row.get(0);
-    assert!(
-        (150000..160000).contains(&version),
-        "server version {version}"
-    );
+    assert!((150000..160000).contains(&version), "server version {version}");
     assert_eq!(row.get::<_, String>(1), "postgres");
     assert_eq!(row.get::<_, String>(2), "off");
     Ok(())
@@ -47,10 +47,7 @@ async fn scram_cluster_checks_passwords() -> Result<()> {
     assert_eq!(row.get::<_, String>(0), "app");
     assert_eq!(row.get::<_, String>(1), "appdb");
     let row = client
-        .query_one(
-            "select rolpassword from pg_authid where rolname = 'app'",
-            &[],
-        )
+        .query_one("select rolpassword from pg_authid where rolname = 'app'", &[])
         .await;
     // `app` is no superuser, so it may not read pg_authid.
     assert!(row.is_err());
@@ -67,10 +64,7 @@ async fn scram_cluster_checks_passwords() -> Result<()> {
     // The superuser's password is stored as a SCRAM verifier.
     let admin = cluster.connect("postgres").await?;
     let row = admin
-        .query_one(
-            "select rolpassword from pg_authid where rolname = 'app'",
-            &[],
-        )
+        .query_one("select rolpassword from pg_authid where rolname = 'app'", &[])
         .await?;
     let stored: String = row.get(0);
     ensure!(stored.starts_with("SCRAM-SHA-256$"), "stored {stored}");
@@ -87,16 +81,15 @@ async fn md5_cluster_stores_md5_hashes() -> Result<()> {
         .await?;
     let client = cluster.connect("postgres").await?;
     let rows = client
-        .query("select rolname::text, rolpassword from pg_authid where rolname in ('app', 'postgres') order by 1", &[])
+        .query(
+            "select rolname::text, rolpassword from pg_authid where rolname in ('app', 'postgres') order by 1",
+            &[],
+        )
         .await?;
     assert_eq!(rows.len(), 2);
     for row in rows {
         let stored: String = row.get(1);
-        ensure!(
-            stored.starts_with("md5"),
-            "{}: {stored}",
-            row.get::<_, String>(0)
-        );
+        ensure!(stored.starts_with("md5"), "{}: {stored}", row.get::<_, String>(0));
     }
     cluster.connect_as("app", "postgres").await?;
 
@@ -129,9 +122,7 @@ async fn client_tools_and_settings() -> Result<()> {
         "pgbench -i: {}",
         String::from_utf8_lossy(&init.stderr)
     );
-    let run = cluster
-        .pgbench("bench", &["-c", "2", "-t", "20", "-n"])
-        .await?;
+    let run = cluster.pgbench("bench", &["-c", "2", "-t", "20", "-n"]).await?;
     ensure!(
         run.status.success(),
         "pgbench: {}",
@@ -144,9 +135,7 @@ async fn client_tools_and_settings() -> Result<()> {
     );
 
     let client = cluster.connect("bench").await?;
-    let row = client
-        .query_one("select count(*) from pgbench_accounts", &[])
-        .await?;
+    let row = client.query_one("select count(*) from pgbench_accounts", &[]).await?;
     assert_eq!(row.get::<_, i64>(0), 100_000);
     assert!(cluster.bin("pg_dump").is_file());
     Ok(())
@@ -177,10 +166,7 @@ async fn stop_start_again_and_cleanup() -> Result<()> {
     assert_eq!(row.get::<_, i32>(0), 7);
 
     let log = cluster.log();
-    assert!(
-        log.contains("database system is ready to accept connections"),
-        "{log}"
-    );
+    assert!(log.contains("database system is ready to accept connections"), "{log}");
 
     drop(client);
     drop(cluster);
@@ -206,19 +192,14 @@ async fn test_proxy_serves_clients_and_tools() -> Result<()> {
     // single-threaded runtime keeps serving them.
     let out = proxy.endpoint().psql_ok("shop", "select 40 + 2").await?;
     assert_eq!(out.trim(), "42");
-    let init = proxy
-        .endpoint()
-        .pgbench("shop", &["-i", "-q", "-s", "1"])
-        .await?;
+    let init = proxy.endpoint().pgbench("shop", &["-i", "-q", "-s", "1"]).await?;
     ensure!(
         init.status.success(),
         "pgbench -i: {}",
         String::from_utf8_lossy(&init.stderr)
     );
     let direct = cluster.connect("shop").await?;
-    let row = direct
-        .query_one("select count(*) from pgbench_branches", &[])
-        .await?;
+    let row = direct.query_one("select count(*) from pgbench_branches", &[]).await?;
     assert_eq!(row.get::<_, i64>(0), 1);
 
     drop(client);

@@ -102,13 +102,7 @@ fn processed(report: &str) -> Option<u64> {
     let line = report
         .lines()
         .find(|l| l.starts_with("number of transactions actually processed:"))?;
-    line.split(':')
-        .nth(1)?
-        .trim()
-        .split('/')
-        .next()?
-        .parse()
-        .ok()
+    line.split(':').nth(1)?.trim().split('/').next()?.parse().ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,10 +121,7 @@ async fn pgbench_tpcb_in_every_query_mode() -> Result<()> {
     let mut total = 0;
     for mode in ["simple", "extended", "prepared"] {
         let run = endpoint
-            .pgbench(
-                "bench",
-                &["-n", "-M", mode, "-c", "4", "-j", "2", "-t", "50"],
-            )
+            .pgbench("bench", &["-n", "-M", mode, "-c", "4", "-j", "2", "-t", "50"])
             .await?;
         let report = String::from_utf8_lossy(&run.stdout);
         ensure!(

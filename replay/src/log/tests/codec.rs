@@ -12,17 +12,7 @@ fn encode(lsn: u64, record: &Record) -> Vec<u8> {
 
 #[test]
 fn varints_round_trip_at_the_edges() {
-    let unsigned = [
-        0,
-        1,
-        127,
-        128,
-        16_383,
-        16_384,
-        u32::MAX as u64,
-        u64::MAX - 1,
-        u64::MAX,
-    ];
+    let unsigned = [0, 1, 127, 128, 16_383, 16_384, u32::MAX as u64, u64::MAX - 1, u64::MAX];
     let signed = [0, 1, -1, 63, -64, 64, -65, i64::MAX, i64::MIN];
     let mut buf = Vec::new();
     for v in unsigned {
@@ -82,25 +72,15 @@ fn records_round_trip() {
         Record::Marker(Marker::CaptureStart {
             time_micros: 1_700_000_000_000_000,
         }),
-        Record::Marker(Marker::CaptureStop {
-            time_micros: i64::MIN,
-        }),
-        Record::Marker(Marker::Barrier {
-            time_micros: i64::MAX,
-        }),
+        Record::Marker(Marker::CaptureStop { time_micros: i64::MIN }),
+        Record::Marker(Marker::Barrier { time_micros: i64::MAX }),
     ];
     let mut rng = Rng::new(7);
     records.extend((0..200).map(|i| random_commit(&mut rng, i, 50)));
     for (i, record) in records.into_iter().enumerate() {
         let lsn = i as u64 * 7919 + 1;
         let entry = LogEntry::decode(&encode(lsn, &record)).expect("decode");
-        assert_eq!(
-            entry,
-            LogEntry {
-                lsn: Lsn(lsn),
-                record
-            }
-        );
+        assert_eq!(entry, LogEntry { lsn: Lsn(lsn), record });
     }
 }
 
@@ -117,10 +97,7 @@ fn every_truncation_of_a_valid_payload_is_an_error() {
         }
         let mut longer = payload.clone();
         longer.push(0);
-        assert_eq!(
-            LogEntry::decode(&longer),
-            Err(DecodeError::TrailingBytes { count: 1 })
-        );
+        assert_eq!(LogEntry::decode(&longer), Err(DecodeError::TrailingBytes { count: 1 }));
     }
 }
 
@@ -128,17 +105,11 @@ fn every_truncation_of_a_valid_payload_is_an_error() {
 fn unknown_kinds_and_bad_shapes_are_errors() {
     let mut p = 5u64.to_le_bytes().to_vec();
     p.push(0x7f);
-    assert_eq!(
-        LogEntry::decode(&p),
-        Err(DecodeError::UnknownKind { kind: 0x7f })
-    );
+    assert_eq!(LogEntry::decode(&p), Err(DecodeError::UnknownKind { kind: 0x7f }));
 
     let mut p = 5u64.to_le_bytes().to_vec();
     p.extend_from_slice(&[2, 9, 0]);
-    assert_eq!(
-        LogEntry::decode(&p),
-        Err(DecodeError::UnknownMarker { kind: 9 })
-    );
+    assert_eq!(LogEntry::decode(&p), Err(DecodeError::UnknownMarker { kind: 9 }));
 
     // session 0, time 0, one table "t" with no key columns but 5 keys.
     let mut p = 5u64.to_le_bytes().to_vec();
@@ -152,18 +123,12 @@ fn unknown_kinds_and_bad_shapes_are_errors() {
     let mut p = 5u64.to_le_bytes().to_vec();
     p.extend_from_slice(&[1, 0, 0]);
     put_varint(&mut p, u64::MAX / 2);
-    assert!(matches!(
-        LogEntry::decode(&p),
-        Err(DecodeError::CountTooLarge { .. })
-    ));
+    assert!(matches!(LogEntry::decode(&p), Err(DecodeError::CountTooLarge { .. })));
 
     // Invalid UTF-8 in a table name.
     let mut p = 5u64.to_le_bytes().to_vec();
     p.extend_from_slice(&[1, 0, 0, 1, 2, 0xc3, 0x28, 0, 0, 0]);
-    assert!(matches!(
-        LogEntry::decode(&p),
-        Err(DecodeError::InvalidUtf8 { .. })
-    ));
+    assert!(matches!(LogEntry::decode(&p), Err(DecodeError::InvalidUtf8 { .. })));
 }
 
 #[test]

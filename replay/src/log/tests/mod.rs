@@ -35,9 +35,7 @@ impl Rng {
     }
 
     fn text(&mut self, len: usize) -> String {
-        const ALPHABET: &[char] = &[
-            'a', 'z', '0', '9', ' ', '\'', '"', 'é', '中', '🚂', '\n', '\0',
-        ];
+        const ALPHABET: &[char] = &['a', 'z', '0', '9', ' ', '\'', '"', 'é', '中', '🚂', '\n', '\0'];
         (0..len)
             .map(|_| ALPHABET[self.below(ALPHABET.len() as u64) as usize])
             .collect()
@@ -94,9 +92,7 @@ pub(super) fn tagged_commit(session_id: u64, seq: u64, n: usize) -> Record {
                 .map(|i| vec![Some(format!("{}", seq * 1000 + i as u64))])
                 .collect(),
         }],
-        statements: vec![format!(
-            "UPDATE accounts SET n = n + 1 -- {session_id}/{seq}"
-        )],
+        statements: vec![format!("UPDATE accounts SET n = n + 1 -- {session_id}/{seq}")],
     })
 }
 
@@ -120,9 +116,5 @@ pub(super) fn read_all(dir: &Path, from: Lsn) -> Vec<LogEntry> {
 
 /// The single newest segment file.
 pub(super) fn last_segment(dir: &Path) -> std::path::PathBuf {
-    super::list_segments(dir)
-        .expect("list")
-        .pop()
-        .expect("a segment")
-        .path
+    super::list_segments(dir).expect("list").pop().expect("a segment").path
 }

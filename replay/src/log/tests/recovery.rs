@@ -59,10 +59,7 @@ fn assert_recovers(dir: &Path, kept: u64, cut_bytes: u64) {
     assert_eq!(report.next_lsn, Lsn(kept + 1));
     assert_eq!(report.truncated_bytes, cut_bytes);
     assert_eq!(report.truncated_segment.is_some(), cut_bytes > 0);
-    assert_eq!(
-        writer.append_blocking(tagged_commit(9, 9, 1)).unwrap(),
-        Lsn(kept + 1)
-    );
+    assert_eq!(writer.append_blocking(tagged_commit(9, 9, 1)).unwrap(), Lsn(kept + 1));
     writer.close().unwrap();
     let entries = read_all(dir, Lsn::FIRST);
     assert_eq!(entries.len() as u64, kept + 1);
@@ -74,11 +71,7 @@ fn assert_recovers(dir: &Path, kept: u64, cut_bytes: u64) {
 
 fn expect_corrupt<T>(result: Result<T, LogError>) -> (PathBuf, u64, Corruption) {
     match result {
-        Err(LogError::Corrupt {
-            path,
-            offset,
-            reason,
-        }) => (path, offset, reason),
+        Err(LogError::Corrupt { path, offset, reason }) => (path, offset, reason),
         Err(e) => panic!("expected corruption, got {e}"),
         Ok(_) => panic!("expected corruption, got success"),
     }
@@ -130,10 +123,7 @@ fn garbage_or_zeros_after_the_last_record_are_truncated() {
         rng.bytes(5000),
     ] {
         let dir = copy_log(original.path());
-        let mut f = OpenOptions::new()
-            .append(true)
-            .open(last_segment(dir.path()))
-            .unwrap();
+        let mut f = OpenOptions::new().append(true).open(last_segment(dir.path())).unwrap();
         f.write_all(&tail).unwrap();
         assert_recovers(dir.path(), RECORDS, tail.len() as u64);
     }
@@ -166,16 +156,8 @@ fn bad_crc_in_the_middle_is_corruption() {
         Corruption::BadFrameBeforeValidData { frame: BadFrame::Crc { .. }, next_valid_offset }
             if next_valid_offset == (start + len) as u64
     ));
-    let message = LogError::Corrupt {
-        path,
-        offset,
-        reason,
-    }
-    .to_string();
-    assert!(
-        message.contains(&seg.display().to_string())
-            && message.contains(&format!("offset {start}"))
-    );
+    let message = LogError::Corrupt { path, offset, reason }.to_string();
+    assert!(message.contains(&seg.display().to_string()) && message.contains(&format!("offset {start}")));
 
     // The reader returns everything before the damage, then the same error.
     let mut reader = LogReader::open(dir.path(), Lsn::FIRST).unwrap();
@@ -203,8 +185,7 @@ fn damaged_length_in_the_middle_is_corruption_not_a_torn_tail() {
         let mut data = fs::read(&seg).unwrap();
         data[start..start + 4].copy_from_slice(&len.to_le_bytes());
         fs::write(&seg, data).unwrap();
-        let (path, offset, reason) =
-            expect_corrupt(LogWriter::open(dir.path(), Default::default()));
+        let (path, offset, reason) = expect_corrupt(LogWriter::open(dir.path(), Default::default()));
         assert_eq!((path, offset), (seg, start as u64), "length {len}");
         assert!(matches!(reason, Corruption::BadFrameBeforeValidData { .. }));
     }
@@ -213,26 +194,19 @@ fn damaged_length_in_the_middle_is_corruption_not_a_torn_tail() {
 #[test]
 fn damage_in_an_older_segment_is_reported_by_readers() {
     let original = sample_log();
-    let first = super::super::list_segments(original.path()).unwrap()[0]
-        .path
-        .clone();
+    let first = super::super::list_segments(original.path()).unwrap()[0].path.clone();
     let (start, len) = frames(&first)[1];
 
     let dir = copy_log(original.path());
-    patch(
-        &dir.path().join(first.file_name().unwrap()),
-        start + len - 1,
-        |b| *b ^= 0xff,
-    );
+    patch(&dir.path().join(first.file_name().unwrap()), start + len - 1, |b| {
+        *b ^= 0xff
+    });
     let mut reader = LogReader::open(dir.path(), Lsn::FIRST).unwrap();
     assert!(reader.next().unwrap().is_some());
     let (_, offset, reason) = expect_corrupt(reader.next());
     assert_eq!(offset, start as u64);
     assert!(
-        matches!(
-            reason,
-            Corruption::BadFrameInSealedSegment(BadFrame::Crc { .. })
-        ),
+        matches!(reason, Corruption::BadFrameInSealedSegment(BadFrame::Crc { .. })),
         "{reason}"
     );
 
@@ -246,10 +220,7 @@ fn damage_in_an_older_segment_is_reported_by_readers() {
         .unwrap();
     let mut reader = LogReader::open(dir.path(), Lsn::FIRST).unwrap();
     assert!(reader.next().unwrap().is_some());
-    assert_eq!(
-        expect_corrupt(reader.next()).2,
-        Corruption::TruncatedSealedSegment
-    );
+    assert_eq!(expect_corrupt(reader.next()).2, Corruption::TruncatedSealedSegment);
 
     // A missing segment in the middle is a gap, not a quiet end.
     let dir = copy_log(original.path());
@@ -284,10 +255,7 @@ fn torn_or_bad_segment_header() {
         expect_corrupt(LogWriter::open(dir.path(), Default::default())).2,
         Corruption::BadMagic
     );
-    assert_eq!(
-        expect_corrupt(read_all_result(dir.path())).2,
-        Corruption::BadMagic
-    );
+    assert_eq!(expect_corrupt(read_all_result(dir.path())).2, Corruption::BadMagic);
 }
 
 fn read_all_result(dir: &Path) -> Result<usize, LogError> {

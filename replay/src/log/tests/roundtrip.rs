@@ -1,9 +1,7 @@
 //! Writing and reading back: rollover, positions, segment removal.
 
 use super::super::frame::SEGMENT_HEADER_LEN;
-use super::super::{
-    list_segments, segments_before, LogError, LogReader, LogWriter, Lsn, Marker, Record,
-};
+use super::super::{list_segments, segments_before, LogError, LogReader, LogWriter, Lsn, Marker, Record};
 use super::{random_commit, read_all, small_segments, tagged_commit, Rng};
 
 #[test]
@@ -20,9 +18,7 @@ fn many_records_round_trip_across_rollovers() {
             _ => 8,
         };
         let record = if i % 97 == 0 {
-            Record::Marker(Marker::Barrier {
-                time_micros: i as i64,
-            })
+            Record::Marker(Marker::Barrier { time_micros: i as i64 })
         } else {
             random_commit(&mut rng, i, size)
         };
@@ -88,19 +84,10 @@ fn reader_starts_at_a_middle_position_and_reopen_continues() {
     assert_eq!(writer.recovery().next_lsn, Lsn(101));
     assert_eq!(writer.recovery().truncated_bytes, 0);
     assert_eq!(writer.stats().last_lsn, Some(Lsn(100)));
-    assert_eq!(
-        writer.append_blocking(tagged_commit(2, 0, 1)).unwrap(),
-        Lsn(101)
-    );
-    assert_eq!(
-        writer.append_blocking(tagged_commit(2, 1, 1)).unwrap(),
-        Lsn(102)
-    );
+    assert_eq!(writer.append_blocking(tagged_commit(2, 0, 1)).unwrap(), Lsn(101));
+    assert_eq!(writer.append_blocking(tagged_commit(2, 1, 1)).unwrap(), Lsn(102));
     let entry = reader.next().unwrap().expect("record 102");
-    assert_eq!(
-        (entry.lsn, entry.record),
-        (Lsn(102), tagged_commit(2, 1, 1))
-    );
+    assert_eq!((entry.lsn, entry.record), (Lsn(102), tagged_commit(2, 1, 1)));
     assert_eq!(reader.position(), Lsn(103));
 }
 
@@ -127,18 +114,11 @@ fn old_segments_are_listed_and_removed() {
     let cut = segments[3].first_lsn;
 
     // Nothing is wholly below the first segment's start or inside it.
-    assert!(segments_before(dir.path(), segments[0].first_lsn)
+    assert!(segments_before(dir.path(), segments[0].first_lsn).unwrap().is_empty());
+    assert!(segments_before(dir.path(), Lsn(segments[1].first_lsn.0 - 1))
         .unwrap()
         .is_empty());
-    assert!(
-        segments_before(dir.path(), Lsn(segments[1].first_lsn.0 - 1))
-            .unwrap()
-            .is_empty()
-    );
-    assert_eq!(
-        segments_before(dir.path(), cut).unwrap(),
-        segments[..3].to_vec()
-    );
+    assert_eq!(segments_before(dir.path(), cut).unwrap(), segments[..3].to_vec());
     assert_eq!(
         segments_before(dir.path(), Lsn(cut.0 + 1)).unwrap(),
         segments[..3].to_vec()
@@ -169,9 +149,7 @@ fn old_segments_are_listed_and_removed() {
         }
     };
     assert_eq!(n + 1, segments[1].first_lsn.0);
-    assert!(
-        matches!(err, LogError::LsnUnavailable { requested, oldest } if requested == Lsn(n + 1) && oldest == cut)
-    );
+    assert!(matches!(err, LogError::LsnUnavailable { requested, oldest } if requested == Lsn(n + 1) && oldest == cut));
     // A reader inside a kept segment is unaffected.
     let mut reader = LogReader::open(dir.path(), Lsn(cut.0 + 1)).unwrap();
     assert_eq!(reader.next().unwrap().map(|e| e.lsn), Some(Lsn(cut.0 + 1)));
@@ -184,10 +162,7 @@ fn old_segments_are_listed_and_removed() {
     assert_eq!(read_all(dir.path(), cut).len() as u64, 201 - cut.0);
 
     // The writer still appends and a reopen still finds the end.
-    assert_eq!(
-        writer.append_blocking(tagged_commit(1, 200, 2)).unwrap(),
-        Lsn(201)
-    );
+    assert_eq!(writer.append_blocking(tagged_commit(1, 200, 2)).unwrap(), Lsn(201));
     writer.close().unwrap();
     let writer = LogWriter::open(dir.path(), small_segments(1024)).unwrap();
     assert_eq!(writer.recovery().next_lsn, Lsn(202));

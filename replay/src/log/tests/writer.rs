@@ -5,9 +5,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use super::super::frame::SEGMENT_HEADER_LEN;
-use super::super::{
-    Durability, InvalidRecord, LogError, LogOptions, LogReader, LogWriter, Lsn, Record, TableKeys,
-};
+use super::super::{Durability, InvalidRecord, LogError, LogOptions, LogReader, LogWriter, Lsn, Record, TableKeys};
 use super::{last_segment, read_all, small_segments, tagged_commit, CommitRecord};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -42,25 +40,16 @@ async fn concurrent_appends_get_unique_increasing_lsns() {
     let mut owner = vec![None; (TASKS * EACH) as usize + 1];
     for (task, handle) in tasks.into_iter().enumerate() {
         let lsns = handle.await.unwrap();
-        assert!(
-            lsns.windows(2).all(|w| w[0] < w[1]),
-            "a task's LSNs must increase"
-        );
+        assert!(lsns.windows(2).all(|w| w[0] < w[1]), "a task's LSNs must increase");
         for (seq, lsn) in lsns.into_iter().enumerate() {
             let slot = &mut owner[lsn.0 as usize];
             assert!(slot.is_none(), "LSN {lsn} given twice");
             *slot = Some((task as u64, seq as u64));
         }
     }
-    assert!(
-        owner[1..].iter().all(Option::is_some),
-        "LSNs must be dense from 1"
-    );
+    assert!(owner[1..].iter().all(Option::is_some), "LSNs must be dense from 1");
     let stats = writer.stats();
-    assert_eq!(
-        (stats.records, stats.last_lsn),
-        (TASKS * EACH, Some(Lsn(TASKS * EACH)))
-    );
+    assert_eq!((stats.records, stats.last_lsn), (TASKS * EACH, Some(Lsn(TASKS * EACH))));
     assert!(stats.batches <= stats.records);
     let dir_path = dir.path().to_path_buf();
     tokio::task::spawn_blocking(move || writer.close())
@@ -73,10 +62,7 @@ async fn concurrent_appends_get_unique_increasing_lsns() {
     for (i, entry) in entries.iter().enumerate() {
         assert_eq!(entry.lsn, Lsn(i as u64 + 1));
         let (task, seq) = owner[i + 1].unwrap();
-        assert_eq!(
-            entry.record,
-            tagged_commit(task, seq, 1 + (seq % 3) as usize)
-        );
+        assert_eq!(entry.record, tagged_commit(task, seq, 1 + (seq % 3) as usize));
     }
 }
 
@@ -143,10 +129,7 @@ fn tailing_reader_follows_a_concurrent_writer() {
         match reader.next().unwrap() {
             Some(entry) => {
                 assert_eq!(entry.lsn, Lsn(seen + 1));
-                assert_eq!(
-                    entry.record,
-                    tagged_commit(7, seen, 1 + (seen % 4) as usize)
-                );
+                assert_eq!(entry.record, tagged_commit(7, seen, 1 + (seen % 4) as usize));
                 seen += 1;
             }
             None => {
@@ -174,14 +157,8 @@ fn reader_never_returns_a_partially_written_record() {
     let bytes = fs::read(last_segment(source.path())).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let seg = dir
-        .path()
-        .join(last_segment(source.path()).file_name().unwrap());
-    let mut file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&seg)
-        .unwrap();
+    let seg = dir.path().join(last_segment(source.path()).file_name().unwrap());
+    let mut file = OpenOptions::new().create(true).append(true).open(&seg).unwrap();
     let mut reader = LogReader::open(dir.path(), Lsn::FIRST).unwrap();
     let mut got = Vec::new();
     for (i, byte) in bytes.iter().enumerate() {
@@ -243,9 +220,7 @@ async fn a_write_failure_fails_every_waiter_and_later_appends() {
         Err(LogError::WriterFailed(_))
     ));
     assert_eq!(writer.stats().last_lsn, Some(Lsn(1)));
-    let closed = tokio::task::spawn_blocking(move || writer.close())
-        .await
-        .unwrap();
+    let closed = tokio::task::spawn_blocking(move || writer.close()).await.unwrap();
     assert!(matches!(closed, Err(LogError::WriterFailed(_))));
 
     // Once the obstacle is gone, reopening recovers: nothing acked was lost.
@@ -253,9 +228,7 @@ async fn a_write_failure_fails_every_waiter_and_later_appends() {
     let writer = LogWriter::open(dir.path(), small_segments(1)).unwrap();
     assert_eq!(writer.recovery().next_lsn, Lsn(2));
     assert_eq!(writer.append(tagged_commit(4, 0, 1)).await.unwrap(), Lsn(2));
-    tokio::task::spawn_blocking(move || drop(writer))
-        .await
-        .unwrap();
+    tokio::task::spawn_blocking(move || drop(writer)).await.unwrap();
     assert_eq!(read_all(dir.path(), Lsn::FIRST).len(), 2);
 }
 
@@ -288,10 +261,7 @@ fn oversized_and_invalid_records_are_refused_without_failing_the_writer() {
         }))
     ));
     // Neither consumed an LSN.
-    assert_eq!(
-        writer.append_blocking(tagged_commit(1, 1, 3)).unwrap(),
-        Lsn(1)
-    );
+    assert_eq!(writer.append_blocking(tagged_commit(1, 1, 3)).unwrap(), Lsn(1));
     assert!(writer.failure().is_none());
 }
 
@@ -312,10 +282,7 @@ fn one_writer_per_directory_and_closed_handles_refuse() {
     ));
     drop(other);
     let writer = LogWriter::open(dir.path(), Default::default()).unwrap();
-    assert_eq!(
-        writer.append_blocking(tagged_commit(1, 1, 1)).unwrap(),
-        Lsn(2)
-    );
+    assert_eq!(writer.append_blocking(tagged_commit(1, 1, 1)).unwrap(), Lsn(2));
 }
 
 #[test]

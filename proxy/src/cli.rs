@@ -47,6 +47,15 @@ pub enum Command {
     },
     /// Reopen the gate after a pause (RESUME).
     Resume(ConsoleArgs),
+    /// Write capture: `start`, `stop` or `show` (CAPTURE START | CAPTURE STOP | SHOW CAPTURE).
+    Capture {
+        /// start, stop or show.
+        #[arg(value_enum)]
+        action: CaptureAction,
+        /// How to reach the console.
+        #[command(flatten)]
+        console: ConsoleArgs,
+    },
     /// Run any admin console command, e.g. `switchyard admin "SHOW SESSIONS"`.
     Admin {
         /// How to reach the console.
@@ -159,4 +168,26 @@ pub fn render_table(header: &[String], rows: &[Vec<String>]) -> String {
 /// Loads a config for `proxy` / `check-config`.
 pub fn load_config(path: &std::path::Path) -> Result<Config, crate::config::ConfigError> {
     Config::load(path)
+}
+
+/// What `switchyard capture` does.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum CaptureAction {
+    /// CAPTURE START.
+    Start,
+    /// CAPTURE STOP.
+    Stop,
+    /// SHOW CAPTURE.
+    Show,
+}
+
+impl CaptureAction {
+    /// The console command.
+    pub fn command(self) -> &'static str {
+        match self {
+            CaptureAction::Start => "CAPTURE START",
+            CaptureAction::Stop => "CAPTURE STOP",
+            CaptureAction::Show => "SHOW CAPTURE",
+        }
+    }
 }

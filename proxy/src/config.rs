@@ -84,6 +84,9 @@ pub struct Config {
     /// Prometheus metrics endpoint.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Write capture.
+    #[serde(default)]
+    pub capture: CaptureConfig,
 }
 
 /// A database the proxy connects to.
@@ -206,6 +209,101 @@ impl Limits {
 pub struct MetricsConfig {
     /// Address of the HTTP endpoint serving `/metrics`; off when absent.
     pub listen: Option<SocketAddr>,
+}
+
+/// What capture does with a statement it cannot capture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnsafePolicy {
+    /// The client gets an error (SQLSTATE 0A000) and the statement does not run.
+    Reject,
+    /// The statement runs uncaptured; it is counted and listed in SHOW CAPTURE.
+    Warn,
+}
+
+impl UnsafePolicy {
+    /// The name used in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            UnsafePolicy::Reject => "reject",
+            UnsafePolicy::Warn => "warn",
+        }
+    }
+}
+
+/// How far a capture-log write must get before a commit is let through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DurabilityConfig {
+    /// write(2) returned: survives a proxy crash.
+    Write,
+    /// fsync returned (group commit): survives a machine crash.
+    Fsync,
+}
+
+/// Write capture: where the log goes and what to do with statements that
+/// cannot be captured.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureConfig {
+    /// Directory of the capture log's segment files. Default `switchyard-log`.
+    #[serde(default = "default_log_dir")]
+    pub log_dir: std::path::PathBuf,
+    /// `write` (default) or `fsync`.
+    #[serde(default = "default_durability")]
+    pub durability: DurabilityConfig,
+    /// Default policy for unsafe statements: `reject` (default) or `warn`.
+    #[serde(default = "default_policy")]
+    pub policy: UnsafePolicy,
+    /// Per-kind overrides of `policy`, e.g. `ddl = "warn"`; kinds as SHOW
+    /// CAPTURE names them.
+    #[serde(default)]
+    pub policies: std::collections::BTreeMap<String, UnsafePolicy>,
+    /// How often the source catalog (tables, keys, functions) is re-read.
+    #[serde(default = "default_catalog_refresh_ms")]
+    pub catalog_refresh_ms: u64,
+    /// Who the proxy logs in as to read the catalog and pg_stat_activity;
+    /// defaults to `source.user`.
+    pub user: Option<String>,
+    /// That user's password; defaults to `source.password`.
+    pub password: Option<String>,
+    /// Database whose catalog is read; defaults to `source.database`.
+    pub database: Option<String>,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        CaptureConfig {
+            log_dir: default_log_dir(),
+            durability: default_durability(),
+            policy: default_policy(),
+            policies: Default::default(),
+            catalog_refresh_ms: default_catalog_refresh_ms(),
+            user: None,
+            password: None,
+            database: None,
+        }
+    }
+}
+
+impl CaptureConfig {
+    /// The policy for an unsafe kind.
+    pub fn policy_for(&self, kind: &str) -> UnsafePolicy {
+        self.policies.get(kind).copied().unwrap_or(self.policy)
+    }
+}
+
+fn default_log_dir() -> std::path::PathBuf {
+    "switchyard-log".into()
+}
+fn default_durability() -> DurabilityConfig {
+    DurabilityConfig::Write
+}
+fn default_policy() -> UnsafePolicy {
+    UnsafePolicy::Reject
+}
+fn default_catalog_refresh_ms() -> u64 {
+    5_000
 }
 
 fn default_listen() -> SocketAddr {
@@ -344,9 +442,21 @@ impl Config {
             ("limits.startup_timeout_ms", self.limits.startup_timeout_ms),
             ("limits.connect_timeout_ms", self.limits.connect_timeout_ms),
             ("limits.pause_timeout_ms", self.limits.pause_timeout_ms),
+            ("capture.catalog_refresh_ms", self.capture.catalog_refresh_ms),
         ] {
             if v == 0 {
                 return Err(invalid(key, "must be above 0".into()));
+            }
+        }
+        if self.capture.log_dir.as_os_str().is_empty() {
+            return Err(invalid("capture.log_dir", "must name a directory".into()));
+        }
+        for kind in self.capture.policies.keys() {
+            if !crate::capture::UNSAFE_KINDS.contains(&kind.as_str()) {
+                return Err(invalid(
+                    &format!("capture.policies.{kind}"),
+                    format!("unknown kind; kinds are {}", crate::capture::UNSAFE_KINDS.join(", ")),
+                ));
             }
         }
         Ok(())
@@ -376,6 +486,7 @@ impl Config {
             users: Vec::new(),
             limits: Limits::default(),
             metrics: MetricsConfig::default(),
+            capture: CaptureConfig::default(),
         }
     }
 }

@@ -88,6 +88,7 @@ async fn run(cli: Cli) -> i32 {
             print(cli::console(&console, &cmd).await)
         }
         Command::Resume(console) => print(cli::console(&console, "RESUME").await),
+        Command::Capture { action, console } => print(cli::console(&console, action.command()).await),
         Command::Admin { console, command } => print(cli::console(&console, &command).await),
     }
 }

@@ -7,7 +7,7 @@ use crate::session::effects::Pin;
 use crate::session::state::Phase;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -77,9 +77,41 @@ pub struct SessionInfo {
     settings: AtomicU32,
     listens: AtomicU32,
     pins: AtomicU8,
+    /// The capture epoch the session's open transaction runs under, or
+    /// [`AT_BOUNDARY`] between transactions; see [`SessionInfo::enter_tx`].
+    tx_epoch: AtomicU64,
 }
 
+/// [`SessionInfo::tx_epoch`] of a session between transactions.
+pub const AT_BOUNDARY: u64 = u64::MAX;
+/// [`SessionInfo::tx_epoch`] of a session that is leaving its boundary and
+/// has not read the capture epoch yet.
+pub const ENTERING: u64 = u64::MAX - 1;
+
 impl SessionInfo {
+    /// Marks the session as leaving its transaction boundary and returns the
+    /// capture epoch it reads afterwards. Publishing [`ENTERING`] before
+    /// reading the epoch (both sequentially consistent) means a barrier scan
+    /// that runs after an epoch change either sees this session entering or
+    /// the session sees the new epoch.
+    pub fn enter_tx(&self, epoch: &AtomicU64) -> u64 {
+        self.tx_epoch.store(ENTERING, SeqCst);
+        let e = epoch.load(SeqCst);
+        self.tx_epoch.store(e, SeqCst);
+        e
+    }
+
+    /// Marks the session as back at a transaction boundary.
+    pub fn leave_tx(&self) {
+        self.tx_epoch.store(AT_BOUNDARY, SeqCst);
+    }
+
+    /// The capture epoch of the session's open transaction, [`ENTERING`], or
+    /// [`AT_BOUNDARY`].
+    pub fn tx_epoch(&self) -> u64 {
+        self.tx_epoch.load(SeqCst)
+    }
+
     /// Sets the shown state.
     pub fn set_state(&self, s: Shown) {
         self.state.store(s.code(), Relaxed);
@@ -170,6 +202,7 @@ impl Registry {
             settings: AtomicU32::new(0),
             listens: AtomicU32::new(0),
             pins: AtomicU8::new(0),
+            tx_epoch: AtomicU64::new(AT_BOUNDARY),
         });
         self.lock().insert(id, info.clone());
         Registered {

@@ -69,6 +69,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Live sessions.
     pub sessions: Arc<Registry>,
+    /// Write capture.
+    pub capture: crate::capture::control::Capture,
     /// Becomes true when the proxy shuts down.
     pub shutdown: watch::Receiver<bool>,
     /// When the proxy started.
@@ -119,6 +121,11 @@ impl Proxy {
             shutdown: shutdown_rx,
             started_at: SystemTime::now(),
             pause: Mutex::new(None),
+            capture: crate::capture::control::Capture::new(
+                config.capture.clone(),
+                config.source.clone(),
+                config.limits.connect_timeout(),
+            ),
             local_addr: addr,
             config,
         });

@@ -2,6 +2,7 @@
 //! proxy's own port, spoken to with psql's simple queries. Commands parse
 //! once into [`AdminCommand`]; each lives in its own file with its execute.
 
+mod capture;
 mod pause;
 mod result;
 mod resume;
@@ -42,6 +43,13 @@ pub enum AdminCommand {
     },
     /// `RESUME`.
     Resume,
+    /// `CAPTURE START`: capture every session's writes from its next
+    /// transaction boundary.
+    CaptureStart,
+    /// `CAPTURE STOP`.
+    CaptureStop,
+    /// `SHOW CAPTURE`.
+    ShowCapture,
 }
 
 /// A console error: shown to the admin with its SQLSTATE.
@@ -112,6 +120,9 @@ impl AdminCommand {
                 Ok(AdminCommand::Pause { timeout: Some(d) })
             }
             ["RESUME"] => Ok(AdminCommand::Resume),
+            ["CAPTURE", "START"] => Ok(AdminCommand::CaptureStart),
+            ["CAPTURE", "STOP"] => Ok(AdminCommand::CaptureStop),
+            ["SHOW", "CAPTURE"] => Ok(AdminCommand::ShowCapture),
             ["SHOW", ..] => Err(AdminError::Unknown(text.to_owned())),
             _ => Err(AdminError::Unknown(text.to_owned())),
         }
@@ -128,6 +139,9 @@ impl AdminCommand {
             AdminCommand::Help => Ok(show::help()),
             AdminCommand::Pause { timeout } => pause::execute(shared, *timeout).await,
             AdminCommand::Resume => resume::execute(shared),
+            AdminCommand::CaptureStart => capture::start(shared).await,
+            AdminCommand::CaptureStop => capture::stop(shared).await,
+            AdminCommand::ShowCapture => capture::show(shared).await,
         }
     }
 }

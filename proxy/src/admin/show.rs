@@ -8,7 +8,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 /// The proxy's version string.
 pub const VERSION: &str = concat!("switchyard ", env!("CARGO_PKG_VERSION"));
 
-fn rfc3339(t: SystemTime) -> String {
+pub(super) fn rfc3339(t: SystemTime) -> String {
     let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Civil-from-days (Howard Hinnant's algorithm), to avoid a date crate.
@@ -175,6 +175,9 @@ pub(super) fn help() -> Reply {
         ("SHOW CONFIG", "the configuration in force (passwords hidden)"),
         ("PAUSE [timeout]", "hold all sessions at their next transaction boundary; returns once none is busy; reopens on RESUME or after the timeout (default limits.pause_timeout_ms)"),
         ("RESUME", "reopen the gate after PAUSE"),
+        ("CAPTURE START", "log the keys of every committed write from each session's next transaction boundary"),
+        ("CAPTURE STOP", "stop capturing (sessions stop at their next boundary)"),
+        ("SHOW CAPTURE", "capture state, barrier, sessions holding it, log size, unsafe statements, sessions bypassing the proxy"),
     ] {
         r.row([c, d]);
     }

@@ -12,9 +12,12 @@
 //! Entry points: [`classify`], then [`splice_returning`] / [`splice_all`].
 
 mod command;
+pub mod control;
 mod fallback;
 mod lex;
 mod parse;
+pub mod rows;
+pub(crate) mod session;
 mod splice;
 #[cfg(test)]
 mod tests;
@@ -247,6 +250,47 @@ pub enum UnsafeKind {
     ExplainAnalyze,
     /// Not understood: tokenizing or parsing failed, or an unknown command.
     Unparsable,
+}
+
+/// Every kind name an unsafe statement can be counted under (SHOW CAPTURE,
+/// `capture.policies` keys).
+pub const UNSAFE_KINDS: &[&str] = &[
+    "ddl",
+    "truncate",
+    "write-in-cte",
+    "merge",
+    "copy-from",
+    "call",
+    "prepare-transaction",
+    "select-into",
+    "explain-analyze",
+    "unparsable",
+    "volatile-function",
+    "no-key",
+    "unknown-table",
+    "key-update",
+    "trigger",
+    "autocommit-in-script",
+    "unknown-statement",
+    "binary-returning",
+];
+
+impl UnsafeKind {
+    /// The name SHOW CAPTURE and `capture.policies` use.
+    pub fn name(&self) -> &'static str {
+        match self {
+            UnsafeKind::Ddl => "ddl",
+            UnsafeKind::Truncate { .. } => "truncate",
+            UnsafeKind::WriteInCte => "write-in-cte",
+            UnsafeKind::Merge => "merge",
+            UnsafeKind::CopyFrom { .. } => "copy-from",
+            UnsafeKind::CallOrDo => "call",
+            UnsafeKind::PrepareTransaction { .. } => "prepare-transaction",
+            UnsafeKind::SelectInto => "select-into",
+            UnsafeKind::ExplainAnalyze => "explain-analyze",
+            UnsafeKind::Unparsable => "unparsable",
+        }
+    }
 }
 
 /// Classifies every statement of a (possibly multi-statement) query string.

@@ -9,6 +9,7 @@
 //! reopens, while server messages (notifications) keep flowing.
 
 use super::state::SessionState;
+use crate::capture::session::{ClientAction, ServerAction, SessionCapture, Work};
 use crate::gate::Busy;
 use crate::net::{self, Conn, Parts, Socket};
 use crate::registry::{SessionInfo, Shown};
@@ -55,6 +56,9 @@ pub(crate) enum RelayError {
     /// A socket failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// The capture log could not take a commit's keys; the commit was not sent.
+    #[error("capture log write failed: {0}")]
+    CaptureLog(String),
 }
 
 pub(crate) struct Relay<'a> {
@@ -70,7 +74,22 @@ pub(crate) struct Relay<'a> {
     last_merge: Instant,
     /// The last message forwarded to the client was an error.
     last_was_error: bool,
+    /// Write capture, while it is on for this session.
+    capture: Option<SessionCapture>,
+    /// The capture epoch the session last looked at.
+    capture_epoch: u64,
+    /// Capture holds a message at the front of the client's read buffer.
+    capture_hold: bool,
+    /// The log append a held commit waits for.
+    log_wait: Option<LogWait>,
+    /// ReadyForQuery messages still to swallow (after the proxy restored
+    /// statements when capture ended).
+    swallow_ready: u32,
 }
+
+type LogWait = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<switchyard_replay::log::Lsn, switchyard_replay::log::LogError>> + Send>,
+>;
 
 impl<'a> Relay<'a> {
     pub(crate) fn new(shared: &'a Shared, info: &'a Arc<SessionInfo>) -> Relay<'a> {
@@ -84,6 +103,11 @@ impl<'a> Relay<'a> {
             latency: latency_histogram(),
             last_merge: Instant::now(),
             last_was_error: false,
+            capture: None,
+            capture_epoch: 0,
+            capture_hold: false,
+            log_wait: None,
+            swallow_ready: 0,
         }
     }
 
@@ -101,6 +125,15 @@ impl<'a> Relay<'a> {
                     Severity::Fatal,
                     "08P01",
                     &format!("invalid message from client: {e}"),
+                );
+                let _ = tokio::time::timeout(Duration::from_secs(1), client.close()).await;
+            }
+            Err(RelayError::CaptureLog(e)) => {
+                bmsg::error_response(
+                    client.wbuf(),
+                    Severity::Fatal,
+                    "58030",
+                    &format!("switchyard could not log the transaction's keys ({e}); the transaction was not committed"),
                 );
                 let _ = tokio::time::timeout(Duration::from_secs(1), client.close()).await;
             }
@@ -150,7 +183,7 @@ impl<'a> Relay<'a> {
         let mut client = client.parts();
         let mut server = server.parts();
         loop {
-            let read_client = !self.held && server.wbuf.len() < HIGH_WATER;
+            let read_client = !self.held && !self.capture_hold && server.wbuf.len() < HIGH_WATER;
             let read_server = client.wbuf.len() < HIGH_WATER;
             let write_client = !client.wbuf.is_empty();
             let write_server = !server.wbuf.is_empty();
@@ -171,6 +204,24 @@ impl<'a> Relay<'a> {
                         return Ok(Ended::ServerClosed);
                     }
                     self.from_server(&mut server, &mut client)?;
+                    if self.capture_hold {
+                        if let Some(end) = self.from_client(&mut client, &mut server)? {
+                            return Ok(end);
+                        }
+                    }
+                }
+                r = async { self.log_wait.as_mut().expect("guarded").await }, if self.log_wait.is_some() => {
+                    self.log_wait = None;
+                    if let Err(e) = r {
+                        return Err(RelayError::CaptureLog(e.to_string()));
+                    }
+                    if let Some(cap) = &mut self.capture {
+                        cap.logged();
+                    }
+                    self.run_capture_work(&mut server)?;
+                    if let Some(end) = self.from_client(&mut client, &mut server)? {
+                        return Ok(end);
+                    }
                 }
                 r = net::write_some(&mut client.write, client.wbuf), if write_client => {
                     r?;
@@ -198,7 +249,8 @@ impl<'a> Relay<'a> {
     }
 
     /// Forwards every whole client message buffered, stopping at a closed
-    /// gate: the held message stays at the front of the read buffer.
+    /// gate (or a commit capture holds): the held message stays at the
+    /// front of the read buffer.
     fn from_client<S: Socket>(
         &mut self,
         client: &mut Parts<'_, TcpStream>,
@@ -207,7 +259,10 @@ impl<'a> Relay<'a> {
         let now = Instant::now();
         let mut end = None;
         let mut off = 0;
+        // Bytes before `from` are already on their way to the server.
+        let mut from = 0;
         self.held = false;
+        self.capture_hold = false;
         loop {
             let len = match Header::parse(&client.rbuf[off..], client.limit)? {
                 Header::Need(_) => break,
@@ -228,6 +283,28 @@ impl<'a> Relay<'a> {
                     self.info.set_state(Shown::Held);
                     break;
                 }
+                self.adopt_capture(server)?;
+            }
+            if let Some(cap) = &mut self.capture {
+                let statements = self.state.statements();
+                let action = cap.on_client(msg, &|name| statements.get(name).map(|p| p.parse.clone()))?;
+                let has_work = !matches!(action, ClientAction::Forward) || cap.has_work();
+                if has_work {
+                    server.forward(&client.rbuf[from..off])?;
+                    from = off;
+                    self.run_capture_work(server)?;
+                }
+                match action {
+                    ClientAction::Forward => {}
+                    ClientAction::Replace(bytes) => {
+                        server.wbuf.extend_from_slice(&bytes);
+                        from = off + len;
+                    }
+                    ClientAction::Hold => {
+                        self.capture_hold = true;
+                        break;
+                    }
+                }
             }
             self.state.on_client(msg, now)?;
             if matches!(msg.tag(), ftag::QUERY | ftag::SYNC | ftag::FUNCTION_CALL) {
@@ -238,17 +315,64 @@ impl<'a> Relay<'a> {
         }
         // Everything framed so far goes out as one write, straight from the
         // read buffer when nothing else is queued.
-        server.forward(&client.rbuf[..off])?;
+        server.forward(&client.rbuf[from..off])?;
         client.rbuf.advance(off);
-        if self.state.at_boundary() {
+        if self.state.at_boundary() && !self.capture_hold {
             // E.g. a lone Flush: it took the gate but leaves nothing in flight.
             self.busy.leave();
+            self.info.leave_tx();
         }
         if !self.held {
             self.info.set_state(Shown::Relay(self.state.phase()));
         }
         server.try_flush()?;
         Ok(end)
+    }
+
+    /// Starts or stops capturing when the capture epoch changed; called as
+    /// the session leaves a transaction boundary.
+    fn adopt_capture<S: Socket>(&mut self, server: &mut Parts<'_, S>) -> Result<(), RelayError> {
+        let epoch = self.info.enter_tx(self.shared.capture.epoch());
+        if epoch == self.capture_epoch {
+            return Ok(());
+        }
+        self.capture_epoch = epoch;
+        let next = self.shared.capture.active_for(epoch);
+        let same = matches!((&self.capture, &next), (Some(c), Some(n)) if Arc::ptr_eq(c.active(), n));
+        if same {
+            return Ok(());
+        }
+        if let Some(old) = self.capture.take() {
+            if let Some(restore) = old.finish() {
+                server.wbuf.extend_from_slice(&restore);
+                self.swallow_ready += 1;
+            }
+        }
+        self.capture = next.map(|a| SessionCapture::new(a, self.info.id, search_path_of(&self.state)));
+        Ok(())
+    }
+
+    /// Sends what capture injects and starts the log appends it asks for.
+    fn run_capture_work<S: Socket>(&mut self, server: &mut Parts<'_, S>) -> Result<(), RelayError> {
+        let Some(cap) = &mut self.capture else { return Ok(()) };
+        while let Some(work) = cap.take_work() {
+            match work {
+                Work::Send(bytes) => server.wbuf.extend_from_slice(&bytes),
+                Work::Log { record, hold: true } => {
+                    self.log_wait = Some(Box::pin(cap.active().log.append(record)));
+                }
+                Work::Log { record, hold: false } => {
+                    let append = cap.active().log.append(record);
+                    tokio::spawn(async move {
+                        if let Err(e) = append.await {
+                            tracing::error!(error = %e, "capture log write failed");
+                        }
+                    });
+                }
+            }
+        }
+        server.try_flush()?;
+        Ok(())
     }
 
     /// Forwards every whole server message buffered.
@@ -260,12 +384,47 @@ impl<'a> Relay<'a> {
         let now = Instant::now();
         let mut ready = false;
         let mut off = 0;
+        // Bytes before `from` are already on their way to the client.
+        let mut from = 0;
+        let mut injected = false;
         loop {
             let len = match Header::parse(&server.rbuf[off..], server.limit).map_err(RelayError::ServerProtocol)? {
                 Header::Need(_) => break,
                 Header::Ready { len, .. } => len,
             };
             let msg = BackendMessage::new(&server.rbuf[off..off + len]);
+            if self.swallow_ready > 0 || self.capture.is_some() {
+                let action = match &mut self.capture {
+                    _ if self.swallow_ready > 0 => {
+                        if msg.tag() == btag::READY_FOR_QUERY {
+                            self.swallow_ready -= 1;
+                        }
+                        ServerAction::Drop
+                    }
+                    Some(cap) => {
+                        let action = cap.on_server(msg).map_err(RelayError::ServerProtocol)?;
+                        injected |= cap.has_work();
+                        action
+                    }
+                    None => ServerAction::Forward,
+                };
+                match action {
+                    ServerAction::Forward => {}
+                    ServerAction::Drop => {
+                        self.count_sent(off - from);
+                        client.forward(&server.rbuf[from..off])?;
+                        off += len;
+                        from = off;
+                        continue;
+                    }
+                    ServerAction::Replace(bytes) => {
+                        self.count_sent(off - from + bytes.len());
+                        client.forward(&server.rbuf[from..off])?;
+                        client.wbuf.extend_from_slice(&bytes);
+                        from = off + len;
+                    }
+                }
+            }
             let event = self.state.on_server(msg, now);
             if let Some(latency) = event.ready {
                 ready = true;
@@ -273,6 +432,7 @@ impl<'a> Relay<'a> {
                 let _ = self.latency.record(us.min(3_600_000_000));
                 if event.at_boundary {
                     self.busy.leave();
+                    self.info.leave_tx();
                     Stats::bump(&self.shared.stats.transactions);
                 }
             }
@@ -282,17 +442,19 @@ impl<'a> Relay<'a> {
             self.last_was_error = msg.tag() == btag::ERROR_RESPONSE;
             off += len;
         }
-        self.count_sent(off);
-        client.forward(&server.rbuf[..off])?;
+        self.count_sent(off - from);
+        client.forward(&server.rbuf[from..off])?;
         server.rbuf.advance(off);
+        if injected {
+            self.run_capture_work(server)?;
+        }
         if ready {
             if !self.held {
                 self.info.set_state(Shown::Relay(self.state.phase()));
             }
             if self.state.at_boundary() {
                 let s = &self.state;
-                self.info
-                    .set_tracked(s.statements().len(), s.settings().len(), s.listens().len(), s.pins());
+                self.info.set_tracked(s.statements().len(), s.settings().len(), s.listens().len(), s.pins());
                 if now - self.last_merge > MERGE_EVERY {
                     self.shared.stats.merge_latency(&mut self.latency);
                     self.last_merge = now;
@@ -302,4 +464,14 @@ impl<'a> Relay<'a> {
         client.try_flush()?;
         Ok(())
     }
+}
+
+/// The search path a session set with `SET search_path`, else empty (the
+/// server's default).
+fn search_path_of(state: &SessionState) -> Vec<String> {
+    state
+        .settings()
+        .get("search_path")
+        .and_then(|stmt| crate::capture::session::set_search_path(stmt))
+        .unwrap_or_default()
 }

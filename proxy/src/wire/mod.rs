@@ -206,6 +206,10 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
+    pub(crate) fn remaining(&self) -> usize {
+        self.rest().len()
+    }
+
     pub(crate) fn rest(&self) -> &'a [u8] {
         self.buf
     }

@@ -161,6 +161,12 @@ pub struct LogWriterHandle {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for LogWriterHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogWriterHandle").field("dir", &self.inner.dir).finish()
+    }
+}
+
 struct Inner {
     tx: Sender<Request>,
     permits: Arc<Semaphore>,

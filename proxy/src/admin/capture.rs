@@ -1,0 +1,116 @@
+//! `CAPTURE START`, `CAPTURE STOP` and `SHOW CAPTURE`.
+
+use super::{AdminError, Reply, ResultSet};
+use crate::server::Shared;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+pub(super) async fn start(shared: &Arc<Shared>) -> Result<Reply, AdminError> {
+    shared
+        .capture
+        .start(&shared.sessions)
+        .await
+        .map_err(|e| AdminError::State(e.to_string()))?;
+    Ok(Reply::Done("CAPTURE START".into()))
+}
+
+pub(super) async fn stop(shared: &Arc<Shared>) -> Result<Reply, AdminError> {
+    shared.capture.stop().await.map_err(|e| AdminError::State(e.to_string()))?;
+    Ok(Reply::Done("CAPTURE STOP".into()))
+}
+
+/// One `key | value` row per fact, then one row per unsafe kind seen and per
+/// session holding the barrier back, and the source sessions that bypass the
+/// proxy.
+pub(super) async fn show(shared: &Arc<Shared>) -> Result<Reply, AdminError> {
+    let mut r = ResultSet::new(&["key", "value"]);
+    let config = shared.capture.config();
+    let Some(active) = shared.capture.current() else {
+        r.row(["state", "off"]);
+        r.row(["log_dir".to_string(), config.log_dir.display().to_string()]);
+        return Ok(Reply::Rows(r));
+    };
+    let stats = active.log.stats();
+    r.row(["state", if active.barrier().is_some() { "on" } else { "waiting for barrier" }]);
+    r.row(["started_at".to_string(), super::show::rfc3339(active.started)]);
+    r.row([
+        "barrier_at".to_string(),
+        active.barrier().map(super::show::rfc3339).unwrap_or_default(),
+    ]);
+    let holders = shared.capture.holders(&shared.sessions);
+    r.row(["sessions_holding_barrier".to_string(), holders.len().to_string()]);
+    for h in &holders {
+        r.row([
+            format!("holding_barrier.session.{}", h.session),
+            format!("user {} backend pid {}", h.user, h.backend_pid),
+        ]);
+    }
+    r.row(["log_dir".to_string(), config.log_dir.display().to_string()]);
+    r.row(["durability".to_string(), format!("{:?}", config.durability).to_lowercase()]);
+    r.row(["policy".to_string(), config.policy.name().to_string()]);
+    r.row(["log_records".to_string(), stats.records.to_string()]);
+    r.row(["log_bytes".to_string(), stats.bytes.to_string()]);
+    r.row(["last_lsn".to_string(), stats.last_lsn.map(|l| l.to_string()).unwrap_or_default()]);
+    r.row(["transactions_captured".to_string(), active.commits.load(Relaxed).to_string()]);
+    r.row(["keys_captured".to_string(), active.keys.load(Relaxed).to_string()]);
+    r.row(["late_logged".to_string(), active.late.load(Relaxed).to_string()]);
+    let unsafe_seen = active.unsafe_seen();
+    let total: u64 = unsafe_seen.values().map(|u| u.count).sum();
+    r.row(["unsafe_statements".to_string(), total.to_string()]);
+    for (kind, u) in unsafe_seen {
+        let policy = config.policy_for(kind).name();
+        r.row([
+            format!("unsafe.{kind}"),
+            format!("{} seen, {} rejected ({policy}); last: {}", u.count, u.rejected, u.last),
+        ]);
+    }
+    match bypass(shared).await {
+        Ok(rows) => {
+            r.row(["bypassing_sessions".to_string(), rows.len().to_string()]);
+            for b in rows {
+                r.row([format!("bypass.pid.{}", b.0), b.1]);
+            }
+        }
+        Err(e) => r.row(["bypassing_sessions".to_string(), format!("unknown: {e}")]),
+    }
+    Ok(Reply::Rows(r))
+}
+
+/// Client sessions on the source that are not the proxy's: their writes
+/// would not be captured.
+async fn bypass(shared: &Arc<Shared>) -> Result<Vec<(i32, String)>, String> {
+    let client = shared.capture.control_client().await.map_err(|e| e.to_string())?;
+    let ours: Vec<i32> = shared
+        .sessions
+        .snapshot()
+        .iter()
+        .map(|s| s.backend_pid())
+        .filter(|p| *p != 0)
+        .collect();
+    let rows = client
+        .query(
+            "SELECT pid, coalesce(usename, ''), coalesce(datname, ''), coalesce(application_name, ''), \
+                    coalesce(client_addr::text, 'local') \
+             FROM pg_stat_activity \
+             WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() \
+               AND NOT (pid = ANY($1)) AND coalesce(application_name, '') <> 'switchyard capture' \
+             ORDER BY pid",
+            &[&ours],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let pid: i32 = row.get(0);
+            let desc = format!(
+                "user {} database {} application '{}' from {}",
+                row.get::<_, String>(1),
+                row.get::<_, String>(2),
+                row.get::<_, String>(3),
+                row.get::<_, String>(4)
+            );
+            (pid, desc)
+        })
+        .collect())
+}

@@ -1,0 +1,1224 @@
+//! One session's capture: rewrites writes to return their keys, filters the
+//! keys out of what the client sees, buffers them per transaction (with
+//! savepoints), and holds every commit until its keys are in the log.
+//!
+//! The relay hands every client message to [`SessionCapture::on_client`]
+//! and every server message to [`SessionCapture::on_server`], and drains
+//! [`SessionCapture::take_work`] after each: messages the proxy injects
+//! (BEGIN/COMMIT around an autocommit write, Flush before a held Sync,
+//! re-prepared statements) and log appends to start. Responses to injected
+//! messages are swallowed here, so the client and the session state see
+//! exactly the conversation they would have without capture.
+//!
+//! Commit points and what holds them:
+//! - simple query, autocommit write(s) and no transaction control: the
+//!   proxy sends BEGIN ahead of the query and COMMIT (or ROLLBACK) after it,
+//!   once the keys are logged;
+//! - COMMIT / END / PREPARE TRANSACTION (simple or extended): held until the
+//!   transaction's keys are logged; a multi-statement query is split before
+//!   such a statement when writes precede it in the same query;
+//! - Sync ending an implicit extended-protocol transaction that wrote: held
+//!   (the proxy sends Flush to get the write's results) until logged.
+
+use super::control::{count_commit, unix_micros, Active};
+use super::rows::{self, ResultFormats};
+use super::{classify, returning_suffix, Class, TxControl, UnsafeKind, WriteKind, WriteStmt};
+use crate::config::UnsafePolicy;
+use crate::wire::backend::{tag as btag, BackendMessage};
+use crate::wire::frontend::{tag as ftag, FrontendMessage, TargetKind};
+use crate::wire::{Reader, WireError};
+use bytes::BytesMut;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::SystemTime;
+use switchyard_replay::catalog::{parse_search_path, Catalog};
+use switchyard_replay::log::{CommitRecord, Key, Record, TableKeys};
+
+/// SQLSTATE of a statement rejected by the `reject` policy.
+const REJECT_CODE: &str = "0A000";
+
+/// What the relay does with a client message.
+#[derive(Debug)]
+pub(crate) enum ClientAction {
+    /// Send it as it is.
+    Forward,
+    /// Send these bytes in its place.
+    Replace(BytesMut),
+    /// Leave it in the buffer; present it again once [`SessionCapture::blocked`] clears.
+    Hold,
+}
+
+/// What the relay does with a server message.
+#[derive(Debug)]
+pub(crate) enum ServerAction {
+    /// Pass it to the client.
+    Forward,
+    /// Pass these bytes instead.
+    Replace(BytesMut),
+    /// The client must not see it.
+    Drop,
+}
+
+/// Work for the relay.
+#[derive(Debug)]
+pub(crate) enum Work {
+    /// Send to the server (before anything forwarded after it).
+    Send(BytesMut),
+    /// Append to the log. When `hold` is set, a commit waits for it: report
+    /// its completion with [`SessionCapture::logged`]; otherwise nothing
+    /// waits (keys of a commit that already happened).
+    Log { record: Record, hold: bool },
+}
+
+/// A write whose keys come back in its result rows.
+#[derive(Debug)]
+struct Tap {
+    /// `schema.table` as logged.
+    table: String,
+    key_columns: Vec<String>,
+    /// Columns appended: tableoid then the keys.
+    extra: usize,
+    /// The client wrote its own RETURNING.
+    client_returning: bool,
+    /// The statement, for the audit trail.
+    text: String,
+}
+
+/// What capture knows of one statement.
+#[derive(Debug, Default, Clone)]
+struct StmtInfo {
+    tap: Option<Arc<Tap>>,
+    tx: Option<TxControl>,
+    /// Rejected by policy: runs as an error instead.
+    rejected: Option<String>,
+    /// `SET search_path` value, applied when it completes.
+    search_path: Option<Vec<String>>,
+    /// Temp tables it creates.
+    temp_table: Option<String>,
+}
+
+/// A prepared statement (extended protocol) as capture sees it.
+#[derive(Debug, Clone)]
+struct Prepared {
+    info: StmtInfo,
+    /// Name on the server.
+    server_name: String,
+    /// Columns the server's RowDescription had, once seen.
+    columns: Option<usize>,
+    /// The client's own text, to restore when capture ends.
+    original: Option<BytesMut>,
+}
+
+/// A response the proxy waits for, in order.
+#[derive(Debug)]
+enum Expect {
+    /// A simple query (or one part of a split one).
+    Query {
+        stmts: VecDeque<StmtInfo>,
+        end: QueryEnd,
+        error: bool,
+    },
+    /// An injected simple query: everything up to its ReadyForQuery is dropped.
+    Injected,
+    /// The COMMIT or ROLLBACK the proxy sent after a wrapped query: its
+    /// CommandComplete is dropped, errors and the ReadyForQuery go through.
+    WrapEnd,
+    /// An injected Parse/Bind/Close: its completion is dropped.
+    InjectedOne,
+    /// Parse, Bind or Close of the client's.
+    Plain,
+    /// Describe of a statement: ParameterDescription, then RowDescription or NoData.
+    DescribeStatement { name: String, tap: Option<Arc<Tap>> },
+    /// Describe of a portal.
+    DescribePortal { tap: Option<Arc<Tap>> },
+    Execute { info: StmtInfo },
+    /// Sync or FunctionCall: ends with ReadyForQuery.
+    Ready,
+}
+
+/// How a simple query's ReadyForQuery is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum QueryEnd {
+    /// The client's: forward it.
+    Final,
+    /// A part of a split query: more parts follow.
+    Part,
+    /// A query wrapped in BEGIN ... COMMIT by the proxy.
+    Wrapped,
+}
+
+/// The rest of a query the proxy runs in steps.
+#[derive(Debug)]
+enum Plan {
+    /// Parts still to send, each with its statements.
+    Parts(VecDeque<(String, Vec<StmtInfo>)>),
+    /// A wrapped query succeeded; COMMIT once the keys are logged.
+    WrapCommit,
+}
+
+/// The keys of the open transaction.
+#[derive(Debug, Default)]
+struct TxKeys {
+    keys: Vec<(Arc<Tap>, Key)>,
+    savepoints: Vec<(String, usize)>,
+}
+
+impl TxKeys {
+    fn clear(&mut self) {
+        self.keys.clear();
+        self.savepoints.clear();
+    }
+}
+
+/// One session's capture state.
+pub(crate) struct SessionCapture {
+    active: Arc<Active>,
+    session_id: u64,
+    search_path: Vec<String>,
+    temp_tables: HashSet<String>,
+    tx: TxKeys,
+    expect: VecDeque<Expect>,
+    statements: HashMap<String, Prepared>,
+    portals: HashMap<String, StmtInfo>,
+    /// The server's transaction block, as of the responses seen.
+    block: bool,
+    /// The block as of the messages sent (ahead of the responses).
+    sent_block: bool,
+    /// Writes were sent since the last Sync.
+    batch_taps: bool,
+    /// An error came back since the last ReadyForQuery.
+    tx_error: bool,
+    plan: Option<Plan>,
+    logging: bool,
+    flush_sent: bool,
+    next_name: u64,
+    work: VecDeque<Work>,
+}
+
+impl SessionCapture {
+    /// Capture for a session at a transaction boundary.
+    pub(crate) fn new(active: Arc<Active>, session_id: u64, search_path: Vec<String>) -> SessionCapture {
+        SessionCapture {
+            active,
+            session_id,
+            search_path,
+            temp_tables: HashSet::new(),
+            tx: TxKeys::default(),
+            expect: VecDeque::new(),
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+            block: false,
+            sent_block: false,
+            batch_taps: false,
+            tx_error: false,
+            plan: None,
+            logging: false,
+            flush_sent: false,
+            next_name: 0,
+            work: VecDeque::new(),
+        }
+    }
+
+    /// The capture this session runs under.
+    pub(crate) fn active(&self) -> &Arc<Active> {
+        &self.active
+    }
+
+    /// Whether client messages (other than COPY data) must wait.
+    pub(crate) fn blocked(&self) -> bool {
+        self.logging
+            || self.plan.is_some()
+            || self
+                .expect
+                .iter()
+                .any(|e| matches!(e, Expect::Query { end: QueryEnd::Part | QueryEnd::Wrapped, .. }))
+    }
+
+    /// Whether there is work for the relay.
+    pub(crate) fn has_work(&self) -> bool {
+        !self.work.is_empty()
+    }
+
+    /// Next piece of work for the relay.
+    pub(crate) fn take_work(&mut self) -> Option<Work> {
+        self.work.pop_front()
+    }
+
+    /// What to send the server when capture ends for this session (at a
+    /// boundary): the client's own statements put back where the proxy had
+    /// spliced or re-prepared them, with a Sync whose ReadyForQuery the
+    /// relay must swallow. `None` when there is nothing to restore.
+    pub(crate) fn finish(self) -> Option<BytesMut> {
+        let mut out = BytesMut::new();
+        for (name, p) in &self.statements {
+            if p.server_name != *name {
+                out.extend_from_slice(&rows::close_statement(&p.server_name));
+            } else if let Some(original) = &p.original {
+                out.extend_from_slice(&rows::close_statement(name));
+                out.extend_from_slice(original);
+            }
+        }
+        if out.is_empty() {
+            return None;
+        }
+        crate::wire::write_message(&mut out, b'S', |_| {});
+        Some(out)
+    }
+
+    // ----- client side -------------------------------------------------
+
+    /// Decides what happens to one client message. `prepared` looks up the
+    /// Parse message of a named statement created before capture started.
+    pub(crate) fn on_client(
+        &mut self,
+        msg: FrontendMessage<'_>,
+        prepared: &dyn Fn(&str) -> Option<bytes::Bytes>,
+    ) -> Result<ClientAction, WireError> {
+        let tag = msg.tag();
+        if matches!(tag, ftag::COPY_DATA | ftag::COPY_DONE | ftag::COPY_FAIL) {
+            return Ok(ClientAction::Forward);
+        }
+        if self.blocked() {
+            return Ok(ClientAction::Hold);
+        }
+        match tag {
+            ftag::QUERY => self.on_query(msg.query()?),
+            ftag::PARSE => self.on_parse(msg),
+            ftag::BIND => self.on_bind(msg, prepared),
+            ftag::DESCRIBE => {
+                let t = msg.target()?;
+                let e = match t.kind {
+                    TargetKind::Statement => {
+                        let tap = self.statements.get(t.name).and_then(|p| p.info.tap.clone());
+                        Expect::DescribeStatement {
+                            name: t.name.to_owned(),
+                            tap,
+                        }
+                    }
+                    TargetKind::Portal => Expect::DescribePortal {
+                        tap: self.portals.get(t.name).and_then(|i| i.tap.clone()),
+                    },
+                };
+                self.expect.push_back(e);
+                Ok(ClientAction::Forward)
+            }
+            ftag::EXECUTE => self.on_execute(msg),
+            ftag::CLOSE => {
+                let t = msg.target()?;
+                match t.kind {
+                    TargetKind::Statement => {
+                        if let Some(p) = self.statements.remove(t.name) {
+                            if p.server_name != t.name {
+                                let mut out = rows::close_statement(&p.server_name);
+                                out.extend_from_slice(msg.bytes());
+                                self.expect.push_back(Expect::InjectedOne);
+                                self.expect.push_back(Expect::Plain);
+                                return Ok(ClientAction::Replace(out));
+                            }
+                        }
+                    }
+                    TargetKind::Portal => {
+                        self.portals.remove(t.name);
+                    }
+                }
+                self.expect.push_back(Expect::Plain);
+                Ok(ClientAction::Forward)
+            }
+            ftag::SYNC => self.on_sync(),
+            ftag::FUNCTION_CALL => {
+                self.saw_unsafe("call", "function call message");
+                self.expect.push_back(Expect::Ready);
+                Ok(ClientAction::Forward)
+            }
+            _ => Ok(ClientAction::Forward),
+        }
+    }
+
+    fn on_query(&mut self, sql: &str) -> Result<ClientAction, WireError> {
+        let catalog = self.active.catalog.current();
+        let classified = classify(sql);
+        let mut infos = Vec::with_capacity(classified.len());
+        let mut splices: Vec<(usize, String)> = Vec::new();
+        for c in &classified {
+            let text = &sql[c.range.clone()];
+            let (info, splice) = self.analyze(&catalog, &c.class, text);
+            if let Some(reason) = &info.rejected {
+                return Ok(self.reject_query(reason.clone()));
+            }
+            if let Some(s) = splice {
+                splices.push(s);
+            }
+            infos.push(info);
+        }
+        let has_tap = infos.iter().any(|i| i.tap.is_some());
+        let has_tx = infos.iter().any(|i| i.tx.is_some());
+        let commits = infos.iter().any(|i| i.tx.as_ref().is_some_and(is_commit_like));
+        if !has_tap && !(commits && !self.tx.keys.is_empty()) {
+            self.apply_sent_tx(&infos);
+            self.expect.push_back(Expect::Query {
+                stmts: infos.into(),
+                end: QueryEnd::Final,
+                error: false,
+            });
+            return Ok(ClientAction::Forward);
+        }
+        // The plan depends on the settled transaction state.
+        if !self.settled_for_plan() {
+            return Ok(ClientAction::Hold);
+        }
+        if has_tap && !self.sent_block && !has_tx {
+            // Autocommit write(s): BEGIN ahead, COMMIT once logged.
+            let text = apply_splices(sql, 0, &splices);
+            let mut out = rows::query("BEGIN");
+            out.extend_from_slice(&rows::query(&text));
+            self.expect.push_back(Expect::Injected);
+            self.expect.push_back(Expect::Query {
+                stmts: infos.into(),
+                end: QueryEnd::Wrapped,
+                error: false,
+            });
+            self.sent_block = true;
+            return Ok(ClientAction::Replace(out));
+        }
+        // Check that every write runs inside a block, and find the split points.
+        let mut b = self.sent_block;
+        let mut cuts = Vec::new();
+        let mut taps_since = false;
+        for (i, info) in infos.iter().enumerate() {
+            if let Some(tx) = &info.tx {
+                if is_commit_like(tx) {
+                    if i == 0 && !self.tx.keys.is_empty() {
+                        // Log what the transaction wrote so far, then send.
+                        self.start_log();
+                        return Ok(ClientAction::Hold);
+                    }
+                    if taps_since && i > 0 {
+                        cuts.push(i);
+                    }
+                    taps_since = false;
+                }
+                b = block_after(b, tx);
+            }
+            if info.tap.is_some() {
+                if !b {
+                    let kind = "autocommit-in-script";
+                    if self.saw_unsafe(kind, sql) == UnsafePolicy::Reject {
+                        return Ok(self.reject_query(reject_message(kind)));
+                    }
+                    // Warned: run it uncaptured.
+                    let plain: Vec<StmtInfo> = infos.iter().map(|i| StmtInfo { tx: i.tx.clone(), ..Default::default() }).collect();
+                    self.apply_sent_tx(&plain);
+                    self.expect.push_back(Expect::Query {
+                        stmts: plain.into(),
+                        end: QueryEnd::Final,
+                        error: false,
+                    });
+                    return Ok(ClientAction::Forward);
+                }
+                taps_since = true;
+            }
+        }
+        self.apply_sent_tx(&infos);
+        let mut starts: Vec<usize> = vec![0];
+        starts.extend(cuts.iter().map(|&i| classified[i].range.start));
+        let mut parts: VecDeque<(String, Vec<StmtInfo>)> = VecDeque::new();
+        let mut infos = infos.into_iter();
+        let bounds: Vec<usize> = cuts.iter().copied().chain(std::iter::once(classified.len())).collect();
+        let mut first_stmt = 0;
+        for (k, &start) in starts.iter().enumerate() {
+            let end = starts.get(k + 1).copied().unwrap_or(sql.len());
+            let n = bounds[k] - first_stmt;
+            first_stmt = bounds[k];
+            let stmts: Vec<StmtInfo> = infos.by_ref().take(n).collect();
+            let local: Vec<(usize, String)> =
+                splices.iter().filter(|(at, _)| *at >= start && *at <= end).cloned().collect();
+            let text = apply_splices(&sql[..end], start, &local);
+            parts.push_back((text, stmts));
+        }
+        let (text, stmts) = parts.pop_front().unwrap_or_default();
+        let end = if parts.is_empty() { QueryEnd::Final } else { QueryEnd::Part };
+        self.expect.push_back(Expect::Query {
+            stmts: stmts.into(),
+            end,
+            error: false,
+        });
+        if !parts.is_empty() {
+            self.plan = Some(Plan::Parts(parts));
+        }
+        Ok(ClientAction::Replace(rows::query(&text)))
+    }
+
+    fn reject_query(&mut self, reason: String) -> ClientAction {
+        self.expect.push_back(Expect::Query {
+            stmts: VecDeque::from([StmtInfo::default()]),
+            end: QueryEnd::Final,
+            error: false,
+        });
+        ClientAction::Replace(rows::query(&rows::raise_sql(REJECT_CODE, &reason, REJECT_HINT)))
+    }
+
+    fn apply_sent_tx(&mut self, infos: &[StmtInfo]) {
+        for tx in infos.iter().filter_map(|i| i.tx.as_ref()) {
+            self.sent_block = block_after(self.sent_block, tx);
+        }
+    }
+
+    fn on_parse(&mut self, msg: FrontendMessage<'_>) -> Result<ClientAction, WireError> {
+        let parse = msg.parse()?;
+        let catalog = self.active.catalog.current();
+        let classified = classify(parse.query);
+        let (info, splice) = match classified.as_slice() {
+            [one] => self.analyze(&catalog, &one.class, &parse.query[one.range.clone()]),
+            [] => (StmtInfo::default(), None),
+            _ => (StmtInfo::default(), None), // the server refuses several statements in a Parse
+        };
+        let name = parse.name.to_owned();
+        self.expect.push_back(Expect::Plain);
+        match splice {
+            Some(s) if info.rejected.is_none() => {
+                let text = apply_splices(parse.query, 0, &[s]);
+                let out = rows::rewrite_parse(msg.body(), &name, &text)?;
+                self.statements.insert(
+                    name.clone(),
+                    Prepared {
+                        info,
+                        server_name: name,
+                        columns: None,
+                        original: Some(BytesMut::from(msg.bytes())),
+                    },
+                );
+                Ok(ClientAction::Replace(out))
+            }
+            _ => {
+                self.statements.insert(
+                    name.clone(),
+                    Prepared {
+                        info,
+                        server_name: name,
+                        columns: None,
+                        original: None,
+                    },
+                );
+                Ok(ClientAction::Forward)
+            }
+        }
+    }
+
+    fn on_bind(
+        &mut self,
+        msg: FrontendMessage<'_>,
+        prepared: &dyn Fn(&str) -> Option<bytes::Bytes>,
+    ) -> Result<ClientAction, WireError> {
+        let bind = msg.bind()?;
+        let portal = bind.portal.to_owned();
+        let mut out = BytesMut::new();
+        if !self.statements.contains_key(bind.statement) {
+            // Prepared before capture started: classify its text now and,
+            // if it writes, prepare a spliced copy under a proxy-owned name.
+            let known = (!bind.statement.is_empty()).then(|| prepared(bind.statement)).flatten();
+            let Some(parse_bytes) = known else {
+                if bind.statement.is_empty() {
+                    self.saw_unsafe("unknown-statement", "unnamed statement prepared before capture started");
+                }
+                self.portals.insert(portal, StmtInfo::default());
+                self.expect.push_back(Expect::Plain);
+                return Ok(ClientAction::Forward);
+            };
+            let pmsg = FrontendMessage::new(&parse_bytes);
+            let parse = pmsg.parse()?;
+            let catalog = self.active.catalog.current();
+            let classified = classify(parse.query);
+            let (info, splice) = match classified.as_slice() {
+                [one] => self.analyze(&catalog, &one.class, &parse.query[one.range.clone()]),
+                _ => (StmtInfo::default(), None),
+            };
+            let mut server_name = bind.statement.to_owned();
+            if let (Some(s), None) = (splice, &info.rejected) {
+                self.next_name += 1;
+                server_name = format!("switchyard_{}_{}", self.active.epoch, self.next_name);
+                let text = apply_splices(parse.query, 0, &[s]);
+                out.extend_from_slice(&rows::rewrite_parse(pmsg.body(), &server_name, &text)?);
+                self.expect.push_back(Expect::InjectedOne);
+            }
+            self.statements.insert(
+                bind.statement.to_owned(),
+                Prepared {
+                    info,
+                    server_name,
+                    columns: None,
+                    original: None,
+                },
+            );
+        }
+        let Some(p) = self.statements.get(bind.statement) else {
+            return Ok(ClientAction::Forward);
+        };
+        let mut info = p.info.clone();
+        let server_name = p.server_name.clone();
+        let codes = match &info.tap {
+            None => None,
+            Some(tap) => {
+                let (_, formats) = rows::bind_formats(msg.body())?;
+                match (formats, tap.client_returning) {
+                    (ResultFormats::AllText | ResultFormats::All(0), _) => None,
+                    (ResultFormats::All(_), false) => Some(vec![0; tap.extra]),
+                    (ResultFormats::All(c), true) => match p.columns {
+                        Some(n) if n >= tap.extra => {
+                            let mut v = vec![c; n - tap.extra];
+                            v.extend(std::iter::repeat_n(0, tap.extra));
+                            Some(v)
+                        }
+                        _ => {
+                            // Cannot tell how many columns are the client's:
+                            // keys would come back in binary. Run uncaptured.
+                            let text = tap.text.clone();
+                            info.tap = None;
+                            self.saw_unsafe("binary-returning", &text);
+                            None
+                        }
+                    },
+                    (ResultFormats::PerColumn(mut v), _) => {
+                        v.extend(std::iter::repeat_n(0, tap.extra));
+                        Some(v)
+                    }
+                }
+            }
+        };
+        self.portals.insert(portal, info);
+        self.expect.push_back(Expect::Plain);
+        if codes.is_none() && server_name == bind.statement && out.is_empty() {
+            return Ok(ClientAction::Forward);
+        }
+        let (at, _) = rows::bind_formats(msg.body())?;
+        out.extend_from_slice(&rows::rewrite_bind(msg.body(), &server_name, at, codes.as_deref())?);
+        Ok(ClientAction::Replace(out))
+    }
+
+    fn on_execute(&mut self, msg: FrontendMessage<'_>) -> Result<ClientAction, WireError> {
+        let portal = Reader::new(msg.body(), "Execute").cstr()?;
+        let info = self.portals.get(portal).cloned().unwrap_or_default();
+        if let Some(reason) = &info.rejected {
+            // Run an error in its place so the transaction fails as it would.
+            let mut out = BytesMut::new();
+            let sql = rows::raise_sql(REJECT_CODE, reason, REJECT_HINT);
+            crate::wire::write_message(&mut out, b'P', |b| {
+                crate::wire::put_cstr(b, b"");
+                crate::wire::put_cstr(b, sql.as_bytes());
+                b.extend_from_slice(&0i16.to_be_bytes());
+            });
+            crate::wire::write_message(&mut out, b'B', |b| {
+                b.extend_from_slice(b"\0\0");
+                b.extend_from_slice(&0i16.to_be_bytes());
+                b.extend_from_slice(&0i16.to_be_bytes());
+                b.extend_from_slice(&0i16.to_be_bytes());
+            });
+            crate::wire::write_message(&mut out, b'E', |b| {
+                b.extend_from_slice(b"\0");
+                b.extend_from_slice(&0i32.to_be_bytes());
+            });
+            self.expect.push_back(Expect::InjectedOne);
+            self.expect.push_back(Expect::InjectedOne);
+            self.expect.push_back(Expect::Execute {
+                info: StmtInfo::default(),
+            });
+            return Ok(ClientAction::Replace(out));
+        }
+        if info.tx.as_ref().is_some_and(is_commit_like) && (self.batch_taps || !self.tx.keys.is_empty()) {
+            if !self.settled() {
+                return Ok(ClientAction::Hold);
+            }
+            if !self.tx.keys.is_empty() {
+                self.start_log();
+                return Ok(ClientAction::Hold);
+            }
+        }
+        if let Some(tx) = &info.tx {
+            self.sent_block = block_after(self.sent_block, tx);
+        }
+        if info.tap.is_some() {
+            self.batch_taps = true;
+        }
+        self.expect.push_back(Expect::Execute { info });
+        Ok(ClientAction::Forward)
+    }
+
+    fn on_sync(&mut self) -> Result<ClientAction, WireError> {
+        if self.batch_taps && !self.sent_block && !self.tx_error {
+            // The implicit transaction commits at this Sync.
+            if !self.settled() {
+                return Ok(ClientAction::Hold);
+            }
+            if !self.tx.keys.is_empty() && !self.tx_error {
+                self.start_log();
+                return Ok(ClientAction::Hold);
+            }
+        }
+        self.batch_taps = false;
+        self.expect.push_back(Expect::Ready);
+        Ok(ClientAction::Forward)
+    }
+
+    /// Whether every response is in; if not, makes sure the server sends
+    /// what it has (Flush) and returns false.
+    fn settled(&mut self) -> bool {
+        if self.expect.is_empty() {
+            return true;
+        }
+        if !self.flush_sent {
+            self.flush_sent = true;
+            self.work.push_back(Work::Send(rows::flush()));
+        }
+        false
+    }
+
+    /// Like [`Self::settled`] for a simple query: only waits.
+    fn settled_for_plan(&mut self) -> bool {
+        if self.expect.iter().any(|e| !matches!(e, Expect::Query { .. } | Expect::Injected | Expect::WrapEnd | Expect::Ready)) {
+            return self.settled();
+        }
+        self.expect.is_empty()
+    }
+
+    /// Classifies one statement for capture: its tap and splice, its
+    /// transaction control, or its rejection.
+    fn analyze(&mut self, catalog: &Catalog, class: &Class, text: &str) -> (StmtInfo, Option<(usize, String)>) {
+        let mut info = StmtInfo::default();
+        match class {
+            Class::Read { functions } => {
+                if let Some(f) = functions.iter().find(|f| self.is_volatile_user_function(catalog, f)) {
+                    let _ = f;
+                    self.unsafe_kind(&mut info, "volatile-function", text);
+                }
+            }
+            Class::TxControl(tx) => {
+                info.tx = Some(tx.clone());
+            }
+            Class::Utility(super::Utility::Set) => {
+                info.search_path = set_search_path(text);
+            }
+            Class::Utility(_) => {}
+            Class::Write(w) => return self.analyze_write(catalog, w, text),
+            Class::Prepare { .. } | Class::Execute { .. } => {
+                // SQL-level PREPARE/EXECUTE of a write cannot be spliced here.
+                if let Class::Prepare { statement, .. } = class {
+                    if matches!(**statement, Class::Write(_) | Class::Unsafe(_)) {
+                        self.unsafe_kind(&mut info, "unknown-statement", text);
+                    }
+                } else {
+                    self.unsafe_kind(&mut info, "unknown-statement", text);
+                }
+            }
+            Class::Unsafe(kind) => {
+                if let Some(t) = temp_table_created(text) {
+                    info.temp_table = Some(t);
+                    return (info, None);
+                }
+                if matches!(kind, UnsafeKind::Ddl) && self.drops_only_temp(text) {
+                    return (info, None);
+                }
+                if let UnsafeKind::PrepareTransaction { .. } = kind {
+                    // Ends the block like a COMMIT: held until logged.
+                    info.tx = Some(TxControl::Commit { chain: false });
+                }
+                self.unsafe_kind(&mut info, kind.name(), text);
+            }
+        }
+        (info, None)
+    }
+
+    fn analyze_write(&mut self, catalog: &Catalog, w: &WriteStmt, text: &str) -> (StmtInfo, Option<(usize, String)>) {
+        let mut info = StmtInfo::default();
+        let temp = match &w.table.schema {
+            Some(s) => s.starts_with("pg_temp"),
+            None => self.temp_tables.contains(&w.table.name),
+        };
+        if temp {
+            return (info, None);
+        }
+        let Some(table) = catalog.table(w.table.schema.as_deref(), &w.table.name, &self.search_path) else {
+            self.unsafe_kind(&mut info, "unknown-table", text);
+            return (info, None);
+        };
+        let Some(key) = &table.key else {
+            self.unsafe_kind(&mut info, "no-key", text);
+            return (info, None);
+        };
+        let cols: Vec<&str> = key.columns.iter().map(String::as_str).collect();
+        if w.kind == WriteKind::Update || w.on_conflict {
+            if w.assigns_any(&cols) {
+                self.unsafe_kind(&mut info, "key-update", text);
+                return (info, None);
+            }
+        }
+        if w.functions.iter().any(|f| self.is_volatile_user_function(catalog, f)) {
+            self.unsafe_kind(&mut info, "volatile-function", text);
+            return (info, None);
+        }
+        if table.has_side_effects() {
+            self.unsafe_kind(&mut info, "trigger", text);
+            if info.rejected.is_some() {
+                return (info, None);
+            }
+        }
+        let mut projection = vec!["tableoid"];
+        projection.extend(cols.iter().copied());
+        let suffix = returning_suffix(w, &projection);
+        info.tap = Some(Arc::new(Tap {
+            table: format!("{}.{}", table.name.schema, table.name.name),
+            key_columns: key.columns.clone(),
+            extra: projection.len(),
+            client_returning: w.has_returning,
+            text: super::control::shorten(text, 1000),
+        }));
+        (info, Some((w.splice_at, suffix)))
+    }
+
+    fn is_volatile_user_function(&self, catalog: &Catalog, f: &super::QualName) -> bool {
+        use switchyard_replay::catalog::Volatility;
+        let v = match &f.schema {
+            Some(s) => catalog.function_volatility_in(s, &f.name),
+            None => catalog.function_volatility(&f.name),
+        };
+        v == Some(Volatility::Volatile)
+    }
+
+    fn drops_only_temp(&self, text: &str) -> bool {
+        let lower = text.to_ascii_lowercase();
+        let Some(rest) = lower.strip_prefix("drop table") else {
+            return false;
+        };
+        let rest = rest.trim_start().strip_prefix("if exists").unwrap_or(rest);
+        let names: Vec<&str> = rest.split(',').map(|n| n.trim().trim_end_matches(';').trim()).collect();
+        !names.is_empty() && names.iter().all(|n| self.temp_tables.contains(*n))
+    }
+
+    fn unsafe_kind(&mut self, info: &mut StmtInfo, kind: &'static str, text: &str) {
+        if self.saw_unsafe(kind, text) == UnsafePolicy::Reject {
+            info.rejected = Some(reject_message(kind));
+        }
+    }
+
+    fn saw_unsafe(&self, kind: &'static str, text: &str) -> UnsafePolicy {
+        tracing::debug!(session = self.session_id, kind, statement = %super::control::shorten(text, 200), "unsafe statement while capturing");
+        self.active.saw_unsafe(kind, text)
+    }
+
+    // ----- server side -------------------------------------------------
+
+    /// Decides what happens to one server message.
+    pub(crate) fn on_server(&mut self, msg: BackendMessage<'_>) -> Result<ServerAction, WireError> {
+        let tag = msg.tag();
+        if matches!(tag, btag::NOTICE_RESPONSE | btag::NOTIFICATION_RESPONSE | btag::PARAMETER_STATUS) {
+            return Ok(ServerAction::Forward);
+        }
+        if tag == btag::ERROR_RESPONSE {
+            return Ok(self.on_error());
+        }
+        if tag == btag::READY_FOR_QUERY {
+            return self.on_ready(msg);
+        }
+        let Some(front) = self.expect.front_mut() else {
+            return Ok(ServerAction::Forward);
+        };
+        match front {
+            Expect::Injected => Ok(ServerAction::Drop),
+            Expect::WrapEnd => Ok(if tag == btag::COMMAND_COMPLETE { ServerAction::Drop } else { ServerAction::Forward }),
+            Expect::InjectedOne => {
+                self.expect.pop_front();
+                Ok(ServerAction::Drop)
+            }
+            Expect::Plain => {
+                self.expect.pop_front();
+                Ok(ServerAction::Forward)
+            }
+            Expect::Ready => Ok(ServerAction::Forward),
+            Expect::DescribeStatement { name, tap } => match tag {
+                btag::ROW_DESCRIPTION => {
+                    let tap = tap.clone();
+                    let name = name.clone();
+                    self.expect.pop_front();
+                    match tap {
+                        Some(tap) => {
+                            let (stripped, n) = rows::strip_row_description(msg.body(), tap.extra)?;
+                            if let Some(p) = self.statements.get_mut(&name) {
+                                p.columns = Some(n);
+                            }
+                            Ok(if tap.client_returning { ServerAction::Replace(stripped) } else { ServerAction::Replace(rows::no_data()) })
+                        }
+                        None => Ok(ServerAction::Forward),
+                    }
+                }
+                btag::NO_DATA => {
+                    self.expect.pop_front();
+                    Ok(ServerAction::Forward)
+                }
+                _ => Ok(ServerAction::Forward),
+            },
+            Expect::DescribePortal { tap } => {
+                let tap = tap.clone();
+                self.expect.pop_front();
+                match (tag, tap) {
+                    (btag::ROW_DESCRIPTION, Some(tap)) => {
+                        let (stripped, _) = rows::strip_row_description(msg.body(), tap.extra)?;
+                        Ok(if tap.client_returning { ServerAction::Replace(stripped) } else { ServerAction::Replace(rows::no_data()) })
+                    }
+                    _ => Ok(ServerAction::Forward),
+                }
+            }
+            Expect::Execute { info } => match tag {
+                btag::DATA_ROW => {
+                    let tap = info.tap.clone();
+                    self.on_row(tap, msg)
+                }
+                btag::COMMAND_COMPLETE | btag::PORTAL_SUSPENDED | btag::EMPTY_QUERY_RESPONSE => {
+                    let Some(Expect::Execute { info }) = self.expect.pop_front() else {
+                        unreachable!("front was an Execute");
+                    };
+                    if tag == btag::COMMAND_COMPLETE {
+                        self.completed(&info, msg.command_tag().unwrap_or(""));
+                    }
+                    Ok(ServerAction::Forward)
+                }
+                _ => Ok(ServerAction::Forward),
+            },
+            Expect::Query { stmts, .. } => {
+                let tap = stmts.front().and_then(|s| s.tap.clone());
+                match tag {
+                    btag::ROW_DESCRIPTION => match tap {
+                        Some(tap) if tap.client_returning => {
+                            Ok(ServerAction::Replace(rows::strip_row_description(msg.body(), tap.extra)?.0))
+                        }
+                        Some(_) => Ok(ServerAction::Drop),
+                        None => Ok(ServerAction::Forward),
+                    },
+                    btag::DATA_ROW => self.on_row(tap, msg),
+                    btag::COMMAND_COMPLETE => {
+                        let info = stmts.pop_front().unwrap_or_default();
+                        self.completed(&info, msg.command_tag().unwrap_or(""));
+                        Ok(ServerAction::Forward)
+                    }
+                    _ => Ok(ServerAction::Forward),
+                }
+            }
+        }
+    }
+
+    fn on_row(&mut self, tap: Option<Arc<Tap>>, msg: BackendMessage<'_>) -> Result<ServerAction, WireError> {
+        let Some(tap) = tap else {
+            return Ok(ServerAction::Forward);
+        };
+        let (mut values, row) = rows::split_data_row(msg.body(), tap.extra, tap.client_returning)?;
+        let oid: Option<u32> = values.first().and_then(|v| v.as_deref()).and_then(|v| v.parse().ok());
+        let known = oid.is_some_and(|oid| self.active.catalog.current().table_by_oid(oid).is_some());
+        if known {
+            values.remove(0);
+            self.tx.keys.push((tap, values));
+        }
+        Ok(match row {
+            Some(row) => ServerAction::Replace(row),
+            None => ServerAction::Drop,
+        })
+    }
+
+    /// A statement completed: transaction control and session settings.
+    fn completed(&mut self, info: &StmtInfo, command_tag: &str) {
+        if let Some(path) = &info.search_path {
+            self.search_path = path.clone();
+        }
+        if let Some(t) = &info.temp_table {
+            self.temp_tables.insert(t.clone());
+        }
+        let Some(tx) = &info.tx else { return };
+        match tx {
+            TxControl::Begin => self.block = true,
+            TxControl::Commit { chain } => {
+                if command_tag == "ROLLBACK" {
+                    self.tx.clear();
+                } else if !self.tx.keys.is_empty() {
+                    self.log_late();
+                }
+                self.block = *chain;
+            }
+            TxControl::Rollback { chain } => {
+                self.tx.clear();
+                self.block = *chain;
+            }
+            TxControl::Savepoint(name) => {
+                let at = self.tx.keys.len();
+                self.tx.savepoints.push((name.clone(), at));
+            }
+            TxControl::RollbackTo(name) => {
+                if let Some(i) = self.tx.savepoints.iter().rposition(|(n, _)| n == name) {
+                    let at = self.tx.savepoints[i].1;
+                    self.tx.keys.truncate(at);
+                    self.tx.savepoints.truncate(i + 1);
+                }
+            }
+            TxControl::Release(name) => {
+                if let Some(i) = self.tx.savepoints.iter().rposition(|(n, _)| n == name) {
+                    self.tx.savepoints.truncate(i);
+                }
+            }
+            TxControl::CommitPrepared(_) | TxControl::RollbackPrepared(_) => {}
+        }
+    }
+
+    fn on_error(&mut self) -> ServerAction {
+        self.tx_error = true;
+        match self.expect.front_mut() {
+            Some(Expect::Query { stmts, error, .. }) => {
+                stmts.clear();
+                *error = true;
+                ServerAction::Forward
+            }
+            Some(Expect::Injected | Expect::WrapEnd) => ServerAction::Forward,
+            _ => {
+                // Extended protocol: the server skips to the next Sync.
+                while let Some(e) = self.expect.front() {
+                    if matches!(e, Expect::Ready | Expect::Query { .. } | Expect::Injected | Expect::WrapEnd) {
+                        break;
+                    }
+                    self.expect.pop_front();
+                }
+                ServerAction::Forward
+            }
+        }
+    }
+
+    fn on_ready(&mut self, msg: BackendMessage<'_>) -> Result<ServerAction, WireError> {
+        let status = msg.ready_status()?;
+        let in_block = status != crate::wire::backend::TxStatus::Idle;
+        let failed = status == crate::wire::backend::TxStatus::Failed;
+        let expect = self.expect.pop_front();
+        if self.expect.is_empty() {
+            self.flush_sent = false;
+        }
+        let action = match expect {
+            Some(Expect::Injected) => ServerAction::Drop,
+            Some(Expect::Query { end: QueryEnd::Part, error, .. }) => {
+                if error {
+                    self.plan = None;
+                    ServerAction::Forward
+                } else {
+                    self.block = in_block;
+                    self.advance_plan();
+                    return Ok(ServerAction::Drop);
+                }
+            }
+            Some(Expect::Query { end: QueryEnd::Wrapped, .. }) => {
+                self.block = in_block;
+                if failed || !in_block {
+                    self.tx.clear();
+                    if in_block {
+                        self.work.push_back(Work::Send(rows::query("ROLLBACK")));
+                        self.expect.push_back(Expect::WrapEnd);
+                        return Ok(ServerAction::Drop);
+                    }
+                    ServerAction::Forward
+                } else {
+                    self.plan = Some(Plan::WrapCommit);
+                    self.advance_plan();
+                    return Ok(ServerAction::Drop);
+                }
+            }
+            _ => ServerAction::Forward,
+        };
+        self.block = in_block;
+        if self.expect.is_empty() {
+            self.sent_block = in_block;
+        }
+        if !in_block {
+            if !self.tx.keys.is_empty() {
+                if self.tx_error {
+                    self.tx.clear();
+                } else {
+                    self.log_late();
+                }
+            }
+            self.tx.savepoints.clear();
+        }
+        self.tx_error = false;
+        Ok(action)
+    }
+
+    /// Moves a stepped query on: logs the keys first if there are any.
+    fn advance_plan(&mut self) {
+        if !self.expect.is_empty() || self.logging {
+            return;
+        }
+        if !self.tx.keys.is_empty() {
+            self.start_log();
+            return;
+        }
+        match self.plan.take() {
+            Some(Plan::WrapCommit) => {
+                self.work.push_back(Work::Send(rows::query("COMMIT")));
+                self.expect.push_back(Expect::WrapEnd);
+            }
+            Some(Plan::Parts(mut parts)) => {
+                let Some((text, stmts)) = parts.pop_front() else { return };
+                let end = if parts.is_empty() { QueryEnd::Final } else { QueryEnd::Part };
+                self.expect.push_back(Expect::Query {
+                    stmts: stmts.into(),
+                    end,
+                    error: false,
+                });
+                self.work.push_back(Work::Send(rows::query(&text)));
+                if !parts.is_empty() {
+                    self.plan = Some(Plan::Parts(parts));
+                }
+            }
+            None => {}
+        }
+    }
+
+    // ----- the log ------------------------------------------------------
+
+    fn record(&mut self) -> Record {
+        let mut tables: BTreeMap<String, TableKeys> = BTreeMap::new();
+        let mut statements: Vec<String> = Vec::new();
+        for (tap, key) in self.tx.keys.drain(..) {
+            let t = tables.entry(tap.table.clone()).or_insert_with(|| TableKeys {
+                table: tap.table.clone(),
+                key_columns: tap.key_columns.clone(),
+                keys: Vec::new(),
+            });
+            t.keys.push(key);
+            if statements.last() != Some(&tap.text) {
+                statements.push(tap.text.clone());
+            }
+        }
+        self.tx.savepoints.clear();
+        let n: usize = tables.values().map(|t| t.keys.len()).sum();
+        count_commit(&self.active, n);
+        Record::Commit(CommitRecord {
+            session_id: self.session_id,
+            commit_time_micros: unix_micros(SystemTime::now()),
+            tables: tables.into_values().collect(),
+            statements,
+        })
+    }
+
+    fn start_log(&mut self) {
+        let record = self.record();
+        self.logging = true;
+        self.work.push_back(Work::Log { record, hold: true });
+    }
+
+    fn log_late(&mut self) {
+        self.active.late.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(session = self.session_id, "keys logged after their commit; a commit path was not held");
+        let record = self.record();
+        self.work.push_back(Work::Log { record, hold: false });
+    }
+
+    /// The append started for the current hold finished.
+    pub(crate) fn logged(&mut self) {
+        self.logging = false;
+        self.advance_plan();
+    }
+}
+
+const REJECT_HINT: &str = "switchyard write capture is on and cannot capture this statement; run it after the migration, \
+or set capture.policies.<kind> = \"warn\" to let it through uncaptured";
+
+fn reject_message(kind: &str) -> String {
+    format!("switchyard: statement rejected while write capture is on ({kind})")
+}
+
+fn is_commit_like(tx: &TxControl) -> bool {
+    matches!(tx, TxControl::Commit { .. })
+}
+
+fn block_after(block: bool, tx: &TxControl) -> bool {
+    match tx {
+        TxControl::Begin => true,
+        TxControl::Commit { chain } | TxControl::Rollback { chain } => *chain,
+        _ => block,
+    }
+}
+
+/// `text[from..]` (of a text cut at its end) with `splices` (absolute offsets) applied.
+fn apply_splices(text: &str, from: usize, splices: &[(usize, String)]) -> String {
+    let mut points: Vec<&(usize, String)> = splices.iter().filter(|(at, _)| *at >= from && *at <= text.len()).collect();
+    points.sort_by_key(|(at, _)| *at);
+    let mut out = String::with_capacity(text.len() - from + 64);
+    let mut at = from;
+    for (p, s) in points {
+        out.push_str(&text[at..*p]);
+        out.push_str(s);
+        at = *p;
+    }
+    out.push_str(&text[at..]);
+    out
+}
+
+/// The schemas of `SET [SESSION] search_path TO|= ...`.
+pub(crate) fn set_search_path(text: &str) -> Option<Vec<String>> {
+    let lower = text.to_ascii_lowercase();
+    let rest = lower.strip_prefix("set")?.trim_start();
+    let rest = rest.strip_prefix("session").map(str::trim_start).unwrap_or(rest);
+    let rest = rest.strip_prefix("search_path")?.trim_start();
+    let value = rest.strip_prefix("to").or_else(|| rest.strip_prefix('='))?.trim();
+    let value = &text[text.len() - value.len()..];
+    if value.eq_ignore_ascii_case("default") {
+        return Some(Vec::new());
+    }
+    Some(parse_search_path(value))
+}
+
+/// The table a `CREATE [GLOBAL|LOCAL] TEMP[ORARY] TABLE [IF NOT EXISTS] name` creates.
+fn temp_table_created(text: &str) -> Option<String> {
+    let mut words = text.split_whitespace().map(|w| w.to_ascii_lowercase());
+    if words.next()? != "create" {
+        return None;
+    }
+    let mut w = words.next()?;
+    if w == "global" || w == "local" {
+        w = words.next()?;
+    }
+    if w != "temp" && w != "temporary" {
+        return None;
+    }
+    if words.next()? != "table" {
+        return None;
+    }
+    let mut name = words.next()?;
+    if name == "if" {
+        words.next();
+        words.next();
+        name = words.next()?;
+    }
+    let name = name.split('(').next()?.trim_end_matches(';').to_owned();
+    (!name.is_empty()).then_some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn search_path_from_set() {
+        assert_eq!(set_search_path("SET search_path TO app, public"), Some(vec!["app".into(), "public".into()]));
+        assert_eq!(set_search_path("set session search_path = \"My\""), Some(vec!["My".into()]));
+        assert_eq!(set_search_path("SET work_mem = '4MB'"), None);
+    }
+
+    #[test]
+    fn temp_tables_recognized() {
+        assert_eq!(temp_table_created("CREATE TEMP TABLE t (id int)"), Some("t".into()));
+        assert_eq!(temp_table_created("create temporary table if not exists x(id int)"), Some("x".into()));
+        assert_eq!(temp_table_created("CREATE TABLE t (id int)"), None);
+    }
+
+    #[test]
+    fn splices_applied_relative_to_a_part() {
+        let sql = "BEGIN; INSERT INTO t VALUES (1); COMMIT";
+        let at = sql.find("; COMMIT").unwrap();
+        assert_eq!(
+            apply_splices(&sql[..at + 2], 0, &[(at, " RETURNING id".into())]),
+            "BEGIN; INSERT INTO t VALUES (1) RETURNING id; "
+        );
+        assert_eq!(apply_splices(sql, at + 2, &[]), "COMMIT");
+    }
+}

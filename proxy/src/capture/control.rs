@@ -168,15 +168,11 @@ impl Capture {
         if self.current().is_some() {
             return Err(CaptureError::State("capture is already on"));
         }
+        // Sessions let go of a stopped capture at their next boundary; while
+        // one still holds it, its log writer stays open and is reused (two
+        // writers must never share a directory).
         let retired = self.retired.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if let Some(old) = retired.and_then(|w| w.upgrade()) {
-            let n = Arc::strong_count(&old) - 1;
-            return Err(CaptureError::State(if n > 0 {
-                "the previous capture is still finishing open transactions; try again once they end"
-            } else {
-                "the previous capture is still closing its log; try again"
-            }));
-        }
+        let reuse = retired.and_then(|w| w.upgrade()).map(|old| old.log.clone());
         let client = self.control_client().await?;
         let catalog = CatalogCache::load(&client)
             .await
@@ -190,10 +186,13 @@ impl Capture {
             },
             ..LogOptions::default()
         };
-        let log = tokio::task::spawn_blocking(move || LogWriter::open(&dir, options))
-            .await
-            .map_err(|e| CaptureError::Log(e.to_string()))?
-            .map_err(|e| CaptureError::Log(e.to_string()))?;
+        let log = match reuse {
+            Some(log) => log,
+            None => tokio::task::spawn_blocking(move || LogWriter::open(&dir, options))
+                .await
+                .map_err(|e| CaptureError::Log(e.to_string()))?
+                .map_err(|e| CaptureError::Log(e.to_string()))?,
+        };
         let started = SystemTime::now();
         log.append(Record::Marker(Marker::CaptureStart {
             time_micros: unix_micros(started),

@@ -272,7 +272,6 @@ pub const UNSAFE_KINDS: &[&str] = &[
     "trigger",
     "autocommit-in-script",
     "unknown-statement",
-    "binary-returning",
 ];
 
 impl UnsafeKind {

@@ -22,7 +22,7 @@
 
 use super::control::{count_commit, unix_micros, Active};
 use super::rows::{self, ResultFormats};
-use super::{classify, returning_suffix, Class, TxControl, UnsafeKind, WriteKind, WriteStmt};
+use super::{classify, quote_ident, Class, TxControl, UnsafeKind, WriteKind, WriteStmt};
 use crate::config::UnsafePolicy;
 use crate::wire::backend::{tag as btag, BackendMessage};
 use crate::wire::frontend::{tag as ftag, FrontendMessage, TargetKind};
@@ -353,7 +353,7 @@ impl SessionCapture {
         let has_tap = infos.iter().any(|i| i.tap.is_some());
         let has_tx = infos.iter().any(|i| i.tx.is_some());
         let commits = infos.iter().any(|i| i.tx.as_ref().is_some_and(is_commit_like));
-        if !has_tap && !(commits && !self.tx.keys.is_empty()) {
+        if !has_tap && !commits {
             self.apply_sent_tx(&infos);
             self.expect.push_back(Expect::Query {
                 stmts: infos.into(),
@@ -444,6 +444,8 @@ impl SessionCapture {
         });
         if !parts.is_empty() {
             self.plan = Some(Plan::Parts(parts));
+        } else if splices.is_empty() {
+            return Ok(ClientAction::Forward);
         }
         Ok(ClientAction::Replace(rows::query(&text)))
     }
@@ -553,36 +555,18 @@ impl SessionCapture {
         let Some(p) = self.statements.get(bind.statement) else {
             return Ok(ClientAction::Forward);
         };
-        let mut info = p.info.clone();
+        let info = p.info.clone();
         let server_name = p.server_name.clone();
         let codes = match &info.tap {
             None => None,
-            Some(tap) => {
-                let (_, formats) = rows::bind_formats(msg.body())?;
-                match (formats, tap.client_returning) {
-                    (ResultFormats::AllText | ResultFormats::All(0), _) => None,
-                    (ResultFormats::All(_), false) => Some(vec![0; tap.extra]),
-                    (ResultFormats::All(c), true) => match p.columns {
-                        Some(n) if n >= tap.extra => {
-                            let mut v = vec![c; n - tap.extra];
-                            v.extend(std::iter::repeat_n(0, tap.extra));
-                            Some(v)
-                        }
-                        _ => {
-                            // Cannot tell how many columns are the client's:
-                            // keys would come back in binary. Run uncaptured.
-                            let text = tap.text.clone();
-                            info.tap = None;
-                            self.saw_unsafe("binary-returning", &text);
-                            None
-                        }
-                    },
-                    (ResultFormats::PerColumn(mut v), _) => {
-                        v.extend(std::iter::repeat_n(0, tap.extra));
-                        Some(v)
-                    }
+            Some(tap) => match rows::bind_formats(msg.body())?.1 {
+                // One code (or none) covers the key columns too: they are text.
+                ResultFormats::AllText | ResultFormats::All(_) => None,
+                ResultFormats::PerColumn(mut v) => {
+                    v.extend(std::iter::repeat_n(0, tap.extra));
+                    Some(v)
                 }
-            }
+            },
         };
         self.portals.insert(portal, info);
         self.expect.push_back(Expect::Plain);
@@ -623,7 +607,8 @@ impl SessionCapture {
             });
             return Ok(ClientAction::Replace(out));
         }
-        if info.tx.as_ref().is_some_and(is_commit_like) && (self.batch_taps || !self.tx.keys.is_empty()) {
+        if info.tx.as_ref().is_some_and(is_commit_like) {
+            // Keys of writes still in flight must be in before the commit goes.
             if !self.settled() {
                 return Ok(ClientAction::Hold);
             }
@@ -762,7 +747,7 @@ impl SessionCapture {
         }
         let mut projection = vec!["tableoid"];
         projection.extend(cols.iter().copied());
-        let suffix = returning_suffix(w, &projection);
+        let suffix = key_projection(w, &projection);
         info.tap = Some(Arc::new(Tap {
             table: format!("{}.{}", table.name.schema, table.name.name),
             key_columns: key.columns.clone(),
@@ -1136,6 +1121,20 @@ fn block_after(block: bool, tx: &TxControl) -> bool {
         TxControl::Commit { chain } | TxControl::Rollback { chain } => *chain,
         _ => block,
     }
+}
+
+/// The text spliced after a write: ` RETURNING q."c1"::text, ...` (or
+/// `, q."c1"::text, ...` after the client's own list). Cast to text, the
+/// values read the same whatever result format the client asked for: the
+/// binary form of `text` is its characters.
+fn key_projection(w: &WriteStmt, columns: &[&str]) -> String {
+    let qualifier = match &w.alias {
+        Some(a) => quote_ident(a),
+        None => w.table.quoted(),
+    };
+    let cols: Vec<String> = columns.iter().map(|c| format!("{qualifier}.{}::text", quote_ident(c))).collect();
+    let lead = if w.has_returning { ", " } else { " RETURNING " };
+    format!("{lead}{}", cols.join(", "))
 }
 
 /// `text[from..]` (of a text cut at its end) with `splices` (absolute offsets) applied.

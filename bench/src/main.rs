@@ -2,6 +2,7 @@
 //! hands each scenario to its module; every scenario prints a table and
 //! writes its numbers to a JSON file under `bench/results/`.
 
+mod capture_bench;
 mod demo;
 mod pgbench;
 mod pgbouncer;
@@ -29,6 +30,10 @@ enum Command {
     /// and through PgBouncer (each with a TCP and a Unix-socket backend),
     /// side by side in alternating rounds.
     Proxy(proxy_bench::Args),
+    /// Capture overhead: pgbench TPC-B through switchyard with write capture
+    /// off and on, in the simple and the prepared protocol, side by side in
+    /// alternating rounds.
+    Capture(capture_bench::Args),
     /// Start a sample database behind the proxy and print how to connect;
     /// runs until Ctrl-C.
     Demo(demo::Args),
@@ -56,6 +61,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Proxy(args) => proxy_bench::run(args).await,
+            Command::Capture(args) => capture_bench::run(args).await,
             Command::Demo(args) => demo::run(args).await,
         }
     });

@@ -15,7 +15,11 @@ pub(super) async fn start(shared: &Arc<Shared>) -> Result<Reply, AdminError> {
 }
 
 pub(super) async fn stop(shared: &Arc<Shared>) -> Result<Reply, AdminError> {
-    shared.capture.stop().await.map_err(|e| AdminError::State(e.to_string()))?;
+    shared
+        .capture
+        .stop()
+        .await
+        .map_err(|e| AdminError::State(e.to_string()))?;
     Ok(Reply::Done("CAPTURE STOP".into()))
 }
 
@@ -31,7 +35,14 @@ pub(super) async fn show(shared: &Arc<Shared>) -> Result<Reply, AdminError> {
         return Ok(Reply::Rows(r));
     };
     let stats = active.log.stats();
-    r.row(["state", if active.barrier().is_some() { "on" } else { "waiting for barrier" }]);
+    r.row([
+        "state",
+        if active.barrier().is_some() {
+            "on"
+        } else {
+            "waiting for barrier"
+        },
+    ]);
     r.row(["started_at".to_string(), super::show::rfc3339(active.started)]);
     r.row([
         "barrier_at".to_string(),
@@ -46,12 +57,21 @@ pub(super) async fn show(shared: &Arc<Shared>) -> Result<Reply, AdminError> {
         ]);
     }
     r.row(["log_dir".to_string(), config.log_dir.display().to_string()]);
-    r.row(["durability".to_string(), format!("{:?}", config.durability).to_lowercase()]);
+    r.row([
+        "durability".to_string(),
+        format!("{:?}", config.durability).to_lowercase(),
+    ]);
     r.row(["policy".to_string(), config.policy.name().to_string()]);
     r.row(["log_records".to_string(), stats.records.to_string()]);
     r.row(["log_bytes".to_string(), stats.bytes.to_string()]);
-    r.row(["last_lsn".to_string(), stats.last_lsn.map(|l| l.to_string()).unwrap_or_default()]);
-    r.row(["transactions_captured".to_string(), active.commits.load(Relaxed).to_string()]);
+    r.row([
+        "last_lsn".to_string(),
+        stats.last_lsn.map(|l| l.to_string()).unwrap_or_default(),
+    ]);
+    r.row([
+        "transactions_captured".to_string(),
+        active.commits.load(Relaxed).to_string(),
+    ]);
     r.row(["keys_captured".to_string(), active.keys.load(Relaxed).to_string()]);
     r.row(["late_logged".to_string(), active.late.load(Relaxed).to_string()]);
     let unsafe_seen = active.unsafe_seen();

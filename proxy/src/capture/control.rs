@@ -262,7 +262,12 @@ impl Capture {
     /// A connection to the source for catalog reads and pg_stat_activity.
     pub async fn control_client(&self) -> Result<tokio_postgres::Client, CaptureError> {
         let src = &self.source;
-        let user = self.config.user.as_ref().or(src.user.as_ref()).ok_or(CaptureError::NoUser)?;
+        let user = self
+            .config
+            .user
+            .as_ref()
+            .or(src.user.as_ref())
+            .ok_or(CaptureError::NoUser)?;
         let mut pg = tokio_postgres::Config::new();
         pg.user(user);
         if let Some(p) = self.config.password.as_ref().or(src.password.as_ref()) {

@@ -10,7 +10,11 @@ use bytes::BytesMut;
 /// A DataRow's trailing `n` values (text, `None` for NULL) and the message
 /// rebuilt without them (`None` if the client should see no row at all,
 /// i.e. `keep_columns` is false).
-pub fn split_data_row(body: &[u8], n: usize, keep_columns: bool) -> Result<(Vec<Option<String>>, Option<BytesMut>), WireError> {
+pub fn split_data_row(
+    body: &[u8],
+    n: usize,
+    keep_columns: bool,
+) -> Result<(Vec<Option<String>>, Option<BytesMut>), WireError> {
     let mut r = Reader::new(body, "DataRow");
     let count = r.i16()?;
     let count = usize::try_from(count).map_err(|_| malformed("DataRow", "negative column count"))?;
@@ -128,7 +132,12 @@ pub fn bind_formats(body: &[u8]) -> Result<(usize, ResultFormats), WireError> {
 
 /// A Bind like `body`'s with statement `statement` and result formats
 /// `codes`.
-pub fn rewrite_bind(body: &[u8], statement: &str, formats_at: usize, codes: Option<&[i16]>) -> Result<BytesMut, WireError> {
+pub fn rewrite_bind(
+    body: &[u8],
+    statement: &str,
+    formats_at: usize,
+    codes: Option<&[i16]>,
+) -> Result<BytesMut, WireError> {
     let mut r = Reader::new(body, "Bind");
     let portal = r.cstr_bytes()?;
     r.cstr_bytes()?;

@@ -128,10 +128,17 @@ enum Expect {
     /// Parse, Bind or Close of the client's.
     Plain,
     /// Describe of a statement: ParameterDescription, then RowDescription or NoData.
-    DescribeStatement { name: String, tap: Option<Arc<Tap>> },
+    DescribeStatement {
+        name: String,
+        tap: Option<Arc<Tap>>,
+    },
     /// Describe of a portal.
-    DescribePortal { tap: Option<Arc<Tap>> },
-    Execute { info: StmtInfo },
+    DescribePortal {
+        tap: Option<Arc<Tap>>,
+    },
+    Execute {
+        info: StmtInfo,
+    },
     /// Sync or FunctionCall: ends with ReadyForQuery.
     Ready,
 }
@@ -228,10 +235,15 @@ impl SessionCapture {
     pub(crate) fn blocked(&self) -> bool {
         self.logging
             || self.plan.is_some()
-            || self
-                .expect
-                .iter()
-                .any(|e| matches!(e, Expect::Query { end: QueryEnd::Part | QueryEnd::Wrapped, .. }))
+            || self.expect.iter().any(|e| {
+                matches!(
+                    e,
+                    Expect::Query {
+                        end: QueryEnd::Part | QueryEnd::Wrapped,
+                        ..
+                    }
+                )
+            })
     }
 
     /// Whether there is work for the relay.
@@ -281,7 +293,21 @@ impl SessionCapture {
         if self.blocked() {
             return Ok(ClientAction::Hold);
         }
-        match tag {
+        let action = self.dispatch(msg, prepared)?;
+        if !matches!(action, ClientAction::Hold) {
+            // A Flush sent earlier does not cover what goes out now; the
+            // server answers everything up to a Sync or Flush.
+            self.flush_sent = matches!(tag, ftag::FLUSH | ftag::SYNC);
+        }
+        Ok(action)
+    }
+
+    fn dispatch(
+        &mut self,
+        msg: FrontendMessage<'_>,
+        prepared: &dyn Fn(&str) -> Option<bytes::Bytes>,
+    ) -> Result<ClientAction, WireError> {
+        match msg.tag() {
             ftag::QUERY => self.on_query(msg.query()?),
             ftag::PARSE => self.on_parse(msg),
             ftag::BIND => self.on_bind(msg, prepared),
@@ -406,7 +432,13 @@ impl SessionCapture {
                         return Ok(self.reject_query(reject_message(kind)));
                     }
                     // Warned: run it uncaptured.
-                    let plain: Vec<StmtInfo> = infos.iter().map(|i| StmtInfo { tx: i.tx.clone(), ..Default::default() }).collect();
+                    let plain: Vec<StmtInfo> = infos
+                        .iter()
+                        .map(|i| StmtInfo {
+                            tx: i.tx.clone(),
+                            ..Default::default()
+                        })
+                        .collect();
                     self.apply_sent_tx(&plain);
                     self.expect.push_back(Expect::Query {
                         stmts: plain.into(),
@@ -430,13 +462,20 @@ impl SessionCapture {
             let n = bounds[k] - first_stmt;
             first_stmt = bounds[k];
             let stmts: Vec<StmtInfo> = infos.by_ref().take(n).collect();
-            let local: Vec<(usize, String)> =
-                splices.iter().filter(|(at, _)| *at >= start && *at <= end).cloned().collect();
+            let local: Vec<(usize, String)> = splices
+                .iter()
+                .filter(|(at, _)| *at >= start && *at <= end)
+                .cloned()
+                .collect();
             let text = apply_splices(&sql[..end], start, &local);
             parts.push_back((text, stmts));
         }
         let (text, stmts) = parts.pop_front().unwrap_or_default();
-        let end = if parts.is_empty() { QueryEnd::Final } else { QueryEnd::Part };
+        let end = if parts.is_empty() {
+            QueryEnd::Final
+        } else {
+            QueryEnd::Part
+        };
         self.expect.push_back(Expect::Query {
             stmts: stmts.into(),
             end,
@@ -658,7 +697,12 @@ impl SessionCapture {
 
     /// Like [`Self::settled`] for a simple query: only waits.
     fn settled_for_plan(&mut self) -> bool {
-        if self.expect.iter().any(|e| !matches!(e, Expect::Query { .. } | Expect::Injected | Expect::WrapEnd | Expect::Ready)) {
+        if self.expect.iter().any(|e| {
+            !matches!(
+                e,
+                Expect::Query { .. } | Expect::Injected | Expect::WrapEnd | Expect::Ready
+            )
+        }) {
             return self.settled();
         }
         self.expect.is_empty()
@@ -695,6 +739,8 @@ impl SessionCapture {
             }
             Class::Unsafe(kind) => {
                 if let Some(t) = temp_table_created(text) {
+                    // Known at once: later statements of the same query may write it.
+                    self.temp_tables.insert(t.clone());
                     info.temp_table = Some(t);
                     return (info, None);
                 }
@@ -793,7 +839,10 @@ impl SessionCapture {
     /// Decides what happens to one server message.
     pub(crate) fn on_server(&mut self, msg: BackendMessage<'_>) -> Result<ServerAction, WireError> {
         let tag = msg.tag();
-        if matches!(tag, btag::NOTICE_RESPONSE | btag::NOTIFICATION_RESPONSE | btag::PARAMETER_STATUS) {
+        if matches!(
+            tag,
+            btag::NOTICE_RESPONSE | btag::NOTIFICATION_RESPONSE | btag::PARAMETER_STATUS
+        ) {
             return Ok(ServerAction::Forward);
         }
         if tag == btag::ERROR_RESPONSE {
@@ -807,7 +856,11 @@ impl SessionCapture {
         };
         match front {
             Expect::Injected => Ok(ServerAction::Drop),
-            Expect::WrapEnd => Ok(if tag == btag::COMMAND_COMPLETE { ServerAction::Drop } else { ServerAction::Forward }),
+            Expect::WrapEnd => Ok(if tag == btag::COMMAND_COMPLETE {
+                ServerAction::Drop
+            } else {
+                ServerAction::Forward
+            }),
             Expect::InjectedOne => {
                 self.expect.pop_front();
                 Ok(ServerAction::Drop)
@@ -828,7 +881,11 @@ impl SessionCapture {
                             if let Some(p) = self.statements.get_mut(&name) {
                                 p.columns = Some(n);
                             }
-                            Ok(if tap.client_returning { ServerAction::Replace(stripped) } else { ServerAction::Replace(rows::no_data()) })
+                            Ok(if tap.client_returning {
+                                ServerAction::Replace(stripped)
+                            } else {
+                                ServerAction::Replace(rows::no_data())
+                            })
                         }
                         None => Ok(ServerAction::Forward),
                     }
@@ -845,7 +902,11 @@ impl SessionCapture {
                 match (tag, tap) {
                     (btag::ROW_DESCRIPTION, Some(tap)) => {
                         let (stripped, _) = rows::strip_row_description(msg.body(), tap.extra)?;
-                        Ok(if tap.client_returning { ServerAction::Replace(stripped) } else { ServerAction::Replace(rows::no_data()) })
+                        Ok(if tap.client_returning {
+                            ServerAction::Replace(stripped)
+                        } else {
+                            ServerAction::Replace(rows::no_data())
+                        })
                     }
                     _ => Ok(ServerAction::Forward),
                 }
@@ -870,9 +931,9 @@ impl SessionCapture {
                 let tap = stmts.front().and_then(|s| s.tap.clone());
                 match tag {
                     btag::ROW_DESCRIPTION => match tap {
-                        Some(tap) if tap.client_returning => {
-                            Ok(ServerAction::Replace(rows::strip_row_description(msg.body(), tap.extra)?.0))
-                        }
+                        Some(tap) if tap.client_returning => Ok(ServerAction::Replace(
+                            rows::strip_row_description(msg.body(), tap.extra)?.0,
+                        )),
                         Some(_) => Ok(ServerAction::Drop),
                         None => Ok(ServerAction::Forward),
                     },
@@ -960,7 +1021,10 @@ impl SessionCapture {
             _ => {
                 // Extended protocol: the server skips to the next Sync.
                 while let Some(e) = self.expect.front() {
-                    if matches!(e, Expect::Ready | Expect::Query { .. } | Expect::Injected | Expect::WrapEnd) {
+                    if matches!(
+                        e,
+                        Expect::Ready | Expect::Query { .. } | Expect::Injected | Expect::WrapEnd
+                    ) {
                         break;
                     }
                     self.expect.pop_front();
@@ -980,7 +1044,11 @@ impl SessionCapture {
         }
         let action = match expect {
             Some(Expect::Injected) => ServerAction::Drop,
-            Some(Expect::Query { end: QueryEnd::Part, error, .. }) => {
+            Some(Expect::Query {
+                end: QueryEnd::Part,
+                error,
+                ..
+            }) => {
                 if error {
                     self.plan = None;
                     ServerAction::Forward
@@ -990,7 +1058,9 @@ impl SessionCapture {
                     return Ok(ServerAction::Drop);
                 }
             }
-            Some(Expect::Query { end: QueryEnd::Wrapped, .. }) => {
+            Some(Expect::Query {
+                end: QueryEnd::Wrapped, ..
+            }) => {
                 self.block = in_block;
                 if failed || !in_block {
                     self.tx.clear();
@@ -1042,7 +1112,11 @@ impl SessionCapture {
             }
             Some(Plan::Parts(mut parts)) => {
                 let Some((text, stmts)) = parts.pop_front() else { return };
-                let end = if parts.is_empty() { QueryEnd::Final } else { QueryEnd::Part };
+                let end = if parts.is_empty() {
+                    QueryEnd::Final
+                } else {
+                    QueryEnd::Part
+                };
                 self.expect.push_back(Expect::Query {
                     stmts: stmts.into(),
                     end,
@@ -1092,7 +1166,10 @@ impl SessionCapture {
 
     fn log_late(&mut self) {
         self.active.late.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::warn!(session = self.session_id, "keys logged after their commit; a commit path was not held");
+        tracing::warn!(
+            session = self.session_id,
+            "keys logged after their commit; a commit path was not held"
+        );
         let record = self.record();
         self.work.push_back(Work::Log { record, hold: false });
     }
@@ -1104,7 +1181,8 @@ impl SessionCapture {
     }
 }
 
-const REJECT_HINT: &str = "switchyard write capture is on and cannot capture this statement; run it after the migration, \
+const REJECT_HINT: &str =
+    "switchyard write capture is on and cannot capture this statement; run it after the migration, \
 or set capture.policies.<kind> = \"warn\" to let it through uncaptured";
 
 fn reject_message(kind: &str) -> String {
@@ -1132,14 +1210,20 @@ fn key_projection(w: &WriteStmt, columns: &[&str]) -> String {
         Some(a) => quote_ident(a),
         None => w.table.quoted(),
     };
-    let cols: Vec<String> = columns.iter().map(|c| format!("{qualifier}.{}::text", quote_ident(c))).collect();
+    let cols: Vec<String> = columns
+        .iter()
+        .map(|c| format!("{qualifier}.{}::text", quote_ident(c)))
+        .collect();
     let lead = if w.has_returning { ", " } else { " RETURNING " };
     format!("{lead}{}", cols.join(", "))
 }
 
 /// `text[from..]` (of a text cut at its end) with `splices` (absolute offsets) applied.
 fn apply_splices(text: &str, from: usize, splices: &[(usize, String)]) -> String {
-    let mut points: Vec<&(usize, String)> = splices.iter().filter(|(at, _)| *at >= from && *at <= text.len()).collect();
+    let mut points: Vec<&(usize, String)> = splices
+        .iter()
+        .filter(|(at, _)| *at >= from && *at <= text.len())
+        .collect();
     points.sort_by_key(|(at, _)| *at);
     let mut out = String::with_capacity(text.len() - from + 64);
     let mut at = from;
@@ -1198,15 +1282,24 @@ mod tests {
 
     #[test]
     fn search_path_from_set() {
-        assert_eq!(set_search_path("SET search_path TO app, public"), Some(vec!["app".into(), "public".into()]));
-        assert_eq!(set_search_path("set session search_path = \"My\""), Some(vec!["My".into()]));
+        assert_eq!(
+            set_search_path("SET search_path TO app, public"),
+            Some(vec!["app".into(), "public".into()])
+        );
+        assert_eq!(
+            set_search_path("set session search_path = \"My\""),
+            Some(vec!["My".into()])
+        );
         assert_eq!(set_search_path("SET work_mem = '4MB'"), None);
     }
 
     #[test]
     fn temp_tables_recognized() {
         assert_eq!(temp_table_created("CREATE TEMP TABLE t (id int)"), Some("t".into()));
-        assert_eq!(temp_table_created("create temporary table if not exists x(id int)"), Some("x".into()));
+        assert_eq!(
+            temp_table_created("create temporary table if not exists x(id int)"),
+            Some("x".into())
+        );
         assert_eq!(temp_table_created("CREATE TABLE t (id int)"), None);
     }
 

@@ -133,7 +133,9 @@ impl<'a> Relay<'a> {
                     client.wbuf(),
                     Severity::Fatal,
                     "58030",
-                    &format!("switchyard could not log the transaction's keys ({e}); the transaction was not committed"),
+                    &format!(
+                        "switchyard could not log the transaction's keys ({e}); the transaction was not committed"
+                    ),
                 );
                 let _ = tokio::time::timeout(Duration::from_secs(1), client.close()).await;
             }
@@ -454,7 +456,8 @@ impl<'a> Relay<'a> {
             }
             if self.state.at_boundary() {
                 let s = &self.state;
-                self.info.set_tracked(s.statements().len(), s.settings().len(), s.listens().len(), s.pins());
+                self.info
+                    .set_tracked(s.statements().len(), s.settings().len(), s.listens().len(), s.pins());
                 if now - self.last_merge > MERGE_EVERY {
                     self.shared.stats.merge_latency(&mut self.latency);
                     self.last_merge = now;

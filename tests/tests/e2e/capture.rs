@@ -1,0 +1,344 @@
+//! Write capture through the proxy: keys of committed writes reach the log
+//! (checked against the WAL decoded by test_decoding), clients see exactly
+//! what they would without capture, unsafe statements are rejected, and the
+//! barrier is reported.
+
+use crate::oracle::{logged_keys, written_keys, WalOracle};
+use crate::support::{admin, expect_sqlstate, table, trusting_config, PROMPT};
+use anyhow::{ensure, Context, Result};
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+use switchyard_tests::{Cluster, TestProxy};
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+/// A source with logical decoding for the oracle, a proxy capturing into a
+/// temp dir, and the admin console.
+pub struct Fixture {
+    pub cluster: Cluster,
+    pub proxy: TestProxy,
+    pub log_dir: tempfile::TempDir,
+    pub admin: Client,
+}
+
+impl Fixture {
+    pub async fn start() -> Result<Fixture> {
+        let cluster = Cluster::builder()
+            .setting("wal_level", "logical")
+            .setting("max_replication_slots", "4")
+            .setting("max_wal_senders", "4")
+            .start()
+            .await?;
+        Fixture::in_front_of(cluster).await
+    }
+
+    pub async fn in_front_of(cluster: Cluster) -> Result<Fixture> {
+        let log_dir = tempfile::tempdir()?;
+        let mut config = trusting_config(cluster.host(), cluster.port());
+        config.source.password = cluster.auth().password().map(str::to_owned);
+        config.capture.log_dir = log_dir.path().join("log");
+        config.capture.user = Some(cluster.superuser().to_owned());
+        config.capture.database = Some("postgres".into());
+        let proxy = TestProxy::start_with(config)
+            .await?
+            .with_login(cluster.superuser(), None)
+            .with_binaries(cluster.binaries().clone());
+        let admin = admin(&proxy).await?;
+        Ok(Fixture {
+            cluster,
+            proxy,
+            log_dir,
+            admin,
+        })
+    }
+
+    /// CAPTURE START, then waits for the barrier.
+    pub async fn capture_start(&self) -> Result<()> {
+        self.admin
+            .simple_query("CAPTURE START")
+            .await
+            .context("CAPTURE START")?;
+        let deadline = Instant::now() + PROMPT;
+        loop {
+            let t = table(&self.admin, "SHOW CAPTURE").await?;
+            if t.map().get("state").map(String::as_str) == Some("on") {
+                return Ok(());
+            }
+            ensure!(Instant::now() < deadline, "no barrier: {:?}", t.map());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub async fn show_capture(&self) -> Result<std::collections::BTreeMap<String, String>> {
+        Ok(table(&self.admin, "SHOW CAPTURE").await?.map())
+    }
+
+    pub fn log_path(&self) -> std::path::PathBuf {
+        self.log_dir.path().join("log")
+    }
+}
+
+fn key(table: &str, values: &[&str]) -> (String, Vec<Option<String>>) {
+    (table.to_owned(), values.iter().map(|v| Some((*v).to_owned())).collect())
+}
+
+fn command_tags(messages: &[SimpleQueryMessage]) -> Vec<u64> {
+    messages
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::CommandComplete(n) => Some(*n),
+            _ => None,
+        })
+        .collect()
+}
+
+const SCHEMA: &str = "
+    CREATE TABLE t (id int PRIMARY KEY, v text);
+    CREATE TABLE pair (a int, b text, n int, PRIMARY KEY (a, b));
+    CREATE TABLE nokey (x int);
+    CREATE TABLE parent (id int PRIMARY KEY);
+    CREATE TABLE child (id int PRIMARY KEY, parent int REFERENCES parent (id) ON DELETE CASCADE);
+";
+
+fn key_columns(table: &str) -> Option<Vec<String>> {
+    match table {
+        "public.t" | "public.parent" | "public.child" => Some(vec!["id".into()]),
+        "public.pair" => Some(vec!["a".into(), "b".into()]),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simple_protocol_forms_are_captured_and_invisible() -> Result<()> {
+    let f = Fixture::start().await?;
+    let direct = f.cluster.connect("postgres").await?;
+    direct.batch_execute(SCHEMA).await?;
+    let oracle = WalOracle::create(&direct, "capture_simple").await?;
+    f.capture_start().await?;
+    let c = f.proxy.connect("postgres").await?;
+
+    // Autocommit: wrapped by the proxy; the client sees its own tag only.
+    let m = c.simple_query("INSERT INTO t VALUES (1, 'a')").await?;
+    ensure!(command_tags(&m) == vec![1], "{m:?}");
+    ensure!(
+        m.iter().all(|x| !matches!(x, SimpleQueryMessage::Row(_))),
+        "no rows without RETURNING"
+    );
+    // The client's own RETURNING, and only its columns.
+    let m = c.simple_query("INSERT INTO t VALUES (2, 'b') RETURNING v").await?;
+    let rows: Vec<_> = m
+        .iter()
+        .filter_map(|x| match x {
+            SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    ensure!(
+        rows.len() == 1 && rows[0].len() == 1 && rows[0].get(0) == Some("b"),
+        "{m:?}"
+    );
+    // Multi-statement autocommit, an UPDATE and a DELETE.
+    let m = c
+        .simple_query("INSERT INTO t VALUES (3, 'c'); UPDATE t SET v = 'B' WHERE id = 2; DELETE FROM t WHERE id = 1")
+        .await?;
+    ensure!(command_tags(&m) == vec![1, 1, 1], "{m:?}");
+    // Explicit block with a savepoint rolled back.
+    c.batch_execute("BEGIN").await?;
+    c.batch_execute("INSERT INTO t VALUES (10, 'x')").await?;
+    c.batch_execute("SAVEPOINT s").await?;
+    c.batch_execute("INSERT INTO t VALUES (11, 'y')").await?;
+    c.batch_execute("ROLLBACK TO SAVEPOINT s").await?;
+    c.batch_execute("INSERT INTO pair VALUES (1, 'it''s', 0)").await?;
+    c.batch_execute("COMMIT").await?;
+    // A block in one query, split before its COMMIT.
+    let m = c
+        .simple_query("BEGIN; INSERT INTO t VALUES (20, 'p'); UPDATE pair SET n = n + 1 WHERE a = 1; COMMIT")
+        .await?;
+    ensure!(command_tags(&m) == vec![0, 1, 1, 0], "{m:?}");
+    // Rolled back: never logged.
+    c.batch_execute("BEGIN; INSERT INTO t VALUES (30, 'r'); ROLLBACK")
+        .await?;
+    c.batch_execute("BEGIN").await?;
+    c.batch_execute("INSERT INTO t VALUES (31, 'r')").await?;
+    c.batch_execute("ROLLBACK").await?;
+    // An error inside an autocommit wrap: nothing committed, same error.
+    let e = c
+        .simple_query("INSERT INTO t VALUES (40, 'e'); INSERT INTO t VALUES (3, 'dup')")
+        .await;
+    expect_sqlstate(e, "23505")?;
+    ensure!(
+        direct.query_opt("SELECT 1 FROM t WHERE id = 40", &[]).await?.is_none(),
+        "the failed query's first insert must be rolled back"
+    );
+    // ON CONFLICT and UPDATE ... FROM, DELETE ... USING.
+    c.batch_execute("INSERT INTO t VALUES (3, 'c2') ON CONFLICT (id) DO UPDATE SET v = excluded.v")
+        .await?;
+    c.batch_execute("UPDATE t SET v = 'from' FROM pair WHERE pair.a = 1 AND t.id = 20")
+        .await?;
+    c.batch_execute("INSERT INTO parent VALUES (1), (2); INSERT INTO child VALUES (7, 1)")
+        .await?;
+    c.batch_execute("DELETE FROM t USING pair WHERE t.id = 10 AND pair.a = 1")
+        .await?;
+    // A temp table is never captured.
+    c.batch_execute("CREATE TEMP TABLE scratch (id int PRIMARY KEY); INSERT INTO scratch VALUES (1)")
+        .await?;
+
+    // Unsafe statements are rejected with a clear error and do not run.
+    let msg = expect_sqlstate(c.simple_query("CREATE TABLE later (i int)").await, "0A000")?;
+    ensure!(msg.contains("capture"), "{msg}");
+    expect_sqlstate(c.simple_query("INSERT INTO nokey VALUES (1)").await, "0A000")?;
+    expect_sqlstate(c.simple_query("UPDATE t SET id = 99 WHERE id = 2").await, "0A000")?;
+    ensure!(
+        direct.query_opt("SELECT 1 FROM nokey", &[]).await?.is_none(),
+        "rejected insert ran"
+    );
+
+    let shown = f.show_capture().await?;
+    ensure!(
+        shown.get("unsafe.ddl").is_some_and(|v| v.starts_with("1 seen")),
+        "{shown:?}"
+    );
+    ensure!(shown.get("late_logged").map(String::as_str) == Some("0"), "{shown:?}");
+
+    let wal = oracle.drain(&direct).await?;
+    oracle.drop_slot(&direct).await?;
+    let truth = written_keys(&wal, key_columns);
+    f.admin.simple_query("CAPTURE STOP").await?;
+    let logged = logged_keys(&f.log_path())?;
+    let missing: Vec<_> = truth.difference(&logged).collect();
+    ensure!(
+        missing.is_empty(),
+        "keys written but not logged: {missing:?}\nlogged: {logged:?}"
+    );
+    for k in [
+        key("public.t", &["11"]),
+        key("public.t", &["30"]),
+        key("public.t", &["31"]),
+        key("public.t", &["40"]),
+    ] {
+        ensure!(!logged.contains(&k), "rolled-back key logged: {k:?}");
+    }
+    ensure!(logged.contains(&key("public.pair", &["1", "it's"])), "{logged:?}");
+    // The cascade deleted no child here; the parent inserts are logged.
+    ensure!(logged.contains(&key("public.parent", &["2"])), "{logged:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_protocol_is_captured_and_invisible() -> Result<()> {
+    let f = Fixture::start().await?;
+    let direct = f.cluster.connect("postgres").await?;
+    direct.batch_execute(SCHEMA).await?;
+    // Prepared before capture starts: re-prepared by the proxy.
+    let c = f.proxy.connect("postgres").await?;
+    let early = c.prepare("INSERT INTO t VALUES ($1, $2)").await?;
+    let early_ret = c.prepare("UPDATE t SET v = $2 WHERE id = $1 RETURNING v, id").await?;
+    let oracle = WalOracle::create(&direct, "capture_ext").await?;
+    f.capture_start().await?;
+
+    // tokio-postgres asks for binary results: its own columns still decode.
+    let row = c
+        .query_one("INSERT INTO t VALUES ($1, $2) RETURNING id, v", &[&1i32, &"a"])
+        .await?;
+    ensure!(row.len() == 2 && row.get::<_, i32>(0) == 1 && row.get::<_, String>(1) == "a");
+    let n = c.execute("INSERT INTO t VALUES ($1, $2)", &[&2i32, &"b"]).await?;
+    ensure!(n == 1);
+    let stmt = c.prepare("UPDATE t SET v = $1 WHERE id = $2").await?;
+    ensure!(
+        stmt.columns().is_empty(),
+        "Describe must answer NoData: {:?}",
+        stmt.columns()
+    );
+    ensure!(c.execute(&stmt, &[&"B", &2i32]).await? == 1);
+    ensure!(c.execute(&early, &[&3i32, &"c"]).await? == 1);
+    let r = c.query_one(&early_ret, &[&3i32, &"C"]).await?;
+    ensure!(r.len() == 2 && r.get::<_, String>(0) == "C" && r.get::<_, i32>(1) == 3);
+    // A transaction with a savepoint.
+    let mut c2 = f.proxy.connect("postgres").await?;
+    let mut tx = c2.transaction().await?;
+    tx.execute("INSERT INTO pair VALUES ($1, $2, 0)", &[&5i32, &"five"])
+        .await?;
+    let sp = tx.savepoint("sp").await?;
+    sp.execute("INSERT INTO t VALUES ($1, 'gone')", &[&50i32]).await?;
+    sp.rollback().await?;
+    tx.execute("DELETE FROM t WHERE id = $1", &[&1i32]).await?;
+    tx.commit().await?;
+    // Pipelined autocommit writes.
+    let (p60, p61) = (60i32, 61i32);
+    let (x60, x61): (
+        [&(dyn tokio_postgres::types::ToSql + Sync); 1],
+        [&(dyn tokio_postgres::types::ToSql + Sync); 1],
+    ) = ([&p60], [&p61]);
+    let (a, b) = tokio::join!(
+        c.execute("INSERT INTO t VALUES ($1, 'p')", &x60),
+        c.execute("INSERT INTO t VALUES ($1, 'q')", &x61)
+    );
+    ensure!(a? == 1 && b? == 1);
+    // Rejected through the extended protocol too; the session goes on.
+    expect_sqlstate(c.execute("INSERT INTO nokey VALUES ($1)", &[&1i32]).await, "0A000")?;
+    ensure!(c.query_one("SELECT count(*) FROM t", &[]).await?.get::<_, i64>(0) == 4);
+
+    let wal = oracle.drain(&direct).await?;
+    oracle.drop_slot(&direct).await?;
+    let truth = written_keys(&wal, key_columns);
+    let shown = f.show_capture().await?;
+    ensure!(shown.get("late_logged").map(String::as_str) == Some("0"), "{shown:?}");
+    f.admin.simple_query("CAPTURE STOP").await?;
+    // Statements spliced under the client's names are put back after STOP.
+    c.batch_execute("SELECT 1").await?;
+    let r = c.query_one(&early_ret, &[&3i32, &"D"]).await?;
+    ensure!(r.len() == 2 && r.get::<_, String>(0) == "D");
+    ensure!(c.execute(&stmt, &[&"E", &2i32]).await? == 1);
+    let logged = logged_keys(&f.log_path())?;
+    let missing: Vec<_> = truth.difference(&logged).collect();
+    ensure!(
+        missing.is_empty(),
+        "keys written but not logged: {missing:?}\nlogged: {logged:?}"
+    );
+    ensure!(
+        !logged.contains(&key("public.t", &["50"])),
+        "rolled-back savepoint key logged"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn barrier_waits_for_transactions_older_than_capture() -> Result<()> {
+    let f = Fixture::start().await?;
+    let direct = f.cluster.connect("postgres").await?;
+    direct.batch_execute(SCHEMA).await?;
+    let old = f.proxy.connect("postgres").await?;
+    old.batch_execute("BEGIN; INSERT INTO t VALUES (1, 'old')").await?;
+    f.admin.simple_query("CAPTURE START").await?;
+    let shown = f.show_capture().await?;
+    ensure!(
+        shown.get("state").map(String::as_str) == Some("waiting for barrier"),
+        "{shown:?}"
+    );
+    ensure!(
+        shown.get("sessions_holding_barrier").map(String::as_str) == Some("1"),
+        "{shown:?}"
+    );
+    // A bypassing session is listed.
+    ensure!(
+        shown.get("bypassing_sessions").is_some_and(|n| n != "0"),
+        "the direct connection bypasses the proxy: {shown:?}"
+    );
+    old.batch_execute("COMMIT").await?;
+    f.capture_start_wait_only().await?;
+    Ok(())
+}
+
+impl Fixture {
+    async fn capture_start_wait_only(&self) -> Result<()> {
+        let deadline = Instant::now() + PROMPT;
+        loop {
+            let m = self.show_capture().await?;
+            if m.get("state").map(String::as_str) == Some("on") {
+                ensure!(m.get("barrier_at").is_some_and(|b| !b.is_empty()), "{m:?}");
+                return Ok(());
+            }
+            ensure!(Instant::now() < deadline, "barrier not reached: {m:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}

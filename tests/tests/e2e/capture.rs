@@ -6,7 +6,6 @@
 use crate::oracle::{logged_keys, written_keys, WalOracle};
 use crate::support::{admin, expect_sqlstate, table, trusting_config, PROMPT};
 use anyhow::{ensure, Context, Result};
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 use switchyard_tests::{Cluster, TestProxy};
 use tokio_postgres::{Client, SimpleQueryMessage};

@@ -9,6 +9,7 @@ mod backend;
 mod bad_input;
 mod cancel;
 mod capture;
+mod capture_kill;
 mod capture_random;
 mod catalog;
 mod copy;

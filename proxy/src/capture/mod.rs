@@ -332,3 +332,137 @@ pub(crate) fn classify_tokens(sql: &str, toks: &[lex::Tok]) -> Class {
     }
     command::classify_command(sql, toks)
 }
+
+/// Classifications of single statements by their shape (the text with its
+/// literals blanked), so a statement sent again with other values is not
+/// parsed again. Only statements whose class cannot depend on a literal are
+/// kept (reads, writes, BEGIN / COMMIT / ROLLBACK), and only texts the
+/// shape scanner fully understands: no comments, no dollar quotes or
+/// escape strings, one statement.
+#[derive(Debug, Default)]
+pub struct ClassifyCache {
+    map: std::collections::HashMap<String, Class>,
+}
+
+/// Entries a [`ClassifyCache`] holds before it starts over.
+const CACHE_ENTRIES: usize = 512;
+
+impl ClassifyCache {
+    /// Like [`classify`], answered from the cache when the shape is known.
+    pub fn classify(&mut self, sql: &str) -> Vec<Classified> {
+        let Some((shape, range)) = shape_of(sql) else {
+            return classify(sql);
+        };
+        if let Some(class) = self.map.get(&shape) {
+            let mut class = class.clone();
+            if let Class::Write(w) = &mut class {
+                w.splice_at = range.end;
+            }
+            return vec![Classified { range, class }];
+        }
+        let classified = classify(sql);
+        if let [one] = classified.as_slice() {
+            let cacheable = match &one.class {
+                Class::Read { .. } => true,
+                Class::Write(w) => w.splice_at == range.end && one.range == range,
+                Class::TxControl(t) => matches!(
+                    t,
+                    TxControl::Begin | TxControl::Commit { .. } | TxControl::Rollback { .. }
+                ),
+                _ => false,
+            };
+            if cacheable {
+                if self.map.len() >= CACHE_ENTRIES {
+                    self.map.clear();
+                }
+                self.map.insert(shape, one.class.clone());
+            }
+        }
+        classified
+    }
+}
+
+/// The shape of a one-statement text (literals replaced by `?`) and the
+/// statement's range (trimmed, without the final `;`); `None` for anything
+/// the scanner does not fully understand.
+fn shape_of(sql: &str) -> Option<(String, Range<usize>)> {
+    let b = sql.as_bytes();
+    let start = b.iter().position(|c| !c.is_ascii_whitespace())?;
+    let mut shape = String::with_capacity(sql.len());
+    let mut i = start;
+    let mut end = start;
+    let mut prev_word = false;
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b'\'' => {
+                if prev_word && matches!(b[i - 1], b'e' | b'E') {
+                    return None; // escape string: backslashes
+                }
+                i += 1;
+                loop {
+                    match b.get(i)? {
+                        b'\'' if b.get(i + 1) == Some(&b'\'') => i += 2,
+                        b'\'' => break,
+                        _ => i += 1,
+                    }
+                }
+                i += 1;
+                shape.push('?');
+                end = i;
+                prev_word = false;
+                continue;
+            }
+            b'"' => {
+                let close = sql[i + 1..].find('"')? + i + 1;
+                shape.push_str(&sql[i..=close]);
+                i = close + 1;
+                end = i;
+                prev_word = false;
+                continue;
+            }
+            b'-' if b.get(i + 1) == Some(&b'-') => return None,
+            b'/' if b.get(i + 1) == Some(&b'*') => return None,
+            b'$' if !b.get(i + 1).is_some_and(u8::is_ascii_digit) => return None,
+            b';' => {
+                if b[i + 1..].iter().any(|c| !c.is_ascii_whitespace() && *c != b';') {
+                    return None;
+                }
+                break;
+            }
+            b'0'..=b'9' if !prev_word => {
+                while i < b.len() && (b[i].is_ascii_digit() || b[i] == b'.') {
+                    i += 1;
+                }
+                if i < b.len() && matches!(b[i], b'e' | b'E') {
+                    i += 1;
+                    if i < b.len() && matches!(b[i], b'+' | b'-') {
+                        i += 1;
+                    }
+                    while i < b.len() && b[i].is_ascii_digit() {
+                        i += 1;
+                    }
+                }
+                shape.push('?');
+                end = i;
+                prev_word = false;
+                continue;
+            }
+            c if c.is_ascii_whitespace() => {
+                if !shape.ends_with(' ') {
+                    shape.push(' ');
+                }
+                prev_word = false;
+                i += 1;
+                continue;
+            }
+            c if !c.is_ascii() => return None,
+            _ => {}
+        }
+        prev_word = c.is_ascii_alphanumeric() || c == b'_' || c == b'$';
+        shape.push(c as char);
+        i += 1;
+        end = i;
+    }
+    Some((shape, start..end))
+}

@@ -22,7 +22,7 @@
 
 use super::control::{count_commit, unix_micros, Active};
 use super::rows::{self, ResultFormats};
-use super::{classify, quote_ident, Class, TxControl, UnsafeKind, WriteKind, WriteStmt};
+use super::{quote_ident, Class, ClassifyCache, TxControl, UnsafeKind, WriteKind, WriteStmt};
 use crate::config::UnsafePolicy;
 use crate::wire::backend::{tag as btag, BackendMessage};
 use crate::wire::frontend::{tag as ftag, FrontendMessage, TargetKind};
@@ -200,6 +200,7 @@ pub(crate) struct SessionCapture {
     flush_sent: bool,
     next_name: u64,
     work: VecDeque<Work>,
+    shapes: ClassifyCache,
 }
 
 impl SessionCapture {
@@ -223,6 +224,7 @@ impl SessionCapture {
             flush_sent: false,
             next_name: 0,
             work: VecDeque::new(),
+            shapes: ClassifyCache::default(),
         }
     }
 
@@ -362,7 +364,7 @@ impl SessionCapture {
 
     fn on_query(&mut self, sql: &str) -> Result<ClientAction, WireError> {
         let catalog = self.active.catalog.current();
-        let classified = classify(sql);
+        let classified = self.shapes.classify(sql);
         let mut infos = Vec::with_capacity(classified.len());
         let mut splices: Vec<(usize, String)> = Vec::new();
         for c in &classified {
@@ -507,7 +509,7 @@ impl SessionCapture {
     fn on_parse(&mut self, msg: FrontendMessage<'_>) -> Result<ClientAction, WireError> {
         let parse = msg.parse()?;
         let catalog = self.active.catalog.current();
-        let classified = classify(parse.query);
+        let classified = self.shapes.classify(parse.query);
         let (info, splice) = match classified.as_slice() {
             [one] => self.analyze(&catalog, &one.class, &parse.query[one.range.clone()]),
             [] => (StmtInfo::default(), None),
@@ -568,7 +570,7 @@ impl SessionCapture {
             let pmsg = FrontendMessage::new(&parse_bytes);
             let parse = pmsg.parse()?;
             let catalog = self.active.catalog.current();
-            let classified = classify(parse.query);
+            let classified = self.shapes.classify(parse.query);
             let (info, splice) = match classified.as_slice() {
                 [one] => self.analyze(&catalog, &one.class, &parse.query[one.range.clone()]),
                 _ => (StmtInfo::default(), None),
@@ -682,10 +684,17 @@ impl SessionCapture {
         Ok(ClientAction::Forward)
     }
 
-    /// Whether every response is in; if not, makes sure the server sends
-    /// what it has (Flush) and returns false.
+    /// Whether every key written so far is in (no write's result is still
+    /// in flight); if not, makes sure the server sends what it has (Flush)
+    /// and returns false.
     fn settled(&mut self) -> bool {
-        if self.expect.is_empty() {
+        let in_flight = self.expect.iter().any(|e| match e {
+            Expect::Execute { info } => info.tap.is_some(),
+            Expect::Query { stmts, end, .. } => *end != QueryEnd::Final || stmts.iter().any(|s| s.tap.is_some()),
+            Expect::Injected | Expect::WrapEnd => true,
+            _ => false,
+        });
+        if !in_flight {
             return true;
         }
         if !self.flush_sent {
@@ -695,17 +704,9 @@ impl SessionCapture {
         false
     }
 
-    /// Like [`Self::settled`] for a simple query: only waits.
+    /// [`Self::settled`], for planning a simple query.
     fn settled_for_plan(&mut self) -> bool {
-        if self.expect.iter().any(|e| {
-            !matches!(
-                e,
-                Expect::Query { .. } | Expect::Injected | Expect::WrapEnd | Expect::Ready
-            )
-        }) {
-            return self.settled();
-        }
-        self.expect.is_empty()
+        self.settled()
     }
 
     /// Classifies one statement for capture: its tap and splice, its

@@ -344,3 +344,29 @@ fn lexing_follows_postgres_not_other_dialects() {
     assert_eq!(c.len(), 2, "{c:?}");
     assert!(matches!(&c[0].class, Class::Write(w) if w.table.name == "a$b"));
 }
+
+#[test]
+fn cache_answers_the_same_as_the_parser() {
+    let mut cache = super::ClassifyCache::default();
+    let texts = [
+        "UPDATE pgbench_accounts SET abalance = abalance + 12 WHERE aid = 345;",
+        "UPDATE pgbench_accounts SET abalance = abalance + -7 WHERE aid = 9;",
+        "  INSERT INTO h (a, b, t) VALUES (1, 'it''s', CURRENT_TIMESTAMP)  ",
+        "INSERT INTO h (a, b, t) VALUES (22, 'x', CURRENT_TIMESTAMP)",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 1.5e3",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 77",
+        "DELETE FROM \"My T\" WHERE id = 3 RETURNING id",
+        "DELETE FROM \"My T\" WHERE id = 4 RETURNING id",
+        "BEGIN",
+        "END;",
+        "COMMIT PREPARED 'a'",
+        "SELECT 1; SELECT 2",
+        "SELECT E'\\n' FROM t",
+        "INSERT INTO t VALUES (1) -- trailing",
+    ];
+    for _ in 0..2 {
+        for t in texts {
+            assert_eq!(cache.classify(t), super::classify(t), "{t}");
+        }
+    }
+}

@@ -291,10 +291,12 @@ impl<'a> Relay<'a> {
                 let statements = self.state.statements();
                 let action = cap.on_client(msg, &|name| statements.get(name).map(|p| p.parse.clone()))?;
                 let has_work = !matches!(action, ClientAction::Forward) || cap.has_work();
+                let mut released = false;
                 if has_work {
-                    server.forward(&client.rbuf[from..off])?;
+                    // Queued, not written: one send for the whole batch.
+                    server.wbuf.extend_from_slice(&client.rbuf[from..off]);
                     from = off;
-                    self.run_capture_work(server)?;
+                    released = self.run_capture_work(server)?;
                 }
                 match action {
                     ClientAction::Forward => {}
@@ -302,6 +304,8 @@ impl<'a> Relay<'a> {
                         server.wbuf.extend_from_slice(&bytes);
                         from = off + len;
                     }
+                    // The log took the keys at once: present the message again.
+                    ClientAction::Hold if released => continue,
                     ClientAction::Hold => {
                         self.capture_hold = true;
                         break;
@@ -354,14 +358,26 @@ impl<'a> Relay<'a> {
         Ok(())
     }
 
-    /// Sends what capture injects and starts the log appends it asks for.
-    fn run_capture_work<S: Socket>(&mut self, server: &mut Parts<'_, S>) -> Result<(), RelayError> {
-        let Some(cap) = &mut self.capture else { return Ok(()) };
+    /// Queues what capture injects and makes the log appends it asks for.
+    /// An append that completes at once (durability `write` writes on this
+    /// thread) releases its hold here; returns whether one did.
+    fn run_capture_work<S: Socket>(&mut self, server: &mut Parts<'_, S>) -> Result<bool, RelayError> {
+        let mut released = false;
+        let Some(cap) = &mut self.capture else { return Ok(false) };
         while let Some(work) = cap.take_work() {
             match work {
                 Work::Send(bytes) => server.wbuf.extend_from_slice(&bytes),
                 Work::Log { record, hold: true } => {
-                    self.log_wait = Some(Box::pin(cap.active().log.append(record)));
+                    let mut append: LogWait = Box::pin(cap.active().log.append(record));
+                    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                    match append.as_mut().poll(&mut cx) {
+                        std::task::Poll::Ready(Ok(_)) => {
+                            cap.logged();
+                            released = true;
+                        }
+                        std::task::Poll::Ready(Err(e)) => return Err(RelayError::CaptureLog(e.to_string())),
+                        std::task::Poll::Pending => self.log_wait = Some(append),
+                    }
                 }
                 Work::Log { record, hold: false } => {
                     let append = cap.active().log.append(record);
@@ -373,8 +389,7 @@ impl<'a> Relay<'a> {
                 }
             }
         }
-        server.try_flush()?;
-        Ok(())
+        Ok(released)
     }
 
     /// Forwards every whole server message buffered.
@@ -414,14 +429,14 @@ impl<'a> Relay<'a> {
                     ServerAction::Forward => {}
                     ServerAction::Drop => {
                         self.count_sent(off - from);
-                        client.forward(&server.rbuf[from..off])?;
+                        client.wbuf.extend_from_slice(&server.rbuf[from..off]);
                         off += len;
                         from = off;
                         continue;
                     }
                     ServerAction::Replace(bytes) => {
                         self.count_sent(off - from + bytes.len());
-                        client.forward(&server.rbuf[from..off])?;
+                        client.wbuf.extend_from_slice(&server.rbuf[from..off]);
                         client.wbuf.extend_from_slice(&bytes);
                         from = off + len;
                     }
@@ -449,6 +464,7 @@ impl<'a> Relay<'a> {
         server.rbuf.advance(off);
         if injected {
             self.run_capture_work(server)?;
+            server.try_flush()?;
         }
         if ready {
             if !self.held {

@@ -134,18 +134,28 @@ impl LogWriter {
         let capacity = options.queue_capacity;
         // One slot more than there are permits, for the shutdown request.
         let (tx, rx) = crossbeam_channel::bounded(capacity + 1);
+        let durability = options.durability;
         let state = WriterThread::new(dir.clone(), options, tail, recovery.next_lsn, Arc::clone(&shared), lock);
-        let thread = thread::Builder::new()
-            .name("switchyard-log-writer".into())
-            .spawn(move || state.run(rx))
-            .map_err(LogError::io("spawn writer thread for", &dir))?;
+        // `write` durability costs one write(2) per commit, which the caller
+        // can afford to make itself: no thread hop, no wake-ups. `fsync`
+        // batches commits on the writer thread (group commit).
+        let (thread, inline) = if durability == Durability::Write {
+            (None, Some(Mutex::new(Some(state))))
+        } else {
+            let thread = thread::Builder::new()
+                .name("switchyard-log-writer".into())
+                .spawn(move || state.run(rx))
+                .map_err(LogError::io("spawn writer thread for", &dir))?;
+            (Some(thread), None)
+        };
         tracing::info!(dir = %dir.display(), next_lsn = recovery.next_lsn.0, segments = recovery.segments, "capture log opened");
         Ok(LogWriterHandle {
             inner: Arc::new(Inner {
                 tx,
                 permits: Arc::new(Semaphore::new(capacity)),
                 shared,
-                thread: Mutex::new(Some(thread)),
+                thread: Mutex::new(thread),
+                inline,
                 dir,
                 recovery,
             }),
@@ -172,6 +182,8 @@ struct Inner {
     permits: Arc<Semaphore>,
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<Result<(), LogError>>>>,
+    /// With `write` durability the caller writes (see [`LogWriter::open`]).
+    inline: Option<Mutex<Option<WriterThread>>>,
     dir: PathBuf,
     recovery: RecoveryReport,
 }
@@ -186,6 +198,9 @@ impl LogWriterHandle {
         async move {
             record.validate()?;
             inner.check_open()?;
+            if let Some(inline) = &inner.inline {
+                return inner.append_inline(inline, &record);
+            }
             let permit = Arc::clone(&inner.permits)
                 .acquire_owned()
                 .await
@@ -267,7 +282,28 @@ impl Inner {
         }
     }
 
+    /// Writes one record on the calling thread (durability `write`).
+    fn append_inline(&self, inline: &Mutex<Option<WriterThread>>, record: &Record) -> Result<Lsn, LogError> {
+        let mut guard = inline.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(state) = guard.as_mut() else {
+            return Err(LogError::Closed);
+        };
+        let (ack, mut done) = oneshot::channel();
+        state.append(record, ack);
+        state.commit_batch();
+        match done.try_recv() {
+            Ok(result) => result,
+            Err(_) => Err(self.exit_error()),
+        }
+    }
+
     fn shutdown(&self) -> Result<(), LogError> {
+        if let Some(inline) = &self.inline {
+            self.shared.closed.store(true, Ordering::Release);
+            self.permits.close();
+            let state = inline.lock().unwrap_or_else(|p| p.into_inner()).take();
+            return state.map_or(Ok(()), WriterThread::finish);
+        }
         let Some(thread) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() else {
             return Ok(());
         };

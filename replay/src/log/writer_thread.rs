@@ -109,7 +109,7 @@ impl WriterThread {
     }
 
     /// Encodes one record into the batch; acks it later, or now on error.
-    fn append(&mut self, record: &Record, ack: Ack) {
+    pub(crate) fn append(&mut self, record: &Record, ack: Ack) {
         if let Some(cause) = self.shared.failure.get() {
             let _ = ack.send(Err(LogError::WriterFailed(Arc::clone(cause))));
             return;
@@ -184,7 +184,7 @@ impl WriterThread {
     }
 
     /// Writes and syncs what the batch encoded, then acknowledges it.
-    fn commit_batch(&mut self) {
+    pub(crate) fn commit_batch(&mut self) {
         if self.acks.is_empty() {
             return;
         }
@@ -233,7 +233,7 @@ impl WriterThread {
     }
 
     /// Clean exit: sync what was written, report the writer's status.
-    fn finish(mut self) -> Result<(), LogError> {
+    pub(crate) fn finish(mut self) -> Result<(), LogError> {
         if let Some(cause) = self.shared.failure.get() {
             return Err(LogError::WriterFailed(Arc::clone(cause)));
         }

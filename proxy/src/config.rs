@@ -509,6 +509,23 @@ mod tests {
     }
 
     #[test]
+    fn capture_settings_are_checked() {
+        let base = "[source]\nhost = \"127.0.0.1\"\n[auth]\nmethod = \"trust\"\n";
+        let c = Config::parse(base, "t").unwrap();
+        assert_eq!(c.capture.policy, UnsafePolicy::Reject);
+        assert_eq!(c.capture.durability, DurabilityConfig::Write);
+        let warn = format!("{base}[capture]\npolicy = \"warn\"\n[capture.policies]\nddl = \"reject\"\n");
+        let c = Config::parse(&warn, "t").unwrap();
+        assert_eq!(c.capture.policy_for("ddl"), UnsafePolicy::Reject);
+        assert_eq!(c.capture.policy_for("merge"), UnsafePolicy::Warn);
+        let bad = format!("{base}[capture.policies]\nddll = \"warn\"\n");
+        let e = Config::parse(&bad, "t").unwrap_err().to_string();
+        assert!(e.contains("capture.policies.ddll") && e.contains("ddl"), "{e}");
+        let bad = format!("{base}[capture]\ndurability = \"sometimes\"\n");
+        assert!(Config::parse(&bad, "t").unwrap_err().to_string().contains("durability"));
+    }
+
+    #[test]
     fn example_config_is_valid() {
         let text = include_str!("../../switchyard.example.toml");
         let c = Config::parse(text, "switchyard.example.toml").unwrap();

@@ -13,6 +13,7 @@
 
 mod command;
 pub mod control;
+pub mod copy;
 mod fallback;
 mod lex;
 mod parse;

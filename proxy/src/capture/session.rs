@@ -21,6 +21,7 @@
 //!   (the proxy sends Flush to get the write's results) until logged.
 
 use super::control::{count_commit, unix_micros, Active};
+use super::copy::{copy_options, CopyFormat, CopyReader};
 use super::rows::{self, ResultFormats};
 use super::{quote_ident, Class, ClassifyCache, TxControl, UnsafeKind, WriteKind, WriteStmt};
 use crate::config::UnsafePolicy;
@@ -95,6 +96,25 @@ struct StmtInfo {
     search_path: Option<Vec<String>>,
     /// Temp tables it creates.
     temp_table: Option<String>,
+    /// COPY FROM STDIN whose rows' keys are read from the client's data.
+    copy: Option<Arc<CopyTap>>,
+}
+
+impl StmtInfo {
+    /// Whether it writes rows whose keys capture collects.
+    fn writes(&self) -> bool {
+        self.tap.is_some() || self.copy.is_some()
+    }
+}
+
+/// A COPY FROM STDIN being captured.
+#[derive(Debug)]
+struct CopyTap {
+    tap: Arc<Tap>,
+    format: CopyFormat,
+    header: bool,
+    /// Field positions of the key columns.
+    positions: Vec<usize>,
 }
 
 /// A prepared statement (extended protocol) as capture sees it.
@@ -140,7 +160,11 @@ enum Expect {
         info: StmtInfo,
     },
     /// Sync or FunctionCall: ends with ReadyForQuery.
-    Ready,
+    /// `during_copy`: a Sync sent after a COPY FROM STDIN and before its
+    /// data ended, which the server ignores if that COPY started.
+    Ready {
+        during_copy: bool,
+    },
 }
 
 /// How a simple query's ReadyForQuery is handled.
@@ -201,6 +225,10 @@ pub(crate) struct SessionCapture {
     next_name: u64,
     work: VecDeque<Work>,
     shapes: ClassifyCache,
+    /// The COPY FROM STDIN in progress, with the tap its keys go under.
+    copy_in: Option<(CopyReader, Arc<Tap>)>,
+    /// A COPY FROM STDIN was sent and the client has not ended its data.
+    copy_sent: bool,
 }
 
 impl SessionCapture {
@@ -225,6 +253,8 @@ impl SessionCapture {
             next_name: 0,
             work: VecDeque::new(),
             shapes: ClassifyCache::default(),
+            copy_in: None,
+            copy_sent: false,
         }
     }
 
@@ -289,7 +319,24 @@ impl SessionCapture {
         prepared: &dyn Fn(&str) -> Option<bytes::Bytes>,
     ) -> Result<ClientAction, WireError> {
         let tag = msg.tag();
+        if matches!(tag, ftag::COPY_DONE | ftag::COPY_FAIL) {
+            self.copy_sent = false;
+            // The server's answer to the COPY comes after this: not flushed yet.
+            self.flush_sent = false;
+        }
         if matches!(tag, ftag::COPY_DATA | ftag::COPY_DONE | ftag::COPY_FAIL) {
+            if let Some((reader, tap)) = &mut self.copy_in {
+                let keys = match tag {
+                    ftag::COPY_DATA => reader.feed(msg.body()),
+                    ftag::COPY_DONE => reader.finish(),
+                    _ => Vec::new(),
+                };
+                let tap = tap.clone();
+                self.tx.keys.extend(keys.into_iter().map(|k| (tap.clone(), k)));
+                if tag != ftag::COPY_DATA {
+                    self.copy_in = None;
+                }
+            }
             return Ok(ClientAction::Forward);
         }
         if self.blocked() {
@@ -355,7 +402,7 @@ impl SessionCapture {
             ftag::SYNC => self.on_sync(),
             ftag::FUNCTION_CALL => {
                 self.saw_unsafe("call", "function call message");
-                self.expect.push_back(Expect::Ready);
+                self.expect.push_back(Expect::Ready { during_copy: false });
                 Ok(ClientAction::Forward)
             }
             _ => Ok(ClientAction::Forward),
@@ -378,7 +425,7 @@ impl SessionCapture {
             }
             infos.push(info);
         }
-        let has_tap = infos.iter().any(|i| i.tap.is_some());
+        let has_tap = infos.iter().any(StmtInfo::writes);
         let has_tx = infos.iter().any(|i| i.tx.is_some());
         let commits = infos.iter().any(|i| i.tx.as_ref().is_some_and(is_commit_like));
         if !has_tap && !commits {
@@ -427,7 +474,7 @@ impl SessionCapture {
                 }
                 b = block_after(b, tx);
             }
-            if info.tap.is_some() {
+            if info.writes() {
                 if !b {
                     let kind = "autocommit-in-script";
                     if self.saw_unsafe(kind, sql) == UnsafePolicy::Reject {
@@ -661,14 +708,22 @@ impl SessionCapture {
         if let Some(tx) = &info.tx {
             self.sent_block = block_after(self.sent_block, tx);
         }
-        if info.tap.is_some() {
+        if info.writes() {
             self.batch_taps = true;
+        }
+        if info.copy.is_some() {
+            self.copy_sent = true;
         }
         self.expect.push_back(Expect::Execute { info });
         Ok(ClientAction::Forward)
     }
 
     fn on_sync(&mut self) -> Result<ClientAction, WireError> {
+        if self.copy_sent {
+            // Ignored by the server if its COPY started: no commit here.
+            self.expect.push_back(Expect::Ready { during_copy: true });
+            return Ok(ClientAction::Forward);
+        }
         if self.batch_taps && !self.sent_block && !self.tx_error {
             // The implicit transaction commits at this Sync.
             if !self.settled() {
@@ -680,7 +735,7 @@ impl SessionCapture {
             }
         }
         self.batch_taps = false;
-        self.expect.push_back(Expect::Ready);
+        self.expect.push_back(Expect::Ready { during_copy: false });
         Ok(ClientAction::Forward)
     }
 
@@ -689,8 +744,8 @@ impl SessionCapture {
     /// and returns false.
     fn settled(&mut self) -> bool {
         let in_flight = self.expect.iter().any(|e| match e {
-            Expect::Execute { info } => info.tap.is_some(),
-            Expect::Query { stmts, end, .. } => *end != QueryEnd::Final || stmts.iter().any(|s| s.tap.is_some()),
+            Expect::Execute { info } => info.writes(),
+            Expect::Query { stmts, end, .. } => *end != QueryEnd::Final || stmts.iter().any(StmtInfo::writes),
             Expect::Injected | Expect::WrapEnd => true,
             _ => false,
         });
@@ -747,6 +802,15 @@ impl SessionCapture {
                 }
                 if matches!(kind, UnsafeKind::Ddl) && self.drops_only_temp(text) {
                     return (info, None);
+                }
+                if let UnsafeKind::CopyFrom { table, columns } = kind {
+                    if let Some(copy) = self.copy_tap(catalog, table, columns, text) {
+                        info.copy = Some(Arc::new(copy));
+                        return (info, None);
+                    }
+                    if self.is_temp(table) {
+                        return (info, None);
+                    }
                 }
                 if let UnsafeKind::PrepareTransaction { .. } = kind {
                     // Ends the block like a COMMIT: held until logged.
@@ -805,6 +869,50 @@ impl SessionCapture {
         (info, Some((w.splice_at, suffix)))
     }
 
+    fn is_temp(&self, table: &super::QualName) -> bool {
+        match &table.schema {
+            Some(s) => s.starts_with("pg_temp"),
+            None => self.temp_tables.contains(&table.name),
+        }
+    }
+
+    /// How to read the keys of a COPY FROM STDIN from its data, when the
+    /// table has a key, every key column is in the data, and the options
+    /// are ones [`CopyReader`] reads.
+    fn copy_tap(&self, catalog: &Catalog, table: &super::QualName, columns: &[String], text: &str) -> Option<CopyTap> {
+        if self.is_temp(table) {
+            return None;
+        }
+        let (format, header) = copy_options(text)?;
+        let t = catalog.table(table.schema.as_deref(), &table.name, &self.search_path)?;
+        let key = t.key.as_ref()?;
+        if t.has_side_effects() {
+            return None;
+        }
+        let names: Vec<&str> = if columns.is_empty() {
+            t.columns.iter().map(|c| c.name.as_str()).collect()
+        } else {
+            columns.iter().map(String::as_str).collect()
+        };
+        let positions = key
+            .columns
+            .iter()
+            .map(|k| names.iter().position(|n| n == k))
+            .collect::<Option<Vec<usize>>>()?;
+        Some(CopyTap {
+            tap: Arc::new(Tap {
+                table: format!("{}.{}", t.name.schema, t.name.name),
+                key_columns: key.columns.clone(),
+                extra: 0,
+                client_returning: false,
+                text: super::control::shorten(text, 1000),
+            }),
+            format,
+            header,
+            positions,
+        })
+    }
+
     fn is_volatile_user_function(&self, catalog: &Catalog, f: &super::QualName) -> bool {
         use switchyard_replay::catalog::Volatility;
         let v = match &f.schema {
@@ -852,6 +960,24 @@ impl SessionCapture {
         if tag == btag::READY_FOR_QUERY {
             return self.on_ready(msg);
         }
+        if tag == btag::COPY_IN_RESPONSE {
+            let copy = match self.expect.front() {
+                Some(Expect::Query { stmts, .. }) => stmts.front().and_then(|s| s.copy.clone()),
+                Some(Expect::Execute { info }) => info.copy.clone(),
+                _ => None,
+            };
+            self.copy_in = copy.map(|c| (CopyReader::new(c.format, c.header, c.positions.clone()), c.tap.clone()));
+            // Syncs sent since the COPY and before its data ended get no answer.
+            let mut i = 1;
+            while i < self.expect.len() {
+                if matches!(self.expect[i], Expect::Ready { during_copy: true }) {
+                    self.expect.remove(i);
+                } else {
+                    i += 1;
+                }
+            }
+            return Ok(ServerAction::Forward);
+        }
         let Some(front) = self.expect.front_mut() else {
             return Ok(ServerAction::Forward);
         };
@@ -870,7 +996,7 @@ impl SessionCapture {
                 self.expect.pop_front();
                 Ok(ServerAction::Forward)
             }
-            Expect::Ready => Ok(ServerAction::Forward),
+            Expect::Ready { .. } => Ok(ServerAction::Forward),
             Expect::DescribeStatement { name, tap } => match tag {
                 btag::ROW_DESCRIPTION => {
                     let tap = tap.clone();
@@ -1024,7 +1150,7 @@ impl SessionCapture {
                 while let Some(e) = self.expect.front() {
                     if matches!(
                         e,
-                        Expect::Ready | Expect::Query { .. } | Expect::Injected | Expect::WrapEnd
+                        Expect::Ready { .. } | Expect::Query { .. } | Expect::Injected | Expect::WrapEnd
                     ) {
                         break;
                     }

@@ -4,7 +4,7 @@
 //! barrier is reported.
 
 use crate::oracle::{logged_keys, written_keys, WalOracle};
-use crate::support::{admin, expect_sqlstate, table, trusting_config, PROMPT};
+use crate::support::{admin, expect_sqlstate, table, trusting_config, within, PROMPT};
 use anyhow::{ensure, Context, Result};
 use std::time::{Duration, Instant};
 use switchyard_tests::{Cluster, TestProxy};
@@ -340,4 +340,64 @@ impl Fixture {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_from_stdin_keys_are_read_from_the_data() -> Result<()> {
+    use futures_util::SinkExt;
+    let f = Fixture::start().await?;
+    let direct = f.cluster.connect("postgres").await?;
+    direct.batch_execute(SCHEMA).await?;
+    direct
+        .batch_execute("CREATE TABLE serial_t (id serial PRIMARY KEY, v text)")
+        .await?;
+    let oracle = WalOracle::create(&direct, "capture_copy").await?;
+    f.capture_start().await?;
+    let c = f.proxy.connect("postgres").await?;
+    // Autocommit COPY in text format, rows split across CopyData messages.
+    let sink = within(PROMPT, "copy_in text", c.copy_in("COPY pair (n, a, b) FROM STDIN")).await??;
+    futures_util::pin_mut!(sink);
+    within(
+        PROMPT,
+        "send 1",
+        sink.send(bytes::Bytes::from_static(b"0\t1\ttab\\there\n0\t2\t")),
+    )
+    .await??;
+    sink.send(bytes::Bytes::from_static(b"two\n0\t3\tthree\n")).await?;
+    ensure!(within(PROMPT, "finish text", sink.finish()).await?? == 3);
+    // CSV with a header inside an explicit transaction.
+    within(PROMPT, "begin", c.batch_execute("BEGIN")).await??;
+    let sink = within(
+        PROMPT,
+        "copy_in csv",
+        c.copy_in("COPY t (id, v) FROM STDIN WITH (FORMAT csv, HEADER)"),
+    )
+    .await??;
+    futures_util::pin_mut!(sink);
+    sink.send(bytes::Bytes::from_static(b"id,v\n500,\"a,\"\"b\"\"\"\n501,\n"))
+        .await?;
+    ensure!(within(PROMPT, "finish csv", sink.finish()).await?? == 2);
+    within(PROMPT, "commit", c.batch_execute("COMMIT")).await??;
+    // A key the data does not carry (serial default) cannot be captured.
+    let r = within(
+        PROMPT,
+        "copy_in serial",
+        c.copy_in::<_, bytes::Bytes>("COPY serial_t (v) FROM STDIN"),
+    )
+    .await?;
+    expect_sqlstate(r.map(|_| ()), "0A000")?;
+
+    let wal = oracle.drain(&direct).await?;
+    oracle.drop_slot(&direct).await?;
+    let truth = written_keys(&wal, key_columns);
+    f.admin.simple_query("CAPTURE STOP").await?;
+    let logged = logged_keys(&f.log_path())?;
+    let missing: Vec<_> = truth.difference(&logged).collect();
+    ensure!(
+        missing.is_empty(),
+        "keys written but not logged: {missing:?}\nlogged: {logged:?}"
+    );
+    ensure!(logged.contains(&key("public.pair", &["1", "tab\there"])), "{logged:?}");
+    ensure!(logged.contains(&key("public.t", &["500"])), "{logged:?}");
+    Ok(())
 }

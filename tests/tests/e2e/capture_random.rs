@@ -56,7 +56,7 @@ fn write(rng: &mut StdRng) -> String {
 /// Runs one random transaction; errors from the database are expected
 /// (duplicate keys) and ignored, anything else fails the test.
 async fn transaction(c: &Client, rng: &mut StdRng) -> Result<()> {
-    let shape = rng.random_range(0..9);
+    let shape = rng.random_range(0..10);
     let r: Result<(), tokio_postgres::Error> = async {
         match shape {
             // Autocommit, simple protocol.
@@ -142,7 +142,20 @@ async fn transaction(c: &Client, rng: &mut StdRng) -> Result<()> {
                 let _ = c.batch_execute("INSERT INTO acct (id) VALUES (NULL)").await; // not-null violation
                 c.batch_execute("ROLLBACK").await
             }
-            // COPY FROM is unsafe under the reject policy: skipped. Reads.
+            // COPY FROM STDIN: keys read from the data (duplicates fail the COPY).
+            8 => {
+                use futures_util::SinkExt;
+                let a = rng.random_range(1..=40);
+                let rows = format!(
+                    "{a}\tcopy{}\t1\n{a}\tcopy{}\t2\n",
+                    rng.random_range(0..1000),
+                    rng.random_range(0..1000)
+                );
+                let sink = c.copy_in("COPY pair (a, b, n) FROM STDIN").await?;
+                futures_util::pin_mut!(sink);
+                sink.send(bytes::Bytes::from(rows)).await?;
+                sink.finish().await.map(|_| ())
+            }
             _ => c
                 .query("SELECT count(*) FROM acct WHERE bal > $1", &[&0i64])
                 .await

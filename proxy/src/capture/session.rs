@@ -770,8 +770,7 @@ impl SessionCapture {
         let mut info = StmtInfo::default();
         match class {
             Class::Read { functions } => {
-                if let Some(f) = functions.iter().find(|f| self.is_volatile_user_function(catalog, f)) {
-                    let _ = f;
+                if functions.iter().any(|f| self.is_volatile_user_function(catalog, f)) {
                     self.unsafe_kind(&mut info, "volatile-function", text);
                 }
             }
@@ -840,11 +839,9 @@ impl SessionCapture {
             return (info, None);
         };
         let cols: Vec<&str> = key.columns.iter().map(String::as_str).collect();
-        if w.kind == WriteKind::Update || w.on_conflict {
-            if w.assigns_any(&cols) {
-                self.unsafe_kind(&mut info, "key-update", text);
-                return (info, None);
-            }
+        if (w.kind == WriteKind::Update || w.on_conflict) && w.assigns_any(&cols) {
+            self.unsafe_kind(&mut info, "key-update", text);
+            return (info, None);
         }
         if w.functions.iter().any(|f| self.is_volatile_user_function(catalog, f)) {
             self.unsafe_kind(&mut info, "volatile-function", text);

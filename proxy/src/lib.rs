@@ -19,5 +19,7 @@ pub mod session;
 pub mod stats;
 pub mod wire;
 
-pub use config::{AuthConfig, AuthMethod, Config, DatabaseConfig, UserConfig};
+pub use config::{
+    AuthConfig, AuthMethod, CaptureConfig, Config, DatabaseConfig, DurabilityConfig, UnsafePolicy, UserConfig,
+};
 pub use server::Proxy;

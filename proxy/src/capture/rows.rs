@@ -174,6 +174,13 @@ pub fn query(sql: &str) -> BytesMut {
     out
 }
 
+/// A simple Query of text in any client encoding.
+pub fn query_bytes(sql: &[u8]) -> BytesMut {
+    let mut out = BytesMut::with_capacity(sql.len() + 6);
+    write_message(&mut out, b'Q', |b| put_cstr(b, sql));
+    out
+}
+
 /// Close of a prepared statement.
 pub fn close_statement(name: &str) -> BytesMut {
     let mut out = BytesMut::with_capacity(name.len() + 7);

@@ -182,7 +182,7 @@ enum QueryEnd {
 #[derive(Debug)]
 enum Plan {
     /// Parts still to send, each with its statements.
-    Parts(VecDeque<(String, Vec<StmtInfo>)>),
+    Parts(VecDeque<(Vec<u8>, Vec<StmtInfo>)>),
     /// A wrapped query succeeded; COMMIT once the keys are logged.
     WrapCommit,
 }
@@ -357,7 +357,7 @@ impl SessionCapture {
         prepared: &dyn Fn(&str) -> Option<bytes::Bytes>,
     ) -> Result<ClientAction, WireError> {
         match msg.tag() {
-            ftag::QUERY => self.on_query(msg.query()?),
+            ftag::QUERY => self.on_query(Reader::new(msg.body(), "Query").cstr_bytes()?),
             ftag::PARSE => self.on_parse(msg),
             ftag::BIND => self.on_bind(msg, prepared),
             ftag::DESCRIBE => {
@@ -409,7 +409,19 @@ impl SessionCapture {
         }
     }
 
-    fn on_query(&mut self, sql: &str) -> Result<ClientAction, WireError> {
+    fn on_query(&mut self, raw: &[u8]) -> Result<ClientAction, WireError> {
+        // Text in a client encoding other than UTF-8 is classified through
+        // an ASCII view of the same length (other bytes read as `x`); the
+        // splices go into the original bytes.
+        let view: std::borrow::Cow<'_, str> = match std::str::from_utf8(raw) {
+            Ok(s) => s.into(),
+            Err(_) => raw
+                .iter()
+                .map(|&b| if b.is_ascii() { b as char } else { 'x' })
+                .collect::<String>()
+                .into(),
+        };
+        let sql: &str = &view;
         let catalog = self.active.catalog.current();
         let classified = self.shapes.classify(sql);
         let mut infos = Vec::with_capacity(classified.len());
@@ -443,9 +455,9 @@ impl SessionCapture {
         }
         if has_tap && !self.sent_block && !has_tx {
             // Autocommit write(s): BEGIN ahead, COMMIT once logged.
-            let text = apply_splices(sql, 0, &splices);
+            let text = apply_splices(raw, 0, &splices);
             let mut out = rows::query("BEGIN");
-            out.extend_from_slice(&rows::query(&text));
+            out.extend_from_slice(&rows::query_bytes(&text));
             self.expect.push_back(Expect::Injected);
             self.expect.push_back(Expect::Query {
                 stmts: infos.into(),
@@ -502,7 +514,7 @@ impl SessionCapture {
         self.apply_sent_tx(&infos);
         let mut starts: Vec<usize> = vec![0];
         starts.extend(cuts.iter().map(|&i| classified[i].range.start));
-        let mut parts: VecDeque<(String, Vec<StmtInfo>)> = VecDeque::new();
+        let mut parts: VecDeque<(Vec<u8>, Vec<StmtInfo>)> = VecDeque::new();
         let mut infos = infos.into_iter();
         let bounds: Vec<usize> = cuts.iter().copied().chain(std::iter::once(classified.len())).collect();
         let mut first_stmt = 0;
@@ -516,7 +528,7 @@ impl SessionCapture {
                 .filter(|(at, _)| *at >= start && *at <= end)
                 .cloned()
                 .collect();
-            let text = apply_splices(&sql[..end], start, &local);
+            let text = apply_splices(&raw[..end], start, &local);
             parts.push_back((text, stmts));
         }
         let (text, stmts) = parts.pop_front().unwrap_or_default();
@@ -535,7 +547,7 @@ impl SessionCapture {
         } else if splices.is_empty() {
             return Ok(ClientAction::Forward);
         }
-        Ok(ClientAction::Replace(rows::query(&text)))
+        Ok(ClientAction::Replace(rows::query_bytes(&text)))
     }
 
     fn reject_query(&mut self, reason: String) -> ClientAction {
@@ -566,7 +578,7 @@ impl SessionCapture {
         self.expect.push_back(Expect::Plain);
         match splice {
             Some(s) if info.rejected.is_none() => {
-                let text = apply_splices(parse.query, 0, &[s]);
+                let text = String::from_utf8_lossy(&apply_splices(parse.query.as_bytes(), 0, &[s])).into_owned();
                 let out = rows::rewrite_parse(msg.body(), &name, &text)?;
                 self.statements.insert(
                     name.clone(),
@@ -626,7 +638,7 @@ impl SessionCapture {
             if let (Some(s), None) = (splice, &info.rejected) {
                 self.next_name += 1;
                 server_name = format!("switchyard_{}_{}", self.active.epoch, self.next_name);
-                let text = apply_splices(parse.query, 0, &[s]);
+                let text = String::from_utf8_lossy(&apply_splices(parse.query.as_bytes(), 0, &[s])).into_owned();
                 out.extend_from_slice(&rows::rewrite_parse(pmsg.body(), &server_name, &text)?);
                 self.expect.push_back(Expect::InjectedOne);
             }
@@ -1246,7 +1258,7 @@ impl SessionCapture {
                     end,
                     error: false,
                 });
-                self.work.push_back(Work::Send(rows::query(&text)));
+                self.work.push_back(Work::Send(rows::query_bytes(&text)));
                 if !parts.is_empty() {
                     self.plan = Some(Plan::Parts(parts));
                 }
@@ -1343,20 +1355,20 @@ fn key_projection(w: &WriteStmt, columns: &[&str]) -> String {
 }
 
 /// `text[from..]` (of a text cut at its end) with `splices` (absolute offsets) applied.
-fn apply_splices(text: &str, from: usize, splices: &[(usize, String)]) -> String {
+fn apply_splices(text: &[u8], from: usize, splices: &[(usize, String)]) -> Vec<u8> {
     let mut points: Vec<&(usize, String)> = splices
         .iter()
         .filter(|(at, _)| *at >= from && *at <= text.len())
         .collect();
     points.sort_by_key(|(at, _)| *at);
-    let mut out = String::with_capacity(text.len() - from + 64);
+    let mut out = Vec::with_capacity(text.len() - from + 64);
     let mut at = from;
     for (p, s) in points {
-        out.push_str(&text[at..*p]);
-        out.push_str(s);
+        out.extend_from_slice(&text[at..*p]);
+        out.extend_from_slice(s.as_bytes());
         at = *p;
     }
-    out.push_str(&text[at..]);
+    out.extend_from_slice(&text[at..]);
     out
 }
 
@@ -1432,9 +1444,9 @@ mod tests {
         let sql = "BEGIN; INSERT INTO t VALUES (1); COMMIT";
         let at = sql.find("; COMMIT").unwrap();
         assert_eq!(
-            apply_splices(&sql[..at + 2], 0, &[(at, " RETURNING id".into())]),
-            "BEGIN; INSERT INTO t VALUES (1) RETURNING id; "
+            apply_splices(sql[..at + 2].as_bytes(), 0, &[(at, " RETURNING id".into())]),
+            b"BEGIN; INSERT INTO t VALUES (1) RETURNING id; "
         );
-        assert_eq!(apply_splices(sql, at + 2, &[]), "COMMIT");
+        assert_eq!(apply_splices(sql.as_bytes(), at + 2, &[]), b"COMMIT");
     }
 }

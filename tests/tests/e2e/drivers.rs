@@ -625,6 +625,72 @@ async fn psycopg2_suite() -> Result<()> {
     Ok(())
 }
 
+/// psycopg2's suite again, through a proxy with write capture on (policy
+/// `warn`, so the suite's DDL and keyless tables run uncaptured): capture
+/// must not change what a client sees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg2_suite_with_capture_on() -> Result<()> {
+    init_tracing();
+    let drivers = drivers_dir();
+    let python = drivers.join(".venv/bin/python");
+    let Some(root) = find_prefixed(&drivers.join(".suites"), "psycopg2-") else {
+        return skip("psycopg2", &drivers.join(".suites/psycopg2-*"));
+    };
+    if let Some(missing) = first_missing(&[&python, &root.join("tests/testconfig.py")]) {
+        return skip("psycopg2", &missing);
+    }
+    let cluster = Cluster::builder()
+        .setting("max_prepared_transactions", "10")
+        .database("psycopg2_test")
+        .start()
+        .await?;
+    let log = tempfile::tempdir()?;
+    let mut config = switchyard_proxy::Config::trusting(
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        cluster.host(),
+        cluster.port(),
+    );
+    config.source.password = cluster.auth().password().map(str::to_owned);
+    config.capture.log_dir = log.path().join("log");
+    config.capture.user = Some(cluster.superuser().to_owned());
+    config.capture.database = Some("psycopg2_test".into());
+    config.capture.policy = switchyard_proxy::UnsafePolicy::Warn;
+    let proxy = TestProxy::start_with(config)
+        .await?
+        .with_login(cluster.superuser(), None);
+    let admin = proxy.connect("switchyard").await?;
+    admin.simple_query("CAPTURE START").await?;
+    let suite = PythonSuite {
+        python,
+        root,
+        load: ["--entry", "tests:test_suite"],
+        env: |t| {
+            vec![
+                ("PSYCOPG2_TESTDB", "psycopg2_test".into()),
+                ("PSYCOPG2_TESTDB_HOST", t.host.clone()),
+                ("PSYCOPG2_TESTDB_PORT", t.port.to_string()),
+                ("PSYCOPG2_TESTDB_USER", "postgres".into()),
+            ]
+        },
+    };
+    compare(
+        "psycopg2+capture",
+        &suite,
+        &direct(&cluster),
+        &via(&proxy),
+        PSYCOPG2_KNOWN,
+        600,
+    )
+    .await?;
+    let shown = admin.simple_query("SHOW CAPTURE").await?;
+    let late = shown.iter().any(|m| {
+        matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("late_logged") && r.get(1) != Some("0"))
+    });
+    anyhow::ensure!(!late, "a commit path was not held: {shown:?}");
+    proxy.shutdown().await;
+    Ok(())
+}
+
 /// asyncpg's differences through the proxy, each justified.
 const ASYNCPG_KNOWN: &[Known] = &[
     Known {

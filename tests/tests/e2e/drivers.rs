@@ -644,22 +644,7 @@ async fn psycopg2_suite_with_capture_on() -> Result<()> {
         .database("psycopg2_test")
         .start()
         .await?;
-    let log = tempfile::tempdir()?;
-    let mut config = switchyard_proxy::Config::trusting(
-        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        cluster.host(),
-        cluster.port(),
-    );
-    config.source.password = cluster.auth().password().map(str::to_owned);
-    config.capture.log_dir = log.path().join("log");
-    config.capture.user = Some(cluster.superuser().to_owned());
-    config.capture.database = Some("psycopg2_test".into());
-    config.capture.policy = switchyard_proxy::UnsafePolicy::Warn;
-    let proxy = TestProxy::start_with(config)
-        .await?
-        .with_login(cluster.superuser(), None);
-    let admin = proxy.connect("switchyard").await?;
-    admin.simple_query("CAPTURE START").await?;
+    let (proxy, admin, _log) = capturing_proxy(&cluster, "psycopg2_test").await?;
     let suite = PythonSuite {
         python,
         root,
@@ -682,11 +667,84 @@ async fn psycopg2_suite_with_capture_on() -> Result<()> {
         600,
     )
     .await?;
+    no_late_commits(&admin).await?;
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// A proxy in front of `cluster` with write capture on (policy `warn`, so
+/// the suites' DDL and keyless tables run uncaptured), its admin console,
+/// and the log's directory.
+async fn capturing_proxy(
+    cluster: &Cluster,
+    db: &str,
+) -> Result<(TestProxy, tokio_postgres::Client, tempfile::TempDir)> {
+    let log = tempfile::tempdir()?;
+    let mut config = switchyard_proxy::Config::trusting(
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        cluster.host(),
+        cluster.port(),
+    );
+    config.source.password = cluster.auth().password().map(str::to_owned);
+    config.capture.log_dir = log.path().join("log");
+    config.capture.user = Some(cluster.superuser().to_owned());
+    config.capture.database = Some(db.into());
+    config.capture.policy = switchyard_proxy::UnsafePolicy::Warn;
+    let proxy = TestProxy::start_with(config)
+        .await?
+        .with_login(cluster.superuser(), None);
+    let admin = proxy.connect("switchyard").await?;
+    admin.simple_query("CAPTURE START").await?;
+    Ok((proxy, admin, log))
+}
+
+/// Fails if capture had to log any transaction after its commit.
+async fn no_late_commits(admin: &tokio_postgres::Client) -> Result<()> {
     let shown = admin.simple_query("SHOW CAPTURE").await?;
     let late = shown.iter().any(|m| {
         matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("late_logged") && r.get(1) != Some("0"))
     });
     anyhow::ensure!(!late, "a commit path was not held: {shown:?}");
+    Ok(())
+}
+
+/// asyncpg's suite (extended protocol throughout) through a capturing proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asyncpg_suite_with_capture_on() -> Result<()> {
+    init_tracing();
+    let drivers = drivers_dir();
+    let python = drivers.join(".venv/bin/python");
+    let Some(root) = find_prefixed(&drivers.join(".suites"), "asyncpg-") else {
+        return skip("asyncpg", &drivers.join(".suites/asyncpg-*"));
+    };
+    if let Some(missing) = first_missing(&[&python, &root.join("tests/__init__.py")]) {
+        return skip("asyncpg", &missing);
+    }
+    let cluster = Cluster::start().await?;
+    let (proxy, admin, _log) = capturing_proxy(&cluster, "postgres").await?;
+    let suite = PythonSuite {
+        python,
+        root,
+        load: ["--discover", "tests"],
+        env: |t| {
+            vec![
+                ("PGHOST", t.host.clone()),
+                ("PGPORT", t.port.to_string()),
+                ("PGUSER", "postgres".into()),
+                ("PGDATABASE", "postgres".into()),
+            ]
+        },
+    };
+    compare(
+        "asyncpg+capture",
+        &suite,
+        &direct(&cluster),
+        &via(&proxy),
+        ASYNCPG_KNOWN,
+        250,
+    )
+    .await?;
+    no_late_commits(&admin).await?;
     proxy.shutdown().await;
     Ok(())
 }

@@ -5,6 +5,7 @@
 
 pub mod catalog;
 pub mod log;
+pub mod mapping;
 
 pub use log::{
     CommitRecord, Durability, Key, LogEntry, LogError, LogOptions, LogReader, LogStats, LogWriter, LogWriterHandle,

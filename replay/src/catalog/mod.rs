@@ -85,6 +85,12 @@ impl Catalog {
         }
     }
 
+    /// A catalog of just these tables, for tests of code that reads catalogs.
+    #[cfg(test)]
+    pub(crate) fn for_tests(tables: Vec<Table>) -> Catalog {
+        Catalog::new(tables, Vec::new(), Vec::new(), Vec::new(), "postgres".into(), 150000)
+    }
+
     /// All tables, ordered by schema then name.
     pub fn tables(&self) -> &[Table] {
         &self.tables

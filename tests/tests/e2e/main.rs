@@ -16,6 +16,7 @@ mod copy;
 mod drivers;
 mod gate;
 mod lifecycle;
+mod mapping;
 mod notify;
 mod oracle;
 mod protocol;

@@ -6,6 +6,7 @@
 pub mod catalog;
 pub mod log;
 pub mod mapping;
+pub mod replayer;
 
 pub use log::{
     CommitRecord, Durability, Key, LogEntry, LogError, LogOptions, LogReader, LogStats, LogWriter, LogWriterHandle,

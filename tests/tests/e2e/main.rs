@@ -12,6 +12,7 @@ mod capture;
 mod capture_kill;
 mod capture_random;
 mod catalog;
+mod catchup;
 mod copy;
 mod drivers;
 mod gate;

@@ -1,0 +1,618 @@
+//! Catch-up replay (key sync): tails the capture log, groups and
+//! de-duplicates keys per table, reads the current source rows for them,
+//! maps them, and applies them to the target — upserting rows that exist,
+//! deleting keys that no longer do — in one target transaction per batch
+//! that also records the confirmed log position (schema `switchyard`).
+//!
+//! Keys are hash-partitioned over workers, so one key is always handled by
+//! the same worker and per-key order holds. Workers apply with
+//! `session_replication_role = replica` and follow foreign keys themselves:
+//! children of a deleted parent are re-synced, so ON DELETE CASCADE / SET
+//! NULL converge. A restart resumes after the lowest confirmed position
+//! (re-applying a key is harmless: rows are re-read, not replayed).
+
+use crate::catalog::{Catalog, FkAction, QualifiedName};
+use crate::log::{LogReader, Lsn, Record};
+use crate::mapping::{ColumnSource, Resolved, TableMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::sync::{mpsc, watch};
+use tokio_postgres::{Client, NoTls};
+
+/// A key's values as text.
+type KeyText = Vec<Option<String>>;
+
+/// Why replay stopped.
+#[derive(Debug, Error)]
+pub enum ReplayError {
+    /// A database call failed.
+    #[error("{what}: {source}")]
+    Db {
+        /// What was being done.
+        what: String,
+        /// The driver's error.
+        source: tokio_postgres::Error,
+    },
+    /// The log could not be read.
+    #[error("capture log: {0}")]
+    Log(#[from] crate::log::LogError),
+    /// A logged table has no mapping.
+    #[error("the log names table {0}, which the mapping does not know; re-resolve the mapping with the current source catalog")]
+    Unmapped(String),
+    /// A worker ended.
+    #[error("replay worker {0} stopped")]
+    Worker(usize),
+}
+
+fn db(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> ReplayError {
+    let what = what.into();
+    move |source| ReplayError::Db { what, source }
+}
+
+/// Replay settings.
+#[derive(Debug, Clone)]
+pub struct ReplayOptions {
+    /// The capture log.
+    pub log_dir: PathBuf,
+    /// Parallel workers (each with its own source and target connection).
+    pub workers: usize,
+    /// Keys per batch (per dispatch), at most.
+    pub batch_keys: usize,
+    /// How long to wait when the log has nothing new.
+    pub idle: Duration,
+}
+
+impl Default for ReplayOptions {
+    fn default() -> Self {
+        ReplayOptions {
+            log_dir: PathBuf::from("switchyard-log"),
+            workers: 4,
+            batch_keys: 5_000,
+            idle: Duration::from_millis(2),
+        }
+    }
+}
+
+/// Live progress, shared with whoever reports lag.
+#[derive(Debug, Default)]
+pub struct ReplayStatus {
+    /// Highest log position read.
+    pub read_lsn: AtomicU64,
+    /// Highest position every worker has applied and committed.
+    pub confirmed_lsn: AtomicU64,
+    /// Keys read and not yet applied.
+    pub keys_pending: AtomicU64,
+    /// Rows upserted or deleted on the target.
+    pub rows_applied: AtomicU64,
+    /// Batches committed on the target.
+    pub batches: AtomicU64,
+    /// Commit time (Unix µs) of the newest record applied everywhere.
+    pub applied_commit_micros: AtomicU64,
+}
+
+/// The position table on the target.
+const SETUP: &str = "CREATE SCHEMA IF NOT EXISTS switchyard; \
+    CREATE TABLE IF NOT EXISTS switchyard.replay_position (worker int PRIMARY KEY, lsn bigint NOT NULL, \
+    updated_at timestamptz NOT NULL DEFAULT now())";
+
+/// Creates the position table on the target and returns the position to
+/// resume after (0 when nothing was applied yet).
+pub async fn prepare_target(target: &Client) -> Result<Lsn, ReplayError> {
+    target
+        .batch_execute(SETUP)
+        .await
+        .map_err(db("create the switchyard schema on the target"))?;
+    let row = target
+        .query_one("SELECT coalesce(min(lsn), 0) FROM switchyard.replay_position", &[])
+        .await
+        .map_err(db("read the confirmed position"))?;
+    Ok(Lsn(row.get::<_, i64>(0) as u64))
+}
+
+/// What a worker gets: keys per table, and the position they run up to.
+struct Batch {
+    upto: Lsn,
+    commit_micros: i64,
+    keys: BTreeMap<String, BTreeSet<KeyText>>,
+}
+
+/// Runs catch-up until `stop` turns true (finishing the batch in hand).
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    source: tokio_postgres::Config,
+    target: tokio_postgres::Config,
+    mapping: Arc<Resolved>,
+    source_catalog: Arc<Catalog>,
+    target_catalog: Arc<Catalog>,
+    options: ReplayOptions,
+    status: Arc<ReplayStatus>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), ReplayError> {
+    let control = connect(&target, "target").await?;
+    let resume = prepare_target(&control).await?;
+    status.confirmed_lsn.store(resume.0, Relaxed);
+    let workers = options.workers.max(1);
+    let mut senders = Vec::with_capacity(workers);
+    let mut handles = Vec::with_capacity(workers);
+    let confirmed: Arc<Vec<AtomicU64>> = Arc::new((0..workers).map(|_| AtomicU64::new(resume.0)).collect());
+    for w in 0..workers {
+        let (tx, rx) = mpsc::channel::<Batch>(4);
+        senders.push(tx);
+        let worker = Worker {
+            id: w,
+            source: connect(&source, "source").await?,
+            target: connect(&target, "target").await?,
+            mapping: mapping.clone(),
+            source_catalog: source_catalog.clone(),
+            target_catalog: target_catalog.clone(),
+            status: status.clone(),
+            confirmed: confirmed.clone(),
+        };
+        handles.push(tokio::spawn(worker.run(rx)));
+    }
+    let mut reader = LogReader::open(&options.log_dir, resume.next())?;
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let mut per: Vec<Batch> = (0..workers)
+            .map(|_| Batch {
+                upto: Lsn(0),
+                commit_micros: 0,
+                keys: BTreeMap::new(),
+            })
+            .collect();
+        let mut n = 0usize;
+        let mut last = None;
+        let mut commit_micros = 0;
+        while n < options.batch_keys {
+            let Some(entry) = reader.next()? else { break };
+            last = Some(entry.lsn);
+            if let Record::Commit(c) = entry.record {
+                commit_micros = c.commit_time_micros;
+                for t in c.tables {
+                    if mapping.table(&qualified(&t.table)).is_none() {
+                        return Err(ReplayError::Unmapped(t.table));
+                    }
+                    for k in t.keys {
+                        let w = worker_of(&t.table, &k, workers);
+                        if per[w].keys.entry(t.table.clone()).or_default().insert(k) {
+                            n += 1;
+                        }
+                    }
+                }
+            }
+        }
+        let Some(upto) = last else {
+            tokio::select! {
+                _ = tokio::time::sleep(options.idle) => {}
+                _ = stop.changed() => {}
+            }
+            continue;
+        };
+        status.read_lsn.store(upto.0, Relaxed);
+        status.keys_pending.fetch_add(n as u64, Relaxed);
+        for (w, mut b) in per.into_iter().enumerate() {
+            b.upto = upto;
+            b.commit_micros = commit_micros;
+            if senders[w].send(b).await.is_err() {
+                return Err(join_failure(handles, w).await);
+            }
+        }
+    }
+    drop(senders);
+    for (w, h) in handles.into_iter().enumerate() {
+        match h.await {
+            Ok(r) => r?,
+            Err(_) => return Err(ReplayError::Worker(w)),
+        }
+    }
+    Ok(())
+}
+
+async fn join_failure(handles: Vec<tokio::task::JoinHandle<Result<(), ReplayError>>>, w: usize) -> ReplayError {
+    for h in handles {
+        if let Ok(Err(e)) = h.await {
+            return e;
+        }
+    }
+    ReplayError::Worker(w)
+}
+
+fn worker_of(table: &str, key: &KeyText, workers: usize) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    table.hash(&mut h);
+    key.hash(&mut h);
+    (h.finish() % workers as u64) as usize
+}
+
+/// `schema.table` as the log writes it.
+fn qualified(table: &str) -> QualifiedName {
+    match table.split_once('.') {
+        Some((s, t)) => QualifiedName::new(s, t),
+        None => QualifiedName::new("public", table),
+    }
+}
+
+async fn connect(config: &tokio_postgres::Config, what: &str) -> Result<Client, ReplayError> {
+    let (client, conn) = config
+        .connect(NoTls)
+        .await
+        .map_err(db(format!("connect to the {what}")))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "replay connection ended");
+        }
+    });
+    Ok(client)
+}
+
+struct Worker {
+    id: usize,
+    source: Client,
+    target: Client,
+    mapping: Arc<Resolved>,
+    source_catalog: Arc<Catalog>,
+    target_catalog: Arc<Catalog>,
+    status: Arc<ReplayStatus>,
+    confirmed: Arc<Vec<AtomicU64>>,
+}
+
+impl Worker {
+    async fn run(mut self, mut rx: mpsc::Receiver<Batch>) -> Result<(), ReplayError> {
+        while let Some(batch) = rx.recv().await {
+            let n: usize = batch.keys.values().map(BTreeSet::len).sum();
+            // Following foreign keys can reach keys another worker owns;
+            // their key locks may then deadlock: the batch rolls back and
+            // runs again (it re-reads the source, so it converges).
+            let mut attempt = 0;
+            loop {
+                match self.apply(&batch).await {
+                    Ok(()) => break,
+                    Err(ReplayError::Db { source, .. })
+                        if attempt < 50
+                            && source.code().is_some_and(|c| {
+                                *c == tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED
+                                    || *c == tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE
+                            }) =>
+                    {
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_millis(1 + attempt * (self.id as u64 + 1))).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            self.status.keys_pending.fetch_sub(n as u64, Relaxed);
+            self.status.batches.fetch_add(1, Relaxed);
+            self.confirmed[self.id].store(batch.upto.0, Relaxed);
+            let min = self.confirmed.iter().map(|c| c.load(Relaxed)).min().unwrap_or(0);
+            if self.status.confirmed_lsn.fetch_max(min, Relaxed) < min {
+                self.status
+                    .applied_commit_micros
+                    .store(batch.commit_micros.max(0) as u64, Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    /// One batch in one target transaction, with the position.
+    async fn apply(&mut self, batch: &Batch) -> Result<(), ReplayError> {
+        let tx = self.target.transaction().await.map_err(db("begin on the target"))?;
+        tx.batch_execute("SET LOCAL session_replication_role = replica")
+            .await
+            .map_err(db("set session_replication_role on the target"))?;
+        let mut queue: Vec<(QualifiedName, BTreeSet<KeyText>)> =
+            batch.keys.iter().map(|(t, k)| (qualified(t), k.clone())).collect();
+        let mut rows = 0u64;
+        let mut rounds = 0;
+        while let Some((table, keys)) = queue.pop() {
+            if keys.is_empty() {
+                continue;
+            }
+            rounds += 1;
+            let map = self
+                .mapping
+                .table(&table)
+                .ok_or_else(|| ReplayError::Unmapped(table.to_string()))?
+                .clone();
+            let (applied, _deleted) = sync_keys(
+                &self.source,
+                &tx,
+                &map,
+                &self.source_catalog,
+                &self.target_catalog,
+                &keys,
+            )
+            .await?;
+            rows += applied;
+            // Children of parents written here: a delete on the source
+            // cascaded to them (or nulled them) without capture seeing it —
+            // also when the parent was deleted and created again since, which
+            // de-duplication folds into one upsert. Re-sync them from the source.
+            if rounds < 10_000 {
+                for fk in self.source_catalog.referencing(&table) {
+                    if matches!(fk.on_delete, FkAction::NoAction | FkAction::Restrict) {
+                        continue;
+                    }
+                    let Some(child) = self.mapping.table(&fk.child) else {
+                        continue;
+                    };
+                    let child_keys = referencing_keys(&tx, child, &map, fk, &keys, &self.target_catalog).await?;
+                    if !child_keys.is_empty() {
+                        queue.push((fk.child.clone(), child_keys));
+                    }
+                }
+            }
+        }
+        tx.execute(
+            "INSERT INTO switchyard.replay_position (worker, lsn) VALUES ($1, $2) \
+             ON CONFLICT (worker) DO UPDATE SET lsn = excluded.lsn, updated_at = now()",
+            &[&(self.id as i32), &(batch.upto.0 as i64)],
+        )
+        .await
+        .map_err(db("record the confirmed position"))?;
+        tx.commit().await.map_err(db("commit a batch on the target"))?;
+        self.status.rows_applied.fetch_add(rows, Relaxed);
+        Ok(())
+    }
+}
+
+fn q(name: &str) -> String {
+    crate::catalog::quote_ident(name)
+}
+
+fn type_of(catalog: &Catalog, table: &QualifiedName, column: &str) -> String {
+    catalog
+        .table_exact(&table.schema, &table.name)
+        .and_then(|t| t.column(column))
+        .map(|c| c.type_name.clone())
+        .unwrap_or_else(|| "text".into())
+}
+
+/// Columns of `keys` as text arrays, one per key column.
+fn key_arrays(keys: &BTreeSet<KeyText>, width: usize) -> Vec<Vec<Option<String>>> {
+    (0..width)
+        .map(|i| keys.iter().map(|k| k.get(i).cloned().flatten()).collect())
+        .collect()
+}
+
+/// Reads `keys` of one table from the source and applies them to the
+/// target: upsert found rows, delete the rest. Returns the rows touched and
+/// the keys deleted.
+async fn sync_keys(
+    source: &Client,
+    target: &tokio_postgres::Transaction<'_>,
+    map: &TableMap,
+    source_catalog: &Catalog,
+    target_catalog: &Catalog,
+    keys: &BTreeSet<KeyText>,
+) -> Result<(u64, BTreeSet<KeyText>), ReplayError> {
+    let width = map.source_key.len();
+    // Per-key locks on the target, taken before the source is read: two
+    // workers syncing one key (a foreign key followed into another worker's
+    // keys) then read and write it one after the other, never crosswise.
+    let mut locks: Vec<i64> = keys
+        .iter()
+        .map(|k| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            map.target.hash(&mut h);
+            k.hash(&mut h);
+            h.finish() as i64
+        })
+        .collect();
+    locks.sort_unstable();
+    locks.dedup();
+    target
+        .execute(
+            "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k ORDER BY k",
+            &[&locks],
+        )
+        .await
+        .map_err(db(format!("lock keys of {}", map.target)))?;
+    let arrays = key_arrays(keys, width);
+    let unnest: Vec<String> = (1..=width).map(|i| format!("${i}::text[]")).collect();
+    let knames: Vec<String> = (0..width).map(|i| format!("sy_k{i}")).collect();
+    let join: Vec<String> = map
+        .source_key
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("s.{} = k.sy_k{i}::{}", q(c), type_of(source_catalog, &map.source, c)))
+        .collect();
+    let values: Vec<String> = map
+        .columns
+        .iter()
+        .map(|(_, src)| match src {
+            ColumnSource::Column(c) => format!("s.{}::text", q(c)),
+            ColumnSource::Expr(e) => format!("({e})::text"),
+        })
+        .collect();
+    let keys_out: Vec<String> = map.source_key.iter().map(|c| format!("s.{}::text", q(c))).collect();
+    let select = format!(
+        "SELECT {}{}{} FROM {} s JOIN unnest({}) AS k({}) ON {}",
+        values.join(", "),
+        if values.is_empty() { "" } else { ", " },
+        keys_out.join(", "),
+        map.source.qualified(),
+        unnest.join(", "),
+        knames.join(", "),
+        join.join(" AND ")
+    );
+    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = arrays
+        .iter()
+        .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect();
+    let found = source
+        .query(&select, &params)
+        .await
+        .map_err(db(format!("read {} from the source", map.source)))?;
+    let ncols = map.columns.len();
+    let mut present: BTreeSet<KeyText> = BTreeSet::new();
+    let mut cols: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(found.len()); ncols];
+    for row in &found {
+        for (i, c) in cols.iter_mut().enumerate() {
+            c.push(row.get::<_, Option<String>>(i));
+        }
+        present.insert((0..width).map(|i| row.get::<_, Option<String>>(ncols + i)).collect());
+    }
+    let mut touched = 0;
+    if !found.is_empty() {
+        let names: Vec<String> = map.columns.iter().map(|(t, _)| q(t)).collect();
+        let casts: Vec<String> = map
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, (t, _))| format!("u.c{i}::{}", type_of(target_catalog, &map.target, t)))
+            .collect();
+        let un: Vec<String> = (1..=ncols).map(|i| format!("${i}::text[]")).collect();
+        let cn: Vec<String> = (0..ncols).map(|i| format!("c{i}")).collect();
+        let updates: Vec<String> = map
+            .columns
+            .iter()
+            .filter(|(t, _)| !map.target_key.contains(t))
+            .map(|(t, _)| format!("{} = excluded.{}", q(t), q(t)))
+            .collect();
+        let on_conflict = if updates.is_empty() {
+            "DO NOTHING".to_owned()
+        } else {
+            format!("DO UPDATE SET {}", updates.join(", "))
+        };
+        let target_key: Vec<String> = map.target_key.iter().map(|c| q(c)).collect();
+        let upsert = format!(
+            "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM unnest({}) AS u({}) ON CONFLICT ({}) {}",
+            map.target.qualified(),
+            names.join(", "),
+            casts.join(", "),
+            un.join(", "),
+            cn.join(", "),
+            target_key.join(", "),
+            on_conflict
+        );
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = cols
+            .iter()
+            .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        touched += target
+            .execute(&upsert, &params)
+            .await
+            .map_err(db(format!("upsert into {}", map.target)))?;
+    }
+    let deleted: BTreeSet<KeyText> = keys.iter().filter(|k| !present.contains(*k)).cloned().collect();
+    if !deleted.is_empty() {
+        touched += delete_keys(target, map, target_catalog, &deleted).await?;
+    }
+    Ok((touched, deleted))
+}
+
+async fn delete_keys(
+    target: &tokio_postgres::Transaction<'_>,
+    map: &TableMap,
+    target_catalog: &Catalog,
+    keys: &BTreeSet<KeyText>,
+) -> Result<u64, ReplayError> {
+    let width = map.target_key.len();
+    let arrays = key_arrays(keys, width);
+    let cond: Vec<String> = map
+        .target_key
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("t.{} = k.sy_k{i}::{}", q(c), type_of(target_catalog, &map.target, c)))
+        .collect();
+    let unnest: Vec<String> = (1..=width).map(|i| format!("${i}::text[]")).collect();
+    let knames: Vec<String> = (0..width).map(|i| format!("sy_k{i}")).collect();
+    let sql = format!(
+        "DELETE FROM {} t USING unnest({}) AS k({}) WHERE {}",
+        map.target.qualified(),
+        unnest.join(", "),
+        knames.join(", "),
+        cond.join(" AND ")
+    );
+    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = arrays
+        .iter()
+        .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect();
+    target
+        .execute(&sql, &params)
+        .await
+        .map_err(db(format!("delete from {}", map.target)))
+}
+
+/// Source keys of the target rows of `child` that reference the deleted
+/// `parent` keys through `fk`.
+async fn referencing_keys(
+    target: &tokio_postgres::Transaction<'_>,
+    child: &TableMap,
+    parent: &TableMap,
+    fk: &crate::catalog::ForeignKey,
+    deleted: &BTreeSet<KeyText>,
+    target_catalog: &Catalog,
+) -> Result<BTreeSet<KeyText>, ReplayError> {
+    // The deleted parent keys, reordered to the FK's parent columns.
+    let order: Option<Vec<usize>> = fk
+        .parent_columns
+        .iter()
+        .map(|c| parent.source_key.iter().position(|k| k == c))
+        .collect();
+    // The child's FK columns as target columns (plain copies only).
+    let child_cols: Option<Vec<String>> = fk
+        .child_columns
+        .iter()
+        .map(|c| {
+            child
+                .columns
+                .iter()
+                .find(|(_, s)| s == &ColumnSource::Column(c.clone()))
+                .map(|(t, _)| t.clone())
+        })
+        .collect();
+    let (Some(order), Some(child_cols)) = (order, child_cols) else {
+        return Ok(BTreeSet::new());
+    };
+    let values: BTreeSet<KeyText> = deleted
+        .iter()
+        .map(|k| order.iter().map(|&i| k.get(i).cloned().flatten()).collect())
+        .collect();
+    let arrays = key_arrays(&values, order.len());
+    let cond: Vec<String> = child_cols
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("t.{} = k.sy_k{i}::{}", q(c), type_of(target_catalog, &child.target, c)))
+        .collect();
+    let unnest: Vec<String> = (1..=order.len()).map(|i| format!("${i}::text[]")).collect();
+    let knames: Vec<String> = (0..order.len()).map(|i| format!("sy_k{i}")).collect();
+    let out: Vec<String> = child.target_key.iter().map(|c| format!("t.{}::text", q(c))).collect();
+    let sql = format!(
+        "SELECT {} FROM {} t JOIN unnest({}) AS k({}) ON {}",
+        out.join(", "),
+        child.target.qualified(),
+        unnest.join(", "),
+        knames.join(", "),
+        cond.join(" AND ")
+    );
+    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = arrays
+        .iter()
+        .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect();
+    let rows = target
+        .query(&sql, &params)
+        .await
+        .map_err(db(format!("find rows of {} referencing deleted keys", child.target)))?;
+    // Target key i was copied from source key i: the same values.
+    Ok(rows
+        .iter()
+        .map(|r| (0..out.len()).map(|i| r.get::<_, Option<String>>(i)).collect())
+        .collect())
+}
+
+/// Positions per worker, for reports.
+pub async fn positions(target: &Client) -> Result<HashMap<i32, i64>, ReplayError> {
+    let rows = target
+        .query("SELECT worker, lsn FROM switchyard.replay_position", &[])
+        .await
+        .map_err(db("read replay positions"))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}

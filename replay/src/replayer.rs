@@ -14,11 +14,12 @@
 use crate::catalog::{Catalog, FkAction, QualifiedName};
 use crate::log::{LogReader, Lsn, Record};
 use crate::mapping::{ColumnSource, Resolved, TableMap};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use hdrhistogram::Histogram;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
@@ -79,7 +80,7 @@ impl Default for ReplayOptions {
 }
 
 /// Live progress, shared with whoever reports lag.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ReplayStatus {
     /// Highest log position read.
     pub read_lsn: AtomicU64,
@@ -93,6 +94,121 @@ pub struct ReplayStatus {
     pub batches: AtomicU64,
     /// Commit time (Unix µs) of the newest record applied everywhere.
     pub applied_commit_micros: AtomicU64,
+    /// Commits read and not yet confirmed: (position, commit time µs).
+    unconfirmed: Mutex<VecDeque<(u64, i64)>>,
+    /// Catch-up lag of each confirmed commit: from its commit on the source
+    /// (as the proxy logged it) to its batch committing on the target, µs.
+    lag: Mutex<Histogram<u64>>,
+}
+
+impl Default for ReplayStatus {
+    fn default() -> Self {
+        ReplayStatus {
+            read_lsn: AtomicU64::new(0),
+            confirmed_lsn: AtomicU64::new(0),
+            keys_pending: AtomicU64::new(0),
+            rows_applied: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            applied_commit_micros: AtomicU64::new(0),
+            unconfirmed: Mutex::new(VecDeque::new()),
+            lag: Mutex::new(Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")),
+        }
+    }
+}
+
+/// A point-in-time view of replay progress, for `SHOW LAG`, metrics and the CLI.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LagReport {
+    /// Highest log position read.
+    pub read_lsn: u64,
+    /// Highest position applied on the target by every worker.
+    pub confirmed_lsn: u64,
+    /// Keys read and not yet applied.
+    pub keys_pending: u64,
+    /// Commits read and not yet applied.
+    pub commits_pending: u64,
+    /// Age of the oldest commit not yet applied, seconds (0 when caught up).
+    pub lag_seconds: f64,
+    /// Rows upserted or deleted so far.
+    pub rows_applied: u64,
+    /// Target transactions committed so far.
+    pub batches: u64,
+    /// Per-commit catch-up lag percentiles since start, milliseconds.
+    pub lag_p50_ms: f64,
+    /// 99th percentile, milliseconds.
+    pub lag_p99_ms: f64,
+    /// Largest, milliseconds.
+    pub lag_max_ms: f64,
+    /// Commits measured.
+    pub commits_applied: u64,
+}
+
+impl ReplayStatus {
+    /// Commits just read, in log order.
+    fn read(&self, commits: &[(u64, i64)]) {
+        if !commits.is_empty() {
+            lock(&self.unconfirmed).extend(commits.iter().copied());
+        }
+    }
+
+    /// Every position up to `upto` is applied: measure the commits it covers.
+    fn confirm(&self, upto: u64) {
+        let now = unix_micros_now();
+        let mut pending = lock(&self.unconfirmed);
+        let mut lag = lock(&self.lag);
+        while let Some(&(lsn, commit)) = pending.front() {
+            if lsn > upto {
+                break;
+            }
+            pending.pop_front();
+            lag.saturating_record((now - commit).max(1) as u64);
+            self.applied_commit_micros.store(commit.max(0) as u64, Relaxed);
+        }
+    }
+
+    /// Forgets the lag measured so far (e.g. after a warm-up).
+    pub fn reset_lag(&self) {
+        lock(&self.lag).reset();
+    }
+
+    /// The per-commit lag histogram, µs.
+    pub fn lag_histogram(&self) -> Histogram<u64> {
+        lock(&self.lag).clone()
+    }
+
+    /// Progress as of now.
+    pub fn report(&self) -> LagReport {
+        let now = unix_micros_now();
+        let (commits_pending, oldest) = {
+            let pending = lock(&self.unconfirmed);
+            (pending.len() as u64, pending.front().map(|&(_, c)| c))
+        };
+        let lag = lock(&self.lag);
+        let ms = |v: u64| v as f64 / 1000.0;
+        LagReport {
+            read_lsn: self.read_lsn.load(Relaxed),
+            confirmed_lsn: self.confirmed_lsn.load(Relaxed),
+            keys_pending: self.keys_pending.load(Relaxed),
+            commits_pending,
+            lag_seconds: oldest.map_or(0.0, |c| (now - c).max(0) as f64 / 1e6),
+            rows_applied: self.rows_applied.load(Relaxed),
+            batches: self.batches.load(Relaxed),
+            lag_p50_ms: ms(lag.value_at_quantile(0.5)),
+            lag_p99_ms: ms(lag.value_at_quantile(0.99)),
+            lag_max_ms: ms(lag.max()),
+            commits_applied: lag.len(),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn unix_micros_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
 }
 
 /// The position table on the target.
@@ -117,7 +233,6 @@ pub async fn prepare_target(target: &Client) -> Result<Lsn, ReplayError> {
 /// What a worker gets: keys per table, and the position they run up to.
 struct Batch {
     upto: Lsn,
-    commit_micros: i64,
     keys: BTreeMap<String, BTreeSet<KeyText>>,
 }
 
@@ -163,18 +278,17 @@ pub async fn run(
         let mut per: Vec<Batch> = (0..workers)
             .map(|_| Batch {
                 upto: Lsn(0),
-                commit_micros: 0,
                 keys: BTreeMap::new(),
             })
             .collect();
         let mut n = 0usize;
         let mut last = None;
-        let mut commit_micros = 0;
+        let mut commits: Vec<(u64, i64)> = Vec::new();
         while n < options.batch_keys {
             let Some(entry) = reader.next()? else { break };
             last = Some(entry.lsn);
             if let Record::Commit(c) = entry.record {
-                commit_micros = c.commit_time_micros;
+                commits.push((entry.lsn.0, c.commit_time_micros));
                 for t in c.tables {
                     if mapping.table(&qualified(&t.table)).is_none() {
                         return Err(ReplayError::Unmapped(t.table));
@@ -196,10 +310,10 @@ pub async fn run(
             continue;
         };
         status.read_lsn.store(upto.0, Relaxed);
+        status.read(&commits);
         status.keys_pending.fetch_add(n as u64, Relaxed);
         for (w, mut b) in per.into_iter().enumerate() {
             b.upto = upto;
-            b.commit_micros = commit_micros;
             if senders[w].send(b).await.is_err() {
                 return Err(join_failure(handles, w).await);
             }
@@ -292,9 +406,7 @@ impl Worker {
             self.confirmed[self.id].store(batch.upto.0, Relaxed);
             let min = self.confirmed.iter().map(|c| c.load(Relaxed)).min().unwrap_or(0);
             if self.status.confirmed_lsn.fetch_max(min, Relaxed) < min {
-                self.status
-                    .applied_commit_micros
-                    .store(batch.commit_micros.max(0) as u64, Relaxed);
+                self.status.confirm(min);
             }
         }
         Ok(())

@@ -56,6 +56,18 @@ pub enum Command {
         #[command(flatten)]
         console: ConsoleArgs,
     },
+    /// Copy the source to the target once the capture barrier has passed:
+    /// pg_dump/pg_restore (logical, the default) or pg_basebackup (physical).
+    Clone(CloneArgs),
+    /// Catch-up replay onto the target: `start`, `stop`, `show` in a running
+    /// proxy, or `run` standalone in the foreground.
+    Catchup {
+        /// What to do.
+        #[command(subcommand)]
+        action: CatchupCommand,
+    },
+    /// Show catch-up progress and lag (SHOW LAG).
+    Lag(ConsoleArgs),
     /// Run any admin console command, e.g. `switchyard admin "SHOW SESSIONS"`.
     Admin {
         /// How to reach the console.
@@ -63,6 +75,68 @@ pub enum Command {
         console: ConsoleArgs,
         /// The command.
         command: String,
+    },
+}
+
+/// `switchyard clone`.
+#[derive(Debug, Args)]
+pub struct CloneArgs {
+    /// The proxy's TOML config: [source], [target] and the capture user.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// logical: pg_dump + pg_restore into the empty [target] database;
+    /// physical: pg_basebackup of the whole cluster into --dir.
+    #[arg(long, value_enum, default_value = "logical")]
+    pub method: crate::clone::Method,
+    /// Parallel jobs for pg_dump and pg_restore.
+    #[arg(short, long, default_value_t = 4)]
+    pub jobs: usize,
+    /// The dump directory (logical) or new data directory (physical);
+    /// default: next to the capture log.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Restore without the source's ownership and grants (objects owned by
+    /// the target user), for a target without the source's roles.
+    #[arg(long)]
+    pub no_owner: bool,
+    /// Keep the dump directory after the restore.
+    #[arg(long)]
+    pub keep_dump: bool,
+    /// How long to wait for the capture barrier, e.g. 10min or 30s.
+    #[arg(long, default_value = "10min")]
+    pub barrier_timeout: String,
+    /// Seconds between progress lines when stderr is not a terminal.
+    #[arg(long, default_value_t = 5)]
+    pub progress_every: u64,
+    /// How to reach the proxy's admin console (to see the barrier).
+    #[command(flatten)]
+    pub console: ConsoleArgs,
+}
+
+/// `switchyard catchup ...`.
+#[derive(Debug, Subcommand)]
+pub enum CatchupCommand {
+    /// Start catch-up in the running proxy (CATCHUP START).
+    Start(ConsoleArgs),
+    /// Stop catch-up in the running proxy (CATCHUP STOP).
+    Stop(ConsoleArgs),
+    /// Show catch-up progress and lag (SHOW LAG).
+    Show(ConsoleArgs),
+    /// Run catch-up standalone, in the foreground, without a proxy (the
+    /// capture log must be readable here). Stops on Ctrl-C.
+    Run {
+        /// The proxy's TOML config: [source], [target], [capture] log_dir, [catchup].
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Exit once everything in the log is applied.
+        #[arg(long)]
+        until_caught_up: bool,
+        /// Parallel workers (overrides catchup.workers).
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Seconds between progress lines when stderr is not a terminal.
+        #[arg(long, default_value_t = 5)]
+        progress_every: u64,
     },
 }
 
@@ -88,6 +162,29 @@ pub struct ConsoleArgs {
 
 /// Runs one console command and returns its rows as a printable table.
 pub async fn console(args: &ConsoleArgs, command: &str) -> anyhow::Result<String> {
+    let (header, rows) = console_rows(args, command).await?;
+    Ok(render_table(&header, &rows))
+}
+
+/// Runs a console command answering `key | value` rows (SHOW CAPTURE,
+/// SHOW LAG) and returns them as a map.
+pub async fn console_map(
+    args: &ConsoleArgs,
+    command: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let (_, rows) = console_rows(args, command).await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|mut r| {
+            let v = r.pop()?;
+            let k = r.pop()?;
+            Some((k, v))
+        })
+        .collect())
+}
+
+/// Runs one console command and returns its column names and rows.
+pub async fn console_rows(args: &ConsoleArgs, command: &str) -> anyhow::Result<(Vec<String>, Vec<Vec<String>>)> {
     use tokio_postgres::SimpleQueryMessage;
     let mut cfg = tokio_postgres::Config::new();
     cfg.host(&args.host)
@@ -129,7 +226,7 @@ pub async fn console(args: &ConsoleArgs, command: &str) -> anyhow::Result<String
             _ => {}
         }
     }
-    Ok(render_table(&header, &rows))
+    Ok((header, rows))
 }
 
 /// Formats rows as an aligned text table.

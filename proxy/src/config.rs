@@ -87,6 +87,44 @@ pub struct Config {
     /// Write capture.
     #[serde(default)]
     pub capture: CaptureConfig,
+    /// The database being migrated to (the clone): `switchyard clone` fills
+    /// it, catch-up keeps it current. User and database default to the
+    /// capture connection's.
+    pub target: Option<DatabaseConfig>,
+    /// Catch-up replay.
+    #[serde(default)]
+    pub catchup: CatchupConfig,
+}
+
+/// Catch-up replay (key sync) from the capture log to the target.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatchupConfig {
+    /// Migration mapping file (TOML); absent: same tables and columns by name.
+    pub mapping: Option<std::path::PathBuf>,
+    /// Parallel workers, each with a source and a target connection. Default 4.
+    #[serde(default = "default_catchup_workers")]
+    pub workers: usize,
+    /// Keys read from the log per dispatch, at most. Default 5000.
+    #[serde(default = "default_batch_keys")]
+    pub batch_keys: usize,
+}
+
+impl Default for CatchupConfig {
+    fn default() -> Self {
+        CatchupConfig {
+            mapping: None,
+            workers: default_catchup_workers(),
+            batch_keys: default_batch_keys(),
+        }
+    }
+}
+
+fn default_catchup_workers() -> usize {
+    4
+}
+fn default_batch_keys() -> usize {
+    5_000
 }
 
 /// A database the proxy connects to.
@@ -448,6 +486,28 @@ impl Config {
                 return Err(invalid(key, "must be above 0".into()));
             }
         }
+        if let Some(t) = &self.target {
+            if t.host.trim().is_empty() {
+                return Err(invalid("target.host", "must name the database host".into()));
+            }
+            if t.port == 0 {
+                return Err(invalid("target.port", "must be a port number 1-65535".into()));
+            }
+            if t.host == self.source.host && t.port == self.source.port && t.database == self.source.database {
+                return Err(invalid(
+                    "target",
+                    "names the same database as [source]; the target must be another database".into(),
+                ));
+            }
+        }
+        for (key, v) in [
+            ("catchup.workers", self.catchup.workers),
+            ("catchup.batch_keys", self.catchup.batch_keys),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be above 0".into()));
+            }
+        }
         if self.capture.log_dir.as_os_str().is_empty() {
             return Err(invalid("capture.log_dir", "must name a directory".into()));
         }
@@ -487,8 +547,97 @@ impl Config {
             limits: Limits::default(),
             metrics: MetricsConfig::default(),
             capture: CaptureConfig::default(),
+            target: None,
+            catchup: CatchupConfig::default(),
         }
     }
+
+    /// The user the proxy's own connections to the source log in as
+    /// (`capture.user`, else `source.user`).
+    pub fn control_user(&self) -> Option<&str> {
+        self.capture.user.as_deref().or(self.source.user.as_deref())
+    }
+
+    /// The proxy's own connection to the source (catalog, pg_stat_activity,
+    /// catch-up reads, clone): `source` host and port with the `capture`
+    /// user, password and database, each defaulting to `source`'s.
+    pub fn source_control(&self, application: &str) -> Result<tokio_postgres::Config, ConfigError> {
+        let user = self.control_user().ok_or_else(|| ConfigError::Invalid {
+            key: "capture.user".into(),
+            message: "no user for the proxy's own source connections: set capture.user (or source.user)".into(),
+        })?;
+        let password = self.capture.password.as_deref().or(self.source.password.as_deref());
+        let database = self
+            .capture
+            .database
+            .as_deref()
+            .or(self.source.database.as_deref())
+            .unwrap_or(user);
+        Ok(pg_config(
+            &self.source,
+            user,
+            password,
+            database,
+            application,
+            self.limits.connect_timeout(),
+        ))
+    }
+
+    /// The connection to the target: `[target]`, with user and database
+    /// defaulting to the source control connection's.
+    pub fn target_connection(&self, application: &str) -> Result<tokio_postgres::Config, ConfigError> {
+        let target = self.target.as_ref().ok_or_else(|| ConfigError::Invalid {
+            key: "target".into(),
+            message: "no [target] section: name the database to migrate to (host, port, database, user)".into(),
+        })?;
+        let user = target
+            .user
+            .as_deref()
+            .or(self.control_user())
+            .ok_or_else(|| ConfigError::Invalid {
+                key: "target.user".into(),
+                message: "no user to log in to the target with: set target.user".into(),
+            })?;
+        let database = target
+            .database
+            .as_deref()
+            .or(self.capture.database.as_deref())
+            .or(self.source.database.as_deref())
+            .unwrap_or(user);
+        Ok(pg_config(
+            target,
+            user,
+            target.password.as_deref(),
+            database,
+            application,
+            self.limits.connect_timeout(),
+        ))
+    }
+}
+
+fn pg_config(
+    db: &DatabaseConfig,
+    user: &str,
+    password: Option<&str>,
+    database: &str,
+    application: &str,
+    connect_timeout: Duration,
+) -> tokio_postgres::Config {
+    let mut pg = tokio_postgres::Config::new();
+    pg.user(user)
+        .dbname(database)
+        .application_name(application)
+        .port(db.port);
+    if let Some(p) = password {
+        pg.password(p);
+    }
+    if crate::net::is_socket_dir(&db.host) {
+        pg.host_path(&db.host);
+    } else {
+        pg.host(&db.host);
+    }
+    pg.connect_timeout(connect_timeout);
+    pg
 }
 
 /// Whether a stored password is an md5 hash (`md5` + 32 hex digits).

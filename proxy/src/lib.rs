@@ -8,11 +8,14 @@ pub mod admin;
 pub mod auth;
 pub mod cancel;
 pub mod capture;
+pub mod catchup;
 pub mod cli;
+pub mod clone;
 pub mod config;
 pub mod gate;
 pub mod metrics;
 pub mod net;
+pub mod progress;
 pub mod registry;
 pub mod server;
 pub mod session;
@@ -20,6 +23,7 @@ pub mod stats;
 pub mod wire;
 
 pub use config::{
-    AuthConfig, AuthMethod, CaptureConfig, Config, DatabaseConfig, DurabilityConfig, UnsafePolicy, UserConfig,
+    AuthConfig, AuthMethod, CaptureConfig, CatchupConfig, Config, DatabaseConfig, DurabilityConfig, UnsafePolicy,
+    UserConfig,
 };
 pub use server::Proxy;

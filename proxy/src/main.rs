@@ -1,7 +1,9 @@
 //! The `switchyard` binary: parses the command line and calls the library.
 
 use clap::Parser;
-use switchyard_proxy::cli::{self, Cli, Command};
+use std::time::Duration;
+use switchyard_proxy::cli::{self, CatchupCommand, Cli, CloneArgs, Command};
+use switchyard_proxy::clone::{self, CloneOptions};
 use switchyard_proxy::Proxy;
 
 fn main() {
@@ -90,6 +92,9 @@ async fn run(cli: Cli) -> i32 {
         Command::Resume(console) => print(cli::console(&console, "RESUME").await),
         Command::Capture { action, console } => print(cli::console(&console, action.command()).await),
         Command::Admin { console, command } => print(cli::console(&console, &command).await),
+        Command::Lag(console) => print(cli::console(&console, "SHOW LAG").await),
+        Command::Catchup { action } => catchup(action).await,
+        Command::Clone(args) => clone(args).await,
     }
 }
 
@@ -101,6 +106,73 @@ fn print(r: anyhow::Result<String>) -> i32 {
         }
         Err(e) => {
             eprintln!("switchyard: {e}");
+            1
+        }
+    }
+}
+
+async fn catchup(action: CatchupCommand) -> i32 {
+    let (console, command) = match action {
+        CatchupCommand::Start(c) => (c, "CATCHUP START"),
+        CatchupCommand::Stop(c) => (c, "CATCHUP STOP"),
+        CatchupCommand::Show(c) => (c, "SHOW LAG"),
+        CatchupCommand::Run {
+            config,
+            until_caught_up,
+            workers,
+            progress_every,
+        } => {
+            let mut config = match cli::load_config(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("switchyard: {e}");
+                    return 2;
+                }
+            };
+            if let Some(w) = workers {
+                config.catchup.workers = w.max(1);
+            }
+            let every = Duration::from_secs(progress_every.max(1));
+            return match switchyard_proxy::catchup::run_standalone(&config, until_caught_up, every).await {
+                Ok(_) => 0,
+                Err(e) => {
+                    eprintln!("switchyard: {e:#}");
+                    1
+                }
+            };
+        }
+    };
+    print(cli::console(&console, command).await)
+}
+
+async fn clone(args: CloneArgs) -> i32 {
+    let config = match cli::load_config(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("switchyard: {e}");
+            return 2;
+        }
+    };
+    let Some(barrier_timeout) = switchyard_proxy::admin::parse_duration(&args.barrier_timeout) else {
+        eprintln!(
+            "switchyard: --barrier-timeout takes a duration such as 10min or 30s, not {:?}",
+            args.barrier_timeout
+        );
+        return 2;
+    };
+    let options = CloneOptions {
+        method: args.method,
+        jobs: args.jobs.max(1),
+        dir: args.dir.unwrap_or_else(|| clone::default_dir(&config, args.method)),
+        no_owner: args.no_owner,
+        keep_dump: args.keep_dump,
+        barrier_timeout,
+        progress_every: Duration::from_secs(args.progress_every.max(1)),
+    };
+    match clone::run(&config, &options, &args.console).await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("switchyard: clone: {e:#}");
             1
         }
     }

@@ -6,6 +6,8 @@
 //! the latency histogram's buckets are read off the same HDR histogram that
 //! `SHOW STATS` uses, so the hot path pays for one histogram, not two.
 
+use crate::catchup::LagView;
+use crate::server::Shared;
 use crate::stats::Stats;
 use metrics::{Counter, Gauge, Key, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
@@ -77,7 +79,7 @@ impl Metrics {
     }
 
     /// The text exposition of every metric, current as of now.
-    pub fn render(&self, stats: &Stats) -> String {
+    pub fn render(&self, stats: &Stats, catchup: Option<&LagView>) -> String {
         for (counter, read) in &self.counters {
             counter.absolute(read(stats));
         }
@@ -85,6 +87,9 @@ impl Metrics {
         let _ = &self.recorder;
         let mut text = self.handle.render();
         render_latency(&mut text, stats);
+        if let Some(view) = catchup {
+            render_catchup(&mut text, view);
+        }
         text
     }
 }
@@ -104,6 +109,62 @@ fn render_latency(out: &mut String, stats: &Stats) {
     let _ = writeln!(out, "{name}_count {count}");
 }
 
+/// Catch-up progress as gauges (counters for monotonic totals).
+fn render_catchup(out: &mut String, view: &LagView) {
+    use std::fmt::Write;
+    let r = &view.report;
+    let running = if view.state == "running" { 1.0 } else { 0.0 };
+    for (name, kind, help, value) in [
+        ("switchyard_catchup_running", "gauge", "1 while catch-up runs.", running),
+        (
+            "switchyard_catchup_read_lsn",
+            "gauge",
+            "Highest capture-log position read.",
+            r.read_lsn as f64,
+        ),
+        (
+            "switchyard_catchup_confirmed_lsn",
+            "gauge",
+            "Highest capture-log position applied on the target.",
+            r.confirmed_lsn as f64,
+        ),
+        (
+            "switchyard_catchup_commits_pending",
+            "gauge",
+            "Commits read and not yet applied.",
+            r.commits_pending as f64,
+        ),
+        (
+            "switchyard_catchup_keys_pending",
+            "gauge",
+            "Keys read and not yet applied.",
+            r.keys_pending as f64,
+        ),
+        (
+            "switchyard_catchup_lag_seconds",
+            "gauge",
+            "Age of the oldest commit not yet applied on the target.",
+            r.lag_seconds,
+        ),
+        (
+            "switchyard_catchup_rows_applied_total",
+            "counter",
+            "Rows upserted or deleted on the target.",
+            r.rows_applied as f64,
+        ),
+        (
+            "switchyard_catchup_batches_total",
+            "counter",
+            "Target transactions committed by catch-up.",
+            r.batches as f64,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        let _ = writeln!(out, "{name} {value}");
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
@@ -116,13 +177,12 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Serves `GET /metrics` (any path, in fact) until the task is aborted.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, stats: Arc<Stats>) {
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     loop {
         let Ok((mut sock, _)) = listener.accept().await else {
             continue;
         };
-        let metrics = metrics.clone();
-        let stats = stats.clone();
+        let shared = shared.clone();
         tokio::spawn(async move {
             let mut req = Vec::with_capacity(1024);
             let mut buf = [0u8; 1024];
@@ -144,7 +204,8 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, stats: Arc<Stat
             if !matches!(read, Ok(Ok(()))) {
                 return;
             }
-            let body = metrics.render(&stats);
+            let lag = shared.catchup.view();
+            let body = shared.metrics.render(&shared.stats, Some(&lag));
             let head = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                 body.len()
@@ -170,7 +231,7 @@ mod tests {
         local.record(200).unwrap(); // 0.2 ms
         local.record(3_000).unwrap(); // 3 ms
         stats.merge_latency(&mut local);
-        let text = Metrics::new().render(&stats);
+        let text = Metrics::new().render(&stats, None);
         assert!(text.contains("switchyard_queries_total 2"), "{text}");
         assert!(
             text.contains("switchyard_query_duration_seconds_bucket{le=\"0.0001\"} 0"),

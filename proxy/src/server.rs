@@ -71,6 +71,8 @@ pub struct Shared {
     pub sessions: Arc<Registry>,
     /// Write capture.
     pub capture: crate::capture::control::Capture,
+    /// Catch-up replay onto the target.
+    pub catchup: crate::catchup::Catchup,
     /// Becomes true when the proxy shuts down.
     pub shutdown: watch::Receiver<bool>,
     /// When the proxy started.
@@ -121,11 +123,8 @@ impl Proxy {
             shutdown: shutdown_rx,
             started_at: SystemTime::now(),
             pause: Mutex::new(None),
-            capture: crate::capture::control::Capture::new(
-                config.capture.clone(),
-                config.source.clone(),
-                config.limits.connect_timeout(),
-            ),
+            capture: crate::capture::control::Capture::new(&config),
+            catchup: crate::catchup::Catchup::default(),
             local_addr: addr,
             config,
         });
@@ -136,11 +135,7 @@ impl Proxy {
                 .await
                 .map_err(|source| StartError::MetricsBind { addr: maddr, source })?;
             metrics_addr = l.local_addr().ok();
-            side_tasks.push(tokio::spawn(metrics::serve(
-                l,
-                shared.metrics.clone(),
-                shared.stats.clone(),
-            )));
+            side_tasks.push(tokio::spawn(metrics::serve(l, shared.clone())));
         }
         tracing::info!(%addr, metrics = ?metrics_addr, source = %format!("{}:{}", shared.config.source.host, shared.config.source.port), "switchyard proxy listening");
         let task = tokio::spawn(serve(listener, shared.clone(), side_tasks));

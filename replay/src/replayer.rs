@@ -4,6 +4,11 @@
 //! deleting keys that no longer do — in one target transaction per batch
 //! that also records the confirmed log position (schema `switchyard`).
 //!
+//! A commit record is written before its COMMIT reaches the source, so its
+//! keys are read from the source only once the log says the transaction
+//! has settled (`Marker::Settled`, written when the COMMIT is answered);
+//! reading earlier could copy the rows as they were before the commit.
+//!
 //! Keys are hash-partitioned over workers, so one key is always handled by
 //! the same worker and per-key order holds. Workers apply with
 //! `session_replication_role = replica` and follow foreign keys themselves:
@@ -12,15 +17,15 @@
 //! (re-applying a key is harmless: rows are re-read, not replayed).
 
 use crate::catalog::{Catalog, FkAction, QualifiedName};
-use crate::log::{LogReader, Lsn, Record};
+use crate::log::{LogReader, Lsn, Marker, Record};
 use crate::mapping::{ColumnSource, Resolved, TableMap};
 use hdrhistogram::Histogram;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::{Client, NoTls};
@@ -94,6 +99,8 @@ pub struct ReplayStatus {
     pub batches: AtomicU64,
     /// Commit time (Unix µs) of the newest record applied everywhere.
     pub applied_commit_micros: AtomicU64,
+    /// The last look at the log found nothing new.
+    pub at_log_end: AtomicBool,
     /// Commits read and not yet confirmed: (position, commit time µs).
     unconfirmed: Mutex<VecDeque<(u64, i64)>>,
     /// Catch-up lag of each confirmed commit: from its commit on the source
@@ -110,6 +117,7 @@ impl Default for ReplayStatus {
             rows_applied: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             applied_commit_micros: AtomicU64::new(0),
+            at_log_end: AtomicBool::new(false),
             unconfirmed: Mutex::new(VecDeque::new()),
             lag: Mutex::new(Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")),
         }
@@ -141,6 +149,8 @@ pub struct LagReport {
     pub lag_max_ms: f64,
     /// Commits measured.
     pub commits_applied: u64,
+    /// Everything in the log when last looked at is applied.
+    pub caught_up: bool,
 }
 
 impl ReplayStatus {
@@ -185,10 +195,17 @@ impl ReplayStatus {
         };
         let lag = lock(&self.lag);
         let ms = |v: u64| v as f64 / 1000.0;
+        let read_lsn = self.read_lsn.load(Relaxed);
+        let confirmed_lsn = self.confirmed_lsn.load(Relaxed);
+        let keys_pending = self.keys_pending.load(Relaxed);
         LagReport {
-            read_lsn: self.read_lsn.load(Relaxed),
-            confirmed_lsn: self.confirmed_lsn.load(Relaxed),
-            keys_pending: self.keys_pending.load(Relaxed),
+            read_lsn,
+            confirmed_lsn,
+            keys_pending,
+            caught_up: self.at_log_end.load(Relaxed)
+                && commits_pending == 0
+                && keys_pending == 0
+                && confirmed_lsn >= read_lsn,
             commits_pending,
             lag_seconds: oldest.map_or(0.0, |c| (now - c).max(0) as f64 / 1e6),
             rows_applied: self.rows_applied.load(Relaxed),
@@ -251,6 +268,7 @@ pub async fn run(
     let control = connect(&target, "target").await?;
     let resume = prepare_target(&control).await?;
     status.confirmed_lsn.store(resume.0, Relaxed);
+    status.read_lsn.store(resume.0, Relaxed);
     let workers = options.workers.max(1);
     let mut senders = Vec::with_capacity(workers);
     let mut handles = Vec::with_capacity(workers);
@@ -271,6 +289,11 @@ pub async fn run(
         handles.push(tokio::spawn(worker.run(rx)));
     }
     let mut reader = LogReader::open(&options.log_dir, resume.next())?;
+    // Commits read whose COMMIT may not be answered yet: their rows are read
+    // from the source only once settled (see `Marker::Settled`).
+    let mut waiting: BTreeMap<u64, Unsettled> = BTreeMap::new();
+    let mut read_upto = resume;
+    let mut dispatched_upto = resume;
     loop {
         if *stop.borrow() {
             break;
@@ -282,35 +305,77 @@ pub async fn run(
             })
             .collect();
         let mut n = 0usize;
-        let mut last = None;
         let mut commits: Vec<(u64, i64)> = Vec::new();
+        let mut read_any = false;
         while n < options.batch_keys {
             let Some(entry) = reader.next()? else { break };
-            last = Some(entry.lsn);
-            if let Record::Commit(c) = entry.record {
-                commits.push((entry.lsn.0, c.commit_time_micros));
-                for t in c.tables {
-                    if mapping.table(&qualified(&t.table)).is_none() {
-                        return Err(ReplayError::Unmapped(t.table));
-                    }
-                    for k in t.keys {
-                        let w = worker_of(&t.table, &k, workers);
-                        if per[w].keys.entry(t.table.clone()).or_default().insert(k) {
-                            n += 1;
+            read_any = true;
+            read_upto = entry.lsn;
+            match entry.record {
+                Record::Commit(c) => {
+                    commits.push((entry.lsn.0, c.commit_time_micros));
+                    for t in &c.tables {
+                        if mapping.table(&qualified(&t.table)).is_none() {
+                            return Err(ReplayError::Unmapped(t.table.clone()));
                         }
                     }
+                    waiting.insert(
+                        entry.lsn.0,
+                        Unsettled {
+                            since: Instant::now(),
+                            tables: c.tables,
+                        },
+                    );
                 }
+                Record::Marker(Marker::Settled { commit }) => {
+                    if let Some(u) = waiting.remove(&commit.0) {
+                        n += assign(&mut per, u.tables, workers);
+                    }
+                }
+                Record::Marker(Marker::CaptureStart { .. }) => {
+                    // A new capture: the sessions of an earlier one that never
+                    // settled went away with their proxy.
+                    for (_, u) in std::mem::take(&mut waiting) {
+                        n += assign(&mut per, u.tables, workers);
+                    }
+                }
+                Record::Marker(_) => {}
             }
         }
-        let Some(upto) = last else {
-            tokio::select! {
-                _ = tokio::time::sleep(options.idle) => {}
-                _ = stop.changed() => {}
+        // A commit never settled (its proxy died mid-commit and capture did
+        // not start again): after a while its outcome is surely decided.
+        let expired: Vec<u64> = waiting
+            .iter()
+            .filter(|(_, u)| u.since.elapsed() >= SETTLE_TIMEOUT)
+            .map(|(lsn, _)| *lsn)
+            .collect();
+        for lsn in expired {
+            if let Some(u) = waiting.remove(&lsn) {
+                tracing::warn!(lsn, "commit never settled; replaying its keys anyway");
+                n += assign(&mut per, u.tables, workers);
+            }
+        }
+        // Restart must re-read every commit not yet applied.
+        let upto = match waiting.first_key_value() {
+            Some((&first, _)) => Lsn(first - 1),
+            None => read_upto,
+        };
+        if read_any {
+            status.at_log_end.store(false, Relaxed);
+            status.read_lsn.store(read_upto.0, Relaxed);
+            status.read(&commits);
+        }
+        if n == 0 && upto == dispatched_upto {
+            if !read_any {
+                status.at_log_end.store(true, Relaxed);
+                tokio::select! {
+                    _ = tokio::time::sleep(options.idle) => {}
+                    _ = stop.changed() => {}
+                }
             }
             continue;
-        };
-        status.read_lsn.store(upto.0, Relaxed);
-        status.read(&commits);
+        }
+        dispatched_upto = upto;
         status.keys_pending.fetch_add(n as u64, Relaxed);
         for (w, mut b) in per.into_iter().enumerate() {
             b.upto = upto;
@@ -336,6 +401,29 @@ async fn join_failure(handles: Vec<tokio::task::JoinHandle<Result<(), ReplayErro
         }
     }
     ReplayError::Worker(w)
+}
+
+/// How long a commit may go unsettled before its keys are replayed anyway.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A commit read, waiting for its `Settled` marker.
+struct Unsettled {
+    since: Instant,
+    tables: Vec<crate::log::TableKeys>,
+}
+
+/// Adds a commit's keys to the workers' batches; returns the keys new to them.
+fn assign(per: &mut [Batch], tables: Vec<crate::log::TableKeys>, workers: usize) -> usize {
+    let mut n = 0;
+    for t in tables {
+        for k in t.keys {
+            let w = worker_of(&t.table, &k, workers);
+            if per[w].keys.entry(t.table.clone()).or_default().insert(k) {
+                n += 1;
+            }
+        }
+    }
+    n
 }
 
 fn worker_of(table: &str, key: &KeyText, workers: usize) -> usize {
@@ -493,6 +581,85 @@ fn key_arrays(keys: &BTreeSet<KeyText>, width: usize) -> Vec<Vec<Option<String>>
         .collect()
 }
 
+/// Rounds of locking referenced parents and reading again, at most; each
+/// further round needs a row to move to another parent between two reads.
+const PARENT_LOCK_ROUNDS: usize = 8;
+
+/// The advisory lock of one key, named by the source table: a child row's
+/// reference (known from the source catalog alone) then names the same lock
+/// as its parent's own sync.
+fn key_lock(table: &QualifiedName, key: &KeyText) -> i64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    table.hash(&mut h);
+    key.hash(&mut h);
+    h.finish() as i64
+}
+
+/// Takes `locks` (sorted, so that two workers take shared ones in one order)
+/// until the target transaction ends.
+async fn lock_keys(
+    target: &tokio_postgres::Transaction<'_>,
+    locks: &BTreeSet<i64>,
+    table: &QualifiedName,
+) -> Result<(), ReplayError> {
+    let locks: Vec<i64> = locks.iter().copied().collect();
+    target
+        .execute(
+            "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k ORDER BY k",
+            &[&locks],
+        )
+        .await
+        .map_err(db(format!("lock keys of {table}")))?;
+    Ok(())
+}
+
+/// Parent table and, per parent key column in key order, the referencing
+/// column and the parent column's type.
+type ParentRef = (QualifiedName, Vec<(String, String)>);
+
+/// The foreign keys of `table` whose parent deletes reach it without capture
+/// seeing it (the ones workers follow: not NO ACTION or RESTRICT), when they
+/// reference the parent's key.
+fn cascading_parents(catalog: &Catalog, table: &QualifiedName) -> Vec<ParentRef> {
+    catalog
+        .foreign_keys_of(table)
+        .into_iter()
+        .filter(|fk| !matches!(fk.on_delete, FkAction::NoAction | FkAction::Restrict))
+        .filter_map(|fk| {
+            let key = catalog.table_exact(&fk.parent.schema, &fk.parent.name)?.key.as_ref()?;
+            if key.columns.len() != fk.parent_columns.len() {
+                return None;
+            }
+            let cols = key
+                .columns
+                .iter()
+                .map(|k| {
+                    let i = fk.parent_columns.iter().position(|p| p == k)?;
+                    Some((fk.child_columns.get(i)?.clone(), type_of(catalog, &fk.parent, k)))
+                })
+                .collect::<Option<Vec<_>>>()?;
+            Some((fk.parent.clone(), cols))
+        })
+        .collect()
+}
+
+/// The locks of the parent keys `rows` reference; their parent key columns
+/// start at `first`, in the order of `parents`.
+fn parent_locks(rows: &[tokio_postgres::Row], parents: &[ParentRef], first: usize) -> BTreeSet<i64> {
+    let mut out = BTreeSet::new();
+    for row in rows {
+        let mut at = first;
+        for (parent, cols) in parents {
+            let key: KeyText = (at..at + cols.len()).map(|i| row.get::<_, Option<String>>(i)).collect();
+            at += cols.len();
+            if key.iter().all(Option::is_some) {
+                out.insert(key_lock(parent, &key));
+            }
+        }
+    }
+    out
+}
+
 /// Reads `keys` of one table from the source and applies them to the
 /// target: upsert found rows, delete the rest. Returns the rows touched and
 /// the keys deleted.
@@ -508,24 +675,9 @@ async fn sync_keys(
     // Per-key locks on the target, taken before the source is read: two
     // workers syncing one key (a foreign key followed into another worker's
     // keys) then read and write it one after the other, never crosswise.
-    let mut locks: Vec<i64> = keys
-        .iter()
-        .map(|k| {
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            map.target.hash(&mut h);
-            k.hash(&mut h);
-            h.finish() as i64
-        })
-        .collect();
-    locks.sort_unstable();
-    locks.dedup();
-    target
-        .execute(
-            "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k ORDER BY k",
-            &[&locks],
-        )
-        .await
-        .map_err(db(format!("lock keys of {}", map.target)))?;
+    let mut held: BTreeSet<i64> = keys.iter().map(|k| key_lock(&map.source, k)).collect();
+    lock_keys(target, &held, &map.target).await?;
+    let parents = cascading_parents(source_catalog, &map.source);
     let arrays = key_arrays(keys, width);
     let unnest: Vec<String> = (1..=width).map(|i| format!("${i}::text[]")).collect();
     let knames: Vec<String> = (0..width).map(|i| format!("sy_k{i}")).collect();
@@ -535,20 +687,18 @@ async fn sync_keys(
         .enumerate()
         .map(|(i, c)| format!("s.{} = k.sy_k{i}::{}", q(c), type_of(source_catalog, &map.source, c)))
         .collect();
-    let values: Vec<String> = map
-        .columns
+    let values = map.columns.iter().map(|(_, src)| match src {
+        ColumnSource::Column(c) => format!("s.{}::text", q(c)),
+        ColumnSource::Expr(e) => format!("({e})::text"),
+    });
+    let keys_out = map.source_key.iter().map(|c| format!("s.{}::text", q(c)));
+    // Then the parent keys each row references, as the parent's key text.
+    let parents_out = parents
         .iter()
-        .map(|(_, src)| match src {
-            ColumnSource::Column(c) => format!("s.{}::text", q(c)),
-            ColumnSource::Expr(e) => format!("({e})::text"),
-        })
-        .collect();
-    let keys_out: Vec<String> = map.source_key.iter().map(|c| format!("s.{}::text", q(c))).collect();
+        .flat_map(|(_, cols)| cols.iter().map(|(c, ty)| format!("s.{}::{ty}::text", q(c))));
     let select = format!(
-        "SELECT {}{}{} FROM {} s JOIN unnest({}) AS k({}) ON {}",
-        values.join(", "),
-        if values.is_empty() { "" } else { ", " },
-        keys_out.join(", "),
+        "SELECT {} FROM {} s JOIN unnest({}) AS k({}) ON {}",
+        values.chain(keys_out).chain(parents_out).collect::<Vec<_>>().join(", "),
         map.source.qualified(),
         unnest.join(", "),
         knames.join(", "),
@@ -558,11 +708,34 @@ async fn sync_keys(
         .iter()
         .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
         .collect();
-    let found = source
-        .query(&select, &params)
-        .await
-        .map_err(db(format!("read {} from the source", map.source)))?;
+    let read = || async {
+        source
+            .query(&select, &params)
+            .await
+            .map_err(db(format!("read {} from the source", map.source)))
+    };
+    let mut found = read().await?;
+    // A row read here may reference a parent another worker is syncing right
+    // now: if that parent was deleted on the source (cascading to this row),
+    // the other worker looks for the parent's children on the target before
+    // this transaction commits, cannot see this row, and nobody would remove
+    // it. So lock the referenced parents' keys too and read again: either the
+    // parent's sync committed before the lock was granted (and the second read
+    // sees the cascade), or it waits for this commit and then finds the row.
+    // A row that moves to yet another parent in between needs one more round.
     let ncols = map.columns.len();
+    for _ in 0..PARENT_LOCK_ROUNDS {
+        let wanted: BTreeSet<i64> = parent_locks(&found, &parents, ncols + width)
+            .difference(&held)
+            .copied()
+            .collect();
+        if wanted.is_empty() {
+            break;
+        }
+        lock_keys(target, &wanted, &map.target).await?;
+        held.extend(wanted);
+        found = read().await?;
+    }
     let mut present: BTreeSet<KeyText> = BTreeSet::new();
     let mut cols: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(found.len()); ncols];
     for row in &found {

@@ -7,6 +7,7 @@ use crate::util::quote_literal;
 use crate::{free_port, Binaries, Error};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
+use tempfile::TempDir;
 
 /// How many ports are tried before giving up: the port is picked free but
 /// released before the server binds it, so another process may take it.
@@ -153,28 +154,57 @@ impl ClusterBuilder {
     /// creates the users and databases. The blocking steps run on tokio's
     /// blocking pool, so this is fine inside `#[tokio::test]`.
     pub async fn start(self) -> Result<Cluster, Error> {
-        let (cluster, builder) = blocking(move || launch(self)).await?;
+        let (cluster, builder) = blocking(move || launch(self, None)).await?;
         // From here on the server runs and `cluster` stops it if we fail.
         cluster.bootstrap(&builder).await?;
         Ok(cluster)
     }
+
+    /// Starts a server on a copy of another test cluster's data directory
+    /// (a base backup), held in `root/data`; users and databases come with
+    /// the copy, so the builder's are not created again.
+    pub async fn start_copy(self, root: TempDir) -> Result<Cluster, Error> {
+        let (cluster, _) = blocking(move || launch(self, Some(root))).await?;
+        cluster.wait_ready().await?;
+        Ok(cluster)
+    }
 }
 
-/// The blocking phase: initdb, configuration, first start. Returns a running
-/// cluster, handing the options back for the bootstrap phase.
-fn launch(builder: ClusterBuilder) -> Result<(Cluster, ClusterBuilder), Error> {
+/// Gives every file under `path` to the server's user.
+fn give_tree(run_as: RunAs, path: &Path) -> Result<(), Error> {
+    run_as.give(path)?;
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).map_err(Error::io(format!("listing {}", path.display())))? {
+            let entry = entry.map_err(Error::io(format!("listing {}", path.display())))?;
+            give_tree(run_as, &entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// The blocking phase: initdb (unless `copy` holds a data directory),
+/// configuration, first start. Returns a running cluster, handing the
+/// options back for the bootstrap phase.
+fn launch(builder: ClusterBuilder, copy: Option<TempDir>) -> Result<(Cluster, ClusterBuilder), Error> {
     let binaries = Binaries::locate()?;
     let run_as = RunAs::detect()?;
-    let dir = tempfile::Builder::new()
-        .prefix("switchyard-pg-")
-        .tempdir()
-        .map_err(Error::io("creating a temporary directory for the cluster"))?;
-    run_as.give(dir.path())?;
+    let fresh = copy.is_none();
+    let dir = match copy {
+        Some(dir) => dir,
+        None => tempfile::Builder::new()
+            .prefix("switchyard-pg-")
+            .tempdir()
+            .map_err(Error::io("creating a temporary directory for the cluster"))?,
+    };
+    give_tree(run_as, dir.path())?;
     let ctl = Ctl::new(binaries, run_as, dir.path());
 
-    initdb(&ctl, &builder)?;
-    std::fs::write(ctl.data_dir.join("pg_hba.conf"), hba(&builder.auth)).map_err(Error::io("writing pg_hba.conf"))?;
-    include_settings_file(&ctl.data_dir)?;
+    if fresh {
+        initdb(&ctl, &builder)?;
+        std::fs::write(ctl.data_dir.join("pg_hba.conf"), hba(&builder.auth))
+            .map_err(Error::io("writing pg_hba.conf"))?;
+        include_settings_file(&ctl.data_dir)?;
+    }
 
     let mut attempt = 0;
     loop {

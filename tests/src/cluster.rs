@@ -188,7 +188,7 @@ impl Cluster {
     }
 
     /// Connects as the superuser, retrying for up to 30 s.
-    async fn wait_ready(&self) -> Result<Client, Error> {
+    pub(crate) async fn wait_ready(&self) -> Result<Client, Error> {
         let started = Instant::now();
         let config = self.pg_config(&self.superuser, "postgres");
         loop {

@@ -3,6 +3,7 @@
 //! once into [`AdminCommand`]; each lives in its own file with its execute.
 
 mod capture;
+mod catchup;
 mod pause;
 mod result;
 mod resume;
@@ -50,6 +51,12 @@ pub enum AdminCommand {
     CaptureStop,
     /// `SHOW CAPTURE`.
     ShowCapture,
+    /// `CATCHUP START`: replay the capture log onto the target.
+    CatchupStart,
+    /// `CATCHUP STOP`.
+    CatchupStop,
+    /// `SHOW LAG`: catch-up progress.
+    ShowLag,
 }
 
 /// A console error: shown to the admin with its SQLSTATE.
@@ -123,6 +130,9 @@ impl AdminCommand {
             ["CAPTURE", "START"] => Ok(AdminCommand::CaptureStart),
             ["CAPTURE", "STOP"] => Ok(AdminCommand::CaptureStop),
             ["SHOW", "CAPTURE"] => Ok(AdminCommand::ShowCapture),
+            ["CATCHUP", "START"] => Ok(AdminCommand::CatchupStart),
+            ["CATCHUP", "STOP"] => Ok(AdminCommand::CatchupStop),
+            ["SHOW", "LAG"] => Ok(AdminCommand::ShowLag),
             ["SHOW", ..] => Err(AdminError::Unknown(text.to_owned())),
             _ => Err(AdminError::Unknown(text.to_owned())),
         }
@@ -142,6 +152,9 @@ impl AdminCommand {
             AdminCommand::CaptureStart => capture::start(shared).await,
             AdminCommand::CaptureStop => capture::stop(shared).await,
             AdminCommand::ShowCapture => capture::show(shared).await,
+            AdminCommand::CatchupStart => catchup::start(shared).await,
+            AdminCommand::CatchupStop => catchup::stop(shared).await,
+            AdminCommand::ShowLag => Ok(catchup::show(shared)),
         }
     }
 }

@@ -9,7 +9,7 @@
 //! the barrier is reached once no session runs a transaction begun under an
 //! older epoch.
 
-use crate::config::{CaptureConfig, DatabaseConfig, DurabilityConfig, UnsafePolicy};
+use crate::config::{CaptureConfig, DurabilityConfig, UnsafePolicy};
 use crate::registry::{Registry, ENTERING};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
@@ -116,8 +116,8 @@ impl Active {
 #[derive(Debug)]
 pub struct Capture {
     config: CaptureConfig,
-    source: DatabaseConfig,
-    connect_timeout: Duration,
+    /// The control connection; none without a user to log in as.
+    control: Option<tokio_postgres::Config>,
     epoch: AtomicU64,
     active: Mutex<Option<Arc<Active>>>,
     /// The previous capture, until every session has let go of it.
@@ -127,11 +127,10 @@ pub struct Capture {
 
 impl Capture {
     /// Capture, off.
-    pub fn new(config: CaptureConfig, source: DatabaseConfig, connect_timeout: Duration) -> Capture {
+    pub fn new(config: &crate::config::Config) -> Capture {
         Capture {
-            config,
-            source,
-            connect_timeout,
+            config: config.capture.clone(),
+            control: config.source_control("switchyard capture").ok(),
             epoch: AtomicU64::new(0),
             active: Mutex::new(None),
             retired: Mutex::new(None),
@@ -261,27 +260,7 @@ impl Capture {
 
     /// A connection to the source for catalog reads and pg_stat_activity.
     pub async fn control_client(&self) -> Result<tokio_postgres::Client, CaptureError> {
-        let src = &self.source;
-        let user = self
-            .config
-            .user
-            .as_ref()
-            .or(src.user.as_ref())
-            .ok_or(CaptureError::NoUser)?;
-        let mut pg = tokio_postgres::Config::new();
-        pg.user(user);
-        if let Some(p) = self.config.password.as_ref().or(src.password.as_ref()) {
-            pg.password(p);
-        }
-        pg.dbname(self.config.database.as_ref().or(src.database.as_ref()).unwrap_or(user));
-        pg.application_name("switchyard capture");
-        if crate::net::is_socket_dir(&src.host) {
-            pg.host_path(&src.host);
-        } else {
-            pg.host(&src.host);
-        }
-        pg.port(src.port);
-        pg.connect_timeout(self.connect_timeout);
+        let pg = self.control.clone().ok_or(CaptureError::NoUser)?;
         let (client, conn) = pg
             .connect(tokio_postgres::NoTls)
             .await

@@ -15,14 +15,16 @@ use crate::net::{self, Conn, Parts, Socket};
 use crate::registry::{SessionInfo, Shown};
 use crate::server::Shared;
 use crate::stats::{latency_histogram, Stats};
-use crate::wire::backend::{self as bmsg, tag as btag, BackendMessage, Severity};
+use crate::wire::backend::{self as bmsg, tag as btag, BackendMessage, Severity, TxStatus};
 use crate::wire::frontend::{self, tag as ftag, FrontendMessage};
 use crate::wire::{Header, WireError};
 use bytes::Buf;
 use hdrhistogram::Histogram;
+use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use switchyard_replay::log::{LogWriterHandle, Lsn, Marker, Record};
 use thiserror::Error;
 use tokio::net::TcpStream;
 
@@ -85,6 +87,12 @@ pub(crate) struct Relay<'a> {
     /// ReadyForQuery messages still to swallow (after the proxy restored
     /// statements when capture ended).
     swallow_ready: u32,
+    /// Commit records logged whose COMMIT has not been answered yet, and the
+    /// log they are in: each gets a `Settled` marker once the session is
+    /// out of its transaction (or gone), so that catch-up reads the source
+    /// only once the commit is visible.
+    unsettled: Vec<Lsn>,
+    settle_log: Option<LogWriterHandle>,
 }
 
 type LogWait = std::pin::Pin<
@@ -108,6 +116,24 @@ impl<'a> Relay<'a> {
             capture_hold: false,
             log_wait: None,
             swallow_ready: 0,
+            unsettled: Vec::new(),
+            settle_log: None,
+        }
+    }
+
+    /// A held commit's record is in the log at `lsn`.
+    fn logged_commit(&mut self, lsn: Lsn) {
+        if let Some(cap) = &self.capture {
+            self.settle_log = Some(cap.active().log.clone());
+            self.unsettled.push(lsn);
+        }
+    }
+
+    /// The session's transaction has ended: its commits are settled.
+    fn settle(&mut self) {
+        let Some(log) = &self.settle_log else { return };
+        for commit in self.unsettled.drain(..) {
+            append_detached(log, Record::Marker(Marker::Settled { commit }));
         }
     }
 
@@ -214,8 +240,9 @@ impl<'a> Relay<'a> {
                 }
                 r = async { self.log_wait.as_mut().expect("guarded").await }, if self.log_wait.is_some() => {
                     self.log_wait = None;
-                    if let Err(e) = r {
-                        return Err(RelayError::CaptureLog(e.to_string()));
+                    match r {
+                        Ok(lsn) => self.logged_commit(lsn),
+                        Err(e) => return Err(RelayError::CaptureLog(e.to_string())),
                     }
                     if let Some(cap) = &mut self.capture {
                         cap.logged();
@@ -363,6 +390,8 @@ impl<'a> Relay<'a> {
     /// thread) releases its hold here; returns whether one did.
     fn run_capture_work<S: Socket>(&mut self, server: &mut Parts<'_, S>) -> Result<bool, RelayError> {
         let mut released = false;
+        let mut logged = Vec::new();
+        let mut settled_log = None;
         let Some(cap) = &mut self.capture else { return Ok(false) };
         while let Some(work) = cap.take_work() {
             match work {
@@ -371,23 +400,32 @@ impl<'a> Relay<'a> {
                     let mut append: LogWait = Box::pin(cap.active().log.append(record));
                     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
                     match append.as_mut().poll(&mut cx) {
-                        std::task::Poll::Ready(Ok(_)) => {
+                        std::task::Poll::Ready(Ok(lsn)) => {
                             cap.logged();
                             released = true;
+                            settled_log = Some(cap.active().log.clone());
+                            logged.push(lsn);
                         }
                         std::task::Poll::Ready(Err(e)) => return Err(RelayError::CaptureLog(e.to_string())),
                         std::task::Poll::Pending => self.log_wait = Some(append),
                     }
                 }
                 Work::Log { record, hold: false } => {
-                    let append = cap.active().log.append(record);
+                    // Logged after its commit: settled as soon as it is written.
+                    let log = cap.active().log.clone();
+                    let append = log.append(record);
                     tokio::spawn(async move {
-                        if let Err(e) = append.await {
-                            tracing::error!(error = %e, "capture log write failed");
+                        match append.await {
+                            Ok(commit) => append_detached(&log, Record::Marker(Marker::Settled { commit })),
+                            Err(e) => tracing::error!(error = %e, "capture log write failed"),
                         }
                     });
                 }
             }
+        }
+        if settled_log.is_some() {
+            self.settle_log = settled_log;
+            self.unsettled.extend(logged);
         }
         Ok(released)
     }
@@ -410,6 +448,12 @@ impl<'a> Relay<'a> {
                 Header::Ready { len, .. } => len,
             };
             let msg = BackendMessage::new(&server.rbuf[off..off + len]);
+            if !self.unsettled.is_empty()
+                && msg.tag() == btag::READY_FOR_QUERY
+                && !matches!(msg.ready_status(), Ok(TxStatus::InTransaction))
+            {
+                self.settle();
+            }
             if self.swallow_ready > 0 || self.capture.is_some() {
                 let action = match &mut self.capture {
                     _ if self.swallow_ready > 0 => {
@@ -482,6 +526,32 @@ impl<'a> Relay<'a> {
         }
         client.try_flush()?;
         Ok(())
+    }
+}
+
+impl Drop for Relay<'_> {
+    /// A session that ends mid-commit: its backend is gone or going, and
+    /// with it the transaction's outcome is decided.
+    fn drop(&mut self) {
+        self.settle();
+    }
+}
+
+/// Appends a record nobody waits for (a write-durability log writes it on
+/// the spot; an fsync log finishes on its writer thread).
+fn append_detached(log: &LogWriterHandle, record: Record) {
+    let mut append = Box::pin(log.append(record));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match append.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(Ok(_)) => {}
+        std::task::Poll::Ready(Err(e)) => tracing::error!(error = %e, "capture log write failed"),
+        std::task::Poll::Pending => {
+            tokio::spawn(async move {
+                if let Err(e) = append.await {
+                    tracing::error!(error = %e, "capture log write failed");
+                }
+            });
+        }
     }
 }
 

@@ -23,6 +23,7 @@ const KIND_MARKER: u8 = 2;
 const MARKER_CAPTURE_START: u8 = 1;
 const MARKER_CAPTURE_STOP: u8 = 2;
 const MARKER_BARRIER: u8 = 3;
+const MARKER_SETTLED: u8 = 4;
 
 /// The key column values of one row, in PostgreSQL text format, in the order
 /// of the table's key columns; `None` is SQL NULL.
@@ -93,6 +94,15 @@ pub enum Marker {
         /// When, in Unix microseconds.
         time_micros: i64,
     },
+    /// The transaction of the commit record at `commit` has ended on the
+    /// source (its COMMIT answered): its writes are visible to any snapshot
+    /// taken from now on, or it rolled back. A commit record is written
+    /// before the COMMIT goes to the database, so until this marker a reader
+    /// of the source may still see the rows as they were.
+    Settled {
+        /// The commit record's position.
+        commit: Lsn,
+    },
 }
 
 impl Record {
@@ -131,6 +141,7 @@ impl Record {
                     Marker::CaptureStart { time_micros } => (MARKER_CAPTURE_START, time_micros),
                     Marker::CaptureStop { time_micros } => (MARKER_CAPTURE_STOP, time_micros),
                     Marker::Barrier { time_micros } => (MARKER_BARRIER, time_micros),
+                    Marker::Settled { commit } => (MARKER_SETTLED, commit.0 as i64),
                 };
                 buf.push(tag);
                 put_i64(buf, time);
@@ -188,6 +199,9 @@ impl LogEntry {
                     MARKER_CAPTURE_START => Marker::CaptureStart { time_micros },
                     MARKER_CAPTURE_STOP => Marker::CaptureStop { time_micros },
                     MARKER_BARRIER => Marker::Barrier { time_micros },
+                    MARKER_SETTLED => Marker::Settled {
+                        commit: Lsn(time_micros as u64),
+                    },
                     kind => return Err(DecodeError::UnknownMarker { kind }),
                 })
             }

@@ -31,12 +31,18 @@ impl Fixture {
     }
 
     pub async fn in_front_of(cluster: Cluster) -> Result<Fixture> {
+        Fixture::configured(cluster, |_| {}).await
+    }
+
+    /// As [`Fixture::in_front_of`], with `edit` applied to the proxy's config.
+    pub async fn configured(cluster: Cluster, edit: impl FnOnce(&mut switchyard_proxy::Config)) -> Result<Fixture> {
         let log_dir = tempfile::tempdir()?;
         let mut config = trusting_config(cluster.host(), cluster.port());
         config.source.password = cluster.auth().password().map(str::to_owned);
         config.capture.log_dir = log_dir.path().join("log");
         config.capture.user = Some(cluster.superuser().to_owned());
         config.capture.database = Some("postgres".into());
+        edit(&mut config);
         let proxy = TestProxy::start_with(config)
             .await?
             .with_login(cluster.superuser(), None)

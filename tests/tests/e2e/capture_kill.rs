@@ -14,7 +14,7 @@ use switchyard_tests::Cluster;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 /// The `switchyard` binary of this build, built on demand when missing.
-fn switchyard_binary() -> Result<PathBuf> {
+pub(crate) fn switchyard_binary() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     // target/<profile>/deps/e2e-<hash>
     let dir = exe.parent().and_then(Path::parent).context("test binary location")?;

@@ -1,0 +1,356 @@
+//! Catch-up replay, driven from the proxy (`CATCHUP START`, `CATCHUP STOP`,
+//! `SHOW LAG`) or standalone (`switchyard catchup run`): both read the
+//! config's `[source]`, `[target]`, `[capture]` log and `[catchup]`
+//! settings, check the mapping against both catalogs, and run the replayer.
+
+use crate::config::{Config, ConfigError};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+use switchyard_replay::catalog::Catalog;
+use switchyard_replay::mapping::{Mapping, MappingError, Resolved};
+use switchyard_replay::replayer::{self, LagReport, ReplayError, ReplayOptions, ReplayStatus};
+use thiserror::Error;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Why catch-up cannot start.
+#[derive(Debug, Error)]
+pub enum CatchupError {
+    /// The config lacks something catch-up needs.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// A database could not be reached or read.
+    #[error("{what}: {message}")]
+    Database {
+        /// Which database, doing what.
+        what: String,
+        /// The driver's message.
+        message: String,
+    },
+    /// The mapping file could not be read or parsed.
+    #[error("{0}")]
+    MappingFile(MappingError),
+    /// The mapping does not fit the catalogs.
+    #[error("the mapping does not fit the databases:\n  {}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n  "))]
+    Mapping(Vec<MappingError>),
+    /// Start while running, or stop while stopped.
+    #[error("{0}")]
+    State(&'static str),
+}
+
+/// Everything the replayer needs, checked.
+#[derive(Debug)]
+pub struct Plan {
+    /// Source connection (reads current rows).
+    pub source: tokio_postgres::Config,
+    /// Target connection (applies them).
+    pub target: tokio_postgres::Config,
+    /// The mapping, resolved against both catalogs.
+    pub mapping: Arc<Resolved>,
+    /// Source catalog.
+    pub source_catalog: Arc<Catalog>,
+    /// Target catalog.
+    pub target_catalog: Arc<Catalog>,
+    /// Log directory, workers, batch size.
+    pub options: ReplayOptions,
+}
+
+impl Plan {
+    /// Reads both catalogs and resolves the mapping. Fails, naming table and
+    /// column, when the mapping does not fit.
+    pub async fn prepare(config: &Config) -> Result<Plan, CatchupError> {
+        let source = config.source_control("switchyard catchup")?;
+        let target = config.target_connection("switchyard catchup")?;
+        let source_catalog = load_catalog(&source, "source").await?;
+        let target_catalog = load_catalog(&target, "target").await?;
+        let mapping = match &config.catchup.mapping {
+            Some(path) => Mapping::load(path).map_err(CatchupError::MappingFile)?,
+            None => Mapping::parse("", "the default mapping").map_err(CatchupError::MappingFile)?,
+        };
+        let resolved = mapping
+            .resolve(&source_catalog, &target_catalog)
+            .map_err(CatchupError::Mapping)?;
+        Ok(Plan {
+            source,
+            target,
+            mapping: Arc::new(resolved),
+            source_catalog: Arc::new(source_catalog),
+            target_catalog: Arc::new(target_catalog),
+            options: ReplayOptions {
+                log_dir: config.capture.log_dir.clone(),
+                workers: config.catchup.workers,
+                batch_keys: config.catchup.batch_keys,
+                ..ReplayOptions::default()
+            },
+        })
+    }
+
+    /// Runs the replayer until `stop` turns true.
+    pub async fn run(self, status: Arc<ReplayStatus>, stop: watch::Receiver<bool>) -> Result<(), ReplayError> {
+        replayer::run(
+            self.source,
+            self.target,
+            self.mapping,
+            self.source_catalog,
+            self.target_catalog,
+            self.options,
+            status,
+            stop,
+        )
+        .await
+    }
+}
+
+async fn load_catalog(pg: &tokio_postgres::Config, what: &str) -> Result<Catalog, CatchupError> {
+    let describe = |e: &dyn std::fmt::Display| CatchupError::Database {
+        what: format!("cannot read the {what} catalog"),
+        message: e.to_string(),
+    };
+    let (client, conn) = pg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| CatchupError::Database {
+            what: format!("cannot connect to the {what}"),
+            message: e
+                .as_db_error()
+                .map_or_else(|| e.to_string(), |d| d.message().to_owned()),
+        })?;
+    let task = tokio::spawn(conn);
+    let catalog = Catalog::load(&client).await.map_err(|e| describe(&e));
+    drop(client);
+    let _ = task.await;
+    catalog
+}
+
+/// The proxy's catch-up: off, running, or stopped by an error.
+#[derive(Debug, Default)]
+pub struct Catchup {
+    state: Mutex<State>,
+    op: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, Default)]
+enum State {
+    #[default]
+    Off,
+    Running(Running),
+    Failed {
+        error: String,
+        status: Arc<ReplayStatus>,
+    },
+}
+
+#[derive(Debug)]
+struct Running {
+    status: Arc<ReplayStatus>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<(), ReplayError>>,
+    started: SystemTime,
+}
+
+/// What `SHOW LAG` shows.
+#[derive(Debug, Clone)]
+pub struct LagView {
+    /// `off`, `running` or `failed`.
+    pub state: &'static str,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// When it started.
+    pub started: Option<SystemTime>,
+    /// Progress (zeros when it never ran).
+    pub report: LagReport,
+}
+
+impl Catchup {
+    /// CATCHUP START: checks the mapping and starts the replayer in the
+    /// background; it resumes from the position confirmed on the target.
+    pub async fn start(&self, config: &Config) -> Result<(), CatchupError> {
+        let _op = self.op.lock().await;
+        self.reap();
+        if matches!(*lock(&self.state), State::Running(_)) {
+            return Err(CatchupError::State("catch-up is already running"));
+        }
+        let plan = Plan::prepare(config).await?;
+        let status = Arc::new(ReplayStatus::default());
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(plan.run(status.clone(), stop_rx));
+        tracing::info!(workers = config.catchup.workers, "catch-up started");
+        *lock(&self.state) = State::Running(Running {
+            status,
+            stop,
+            task,
+            started: SystemTime::now(),
+        });
+        Ok(())
+    }
+
+    /// CATCHUP STOP: lets the batches in hand commit, then stops.
+    pub async fn stop(&self) -> Result<LagReport, CatchupError> {
+        let _op = self.op.lock().await;
+        let running = match std::mem::take(&mut *lock(&self.state)) {
+            State::Running(r) => r,
+            other => {
+                *lock(&self.state) = other;
+                return Err(CatchupError::State("catch-up is not running"));
+            }
+        };
+        let _ = running.stop.send(true);
+        let report = running.status.report();
+        match running.task.await {
+            Ok(Ok(())) => Ok(running.status.report()),
+            Ok(Err(e)) => {
+                *lock(&self.state) = State::Failed {
+                    error: e.to_string(),
+                    status: running.status,
+                };
+                Ok(report)
+            }
+            Err(e) => Err(CatchupError::State(if e.is_panic() {
+                "catch-up ended abnormally"
+            } else {
+                "catch-up was cancelled"
+            })),
+        }
+    }
+
+    /// Moves a replayer that ended by itself to `Failed`.
+    fn reap(&self) {
+        let mut state = lock(&self.state);
+        let finished = matches!(&*state, State::Running(r) if r.task.is_finished());
+        if !finished {
+            return;
+        }
+        let State::Running(r) = std::mem::take(&mut *state) else {
+            return;
+        };
+        let error = match futures_now(r.task) {
+            Some(Ok(Err(e))) => e.to_string(),
+            Some(Ok(Ok(()))) => "the replayer stopped".to_owned(),
+            Some(Err(_)) | None => "the replayer ended abnormally".to_owned(),
+        };
+        tracing::error!(%error, "catch-up stopped");
+        *state = State::Failed {
+            error,
+            status: r.status,
+        };
+    }
+
+    /// Current progress.
+    pub fn view(&self) -> LagView {
+        self.reap();
+        match &*lock(&self.state) {
+            State::Off => LagView {
+                state: "off",
+                error: None,
+                started: None,
+                report: LagReport::default(),
+            },
+            State::Running(r) => LagView {
+                state: "running",
+                error: None,
+                started: Some(r.started),
+                report: r.status.report(),
+            },
+            State::Failed { error, status } => LagView {
+                state: "failed",
+                error: Some(error.clone()),
+                started: None,
+                report: status.report(),
+            },
+        }
+    }
+
+    /// Rows applied so far by the running (or failed) replayer.
+    pub fn rows_applied(&self) -> u64 {
+        match &*lock(&self.state) {
+            State::Running(r) => r.status.rows_applied.load(Relaxed),
+            State::Failed { status, .. } => status.rows_applied.load(Relaxed),
+            State::Off => 0,
+        }
+    }
+}
+
+/// The result of a finished task, without waiting.
+fn futures_now<T>(task: JoinHandle<T>) -> Option<Result<T, tokio::task::JoinError>> {
+    use std::future::Future;
+    let mut task = std::pin::pin!(task);
+    let waker = std::task::Waker::noop();
+    match task.as_mut().poll(&mut std::task::Context::from_waker(waker)) {
+        std::task::Poll::Ready(r) => Some(r),
+        std::task::Poll::Pending => None,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `switchyard catchup run`: catch-up in the foreground, without a proxy,
+/// with a status line; stops on SIGINT/SIGTERM, or once caught up when
+/// `until_caught_up`. Returns the final progress.
+pub async fn run_standalone(
+    config: &Config,
+    until_caught_up: bool,
+    every: std::time::Duration,
+) -> anyhow::Result<LagReport> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let plan = Plan::prepare(config).await?;
+    eprintln!(
+        "mapping checked against both catalogs: {} table(s); replaying {} with {} worker(s)",
+        plan.mapping.tables.len(),
+        plan.options.log_dir.display(),
+        plan.options.workers
+    );
+    let status = Arc::new(ReplayStatus::default());
+    let (stop, stop_rx) = watch::channel(false);
+    let mut task = tokio::spawn(plan.run(status.clone(), stop_rx));
+    let mut term = signal(SignalKind::terminate())?;
+    let mut line = crate::progress::Status::new(every);
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+    let outcome = loop {
+        tokio::select! {
+            r = &mut task => break r,
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("stopping: the batches in hand are applied first");
+                let _ = stop.send(true);
+                break (&mut task).await;
+            }
+            _ = term.recv() => {
+                let _ = stop.send(true);
+                break (&mut task).await;
+            }
+            _ = tick.tick() => {
+                let r = status.report();
+                line.show(&describe(&r), false);
+                if until_caught_up && r.caught_up {
+                    let _ = stop.send(true);
+                    break (&mut task).await;
+                }
+            }
+        }
+    };
+    let report = status.report();
+    line.finish(&describe(&report));
+    match outcome {
+        Ok(Ok(())) => Ok(report),
+        Ok(Err(e)) => Err(anyhow::anyhow!("catch-up stopped: {e}")),
+        Err(e) => Err(anyhow::anyhow!("catch-up ended abnormally: {e}")),
+    }
+}
+
+/// One line of progress.
+pub fn describe(r: &LagReport) -> String {
+    format!(
+        "{} confirmed {} / read {} · {} commit(s), {} key(s) pending · lag {:.3}s · {} rows applied · lag p50 {:.1} ms p99 {:.1} ms",
+        if r.caught_up { "caught up:" } else { "catching up:" },
+        r.confirmed_lsn,
+        r.read_lsn,
+        r.commits_pending,
+        r.keys_pending,
+        r.lag_seconds,
+        r.rows_applied,
+        r.lag_p50_ms,
+        r.lag_p99_ms
+    )
+}

@@ -153,6 +153,7 @@ async fn logical_clone_then_catchup_in_the_proxy_and_standalone() -> Result<()> 
             password: None,
         });
         c.catchup.workers = 2;
+        c.metrics.listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
     })
     .await?;
     let work = tempfile::tempdir()?;
@@ -243,6 +244,14 @@ async fn logical_clone_then_catchup_in_the_proxy_and_standalone() -> Result<()> 
     };
     ensure!(lag["commits_applied"].parse::<u64>()? > 0, "{lag:?}");
     ensure!(lag["lag_seconds"] == "0.000", "{lag:?}");
+    let addr = f.proxy.metrics_addr().context("metrics endpoint")?;
+    let scraped = crate::support::scrape(addr).await?;
+    let confirmed = crate::support::metric(&scraped, "switchyard_catchup_confirmed_lsn");
+    ensure!(
+        confirmed == Some(lag["confirmed_lsn"].parse::<f64>()?)
+            && crate::support::metric(&scraped, "switchyard_catchup_running") == Some(1.0),
+        "metrics disagree with SHOW LAG {lag:?}:\n{scraped}"
+    );
     let out = switchyard(&f, &["lag"]).await?;
     ensure!(
         out.status.success() && text(&out).contains("confirmed_lsn"),

@@ -658,6 +658,25 @@ mod tests {
     }
 
     #[test]
+    fn target_and_catchup_settings_are_checked() {
+        let base = "[source]\nhost = \"db1\"\nuser = \"app\"\ndatabase = \"shop\"\n[auth]\nmethod = \"trust\"\n";
+        let c = Config::parse(base, "t").unwrap();
+        let err = c.target_connection("t").unwrap_err().to_string();
+        assert!(err.contains("[target]"), "{err}");
+        let c = Config::parse(&format!("{base}[target]\nhost = \"db2\"\n"), "t").unwrap();
+        let pg = c.target_connection("t").unwrap();
+        assert_eq!(pg.get_user(), Some("app"));
+        assert_eq!(pg.get_dbname(), Some("shop"));
+        assert_eq!(c.catchup.workers, 4);
+        let same = format!("{base}[target]\nhost = \"db1\"\ndatabase = \"shop\"\n");
+        let err = Config::parse(&same, "t").unwrap_err().to_string();
+        assert!(err.contains("same database"), "{err}");
+        let zero = format!("{base}[catchup]\nworkers = 0\n");
+        let err = Config::parse(&zero, "t").unwrap_err().to_string();
+        assert!(err.contains("catchup.workers"), "{err}");
+    }
+
+    #[test]
     fn capture_settings_are_checked() {
         let base = "[source]\nhost = \"127.0.0.1\"\n[auth]\nmethod = \"trust\"\n";
         let c = Config::parse(base, "t").unwrap();

@@ -18,7 +18,7 @@ use switchyard_proxy::DatabaseConfig;
 use switchyard_tests::{Cluster, ClusterBuilder};
 use tokio_postgres::Client;
 
-const SCHEMA: &str = "
+pub(crate) const SCHEMA: &str = "
     CREATE TABLE item (id int PRIMARY KEY, qty int NOT NULL, label text);
     CREATE TABLE tag (item int, name text, PRIMARY KEY (item, name));
     INSERT INTO item SELECT g, g % 100, 'item ' || g FROM generate_series(1, 20000) g;
@@ -38,7 +38,7 @@ const COMPARE: &[(&str, &str)] = &[
     ),
 ];
 
-async fn load(c: Client, seed: u64, n: usize) -> Result<()> {
+pub(crate) async fn load(c: Client, seed: u64, n: usize) -> Result<()> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     for _ in 0..n {
         let id = rng.random_range(1..25_000);
@@ -62,7 +62,7 @@ async fn rows(c: &Client, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
     Ok(table(c, sql).await?.rows)
 }
 
-async fn assert_same(source: &Client, target: &Client) -> Result<()> {
+pub(crate) async fn assert_same(source: &Client, target: &Client) -> Result<()> {
     for (s, t) in COMPARE {
         let (a, b) = (rows(source, s).await?, rows(target, t).await?);
         ensure!(!a.is_empty(), "no rows for {s}");
@@ -80,7 +80,13 @@ async fn assert_same(source: &Client, target: &Client) -> Result<()> {
 }
 
 /// The proxy's config as a file, for the binary: same source, log and target.
-fn config_file(dir: &Path, f: &Fixture, target_port: u16, target_db: &str, extra: &str) -> Result<std::path::PathBuf> {
+pub(crate) fn config_file(
+    dir: &Path,
+    f: &Fixture,
+    target_port: u16,
+    target_db: &str,
+    extra: &str,
+) -> Result<std::path::PathBuf> {
     let path = dir.join(format!("switchyard-{target_port}-{target_db}.toml"));
     let text = format!(
         "[source]\nhost = \"127.0.0.1\"\nport = {}\n\n[auth]\nmethod = \"trust\"\n\n\
@@ -96,7 +102,7 @@ fn config_file(dir: &Path, f: &Fixture, target_port: u16, target_db: &str, extra
 }
 
 /// Runs the binary with the console pointed at the fixture's proxy.
-async fn switchyard(f: &Fixture, args: &[&str]) -> Result<Output> {
+pub(crate) async fn switchyard(f: &Fixture, args: &[&str]) -> Result<Output> {
     let mut cmd = tokio::process::Command::new(switchyard_binary()?);
     cmd.args(args)
         .args(["--host", "127.0.0.1", "--port"])
@@ -110,7 +116,7 @@ async fn switchyard(f: &Fixture, args: &[&str]) -> Result<Output> {
 }
 
 /// Runs `switchyard catchup run` (no console arguments).
-async fn catchup_run(config: &Path) -> Result<Output> {
+pub(crate) async fn catchup_run(config: &Path) -> Result<Output> {
     let mut cmd = tokio::process::Command::new(switchyard_binary()?);
     cmd.args([
         "catchup",
@@ -127,7 +133,7 @@ async fn catchup_run(config: &Path) -> Result<Output> {
         .context("catchup run did not finish in 120 s")??)
 }
 
-fn text(o: &Output) -> String {
+pub(crate) fn text(o: &Output) -> String {
     format!(
         "exit {}\nstdout:\n{}\nstderr:\n{}",
         o.status,

@@ -13,6 +13,7 @@ mod capture_kill;
 mod capture_random;
 mod catalog;
 mod catchup;
+mod catchup_kill;
 mod clone;
 mod copy;
 mod drivers;

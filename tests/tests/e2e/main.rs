@@ -20,6 +20,7 @@ mod drivers;
 mod gate;
 mod lifecycle;
 mod mapping;
+mod migrations;
 mod notify;
 mod oracle;
 mod protocol;

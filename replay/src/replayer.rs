@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls};
 
 /// A key's values as text.
@@ -247,6 +248,34 @@ pub async fn prepare_target(target: &Client) -> Result<Lsn, ReplayError> {
     Ok(Lsn(row.get::<_, i64>(0) as u64))
 }
 
+/// Every worker starts from `resume`, the lowest position any worker had
+/// confirmed: one row per worker of this run (rows of workers of an earlier
+/// run with more workers go), so a crash before a worker's first batch
+/// still resumes from `resume`.
+async fn reset_positions(target: &Client, resume: Lsn, workers: usize) -> Result<(), ReplayError> {
+    target
+        .batch_execute(&format!(
+            "BEGIN; DELETE FROM switchyard.replay_position; \
+             INSERT INTO switchyard.replay_position (worker, lsn) SELECT w, {} FROM generate_series(0, {}) AS w; \
+             COMMIT",
+            resume.0 as i64,
+            workers as i64 - 1
+        ))
+        .await
+        .map_err(db("reset the workers' positions"))
+}
+
+/// Aborts the workers when the replayer is dropped.
+struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
+    }
+}
+
 /// What a worker gets: keys per table, and the position they run up to.
 struct Batch {
     upto: Lsn,
@@ -267,9 +296,10 @@ pub async fn run(
 ) -> Result<(), ReplayError> {
     let control = connect(&target, "target").await?;
     let resume = prepare_target(&control).await?;
+    let workers = options.workers.max(1);
+    reset_positions(&control, resume, workers).await?;
     status.confirmed_lsn.store(resume.0, Relaxed);
     status.read_lsn.store(resume.0, Relaxed);
-    let workers = options.workers.max(1);
     let mut senders = Vec::with_capacity(workers);
     let mut handles = Vec::with_capacity(workers);
     let confirmed: Arc<Vec<AtomicU64>> = Arc::new((0..workers).map(|_| AtomicU64::new(resume.0)).collect());
@@ -288,6 +318,9 @@ pub async fn run(
         };
         handles.push(tokio::spawn(worker.run(rx)));
     }
+    // Dropping this future (an aborted task) stops the workers with it, so
+    // a restarted replayer never overlaps with the old one's batches.
+    let _workers = AbortOnDrop(handles.iter().map(|h| h.abort_handle()).collect());
     let mut reader = LogReader::open(&options.log_dir, resume.next())?;
     // Commits read whose COMMIT may not be answered yet: their rows are read
     // from the source only once settled (see `Marker::Settled`).
@@ -403,6 +436,11 @@ async fn join_failure(handles: Vec<tokio::task::JoinHandle<Result<(), ReplayErro
     ReplayError::Worker(w)
 }
 
+/// Each batch's target transaction: no triggers or FK checks mid-catch-up,
+/// and a lock wait short enough that a deadlock between workers costs
+/// little (the batch is retried).
+const LOCAL_SETTINGS: &str = "SET LOCAL session_replication_role = replica; SET LOCAL lock_timeout = '100ms'";
+
 /// How long a commit may go unsettled before its keys are replayed anyway.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -470,21 +508,26 @@ impl Worker {
         while let Some(batch) = rx.recv().await {
             let n: usize = batch.keys.values().map(BTreeSet::len).sum();
             // Following foreign keys can reach keys another worker owns;
-            // their key locks may then deadlock: the batch rolls back and
-            // runs again (it re-reads the source, so it converges).
-            let mut attempt = 0;
+            // their key locks may then deadlock. A lock wait gives up after
+            // LOCK_TIMEOUT (rather than the server's deadlock_timeout, 1 s by
+            // default): the batch rolls back and runs again (it re-reads the
+            // source, so it converges).
+            let mut attempt = 0u64;
             loop {
                 match self.apply(&batch).await {
                     Ok(()) => break,
                     Err(ReplayError::Db { source, .. })
-                        if attempt < 50
+                        if attempt < 1_000
                             && source.code().is_some_and(|c| {
-                                *c == tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED
-                                    || *c == tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE
+                                use tokio_postgres::error::SqlState;
+                                *c == SqlState::T_R_DEADLOCK_DETECTED
+                                    || *c == SqlState::T_R_SERIALIZATION_FAILURE
+                                    || *c == SqlState::LOCK_NOT_AVAILABLE
                             }) =>
                     {
                         attempt += 1;
-                        tokio::time::sleep(Duration::from_millis(1 + attempt * (self.id as u64 + 1))).await;
+                        let backoff = (1 + attempt * (self.id as u64 + 1)).min(50);
+                        tokio::time::sleep(Duration::from_millis(backoff)).await;
                     }
                     Err(e) => return Err(e),
                 }
@@ -503,7 +546,7 @@ impl Worker {
     /// One batch in one target transaction, with the position.
     async fn apply(&mut self, batch: &Batch) -> Result<(), ReplayError> {
         let tx = self.target.transaction().await.map_err(db("begin on the target"))?;
-        tx.batch_execute("SET LOCAL session_replication_role = replica")
+        tx.batch_execute(LOCAL_SETTINGS)
             .await
             .map_err(db("set session_replication_role on the target"))?;
         let mut queue: Vec<(QualifiedName, BTreeSet<KeyText>)> =
@@ -581,6 +624,20 @@ fn key_arrays(keys: &BTreeSet<KeyText>, width: usize) -> Vec<Vec<Option<String>>
         .collect()
 }
 
+/// A statement parameter with its type, for `query_typed` / `execute_typed`.
+type TypedParam<'a> = (&'a (dyn ToSql + Sync), Type);
+
+/// `arrays` as `text[]` parameters. Statements sent with their parameter
+/// types go out as Parse, Bind and Execute in one round trip; `query` and
+/// `execute` first prepare the statement to learn the types, a second round
+/// trip per statement that dominated the time of small batches.
+fn text_arrays(arrays: &[Vec<Option<String>>]) -> Vec<TypedParam<'_>> {
+    arrays
+        .iter()
+        .map(|a| (a as &(dyn ToSql + Sync), Type::TEXT_ARRAY))
+        .collect()
+}
+
 /// Rounds of locking referenced parents and reading again, at most; each
 /// further round needs a row to move to another parent between two reads.
 const PARENT_LOCK_ROUNDS: usize = 8;
@@ -604,13 +661,21 @@ async fn lock_keys(
 ) -> Result<(), ReplayError> {
     let locks: Vec<i64> = locks.iter().copied().collect();
     target
-        .execute(
+        .execute_typed(
             "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k ORDER BY k",
-            &[&locks],
+            &[(&locks, Type::INT8_ARRAY)],
         )
         .await
         .map_err(db(format!("lock keys of {table}")))?;
     Ok(())
+}
+
+/// Whether a foreign key that workers follow (not NO ACTION or RESTRICT)
+/// has `table` as its child or its parent: then another worker may sync, or
+/// lock, keys of `table` that hash to this one.
+fn reached_by_followed_keys(catalog: &Catalog, table: &QualifiedName) -> bool {
+    let followed = |fk: &&crate::catalog::ForeignKey| !matches!(fk.on_delete, FkAction::NoAction | FkAction::Restrict);
+    catalog.foreign_keys_of(table).iter().any(followed) || catalog.referencing(table).iter().any(followed)
 }
 
 /// Parent table and, per parent key column in key order, the referencing
@@ -675,8 +740,13 @@ async fn sync_keys(
     // Per-key locks on the target, taken before the source is read: two
     // workers syncing one key (a foreign key followed into another worker's
     // keys) then read and write it one after the other, never crosswise.
-    let mut held: BTreeSet<i64> = keys.iter().map(|k| key_lock(&map.source, k)).collect();
-    lock_keys(target, &held, &map.target).await?;
+    // Keys of a table that no followed foreign key reaches, from either end,
+    // are only ever synced by the worker they hash to and need no lock.
+    let mut held: BTreeSet<i64> = BTreeSet::new();
+    if reached_by_followed_keys(source_catalog, &map.source) {
+        held = keys.iter().map(|k| key_lock(&map.source, k)).collect();
+        lock_keys(target, &held, &map.target).await?;
+    }
     let parents = cascading_parents(source_catalog, &map.source);
     let arrays = key_arrays(keys, width);
     let unnest: Vec<String> = (1..=width).map(|i| format!("${i}::text[]")).collect();
@@ -704,13 +774,10 @@ async fn sync_keys(
         knames.join(", "),
         join.join(" AND ")
     );
-    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = arrays
-        .iter()
-        .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
-        .collect();
+    let params = text_arrays(&arrays);
     let read = || async {
         source
-            .query(&select, &params)
+            .query_typed(&select, &params)
             .await
             .map_err(db(format!("read {} from the source", map.source)))
     };
@@ -777,12 +844,8 @@ async fn sync_keys(
             target_key.join(", "),
             on_conflict
         );
-        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = cols
-            .iter()
-            .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
-            .collect();
         touched += target
-            .execute(&upsert, &params)
+            .execute_typed(&upsert, &text_arrays(&cols))
             .await
             .map_err(db(format!("upsert into {}", map.target)))?;
     }
@@ -816,12 +879,8 @@ async fn delete_keys(
         knames.join(", "),
         cond.join(" AND ")
     );
-    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = arrays
-        .iter()
-        .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
-        .collect();
     target
-        .execute(&sql, &params)
+        .execute_typed(&sql, &text_arrays(&arrays))
         .await
         .map_err(db(format!("delete from {}", map.target)))
 }
@@ -878,12 +937,8 @@ async fn referencing_keys(
         knames.join(", "),
         cond.join(" AND ")
     );
-    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = arrays
-        .iter()
-        .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
-        .collect();
     let rows = target
-        .query(&sql, &params)
+        .query_typed(&sql, &text_arrays(&arrays))
         .await
         .map_err(db(format!("find rows of {} referencing deleted keys", child.target)))?;
     // Target key i was copied from source key i: the same values.

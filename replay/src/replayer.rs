@@ -441,6 +441,9 @@ async fn join_failure(handles: Vec<tokio::task::JoinHandle<Result<(), ReplayErro
 /// little (the batch is retried).
 const LOCAL_SETTINGS: &str = "SET LOCAL session_replication_role = replica; SET LOCAL lock_timeout = '100ms'";
 
+/// How often a worker with nothing to apply records its position anyway.
+const PERSIST_IDLE_POSITION: Duration = Duration::from_secs(1);
+
 /// How long a commit may go unsettled before its keys are replayed anyway.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -505,8 +508,27 @@ struct Worker {
 
 impl Worker {
     async fn run(mut self, mut rx: mpsc::Receiver<Batch>) -> Result<(), ReplayError> {
-        while let Some(batch) = rx.recv().await {
-            let n: usize = batch.keys.values().map(BTreeSet::len).sum();
+        let mut persisted = Instant::now();
+        while let Some(mut batch) = rx.recv().await {
+            let mut n: usize = batch.keys.values().map(BTreeSet::len).sum();
+            // Batches queued behind this one go in the same transaction: a
+            // key is re-read, not replayed, so merging loses nothing and a
+            // worker that falls behind catches up in fewer commits.
+            while let Ok(more) = rx.try_recv() {
+                n += more.keys.values().map(BTreeSet::len).sum::<usize>();
+                batch.upto = more.upto;
+                for (table, keys) in more.keys {
+                    batch.keys.entry(table).or_default().extend(keys);
+                }
+            }
+            // Nothing to apply: the position moves on in memory, and on the
+            // target now and then (a restart from an older position only
+            // re-reads keys).
+            if n == 0 && persisted.elapsed() < PERSIST_IDLE_POSITION {
+                self.confirm(batch.upto);
+                continue;
+            }
+            persisted = Instant::now();
             // Following foreign keys can reach keys another worker owns;
             // their key locks may then deadlock. A lock wait gives up after
             // LOCK_TIMEOUT (rather than the server's deadlock_timeout, 1 s by
@@ -534,13 +556,18 @@ impl Worker {
             }
             self.status.keys_pending.fetch_sub(n as u64, Relaxed);
             self.status.batches.fetch_add(1, Relaxed);
-            self.confirmed[self.id].store(batch.upto.0, Relaxed);
-            let min = self.confirmed.iter().map(|c| c.load(Relaxed)).min().unwrap_or(0);
-            if self.status.confirmed_lsn.fetch_max(min, Relaxed) < min {
-                self.status.confirm(min);
-            }
+            self.confirm(batch.upto);
         }
         Ok(())
+    }
+
+    /// This worker has applied everything up to `upto`.
+    fn confirm(&self, upto: Lsn) {
+        self.confirmed[self.id].store(upto.0, Relaxed);
+        let min = self.confirmed.iter().map(|c| c.load(Relaxed)).min().unwrap_or(0);
+        if self.status.confirmed_lsn.fetch_max(min, Relaxed) < min {
+            self.status.confirm(min);
+        }
     }
 
     /// One batch in one target transaction, with the position.

@@ -8,20 +8,18 @@
 //! would refuse every history insert). The scenario therefore gives that
 //! table a `bigserial` key before capture starts, and says so in its output.
 
+use crate::capturing::{
+    add_history_key, capturing_config, proxy_config, start_capture, CaptureCounters, Console, HISTORY_KEY_SQL,
+};
 use crate::pgbench::{self, Load, Run, Summary};
 use crate::proxy_thread::ProxyThread;
-use crate::report::{self, median, ratio, round, Machine, Table};
-use anyhow::{anyhow, bail, Context, Result};
+use crate::report::{self, median, ratio, round, Machine, Software, Table};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
-use switchyard_proxy::Config;
+use std::time::Duration;
 use switchyard_tests::{Cluster, Endpoint};
-use tokio::task::JoinHandle;
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 /// Where the results go unless `--out` says otherwise.
 const DEFAULT_OUT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/results/capture.json");
@@ -31,25 +29,6 @@ const DB: &str = "bench";
 
 /// The on/off ratio the headline is held against.
 const TARGET_ON_OVER_OFF: f64 = 0.90;
-
-/// How long CAPTURE START may take to reach its barrier.
-const BARRIER_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// How long any admin console command may take to answer.
-const CONSOLE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// How often SHOW CAPTURE is polled while waiting for the barrier.
-const BARRIER_POLL: Duration = Duration::from_millis(20);
-
-/// The tables the TPC-B-like script updates; `pgbench -i` gives each a
-/// primary key unless its `-I` steps leave out `p`.
-const KEYED_TABLES: [&str; 3] = ["pgbench_accounts", "pgbench_branches", "pgbench_tellers"];
-
-/// The key added to the one table the script inserts into.
-const HISTORY_KEY_SQL: &str = "ALTER TABLE pgbench_history ADD COLUMN hid bigserial PRIMARY KEY";
-
-/// How many trailing output lines an error message quotes.
-const OUTPUT_TAIL_LINES: usize = 15;
 
 /// Options of `switchyard-bench capture`.
 #[derive(Debug, clap::Args)]
@@ -226,7 +205,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         .await
         .context("starting the PostgreSQL cluster")?;
     pgbench::initialize(&cluster.endpoint(), DB, args.scale).await?;
-    add_history_key(&cluster).await?;
+    add_history_key(&cluster, DB).await?;
     println!("added a primary key to pgbench_history ({HISTORY_KEY_SQL}): capture needs a key for every written row");
 
     let stack = start_stack(&cluster).await?;
@@ -298,48 +277,9 @@ async fn capture_rounds(
     Ok((rounds, setup))
 }
 
-/// Checks that `pgbench -i` keyed the tables the script updates, and adds a
-/// key to `pgbench_history`, directly on the cluster.
-async fn add_history_key(cluster: &Cluster) -> Result<()> {
-    let client = cluster.connect(DB).await.context("connecting to the cluster")?;
-    let tables: Vec<&str> = KEYED_TABLES.to_vec();
-    let rows = client
-        .query(
-            "SELECT c.relname::text FROM pg_class c \
-             WHERE c.relnamespace = 'public'::regnamespace AND c.relname = ANY($1) \
-               AND EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)",
-            &[&tables],
-        )
-        .await
-        .context("looking up the primary keys of the pgbench tables")?;
-    let keyed: Vec<String> = rows
-        .iter()
-        .map(|r| r.try_get(0))
-        .collect::<Result<_, _>>()
-        .context("reading the keyed pgbench tables")?;
-    let missing: Vec<&str> = KEYED_TABLES
-        .iter()
-        .copied()
-        .filter(|t| !keyed.iter().any(|k| k == t))
-        .collect();
-    if !missing.is_empty() {
-        bail!(
-            "pgbench -i created no primary key on {}; capture needs one on every table it writes",
-            missing.join(", ")
-        );
-    }
-    client
-        .batch_execute(HISTORY_KEY_SQL)
-        .await
-        .with_context(|| format!("adding a key to pgbench_history ({HISTORY_KEY_SQL})"))?;
-    Ok(())
-}
-
 /// Starts both proxies (each on its own thread and runtime, Unix-socket
 /// backend) and connects to the capturing one's admin console.
 async fn start_stack(cluster: &Cluster) -> Result<Stack> {
-    let any_port = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-    let socket_dir = cluster.socket_dir().to_str().context("socket dir is not UTF-8")?;
     let user = cluster.superuser();
     let binaries = cluster.binaries();
     let log_dir = tempfile::Builder::new()
@@ -347,12 +287,8 @@ async fn start_stack(cluster: &Cluster) -> Result<Stack> {
         .tempdir()
         .context("creating a directory for the capture log")?;
 
-    let off = ProxyThread::start("capture-off", Config::trusting(any_port, socket_dir, cluster.port()))?;
-    let mut config = Config::trusting(any_port, socket_dir, cluster.port());
-    config.capture.log_dir = log_dir.path().join("log");
-    config.capture.user = Some(user.to_owned());
-    config.capture.password = cluster.password(user).map(str::to_owned);
-    config.capture.database = Some(DB.to_owned());
+    let off = ProxyThread::start("capture-off", proxy_config(cluster)?)?;
+    let config = capturing_config(cluster, log_dir.path(), DB)?;
     let admin_database = config.admin_database.clone();
     let durability = format!("{:?}", config.capture.durability).to_lowercase();
     let policy = config.capture.policy.name().to_owned();
@@ -381,34 +317,6 @@ async fn start_stack(cluster: &Cluster) -> Result<Stack> {
     })
 }
 
-/// `CAPTURE START`, then SHOW CAPTURE until its state is `on` (the barrier
-/// passed). Returns how long that took.
-async fn start_capture(console: &Console) -> Result<Duration> {
-    let started = Instant::now();
-    console
-        .query("CAPTURE START")
-        .await
-        .context("starting capture on the capturing proxy")?;
-    loop {
-        let show = console
-            .show_capture()
-            .await
-            .context("waiting for the capture barrier")?;
-        if show.get("state") == Some("on") {
-            return Ok(started.elapsed());
-        }
-        if started.elapsed() >= BARRIER_TIMEOUT {
-            bail!(
-                "capture did not reach its barrier within {} s of CAPTURE START; SHOW CAPTURE says:\n{}",
-                BARRIER_TIMEOUT.as_secs(),
-                show.describe()
-            );
-        }
-        tokio::time::sleep(BARRIER_POLL).await;
-    }
-}
-
-/// A short unrecorded run per mode and target; any failure stops the bench,
 /// since a path that does not work would only produce meaningless rounds.
 async fn warm_up(stack: &Stack, cluster: &Cluster, load: &Load, seconds: u64) -> Result<()> {
     if seconds == 0 {
@@ -517,182 +425,9 @@ fn pgbench_args(load: &Load, mode: Mode) -> Vec<String> {
 }
 
 /// Runs pgbench with `load` in protocol `mode` against the bench database at
-/// `endpoint`. A run that printed no summary is an error; one that printed a
-/// summary but exited unsuccessfully comes back with `exit_ok` false.
+/// `endpoint`.
 async fn run_pgbench(endpoint: &Endpoint, load: &Load, mode: Mode) -> Result<Run> {
-    let args = pgbench_args(load, mode);
-    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = endpoint
-        .pgbench(DB, &arg_refs)
-        .await
-        .with_context(|| format!("running pgbench {}", args.join(" ")))?;
-    let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
-    output.push_str(&String::from_utf8_lossy(&out.stderr));
-    let summary = pgbench::parse(&output).with_context(|| {
-        let lines: Vec<&str> = output.lines().collect();
-        format!(
-            "pgbench {} against {}:{} ({}) printed no summary:\n{}",
-            args.join(" "),
-            endpoint.host,
-            endpoint.port,
-            out.status,
-            lines[lines.len().saturating_sub(OUTPUT_TAIL_LINES)..].join("\n")
-        )
-    })?;
-    Ok(Run {
-        summary,
-        exit_ok: out.status.success(),
-        output,
-    })
-}
-
-/// A connection to a proxy's admin console, driven by a task on the bench's
-/// runtime.
-struct Console {
-    client: Client,
-    connection: JoinHandle<()>,
-}
-
-impl Console {
-    /// Logs in to the console database `database` at `endpoint`.
-    async fn connect(endpoint: &Endpoint, database: &str) -> Result<Console> {
-        let config = endpoint.pg_config(database);
-        let (client, connection) = config.connect(NoTls).await.with_context(|| {
-            format!(
-                "connecting to the admin console `{database}` at {}:{}",
-                endpoint.host, endpoint.port
-            )
-        })?;
-        let connection = tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        Ok(Console { client, connection })
-    }
-
-    /// Runs one console command and returns its rows as text.
-    async fn query(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
-        let messages = tokio::time::timeout(CONSOLE_TIMEOUT, self.client.simple_query(sql))
-            .await
-            .map_err(|_| {
-                anyhow!(
-                    "`{sql}` on the admin console: no answer within {} s",
-                    CONSOLE_TIMEOUT.as_secs()
-                )
-            })?
-            .with_context(|| format!("`{sql}` on the admin console"))?;
-        Ok(messages
-            .iter()
-            .filter_map(|m| match m {
-                SimpleQueryMessage::Row(row) => Some((0..row.len()).map(|i| row.get(i).map(str::to_owned)).collect()),
-                _ => None,
-            })
-            .collect())
-    }
-
-    /// SHOW CAPTURE.
-    async fn show_capture(&self) -> Result<ShowCapture> {
-        let rows = self.query("SHOW CAPTURE").await?;
-        let mut map = BTreeMap::new();
-        for row in rows {
-            if let Some(Some(key)) = row.first() {
-                let value = row.get(1).cloned().flatten().unwrap_or_default();
-                map.insert(key.clone(), value);
-            }
-        }
-        Ok(ShowCapture(map))
-    }
-
-    /// SHOW CAPTURE's counters; an error unless capture is on.
-    async fn counters(&self) -> Result<CaptureCounters> {
-        let show = self.show_capture().await?;
-        if show.get("state") != Some("on") {
-            bail!("capture is no longer on; SHOW CAPTURE says:\n{}", show.describe());
-        }
-        show.counters()
-    }
-
-    /// Ends the session and waits for its connection task to finish.
-    async fn close(self) {
-        drop(self.client);
-        let _ = tokio::time::timeout(CONSOLE_TIMEOUT, self.connection).await;
-    }
-}
-
-/// SHOW CAPTURE's `key | value` rows.
-#[derive(Debug)]
-struct ShowCapture(BTreeMap<String, String>);
-
-impl ShowCapture {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str)
-    }
-
-    /// A counter row's value.
-    fn count(&self, key: &str) -> Result<u64> {
-        let value = self
-            .get(key)
-            .with_context(|| format!("SHOW CAPTURE has no `{key}` row"))?;
-        value
-            .parse()
-            .with_context(|| format!("SHOW CAPTURE's `{key}` is not a count: {value:?}"))
-    }
-
-    fn counters(&self) -> Result<CaptureCounters> {
-        Ok(CaptureCounters {
-            transactions_captured: self.count("transactions_captured")?,
-            keys_captured: self.count("keys_captured")?,
-            log_records: self.count("log_records")?,
-            log_bytes: self.count("log_bytes")?,
-            unsafe_statements: self.count("unsafe_statements")?,
-        })
-    }
-
-    /// The per-kind unsafe statement rows.
-    fn unsafe_lines(&self) -> Vec<String> {
-        self.0
-            .iter()
-            .filter(|(k, _)| k.starts_with("unsafe."))
-            .map(|(k, v)| format!("{k}: {v}"))
-            .collect()
-    }
-
-    /// Every row, one `key = value` line each.
-    fn describe(&self) -> String {
-        let lines: Vec<String> = self.0.iter().map(|(k, v)| format!("  {k} = {v}")).collect();
-        lines.join("\n")
-    }
-}
-
-/// SHOW CAPTURE's counters, or what they gained over a run.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-struct CaptureCounters {
-    transactions_captured: u64,
-    keys_captured: u64,
-    log_records: u64,
-    log_bytes: u64,
-    /// Statements capture could not capture (rejected or run uncaptured).
-    unsafe_statements: u64,
-}
-
-impl CaptureCounters {
-    /// What the counters gained since `before`.
-    fn since(&self, before: &CaptureCounters) -> CaptureCounters {
-        CaptureCounters {
-            transactions_captured: self.transactions_captured.saturating_sub(before.transactions_captured),
-            keys_captured: self.keys_captured.saturating_sub(before.keys_captured),
-            log_records: self.log_records.saturating_sub(before.log_records),
-            log_bytes: self.log_bytes.saturating_sub(before.log_bytes),
-            unsafe_statements: self.unsafe_statements.saturating_sub(before.unsafe_statements),
-        }
-    }
-
-    fn add(&mut self, other: &CaptureCounters) {
-        self.transactions_captured += other.transactions_captured;
-        self.keys_captured += other.keys_captured;
-        self.log_records += other.log_records;
-        self.log_bytes += other.log_bytes;
-        self.unsafe_statements += other.unsafe_statements;
-    }
+    pgbench::run_args(endpoint, DB, &pgbench_args(load, mode)).await
 }
 
 /// Per-mode figures over all rounds.
@@ -766,13 +501,6 @@ struct Parameters {
     proxy_backend: &'static str,
     proxy_runtime: &'static str,
     history_key: &'static str,
-}
-
-/// Versions of what was measured.
-#[derive(Debug, Serialize)]
-struct Software {
-    switchyard: &'static str,
-    postgres: Option<String>,
 }
 
 /// The results file. The headline fields are the simple protocol's.
@@ -866,10 +594,7 @@ impl Report {
                 history_key: HISTORY_KEY_SQL,
             },
             machine,
-            software: Software {
-                switchyard: env!("CARGO_PKG_VERSION"),
-                postgres: postgres_version(cluster),
-            },
+            software: Software::probe(cluster),
         }
     }
 
@@ -948,79 +673,9 @@ fn mode_report(rounds: &[RoundReport], load: &Load, mode: Mode) -> ModeReport {
     }
 }
 
-/// `postgres --version` of the cluster's binaries.
-fn postgres_version(cluster: &Cluster) -> Option<String> {
-    let out = std::process::Command::new(cluster.bin("postgres"))
-        .arg("--version")
-        .output()
-        .ok()?;
-    Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn show(rows: &[(&str, &str)]) -> ShowCapture {
-        ShowCapture(rows.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect())
-    }
-
-    #[test]
-    fn counters_come_from_show_capture() {
-        let s = show(&[
-            ("state", "on"),
-            ("transactions_captured", "10"),
-            ("keys_captured", "40"),
-            ("log_records", "10"),
-            ("log_bytes", "4700"),
-            ("unsafe_statements", "0"),
-            ("unsafe.ddl", "1 seen, 1 rejected (reject); last: CREATE TABLE x ()"),
-        ]);
-        let c = s.counters().unwrap();
-        assert_eq!((c.transactions_captured, c.keys_captured, c.log_bytes), (10, 40, 4700));
-        assert_eq!(
-            s.unsafe_lines(),
-            vec!["unsafe.ddl: 1 seen, 1 rejected (reject); last: CREATE TABLE x ()"]
-        );
-    }
-
-    #[test]
-    fn missing_or_bad_counter_is_an_error() {
-        let e = show(&[("state", "on")]).counters().unwrap_err();
-        assert!(e.to_string().contains("transactions_captured"), "{e}");
-        let e = show(&[("transactions_captured", "unknown")])
-            .count("transactions_captured")
-            .unwrap_err();
-        assert!(e.to_string().contains("not a count"), "{e}");
-    }
-
-    #[test]
-    fn counters_since_subtract() {
-        let before = CaptureCounters {
-            transactions_captured: 5,
-            keys_captured: 20,
-            log_records: 5,
-            log_bytes: 100,
-            unsafe_statements: 0,
-        };
-        let after = CaptureCounters {
-            transactions_captured: 8,
-            keys_captured: 32,
-            log_records: 8,
-            log_bytes: 250,
-            unsafe_statements: 1,
-        };
-        let d = after.since(&before);
-        assert_eq!(
-            (
-                d.transactions_captured,
-                d.keys_captured,
-                d.log_bytes,
-                d.unsafe_statements
-            ),
-            (3, 12, 150, 1)
-        );
-    }
 
     #[test]
     fn pgbench_arguments_name_the_protocol() {

@@ -3,6 +3,8 @@
 //! writes its numbers to a JSON file under `bench/results/`.
 
 mod capture_bench;
+mod capturing;
+mod catchup_bench;
 mod demo;
 mod pgbench;
 mod pgbouncer;
@@ -34,6 +36,11 @@ enum Command {
     /// off and on, in the simple and the prepared protocol, side by side in
     /// alternating rounds.
     Capture(capture_bench::Args),
+    /// Catch-up: how many rows per second the replayer applies from a
+    /// backlog in the capture log (one worker and several, in alternating
+    /// rounds), and its per-commit lag behind rate-limited pgbench TPC-B
+    /// through a capturing proxy.
+    Catchup(catchup_bench::Args),
     /// Start a sample database behind the proxy and print how to connect;
     /// runs until Ctrl-C.
     Demo(demo::Args),
@@ -62,6 +69,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Proxy(args) => proxy_bench::run(args).await,
             Command::Capture(args) => capture_bench::run(args).await,
+            Command::Catchup(args) => catchup_bench::run(args).await,
             Command::Demo(args) => demo::run(args).await,
         }
     });

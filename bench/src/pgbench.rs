@@ -114,7 +114,12 @@ pub async fn initialize(endpoint: &Endpoint, db: &str, scale: u32) -> Result<()>
 /// run that printed no summary is an error; one that printed a summary but
 /// exited unsuccessfully comes back with `exit_ok` false.
 pub async fn run(endpoint: &Endpoint, db: &str, load: &Load) -> Result<Run> {
-    let args = load.args();
+    run_args(endpoint, db, &load.args()).await
+}
+
+/// Runs pgbench with `args` against database `db`, as [`run`] does: for
+/// loads that add options of their own to [`Load::args`].
+pub async fn run_args(endpoint: &Endpoint, db: &str, args: &[String]) -> Result<Run> {
     let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = endpoint
         .pgbench(db, &arg_refs)

@@ -416,7 +416,7 @@ impl Report {
             machine,
             software: Software {
                 switchyard: env!("CARGO_PKG_VERSION"),
-                postgres: postgres_version(cluster),
+                postgres: report::postgres_version(cluster),
                 pgbouncer: pgbouncer::version(),
             },
         }
@@ -473,13 +473,4 @@ fn target_reports(rounds: &[RoundReport]) -> Vec<TargetReport> {
             }
         })
         .collect()
-}
-
-/// `postgres --version` of the cluster's binaries.
-fn postgres_version(cluster: &Cluster) -> Option<String> {
-    let out = std::process::Command::new(cluster.bin("postgres"))
-        .arg("--version")
-        .output()
-        .ok()?;
-    Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }

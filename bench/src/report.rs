@@ -5,6 +5,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
+use switchyard_tests::Cluster;
 
 /// The median of `values` (the mean of the middle two for an even count);
 /// 0 for none.
@@ -132,6 +133,34 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let year = yoe + era * 400 + i64::from(month <= 2);
     (year, month, day)
+}
+
+/// `postgres --version` of the cluster's binaries.
+pub fn postgres_version(cluster: &Cluster) -> Option<String> {
+    let out = std::process::Command::new(cluster.bin("postgres"))
+        .arg("--version")
+        .output()
+        .ok()?;
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Versions of what was measured.
+#[derive(Debug, Serialize)]
+pub struct Software {
+    /// This build of switchyard.
+    pub switchyard: &'static str,
+    /// `postgres --version` of the cluster's binaries.
+    pub postgres: Option<String>,
+}
+
+impl Software {
+    /// The versions in use with `cluster`.
+    pub fn probe(cluster: &Cluster) -> Software {
+        Software {
+            switchyard: env!("CARGO_PKG_VERSION"),
+            postgres: postgres_version(cluster),
+        }
+    }
 }
 
 /// Writes `value` as pretty JSON to `path`, creating its directory.

@@ -20,7 +20,6 @@ use crate::wire::frontend::{self, tag as ftag, FrontendMessage};
 use crate::wire::{Header, WireError};
 use bytes::Buf;
 use hdrhistogram::Histogram;
-use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -133,7 +132,7 @@ impl<'a> Relay<'a> {
     fn settle(&mut self) {
         let Some(log) = &self.settle_log else { return };
         for commit in self.unsettled.drain(..) {
-            append_detached(log, Record::Marker(Marker::Settled { commit }));
+            append_settled(log, commit);
         }
     }
 
@@ -416,7 +415,7 @@ impl<'a> Relay<'a> {
                     let append = log.append(record);
                     tokio::spawn(async move {
                         match append.await {
-                            Ok(commit) => append_detached(&log, Record::Marker(Marker::Settled { commit })),
+                            Ok(commit) => append_settled(&log, commit),
                             Err(e) => tracing::error!(error = %e, "capture log write failed"),
                         }
                     });
@@ -537,20 +536,19 @@ impl Drop for Relay<'_> {
     }
 }
 
-/// Appends a record nobody waits for (a write-durability log writes it on
-/// the spot; an fsync log finishes on its writer thread).
-fn append_detached(log: &LogWriterHandle, record: Record) {
-    let mut append = Box::pin(log.append(record));
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match append.as_mut().poll(&mut cx) {
-        std::task::Poll::Ready(Ok(_)) => {}
-        std::task::Poll::Ready(Err(e)) => tracing::error!(error = %e, "capture log write failed"),
-        std::task::Poll::Pending => {
-            tokio::spawn(async move {
-                if let Err(e) = append.await {
-                    tracing::error!(error = %e, "capture log write failed");
-                }
-            });
+/// Logs that `commit` has settled. Nobody waits for the marker: it goes out
+/// with the next log write, or within a millisecond when none comes.
+fn append_settled(log: &LogWriterHandle, commit: Lsn) {
+    if log.append_deferred(Record::Marker(Marker::Settled { commit })) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let log = log.clone();
+                rt.spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    log.flush_deferred();
+                });
+            }
+            Err(_) => log.flush_deferred(),
         }
     }
 }

@@ -158,6 +158,7 @@ impl LogWriter {
                 inline,
                 dir,
                 recovery,
+                flush_due: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -186,6 +187,8 @@ struct Inner {
     inline: Option<Mutex<Option<WriterThread>>>,
     dir: PathBuf,
     recovery: RecoveryReport,
+    /// A `flush_deferred` is owed.
+    flush_due: std::sync::atomic::AtomicBool,
 }
 
 impl LogWriterHandle {
@@ -217,6 +220,45 @@ impl LogWriterHandle {
                 })?;
             // The writer drops the ack unanswered only when it exits.
             done.await.map_err(|_| inner.exit_error())?
+        }
+    }
+
+    /// Appends a record nobody waits for, written with the next append or
+    /// [`flush_deferred`](Self::flush_deferred), whichever comes first: with
+    /// `write` durability this saves a write(2) per record under load. With
+    /// a writer thread it is queued like any append (the thread batches).
+    /// Returns true when the caller should see to a `flush_deferred` soon
+    /// (none is due yet); false when one is already due or none is needed.
+    pub fn append_deferred(&self, record: Record) -> bool {
+        if record.validate().is_err() || self.inner.check_open().is_err() {
+            return false;
+        }
+        let Some(inline) = &self.inner.inline else {
+            let append = self.append(record);
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    if let Err(e) = append.await {
+                        tracing::error!(error = %e, "capture log write failed");
+                    }
+                });
+            }
+            return false;
+        };
+        let mut guard = inline.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(state) = guard.as_mut() else { return false };
+        let (ack, _done) = oneshot::channel();
+        state.append(&record, ack);
+        drop(guard);
+        !self.inner.flush_due.swap(true, Ordering::AcqRel)
+    }
+
+    /// Writes what [`append_deferred`](Self::append_deferred) left pending.
+    pub fn flush_deferred(&self) {
+        self.inner.flush_due.store(false, Ordering::Release);
+        if let Some(inline) = &self.inner.inline {
+            if let Some(state) = inline.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                state.commit_batch();
+            }
         }
     }
 

@@ -237,6 +237,11 @@ impl WriterThread {
         if let Some(cause) = self.shared.failure.get() {
             return Err(LogError::WriterFailed(Arc::clone(cause)));
         }
+        // Deferred appends not written yet.
+        self.commit_batch();
+        if let Some(cause) = self.shared.failure.get() {
+            return Err(LogError::WriterFailed(Arc::clone(cause)));
+        }
         self.sync()?;
         tracing::info!(dir = %self.dir.display(), last_lsn = self.next_lsn.0 - 1, "capture log writer closed");
         Ok(())

@@ -308,3 +308,36 @@ fn options_are_validated() {
         ));
     }
 }
+
+#[test]
+fn deferred_appends_go_out_with_the_next_write_or_a_flush() {
+    use super::super::Marker;
+    let dir = tempfile::tempdir().unwrap();
+    let options = LogOptions {
+        durability: Durability::Write,
+        ..Default::default()
+    };
+    let writer = LogWriter::open(dir.path(), options).unwrap();
+    let settled = |n| Record::Marker(Marker::Settled { commit: Lsn(n) });
+    let first = writer.append_blocking(tagged_commit(1, 0, 1)).unwrap();
+    assert!(
+        writer.append_deferred(settled(first.0)),
+        "the first deferred append owes a flush"
+    );
+    assert!(!writer.append_deferred(settled(first.0)), "one flush is owed at a time");
+    // Not written yet: the reader sees only the commit.
+    assert_eq!(read_all(dir.path(), Lsn::FIRST).len(), 1);
+    // The next append writes them first, in order.
+    let next = writer.append_blocking(tagged_commit(1, 1, 1)).unwrap();
+    assert_eq!(next, Lsn(4));
+    assert_eq!(read_all(dir.path(), Lsn::FIRST).len(), 4);
+    // A flush writes a lone deferred record; so does closing.
+    assert!(!writer.append_deferred(settled(next.0)), "still owed from before");
+    writer.flush_deferred();
+    assert_eq!(read_all(dir.path(), Lsn::FIRST).len(), 5);
+    assert!(writer.append_deferred(settled(next.0)));
+    writer.close().unwrap();
+    let entries = read_all(dir.path(), Lsn::FIRST);
+    assert_eq!(entries.len(), 6);
+    assert_eq!(entries[5].record, settled(next.0));
+}

@@ -1,19 +1,24 @@
 //! The demo: a throwaway cluster with a small shop database behind the
-//! proxy on 127.0.0.1:6432, with an admin console user and metrics, running
-//! until Ctrl-C so that one can poke at it with psql.
+//! proxy on 127.0.0.1:6432, with an admin console user and metrics, an empty
+//! target database and a config file for trying a migration (capture,
+//! clone, catch-up), running until Ctrl-C so that one can poke at it.
 
 use crate::proxy_thread::ProxyThread;
 use anyhow::{Context, Result};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 use switchyard_proxy::server::StartError;
-use switchyard_proxy::{Config, UserConfig};
+use switchyard_proxy::{Config, DatabaseConfig, UserConfig};
 use switchyard_tests::Cluster;
 use tokio::signal::unix::{signal, SignalKind};
 
 /// The sample database.
 const DB: &str = "app";
+
+/// The empty database a migration goes to.
+const TARGET_DB: &str = "app_next";
 
 /// The user allowed on the admin console.
 const ADMIN: &str = "admin";
@@ -62,6 +67,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     println!("starting a PostgreSQL cluster with sample database `{DB}`...");
     let cluster = Cluster::builder()
         .database(DB)
+        .database(TARGET_DB)
         .start()
         .await
         .context("starting the PostgreSQL cluster")?;
@@ -72,8 +78,14 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         .context("loading the sample data")?;
     drop(client);
 
-    let proxy = start_proxy(&cluster, args.port)?;
+    let work = tempfile::Builder::new()
+        .prefix("switchyard-demo-")
+        .tempdir()
+        .context("creating the demo's directory")?;
+    let proxy = start_proxy(&cluster, args.port, work.path())?;
     let port = proxy.addr().port();
+    let config_path = work.path().join("switchyard.toml");
+    std::fs::write(&config_path, config_file(&cluster, port, work.path())).context("writing the demo's config file")?;
     let through = proxy.endpoint(cluster.superuser(), cluster.binaries());
     let client = through.connect(DB).await.context("connecting through the proxy")?;
     let row = client
@@ -86,7 +98,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let (customers, orders): (i64, i64) = (row.get(0), row.get(1));
     drop(client);
 
-    print_instructions(&cluster, &proxy, port, customers, orders);
+    print_instructions(&cluster, &proxy, port, customers, orders, &config_path);
     wait_for_stop(args.seconds).await?;
 
     println!("stopping the proxy and removing the cluster...");
@@ -96,8 +108,9 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Starts the proxy on `port`, or on a free port if that one is taken.
-fn start_proxy(cluster: &Cluster, port: u16) -> Result<ProxyThread> {
+/// Starts the proxy on `port`, or on a free port if that one is taken, with
+/// capture logging under `work` and `app_next` as the migration target.
+fn start_proxy(cluster: &Cluster, port: u16, work: &Path) -> Result<ProxyThread> {
     let config = |port| -> Result<Config> {
         let socket_dir = cluster.socket_dir().to_str().context("socket dir is not UTF-8")?;
         let mut config = Config::trusting(
@@ -112,6 +125,16 @@ fn start_proxy(cluster: &Cluster, port: u16) -> Result<ProxyThread> {
             admin: true,
         });
         config.metrics.listen = Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+        config.capture.log_dir = work.join("log");
+        config.capture.user = Some(cluster.superuser().to_owned());
+        config.capture.database = Some(DB.to_owned());
+        config.target = Some(DatabaseConfig {
+            host: "127.0.0.1".to_owned(),
+            port: cluster.port(),
+            database: Some(TARGET_DB.to_owned()),
+            user: None,
+            password: None,
+        });
         Ok(config)
     };
     match ProxyThread::start("switchyard-proxy", config(port)?) {
@@ -130,7 +153,23 @@ fn port_taken(e: &anyhow::Error) -> bool {
     )
 }
 
-fn print_instructions(cluster: &Cluster, proxy: &ProxyThread, port: u16, customers: i64, orders: i64) {
+/// The same settings as a file, for `switchyard clone` and `catchup run`.
+fn config_file(cluster: &Cluster, port: u16, work: &Path) -> String {
+    format!(
+        "# switchyard demo: the proxy in front of `{DB}`, migrating to `{TARGET_DB}`.\n\
+         listen = \"127.0.0.1:{port}\"\n\n\
+         [source]\nhost = \"{socket}\"\nport = {pg_port}\n\n\
+         [auth]\nmethod = \"trust\"\n\n\
+         [capture]\nlog_dir = \"{log}\"\nuser = \"{user}\"\ndatabase = \"{DB}\"\n\n\
+         [target]\nhost = \"127.0.0.1\"\nport = {pg_port}\ndatabase = \"{TARGET_DB}\"\n",
+        socket = cluster.socket_dir().display(),
+        pg_port = cluster.port(),
+        log = work.join("log").display(),
+        user = cluster.superuser(),
+    )
+}
+
+fn print_instructions(cluster: &Cluster, proxy: &ProxyThread, port: u16, customers: i64, orders: i64, config: &Path) {
     let metrics = proxy
         .metrics_addr()
         .map_or_else(|| "(off)".to_owned(), |a| format!("http://{a}/metrics"));
@@ -148,7 +187,15 @@ fn print_instructions(cluster: &Cluster, proxy: &ProxyThread, port: u16, custome
          \n  then  SHOW SESSIONS;   SHOW STATUS;   PAUSE;   RESUME;\
          \n\nScrape the metrics:\
          \n  curl -s {metrics}\
+         \n\nTry a migration to the empty database {TARGET_DB} (config in {config}),\
+         \nwith `sy` standing for `cargo run -q --release --bin switchyard --`:\
+         \n  sy capture start --port {port} -U {ADMIN}\
+         \n  sy clone --config {config} --port {port} -U {ADMIN} --no-owner\
+         \n  psql -h 127.0.0.1 -p {pg_port} -U {user} {TARGET_DB} -c \"ALTER TABLE orders ADD COLUMN note text\"\
+         \n  sy catchup start --port {port} -U {ADMIN}\
+         \n  sy lag --port {port} -U {ADMIN}      (write through the proxy meanwhile and watch it catch up)\
          \n\nPress Ctrl-C to stop (the cluster is removed).",
+        config = config.display(),
         pg_port = cluster.port(),
         socket = cluster.socket_dir().display(),
         user = cluster.superuser(),

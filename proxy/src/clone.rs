@@ -160,7 +160,9 @@ async fn logical(
     // pg_dump has attached every job to it.
     let holder = connect(source_pg, "source").await?;
     holder
-        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .batch_execute(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL idle_in_transaction_session_timeout = 0",
+        )
         .await
         .context("cannot open the snapshot transaction on the source")?;
     let snapshot: String = holder
@@ -287,13 +289,16 @@ async fn run_tracking(
         .spawn()
         .with_context(|| format!("cannot run {name}"))?;
     let stderr = child.stderr.take().context("no stderr")?;
-    let mut lines = BufReader::new(stderr).lines();
+    // Bytes, not UTF-8 lines: table names and messages come in the
+    // server's and the locale's encodings.
+    let mut lines = BufReader::new(stderr).split(b'\n');
     let mut done = vec![false; tables.len()];
     let mut current: Option<usize> = None;
     let mut bytes = 0u64;
     let mut errors: Vec<String> = Vec::new();
     let total = tables.len();
-    while let Some(line) = lines.next_line().await? {
+    while let Some(line) = lines.next_segment().await? {
+        let line = String::from_utf8_lossy(&line).into_owned();
         let finish = |i: usize, done: &mut Vec<bool>, bytes: &mut u64| {
             if !done[i] {
                 done[i] = true;

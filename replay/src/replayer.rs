@@ -54,6 +54,11 @@ pub enum ReplayError {
     /// A worker ended.
     #[error("replay worker {0} stopped")]
     Worker(usize),
+    /// Another replayer is applying to the same target.
+    #[error(
+        "another replayer is applying to this target (CATCHUP in a proxy, or `switchyard catchup run`); stop it first"
+    )]
+    Busy,
 }
 
 fn db(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> ReplayError {
@@ -265,6 +270,30 @@ async fn reset_positions(target: &Client, resume: Lsn, workers: usize) -> Result
         .map_err(db("reset the workers' positions"))
 }
 
+/// One replayer per target: a session advisory lock held on the control
+/// connection for the replayer's life (a crashed one's goes with its
+/// connection; a few seconds are allowed for the server to notice).
+async fn lock_target(control: &Client) -> Result<(), ReplayError> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let got: bool = control
+            .query_one(
+                "SELECT pg_try_advisory_lock(hashtext('switchyard replay')::bigint)",
+                &[],
+            )
+            .await
+            .map_err(db("lock the target for this replayer"))?
+            .get(0);
+        if got {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(ReplayError::Busy);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Aborts the workers when the replayer is dropped.
 struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
 
@@ -295,6 +324,7 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), ReplayError> {
     let control = connect(&target, "target").await?;
+    lock_target(&control).await?;
     let resume = prepare_target(&control).await?;
     let workers = options.workers.max(1);
     reset_positions(&control, resume, workers).await?;
@@ -401,6 +431,10 @@ pub async fn run(
         if n == 0 && upto == dispatched_upto {
             if !read_any {
                 status.at_log_end.store(true, Relaxed);
+                if let Some(w) = handles.iter().position(|h| h.is_finished()) {
+                    drop(senders);
+                    return Err(join_failure(handles, w).await);
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(options.idle) => {}
                     _ = stop.changed() => {}
@@ -413,6 +447,8 @@ pub async fn run(
         for (w, mut b) in per.into_iter().enumerate() {
             b.upto = upto;
             if senders[w].send(b).await.is_err() {
+                // Close every queue first, so the healthy workers finish.
+                drop(senders);
                 return Err(join_failure(handles, w).await);
             }
         }

@@ -128,11 +128,29 @@ impl<'a> Relay<'a> {
         }
     }
 
-    /// The session's transaction has ended: its commits are settled.
+    /// The session is out of any transaction: every commit logged is settled.
     fn settle(&mut self) {
-        let Some(log) = &self.settle_log else { return };
-        for commit in self.unsettled.drain(..) {
+        if let Some(log) = &self.settle_log {
+            for commit in self.unsettled.drain(..) {
+                append_settled(log, commit);
+            }
+        }
+        // Hold no log open past its capture (CAPTURE START would find it locked).
+        self.settle_log = None;
+    }
+
+    /// A COMMIT was answered (also by COMMIT AND CHAIN, which stays in a
+    /// transaction): the oldest commit logged is settled.
+    fn settle_oldest(&mut self) {
+        if self.unsettled.is_empty() {
+            return;
+        }
+        let commit = self.unsettled.remove(0);
+        if let Some(log) = &self.settle_log {
             append_settled(log, commit);
+        }
+        if self.unsettled.is_empty() {
+            self.settle_log = None;
         }
     }
 
@@ -447,11 +465,17 @@ impl<'a> Relay<'a> {
                 Header::Ready { len, .. } => len,
             };
             let msg = BackendMessage::new(&server.rbuf[off..off + len]);
-            if !self.unsettled.is_empty()
-                && msg.tag() == btag::READY_FOR_QUERY
-                && !matches!(msg.ready_status(), Ok(TxStatus::InTransaction))
-            {
-                self.settle();
+            // A logged commit has settled once its COMMIT is answered, or
+            // once the session is idle (the implicit transaction of an
+            // extended-protocol Sync; a COMMIT that failed). Not at an
+            // in-transaction or failed-transaction ReadyForQuery: those can
+            // answer earlier statements of the same pipeline.
+            if !self.unsettled.is_empty() {
+                if msg.tag() == btag::READY_FOR_QUERY && matches!(msg.ready_status(), Ok(TxStatus::Idle)) {
+                    self.settle();
+                } else if msg.tag() == btag::COMMAND_COMPLETE && msg.command_tag() == Ok("COMMIT") {
+                    self.settle_oldest();
+                }
             }
             if self.swallow_ready > 0 || self.capture.is_some() {
                 let action = match &mut self.capture {
@@ -529,12 +553,27 @@ impl<'a> Relay<'a> {
 }
 
 impl Drop for Relay<'_> {
-    /// A session that ends mid-commit: its backend is gone or going, and
-    /// with it the transaction's outcome is decided.
+    /// A session that ends mid-commit (the client went away before the
+    /// COMMIT's answer): the backend finishes the COMMIT on its own, so the
+    /// commits are settled a while later rather than now.
     fn drop(&mut self) {
-        self.settle();
+        let (Some(log), false) = (self.settle_log.take(), self.unsettled.is_empty()) else {
+            return;
+        };
+        let commits = std::mem::take(&mut self.unsettled);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                tokio::time::sleep(SETTLE_AFTER_DISCONNECT).await;
+                for commit in commits {
+                    append_settled(&log, commit);
+                }
+            });
+        }
     }
 }
+
+/// How long after a session ends mid-commit its commits count as settled.
+const SETTLE_AFTER_DISCONNECT: Duration = Duration::from_secs(5);
 
 /// Logs that `commit` has settled. Nobody waits for the marker: it goes out
 /// with the next log write, or within a millisecond when none comes.

@@ -407,3 +407,89 @@ async fn copy_from_stdin_keys_are_read_from_the_data() -> Result<()> {
     ensure!(logged.contains(&key("public.t", &["500"])), "{logged:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_starts_again_while_sessions_that_wrote_stay_connected() -> Result<()> {
+    let f = Fixture::start().await?;
+    let c = f.proxy.connect("postgres").await?;
+    c.batch_execute("CREATE TABLE again (id int PRIMARY KEY)").await?;
+    f.capture_start().await?;
+    c.batch_execute("INSERT INTO again VALUES (1)").await?;
+    f.admin.simple_query("CAPTURE STOP").await.context("CAPTURE STOP")?;
+    // The session lets go of the stopped capture at its next boundaries.
+    c.batch_execute("SELECT 1").await?;
+    c.batch_execute("SELECT 2").await?;
+    f.capture_start().await?;
+    c.batch_execute("INSERT INTO again VALUES (2)").await?;
+    let logged = logged_keys(&f.log_path())?;
+    for id in ["1", "2"] {
+        ensure!(
+            logged.contains(&key("public.again", &[id])),
+            "key {id} not logged: {logged:?}"
+        );
+    }
+    Ok(())
+}
+
+/// Settled markers in the log, by the commit they settle.
+fn settled_markers(dir: &std::path::Path) -> Result<Vec<u64>> {
+    use switchyard_replay::{LogReader, Lsn, Marker, Record};
+    let mut reader = LogReader::open(dir, Lsn::FIRST)?;
+    let mut out = Vec::new();
+    while let Some(entry) = reader.next()? {
+        if let Record::Marker(Marker::Settled { commit }) = entry.record {
+            out.push(commit.0);
+        }
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_settles_only_once_it_is_visible() -> Result<()> {
+    use crate::support::{query_msg, RawConn};
+    let f = Fixture::start().await?;
+    let direct = f.cluster.connect("postgres").await?;
+    direct.batch_execute("CREATE TABLE settle (id int PRIMARY KEY)").await?;
+    f.capture_start().await?;
+    // One pipeline: a failed statement inside the transaction answers with
+    // a failed-transaction ReadyForQuery well before the COMMIT runs.
+    let mut raw = RawConn::start(f.proxy.addr(), f.cluster.superuser(), "postgres").await?;
+    let mut pipeline = Vec::new();
+    for sql in [
+        "BEGIN",
+        "INSERT INTO settle VALUES (1)",
+        "SAVEPOINT s",
+        "SELECT 1/0",
+        "ROLLBACK TO s",
+        "SELECT pg_sleep(1)",
+        "COMMIT",
+    ] {
+        pipeline.extend(query_msg(sql));
+    }
+    raw.send(&pipeline).await?;
+    let log = f.log_path();
+    let watch = async {
+        loop {
+            let markers = settled_markers(&log)?;
+            let visible: i64 = direct.query_one("SELECT count(*) FROM settle", &[]).await?.get(0);
+            ensure!(
+                markers.is_empty() || visible == 1,
+                "a Settled marker {markers:?} is in the log while the commit is not visible"
+            );
+            if visible == 1 {
+                return Ok::<_, anyhow::Error>(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    within(Duration::from_secs(10), "the commit", watch).await??;
+    for _ in 0..7 {
+        raw.until_ready().await?;
+    }
+    let deadline = Instant::now() + PROMPT;
+    while settled_markers(&log)?.is_empty() {
+        ensure!(Instant::now() < deadline, "the commit never settled");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}

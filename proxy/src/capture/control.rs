@@ -187,10 +187,7 @@ impl Capture {
         };
         let log = match reuse {
             Some(log) => log,
-            None => tokio::task::spawn_blocking(move || LogWriter::open(&dir, options))
-                .await
-                .map_err(|e| CaptureError::Log(e.to_string()))?
-                .map_err(|e| CaptureError::Log(e.to_string()))?,
+            None => open_log(dir, options).await?,
         };
         let started = SystemTime::now();
         log.append(Record::Marker(Marker::CaptureStart {
@@ -271,6 +268,26 @@ impl Capture {
             }
         });
         Ok(client)
+    }
+}
+
+/// Opens the log. A session whose last commit is not settled yet keeps the
+/// previous capture's writer open (its `Settled` marker goes there), for
+/// milliseconds, or a few seconds after its client left mid-commit: wait
+/// for it rather than fail.
+async fn open_log(dir: std::path::PathBuf, options: LogOptions) -> Result<LogWriterHandle, CaptureError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(7);
+    loop {
+        let (d, o) = (dir.clone(), options.clone());
+        let opened = tokio::task::spawn_blocking(move || LogWriter::open(&d, o))
+            .await
+            .map_err(|e| CaptureError::Log(e.to_string()))?;
+        match opened {
+            Err(switchyard_replay::LogError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => return other.map_err(|e| CaptureError::Log(e.to_string())),
+        }
     }
 }
 

@@ -147,15 +147,69 @@ struct Running {
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), ReplayError>>,
     started: SystemTime,
+    retry: Arc<Retry>,
+}
+
+/// Why the replayer last stopped by itself, while it is started again.
+#[derive(Debug, Default)]
+struct Retry {
+    error: Mutex<Option<String>>,
+    restarts: std::sync::atomic::AtomicU64,
+}
+
+/// Runs the replayer until `stop`; when it fails (a database restarted, a
+/// network blip, another replayer holding the target), records why and
+/// starts it again after a growing pause, with the catalogs and mapping
+/// read afresh, from the position confirmed on the target.
+async fn supervise(
+    config: Config,
+    plan: Plan,
+    status: Arc<ReplayStatus>,
+    mut stop: watch::Receiver<bool>,
+    retry: Arc<Retry>,
+) -> Result<(), ReplayError> {
+    let mut plan = Some(plan);
+    let mut pause = std::time::Duration::from_secs(1);
+    loop {
+        let started = std::time::Instant::now();
+        let outcome = match plan.take() {
+            Some(p) => p.run(status.clone(), stop.clone()).await.map_err(|e| e.to_string()),
+            None => match Plan::prepare(&config).await {
+                Ok(p) => p.run(status.clone(), stop.clone()).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            },
+        };
+        if *stop.borrow() {
+            return Ok(());
+        }
+        let error = match outcome {
+            Ok(()) => "the replayer stopped".to_owned(),
+            Err(e) => e,
+        };
+        if started.elapsed() > std::time::Duration::from_secs(60) {
+            pause = std::time::Duration::from_secs(1);
+        }
+        tracing::error!(%error, retry_in = ?pause, "catch-up stopped; starting it again");
+        *lock(&retry.error) = Some(error);
+        retry.restarts.fetch_add(1, Relaxed);
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.changed() => return Ok(()),
+        }
+        pause = (pause * 2).min(std::time::Duration::from_secs(30));
+    }
 }
 
 /// What `SHOW LAG` shows.
 #[derive(Debug, Clone)]
 pub struct LagView {
-    /// `off`, `running` or `failed`.
+    /// `off`, `running`, `retrying` (it stopped by itself and is started
+    /// again) or `failed`.
     pub state: &'static str,
-    /// Why it failed.
+    /// Why it failed, or last stopped.
     pub error: Option<String>,
+    /// Times it was started again after stopping by itself.
+    pub restarts: u64,
     /// When it started.
     pub started: Option<SystemTime>,
     /// Progress (zeros when it never ran).
@@ -174,13 +228,15 @@ impl Catchup {
         let plan = Plan::prepare(config).await?;
         let status = Arc::new(ReplayStatus::default());
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(plan.run(status.clone(), stop_rx));
+        let retry = Arc::new(Retry::default());
+        let task = tokio::spawn(supervise(config.clone(), plan, status.clone(), stop_rx, retry.clone()));
         tracing::info!(workers = config.catchup.workers, "catch-up started");
         *lock(&self.state) = State::Running(Running {
             status,
             stop,
             task,
             started: SystemTime::now(),
+            retry,
         });
         Ok(())
     }
@@ -243,18 +299,27 @@ impl Catchup {
             State::Off => LagView {
                 state: "off",
                 error: None,
+                restarts: 0,
                 started: None,
                 report: LagReport::default(),
             },
-            State::Running(r) => LagView {
-                state: "running",
-                error: None,
-                started: Some(r.started),
-                report: r.status.report(),
-            },
+            State::Running(r) => {
+                let report = r.status.report();
+                let error = lock(&r.retry.error).clone();
+                // Retrying until a run has caught up again.
+                let retrying = error.is_some() && !report.caught_up;
+                LagView {
+                    state: if retrying { "retrying" } else { "running" },
+                    error,
+                    restarts: r.retry.restarts.load(Relaxed),
+                    started: Some(r.started),
+                    report,
+                }
+            }
             State::Failed { error, status } => LagView {
                 state: "failed",
                 error: Some(error.clone()),
+                restarts: 0,
                 started: None,
                 report: status.report(),
             },

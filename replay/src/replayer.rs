@@ -330,6 +330,11 @@ pub async fn run(
     reset_positions(&control, resume, workers).await?;
     status.confirmed_lsn.store(resume.0, Relaxed);
     status.read_lsn.store(resume.0, Relaxed);
+    // A status carried over from an earlier run: what it had in flight is
+    // read again from `resume`.
+    status.keys_pending.store(0, Relaxed);
+    status.at_log_end.store(false, Relaxed);
+    lock(&status.unconfirmed).clear();
     let mut senders = Vec::with_capacity(workers);
     let mut handles = Vec::with_capacity(workers);
     let confirmed: Arc<Vec<AtomicU64>> = Arc::new((0..workers).map(|_| AtomicU64::new(resume.0)).collect());

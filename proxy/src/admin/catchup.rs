@@ -37,6 +37,9 @@ pub(super) fn show(shared: &Arc<Shared>) -> Reply {
     if let Some(e) = &view.error {
         t.row(["error", e.as_str()]);
     }
+    if view.restarts > 0 {
+        t.row(["restarts".to_string(), view.restarts.to_string()]);
+    }
     t.row([
         "started_at".to_string(),
         view.started.map(super::show::rfc3339).unwrap_or_default(),

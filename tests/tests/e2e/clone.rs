@@ -133,6 +133,26 @@ pub(crate) async fn catchup_run(config: &Path) -> Result<Output> {
         .context("catchup run did not finish in 120 s")??)
 }
 
+/// Polls SHOW LAG until everything logged is applied; the state must be
+/// `running` (or `also`) meanwhile.
+async fn caught_up(console: &Client, also: &str) -> Result<std::collections::BTreeMap<String, String>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let lag = table(console, "SHOW LAG").await?.map();
+        let state = lag.get("state").map(String::as_str).unwrap_or("");
+        ensure!(state == "running" || state == also, "{lag:?}");
+        if state == "running"
+            && lag["positions_behind"] == "0"
+            && lag["commits_pending"] == "0"
+            && lag["keys_pending"] == "0"
+        {
+            return Ok(lag);
+        }
+        ensure!(Instant::now() < deadline, "catch-up did not finish: {lag:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub(crate) fn text(o: &Output) -> String {
     format!(
         "exit {}\nstdout:\n{}\nstderr:\n{}",
@@ -238,25 +258,29 @@ async fn logical_clone_then_catchup_in_the_proxy_and_standalone() -> Result<()> 
     for w in writers {
         w.await??;
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let lag = loop {
-        let lag = table(&console, "SHOW LAG").await?.map();
-        ensure!(lag.get("state").map(String::as_str) == Some("running"), "{lag:?}");
-        if lag["positions_behind"] == "0" && lag["commits_pending"] == "0" && lag["keys_pending"] == "0" {
-            break lag;
-        }
-        ensure!(Instant::now() < deadline, "catch-up did not finish: {lag:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let lag = caught_up(&console, "running").await?;
+    // The replayer's connections cut (a target restart, say): it is started
+    // again by itself and catches up with the writes made meanwhile.
+    source
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = 'switchyard catchup' AND datname = 'target'",
+            &[],
+        )
+        .await?;
+    load(f.proxy.connect("postgres").await?, 21, 200).await?;
+    let after = caught_up(&console, "retrying").await?;
+    ensure!(after.get("restarts").is_some_and(|r| r != "0"), "{after:?}");
+    ensure!(after["state"] == "running", "{after:?}");
     ensure!(lag["commits_applied"].parse::<u64>()? > 0, "{lag:?}");
     ensure!(lag["lag_seconds"] == "0.000", "{lag:?}");
     let addr = f.proxy.metrics_addr().context("metrics endpoint")?;
     let scraped = crate::support::scrape(addr).await?;
     let confirmed = crate::support::metric(&scraped, "switchyard_catchup_confirmed_lsn");
     ensure!(
-        confirmed == Some(lag["confirmed_lsn"].parse::<f64>()?)
+        confirmed == Some(after["confirmed_lsn"].parse::<f64>()?)
             && crate::support::metric(&scraped, "switchyard_catchup_running") == Some(1.0),
-        "metrics disagree with SHOW LAG {lag:?}:\n{scraped}"
+        "metrics disagree with SHOW LAG {after:?}:\n{scraped}"
     );
     let out = switchyard(&f, &["lag"]).await?;
     ensure!(

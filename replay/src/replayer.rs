@@ -362,6 +362,8 @@ pub async fn run(
     let mut waiting: BTreeMap<u64, Unsettled> = BTreeMap::new();
     let mut read_upto = resume;
     let mut dispatched_upto = resume;
+    let checker = connect(&source, "source").await?;
+    let mut last_check = Instant::now();
     loop {
         if *stop.borrow() {
             break;
@@ -392,6 +394,8 @@ pub async fn run(
                         Unsettled {
                             since: Instant::now(),
                             tables: c.tables,
+                            backend_pid: c.backend_pid,
+                            commit_micros: c.commit_time_micros,
                         },
                     );
                 }
@@ -410,17 +414,27 @@ pub async fn run(
                 Record::Marker(_) => {}
             }
         }
-        // A commit never settled (its proxy died mid-commit and capture did
-        // not start again): after a while its outcome is surely decided.
-        let expired: Vec<u64> = waiting
-            .iter()
-            .filter(|(_, u)| u.since.elapsed() >= SETTLE_TIMEOUT)
-            .map(|(lsn, _)| *lsn)
-            .collect();
-        for lsn in expired {
-            if let Some(u) = waiting.remove(&lsn) {
-                tracing::warn!(lsn, "commit never settled; replaying its keys anyway");
-                n += assign(&mut per, u.tables, workers);
+        // A commit not settled for a while (its client or its proxy went
+        // away mid-commit): settled once its backend on the source is no
+        // longer in that transaction.
+        if last_check.elapsed() >= SETTLE_CHECK_EVERY {
+            let overdue: Vec<(u64, i32, i64)> = waiting
+                .iter()
+                .filter(|(_, u)| u.since.elapsed() >= SETTLE_TIMEOUT)
+                .map(|(lsn, u)| (*lsn, u.backend_pid, u.commit_micros))
+                .collect();
+            if !overdue.is_empty() {
+                last_check = Instant::now();
+                for lsn in ended_on_source(&checker, &overdue).await? {
+                    if let Some(u) = waiting.remove(&lsn) {
+                        tracing::warn!(
+                            lsn,
+                            backend = u.backend_pid,
+                            "commit never marked settled; its backend has moved on, replaying its keys"
+                        );
+                        n += assign(&mut per, u.tables, workers);
+                    }
+                }
             }
         }
         // Restart must re-read every commit not yet applied.
@@ -485,13 +499,47 @@ const LOCAL_SETTINGS: &str = "SET LOCAL session_replication_role = replica; SET 
 /// How often a worker with nothing to apply records its position anyway.
 const PERSIST_IDLE_POSITION: Duration = Duration::from_secs(1);
 
-/// How long a commit may go unsettled before its keys are replayed anyway.
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a commit may go unsettled before its backend is looked at.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often overdue commits' backends are looked at.
+const SETTLE_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// A commit read, waiting for its `Settled` marker.
 struct Unsettled {
     since: Instant,
     tables: Vec<crate::log::TableKeys>,
+    /// The source backend that ran it (0: unknown) and the commit's time.
+    backend_pid: i32,
+    commit_micros: i64,
+}
+
+/// Which of `candidates` (lsn, backend pid, commit time µs) have surely
+/// ended on the source: their backend is gone, idle, or in a transaction
+/// that began after the commit was logged (a second's leeway for clocks).
+/// A backend whose state this user may not see counts as busy; a pid of 0
+/// (unknown) as ended.
+async fn ended_on_source(source: &Client, candidates: &[(u64, i32, i64)]) -> Result<Vec<u64>, ReplayError> {
+    let pids: Vec<i32> = candidates.iter().map(|c| c.1).filter(|p| *p != 0).collect();
+    let rows = source
+        .query(
+            "SELECT pid, state IS NOT NULL, (extract(epoch FROM xact_start) * 1e6)::bigint \
+             FROM pg_stat_activity WHERE pid = ANY($1)",
+            &[&pids],
+        )
+        .await
+        .map_err(db("check unsettled commits' backends on the source"))?;
+    let seen: HashMap<i32, (bool, Option<i64>)> = rows.iter().map(|r| (r.get(0), (r.get(1), r.get(2)))).collect();
+    Ok(candidates
+        .iter()
+        .filter(|(_, pid, commit)| match seen.get(pid) {
+            None => true,
+            Some((false, _)) => false,
+            Some((true, None)) => true,
+            Some((true, Some(started))) => *started > commit + 1_000_000,
+        })
+        .map(|(lsn, _, _)| *lsn)
+        .collect())
 }
 
 /// Adds a commit's keys to the workers' batches; returns the keys new to them.

@@ -205,6 +205,8 @@ impl TxKeys {
 pub(crate) struct SessionCapture {
     active: Arc<Active>,
     session_id: u64,
+    /// The source backend's pid, logged with each commit.
+    backend_pid: i32,
     search_path: Vec<String>,
     temp_tables: HashSet<String>,
     tx: TxKeys,
@@ -233,10 +235,16 @@ pub(crate) struct SessionCapture {
 
 impl SessionCapture {
     /// Capture for a session at a transaction boundary.
-    pub(crate) fn new(active: Arc<Active>, session_id: u64, search_path: Vec<String>) -> SessionCapture {
+    pub(crate) fn new(
+        active: Arc<Active>,
+        session_id: u64,
+        backend_pid: i32,
+        search_path: Vec<String>,
+    ) -> SessionCapture {
         SessionCapture {
             active,
             session_id,
+            backend_pid,
             search_path,
             temp_tables: HashSet::new(),
             tx: TxKeys::default(),
@@ -1291,6 +1299,7 @@ impl SessionCapture {
             commit_time_micros: unix_micros(SystemTime::now()),
             tables: tables.into_values().collect(),
             statements,
+            backend_pid: self.backend_pid,
         })
     }
 

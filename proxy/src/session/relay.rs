@@ -398,7 +398,8 @@ impl<'a> Relay<'a> {
                 self.swallow_ready += 1;
             }
         }
-        self.capture = next.map(|a| SessionCapture::new(a, self.info.id, search_path_of(&self.state)));
+        self.capture =
+            next.map(|a| SessionCapture::new(a, self.info.id, self.info.backend_pid(), search_path_of(&self.state)));
         Ok(())
     }
 
@@ -551,29 +552,6 @@ impl<'a> Relay<'a> {
         Ok(())
     }
 }
-
-impl Drop for Relay<'_> {
-    /// A session that ends mid-commit (the client went away before the
-    /// COMMIT's answer): the backend finishes the COMMIT on its own, so the
-    /// commits are settled a while later rather than now.
-    fn drop(&mut self) {
-        let (Some(log), false) = (self.settle_log.take(), self.unsettled.is_empty()) else {
-            return;
-        };
-        let commits = std::mem::take(&mut self.unsettled);
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                tokio::time::sleep(SETTLE_AFTER_DISCONNECT).await;
-                for commit in commits {
-                    append_settled(&log, commit);
-                }
-            });
-        }
-    }
-}
-
-/// How long after a session ends mid-commit its commits count as settled.
-const SETTLE_AFTER_DISCONNECT: Duration = Duration::from_secs(5);
 
 /// Logs that `commit` has settled. Nobody waits for the marker: it goes out
 /// with the next log write, or within a millisecond when none comes.

@@ -19,6 +19,9 @@ use super::Lsn;
 
 const KIND_COMMIT: u8 = 1;
 const KIND_MARKER: u8 = 2;
+/// A commit record that ends with the backend pid (written from now on;
+/// `KIND_COMMIT` records, without it, still decode).
+const KIND_COMMIT_PID: u8 = 3;
 
 const MARKER_CAPTURE_START: u8 = 1;
 const MARKER_CAPTURE_STOP: u8 = 2;
@@ -61,6 +64,9 @@ pub struct CommitRecord {
     pub tables: Vec<TableKeys>,
     /// The statement texts, for audit.
     pub statements: Vec<String>,
+    /// The source backend that ran it (0: unknown), so that a reader can
+    /// tell whether a commit never marked settled may still be running.
+    pub backend_pid: i32,
 }
 
 /// The keys written in one table.
@@ -132,7 +138,7 @@ impl Record {
         buf.extend_from_slice(&lsn.0.to_le_bytes());
         match self {
             Record::Commit(c) => {
-                buf.push(KIND_COMMIT);
+                buf.push(KIND_COMMIT_PID);
                 encode_commit(c, buf);
             }
             Record::Marker(m) => {
@@ -177,6 +183,8 @@ fn encode_commit(c: &CommitRecord, buf: &mut Vec<u8>) {
     for s in &c.statements {
         put_str(buf, s);
     }
+    // Last, so that the older kind is this one without it.
+    put_varint(buf, c.backend_pid.max(0) as u64);
 }
 
 /// The LSN a payload starts with, if it is long enough to have one.
@@ -191,7 +199,8 @@ impl LogEntry {
         let mut d = Decoder::new(payload);
         let lsn = Lsn(d.u64_le()?);
         let record = match d.u8()? {
-            KIND_COMMIT => Record::Commit(decode_commit(&mut d)?),
+            KIND_COMMIT => Record::Commit(decode_commit(&mut d, false)?),
+            KIND_COMMIT_PID => Record::Commit(decode_commit(&mut d, true)?),
             KIND_MARKER => {
                 let tag = d.u8()?;
                 let time_micros = d.i64()?;
@@ -212,7 +221,7 @@ impl LogEntry {
     }
 }
 
-fn decode_commit(d: &mut Decoder<'_>) -> Result<CommitRecord, DecodeError> {
+fn decode_commit(d: &mut Decoder<'_>, with_pid: bool) -> Result<CommitRecord, DecodeError> {
     let session_id = d.varint()?;
     let commit_time_micros = d.i64()?;
     // A table entry takes at least 3 bytes: name length, column and key counts.
@@ -226,11 +235,17 @@ fn decode_commit(d: &mut Decoder<'_>) -> Result<CommitRecord, DecodeError> {
     for _ in 0..nstmts {
         statements.push(d.str()?.to_owned());
     }
+    let backend_pid = if with_pid {
+        i32::try_from(d.varint()?).unwrap_or(0)
+    } else {
+        0
+    };
     Ok(CommitRecord {
         session_id,
         commit_time_micros,
         tables,
         statements,
+        backend_pid,
     })
 }
 

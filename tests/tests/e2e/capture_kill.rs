@@ -13,21 +13,28 @@ use std::time::{Duration, Instant};
 use switchyard_tests::Cluster;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
-/// The `switchyard` binary of this build, built on demand when missing.
+/// The `switchyard` binary of this build, built (or brought up to date)
+/// once per test run, so a stale binary from an earlier build is never used.
 pub(crate) fn switchyard_binary() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    // target/<profile>/deps/e2e-<hash>
-    let dir = exe.parent().and_then(Path::parent).context("test binary location")?;
-    let bin = dir.join("switchyard");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "switchyard-proxy", "--bin", "switchyard"])
-            .status()?;
-        ensure!(status.success(), "cannot build the switchyard binary");
-    }
-    ensure!(bin.exists(), "the switchyard binary is not at {}", bin.display());
-    Ok(bin)
+    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+            // target/<profile>/deps/e2e-<hash>
+            let dir = exe.parent().and_then(Path::parent).ok_or("test binary location")?;
+            let bin = dir.join("switchyard");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "-q", "-p", "switchyard-proxy", "--bin", "switchyard"])
+                .status()
+                .map_err(|e| e.to_string())?;
+            if !status.success() || !bin.exists() {
+                return Err(format!("cannot build the switchyard binary at {}", bin.display()));
+            }
+            Ok(bin)
+        })
+        .clone()
+        .map_err(|e| anyhow::anyhow!(e))
 }
 
 fn free_port() -> Result<u16> {

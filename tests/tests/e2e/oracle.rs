@@ -890,6 +890,7 @@ mod tests {
             commit_time_micros: 1_000 * session_id as i64,
             tables,
             statements: vec!["-- audit".into()],
+            backend_pid: 0,
         })
     }
 

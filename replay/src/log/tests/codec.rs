@@ -68,6 +68,7 @@ fn records_round_trip() {
                 },
             ],
             statements: vec!["".into(), "INSERT INTO t VALUES (1)".into()],
+            backend_pid: i32::MAX,
         }),
         Record::Marker(Marker::CaptureStart {
             time_micros: 1_700_000_000_000_000,
@@ -164,4 +165,22 @@ fn garbage_never_panics() {
         }
     }
     assert!(decoded < 23_000, "garbage should mostly fail to decode");
+}
+
+#[test]
+fn commit_records_without_a_backend_pid_still_decode() {
+    let record = Record::Commit(CommitRecord {
+        session_id: 7,
+        commit_time_micros: 1,
+        backend_pid: 0,
+        ..Default::default()
+    });
+    let mut payload = Vec::new();
+    record.encode_payload(Lsn(9), &mut payload);
+    // The older kind: the same bytes without the trailing pid (0 is one byte).
+    assert_eq!(payload[8], 3);
+    payload[8] = 1;
+    payload.pop();
+    let entry = LogEntry::decode(&payload).unwrap();
+    assert_eq!((entry.lsn, entry.record), (Lsn(9), record));
 }

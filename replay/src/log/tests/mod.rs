@@ -77,6 +77,7 @@ pub(super) fn random_commit(rng: &mut Rng, session_id: u64, size: usize) -> Reco
         commit_time_micros: rng.next_u64() as i64,
         tables,
         statements,
+        backend_pid: (rng.next_u64() % 100_000) as i32,
     })
 }
 
@@ -93,6 +94,7 @@ pub(super) fn tagged_commit(session_id: u64, seq: u64, n: usize) -> Record {
                 .collect(),
         }],
         statements: vec![format!("UPDATE accounts SET n = n + 1 -- {session_id}/{seq}")],
+        backend_pid: 0,
     })
 }
 

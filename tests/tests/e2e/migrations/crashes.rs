@@ -407,3 +407,68 @@ async fn keys_are_read_once_their_commit_is_visible() -> Result<()> {
     )
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_client_left_mid_commit_waits_for_its_backend() -> Result<()> {
+    use crate::support::{query_msg, RawConn};
+    let (f, source) = start("CREATE TABLE t (id int PRIMARY KEY)", "").await?;
+    let target = clone_and_migrate(&f, "").await?;
+    let plan = resolve(&source, &target, "").await?;
+    // COMMITs on the source wait for a standby that does not exist; the
+    // replayer's own commits on the target must not.
+    source
+        .batch_execute("ALTER DATABASE target SET synchronous_commit = local")
+        .await?;
+    source
+        .batch_execute("ALTER DATABASE postgres SET synchronous_commit = on")
+        .await?;
+    let replay = Replay::spawn(&f, &plan, 2, 100);
+    source
+        .batch_execute("ALTER SYSTEM SET synchronous_standby_names = 'nobody'")
+        .await?;
+    source.batch_execute("SELECT pg_reload_conf()").await?;
+    until("the setting is in force", || async {
+        let c = f.cluster.connect("postgres").await?;
+        Ok(c.query_one("SHOW synchronous_standby_names", &[])
+            .await?
+            .get::<_, String>(0)
+            == "nobody")
+    })
+    .await?;
+    // A client sends an autocommit INSERT and leaves while its COMMIT waits:
+    // the proxy never sees the answer, so no Settled marker comes.
+    let mut raw = RawConn::start(f.proxy.addr(), f.cluster.superuser(), "postgres").await?;
+    raw.send(&query_msg("INSERT INTO t VALUES (1)")).await?;
+    until("the commit is logged", || async {
+        Ok(f.show_capture().await?.get("transactions_captured").map(String::as_str) == Some("1"))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let visible: i64 = source.query_one("SELECT count(*) FROM t", &[]).await?.get(0);
+    ensure!(visible == 0, "the COMMIT did not wait for the standby");
+    drop(raw);
+    // Well past the settle timeout: the backend is still in that COMMIT, so
+    // the replayer must not have read the (still invisible) row as absent
+    // and moved on.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let report = replay.status.report();
+    ensure!(
+        report.commits_pending >= 1,
+        "the commit was taken as settled while its COMMIT still waited: {report:?}"
+    );
+    source
+        .batch_execute("ALTER SYSTEM RESET synchronous_standby_names")
+        .await?;
+    source.batch_execute("SELECT pg_reload_conf()").await?;
+    until("the row reaches the target", || async {
+        Ok(target.query_one("SELECT count(*) FROM t", &[]).await?.get::<_, i64>(0) == 1)
+    })
+    .await?;
+    replay.drain(&f).await?;
+    compare(
+        &source,
+        &target,
+        &[("SELECT id FROM t ORDER BY id", "SELECT id FROM t ORDER BY id")],
+    )
+    .await
+}

@@ -406,10 +406,13 @@ pub async fn run(
                 }
                 Record::Marker(Marker::CaptureStart { .. }) => {
                     // A new capture: the sessions of an earlier one that never
-                    // settled went away with their proxy.
-                    for (_, u) in std::mem::take(&mut waiting) {
-                        n += assign(&mut per, u.tables, workers);
+                    // settled went away with their proxy. Look at their
+                    // backends now rather than after the usual wait.
+                    let overdue = Instant::now().checked_sub(SETTLE_TIMEOUT).unwrap_or_else(Instant::now);
+                    for u in waiting.values_mut() {
+                        u.since = overdue;
                     }
+                    last_check = overdue;
                 }
                 Record::Marker(_) => {}
             }

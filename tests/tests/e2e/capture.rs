@@ -80,6 +80,37 @@ impl Fixture {
     pub fn log_path(&self) -> std::path::PathBuf {
         self.log_dir.path().join("log")
     }
+
+    /// Copies database `postgres` into the existing, empty database `db`
+    /// with pg_dump/pg_restore (as a DBA would after the barrier) and
+    /// returns a connection to the copy.
+    pub async fn clone_into(&self, db: &str) -> Result<Client> {
+        let dump = self.log_dir.path().join(format!("{db}.dump"));
+        let ep = self.cluster.endpoint();
+        let out = ep
+            .command("pg_dump", "postgres")
+            .args(["-Fc", "-f"])
+            .arg(&dump)
+            .output()
+            .await?;
+        ensure!(
+            out.status.success(),
+            "pg_dump: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = ep
+            .command("pg_restore", db)
+            .args(["-d", db, "--no-owner"])
+            .arg(&dump)
+            .output()
+            .await?;
+        ensure!(
+            out.status.success(),
+            "pg_restore: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(self.cluster.connect(db).await?)
+    }
 }
 
 fn key(table: &str, values: &[&str]) -> (String, Vec<Option<String>>) {

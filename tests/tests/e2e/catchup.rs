@@ -86,31 +86,7 @@ async fn catchup_converges_through_clone_and_migration() -> Result<()> {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Clone after the barrier, while writes go on.
-    let dump = f.log_dir.path().join("source.dump");
-    let ep = f.cluster.endpoint();
-    let out = ep
-        .command("pg_dump", "postgres")
-        .args(["-Fc", "-f"])
-        .arg(&dump)
-        .output()
-        .await?;
-    ensure!(
-        out.status.success(),
-        "pg_dump: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = ep
-        .command("pg_restore", "target")
-        .args(["-d", "target", "--no-owner"])
-        .arg(&dump)
-        .output()
-        .await?;
-    ensure!(
-        out.status.success(),
-        "pg_restore: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let target = f.cluster.connect("target").await?;
+    let target = f.clone_into("target").await?;
     target.batch_execute(MIGRATION).await?;
 
     let mapping = Mapping::parse(MAPPING, "mapping.toml")?;

@@ -164,31 +164,7 @@ async fn statement(c: &Client, sql: &str, counts: &mut (usize, usize), done: &At
 /// Clones the source into `target` with pg_dump/pg_restore and migrates it.
 /// The returned connection to the target is not one of the replayer's.
 async fn clone_and_migrate(f: &Fixture, migration: &str) -> Result<Client> {
-    let dump = f.log_dir.path().join("source.dump");
-    let ep = f.cluster.endpoint();
-    let out = ep
-        .command("pg_dump", "postgres")
-        .args(["-Fc", "-f"])
-        .arg(&dump)
-        .output()
-        .await?;
-    ensure!(
-        out.status.success(),
-        "pg_dump: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = ep
-        .command("pg_restore", "target")
-        .args(["-d", "target", "--no-owner"])
-        .arg(&dump)
-        .output()
-        .await?;
-    ensure!(
-        out.status.success(),
-        "pg_restore: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let target = f.cluster.connect("target").await?;
+    let target = f.clone_into("target").await?;
     target.batch_execute(migration).await.context("migration")?;
     Ok(target)
 }

@@ -143,11 +143,7 @@ async fn logical(
     check_target_empty(&target).await?;
     check_target_create(&target).await?;
     check_source_readable(source).await?;
-    if options.dir.exists()
-        && std::fs::read_dir(&options.dir)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(true)
-    {
+    if !is_new_or_empty(&options.dir) {
         bail!(
             "the dump directory {} exists and is not empty; remove it or pass another --dir",
             options.dir.display()
@@ -241,11 +237,7 @@ async fn physical(
             source_pg.get_user().unwrap_or("?")
         );
     }
-    if options.dir.exists()
-        && std::fs::read_dir(&options.dir)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(true)
-    {
+    if !is_new_or_empty(&options.dir) {
         bail!(
             "the data directory {} exists and is not empty; pg_basebackup needs a new or empty directory",
             options.dir.display()
@@ -414,27 +406,54 @@ async fn run_basebackup(mut cmd: tokio::process::Command, progress: &mut Progres
     Ok(())
 }
 
-async fn check_target_empty(target: &Client) -> Result<()> {
-    let rows = target
+/// Whether `dir` does not exist or holds nothing (unreadable counts as not).
+fn is_new_or_empty(dir: &Path) -> bool {
+    !dir.exists() || std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none())
+}
+
+/// `schema.name` of the relations of `kinds` outside the system schemas
+/// that match `condition`, sorted.
+async fn user_relations(c: &Client, kinds: &str, condition: &str, what: &str) -> Result<Vec<String>> {
+    let rows = c
         .query(
-            "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') \
-               AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' \
-               AND n.nspname NOT LIKE 'pg_temp%' \
-             ORDER BY 1",
+            &format!(
+                "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind IN ({kinds}) \
+                   AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' \
+                   AND n.nspname NOT LIKE 'pg_temp%' AND {condition} \
+                 ORDER BY 1"
+            ),
             &[],
         )
         .await
-        .context("cannot list the target's tables")?;
-    if rows.is_empty() {
+        .with_context(|| format!("cannot {what}"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// "3 relation(s) (a.x, a.y, a.z)", naming the first five.
+fn some_relations(names: &[String]) -> String {
+    format!(
+        "{} relation(s) ({}{})",
+        names.len(),
+        names.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
+        if names.len() > 5 { ", ..." } else { "" }
+    )
+}
+
+async fn check_target_empty(target: &Client) -> Result<()> {
+    let names = user_relations(
+        target,
+        "'r', 'p', 'v', 'm', 'S', 'f'",
+        "true",
+        "list the target's tables",
+    )
+    .await?;
+    if names.is_empty() {
         return Ok(());
     }
-    let names: Vec<String> = rows.iter().take(5).map(|r| r.get(0)).collect();
     bail!(
-        "the target database is not empty: it has {} relation(s) ({}{}); clone into a new, empty database (createdb), or drop these first",
-        rows.len(),
-        names.join(", "),
-        if rows.len() > 5 { ", ..." } else { "" }
+        "the target database is not empty: it has {}; clone into a new, empty database (createdb), or drop these first",
+        some_relations(&names)
     )
 }
 
@@ -457,27 +476,19 @@ async fn check_target_create(target: &Client) -> Result<()> {
 }
 
 async fn check_source_readable(source: &Client) -> Result<()> {
-    let rows = source
-        .query(
-            "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind IN ('r', 'p', 'm', 'S') \
-               AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' \
-               AND n.nspname NOT LIKE 'pg_temp%' \
-               AND NOT has_table_privilege(c.oid, 'SELECT') \
-             ORDER BY 1",
-            &[],
-        )
-        .await
-        .context("cannot check the source user's privileges")?;
-    if rows.is_empty() {
+    let names = user_relations(
+        source,
+        "'r', 'p', 'm', 'S'",
+        "NOT has_table_privilege(c.oid, 'SELECT')",
+        "check the source user's privileges",
+    )
+    .await?;
+    if names.is_empty() {
         return Ok(());
     }
-    let names: Vec<String> = rows.iter().take(5).map(|r| r.get(0)).collect();
     bail!(
-        "the clone's user cannot read {} source relation(s) ({}{}): GRANT SELECT on them, or set capture.user to their owner or a superuser",
-        rows.len(),
-        names.join(", "),
-        if rows.len() > 5 { ", ..." } else { "" }
+        "the clone's user cannot read {} on the source: GRANT SELECT on them, or set capture.user to their owner or a superuser",
+        some_relations(&names)
     )
 }
 

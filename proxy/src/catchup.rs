@@ -145,7 +145,7 @@ enum State {
 struct Running {
     status: Arc<ReplayStatus>,
     stop: watch::Sender<bool>,
-    task: JoinHandle<Result<(), ReplayError>>,
+    task: JoinHandle<()>,
     started: SystemTime,
     retry: Arc<Retry>,
 }
@@ -160,14 +160,15 @@ struct Retry {
 /// Runs the replayer until `stop`; when it fails (a database restarted, a
 /// network blip, another replayer holding the target), records why and
 /// starts it again after a growing pause, with the catalogs and mapping
-/// read afresh, from the position confirmed on the target.
+/// read afresh, from the position confirmed on the target. Ends only on
+/// `stop`.
 async fn supervise(
     config: Config,
     plan: Plan,
     status: Arc<ReplayStatus>,
     mut stop: watch::Receiver<bool>,
     retry: Arc<Retry>,
-) -> Result<(), ReplayError> {
+) {
     let mut plan = Some(plan);
     let mut pause = std::time::Duration::from_secs(1);
     loop {
@@ -180,7 +181,7 @@ async fn supervise(
             },
         };
         if *stop.borrow() {
-            return Ok(());
+            return;
         }
         let error = match outcome {
             Ok(()) => "the replayer stopped".to_owned(),
@@ -194,7 +195,7 @@ async fn supervise(
         retry.restarts.fetch_add(1, Relaxed);
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
-            _ = stop.changed() => return Ok(()),
+            _ = stop.changed() => return,
         }
         pause = (pause * 2).min(std::time::Duration::from_secs(30));
     }
@@ -252,16 +253,8 @@ impl Catchup {
             }
         };
         let _ = running.stop.send(true);
-        let report = running.status.report();
         match running.task.await {
-            Ok(Ok(())) => Ok(running.status.report()),
-            Ok(Err(e)) => {
-                *lock(&self.state) = State::Failed {
-                    error: e.to_string(),
-                    status: running.status,
-                };
-                Ok(report)
-            }
+            Ok(()) => Ok(running.status.report()),
             Err(e) => Err(CatchupError::State(if e.is_panic() {
                 "catch-up ended abnormally"
             } else {
@@ -270,7 +263,8 @@ impl Catchup {
         }
     }
 
-    /// Moves a replayer that ended by itself to `Failed`.
+    /// Moves a supervisor that ended by itself (it ends only on STOP, so it
+    /// panicked) to `Failed`.
     fn reap(&self) {
         let mut state = lock(&self.state);
         let finished = matches!(&*state, State::Running(r) if r.task.is_finished());
@@ -280,11 +274,7 @@ impl Catchup {
         let State::Running(r) = std::mem::take(&mut *state) else {
             return;
         };
-        let error = match futures_now(r.task) {
-            Some(Ok(Err(e))) => e.to_string(),
-            Some(Ok(Ok(()))) => "the replayer stopped".to_owned(),
-            Some(Err(_)) | None => "the replayer ended abnormally".to_owned(),
-        };
+        let error = "the replayer ended abnormally".to_owned();
         tracing::error!(%error, "catch-up stopped");
         *state = State::Failed {
             error,
@@ -324,26 +314,6 @@ impl Catchup {
                 report: status.report(),
             },
         }
-    }
-
-    /// Rows applied so far by the running (or failed) replayer.
-    pub fn rows_applied(&self) -> u64 {
-        match &*lock(&self.state) {
-            State::Running(r) => r.status.rows_applied.load(Relaxed),
-            State::Failed { status, .. } => status.rows_applied.load(Relaxed),
-            State::Off => 0,
-        }
-    }
-}
-
-/// The result of a finished task, without waiting.
-fn futures_now<T>(task: JoinHandle<T>) -> Option<Result<T, tokio::task::JoinError>> {
-    use std::future::Future;
-    let mut task = std::pin::pin!(task);
-    let waker = std::task::Waker::noop();
-    match task.as_mut().poll(&mut std::task::Context::from_waker(waker)) {
-        std::task::Poll::Ready(r) => Some(r),
-        std::task::Poll::Pending => None,
     }
 }
 

@@ -103,8 +103,6 @@ pub struct ReplayStatus {
     pub rows_applied: AtomicU64,
     /// Batches committed on the target.
     pub batches: AtomicU64,
-    /// Commit time (Unix µs) of the newest record applied everywhere.
-    pub applied_commit_micros: AtomicU64,
     /// The last look at the log found nothing new.
     pub at_log_end: AtomicBool,
     /// Commits read and not yet confirmed: (position, commit time µs).
@@ -122,7 +120,6 @@ impl Default for ReplayStatus {
             keys_pending: AtomicU64::new(0),
             rows_applied: AtomicU64::new(0),
             batches: AtomicU64::new(0),
-            applied_commit_micros: AtomicU64::new(0),
             at_log_end: AtomicBool::new(false),
             unconfirmed: Mutex::new(VecDeque::new()),
             lag: Mutex::new(Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")),
@@ -178,7 +175,6 @@ impl ReplayStatus {
             }
             pending.pop_front();
             lag.saturating_record((now - commit).max(1) as u64);
-            self.applied_commit_micros.store(commit.max(0) as u64, Relaxed);
         }
     }
 

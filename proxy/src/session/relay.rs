@@ -409,7 +409,6 @@ impl<'a> Relay<'a> {
     fn run_capture_work<S: Socket>(&mut self, server: &mut Parts<'_, S>) -> Result<bool, RelayError> {
         let mut released = false;
         let mut logged = Vec::new();
-        let mut settled_log = None;
         let Some(cap) = &mut self.capture else { return Ok(false) };
         while let Some(work) = cap.take_work() {
             match work {
@@ -421,7 +420,6 @@ impl<'a> Relay<'a> {
                         std::task::Poll::Ready(Ok(lsn)) => {
                             cap.logged();
                             released = true;
-                            settled_log = Some(cap.active().log.clone());
                             logged.push(lsn);
                         }
                         std::task::Poll::Ready(Err(e)) => return Err(RelayError::CaptureLog(e.to_string())),
@@ -441,9 +439,8 @@ impl<'a> Relay<'a> {
                 }
             }
         }
-        if settled_log.is_some() {
-            self.settle_log = settled_log;
-            self.unsettled.extend(logged);
+        for lsn in logged {
+            self.logged_commit(lsn);
         }
         Ok(released)
     }

@@ -17,6 +17,7 @@ mod catchup_kill;
 mod clone;
 mod copy;
 mod drivers;
+mod escapes;
 mod gate;
 mod lifecycle;
 mod mapping;

@@ -307,6 +307,12 @@ pub struct CaptureConfig {
     pub password: Option<String>,
     /// Database whose catalog is read; defaults to `source.database`.
     pub database: Option<String>,
+    /// VOLATILE functions the DBA declares never write (`"schema.name"`,
+    /// as the catalog spells it, all overloads): capture lets statements
+    /// that call or reach them through. A name the catalog does not know is
+    /// warned about at CAPTURE START and listed in SHOW CAPTURE.
+    #[serde(default)]
+    pub read_only_functions: Vec<String>,
 }
 
 impl Default for CaptureConfig {
@@ -320,11 +326,22 @@ impl Default for CaptureConfig {
             user: None,
             password: None,
             database: None,
+            read_only_functions: Vec::new(),
         }
     }
 }
 
 impl CaptureConfig {
+    /// `read_only_functions` as (schema, name) pairs; entries without a
+    /// schema are left out (`validate` refuses them).
+    pub fn read_only_function_names(&self) -> Vec<(String, String)> {
+        self.read_only_functions
+            .iter()
+            .filter_map(|f| f.split_once('.'))
+            .map(|(s, n)| (s.to_owned(), n.to_owned()))
+            .collect()
+    }
+
     /// The policy for an unsafe kind.
     pub fn policy_for(&self, kind: &str) -> UnsafePolicy {
         self.policies.get(kind).copied().unwrap_or(self.policy)
@@ -418,6 +435,17 @@ impl Config {
                     self.admin_database
                 ),
             ));
+        }
+        for (i, f) in self.capture.read_only_functions.iter().enumerate() {
+            if !f
+                .split_once('.')
+                .is_some_and(|(s, n)| !s.is_empty() && !n.is_empty() && !n.contains('.'))
+            {
+                return Err(invalid(
+                    &format!("capture.read_only_functions[{i}]"),
+                    format!("`{f}` must be `schema.name`, as the catalog spells them"),
+                ));
+            }
         }
         let mut seen = std::collections::HashSet::new();
         for (i, user) in self.users.iter().enumerate() {

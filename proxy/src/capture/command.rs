@@ -79,7 +79,10 @@ pub(crate) fn classify_command(sql: &str, toks: &[Tok]) -> Class {
         }
         "SET" => Class::Utility(Utility::Set),
         "RESET" => Class::Utility(Utility::Reset),
-        "SHOW" => Class::Read { functions: Vec::new() },
+        "SHOW" => Class::Read {
+            functions: Vec::new(),
+            refs: Default::default(),
+        },
         "LISTEN" => match at(1).and_then(Tok::ident) {
             Some(ch) => Class::Utility(Utility::Listen(ch)),
             None => unparsable,
@@ -199,9 +202,15 @@ fn explain(sql: &str, toks: &[Tok]) -> Class {
     }
     match classify_tokens(sql, &toks[i..]) {
         read @ Class::Read { .. } => read,
-        Class::Write(w) if !analyze => Class::Read { functions: w.functions },
+        Class::Write(w) if !analyze => Class::Read {
+            functions: w.functions,
+            refs: w.refs,
+        },
         Class::Unsafe(UnsafeKind::Unparsable) => Class::Unsafe(UnsafeKind::Unparsable),
-        _ if !analyze => Class::Read { functions: Vec::new() },
+        _ if !analyze => Class::Read {
+            functions: Vec::new(),
+            refs: Default::default(),
+        },
         _ => Class::Unsafe(UnsafeKind::ExplainAnalyze),
     }
 }
@@ -237,7 +246,10 @@ fn copy(sql: &str, toks: &[Tok]) -> Class {
     }
     match toks.get(i) {
         Some(t) if t.is_kw("FROM") => Class::Unsafe(UnsafeKind::CopyFrom { table, columns }),
-        Some(t) if t.is_kw("TO") => Class::Read { functions: Vec::new() },
+        Some(t) if t.is_kw("TO") => Class::Read {
+            functions: Vec::new(),
+            refs: Default::default(),
+        },
         _ => Class::Unsafe(UnsafeKind::Unparsable),
     }
 }

@@ -12,10 +12,11 @@
 use crate::config::{CaptureConfig, DurabilityConfig, UnsafePolicy};
 use crate::registry::{Registry, ENTERING};
 use std::collections::BTreeMap;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use switchyard_replay::catalog::CatalogCache;
+use switchyard_replay::catalog::{Catalog, CatalogCache, QualifiedName};
 use switchyard_replay::log::{Durability, LogOptions, LogWriter, LogWriterHandle, Marker, Record};
 use thiserror::Error;
 use tokio::sync::watch;
@@ -75,6 +76,11 @@ pub struct Active {
     pub catalog: Arc<CatalogCache>,
     /// The capture settings in force.
     pub config: CaptureConfig,
+    /// `config.read_only_functions`, as catalog names.
+    pub read_only: HashSet<QualifiedName>,
+    /// Those the catalog did not know at CAPTURE START (a typo, or not yet
+    /// created): listed by SHOW CAPTURE.
+    pub read_only_unknown: Vec<String>,
     barrier: OnceLock<SystemTime>,
     unsafe_seen: Mutex<BTreeMap<&'static str, UnsafeSeen>>,
     /// Transactions logged.
@@ -110,6 +116,23 @@ impl Active {
     pub fn unsafe_seen(&self) -> BTreeMap<&'static str, UnsafeSeen> {
         self.unsafe_seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
+}
+
+/// The configured read-only functions as catalog names, and those the
+/// catalog does not know (warned about: the DBA may have mistyped one, and
+/// statements reaching the real function stay refused).
+fn read_only_functions(config: &CaptureConfig, catalog: &Catalog) -> (HashSet<QualifiedName>, Vec<String>) {
+    let mut known = HashSet::new();
+    let mut unknown = Vec::new();
+    for (schema, name) in config.read_only_function_names() {
+        let f = QualifiedName::new(schema, name);
+        if !catalog.has_function(&f) {
+            tracing::warn!(function = %f, "capture.read_only_functions names a function the source catalog does not have");
+            unknown.push(format!("{}.{}", f.schema, f.name));
+        }
+        known.insert(f);
+    }
+    (known, unknown)
 }
 
 /// The proxy-wide capture switch.
@@ -177,6 +200,7 @@ impl Capture {
             .await
             .map_err(|e| CaptureError::Catalog(e.to_string()))?;
         let catalog = Arc::new(catalog);
+        let (read_only, read_only_unknown) = read_only_functions(&self.config, &catalog.current());
         let dir = self.config.log_dir.clone();
         let options = LogOptions {
             durability: match self.config.durability {
@@ -203,6 +227,8 @@ impl Capture {
             log,
             catalog: catalog.clone(),
             config: self.config.clone(),
+            read_only,
+            read_only_unknown,
             barrier: OnceLock::new(),
             unsafe_seen: Mutex::new(BTreeMap::new()),
             commits: AtomicU64::new(0),

@@ -8,12 +8,13 @@
 use sqlparser::tokenizer::Token;
 
 use super::lex::Tok;
-use super::{Class, QualName, UnsafeKind, WriteKind, WriteStmt};
+use super::{Class, QualName, Refs, UnsafeKind, WriteKind, WriteStmt};
 
 /// Classifies a DML-ish statement (first word SELECT, WITH, VALUES, TABLE,
 /// INSERT, UPDATE, DELETE, or a `(`) from its tokens alone.
 pub(crate) fn classify_dml(toks: &[Tok]) -> Class {
     let functions = functions(toks);
+    let refs = refs(toks);
     let main = if toks[0].is_kw("WITH") {
         match skip_ctes(toks) {
             Some(main) => main,
@@ -27,7 +28,7 @@ pub(crate) fn classify_dml(toks: &[Tok]) -> Class {
     }
     let head = &toks[main];
     if head.is_any_kw(&["INSERT", "UPDATE", "DELETE"]) {
-        return match write_stmt(toks, main, functions) {
+        return match write_stmt(toks, main, functions, refs) {
             Some(w) => Class::Write(w),
             None => Class::Unsafe(UnsafeKind::Unparsable),
         };
@@ -39,7 +40,7 @@ pub(crate) fn classify_dml(toks: &[Tok]) -> Class {
         if has_select_into(&toks[main..]) {
             return Class::Unsafe(UnsafeKind::SelectInto);
         }
-        return Class::Read { functions };
+        return Class::Read { functions, refs };
     }
     Class::Unsafe(UnsafeKind::Unparsable)
 }
@@ -269,9 +270,65 @@ pub(crate) fn functions(toks: &[Tok]) -> Vec<QualName> {
     out
 }
 
+/// The relations, operators and types a statement references, from its
+/// tokens: a superset. Relations are names after FROM, JOIN, UPDATE, INTO,
+/// USING, TABLE or ONLY and after a comma in a FROM or USING list; types
+/// are names after `::` or AS (aliases included); operators are every
+/// operator token (a user may define any symbol for their own types).
+pub(crate) fn refs(toks: &[Tok]) -> Refs {
+    let mut refs = Refs::default();
+    let mut in_from = false;
+    for (i, t) in toks.iter().enumerate() {
+        let relation_next = t.is_any_kw(&["FROM", "JOIN", "UPDATE", "INTO", "USING", "TABLE", "ONLY"]);
+        if relation_next || (in_from && t.is(&Token::Comma)) {
+            if let Some((name, _)) = qualname(toks, i + 1) {
+                if !refs.relations.contains(&name) {
+                    refs.relations.push(name);
+                }
+            }
+        }
+        if t.is(&Token::DoubleColon) || t.is_kw("AS") {
+            if let Some((name, _)) = qualname(toks, i + 1) {
+                if !refs.types.contains(&name) {
+                    refs.types.push(name);
+                }
+            }
+        }
+        match &t.token {
+            Token::Word(w) if w.quote_style.is_none() => {
+                if t.is_any_kw(&["FROM", "USING"]) {
+                    in_from = true;
+                } else if w.keyword != sqlparser::keywords::Keyword::NoKeyword && !t.is_kw("ONLY") {
+                    in_from = false;
+                }
+            }
+            Token::Word(_)
+            | Token::Number(..)
+            | Token::SingleQuotedString(_)
+            | Token::Comma
+            | Token::Period
+            | Token::LParen
+            | Token::RParen
+            | Token::SemiColon
+            | Token::DoubleColon
+            | Token::Colon
+            | Token::LBracket
+            | Token::RBracket
+            | Token::Placeholder(_) => {}
+            other => {
+                let symbol = other.to_string();
+                if !refs.operators.contains(&symbol) {
+                    refs.operators.push(symbol);
+                }
+            }
+        }
+    }
+    refs
+}
+
 /// Reads the target of a write starting at `at` (its INSERT / UPDATE /
 /// DELETE keyword) and the facts the capture tap needs.
-fn write_stmt(toks: &[Tok], at: usize, functions: Vec<QualName>) -> Option<WriteStmt> {
+fn write_stmt(toks: &[Tok], at: usize, functions: Vec<QualName>, refs: Refs) -> Option<WriteStmt> {
     let head = &toks[at];
     let (kind, mut i) = if head.is_kw("INSERT") && toks.get(at + 1)?.is_kw("INTO") {
         (WriteKind::Insert, at + 2)
@@ -316,6 +373,7 @@ fn write_stmt(toks: &[Tok], at: usize, functions: Vec<QualName>) -> Option<Write
         on_conflict,
         assigned_columns,
         functions,
+        refs,
     })
 }
 

@@ -91,6 +91,9 @@ pub enum Class {
     Read {
         /// Functions called anywhere in the statement, deduplicated.
         functions: Vec<QualName>,
+        /// Relations, operators and types it references, which can reach
+        /// functions it does not name.
+        refs: Refs,
     },
     /// Transaction control.
     TxControl(TxControl),
@@ -204,6 +207,30 @@ pub struct WriteStmt {
     pub assigned_columns: Vec<String>,
     /// Functions called anywhere in the statement, deduplicated.
     pub functions: Vec<QualName>,
+    /// Relations (other than `table`), operators and types it references.
+    pub refs: Refs,
+}
+
+/// What a statement references besides the functions it names, each of
+/// which can call a function the statement does not name: a view's
+/// definition or a row-level security policy (relations), an operator's
+/// function, a cast's function or a domain's checks (types). Deduplicated;
+/// a superset is harmless (the caller only looks the names up).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Refs {
+    /// Relations read (tables, views, CTE names included).
+    pub relations: Vec<QualName>,
+    /// User-definable operator symbols (`###`, `OPERATOR(s.###)` as `###`).
+    pub operators: Vec<String>,
+    /// Types cast to (`x::t`, `CAST(x AS t)`, `t 'literal'`).
+    pub types: Vec<QualName>,
+}
+
+impl Refs {
+    /// Whether nothing is referenced.
+    pub fn is_empty(&self) -> bool {
+        self.relations.is_empty() && self.operators.is_empty() && self.types.is_empty()
+    }
 }
 
 impl WriteStmt {

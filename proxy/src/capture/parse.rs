@@ -6,14 +6,14 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    AssignmentTarget, Delete, FromTable, Ident, Insert, ObjectName, OnConflictAction, OnInsert, SetExpr, Statement,
-    TableFactor, TableObject, Update, Visit, Visitor,
+    ArrayElemTypeDef, AssignmentTarget, BinaryOperator, DataType, Delete, Expr, FromTable, Ident, Insert, ObjectName,
+    OnConflictAction, OnInsert, SetExpr, Statement, TableFactor, TableObject, Update, Visit, Visitor,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 use super::lex::{normalize_ident, Tok};
-use super::{Class, QualName, UnsafeKind, WriteKind, WriteStmt};
+use super::{Class, QualName, Refs, UnsafeKind, WriteKind, WriteStmt};
 
 /// Classifies `text` (exactly one statement, whose significant tokens are
 /// `toks`) from its AST, or `None` if sqlparser cannot parse it.
@@ -30,7 +30,7 @@ pub(crate) fn classify_ast(text: &str, toks: &[Tok]) -> Option<Class> {
         if facts.writes != 1 {
             return Some(Class::Unsafe(UnsafeKind::WriteInCte));
         }
-        write_stmt(s, splice_at, facts.functions).map(Class::Write)
+        write_stmt(s, splice_at, facts.functions, facts.refs).map(Class::Write)
     };
     match &stmt {
         Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_) => write(&stmt, facts),
@@ -45,6 +45,7 @@ pub(crate) fn classify_ast(text: &str, toks: &[Tok]) -> Option<Class> {
             } else {
                 Class::Read {
                     functions: facts.functions,
+                    refs: facts.refs,
                 }
             }),
         },
@@ -53,19 +54,84 @@ pub(crate) fn classify_ast(text: &str, toks: &[Tok]) -> Option<Class> {
 }
 
 /// What a walk over the whole AST finds: nested data-modifying statements
-/// (the statement itself counts as one) and called functions.
+/// (the statement itself counts as one), called functions, and the
+/// relations, operators and types that can call functions unnamed.
 #[derive(Default)]
 struct Facts {
     writes: usize,
     functions: Vec<QualName>,
+    refs: Refs,
+}
+
+fn push_new<T: PartialEq>(list: &mut Vec<T>, item: T) {
+    if !list.contains(&item) {
+        list.push(item);
+    }
 }
 
 impl Facts {
     fn add_function(&mut self, name: &ObjectName) {
         if let Some(n) = qualname(name) {
-            if !self.functions.contains(&n) {
-                self.functions.push(n);
+            push_new(&mut self.functions, n);
+        }
+    }
+
+    /// An operator symbol as `pg_operator.oprname` spells it. Standard
+    /// symbols count too: a user may define `+` or `=` for their own types.
+    fn add_operator(&mut self, symbol: String) {
+        push_new(&mut self.refs.operators, symbol);
+    }
+
+    fn add_binary_operator(&mut self, op: &BinaryOperator) {
+        match op {
+            // OPERATOR(schema.sym): the symbol is the last part.
+            BinaryOperator::PGCustomBinaryOperator(parts) => {
+                if let Some(sym) = parts.last() {
+                    self.add_operator(sym.clone());
+                }
             }
+            op => self.add_operator(op.to_string()),
+        }
+    }
+
+    /// A user type in a cast; built-in types are spelled as keywords
+    /// (`DataType::Int` ...) and need no lookup.
+    fn add_type(&mut self, t: &DataType) {
+        match t {
+            DataType::Custom(name, _) => {
+                if let Some(n) = qualname(name) {
+                    push_new(&mut self.refs.types, n);
+                }
+            }
+            DataType::Array(
+                ArrayElemTypeDef::AngleBracket(inner)
+                | ArrayElemTypeDef::SquareBracket(inner, _)
+                | ArrayElemTypeDef::Parenthesis(inner)
+                | ArrayElemTypeDef::Qualified(inner, _),
+            ) => self.add_type(inner),
+            _ => {}
+        }
+    }
+
+    /// The operators and types an expression node uses itself (children
+    /// are visited on their own).
+    fn add_expr_refs(&mut self, e: &Expr) {
+        match e {
+            Expr::BinaryOp { op, .. } => self.add_binary_operator(op),
+            Expr::AnyOp { compare_op, .. } | Expr::AllOp { compare_op, .. } => self.add_binary_operator(compare_op),
+            Expr::UnaryOp { op, .. } => self.add_operator(op.to_string()),
+            // IN and BETWEEN compare with the type's `=`, `>=` and `<=`;
+            // LIKE is `~~` and ILIKE `~~*`.
+            Expr::InList { .. } | Expr::InSubquery { .. } | Expr::InUnnest { .. } => self.add_operator("=".into()),
+            Expr::Between { .. } => {
+                self.add_operator(">=".into());
+                self.add_operator("<=".into());
+            }
+            Expr::Like { .. } => self.add_operator("~~".into()),
+            Expr::ILike { .. } => self.add_operator("~~*".into()),
+            Expr::Cast { data_type, .. } => self.add_type(data_type),
+            Expr::TypedString(ts) => self.add_type(&ts.data_type),
+            _ => {}
         }
     }
 }
@@ -83,9 +149,17 @@ impl Visitor for Facts {
         ControlFlow::Continue(())
     }
 
-    fn pre_visit_expr(&mut self, e: &sqlparser::ast::Expr) -> ControlFlow<()> {
-        if let sqlparser::ast::Expr::Function(f) = e {
+    fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+        if let Expr::Function(f) = e {
             self.add_function(&f.name);
+        }
+        self.add_expr_refs(e);
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_relation(&mut self, r: &ObjectName) -> ControlFlow<()> {
+        if let Some(n) = qualname(r) {
+            push_new(&mut self.refs.relations, n);
         }
         ControlFlow::Continue(())
     }
@@ -141,7 +215,7 @@ fn assigned(assignments: &[sqlparser::ast::Assignment]) -> Vec<String> {
 }
 
 /// The capture facts of an INSERT / UPDATE / DELETE statement node.
-fn write_stmt(s: &Statement, splice_at: usize, functions: Vec<QualName>) -> Option<WriteStmt> {
+fn write_stmt(s: &Statement, splice_at: usize, functions: Vec<QualName>, refs: Refs) -> Option<WriteStmt> {
     let base = |kind, table, alias, returning: bool| WriteStmt {
         kind,
         table,
@@ -151,6 +225,7 @@ fn write_stmt(s: &Statement, splice_at: usize, functions: Vec<QualName>) -> Opti
         on_conflict: false,
         assigned_columns: Vec::new(),
         functions: functions.clone(),
+        refs: refs.clone(),
     };
     match s {
         Statement::Insert(Insert {

@@ -32,7 +32,7 @@ use bytes::BytesMut;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::SystemTime;
-use switchyard_replay::catalog::{parse_search_path, Catalog};
+use switchyard_replay::catalog::{parse_search_path, Access, Catalog, Reached};
 use switchyard_replay::log::{CommitRecord, Key, Record, TableKeys};
 
 /// SQLSTATE of a statement rejected by the `reject` policy.
@@ -789,9 +789,9 @@ impl SessionCapture {
     fn analyze(&mut self, catalog: &Catalog, class: &Class, text: &str) -> (StmtInfo, Option<(usize, String)>) {
         let mut info = StmtInfo::default();
         match class {
-            Class::Read { functions } => {
-                if functions.iter().any(|f| self.is_volatile_user_function(catalog, f)) {
-                    self.unsafe_kind(&mut info, "volatile-function", text);
+            Class::Read { functions, refs } => {
+                if let Some(reached) = self.reaches(catalog, functions, refs) {
+                    self.unsafe_reached(&mut info, &reached, text);
                 }
             }
             Class::TxControl(tx) => {
@@ -823,6 +823,12 @@ impl SessionCapture {
                     return (info, None);
                 }
                 if let UnsafeKind::CopyFrom { table, columns } = kind {
+                    // COPY FROM runs defaults, checks and domain checks too.
+                    let reached = (!self.is_temp(table)).then(|| self.target_reaches(catalog, table, Access::Insert));
+                    if let Some(reached) = reached.flatten() {
+                        self.unsafe_reached(&mut info, &reached, text);
+                        return (info, None);
+                    }
                     if let Some(copy) = self.copy_tap(catalog, table, columns, text) {
                         info.copy = Some(Arc::new(copy));
                         return (info, None);
@@ -863,8 +869,22 @@ impl SessionCapture {
             self.unsafe_kind(&mut info, "key-update", text);
             return (info, None);
         }
-        if w.functions.iter().any(|f| self.is_volatile_user_function(catalog, f)) {
-            self.unsafe_kind(&mut info, "volatile-function", text);
+        let access = match w.kind {
+            WriteKind::Insert => Access::Insert,
+            WriteKind::Update => Access::Update,
+            WriteKind::Delete => Access::Delete,
+        };
+        // ON CONFLICT DO UPDATE updates as well as inserts.
+        let reached = self
+            .reaches(catalog, &w.functions, &w.refs)
+            .or_else(|| self.target_reaches(catalog, &w.table, access))
+            .or_else(|| {
+                w.on_conflict
+                    .then(|| self.target_reaches(catalog, &w.table, Access::Update))
+                    .flatten()
+            });
+        if let Some(reached) = reached {
+            self.unsafe_reached(&mut info, &reached, text);
             return (info, None);
         }
         if table.has_side_effects() {
@@ -930,13 +950,47 @@ impl SessionCapture {
         })
     }
 
-    fn is_volatile_user_function(&self, catalog: &Catalog, f: &super::QualName) -> bool {
-        use switchyard_replay::catalog::Volatility;
-        let v = match &f.schema {
-            Some(s) => catalog.function_volatility_in(s, &f.name),
-            None => catalog.function_volatility(&f.name),
-        };
-        v == Some(Volatility::Volatile)
+    /// The first function that may write (user VOLATILE and not declared
+    /// read-only, or a built-in writer) that a statement calls, or runs
+    /// unnamed through a relation it reads, an operator or a cast.
+    fn reaches(&self, catalog: &Catalog, functions: &[super::QualName], refs: &super::Refs) -> Option<Reached> {
+        let ro = &self.active.read_only;
+        let path = &self.search_path;
+        let called = functions.iter().find_map(|f| {
+            catalog
+                .function_reaches(f.schema.as_deref(), &f.name, ro)
+                // `mytype(x)` is a cast when no function has that name.
+                .or_else(|| catalog.cast_reaches(f.schema.as_deref(), &f.name, path, ro))
+        });
+        called
+            .or_else(|| {
+                refs.relations
+                    .iter()
+                    .filter(|r| !self.is_temp(r))
+                    .find_map(|r| catalog.relation_reaches(r.schema.as_deref(), &r.name, Access::Read, path, ro))
+            })
+            .or_else(|| refs.operators.iter().find_map(|o| catalog.operator_reaches(o, ro)))
+            .or_else(|| {
+                refs.types
+                    .iter()
+                    .find_map(|t| catalog.cast_reaches(t.schema.as_deref(), &t.name, path, ro))
+            })
+    }
+
+    /// What writing `table` this way runs unnamed (defaults, checks,
+    /// domains, policies).
+    fn target_reaches(&self, catalog: &Catalog, table: &super::QualName, access: Access) -> Option<Reached> {
+        let ro = &self.active.read_only;
+        catalog.relation_reaches(table.schema.as_deref(), &table.name, access, &self.search_path, ro)
+    }
+
+    /// Counts a `volatile-function` statement; under `reject` its error
+    /// names the function and how the statement reaches it.
+    fn unsafe_reached(&mut self, info: &mut StmtInfo, reached: &Reached, text: &str) {
+        const KIND: &str = "volatile-function";
+        if self.saw_unsafe(KIND, text) == UnsafePolicy::Reject {
+            info.rejected = Some(format!("{}: {reached}", reject_message(KIND)));
+        }
     }
 
     fn drops_only_temp(&self, text: &str) -> bool {

@@ -6,11 +6,36 @@ use sqlparser::parser::Parser;
 
 use super::*;
 
-/// Classifies a single statement.
+/// Classifies a single statement, with its [`Refs`] cleared (see
+/// [`refs_of`]) so that tests of other facts need not spell them.
 pub(super) fn one(sql: &str) -> Class {
+    without_refs(one_with_refs(sql))
+}
+
+/// `class` with its [`Refs`] cleared.
+pub(super) fn without_refs(mut class: Class) -> Class {
+    match &mut class {
+        Class::Read { refs, .. } => *refs = Refs::default(),
+        Class::Write(w) => w.refs = Refs::default(),
+        _ => {}
+    }
+    class
+}
+
+/// Classifies a single statement.
+pub(super) fn one_with_refs(sql: &str) -> Class {
     let mut v = classify(sql);
     assert_eq!(v.len(), 1, "expected one statement in {sql:?}: {v:?}");
     v.pop().unwrap().class
+}
+
+/// The references of a single read or write.
+pub(super) fn refs_of(sql: &str) -> Refs {
+    match one_with_refs(sql) {
+        Class::Read { refs, .. } => refs,
+        Class::Write(w) => w.refs,
+        other => panic!("neither read nor write: {sql:?} -> {other:?}"),
+    }
 }
 
 /// Classifies a single statement that must be a capturable write.
@@ -33,6 +58,7 @@ pub(super) fn parses(sql: &str) -> bool {
 pub(super) fn reads(functions: &[&str]) -> Class {
     Class::Read {
         functions: functions.iter().map(|f| QualName::bare(f)).collect(),
+        refs: Refs::default(),
     }
 }
 
@@ -55,7 +81,8 @@ fn select_collects_functions() {
                 QualName::bare("my_fn"),
                 QualName::qualified("s", "f"),
                 QualName::bare("generate_series"),
-            ]
+            ],
+            refs: Refs::default(),
         }
     );
     assert_eq!(one("SELECT \"MyFn\"(1), MyFn(2)"), reads(&["MyFn", "myfn"]));
@@ -302,4 +329,31 @@ fn untokenizable_text_is_unparsable() {
     assert_eq!(c.len(), 1);
     assert_eq!(c[0].class, Class::Unsafe(UnsafeKind::Unparsable));
     assert_eq!(c[0].range, 2..22);
+}
+
+#[test]
+fn references_are_collected() {
+    let r = refs_of("SELECT * FROM v JOIN s.w ON true WHERE 1 ### 2 AND x::mytype = CAST(y AS s.other)");
+    assert_eq!(r.relations, vec![QualName::bare("v"), QualName::qualified("s", "w")]);
+    assert!(r.operators.contains(&"###".to_string()), "{r:?}");
+    assert!(r.operators.contains(&"=".to_string()), "{r:?}");
+    assert_eq!(
+        r.types,
+        vec![QualName::bare("mytype"), QualName::qualified("s", "other")]
+    );
+    let r = refs_of("SELECT 1 OPERATOR(s.###) 2, 'x'::int, int '1'");
+    assert_eq!(r.operators, vec!["###".to_string()]);
+    assert!(r.types.is_empty(), "{r:?}");
+    let r = refs_of("INSERT INTO t (id) SELECT id FROM v WHERE id IN (1)");
+    assert!(r.relations.contains(&QualName::bare("v")), "{r:?}");
+    assert!(r.operators.contains(&"=".to_string()), "{r:?}");
+}
+
+#[test]
+fn fallback_references_are_a_superset() {
+    let toks = lex::tokenize("SELECT a ### b FROM v, s.w WHERE c::mytype IS NOT NULL").unwrap();
+    let r = fallback::refs(&toks);
+    assert_eq!(r.relations, vec![QualName::bare("v"), QualName::qualified("s", "w")]);
+    assert!(r.operators.contains(&"###".to_string()), "{r:?}");
+    assert_eq!(r.types, vec![QualName::bare("mytype")]);
 }

@@ -15,13 +15,13 @@ use super::types::{
 use super::{Catalog, CatalogError};
 
 /// One catalog query: its purpose and text, for errors.
-struct Query<'a> {
-    what: &'static str,
-    sql: &'a str,
+pub(super) struct Query<'a> {
+    pub(super) what: &'static str,
+    pub(super) sql: &'a str,
 }
 
 impl Query<'_> {
-    async fn rows(&self, client: &Client) -> Result<Vec<Row>, CatalogError> {
+    pub(super) async fn rows(&self, client: &Client) -> Result<Vec<Row>, CatalogError> {
         client
             .query(self.sql, &[])
             .await
@@ -29,7 +29,7 @@ impl Query<'_> {
     }
 
     /// Column `idx` of `row`; a type mismatch is reported like a failed query.
-    fn get<'r, T: FromSql<'r>>(&self, row: &'r Row, idx: usize) -> Result<T, CatalogError> {
+    pub(super) fn get<'r, T: FromSql<'r>>(&self, row: &'r Row, idx: usize) -> Result<T, CatalogError> {
         row.try_get(idx)
             .map_err(|e| CatalogError::query(self.what, self.sql, e))
     }
@@ -79,17 +79,11 @@ async fn load_in_snapshot(client: &Client) -> Result<Catalog, CatalogError> {
     let foreign_keys = load_foreign_keys(client, &fk_sql).await?;
     let functions = load_functions(client).await?;
     let sequences = load_sequences(client).await?;
+    let reach = super::load_reach::load_reach(client).await?;
     let tables = tables.into_values().map(|(_, t)| t).collect::<Vec<_>>();
     let mut tables = tables;
     tables.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(Catalog::new(
-        tables,
-        foreign_keys,
-        functions,
-        sequences,
-        current_user,
-        version,
-    ))
+    Ok(Catalog::new(tables, foreign_keys, functions, sequences, current_user, version).with_reach(reach))
 }
 
 /// Tables by oid, with their unique-index candidates kept aside until the

@@ -12,15 +12,18 @@ mod cache;
 mod error;
 mod ident;
 mod load;
+mod load_reach;
+mod reach;
 mod sql;
 mod types;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::SystemTime;
 
 pub use cache::{CacheStats, CatalogCache};
 pub use error::CatalogError;
 pub use ident::{parse_search_path, quote_ident, quote_qualified};
+pub use reach::{Access, Reach, Reached, BUILTIN_WRITERS};
 pub use types::{
     Column, ColumnRef, FkAction, ForeignKey, Function, Generated, Identity, Key, KeySource, QualifiedName, Rule,
     RuleEvent, Sequence, Table, TableKind, Trigger, TriggerFiring, TriggerTiming, Volatility,
@@ -46,6 +49,8 @@ pub struct Catalog {
     current_user: String,
     server_version_num: i32,
     loaded_at: SystemTime,
+    /// What relations, types, operators and functions can run unnamed.
+    reach: Reach,
 }
 
 impl Catalog {
@@ -82,7 +87,14 @@ impl Catalog {
             current_user,
             server_version_num,
             loaded_at: SystemTime::now(),
+            reach: Reach::default(),
         }
+    }
+
+    /// The catalog with its function-reach graph.
+    fn with_reach(mut self, reach: Reach) -> Catalog {
+        self.reach = reach;
+        self
     }
 
     /// A catalog of just these tables, for tests of code that reads catalogs.
@@ -207,6 +219,65 @@ impl Catalog {
     /// volatile.
     pub fn is_volatile(&self, name: &str) -> bool {
         self.function_volatility(name) == Some(Volatility::Volatile)
+    }
+
+    /// A function that may write what capture cannot see (user VOLATILE,
+    /// not in `read_only`; or a built-in writer, see [`BUILTIN_WRITERS`])
+    /// that using relation `schema.name` this way runs unnamed: through a
+    /// view's definition (and the views it reads), a row-level security
+    /// policy, a column default or generation expression, a check
+    /// constraint, a column's domain (its checks and default). Resolved on
+    /// `search_path` like [`Catalog::table`]; `None` for unknown names.
+    pub fn relation_reaches(
+        &self,
+        schema: Option<&str>,
+        name: &str,
+        access: Access,
+        search_path: &[String],
+        read_only: &HashSet<QualifiedName>,
+    ) -> Option<Reached> {
+        self.reach
+            .relation((schema, name), access, search_path, &self.current_user, read_only)
+    }
+
+    /// Like [`Catalog::relation_reaches`], for a cast to the user type
+    /// `schema.name` (or a function-style cast `name(x)`): user casts to
+    /// it, its domain checks and default, its base and element types, its
+    /// fields' types.
+    pub fn cast_reaches(
+        &self,
+        schema: Option<&str>,
+        name: &str,
+        search_path: &[String],
+        read_only: &HashSet<QualifiedName>,
+    ) -> Option<Reached> {
+        self.reach
+            .cast_to((schema, name), search_path, &self.current_user, read_only)
+    }
+
+    /// Like [`Catalog::relation_reaches`], for an operator symbol: any user
+    /// operator with that symbol (operand types are not resolved).
+    pub fn operator_reaches(&self, symbol: &str, read_only: &HashSet<QualifiedName>) -> Option<Reached> {
+        self.reach.operator(symbol, read_only)
+    }
+
+    /// Like [`Catalog::relation_reaches`], for a function called by name:
+    /// the user functions of that name (any overload; in `schema` if
+    /// given, else in any schema), what their SQL-standard bodies use, or
+    /// a built-in writer of that name.
+    pub fn function_reaches(
+        &self,
+        schema: Option<&str>,
+        name: &str,
+        read_only: &HashSet<QualifiedName>,
+    ) -> Option<Reached> {
+        self.reach.function((schema, name), read_only)
+    }
+
+    /// Whether a user function `schema.name` exists (for checking the
+    /// read-only list).
+    pub fn has_function(&self, name: &QualifiedName) -> bool {
+        self.reach.knows_function(name)
     }
 
     /// The sequence `schema.name`.

@@ -722,6 +722,22 @@ mod tests {
     }
 
     #[test]
+    fn read_only_functions_must_be_qualified() {
+        let base = "[source]\nhost = \"127.0.0.1\"\n[auth]\nmethod = \"trust\"\n[capture]\n";
+        let ok = format!("{base}read_only_functions = [\"public.peek\", \"app.Log\"]\n");
+        let c = Config::parse(&ok, "t").unwrap();
+        assert_eq!(
+            c.capture.read_only_function_names(),
+            vec![("public".into(), "peek".into()), ("app".into(), "Log".into())]
+        );
+        for bad in ["peek", ".peek", "public.", "a.b.c"] {
+            let text = format!("{base}read_only_functions = [\"public.ok\", \"{bad}\"]\n");
+            let e = Config::parse(&text, "t").unwrap_err().to_string();
+            assert!(e.contains("capture.read_only_functions[1]"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn example_config_is_valid() {
         let text = include_str!("../../switchyard.example.toml");
         let c = Config::parse(text, "switchyard.example.toml").unwrap();

@@ -32,6 +32,7 @@ pub(super) async fn show(shared: &Arc<Shared>) -> Result<Reply, AdminError> {
     let Some(active) = shared.capture.current() else {
         r.row(["state", "off"]);
         r.row(["log_dir".to_string(), config.log_dir.display().to_string()]);
+        r.row(["read_only_functions".to_string(), config.read_only_functions.join(", ")]);
         return Ok(Reply::Rows(r));
     };
     let stats = active.log.stats();
@@ -62,6 +63,14 @@ pub(super) async fn show(shared: &Arc<Shared>) -> Result<Reply, AdminError> {
         format!("{:?}", config.durability).to_lowercase(),
     ]);
     r.row(["policy".to_string(), config.policy.name().to_string()]);
+    r.row(["read_only_functions".to_string(), config.read_only_functions.join(", ")]);
+    if !active.read_only_unknown.is_empty() {
+        // Listed but not in the catalog: a typo leaves the real function refused.
+        r.row([
+            "read_only_functions_unknown".to_string(),
+            active.read_only_unknown.join(", "),
+        ]);
+    }
     r.row(["log_records".to_string(), stats.records.to_string()]);
     r.row(["log_bytes".to_string(), stats.bytes.to_string()]);
     r.row([

@@ -185,9 +185,18 @@ async fn a_function_on_the_read_only_list_is_allowed() -> Result<()> {
         CREATE VIEW v AS SELECT peek() AS b;
     ";
     let e = Escape::configured(schema, |c| {
-        c.capture.read_only_functions = vec!["public.peek".into()];
+        c.capture.read_only_functions = vec!["public.peek".into(), "public.nosuch".into()];
     })
     .await?;
+    let shown = e.f.show_capture().await?;
+    ensure!(
+        shown.get("read_only_functions").map(String::as_str) == Some("public.peek, public.nosuch"),
+        "{shown:?}"
+    );
+    ensure!(
+        shown.get("read_only_functions_unknown").map(String::as_str) == Some("public.nosuch"),
+        "{shown:?}"
+    );
     let c = e.client().await?;
     let b: i32 = c.query_one("SELECT b FROM v", &[]).await?.get(0);
     ensure!(b == 7);

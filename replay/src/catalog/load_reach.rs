@@ -11,6 +11,7 @@ use super::load::Query;
 use super::reach::{Access, Edge, Node, Reach, ReachFunction, BUILTIN_WRITERS};
 use super::sql::{
     REACH_CASTS, REACH_COLUMN_TYPES, REACH_EXPRESSIONS, REACH_FUNCTIONS, REACH_OPERATORS, REACH_RELATIONS, REACH_TYPES,
+    REACH_WRITER_CALLS,
 };
 use super::types::{QualifiedName, Volatility};
 use super::CatalogError;
@@ -206,16 +207,33 @@ fn referenced(class: &str, oid: u32) -> Option<Node> {
     })
 }
 
+/// The expressions' references (pg_depend), then their calls of built-in
+/// writers (stored trees); both come back in the same shape.
 async fn load_expressions(client: &Client, reach: &mut Reach, rls: &HashMap<u32, bool>) -> Result<(), CatalogError> {
     let q = Query {
         what: "load expression dependencies for function reach",
         sql: REACH_EXPRESSIONS,
+    };
+    let rows = q.rows(client).await?;
+    add_expressions(&q, rows, reach, rls)?;
+    let q = Query {
+        what: "load built-in writer calls for function reach",
+        sql: REACH_WRITER_CALLS,
     };
     let writers: Vec<String> = BUILTIN_WRITERS.iter().map(|s| s.to_string()).collect();
     let rows = client
         .query(q.sql, &[&writers])
         .await
         .map_err(|e| CatalogError::query(q.what, q.sql, e))?;
+    add_expressions(&q, rows, reach, rls)
+}
+
+fn add_expressions(
+    q: &Query<'_>,
+    rows: Vec<tokio_postgres::Row>,
+    reach: &mut Reach,
+    rls: &HashMap<u32, bool>,
+) -> Result<(), CatalogError> {
     for row in rows {
         let kind: String = q.get(&row, 0)?;
         let relid: u32 = q.get(&row, 1)?;

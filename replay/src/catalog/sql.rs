@@ -181,53 +181,71 @@ pub(super) const REACH_OPERATORS: &str = concat!(
 pub(super) const REACH_CASTS: &str =
     "SELECT c.casttarget, c.castfunc FROM pg_cast c WHERE c.castfunc <> 0 AND c.oid >= 16384";
 
-/// Every expression that runs when a relation or type is used, and what it
-/// references: a view's definition (its ON SELECT rule), a column default
-/// or generation expression, a check constraint of a table or a domain, a
-/// policy, a domain default (and base type), a SQL-standard function body.
-/// Columns: owner kind, relation, type, name, policy command or
-/// attgenerated, referenced catalog, referenced oid, owner oid, and the
-/// name of a referenced built-in writer. `$1` is the names of
-/// the built-in functions that write (matched on `:funcid N ` in the
-/// stored expression tree, since pg_depend does not record pinned objects).
+/// `WITH owners (...)`: every expression that runs when a relation or type
+/// is used: a view's definition (its ON SELECT rule), a column default or
+/// generation expression, a check constraint of a table or a domain, a
+/// policy, a domain default (and base type), a SQL-standard function body;
+/// with its stored tree as text (PostgreSQL inlines a CTE used once, so a
+/// query that does not read `expr` does not pay for it).
+macro_rules! reach_owners {
+    () => {
+        concat!(
+            "WITH owners(kind, relid, typid, label, cmd, classid, objid, expr) AS (",
+            "SELECT 'view', r.ev_class, 0::oid, '', '', 'pg_rewrite'::regclass, r.oid, r.ev_action::text ",
+            "FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class JOIN pg_namespace n ON n.oid = c.relnamespace ",
+            "WHERE r.ev_type = '1' AND c.relkind = 'v' AND ",
+            user_schema!("n"),
+            " UNION ALL ",
+            "SELECT 'default', d.adrelid, 0::oid, a.attname::text, a.attgenerated::text, 'pg_attrdef'::regclass, ",
+            "d.oid, d.adbin::text FROM pg_attrdef d ",
+            "JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum ",
+            "JOIN pg_class c ON c.oid = d.adrelid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE ",
+            user_schema!("n"),
+            " UNION ALL ",
+            "SELECT 'check', k.conrelid, k.contypid, k.conname::text, '', 'pg_constraint'::regclass, k.oid, ",
+            "coalesce(k.conbin::text, '') FROM pg_constraint k JOIN pg_namespace n ON n.oid = k.connamespace ",
+            "WHERE k.contype = 'c' AND ",
+            user_schema!("n"),
+            " UNION ALL ",
+            "SELECT 'policy', p.polrelid, 0::oid, p.polname::text, p.polcmd::text, 'pg_policy'::regclass, p.oid, ",
+            "coalesce(p.polqual::text, '') || coalesce(p.polwithcheck::text, '') FROM pg_policy p ",
+            "JOIN pg_class c ON c.oid = p.polrelid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE ",
+            user_schema!("n"),
+            " UNION ALL ",
+            "SELECT 'type', 0::oid, t.oid, '', '', 'pg_type'::regclass, t.oid, coalesce(t.typdefaultbin::text, '') ",
+            "FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE t.typtype = 'd' AND ",
+            user_schema!("n"),
+            " UNION ALL ",
+            "SELECT 'function', 0::oid, 0::oid, '', '', 'pg_proc'::regclass, p.oid, '' ",
+            "FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE ",
+            user_schema!("n"),
+            ") "
+        )
+    };
+}
+
+/// What each expression of `owners` references, from pg_depend. Columns:
+/// owner kind, relation, type, name, policy command or attgenerated,
+/// referenced catalog, referenced oid, owner oid, and (always empty here)
+/// the name of a referenced built-in writer.
 pub(super) const REACH_EXPRESSIONS: &str = concat!(
-    "WITH owners(kind, relid, typid, label, cmd, classid, objid, expr) AS (",
-    "SELECT 'view', r.ev_class, 0::oid, '', '', 'pg_rewrite'::regclass, r.oid, r.ev_action::text ",
-    "FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class JOIN pg_namespace n ON n.oid = c.relnamespace ",
-    "WHERE r.ev_type = '1' AND c.relkind = 'v' AND ",
-    user_schema!("n"),
-    " UNION ALL ",
-    "SELECT 'default', d.adrelid, 0::oid, a.attname::text, a.attgenerated::text, 'pg_attrdef'::regclass, d.oid, ",
-    "d.adbin::text FROM pg_attrdef d JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum ",
-    "JOIN pg_class c ON c.oid = d.adrelid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE ",
-    user_schema!("n"),
-    " UNION ALL ",
-    "SELECT 'check', k.conrelid, k.contypid, k.conname::text, '', 'pg_constraint'::regclass, k.oid, ",
-    "coalesce(k.conbin::text, '') FROM pg_constraint k JOIN pg_namespace n ON n.oid = k.connamespace ",
-    "WHERE k.contype = 'c' AND ",
-    user_schema!("n"),
-    " UNION ALL ",
-    "SELECT 'policy', p.polrelid, 0::oid, p.polname::text, p.polcmd::text, 'pg_policy'::regclass, p.oid, ",
-    "coalesce(p.polqual::text, '') || coalesce(p.polwithcheck::text, '') FROM pg_policy p ",
-    "JOIN pg_class c ON c.oid = p.polrelid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE ",
-    user_schema!("n"),
-    " UNION ALL ",
-    "SELECT 'type', 0::oid, t.oid, '', '', 'pg_type'::regclass, t.oid, coalesce(t.typdefaultbin::text, '') ",
-    "FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE t.typtype = 'd' AND ",
-    user_schema!("n"),
-    " UNION ALL ",
-    "SELECT 'function', 0::oid, 0::oid, '', '', 'pg_proc'::regclass, p.oid, '' ",
-    "FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE ",
-    user_schema!("n"),
-    "), writers AS (SELECT oid, proname::text FROM pg_proc WHERE pronamespace = 'pg_catalog'::regnamespace ",
-    "AND proname = ANY($1::text[])), ",
-    "pattern AS (SELECT ':funcid (' || coalesce(string_agg(oid::text, '|'), '0') || ') ' AS re FROM writers) ",
+    reach_owners!(),
     "SELECT o.kind, o.relid, o.typid, o.label, o.cmd, d.refclassid::regclass::text, d.refobjid, o.objid, '' ",
     "FROM owners o JOIN pg_depend d ON d.classid = o.classid AND d.objid = o.objid AND d.deptype = 'n' ",
     "WHERE d.refclassid IN ('pg_proc'::regclass, 'pg_operator'::regclass, 'pg_type'::regclass, ",
-    "'pg_class'::regclass) ",
-    "UNION ALL ",
+    "'pg_class'::regclass)"
+);
+
+/// The built-in writers (`$1`, names in pg_catalog) each expression of
+/// `owners` calls, found as `:funcid N ` in its stored tree, since
+/// pg_depend does not record pinned objects. Same columns as
+/// [`REACH_EXPRESSIONS`].
+pub(super) const REACH_WRITER_CALLS: &str = concat!(
+    reach_owners!(),
+    ", writers AS (SELECT oid, proname::text FROM pg_proc WHERE pronamespace = 'pg_catalog'::regnamespace ",
+    "AND proname = ANY($1::text[])), ",
+    "pattern AS (SELECT ':funcid (' || coalesce(string_agg(oid::text, '|'), '0') || ') ' AS re FROM writers) ",
     "SELECT o.kind, o.relid, o.typid, o.label, o.cmd, 'pg_proc', w.oid, o.objid, w.proname ",
-    "FROM owners o CROSS JOIN pattern JOIN writers w ON o.expr LIKE '%:funcid ' || w.oid || ' %' ",
+    "FROM owners o CROSS JOIN pattern JOIN writers w ON strpos(o.expr, ':funcid ' || w.oid || ' ') > 0 ",
     "WHERE o.expr ~ pattern.re"
 );

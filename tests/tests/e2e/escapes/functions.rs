@@ -222,3 +222,36 @@ async fn a_stable_function_is_not_refused() -> Result<()> {
     ensure!(wrote(&keys, "public.t"), "{keys:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_default_calling_a_large_object_writer_is_refused() -> Result<()> {
+    // Built-in functions leave no pg_depend row: found in the stored tree.
+    refused(
+        "CREATE TABLE t (id int PRIMARY KEY, blob oid DEFAULT lo_create(0))",
+        "",
+        "INSERT INTO t (id) VALUES (1)",
+        &["default of public.t.blob", "lo_create"],
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_into_a_table_whose_default_writes_is_refused() -> Result<()> {
+    let e = Escape::start(&format!(
+        "{BASE} CREATE TABLE t (id int PRIMARY KEY, b int DEFAULT bump())"
+    ))
+    .await?;
+    let c = e.client().await?;
+    let err = c
+        .copy_in::<_, bytes::Bytes>("COPY t (id) FROM STDIN")
+        .await
+        .err()
+        .context("COPY was not refused")?;
+    let db = err.as_db_error().with_context(|| format!("{err:?}"))?;
+    ensure!(
+        db.code().code() == "0A000" && db.message().contains("public.bump()"),
+        "{db:?}"
+    );
+    e.finish().await?;
+    Ok(())
+}

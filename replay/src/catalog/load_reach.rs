@@ -37,11 +37,11 @@ impl Reach {
 pub(super) async fn load_reach(client: &Client) -> Result<Reach, CatalogError> {
     let mut reach = Reach::default();
     let rls = load_relations(client, &mut reach).await?;
-    load_types(client, &mut reach).await?;
+    let rowtypes = load_types(client, &mut reach).await?;
     load_functions(client, &mut reach).await?;
     load_operators(client, &mut reach).await?;
     load_casts(client, &mut reach).await?;
-    load_column_types(client, &mut reach).await?;
+    load_column_types(client, &mut reach, &rowtypes).await?;
     load_expressions(client, &mut reach, &rls).await?;
     Ok(reach)
 }
@@ -72,17 +72,26 @@ async fn load_relations(client: &Client, reach: &mut Reach) -> Result<HashMap<u3
                 String::new(),
             );
         }
+        let parents: Vec<u32> = q.get(&row, 5)?;
+        for parent in parents {
+            let via = format!("partition or child {name}");
+            for access in [Access::Insert, Access::Update] {
+                reach.edge(Node::Relation(parent, access), Node::Relation(oid, access), via.clone());
+            }
+        }
         reach.names.insert(oid, name);
     }
     Ok(rls)
 }
 
-async fn load_types(client: &Client, reach: &mut Reach) -> Result<(), CatalogError> {
+/// Returns the composite types by their relation (a table's row type
+/// included).
+async fn load_types(client: &Client, reach: &mut Reach) -> Result<HashMap<u32, u32>, CatalogError> {
     let q = Query {
         what: "load types for function reach",
         sql: REACH_TYPES,
     };
-    let mut composites = Vec::new();
+    let mut composites = HashMap::new();
     for row in q.rows(client).await? {
         let oid: u32 = q.get(&row, 0)?;
         let name = QualifiedName::new(q.get::<String>(&row, 1)?, q.get::<String>(&row, 2)?);
@@ -96,7 +105,7 @@ async fn load_types(client: &Client, reach: &mut Reach) -> Result<(), CatalogErr
             reach.edge(Node::Type(oid), Node::Type(elem), String::new());
         }
         if relid != 0 {
-            composites.push((oid, relid));
+            composites.insert(relid, oid);
         }
         reach
             .types
@@ -105,13 +114,7 @@ async fn load_types(client: &Client, reach: &mut Reach) -> Result<(), CatalogErr
             .insert(name.name.clone(), oid);
         reach.names.insert(oid, name);
     }
-    // A value coerced to a composite type coerces its fields: the column
-    // types' edges (added with the columns) hang off the relation's Insert.
-    for (oid, relid) in composites {
-        let via = format!("type {}", reach.name_of(oid));
-        reach.edge(Node::Type(oid), Node::Relation(relid, Access::Insert), via);
-    }
-    Ok(())
+    Ok(composites)
 }
 
 async fn load_functions(client: &Client, reach: &mut Reach) -> Result<(), CatalogError> {
@@ -172,7 +175,14 @@ async fn load_casts(client: &Client, reach: &mut Reach) -> Result<(), CatalogErr
 
 /// A column of a user type: writing it coerces to the type (domain checks),
 /// and an insert that omits it may run the domain's default.
-async fn load_column_types(client: &Client, reach: &mut Reach) -> Result<(), CatalogError> {
+/// A value coerced to a composite type (a table's row type too) coerces
+/// its fields: the row type leads to its columns' types, not to the
+/// table's defaults and checks.
+async fn load_column_types(
+    client: &Client,
+    reach: &mut Reach,
+    rowtypes: &HashMap<u32, u32>,
+) -> Result<(), CatalogError> {
     let q = Query {
         what: "load typed columns for function reach",
         sql: REACH_COLUMN_TYPES,
@@ -189,6 +199,9 @@ async fn load_column_types(client: &Client, reach: &mut Reach) -> Result<(), Cat
         );
         for access in [Access::Insert, Access::Update] {
             reach.edge(Node::Relation(relid, access), Node::Type(type_oid), via.clone());
+        }
+        if let Some(&rowtype) = rowtypes.get(&relid) {
+            reach.edge(Node::Type(rowtype), Node::Type(type_oid), via);
         }
     }
     Ok(())

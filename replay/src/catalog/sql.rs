@@ -138,11 +138,16 @@ pub(super) const SEQUENCES: &str = concat!(
 // `writers` list) are found in the expression trees instead.
 
 /// User relations a statement can name, with row-level security state.
+/// With their inheritance parents: a write through a parent writes its
+/// partitions or children, whose checks and domains apply.
 pub(super) const REACH_RELATIONS: &str = concat!(
-    "SELECT c.oid, n.nspname::text, c.relname::text, c.relkind::text, c.relrowsecurity ",
+    "SELECT c.oid, n.nspname::text, c.relname::text, c.relkind::text, c.relrowsecurity, ",
+    "coalesce(array_agg(i.inhparent) FILTER (WHERE i.inhparent IS NOT NULL), '{}') ",
     "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace ",
+    "LEFT JOIN pg_inherits i ON i.inhrelid = c.oid ",
     "WHERE c.relkind IN ('r', 'p', 'v', 'f', 'c') AND ",
-    user_schema!("n")
+    user_schema!("n"),
+    " GROUP BY 1, 2, 3, 4, 5"
 );
 
 /// User types: domains (base type), composites (their relation), arrays

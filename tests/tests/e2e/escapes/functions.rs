@@ -255,3 +255,17 @@ async fn copy_into_a_table_whose_default_writes_is_refused() -> Result<()> {
     e.finish().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_check_calling_a_volatile_function_is_refused() -> Result<()> {
+    // A write through the parent runs the partition's own checks.
+    refused(
+        "CREATE TABLE p (id int PRIMARY KEY) PARTITION BY RANGE (id);
+         CREATE TABLE p1 PARTITION OF p FOR VALUES FROM (0) TO (100);
+         ALTER TABLE p1 ADD CONSTRAINT audited CHECK (bump_ok(id))",
+        "",
+        "INSERT INTO p VALUES (1)",
+        &["public.p1", "audited", "public.bump_ok("],
+    )
+    .await
+}

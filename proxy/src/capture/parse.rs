@@ -113,6 +113,31 @@ impl Facts {
         }
     }
 
+    /// The relations of `TABLE name` commands in a set expression (nested
+    /// queries are visited on their own).
+    fn add_table_commands(&mut self, body: &SetExpr) {
+        let part = |p: &str| match p.strip_prefix('"').and_then(|p| p.strip_suffix('"')) {
+            Some(quoted) => normalize_ident(&quoted.replace("\"\"", "\""), true),
+            None => normalize_ident(p, false),
+        };
+        match body {
+            SetExpr::Table(t) => {
+                if let Some(name) = &t.table_name {
+                    let n = match &t.schema_name {
+                        Some(s) => QualName::qualified(&part(s), &part(name)),
+                        None => QualName::bare(&part(name)),
+                    };
+                    push_new(&mut self.refs.relations, n);
+                }
+            }
+            SetExpr::SetOperation { left, right, .. } => {
+                self.add_table_commands(left);
+                self.add_table_commands(right);
+            }
+            _ => {}
+        }
+    }
+
     /// The operators and types an expression node uses itself (children
     /// are visited on their own).
     fn add_expr_refs(&mut self, e: &Expr) {
@@ -154,6 +179,12 @@ impl Visitor for Facts {
             self.add_function(&f.name);
         }
         self.add_expr_refs(e);
+        ControlFlow::Continue(())
+    }
+
+    // `TABLE name` carries its name as plain strings, not a relation.
+    fn pre_visit_query(&mut self, q: &sqlparser::ast::Query) -> ControlFlow<()> {
+        self.add_table_commands(&q.body);
         ControlFlow::Continue(())
     }
 

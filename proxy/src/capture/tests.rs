@@ -350,6 +350,13 @@ fn references_are_collected() {
 }
 
 #[test]
+fn table_commands_reference_their_relation() {
+    assert_eq!(refs_of("TABLE s.V").relations, vec![QualName::qualified("s", "v")]);
+    let r = refs_of("TABLE \"V\" UNION TABLE w");
+    assert_eq!(r.relations, vec![QualName::bare("V"), QualName::bare("w")]);
+}
+
+#[test]
 fn fallback_references_are_a_superset() {
     let toks = lex::tokenize("SELECT a ### b FROM v, s.w WHERE c::mytype IS NOT NULL").unwrap();
     let r = fallback::refs(&toks);

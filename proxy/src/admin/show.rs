@@ -177,7 +177,7 @@ pub(super) fn help() -> Reply {
         ("RESUME", "reopen the gate after PAUSE"),
         ("CAPTURE START", "log the keys of every committed write from each session's next transaction boundary"),
         ("CAPTURE STOP", "stop capturing (sessions stop at their next boundary)"),
-        ("SHOW CAPTURE", "capture state, barrier, sessions holding it, log size, unsafe statements, sessions bypassing the proxy"),
+        ("SHOW CAPTURE", "capture state, barrier, sessions holding it, log size, unsafe statements, read-only functions, sessions bypassing the proxy"),
         ("CATCHUP START", "check the mapping against both catalogs and start replaying the capture log onto [target]"),
         ("CATCHUP STOP", "stop catch-up once the batches in hand are applied"),
         ("SHOW LAG", "catch-up state, log positions (end, read, confirmed), commits and keys pending, lag in seconds, lag percentiles"),

@@ -67,6 +67,9 @@ pub(crate) enum ServerAction {
     Replace(BytesMut),
     /// The client must not see it.
     Drop,
+    /// The client sees it later (with the ReadyForQuery that ends a wrapped
+    /// query), but the session state takes it in now.
+    Defer,
 }
 
 /// Work for the relay.
@@ -1051,9 +1054,9 @@ impl SessionCapture {
                 d.bytes.extend_from_slice(msg.bytes());
             }
             ServerAction::Replace(bytes) => d.bytes.extend_from_slice(&bytes),
-            ServerAction::Drop => {}
+            ServerAction::Drop | ServerAction::Defer => return Ok(ServerAction::Drop),
         }
-        Ok(ServerAction::Drop)
+        Ok(ServerAction::Defer)
     }
 
     /// [`Self::on_server`] for one message, as the client would get it now.

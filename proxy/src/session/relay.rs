@@ -489,7 +489,12 @@ impl<'a> Relay<'a> {
                 };
                 match action {
                     ServerAction::Forward => {}
-                    ServerAction::Drop => {
+                    ServerAction::Drop | ServerAction::Defer => {
+                        if matches!(action, ServerAction::Defer) {
+                            // What it means for the session (a SET, a LISTEN)
+                            // holds now; only the client hears of it later.
+                            let _ = self.state.on_server(msg, now);
+                        }
                         self.count_sent(off - from);
                         client.wbuf.extend_from_slice(&server.rbuf[from..off]);
                         off += len;

@@ -225,3 +225,52 @@ async fn capture_resumes_after_the_proxy_is_killed() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capture_that_cannot_resume_refuses_its_database_until_a_dba_decides() -> Result<()> {
+    let cluster = logical_cluster().await?;
+    cluster
+        .connect("postgres")
+        .await?
+        .batch_execute("CREATE DATABASE other")
+        .await?;
+    // The log directory says capture of `postgres` was on; the role the
+    // proxy would read the catalog with does not exist, so it cannot resume.
+    let f = Fixture::configured(cluster, |c| {
+        c.capture.user = Some("nobody_here".into());
+        std::fs::create_dir_all(&c.capture.log_dir).expect("log dir");
+        std::fs::write(
+            c.capture.log_dir.join("capture.state"),
+            "database = \"postgres\"\nepoch = 1\nstart_lsn = 1\nstarted_micros = 1\n",
+        )
+        .expect("state file");
+    })
+    .await?;
+    let show = f.show_capture().await?;
+    let state = show.get("state").cloned().unwrap_or_default();
+    ensure!(state.starts_with("resume pending"), "{show:?}");
+    let refused = f
+        .proxy
+        .connect("postgres")
+        .await
+        .err()
+        .context("a session of the captured database was admitted")?;
+    ensure!(refused.code().map(|c| c.code()) == Some("57P03"), "{refused:?}");
+    // Other databases are not concerned.
+    f.proxy.connect("other").await?.batch_execute("SELECT 1").await?;
+    ensure!(
+        f.admin.simple_query("CAPTURE START").await.is_err(),
+        "resume cannot succeed here"
+    );
+    f.admin
+        .simple_query("CAPTURE STOP")
+        .await
+        .context("give the capture up")?;
+    ensure!(f.show_capture().await?.get("state").map(String::as_str) == Some("off"));
+    ensure!(
+        !f.log_path().join("capture.state").exists(),
+        "CAPTURE STOP left the record"
+    );
+    f.proxy.connect("postgres").await?.batch_execute("SELECT 1").await?;
+    Ok(())
+}

@@ -166,6 +166,16 @@ async fn a_full_log_disk_never_reports_a_commit_that_did_not_happen() -> Result<
         .await?;
     let r = c.batch_execute("COMMIT").await;
     crate::support::expect_sqlstate(r, "58030")?;
+    // A COMMIT the proxy sends after splitting a query, and a wrapped
+    // multi-statement autocommit query.
+    let r = c
+        .batch_execute("BEGIN; INSERT INTO t VALUES (100003, 'split'); COMMIT")
+        .await;
+    crate::support::expect_sqlstate(r, "58030")?;
+    let r = c
+        .batch_execute("INSERT INTO t VALUES (100004, 'a'); INSERT INTO t VALUES (100005, 'b')")
+        .await;
+    crate::support::expect_sqlstate(r, "58030")?;
     let rows = c.query("SELECT count(*) FROM t WHERE id > 100000", &[]).await?;
     ensure!(rows[0].get::<_, i64>(0) == 0, "a refused write was committed");
     ensure!(

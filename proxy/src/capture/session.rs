@@ -514,7 +514,6 @@ impl SessionCapture {
                 error: false,
             });
             self.sent_block = true;
-            self.deferred = Some(Deferred::default());
             return Ok(ClientAction::Replace(out));
         }
         // Check that every write runs inside a block, and find the split points.
@@ -1025,6 +1024,18 @@ impl SessionCapture {
     /// Decides what happens to one server message; while a wrapped query's
     /// answer is held back, keeps it until the ReadyForQuery that ends it.
     pub(crate) fn on_server(&mut self, msg: BackendMessage<'_>) -> Result<ServerAction, WireError> {
+        // From the first message of the wrapped query's own answer (not of
+        // queries pipelined ahead of it) to the ReadyForQuery after COMMIT.
+        let wrapped = matches!(
+            self.expect.front(),
+            Some(Expect::Query {
+                end: QueryEnd::Wrapped,
+                ..
+            })
+        );
+        if wrapped && self.deferred.is_none() {
+            self.deferred = Some(Deferred::default());
+        }
         if self.deferred.is_none() {
             return self.answer(msg);
         }

@@ -49,9 +49,12 @@ impl Capture {
     /// would go uncaptured.
     pub fn refusal_for(&self, database: &str) -> Option<String> {
         let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        let p = pending.as_ref().filter(|p| p.record.database == database)?;
+        // An unreadable record names no database: refuse them all.
+        let p = pending
+            .as_ref()
+            .filter(|p| p.record.database == database || p.record.database.is_empty())?;
         Some(format!(
-            "switchyard: capture of database \"{database}\" was on when the proxy stopped and could not be resumed ({}); \
+            "switchyard: capture of database \"{database}\" may have been on when the proxy stopped and could not be resumed ({}); \
              sessions of this database are refused until a DBA runs CAPTURE START (resume) or CAPTURE STOP (give it up)",
             p.error
         ))

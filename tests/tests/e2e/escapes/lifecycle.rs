@@ -152,6 +152,14 @@ async fn a_full_log_disk_never_reports_a_commit_that_did_not_happen() -> Result<
     raw.send(&query_msg("SELECT 1")).await?;
     let tags: String = raw.until_ready().await?.iter().map(|m| m.tag as char).collect();
     ensure!(tags == "TDCZ", "the session did not go on: {tags}");
+    // A write pipelined behind a read: its CommandComplete is held too.
+    let mut two = query_msg("SELECT 1");
+    two.extend_from_slice(&query_msg("INSERT INTO t VALUES (100000, 'pipelined')"));
+    raw.send(&two).await?;
+    let tags: String = raw.until_ready().await?.iter().map(|m| m.tag as char).collect();
+    ensure!(tags == "TDCZ", "answer to the read: {tags}");
+    let tags: String = raw.until_ready().await?.iter().map(|m| m.tag as char).collect();
+    ensure!(tags == "EZ", "answer to the pipelined write: {tags}");
 
     // While the log is failed, writes are refused, whatever the protocol.
     let show = e.f.show_capture().await?;

@@ -103,7 +103,8 @@ struct StmtInfo {
     tap: Option<Arc<Tap>>,
     tx: Option<TxControl>,
     /// Rejected by policy: runs as an error instead.
-    rejected: Option<String>,
+    /// The unsafe kind it was rejected as.
+    rejected: Option<&'static str>,
     /// `SET search_path` value, applied when it completes.
     search_path: Option<Vec<String>>,
     /// Temp tables it creates.
@@ -472,8 +473,8 @@ impl SessionCapture {
         for c in &classified {
             let text = &sql[c.range.clone()];
             let (info, splice) = self.analyze(&catalog, &c.class, text);
-            if let Some(reason) = &info.rejected {
-                return Ok(self.reject_query(reason.clone()));
+            if let Some(kind) = info.rejected {
+                return Ok(self.reject_query(kind));
             }
             if let Some(s) = splice {
                 splices.push(s);
@@ -539,7 +540,7 @@ impl SessionCapture {
                 if !b {
                     let kind = "autocommit-in-script";
                     if self.saw_unsafe(kind, sql) == UnsafePolicy::Reject {
-                        return Ok(self.reject_query(reject_message(kind)));
+                        return Ok(self.reject_query(kind));
                     }
                     // Warned: run it uncaptured.
                     let plain: Vec<StmtInfo> = infos
@@ -599,13 +600,17 @@ impl SessionCapture {
         Ok(ClientAction::Replace(rows::query_bytes(&text)))
     }
 
-    fn reject_query(&mut self, reason: String) -> ClientAction {
+    fn reject_query(&mut self, kind: &'static str) -> ClientAction {
         self.expect.push_back(Expect::Query {
             stmts: VecDeque::from([StmtInfo::default()]),
             end: QueryEnd::Final,
             error: false,
         });
-        ClientAction::Replace(rows::query(&rows::raise_sql(REJECT_CODE, &reason, REJECT_HINT)))
+        ClientAction::Replace(rows::query(&rows::raise_sql(
+            REJECT_CODE,
+            &reject_message(kind),
+            &reject_hint(kind),
+        )))
     }
 
     fn apply_sent_tx(&mut self, infos: &[StmtInfo]) {
@@ -730,10 +735,10 @@ impl SessionCapture {
     fn on_execute(&mut self, msg: FrontendMessage<'_>) -> Result<ClientAction, WireError> {
         let portal = Reader::new(msg.body(), "Execute").cstr()?;
         let info = self.portals.get(portal).cloned().unwrap_or_default();
-        if let Some(reason) = &info.rejected {
+        if let Some(kind) = info.rejected {
             // Run an error in its place so the transaction fails as it would.
             let mut out = BytesMut::new();
-            let sql = rows::raise_sql(REJECT_CODE, reason, REJECT_HINT);
+            let sql = rows::raise_sql(REJECT_CODE, &reject_message(kind), &reject_hint(kind));
             crate::wire::write_message(&mut out, b'P', |b| {
                 crate::wire::put_cstr(b, b"");
                 crate::wire::put_cstr(b, sql.as_bytes());
@@ -1010,7 +1015,7 @@ impl SessionCapture {
 
     fn unsafe_kind(&mut self, info: &mut StmtInfo, kind: &'static str, text: &str) {
         if self.saw_unsafe(kind, text) == UnsafePolicy::Reject {
-            info.rejected = Some(reject_message(kind));
+            info.rejected = Some(kind);
         }
     }
 
@@ -1495,10 +1500,14 @@ const LOG_FAILED_CODE: &str = "58030";
 const LOG_FAILED_HINT: &str = "nothing was committed; SHOW CAPTURE on the switchyard console shows the log's failure. \
 Free space in (or repair) the capture log directory: capture goes on by itself once the log can be written";
 
-const REJECT_HINT: &str =
-    "switchyard write capture is on and cannot capture this statement; run it after the migration, \
+/// The hint of a rejection: what to do, and what `warn` would give up.
+fn reject_hint(kind: &str) -> String {
+    format!(
+        "switchyard write capture is on and cannot capture this statement; run it after the migration, \
 or, accepting that such writes will not be captured (the migrated copy will miss them), \
-set capture.policies.<kind> = \"warn\"";
+set capture.policies.{kind} = \"warn\""
+    )
+}
 
 fn reject_message(kind: &str) -> String {
     format!("switchyard: statement rejected while write capture is on ({kind})")

@@ -56,6 +56,15 @@ pub enum CaptureError {
         /// Where `named` comes from.
         by: &'static str,
     },
+    /// The log directory records a capture of another database than the
+    /// config names.
+    #[error("the log directory records a capture of database `{recorded}`, but the config names `{configured}`; CAPTURE STOP gives the recorded capture up")]
+    RecordedOther {
+        /// The database of the recorded capture.
+        recorded: String,
+        /// The one the config names.
+        configured: String,
+    },
     /// The capture-state file could not be written or removed.
     #[error(transparent)]
     StateFile(#[from] state_file::StateFileError),
@@ -260,6 +269,12 @@ impl Capture {
         let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(p) = pending {
             check_named(database, &p.record.database, "the capture to resume")?;
+            if let Some(configured) = self.proxy.capture_database().filter(|n| *n != p.record.database) {
+                return Err(CaptureError::RecordedOther {
+                    recorded: p.record.database,
+                    configured: configured.to_owned(),
+                });
+            }
             let a = self.begin(sessions, p.record.database.clone(), Some(p.record)).await?;
             *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = None;
             return Ok(a);

@@ -274,3 +274,30 @@ async fn a_capture_that_cannot_resume_refuses_its_database_until_a_dba_decides()
     f.proxy.connect("postgres").await?.batch_execute("SELECT 1").await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_capture_of_another_database_than_the_config_is_not_resumed() -> Result<()> {
+    let f = Fixture::configured(logical_cluster().await?, |c| {
+        std::fs::create_dir_all(&c.capture.log_dir).expect("log dir");
+        std::fs::write(
+            c.capture.log_dir.join("capture.state"),
+            "database = \"other\"\nepoch = 1\nstart_lsn = 1\nstarted_micros = 1\n",
+        )
+        .expect("state file");
+    })
+    .await?;
+    let show = f.show_capture().await?;
+    let state = show.get("state").cloned().unwrap_or_default();
+    ensure!(
+        state.starts_with("resume pending") && state.contains("other") && state.contains("postgres"),
+        "{show:?}"
+    );
+    ensure!(
+        f.admin.simple_query("CAPTURE START").await.is_err(),
+        "resumed against the config"
+    );
+    f.admin.simple_query("CAPTURE STOP").await?;
+    f.capture_start().await?;
+    ensure!(f.show_capture().await?.get("database").map(String::as_str) == Some("postgres"));
+    Ok(())
+}

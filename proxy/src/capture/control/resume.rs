@@ -88,6 +88,14 @@ impl Capture {
                 return Err(e.into());
             }
         };
+        if let Some(configured) = self.proxy.capture_database().filter(|n| *n != record.database) {
+            let e = CaptureError::RecordedOther {
+                recorded: record.database.clone(),
+                configured: configured.to_owned(),
+            };
+            self.set_pending(record, &e.to_string());
+            return Err(e);
+        }
         let _op = self.op.lock().await;
         match self
             .begin(sessions, record.database.clone(), Some(record.clone()))

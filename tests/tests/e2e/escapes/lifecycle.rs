@@ -174,6 +174,11 @@ async fn a_full_log_disk_never_reports_a_commit_that_did_not_happen() -> Result<
         .await?;
     let r = c.batch_execute("COMMIT").await;
     crate::support::expect_sqlstate(r, "58030")?;
+    // COMMIT through the extended protocol.
+    c.batch_execute("BEGIN; INSERT INTO t VALUES (100006, 'explicit, extended')")
+        .await?;
+    let r = c.execute("COMMIT", &[]).await;
+    crate::support::expect_sqlstate(r, "58030")?;
     // A COMMIT the proxy sends after splitting a query, and a wrapped
     // multi-statement autocommit query.
     let r = c

@@ -52,6 +52,9 @@ pub enum Command {
         /// start, stop or show.
         #[arg(value_enum)]
         action: CaptureAction,
+        /// With `start`: the database to capture (default: capture.database
+        /// in the proxy's config).
+        database: Option<String>,
         /// How to reach the console.
         #[command(flatten)]
         console: ConsoleArgs,
@@ -279,12 +282,13 @@ pub enum CaptureAction {
 }
 
 impl CaptureAction {
-    /// The console command.
-    pub fn command(self) -> &'static str {
-        match self {
-            CaptureAction::Start => "CAPTURE START",
-            CaptureAction::Stop => "CAPTURE STOP",
-            CaptureAction::Show => "SHOW CAPTURE",
+    /// The console command; `database` goes with `start` only.
+    pub fn command(self, database: Option<&str>) -> String {
+        match (self, database) {
+            (CaptureAction::Start, Some(db)) => format!("CAPTURE START \"{}\"", db.replace('"', "\"\"")),
+            (CaptureAction::Start, None) => "CAPTURE START".into(),
+            (CaptureAction::Stop, _) => "CAPTURE STOP".into(),
+            (CaptureAction::Show, _) => "SHOW CAPTURE".into(),
         }
     }
 }

@@ -305,7 +305,10 @@ pub struct CaptureConfig {
     pub user: Option<String>,
     /// That user's password; defaults to `source.password`.
     pub password: Option<String>,
-    /// Database whose catalog is read; defaults to `source.database`.
+    /// The one database capture (and the cutover) concerns: its sessions
+    /// are captured, sessions of other databases are relayed uncaptured.
+    /// Defaults to `source.database`; with neither set, `CAPTURE START
+    /// <database>` must name it.
     pub database: Option<String>,
     /// VOLATILE functions the DBA declares never write (`"schema.name"`,
     /// as the catalog spells it, all overloads): capture lets statements
@@ -536,6 +539,20 @@ impl Config {
                 return Err(invalid(key, "must be above 0".into()));
             }
         }
+        if let (Some(c), Some(s)) = (&self.capture.database, &self.source.database) {
+            if c != s {
+                return Err(invalid(
+                    "capture.database",
+                    format!("is `{c}`, but every session's backend connects to source.database `{s}`; name the same database or leave one unset"),
+                ));
+            }
+        }
+        if self.capture.database.as_deref() == Some(self.admin_database.as_str()) {
+            return Err(invalid(
+                "capture.database",
+                format!("is the admin console's name `{}`", self.admin_database),
+            ));
+        }
         if self.capture.log_dir.as_os_str().is_empty() {
             return Err(invalid("capture.log_dir", "must name a directory".into()));
         }
@@ -586,21 +603,31 @@ impl Config {
         self.capture.user.as_deref().or(self.source.user.as_deref())
     }
 
+    /// The database capture concerns, as configured: `capture.database`,
+    /// else `source.database`. Never guessed from a user name.
+    pub fn capture_database(&self) -> Option<&str> {
+        self.capture.database.as_deref().or(self.source.database.as_deref())
+    }
+
     /// The proxy's own connection to the source (catalog, pg_stat_activity,
     /// catch-up reads, clone): `source` host and port with the `capture`
-    /// user, password and database, each defaulting to `source`'s.
+    /// user and password (each defaulting to `source`'s), on the captured
+    /// database ([`Config::capture_database`]).
     pub fn source_control(&self, application: &str) -> Result<tokio_postgres::Config, ConfigError> {
+        let database = self.capture_database().ok_or_else(|| ConfigError::Invalid {
+            key: "capture.database".into(),
+            message: "no database named to capture: set capture.database (or source.database)".into(),
+        })?;
+        self.source_control_on(application, database)
+    }
+
+    /// [`Config::source_control`] on `database`.
+    pub fn source_control_on(&self, application: &str, database: &str) -> Result<tokio_postgres::Config, ConfigError> {
         let user = self.control_user().ok_or_else(|| ConfigError::Invalid {
             key: "capture.user".into(),
             message: "no user for the proxy's own source connections: set capture.user (or source.user)".into(),
         })?;
         let password = self.capture.password.as_deref().or(self.source.password.as_deref());
-        let database = self
-            .capture
-            .database
-            .as_deref()
-            .or(self.source.database.as_deref())
-            .unwrap_or(user);
         Ok(pg_config(
             &self.source,
             user,
@@ -629,9 +656,11 @@ impl Config {
         let database = target
             .database
             .as_deref()
-            .or(self.capture.database.as_deref())
-            .or(self.source.database.as_deref())
-            .unwrap_or(user);
+            .or(self.capture_database())
+            .ok_or_else(|| ConfigError::Invalid {
+                key: "target.database".into(),
+                message: "no database named on the target: set target.database (or capture.database)".into(),
+            })?;
         Ok(pg_config(
             target,
             user,
@@ -735,6 +764,24 @@ mod tests {
             let e = Config::parse(&text, "t").unwrap_err().to_string();
             assert!(e.contains("capture.read_only_functions[1]"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn the_captured_database_is_named_never_guessed() {
+        let base = "[source]\nhost = \"db1\"\nuser = \"app\"\n[auth]\nmethod = \"trust\"\n";
+        let c = Config::parse(base, "t").unwrap();
+        assert_eq!(c.capture_database(), None);
+        let err = c.source_control("t").unwrap_err().to_string();
+        assert!(err.contains("capture.database"), "{err}");
+        let c = Config::parse(&format!("{base}[capture]\ndatabase = \"shop\"\n"), "t").unwrap();
+        assert_eq!(c.source_control("t").unwrap().get_dbname(), Some("shop"));
+        let both =
+            "[source]\nhost = \"db1\"\ndatabase = \"a\"\n[auth]\nmethod = \"trust\"\n[capture]\ndatabase = \"b\"\n";
+        let err = Config::parse(both, "t").unwrap_err().to_string();
+        assert!(
+            err.contains("capture.database") && err.contains("source.database"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -90,7 +90,11 @@ async fn run(cli: Cli) -> i32 {
             print(cli::console(&console, &cmd).await)
         }
         Command::Resume(console) => print(cli::console(&console, "RESUME").await),
-        Command::Capture { action, console } => print(cli::console(&console, action.command()).await),
+        Command::Capture {
+            action,
+            database,
+            console,
+        } => print(cli::console(&console, &action.command(database.as_deref())).await),
         Command::Admin { console, command } => print(cli::console(&console, &command).await),
         Command::Lag(console) => print(cli::console(&console, "SHOW LAG").await),
         Command::Catchup { action } => catchup(action).await,

@@ -72,6 +72,9 @@ pub struct SessionInfo {
     pub connected_at: SystemTime,
     state: AtomicU8,
     backend_pid: AtomicI32,
+    /// The database the session's backend is connected to (the client's,
+    /// or `source.database`); unset for the admin console.
+    backend_database: std::sync::OnceLock<String>,
     queries: AtomicU64,
     statements: AtomicU32,
     settings: AtomicU32,
@@ -122,7 +125,17 @@ impl SessionInfo {
         Shown::from_code(self.state.load(Relaxed))
     }
 
-    /// Sets the backend pid.
+    /// Records the database the backend was opened on (once).
+    pub fn set_backend_database(&self, database: &str) {
+        let _ = self.backend_database.set(database.to_owned());
+    }
+
+    /// The database the session's backend is connected to, once it has one.
+    pub fn backend_database(&self) -> Option<&str> {
+        self.backend_database.get().map(String::as_str)
+    }
+
+    /// Records the backend's pid.
     pub fn set_backend_pid(&self, pid: i32) {
         self.backend_pid.store(pid, Relaxed);
     }
@@ -197,6 +210,7 @@ impl Registry {
             connected_at: SystemTime::now(),
             state: AtomicU8::new(0),
             backend_pid: AtomicI32::new(0),
+            backend_database: std::sync::OnceLock::new(),
             queries: AtomicU64::new(0),
             statements: AtomicU32::new(0),
             settings: AtomicU32::new(0),

@@ -137,6 +137,15 @@ impl Proxy {
             metrics_addr = l.local_addr().ok();
             side_tasks.push(tokio::spawn(metrics::serve(l, shared.clone())));
         }
+        // Capture recorded on before a crash resumes before any client is
+        // accepted (clients wait in the listen backlog meanwhile), so every
+        // session's first transaction is captured. If it cannot, sessions of
+        // its database are refused until a DBA decides (SHOW CAPTURE).
+        match shared.capture.resume_recorded(&shared.sessions).await {
+            Ok(Some(a)) => tracing::info!(database = %a.database, "capture resumed after a restart"),
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "capture could not be resumed after a restart"),
+        }
         tracing::info!(%addr, metrics = ?metrics_addr, source = %format!("{}:{}", shared.config.source.host, shared.config.source.port), "switchyard proxy listening");
         let task = tokio::spawn(serve(listener, shared.clone(), side_tasks));
         Ok(Proxy {

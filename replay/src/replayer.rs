@@ -400,7 +400,7 @@ pub async fn run(
                         n += assign(&mut per, u.tables, workers);
                     }
                 }
-                Record::Marker(Marker::CaptureStart { .. }) => {
+                Record::Marker(Marker::CaptureStart { .. } | Marker::CaptureResume { .. }) => {
                     // A new capture: the sessions of an earlier one that never
                     // settled went away with their proxy. Look at their
                     // backends now rather than after the usual wait.

@@ -1,14 +1,15 @@
 //! `CAPTURE START`, `CAPTURE STOP` and `SHOW CAPTURE`.
 
 use super::{AdminError, Reply, ResultSet};
+use crate::capture::control::CaptureState;
 use crate::server::Shared;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-pub(super) async fn start(shared: &Arc<Shared>) -> Result<Reply, AdminError> {
+pub(super) async fn start(shared: &Arc<Shared>, database: Option<&str>) -> Result<Reply, AdminError> {
     shared
         .capture
-        .start(&shared.sessions)
+        .start(&shared.sessions, database)
         .await
         .map_err(|e| AdminError::State(e.to_string()))?;
     Ok(Reply::Done("CAPTURE START".into()))
@@ -29,22 +30,46 @@ pub(super) async fn stop(shared: &Arc<Shared>) -> Result<Reply, AdminError> {
 pub(super) async fn show(shared: &Arc<Shared>) -> Result<Reply, AdminError> {
     let mut r = ResultSet::new(&["key", "value"]);
     let config = shared.capture.config();
-    let Some(active) = shared.capture.current() else {
-        r.row(["state", "off"]);
-        r.row(["log_dir".to_string(), config.log_dir.display().to_string()]);
-        r.row(["read_only_functions".to_string(), config.read_only_functions.join(", ")]);
-        return Ok(Reply::Rows(r));
+    let active = match shared.capture.state() {
+        CaptureState::On(a) => a,
+        CaptureState::Off => {
+            r.row(["state", "off"]);
+            r.row(["log_dir".to_string(), config.log_dir.display().to_string()]);
+            r.row(["read_only_functions".to_string(), config.read_only_functions.join(", ")]);
+            return Ok(Reply::Rows(r));
+        }
+        CaptureState::ResumePending(p) => {
+            r.row(["state".to_string(), format!("resume pending: {}", p.error)]);
+            r.row(["failed_at".to_string(), super::show::rfc3339(p.since)]);
+            r.row(["database".to_string(), p.record.database.clone()]);
+            r.row([
+                "action".to_string(),
+                "sessions of this database are refused: CAPTURE START resumes the capture, CAPTURE STOP gives it up"
+                    .to_string(),
+            ]);
+            r.row(["log_dir".to_string(), config.log_dir.display().to_string()]);
+            return Ok(Reply::Rows(r));
+        }
     };
-    let stats = active.log.stats();
-    r.row([
-        "state",
-        if active.barrier().is_some() {
-            "on"
-        } else {
-            "waiting for barrier"
-        },
-    ]);
+    let log = active.log();
+    let stats = log.stats();
+    let state = match (active.failure(), active.barrier()) {
+        (Some(f), _) => format!("failed: {}", f.error),
+        (None, Some(_)) => "on".to_string(),
+        (None, None) => "waiting for barrier".to_string(),
+    };
+    r.row(["state".to_string(), state]);
+    if let Some(f) = active.failure() {
+        r.row(["failed_at".to_string(), super::show::rfc3339(f.since)]);
+        r.row([
+            "action".to_string(),
+            "commits that wrote are refused (58030) while the log cannot be written; it is probed every second and capture goes on by itself once it can"
+                .to_string(),
+        ]);
+    }
+    r.row(["database".to_string(), active.database.clone()]);
     r.row(["started_at".to_string(), super::show::rfc3339(active.started)]);
+    r.row(["resumes".to_string(), active.resumes().to_string()]);
     r.row([
         "barrier_at".to_string(),
         active.barrier().map(super::show::rfc3339).unwrap_or_default(),
@@ -55,6 +80,23 @@ pub(super) async fn show(shared: &Arc<Shared>) -> Result<Reply, AdminError> {
         r.row([
             format!("holding_barrier.session.{}", h.session),
             format!("user {} backend pid {}", h.user, h.backend_pid),
+        ]);
+    }
+    let others: Vec<_> = shared
+        .sessions
+        .snapshot()
+        .into_iter()
+        .filter(|s| s.backend_database().is_some() && !active.covers(s))
+        .collect();
+    r.row(["other_database_sessions".to_string(), others.len().to_string()]);
+    for s in &others {
+        r.row([
+            format!("other_database.session.{}", s.id),
+            format!(
+                "user {} database {} (relayed, not captured, not moved at cutover)",
+                s.user,
+                s.backend_database().unwrap_or_default()
+            ),
         ]);
     }
     r.row(["log_dir".to_string(), config.log_dir.display().to_string()]);

@@ -30,7 +30,7 @@ pub(super) fn show(shared: &Arc<Shared>) -> Reply {
     let log_end = shared
         .capture
         .current()
-        .and_then(|a| a.log.stats().last_lsn)
+        .and_then(|a| a.log().stats().last_lsn)
         .map_or(r.read_lsn, |l| l.0.max(r.read_lsn));
     let mut t = ResultSet::new(&["key", "value"]);
     t.row(["state", view.state]);

@@ -44,9 +44,13 @@ pub enum AdminCommand {
     },
     /// `RESUME`.
     Resume,
-    /// `CAPTURE START`: capture every session's writes from its next
-    /// transaction boundary.
-    CaptureStart,
+    /// `CAPTURE START [database]`: capture the writes of every session of
+    /// that database (or the configured one) from its next transaction
+    /// boundary; resumes a capture pending after a restart.
+    CaptureStart {
+        /// The database named, if any.
+        database: Option<String>,
+    },
     /// `CAPTURE STOP`.
     CaptureStop,
     /// `SHOW CAPTURE`.
@@ -103,6 +107,16 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     Some(Duration::from_secs_f64(secs))
 }
 
+/// A database name as typed: `"Name"` keeps its case and loses the quotes;
+/// a bare name is taken as typed (database names in a startup packet are
+/// matched exactly, so no case folding).
+fn unquote_ident(word: &str) -> String {
+    match word.strip_prefix('"').and_then(|w| w.strip_suffix('"')) {
+        Some(inner) => inner.replace("\"\"", "\""),
+        None => word.to_owned(),
+    }
+}
+
 impl AdminCommand {
     /// Parses one statement (no trailing `;`). Case-insensitive.
     pub fn parse(text: &str) -> Result<AdminCommand, AdminError> {
@@ -127,7 +141,10 @@ impl AdminCommand {
                 Ok(AdminCommand::Pause { timeout: Some(d) })
             }
             ["RESUME"] => Ok(AdminCommand::Resume),
-            ["CAPTURE", "START"] => Ok(AdminCommand::CaptureStart),
+            ["CAPTURE", "START"] => Ok(AdminCommand::CaptureStart { database: None }),
+            ["CAPTURE", "START", _] => Ok(AdminCommand::CaptureStart {
+                database: Some(unquote_ident(words[2])),
+            }),
             ["CAPTURE", "STOP"] => Ok(AdminCommand::CaptureStop),
             ["SHOW", "CAPTURE"] => Ok(AdminCommand::ShowCapture),
             ["CATCHUP", "START"] => Ok(AdminCommand::CatchupStart),
@@ -149,7 +166,7 @@ impl AdminCommand {
             AdminCommand::Help => Ok(show::help()),
             AdminCommand::Pause { timeout } => pause::execute(shared, *timeout).await,
             AdminCommand::Resume => resume::execute(shared),
-            AdminCommand::CaptureStart => capture::start(shared).await,
+            AdminCommand::CaptureStart { database } => capture::start(shared, database.as_deref()).await,
             AdminCommand::CaptureStop => capture::stop(shared).await,
             AdminCommand::ShowCapture => capture::show(shared).await,
             AdminCommand::CatchupStart => catchup::start(shared).await,

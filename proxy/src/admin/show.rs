@@ -175,7 +175,7 @@ pub(super) fn help() -> Reply {
         ("SHOW CONFIG", "the configuration in force (passwords hidden)"),
         ("PAUSE [timeout]", "hold all sessions at their next transaction boundary; returns once none is busy; reopens on RESUME or after the timeout (default limits.pause_timeout_ms)"),
         ("RESUME", "reopen the gate after PAUSE"),
-        ("CAPTURE START", "log the keys of every committed write from each session's next transaction boundary"),
+        ("CAPTURE START [database]", "log the keys of every committed write of that database's sessions from their next transaction boundary (resumes a capture pending after a restart)"),
         ("CAPTURE STOP", "stop capturing (sessions stop at their next boundary)"),
         ("SHOW CAPTURE", "capture state, barrier, sessions holding it, log size, unsafe statements, read-only functions, sessions bypassing the proxy"),
         ("CATCHUP START", "check the mapping against both catalogs and start replaying the capture log onto [target]"),

@@ -9,17 +9,21 @@
 //! the barrier is reached once no session runs a transaction begun under an
 //! older epoch.
 
+use super::state_file::{self, CaptureRecord};
 use crate::config::{CaptureConfig, DurabilityConfig, UnsafePolicy};
-use crate::registry::{Registry, ENTERING};
+use crate::registry::{Registry, SessionInfo, ENTERING};
 use std::collections::BTreeMap;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use switchyard_replay::catalog::{Catalog, CatalogCache, QualifiedName};
-use switchyard_replay::log::{Durability, LogOptions, LogWriter, LogWriterHandle, Marker, Record};
+use switchyard_replay::log::{Durability, LogError, LogOptions, LogWriter, LogWriterHandle, Marker, Record};
 use thiserror::Error;
 use tokio::sync::watch;
+
+mod resume;
+pub use resume::{CaptureState, ResumePending};
 
 /// Why capture could not start or stop.
 #[derive(Debug, Error)]
@@ -39,6 +43,32 @@ pub enum CaptureError {
     /// The control connection has no user.
     #[error("no user to read the source catalog with: set capture.user (or source.user) in the config")]
     NoUser,
+    /// No database is named to capture.
+    #[error("no database to capture: name it (CAPTURE START <database>, or capture.database in the config)")]
+    NoDatabase,
+    /// CAPTURE START named another database than the config (or the
+    /// capture to resume).
+    #[error("CAPTURE START names database `{asked}`, but capture concerns `{named}` ({by}); name that one or none")]
+    OtherDatabase {
+        /// The database CAPTURE START named.
+        asked: String,
+        /// The one configured or recorded.
+        named: String,
+        /// Where `named` comes from.
+        by: &'static str,
+    },
+    /// The log directory records a capture of another database than the
+    /// config names.
+    #[error("the log directory records a capture of database `{recorded}`, but the config names `{configured}`; CAPTURE STOP gives the recorded capture up")]
+    RecordedOther {
+        /// The database of the recorded capture.
+        recorded: String,
+        /// The one the config names.
+        configured: String,
+    },
+    /// The capture-state file could not be written or removed.
+    #[error(transparent)]
+    StateFile(#[from] state_file::StateFileError),
 }
 
 /// One kind of unsafe statement seen while capture is on.
@@ -68,10 +98,17 @@ pub struct Holder {
 pub struct Active {
     /// The epoch sessions adopt it under.
     pub epoch: u64,
-    /// When CAPTURE START ran.
+    /// When CAPTURE START ran (before any restart of the proxy).
     pub started: SystemTime,
-    /// The log commits are appended to.
-    pub log: LogWriterHandle,
+    /// The one database captured.
+    pub database: String,
+    /// The log commits are appended to; replaced when a failed log is
+    /// writable again.
+    log: RwLock<LogWriterHandle>,
+    /// Set while the log cannot be written: commits are refused meanwhile.
+    failure: Mutex<Option<LogFailure>>,
+    /// What the log directory records about this capture.
+    record: Mutex<CaptureRecord>,
     /// The source catalog, refreshed in the background.
     pub catalog: Arc<CatalogCache>,
     /// The capture settings in force.
@@ -93,7 +130,66 @@ pub struct Active {
     stop: watch::Sender<bool>,
 }
 
+/// A capture log that cannot be written.
+#[derive(Debug, Clone)]
+pub struct LogFailure {
+    /// The first error (the OS error and the file).
+    pub error: String,
+    /// When it was first met.
+    pub since: SystemTime,
+}
+
 impl Active {
+    /// The log to append to now.
+    pub fn log(&self) -> LogWriterHandle {
+        self.log.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records that an append failed; commits are refused until a probe
+    /// finds the log writable again.
+    pub fn log_failed(&self, error: &LogError) {
+        if matches!(error, LogError::Closed) && self.log().failure().is_none() {
+            // The failed writer closed by a probe that then found the log
+            // writable: not a new failure.
+            return;
+        }
+        let mut f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        if f.is_none() {
+            tracing::error!(error = %error, "capture log write failed; commits are refused until it is writable again");
+            *f = Some(LogFailure {
+                error: error.to_string(),
+                since: SystemTime::now(),
+            });
+        }
+    }
+
+    /// A writable log in place of the failed one; commits go through again.
+    pub(crate) fn replace_log(&self, log: LogWriterHandle) {
+        *self.log.write().unwrap_or_else(|p| p.into_inner()) = log;
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// The log failure in force, if any.
+    pub fn failure(&self) -> Option<LogFailure> {
+        if let Some(f) = self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Some(f);
+        }
+        // A writer can fail on an append nobody waited for (a marker).
+        let e = self.log().failure()?;
+        self.log_failed(&e);
+        self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// How many times a restarted proxy resumed this capture.
+    pub fn resumes(&self) -> u64 {
+        self.record.lock().unwrap_or_else(|p| p.into_inner()).resumes
+    }
+
+    /// Whether a session with this backend database is captured.
+    pub fn covers(&self, session: &SessionInfo) -> bool {
+        session.backend_database() == Some(self.database.as_str())
+    }
+
     /// When the barrier was reached, if it has been.
     pub fn barrier(&self) -> Option<SystemTime> {
         self.barrier.get().copied()
@@ -139,12 +235,13 @@ fn read_only_functions(config: &CaptureConfig, catalog: &Catalog) -> (HashSet<Qu
 #[derive(Debug)]
 pub struct Capture {
     config: CaptureConfig,
-    /// The control connection; none without a user to log in as.
-    control: Option<tokio_postgres::Config>,
+    /// The proxy's config, for control connections to the captured database.
+    proxy: crate::config::Config,
     epoch: AtomicU64,
     active: Mutex<Option<Arc<Active>>>,
     /// The previous capture, until every session has let go of it.
     retired: Mutex<Option<Weak<Active>>>,
+    pending: Mutex<Option<ResumePending>>,
     op: tokio::sync::Mutex<()>,
 }
 
@@ -153,10 +250,11 @@ impl Capture {
     pub fn new(config: &crate::config::Config) -> Capture {
         Capture {
             config: config.capture.clone(),
-            control: config.source_control("switchyard capture").ok(),
+            proxy: config.clone(),
             epoch: AtomicU64::new(0),
             active: Mutex::new(None),
             retired: Mutex::new(None),
+            pending: Mutex::new(None),
             op: tokio::sync::Mutex::new(()),
         }
     }
@@ -182,54 +280,110 @@ impl Capture {
         &self.config
     }
 
-    /// CAPTURE START: reads the source catalog, opens the log, switches
-    /// capture on for every session's next transaction, and watches for the
-    /// barrier.
-    pub async fn start(&self, sessions: &Arc<Registry>) -> Result<Arc<Active>, CaptureError> {
+    /// CAPTURE START [database]: reads the source catalog, opens the log,
+    /// switches capture on for the next transaction of every session of the
+    /// captured database, and watches for the barrier. With a capture
+    /// pending resume, resumes it.
+    pub async fn start(&self, sessions: &Arc<Registry>, database: Option<&str>) -> Result<Arc<Active>, CaptureError> {
         let _op = self.op.lock().await;
         if self.current().is_some() {
             return Err(CaptureError::State("capture is already on"));
         }
+        let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(p) = pending {
+            check_named(database, &p.record.database, "the capture to resume")?;
+            if let Some(configured) = self.proxy.capture_database().filter(|n| *n != p.record.database) {
+                return Err(CaptureError::RecordedOther {
+                    recorded: p.record.database,
+                    configured: configured.to_owned(),
+                });
+            }
+            let a = self.begin(sessions, p.record.database.clone(), Some(p.record)).await?;
+            *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            return Ok(a);
+        }
+        let database = match (database, self.proxy.capture_database()) {
+            (Some(asked), Some(named)) => {
+                check_named(Some(asked), named, "capture.database / source.database")?;
+                named
+            }
+            (Some(asked), None) => asked,
+            (None, Some(named)) => named,
+            (None, None) => return Err(CaptureError::NoDatabase),
+        };
+        self.begin(sessions, database.to_owned(), None).await
+    }
+
+    /// Switches capture on (new, or `resume` of a recorded one).
+    async fn begin(
+        &self,
+        sessions: &Arc<Registry>,
+        database: String,
+        resume: Option<CaptureRecord>,
+    ) -> Result<Arc<Active>, CaptureError> {
         // Sessions let go of a stopped capture at their next boundary; while
         // one still holds it, its log writer stays open and is reused (two
         // writers must never share a directory).
         let retired = self.retired.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let reuse = retired.and_then(|w| w.upgrade()).map(|old| old.log.clone());
-        let client = self.control_client().await?;
+        let reuse = retired.and_then(|w| w.upgrade()).map(|old| old.log());
+        let client = self.control_client_on(&database).await?;
         let catalog = CatalogCache::load(&client)
             .await
             .map_err(|e| CaptureError::Catalog(e.to_string()))?;
         let catalog = Arc::new(catalog);
         let (read_only, read_only_unknown) = read_only_functions(&self.config, &catalog.current());
         let dir = self.config.log_dir.clone();
-        let options = LogOptions {
-            durability: match self.config.durability {
-                DurabilityConfig::Write => Durability::Write,
-                DurabilityConfig::Fsync => Durability::Fsync,
-            },
-            ..LogOptions::default()
-        };
         let log = match reuse {
             Some(log) => log,
-            None => open_log(dir, options).await?,
+            None => open_log(dir.clone(), self.log_options()).await?,
         };
-        let started = SystemTime::now();
-        log.append(Record::Marker(Marker::CaptureStart {
-            time_micros: unix_micros(started),
-        }))
-        .await
-        .map_err(|e| CaptureError::Log(e.to_string()))?;
+        let now = SystemTime::now();
+        let marker = match resume {
+            Some(_) => Marker::CaptureResume {
+                time_micros: unix_micros(now),
+            },
+            None => Marker::CaptureStart {
+                time_micros: unix_micros(now),
+            },
+        };
+        let lsn = log
+            .append(Record::Marker(marker))
+            .await
+            .map_err(|e| CaptureError::Log(e.to_string()))?;
+        let epoch = self.epoch.load(SeqCst).max(resume.as_ref().map_or(0, |r| r.epoch)) + 1;
+        let record = match &resume {
+            Some(r) => CaptureRecord {
+                epoch,
+                resumes: r.resumes + 1,
+                ..r.clone()
+            },
+            None => CaptureRecord {
+                database: database.clone(),
+                epoch,
+                start_lsn: lsn.0,
+                started_micros: unix_micros(now),
+                barrier_micros: None,
+                resumes: 0,
+            },
+        };
+        write_record(&dir, &record).await?;
+        let barrier = OnceLock::new();
+        if let Some(t) = record.barrier_micros {
+            let _ = barrier.set(from_micros(t));
+        }
         let (stop, stopped) = watch::channel(false);
-        let epoch = self.epoch.load(SeqCst) + 1;
         let active = Arc::new(Active {
             epoch,
-            started,
-            log,
+            started: from_micros(record.started_micros),
+            database,
+            log: RwLock::new(log),
+            failure: Mutex::new(None),
+            record: Mutex::new(record),
             catalog: catalog.clone(),
             config: self.config.clone(),
             read_only,
             read_only_unknown,
-            barrier: OnceLock::new(),
+            barrier,
             unsafe_seen: Mutex::new(BTreeMap::new()),
             commits: AtomicU64::new(0),
             keys: AtomicU64::new(0),
@@ -238,7 +392,7 @@ impl Capture {
         });
         *self.active.lock().unwrap_or_else(|p| p.into_inner()) = Some(active.clone());
         self.epoch.store(epoch, SeqCst);
-        tracing::info!(epoch, log_dir = %self.config.log_dir.display(), "capture started");
+        tracing::info!(epoch, database = %active.database, resumed = resume.is_some(), log_dir = %self.config.log_dir.display(), "capture started");
 
         let every = Duration::from_millis(self.config.catalog_refresh_ms);
         let mut until_stop = stopped.clone();
@@ -248,42 +402,88 @@ impl Capture {
             };
             catalog.refresh_every(&client, every, stop).await;
         });
-        tokio::spawn(watch_barrier(Arc::downgrade(&active), sessions.clone(), stopped));
+        tokio::spawn(watch_barrier(
+            Arc::downgrade(&active),
+            sessions.clone(),
+            stopped.clone(),
+        ));
+        tokio::spawn(super::log_health::watch_log(
+            Arc::downgrade(&active),
+            dir,
+            self.log_options(),
+            stopped,
+        ));
         Ok(active)
     }
 
+    fn log_options(&self) -> LogOptions {
+        LogOptions {
+            durability: match self.config.durability {
+                DurabilityConfig::Write => Durability::Write,
+                DurabilityConfig::Fsync => Durability::Fsync,
+            },
+            ..LogOptions::default()
+        }
+    }
+
     /// CAPTURE STOP: sessions stop capturing at their next boundary; the log
-    /// closes once the last transaction captured under this epoch ends.
+    /// closes once the last transaction captured under this epoch ends. The
+    /// log directory's record of capture is removed. With a capture pending
+    /// resume, gives it up.
     pub async fn stop(&self) -> Result<(), CaptureError> {
         let _op = self.op.lock().await;
         let Some(active) = self.active.lock().unwrap_or_else(|p| p.into_inner()).take() else {
-            return Err(CaptureError::State("capture is not on"));
+            let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let Some(p) = pending else {
+                return Err(CaptureError::State("capture is not on"));
+            };
+            tracing::warn!(database = %p.record.database, "capture pending resume given up by CAPTURE STOP");
+            return clear_record(&self.config.log_dir).await;
         };
         self.epoch.fetch_add(1, SeqCst);
         let _ = active.stop.send(true);
-        active
-            .log
+        *self.retired.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::downgrade(&active));
+        let cleared = clear_record(&self.config.log_dir).await;
+        let marked = active
+            .log()
             .append(Record::Marker(Marker::CaptureStop {
                 time_micros: unix_micros(SystemTime::now()),
             }))
             .await
-            .map_err(|e| CaptureError::Log(e.to_string()))?;
-        *self.retired.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::downgrade(&active));
+            .map_err(|e| CaptureError::Log(e.to_string()));
         tracing::info!(epoch = active.epoch, "capture stopped");
-        Ok(())
+        cleared.and(marked.map(|_| ()))
     }
 
     /// Sessions whose open transaction began before the current capture.
     pub fn holders(&self, sessions: &Registry) -> Vec<Holder> {
         match self.current() {
-            Some(a) => holders(sessions, a.epoch),
+            Some(a) => holders(sessions, &a),
             None => Vec::new(),
         }
     }
 
-    /// A connection to the source for catalog reads and pg_stat_activity.
+    /// A connection to the source for pg_stat_activity: on the captured
+    /// database (any database shows the whole cluster's activity).
     pub async fn control_client(&self) -> Result<tokio_postgres::Client, CaptureError> {
-        let pg = self.control.clone().ok_or(CaptureError::NoUser)?;
+        let database = match self.state() {
+            CaptureState::On(a) => a.database.clone(),
+            CaptureState::ResumePending(p) => p.record.database,
+            CaptureState::Off => self
+                .proxy
+                .capture_database()
+                .ok_or(CaptureError::NoDatabase)?
+                .to_owned(),
+        };
+        self.control_client_on(&database).await
+    }
+
+    /// A connection to `database` on the source.
+    async fn control_client_on(&self, database: &str) -> Result<tokio_postgres::Client, CaptureError> {
+        let pg = self
+            .proxy
+            .source_control_on("switchyard capture", database)
+            .map_err(|_| CaptureError::NoUser)?;
         let (client, conn) = pg
             .connect(tokio_postgres::NoTls)
             .await
@@ -295,6 +495,39 @@ impl Capture {
         });
         Ok(client)
     }
+}
+
+/// Fails when CAPTURE START named another database than `named`.
+fn check_named(asked: Option<&str>, named: &str, by: &'static str) -> Result<(), CaptureError> {
+    match asked {
+        Some(a) if a != named => Err(CaptureError::OtherDatabase {
+            asked: a.to_owned(),
+            named: named.to_owned(),
+            by,
+        }),
+        _ => Ok(()),
+    }
+}
+
+async fn write_record(dir: &std::path::Path, record: &CaptureRecord) -> Result<(), CaptureError> {
+    let (d, r) = (dir.to_owned(), record.clone());
+    tokio::task::spawn_blocking(move || state_file::write(&d, &r))
+        .await
+        .map_err(|e| CaptureError::Log(e.to_string()))?
+        .map_err(CaptureError::from)
+}
+
+async fn clear_record(dir: &std::path::Path) -> Result<(), CaptureError> {
+    let d = dir.to_owned();
+    tokio::task::spawn_blocking(move || state_file::clear(&d))
+        .await
+        .map_err(|e| CaptureError::Log(e.to_string()))?
+        .map_err(CaptureError::from)
+}
+
+/// A time from Unix microseconds.
+fn from_micros(t: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_micros(t.max(0) as u64)
 }
 
 /// Opens the log. A session whose last commit is not settled yet keeps the
@@ -317,14 +550,16 @@ async fn open_log(dir: std::path::PathBuf, options: LogOptions) -> Result<LogWri
     }
 }
 
-/// Sessions whose open transaction began under an epoch before `epoch`.
-fn holders(sessions: &Registry, epoch: u64) -> Vec<Holder> {
+/// Sessions of the captured database whose open transaction began under
+/// an epoch before the capture's.
+fn holders(sessions: &Registry, active: &Active) -> Vec<Holder> {
     sessions
         .snapshot()
         .into_iter()
+        .filter(|s| active.covers(s))
         .filter(|s| {
             let e = s.tx_epoch();
-            e == ENTERING || e < epoch
+            e == ENTERING || e < active.epoch
         })
         .map(|s| Holder {
             session: s.id,
@@ -338,11 +573,24 @@ fn holders(sessions: &Registry, epoch: u64) -> Vec<Holder> {
 async fn watch_barrier(active: Weak<Active>, sessions: Arc<Registry>, mut stopped: watch::Receiver<bool>) {
     loop {
         let Some(a) = active.upgrade() else { return };
-        if holders(&sessions, a.epoch).is_empty() {
+        if holders(&sessions, &a).is_empty() {
             let now = SystemTime::now();
             if a.barrier.set(now).is_ok() {
+                let record = {
+                    let mut r = a.record.lock().unwrap_or_else(|p| p.into_inner());
+                    r.barrier_micros = Some(unix_micros(now));
+                    r.clone()
+                };
+                // CAPTURE STOP removes the record; do not bring it back.
+                let stopping = *stopped.borrow();
+                if stopping {
+                    return;
+                }
+                if let Err(e) = write_record(&a.config.log_dir, &record).await {
+                    tracing::error!(error = %e, "cannot record the capture barrier in the log directory");
+                }
                 if let Err(e) = a
-                    .log
+                    .log()
                     .append(Record::Marker(Marker::Barrier {
                         time_micros: unix_micros(now),
                     }))

@@ -16,10 +16,12 @@ pub mod control;
 pub mod copy;
 mod fallback;
 mod lex;
+mod log_health;
 mod parse;
 pub mod rows;
 pub(crate) mod session;
 mod splice;
+pub mod state_file;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -181,6 +181,28 @@ pub fn query_bytes(sql: &[u8]) -> BytesMut {
     out
 }
 
+/// Parse, Bind and Execute of `sql` as the unnamed statement and portal,
+/// without parameters and with text results.
+pub fn extended_once(sql: &str) -> BytesMut {
+    let mut out = BytesMut::with_capacity(sql.len() + 40);
+    write_message(&mut out, b'P', |b| {
+        put_cstr(b, b"");
+        put_cstr(b, sql.as_bytes());
+        b.extend_from_slice(&0i16.to_be_bytes());
+    });
+    write_message(&mut out, b'B', |b| {
+        b.extend_from_slice(b"\0\0");
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b.extend_from_slice(&0i16.to_be_bytes());
+    });
+    write_message(&mut out, b'E', |b| {
+        b.extend_from_slice(b"\0");
+        b.extend_from_slice(&0i32.to_be_bytes());
+    });
+    out
+}
+
 /// Close of a prepared statement.
 pub fn close_statement(name: &str) -> BytesMut {
     let mut out = BytesMut::with_capacity(name.len() + 7);

@@ -19,6 +19,15 @@
 //!   such a statement when writes precede it in the same query;
 //! - Sync ending an implicit extended-protocol transaction that wrote: held
 //!   (the proxy sends Flush to get the write's results) until logged.
+//!
+//! A wrapped autocommit query's answer (rows, CommandComplete, notices) is
+//! held back until its COMMIT is answered, so a client is never told of a
+//! write that then fails to commit. If the log cannot take a commit's keys,
+//! the commit is not sent: the proxy rolls the transaction back and the
+//! client gets an ErrorResponse (58030) and ReadyForQuery, as for a COMMIT
+//! that failed, and the session goes on. In the extended protocol the
+//! CommandComplete of an Execute may precede the failure at Sync, as it
+//! does in PostgreSQL when a commit fails there.
 
 use super::control::{count_commit, unix_micros, Active};
 use super::copy::{copy_options, CopyFormat, CopyReader};
@@ -58,6 +67,9 @@ pub(crate) enum ServerAction {
     Replace(BytesMut),
     /// The client must not see it.
     Drop,
+    /// The client sees it later (with the ReadyForQuery that ends a wrapped
+    /// query), but the session state takes it in now.
+    Defer,
 }
 
 /// Work for the relay.
@@ -85,13 +97,32 @@ struct Tap {
     text: String,
 }
 
+/// Why a statement is refused: its unsafe kind (which names the
+/// `capture.policies` key the hint offers) and, where there is more to say,
+/// what it reaches.
+#[derive(Debug, Clone)]
+struct Rejection {
+    kind: &'static str,
+    detail: Option<String>,
+}
+
+impl Rejection {
+    /// The error message the client gets.
+    fn message(&self) -> String {
+        match &self.detail {
+            Some(d) => format!("{}: {d}", reject_message(self.kind)),
+            None => reject_message(self.kind),
+        }
+    }
+}
+
 /// What capture knows of one statement.
 #[derive(Debug, Default, Clone)]
 struct StmtInfo {
     tap: Option<Arc<Tap>>,
     tx: Option<TxControl>,
     /// Rejected by policy: runs as an error instead.
-    rejected: Option<String>,
+    rejected: Option<Rejection>,
     /// `SET search_path` value, applied when it completes.
     search_path: Option<Vec<String>>,
     /// Temp tables it creates.
@@ -145,6 +176,10 @@ enum Expect {
     WrapEnd,
     /// An injected Parse/Bind/Close: its completion is dropped.
     InjectedOne,
+    /// The rollback (and raised 58030 error) sent in place of a commit the
+    /// log could not take: CommandComplete dropped, error and
+    /// ReadyForQuery go to the client.
+    Failed,
     /// Parse, Bind or Close of the client's.
     Plain,
     /// Describe of a statement: ParameterDescription, then RowDescription or NoData.
@@ -231,6 +266,23 @@ pub(crate) struct SessionCapture {
     copy_in: Option<(CopyReader, Arc<Tap>)>,
     /// A COPY FROM STDIN was sent and the client has not ended its data.
     copy_sent: bool,
+    /// The answer of a wrapped autocommit query, held until its COMMIT is.
+    deferred: Option<Deferred>,
+    /// The log could not take the keys of the held commit (client COMMIT
+    /// or Sync) presented next: it is refused with this message.
+    refuse_commit: Option<String>,
+}
+
+/// What the client is owed of a wrapped query, held until it commits.
+#[derive(Debug, Default)]
+struct Deferred {
+    bytes: BytesMut,
+    /// Where the last CommandComplete starts: a failed COMMIT takes it back
+    /// (PostgreSQL commits an implicit transaction before the last
+    /// statement's CommandComplete).
+    last_complete: usize,
+    /// The proxy's COMMIT is on its way.
+    committing: bool,
 }
 
 impl SessionCapture {
@@ -263,6 +315,8 @@ impl SessionCapture {
             shapes: ClassifyCache::default(),
             copy_in: None,
             copy_sent: false,
+            deferred: None,
+            refuse_commit: None,
         }
     }
 
@@ -437,8 +491,8 @@ impl SessionCapture {
         for c in &classified {
             let text = &sql[c.range.clone()];
             let (info, splice) = self.analyze(&catalog, &c.class, text);
-            if let Some(reason) = &info.rejected {
-                return Ok(self.reject_query(reason.clone()));
+            if let Some(rejection) = info.rejected.clone() {
+                return Ok(self.reject_query(rejection));
             }
             if let Some(s) = splice {
                 splices.push(s);
@@ -448,6 +502,12 @@ impl SessionCapture {
         let has_tap = infos.iter().any(StmtInfo::writes);
         let has_tx = infos.iter().any(|i| i.tx.is_some());
         let commits = infos.iter().any(|i| i.tx.as_ref().is_some_and(is_commit_like));
+        if commits {
+            if let Some(message) = self.refuse_commit.take() {
+                // The held COMMIT whose keys the log could not take.
+                return Ok(ClientAction::Replace(self.roll_back_refused(&message)));
+            }
+        }
         if !has_tap && !commits {
             self.apply_sent_tx(&infos);
             self.expect.push_back(Expect::Query {
@@ -498,7 +558,7 @@ impl SessionCapture {
                 if !b {
                     let kind = "autocommit-in-script";
                     if self.saw_unsafe(kind, sql) == UnsafePolicy::Reject {
-                        return Ok(self.reject_query(reject_message(kind)));
+                        return Ok(self.reject_query(Rejection { kind, detail: None }));
                     }
                     // Warned: run it uncaptured.
                     let plain: Vec<StmtInfo> = infos
@@ -558,13 +618,17 @@ impl SessionCapture {
         Ok(ClientAction::Replace(rows::query_bytes(&text)))
     }
 
-    fn reject_query(&mut self, reason: String) -> ClientAction {
+    fn reject_query(&mut self, rejection: Rejection) -> ClientAction {
         self.expect.push_back(Expect::Query {
             stmts: VecDeque::from([StmtInfo::default()]),
             end: QueryEnd::Final,
             error: false,
         });
-        ClientAction::Replace(rows::query(&rows::raise_sql(REJECT_CODE, &reason, REJECT_HINT)))
+        ClientAction::Replace(rows::query(&rows::raise_sql(
+            REJECT_CODE,
+            &rejection.message(),
+            &reject_hint(rejection.kind),
+        )))
     }
 
     fn apply_sent_tx(&mut self, infos: &[StmtInfo]) {
@@ -689,10 +753,10 @@ impl SessionCapture {
     fn on_execute(&mut self, msg: FrontendMessage<'_>) -> Result<ClientAction, WireError> {
         let portal = Reader::new(msg.body(), "Execute").cstr()?;
         let info = self.portals.get(portal).cloned().unwrap_or_default();
-        if let Some(reason) = &info.rejected {
+        if let Some(rejection) = info.rejected {
             // Run an error in its place so the transaction fails as it would.
             let mut out = BytesMut::new();
-            let sql = rows::raise_sql(REJECT_CODE, reason, REJECT_HINT);
+            let sql = rows::raise_sql(REJECT_CODE, &rejection.message(), &reject_hint(rejection.kind));
             crate::wire::write_message(&mut out, b'P', |b| {
                 crate::wire::put_cstr(b, b"");
                 crate::wire::put_cstr(b, sql.as_bytes());
@@ -716,6 +780,16 @@ impl SessionCapture {
             return Ok(ClientAction::Replace(out));
         }
         if info.tx.as_ref().is_some_and(is_commit_like) {
+            if let Some(message) = self.refuse_commit.take() {
+                // ROLLBACK (its answers dropped), then an error for the client.
+                let mut out = rows::extended_once("ROLLBACK");
+                for _ in 0..3 {
+                    self.expect.push_back(Expect::InjectedOne);
+                }
+                out.extend_from_slice(&self.raise_extended(&message));
+                self.sent_block = false;
+                return Ok(ClientAction::Replace(out));
+            }
             // Keys of writes still in flight must be in before the commit goes.
             if !self.settled() {
                 return Ok(ClientAction::Hold);
@@ -739,6 +813,14 @@ impl SessionCapture {
     }
 
     fn on_sync(&mut self) -> Result<ClientAction, WireError> {
+        if let Some(message) = self.refuse_commit.take() {
+            // The implicit transaction must not commit: fail it, then Sync.
+            let mut out = self.raise_extended(&message);
+            crate::wire::write_message(&mut out, b'S', |_| {});
+            self.batch_taps = false;
+            self.expect.push_back(Expect::Ready { during_copy: false });
+            return Ok(ClientAction::Replace(out));
+        }
         if self.copy_sent {
             // Ignored by the server if its COPY started: no commit here.
             self.expect.push_back(Expect::Ready { during_copy: true });
@@ -766,7 +848,7 @@ impl SessionCapture {
         let in_flight = self.expect.iter().any(|e| match e {
             Expect::Execute { info } => info.writes(),
             Expect::Query { stmts, end, .. } => *end != QueryEnd::Final || stmts.iter().any(StmtInfo::writes),
-            Expect::Injected | Expect::WrapEnd => true,
+            Expect::Injected | Expect::WrapEnd | Expect::Failed => true,
             _ => false,
         });
         if !in_flight {
@@ -989,7 +1071,10 @@ impl SessionCapture {
     fn unsafe_reached(&mut self, info: &mut StmtInfo, reached: &Reached, text: &str) {
         const KIND: &str = "volatile-function";
         if self.saw_unsafe(KIND, text) == UnsafePolicy::Reject {
-            info.rejected = Some(format!("{}: {reached}", reject_message(KIND)));
+            info.rejected = Some(Rejection {
+                kind: KIND,
+                detail: Some(reached.to_string()),
+            });
         }
     }
 
@@ -1005,7 +1090,7 @@ impl SessionCapture {
 
     fn unsafe_kind(&mut self, info: &mut StmtInfo, kind: &'static str, text: &str) {
         if self.saw_unsafe(kind, text) == UnsafePolicy::Reject {
-            info.rejected = Some(reject_message(kind));
+            info.rejected = Some(Rejection { kind, detail: None });
         }
     }
 
@@ -1016,8 +1101,57 @@ impl SessionCapture {
 
     // ----- server side -------------------------------------------------
 
-    /// Decides what happens to one server message.
+    /// Decides what happens to one server message; while a wrapped query's
+    /// answer is held back, keeps it until the ReadyForQuery that ends it.
     pub(crate) fn on_server(&mut self, msg: BackendMessage<'_>) -> Result<ServerAction, WireError> {
+        // From the first message of the wrapped query's own answer (not of
+        // queries pipelined ahead of it) to the ReadyForQuery after COMMIT.
+        let wrapped = matches!(
+            self.expect.front(),
+            Some(Expect::Query {
+                end: QueryEnd::Wrapped,
+                ..
+            })
+        );
+        if wrapped && self.deferred.is_none() {
+            self.deferred = Some(Deferred::default());
+        }
+        if self.deferred.is_none() {
+            return self.answer(msg);
+        }
+        let tag = msg.tag();
+        let wrap_end = matches!(self.expect.front(), Some(Expect::WrapEnd));
+        if wrap_end && tag == btag::ERROR_RESPONSE {
+            if let Some(d) = self.deferred.as_mut().filter(|d| d.committing) {
+                // The COMMIT failed: the last statement never completed.
+                d.bytes.truncate(d.last_complete);
+            }
+        }
+        let action = self.answer(msg)?;
+        let Some(d) = self.deferred.as_mut() else {
+            return Ok(action);
+        };
+        match action {
+            ServerAction::Forward if tag == btag::READY_FOR_QUERY => {
+                let mut out = std::mem::take(&mut d.bytes);
+                out.extend_from_slice(msg.bytes());
+                self.deferred = None;
+                return Ok(ServerAction::Replace(out));
+            }
+            ServerAction::Forward => {
+                if tag == btag::COMMAND_COMPLETE {
+                    d.last_complete = d.bytes.len();
+                }
+                d.bytes.extend_from_slice(msg.bytes());
+            }
+            ServerAction::Replace(bytes) => d.bytes.extend_from_slice(&bytes),
+            ServerAction::Drop | ServerAction::Defer => return Ok(ServerAction::Drop),
+        }
+        Ok(ServerAction::Defer)
+    }
+
+    /// [`Self::on_server`] for one message, as the client would get it now.
+    fn answer(&mut self, msg: BackendMessage<'_>) -> Result<ServerAction, WireError> {
         let tag = msg.tag();
         if matches!(
             tag,
@@ -1054,6 +1188,11 @@ impl SessionCapture {
         };
         match front {
             Expect::Injected => Ok(ServerAction::Drop),
+            Expect::Failed => Ok(if tag == btag::COMMAND_COMPLETE {
+                ServerAction::Drop
+            } else {
+                ServerAction::Forward
+            }),
             Expect::WrapEnd => Ok(if tag == btag::COMMAND_COMPLETE {
                 ServerAction::Drop
             } else {
@@ -1215,13 +1354,17 @@ impl SessionCapture {
                 *error = true;
                 ServerAction::Forward
             }
-            Some(Expect::Injected | Expect::WrapEnd) => ServerAction::Forward,
+            Some(Expect::Injected | Expect::WrapEnd | Expect::Failed) => ServerAction::Forward,
             _ => {
                 // Extended protocol: the server skips to the next Sync.
                 while let Some(e) = self.expect.front() {
                     if matches!(
                         e,
-                        Expect::Ready { .. } | Expect::Query { .. } | Expect::Injected | Expect::WrapEnd
+                        Expect::Ready { .. }
+                            | Expect::Query { .. }
+                            | Expect::Injected
+                            | Expect::WrapEnd
+                            | Expect::Failed
                     ) {
                         break;
                     }
@@ -1305,6 +1448,9 @@ impl SessionCapture {
         }
         match self.plan.take() {
             Some(Plan::WrapCommit) => {
+                if let Some(d) = self.deferred.as_mut() {
+                    d.committing = true;
+                }
                 self.work.push_back(Work::Send(rows::query("COMMIT")));
                 self.expect.push_back(Expect::WrapEnd);
             }
@@ -1378,11 +1524,65 @@ impl SessionCapture {
         self.logging = false;
         self.advance_plan();
     }
+
+    /// The append started for the current hold failed: the commit it held
+    /// must not reach the database. A commit the proxy itself would send
+    /// (a wrapped query, the next part of a split one) is replaced by a
+    /// rollback and an error now; a client's COMMIT or Sync, held in its
+    /// read buffer, is refused when it is presented again.
+    pub(crate) fn log_failed(&mut self, message: String) {
+        self.logging = false;
+        self.tx.clear();
+        match self.plan.take() {
+            Some(Plan::WrapCommit | Plan::Parts(_)) => {
+                self.deferred = None;
+                let out = self.roll_back_refused(&message);
+                self.work.push_back(Work::Send(out));
+            }
+            None => self.refuse_commit = Some(message),
+        }
+    }
+
+    /// A simple query that rolls the open transaction back and fails with
+    /// `message`: ReadyForQuery then says idle, as after a failed COMMIT.
+    fn roll_back_refused(&mut self, message: &str) -> BytesMut {
+        self.expect.push_back(Expect::Failed);
+        self.sent_block = false;
+        let sql = format!(
+            "ROLLBACK; {}",
+            rows::raise_sql(LOG_FAILED_CODE, message, LOG_FAILED_HINT)
+        );
+        rows::query(&sql)
+    }
+
+    /// Parse/Bind/Execute of a statement failing with `message`, whose
+    /// Parse and Bind completions are dropped and whose error goes to the
+    /// client (the server then skips to the next Sync).
+    fn raise_extended(&mut self, message: &str) -> BytesMut {
+        let out = rows::extended_once(&rows::raise_sql(LOG_FAILED_CODE, message, LOG_FAILED_HINT));
+        self.expect.push_back(Expect::InjectedOne);
+        self.expect.push_back(Expect::InjectedOne);
+        self.expect.push_back(Expect::Execute {
+            info: StmtInfo::default(),
+        });
+        out
+    }
 }
 
-const REJECT_HINT: &str =
-    "switchyard write capture is on and cannot capture this statement; run it after the migration, \
-or set capture.policies.<kind> = \"warn\" to let it through uncaptured";
+/// SQLSTATE of a commit refused because its keys could not be logged.
+const LOG_FAILED_CODE: &str = "58030";
+
+const LOG_FAILED_HINT: &str = "nothing was committed; SHOW CAPTURE on the switchyard console shows the log's failure. \
+Free space in (or repair) the capture log directory: capture goes on by itself once the log can be written";
+
+/// The hint of a rejection: what to do, and what `warn` would give up.
+fn reject_hint(kind: &str) -> String {
+    format!(
+        "switchyard write capture is on and cannot capture this statement; run it after the migration, \
+or, accepting that such writes will not be captured (the migrated copy will miss them), \
+set capture.policies.{kind} = \"warn\""
+    )
+}
 
 fn reject_message(kind: &str) -> String {
     format!("switchyard: statement rejected while write capture is on ({kind})")

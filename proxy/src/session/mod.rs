@@ -136,6 +136,11 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
     }
     let src = &shared.config.source;
     let (db_user, db_name, password) = backend::login_identity(&shared.config, src, &user, &database);
+    if let Some(message) = shared.capture.refusal_for(db_name) {
+        return refuse(&shared, &mut client, Refusal::fatal("57P03", message)).await;
+    }
+    // Capture concerns one database: the one this backend is opened on.
+    info.set_backend_database(db_name);
     let opened = backend::connect(
         src,
         db_user,

@@ -57,9 +57,6 @@ pub(crate) enum RelayError {
     /// A socket failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
-    /// The capture log could not take a commit's keys; the commit was not sent.
-    #[error("capture log write failed: {0}")]
-    CaptureLog(String),
 }
 
 pub(crate) struct Relay<'a> {
@@ -123,7 +120,7 @@ impl<'a> Relay<'a> {
     /// A held commit's record is in the log at `lsn`.
     fn logged_commit(&mut self, lsn: Lsn) {
         if let Some(cap) = &self.capture {
-            self.settle_log = Some(cap.active().log.clone());
+            self.settle_log = Some(cap.active().log());
             self.unsettled.push(lsn);
         }
     }
@@ -168,17 +165,6 @@ impl<'a> Relay<'a> {
                     Severity::Fatal,
                     "08P01",
                     &format!("invalid message from client: {e}"),
-                );
-                let _ = tokio::time::timeout(Duration::from_secs(1), client.close()).await;
-            }
-            Err(RelayError::CaptureLog(e)) => {
-                bmsg::error_response(
-                    client.wbuf(),
-                    Severity::Fatal,
-                    "58030",
-                    &format!(
-                        "switchyard could not log the transaction's keys ({e}); the transaction was not committed"
-                    ),
                 );
                 let _ = tokio::time::timeout(Duration::from_secs(1), client.close()).await;
             }
@@ -258,11 +244,17 @@ impl<'a> Relay<'a> {
                 r = async { self.log_wait.as_mut().expect("guarded").await }, if self.log_wait.is_some() => {
                     self.log_wait = None;
                     match r {
-                        Ok(lsn) => self.logged_commit(lsn),
-                        Err(e) => return Err(RelayError::CaptureLog(e.to_string())),
-                    }
-                    if let Some(cap) = &mut self.capture {
-                        cap.logged();
+                        Ok(lsn) => {
+                            self.logged_commit(lsn);
+                            if let Some(cap) = &mut self.capture {
+                                cap.logged();
+                            }
+                        }
+                        Err(e) => {
+                            if let Some(cap) = &mut self.capture {
+                                refuse_commit(cap, &e);
+                            }
+                        }
                     }
                     self.run_capture_work(&mut server)?;
                     if let Some(end) = self.from_client(&mut client, &mut server)? {
@@ -387,7 +379,9 @@ impl<'a> Relay<'a> {
             return Ok(());
         }
         self.capture_epoch = epoch;
-        let next = self.shared.capture.active_for(epoch);
+        // Sessions of other databases than the captured one are relayed
+        // uncaptured (their keys would be another database's).
+        let next = self.shared.capture.active_for(epoch).filter(|a| a.covers(self.info));
         let same = matches!((&self.capture, &next), (Some(c), Some(n)) if Arc::ptr_eq(c.active(), n));
         if same {
             return Ok(());
@@ -414,7 +408,7 @@ impl<'a> Relay<'a> {
             match work {
                 Work::Send(bytes) => server.wbuf.extend_from_slice(&bytes),
                 Work::Log { record, hold: true } => {
-                    let mut append: LogWait = Box::pin(cap.active().log.append(record));
+                    let mut append: LogWait = Box::pin(cap.active().log().append(record));
                     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
                     match append.as_mut().poll(&mut cx) {
                         std::task::Poll::Ready(Ok(lsn)) => {
@@ -422,13 +416,16 @@ impl<'a> Relay<'a> {
                             released = true;
                             logged.push(lsn);
                         }
-                        std::task::Poll::Ready(Err(e)) => return Err(RelayError::CaptureLog(e.to_string())),
+                        std::task::Poll::Ready(Err(e)) => {
+                            refuse_commit(cap, &e);
+                            released = true;
+                        }
                         std::task::Poll::Pending => self.log_wait = Some(append),
                     }
                 }
                 Work::Log { record, hold: false } => {
                     // Logged after its commit: settled as soon as it is written.
-                    let log = cap.active().log.clone();
+                    let log = cap.active().log();
                     let append = log.append(record);
                     tokio::spawn(async move {
                         match append.await {
@@ -492,7 +489,12 @@ impl<'a> Relay<'a> {
                 };
                 match action {
                     ServerAction::Forward => {}
-                    ServerAction::Drop => {
+                    ServerAction::Drop | ServerAction::Defer => {
+                        if matches!(action, ServerAction::Defer) {
+                            // What it means for the session (a SET, a LISTEN)
+                            // holds now; only the client hears of it later.
+                            let _ = self.state.on_server(msg, now);
+                        }
                         self.count_sent(off - from);
                         client.wbuf.extend_from_slice(&server.rbuf[from..off]);
                         off += len;
@@ -548,6 +550,20 @@ impl<'a> Relay<'a> {
         client.try_flush()?;
         Ok(())
     }
+}
+
+/// The log could not take a held commit's keys: the commit is not sent, the
+/// client is answered with an error (58030) naming the log directory and
+/// the OS error, and the session goes on.
+fn refuse_commit(cap: &mut SessionCapture, error: &switchyard_replay::log::LogError) {
+    let active = cap.active().clone();
+    active.log_failed(error);
+    let cause = active.failure().map(|f| f.error).unwrap_or_else(|| error.to_string());
+    let message = format!(
+        "switchyard could not write the transaction's keys to the capture log in {}: {cause}; the transaction was rolled back",
+        active.config.log_dir.display()
+    );
+    cap.log_failed(message);
 }
 
 /// Logs that `commit` has settled. Nobody waits for the marker: it goes out

@@ -27,6 +27,7 @@ const MARKER_CAPTURE_START: u8 = 1;
 const MARKER_CAPTURE_STOP: u8 = 2;
 const MARKER_BARRIER: u8 = 3;
 const MARKER_SETTLED: u8 = 4;
+const MARKER_CAPTURE_RESUME: u8 = 5;
 
 /// The key column values of one row, in PostgreSQL text format, in the order
 /// of the table's key columns; `None` is SQL NULL.
@@ -95,6 +96,14 @@ pub enum Marker {
         /// When, in Unix microseconds.
         time_micros: i64,
     },
+    /// Capture went on after an interruption: a proxy started again after a
+    /// crash, or a failed log writable again. Commits logged before it and
+    /// never settled may have lost their `Settled` marker: look at their
+    /// backends at once.
+    CaptureResume {
+        /// When, in Unix microseconds.
+        time_micros: i64,
+    },
     /// The barrier was reached: no transaction older than capture is open.
     Barrier {
         /// When, in Unix microseconds.
@@ -148,6 +157,7 @@ impl Record {
                     Marker::CaptureStop { time_micros } => (MARKER_CAPTURE_STOP, time_micros),
                     Marker::Barrier { time_micros } => (MARKER_BARRIER, time_micros),
                     Marker::Settled { commit } => (MARKER_SETTLED, commit.0 as i64),
+                    Marker::CaptureResume { time_micros } => (MARKER_CAPTURE_RESUME, time_micros),
                 };
                 buf.push(tag);
                 put_i64(buf, time);
@@ -208,6 +218,7 @@ impl LogEntry {
                     MARKER_CAPTURE_START => Marker::CaptureStart { time_micros },
                     MARKER_CAPTURE_STOP => Marker::CaptureStop { time_micros },
                     MARKER_BARRIER => Marker::Barrier { time_micros },
+                    MARKER_CAPTURE_RESUME => Marker::CaptureResume { time_micros },
                     MARKER_SETTLED => Marker::Settled {
                         commit: Lsn(time_micros as u64),
                     },

@@ -88,8 +88,12 @@ impl Drop for ProxyProcess {
     }
 }
 
-async fn capture_on(admin: &Client) -> Result<()> {
-    admin.simple_query("CAPTURE START").await.context("CAPTURE START")?;
+/// CAPTURE START (the first time; a restarted proxy resumes capture by
+/// itself), then waits for the barrier.
+async fn capture_on(admin: &Client, start: bool) -> Result<()> {
+    if start {
+        admin.simple_query("CAPTURE START").await.context("CAPTURE START")?;
+    }
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let rows = admin.simple_query("SHOW CAPTURE").await?;
@@ -172,7 +176,7 @@ async fn killing_the_proxy_loses_no_committed_key() -> Result<()> {
         )?;
         let proxy = ProxyProcess::start(&bin, &config, port)?;
         let admin = proxy.admin().await?;
-        capture_on(&admin).await?;
+        capture_on(&admin, round == 0).await?;
         let mut tasks = Vec::new();
         for w in 0..4u64 {
             let c = proxy.connect("postgres").await?;

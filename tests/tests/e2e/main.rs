@@ -10,6 +10,7 @@ mod bad_input;
 mod cancel;
 mod capture;
 mod capture_kill;
+mod capture_lifecycle;
 mod capture_random;
 mod catalog;
 mod catchup;

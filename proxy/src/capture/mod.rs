@@ -23,6 +23,8 @@ mod splice;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_deep;
+#[cfg(test)]
 mod tests_more;
 
 use std::ops::Range;
@@ -251,6 +253,10 @@ pub enum UnsafeKind {
     ExplainAnalyze,
     /// Not understood: tokenizing or parsing failed, or an unknown command.
     Unparsable,
+    /// Nested or chained too deeply to classify safely (past
+    /// [`MAX_STATEMENT_DEPTH`]): refused unread, since deciding "read"
+    /// would need the very analysis that is too deep to run.
+    TooComplex,
 }
 
 /// Every kind name an unsafe statement can be counted under (SHOW CAPTURE,
@@ -266,6 +272,7 @@ pub const UNSAFE_KINDS: &[&str] = &[
     "select-into",
     "explain-analyze",
     "unparsable",
+    "too-complex",
     "volatile-function",
     "no-key",
     "unknown-table",
@@ -289,6 +296,7 @@ impl UnsafeKind {
             UnsafeKind::SelectInto => "select-into",
             UnsafeKind::ExplainAnalyze => "explain-analyze",
             UnsafeKind::Unparsable => "unparsable",
+            UnsafeKind::TooComplex => "too-complex",
         }
     }
 }
@@ -298,7 +306,10 @@ impl UnsafeKind {
 /// Statements are split at top-level semicolons (strings, dollar quotes,
 /// comments and `BEGIN ATOMIC` bodies respected); empty statements are
 /// skipped. If the text cannot even be tokenized, the result is a single
-/// [`UnsafeKind::Unparsable`] covering the whole (trimmed) text.
+/// [`UnsafeKind::Unparsable`] covering the whole (trimmed) text. A statement
+/// nested or chained past [`MAX_STATEMENT_DEPTH`] is
+/// [`UnsafeKind::TooComplex`]; however deep the text, nothing here recurses
+/// without bound.
 pub fn classify(sql: &str) -> Vec<Classified> {
     let Some(toks) = lex::tokenize(sql) else {
         let start = sql.len() - sql.trim_start().len();
@@ -312,16 +323,35 @@ pub fn classify(sql: &str) -> Vec<Classified> {
         .into_iter()
         .map(|stmt| Classified {
             range: stmt[0].start..stmt[stmt.len() - 1].end,
-            class: classify_tokens(sql, stmt),
+            class: if lex::depth_bound(stmt) > MAX_STATEMENT_DEPTH {
+                Class::Unsafe(UnsafeKind::TooComplex)
+            } else {
+                classify_tokens(sql, stmt, 0)
+            },
         })
         .collect()
 }
 
-/// Classifies one statement given its significant tokens (non-empty).
-pub(crate) fn classify_tokens(sql: &str, toks: &[lex::Tok]) -> Class {
+/// The deepest statement [`classify`] analyzes, as a token-level bound on
+/// its AST depth: an expression chain of about this many tokens without a
+/// comma (`1 + 1 + ...`, `a OR b OR ...`, a run of UNIONs), or about a
+/// sixteenth as many nested parentheses. Lists of any length are not deep.
+pub const MAX_STATEMENT_DEPTH: usize = lex::MAX_DEPTH;
+
+/// How many statements may nest inside one another (`EXPLAIN`, `PREPARE
+/// ... AS`, `DECLARE ... FOR`, `COPY (...)`) before the statement is
+/// [`UnsafeKind::TooComplex`]; real SQL nests one or two.
+const MAX_NESTED_STATEMENTS: usize = 8;
+
+/// Classifies one statement given its significant tokens (non-empty);
+/// `nested` counts the statements it is inside of.
+pub(crate) fn classify_tokens(sql: &str, toks: &[lex::Tok], nested: usize) -> Class {
     let Some(first) = toks.first() else {
         return Class::Unsafe(UnsafeKind::Unparsable);
     };
+    if nested > MAX_NESTED_STATEMENTS {
+        return Class::Unsafe(UnsafeKind::TooComplex);
+    }
     if first.is(&sqlparser::tokenizer::Token::LParen)
         || first.is_any_kw(&["SELECT", "WITH", "VALUES", "TABLE", "INSERT", "UPDATE", "DELETE"])
     {
@@ -331,7 +361,7 @@ pub(crate) fn classify_tokens(sql: &str, toks: &[lex::Tok]) -> Class {
             None => fallback::classify_dml(toks),
         };
     }
-    command::classify_command(sql, toks)
+    command::classify_command(sql, toks, nested)
 }
 
 /// Classifications of single statements by their shape (the text with its

@@ -364,6 +364,22 @@ pub(crate) fn classify_tokens(sql: &str, toks: &[lex::Tok], nested: usize) -> Cl
     command::classify_command(sql, toks, nested)
 }
 
+/// The text to classify for query bytes in any client encoding: the text
+/// itself when it is UTF-8, else an ASCII view of the same length (every
+/// other byte read as `x`), so the statement's structure (keywords,
+/// punctuation, quotes) and every offset are the original's and splices go
+/// into the original bytes.
+pub fn classify_view(raw: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(raw) {
+        Ok(s) => s.into(),
+        Err(_) => raw
+            .iter()
+            .map(|&b| if b.is_ascii() { b as char } else { 'x' })
+            .collect::<String>()
+            .into(),
+    }
+}
+
 /// Classifications of single statements by their shape (the text with its
 /// literals blanked), so a statement sent again with other values is not
 /// parsed again. Only statements whose class cannot depend on a literal are

@@ -7,6 +7,7 @@
 //! written with the log. A key written and not logged fails the case.
 
 mod copy;
+mod encoding;
 
 use crate::capture::Fixture;
 use crate::oracle::{logged_keys, written_keys, KeySet, WalOracle};

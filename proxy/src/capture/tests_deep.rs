@@ -92,7 +92,7 @@ fn deep_statements_of_300_kb_are_too_complex() {
 #[test]
 fn deep_statements_of_3_mb_are_too_complex() {
     // A few shapes only: tokenizing 3 MB takes a while in a debug build.
-    let shapes = ["plus chain", "parentheses", "not", "unions", "insert value"];
+    let shapes = ["plus chain", "parentheses"];
     for (name, sql) in deep_shapes(3_000_000) {
         if shapes.contains(&name) {
             assert_refused(name, &sql);

@@ -17,7 +17,8 @@ const DDL: &[&str] = &[
 ];
 
 /// Classifies a statement that is not DML by its leading keywords.
-pub(crate) fn classify_command(sql: &str, toks: &[Tok]) -> Class {
+/// `nested` counts the statements this one is inside of.
+pub(crate) fn classify_command(sql: &str, toks: &[Tok], nested: usize) -> Class {
     let first = &toks[0];
     let at = |i: usize| toks.get(i);
     let kw_at = |i: usize, kw: &str| at(i).is_some_and(|t| t.is_kw(kw));
@@ -61,7 +62,7 @@ pub(crate) fn classify_command(sql: &str, toks: &[Tok]) -> Class {
                 None => unparsable,
             }
         }
-        "PREPARE" => prepare(sql, toks),
+        "PREPARE" => prepare(sql, toks, nested),
         "EXECUTE" => match at(1).and_then(Tok::ident) {
             Some(name) => Class::Execute { name },
             None => unparsable,
@@ -100,9 +101,9 @@ pub(crate) fn classify_command(sql: &str, toks: &[Tok]) -> Class {
         "DISCARD" => Class::Utility(Utility::Discard),
         "LOCK" => Class::Utility(Utility::Lock),
         "VACUUM" | "ANALYZE" | "ANALYSE" | "CHECKPOINT" => Class::Utility(Utility::Maintenance),
-        "DECLARE" => declare(sql, toks),
-        "EXPLAIN" => explain(sql, toks),
-        "COPY" => copy(sql, toks),
+        "DECLARE" => declare(sql, toks, nested),
+        "EXPLAIN" => explain(sql, toks, nested),
+        "COPY" => copy(sql, toks, nested),
         "CALL" | "DO" => Class::Unsafe(UnsafeKind::CallOrDo),
         "TRUNCATE" => truncate(toks),
         "MERGE" => Class::Unsafe(UnsafeKind::Merge),
@@ -128,7 +129,7 @@ fn and_chain(toks: &[Tok]) -> bool {
 }
 
 /// `PREPARE TRANSACTION 'gid'` or `PREPARE name [(types)] AS statement`.
-fn prepare(sql: &str, toks: &[Tok]) -> Class {
+fn prepare(sql: &str, toks: &[Tok], nested: usize) -> Class {
     if toks.get(1).is_some_and(|t| t.is_kw("TRANSACTION")) {
         return match toks.get(2).map(|t| &t.token) {
             Some(Token::SingleQuotedString(gid)) | Some(Token::EscapedStringLiteral(gid)) => {
@@ -152,16 +153,16 @@ fn prepare(sql: &str, toks: &[Tok]) -> Class {
     }
     Class::Prepare {
         name,
-        statement: Box::new(classify_tokens(sql, &toks[i + 1..])),
+        statement: Box::new(classify_tokens(sql, &toks[i + 1..], nested + 1)),
     }
 }
 
 /// `DECLARE name ... CURSOR ... FOR query`: a read if the query is one.
-fn declare(sql: &str, toks: &[Tok]) -> Class {
+fn declare(sql: &str, toks: &[Tok], nested: usize) -> Class {
     let cursor = toks.iter().position(|t| t.is_kw("CURSOR"));
     let for_at = cursor.and_then(|c| (c + 1..toks.len()).find(|&i| toks[i].is_kw("FOR")));
     match for_at {
-        Some(f) if f + 1 < toks.len() => match classify_tokens(sql, &toks[f + 1..]) {
+        Some(f) if f + 1 < toks.len() => match classify_tokens(sql, &toks[f + 1..], nested + 1) {
             read @ Class::Read { .. } => read,
             _ => Class::Unsafe(UnsafeKind::Unparsable),
         },
@@ -172,7 +173,7 @@ fn declare(sql: &str, toks: &[Tok]) -> Class {
 /// `EXPLAIN [ANALYZE] [VERBOSE] stmt` or `EXPLAIN (options) stmt`. Without
 /// ANALYZE nothing runs, so it is a read whatever the statement; with
 /// ANALYZE the statement runs, so only a read stays a read.
-fn explain(sql: &str, toks: &[Tok]) -> Class {
+fn explain(sql: &str, toks: &[Tok], nested: usize) -> Class {
     let mut i = 1;
     let mut analyze = false;
     if toks.get(i).is_some_and(|t| t.is(&Token::LParen)) {
@@ -200,7 +201,7 @@ fn explain(sql: &str, toks: &[Tok]) -> Class {
     if i >= toks.len() {
         return Class::Unsafe(UnsafeKind::Unparsable);
     }
-    match classify_tokens(sql, &toks[i..]) {
+    match classify_tokens(sql, &toks[i..], nested + 1) {
         read @ Class::Read { .. } => read,
         Class::Write(w) if !analyze => Class::Read {
             functions: w.functions,
@@ -217,7 +218,7 @@ fn explain(sql: &str, toks: &[Tok]) -> Class {
 
 /// `COPY table [(cols)] FROM ...` / `COPY table TO ...` /
 /// `COPY (query) TO ...`.
-fn copy(sql: &str, toks: &[Tok]) -> Class {
+fn copy(sql: &str, toks: &[Tok], nested: usize) -> Class {
     if toks.get(1).is_some_and(|t| t.is(&Token::LParen)) {
         let Some(close) = matching_paren(toks, 1) else {
             return Class::Unsafe(UnsafeKind::Unparsable);
@@ -227,7 +228,7 @@ fn copy(sql: &str, toks: &[Tok]) -> Class {
         }
         // COPY (INSERT ... RETURNING ...) TO STDOUT writes, and its output
         // cannot carry the projection.
-        return match classify_tokens(sql, &toks[2..close]) {
+        return match classify_tokens(sql, &toks[2..close], nested + 1) {
             read @ Class::Read { .. } => read,
             Class::Write(_) => Class::Unsafe(UnsafeKind::WriteInCte),
             other => other,

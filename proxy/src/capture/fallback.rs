@@ -63,6 +63,25 @@ pub(crate) fn matching_paren(toks: &[Tok], open: usize) -> Option<usize> {
     None
 }
 
+/// For each token, the index of the token closing it if it is a `(`, in
+/// one pass, so callers that look at every parenthesis stay linear.
+fn closing_parens(toks: &[Tok]) -> Vec<Option<usize>> {
+    let mut closes = vec![None; toks.len()];
+    let mut open = Vec::new();
+    for (i, t) in toks.iter().enumerate() {
+        match t.token {
+            Token::LParen => open.push(i),
+            Token::RParen => {
+                if let Some(o) = open.pop() {
+                    closes[o] = Some(i);
+                }
+            }
+            _ => {}
+        }
+    }
+    closes
+}
+
 /// Parenthesis depth before each token (a `(` itself is at the outer depth).
 pub(crate) fn depths(toks: &[Tok]) -> Vec<i32> {
     let mut d = 0;
@@ -233,6 +252,7 @@ const NOT_FUNCTIONS: &[&str] = &[
 /// looks the names up.
 pub(crate) fn functions(toks: &[Tok]) -> Vec<QualName> {
     let mut out: Vec<QualName> = Vec::new();
+    let closes = closing_parens(toks);
     for i in 0..toks.len() {
         if !toks.get(i + 1).is_some_and(|t| t.is(&Token::LParen)) {
             continue;
@@ -252,7 +272,7 @@ pub(crate) fn functions(toks: &[Tok]) -> Vec<QualName> {
             continue;
         }
         // `name (cols) AS (` is a CTE header.
-        if let Some(close) = matching_paren(toks, i + 1) {
+        if let Some(close) = closes[i + 1] {
             if toks.get(close + 1).is_some_and(|t| t.is_kw("AS"))
                 && toks
                     .get(close + 2)

@@ -185,3 +185,68 @@ fn is_create_routine(prefix: &[Tok]) -> bool {
         _ => false,
     }
 }
+
+/// Statements whose [`depth_bound`] is above this are not classified: they
+/// are [`super::UnsafeKind::TooComplex`]. An expression chain of this many
+/// tokens (`1 + 1 + ...`, `a OR b OR ...`, `x::t::t...`, a run of UNIONs)
+/// builds an AST about this deep, and the parser, the AST walk and the
+/// AST's drop all recurse on it; a list of any length (`VALUES (..), (..)`,
+/// `IN (1, 2, ...)`) stays shallow because each comma starts a new sibling.
+pub(crate) const MAX_DEPTH: usize = 10_000;
+
+/// Statements whose [`depth_bound`] is at most this are classified on the
+/// caller's stack (a tokio worker's 2 MiB is ample for it); deeper ones on a
+/// thread of their own with [`DEEP_STACK`] bytes of stack.
+pub(crate) const INLINE_DEPTH: usize = 200;
+
+/// The stack of the thread that classifies deep statements: room for an AST
+/// [`MAX_DEPTH`] levels deep with a wide margin, even in a debug build.
+/// Only the pages touched are ever backed by memory.
+pub(crate) const DEEP_STACK: usize = 256 << 20;
+
+/// What one parenthesis or bracket level adds to [`depth_bound`]: a nested
+/// subquery wraps its expression in several AST nodes.
+const LEVEL_WEIGHT: usize = 16;
+
+/// A cheap upper bound, from tokens alone, on how deep the AST of a
+/// statement can be, so that a statement too deep to walk safely is refused
+/// before any recursive code sees it. Counts, at each point, the tokens
+/// since the last comma at every open parenthesis / bracket level, plus a
+/// weight per open level; returns the maximum. Linear, no recursion.
+pub(crate) fn depth_bound(toks: &[Tok]) -> usize {
+    // Tokens since the last comma at each open level; `total` is their sum.
+    let mut levels: Vec<usize> = vec![0];
+    let mut total = 0usize;
+    let mut max = 0usize;
+    for t in toks {
+        match t.token {
+            Token::LParen | Token::LBracket => {
+                // The bracket itself counts (a subscript chains like an operator).
+                if let Some(top) = levels.last_mut() {
+                    *top += 1;
+                }
+                total += 1;
+                levels.push(0);
+            }
+            Token::RParen | Token::RBracket => {
+                if levels.len() > 1 {
+                    total -= levels.pop().unwrap_or(0);
+                }
+            }
+            Token::Comma => {
+                if let Some(top) = levels.last_mut() {
+                    total -= *top;
+                    *top = 0;
+                }
+            }
+            _ => {
+                if let Some(top) = levels.last_mut() {
+                    *top += 1;
+                }
+                total += 1;
+            }
+        }
+        max = max.max(total + (levels.len() - 1) * LEVEL_WEIGHT);
+    }
+    max
+}

@@ -25,6 +25,8 @@ pub mod state_file;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_deep;
+#[cfg(test)]
 mod tests_more;
 
 use std::ops::Range;
@@ -280,6 +282,10 @@ pub enum UnsafeKind {
     ExplainAnalyze,
     /// Not understood: tokenizing or parsing failed, or an unknown command.
     Unparsable,
+    /// Nested or chained too deeply to classify safely (past
+    /// [`MAX_STATEMENT_DEPTH`]): refused unread, since deciding "read"
+    /// would need the very analysis that is too deep to run.
+    TooComplex,
 }
 
 /// Every kind name an unsafe statement can be counted under (SHOW CAPTURE,
@@ -295,6 +301,7 @@ pub const UNSAFE_KINDS: &[&str] = &[
     "select-into",
     "explain-analyze",
     "unparsable",
+    "too-complex",
     "volatile-function",
     "no-key",
     "unknown-table",
@@ -318,6 +325,7 @@ impl UnsafeKind {
             UnsafeKind::SelectInto => "select-into",
             UnsafeKind::ExplainAnalyze => "explain-analyze",
             UnsafeKind::Unparsable => "unparsable",
+            UnsafeKind::TooComplex => "too-complex",
         }
     }
 }
@@ -327,7 +335,10 @@ impl UnsafeKind {
 /// Statements are split at top-level semicolons (strings, dollar quotes,
 /// comments and `BEGIN ATOMIC` bodies respected); empty statements are
 /// skipped. If the text cannot even be tokenized, the result is a single
-/// [`UnsafeKind::Unparsable`] covering the whole (trimmed) text.
+/// [`UnsafeKind::Unparsable`] covering the whole (trimmed) text. A statement
+/// nested or chained past [`MAX_STATEMENT_DEPTH`] is
+/// [`UnsafeKind::TooComplex`]; however deep the text, nothing here recurses
+/// without bound.
 pub fn classify(sql: &str) -> Vec<Classified> {
     let Some(toks) = lex::tokenize(sql) else {
         let start = sql.len() - sql.trim_start().len();
@@ -341,16 +352,35 @@ pub fn classify(sql: &str) -> Vec<Classified> {
         .into_iter()
         .map(|stmt| Classified {
             range: stmt[0].start..stmt[stmt.len() - 1].end,
-            class: classify_tokens(sql, stmt),
+            class: if lex::depth_bound(stmt) > MAX_STATEMENT_DEPTH {
+                Class::Unsafe(UnsafeKind::TooComplex)
+            } else {
+                classify_tokens(sql, stmt, 0)
+            },
         })
         .collect()
 }
 
-/// Classifies one statement given its significant tokens (non-empty).
-pub(crate) fn classify_tokens(sql: &str, toks: &[lex::Tok]) -> Class {
+/// The deepest statement [`classify`] analyzes, as a token-level bound on
+/// its AST depth: an expression chain of about this many tokens without a
+/// comma (`1 + 1 + ...`, `a OR b OR ...`, a run of UNIONs), or about a
+/// sixteenth as many nested parentheses. Lists of any length are not deep.
+pub const MAX_STATEMENT_DEPTH: usize = lex::MAX_DEPTH;
+
+/// How many statements may nest inside one another (`EXPLAIN`, `PREPARE
+/// ... AS`, `DECLARE ... FOR`, `COPY (...)`) before the statement is
+/// [`UnsafeKind::TooComplex`]; real SQL nests one or two.
+const MAX_NESTED_STATEMENTS: usize = 8;
+
+/// Classifies one statement given its significant tokens (non-empty);
+/// `nested` counts the statements it is inside of.
+pub(crate) fn classify_tokens(sql: &str, toks: &[lex::Tok], nested: usize) -> Class {
     let Some(first) = toks.first() else {
         return Class::Unsafe(UnsafeKind::Unparsable);
     };
+    if nested > MAX_NESTED_STATEMENTS {
+        return Class::Unsafe(UnsafeKind::TooComplex);
+    }
     if first.is(&sqlparser::tokenizer::Token::LParen)
         || first.is_any_kw(&["SELECT", "WITH", "VALUES", "TABLE", "INSERT", "UPDATE", "DELETE"])
     {
@@ -360,7 +390,23 @@ pub(crate) fn classify_tokens(sql: &str, toks: &[lex::Tok]) -> Class {
             None => fallback::classify_dml(toks),
         };
     }
-    command::classify_command(sql, toks)
+    command::classify_command(sql, toks, nested)
+}
+
+/// The text to classify for query bytes in any client encoding: the text
+/// itself when it is UTF-8, else an ASCII view of the same length (every
+/// other byte read as `x`), so the statement's structure (keywords,
+/// punctuation, quotes) and every offset are the original's and splices go
+/// into the original bytes.
+pub fn classify_view(raw: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(raw) {
+        Ok(s) => s.into(),
+        Err(_) => raw
+            .iter()
+            .map(|&b| if b.is_ascii() { b as char } else { 'x' })
+            .collect::<String>()
+            .into(),
+    }
 }
 
 /// Classifications of single statements by their shape (the text with its

@@ -2,6 +2,12 @@
 //! statement from sqlparser's PostgreSQL-dialect AST. Returns `None` when
 //! sqlparser cannot parse it (or produces a shape PostgreSQL would not), so
 //! the caller falls back to the token path.
+//!
+//! sqlparser recurses while it parses, and so do the AST walk and the AST's
+//! drop, on chains its parser builds in a loop (`1 + 1 + ...` is a
+//! left-deep tree). The caller has bounded the depth from the tokens
+//! ([`lex::depth_bound`]); a statement past the small inline bound is
+//! parsed, walked and dropped on a thread with a deep stack of its own.
 
 use std::ops::ControlFlow;
 
@@ -12,12 +18,35 @@ use sqlparser::ast::{
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
-use super::lex::{normalize_ident, Tok};
+use super::lex::{self, normalize_ident, Tok};
 use super::{Class, QualName, Refs, UnsafeKind, WriteKind, WriteStmt};
 
 /// Classifies `text` (exactly one statement, whose significant tokens are
-/// `toks`) from its AST, or `None` if sqlparser cannot parse it.
+/// `toks`) from its AST, or `None` if sqlparser cannot parse it. Deep
+/// statements are classified on a thread with [`lex::DEEP_STACK`] of
+/// stack; if that thread cannot be started, the statement is
+/// [`UnsafeKind::TooComplex`].
 pub(crate) fn classify_ast(text: &str, toks: &[Tok]) -> Option<Class> {
+    if lex::depth_bound(toks) <= lex::INLINE_DEPTH {
+        return classify_ast_here(text, toks);
+    }
+    let too_complex = Some(Class::Unsafe(UnsafeKind::TooComplex));
+    std::thread::scope(|scope| {
+        let worker = std::thread::Builder::new()
+            .name("switchyard-classify".into())
+            .stack_size(lex::DEEP_STACK)
+            .spawn_scoped(scope, || classify_ast_here(text, toks));
+        match worker {
+            // The AST is built, walked and dropped on that thread; only the
+            // (shallow) classification comes back.
+            Ok(handle) => handle.join().unwrap_or(too_complex.clone()),
+            Err(_) => too_complex.clone(),
+        }
+    })
+}
+
+/// [`classify_ast`] on the current thread's stack.
+fn classify_ast_here(text: &str, toks: &[Tok]) -> Option<Class> {
     let mut stmts = Parser::parse_sql(&PostgreSqlDialect {}, text).ok()?;
     if stmts.len() != 1 {
         return None;

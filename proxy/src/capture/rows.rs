@@ -76,7 +76,7 @@ pub fn no_data() -> BytesMut {
 }
 
 /// A Parse message like `body`'s but named `name` with query text `sql`.
-pub fn rewrite_parse(body: &[u8], name: &str, sql: &str) -> Result<BytesMut, WireError> {
+pub fn rewrite_parse(body: &[u8], name: &str, sql: &[u8]) -> Result<BytesMut, WireError> {
     let mut r = Reader::new(body, "Parse");
     r.cstr_bytes()?;
     r.cstr_bytes()?;
@@ -84,7 +84,7 @@ pub fn rewrite_parse(body: &[u8], name: &str, sql: &str) -> Result<BytesMut, Wir
     let mut out = BytesMut::with_capacity(body.len() + sql.len() + name.len());
     write_message(&mut out, b'P', |b| {
         put_cstr(b, name.as_bytes());
-        put_cstr(b, sql.as_bytes());
+        put_cstr(b, sql);
         b.extend_from_slice(rest);
     });
     Ok(out)

@@ -472,17 +472,8 @@ impl SessionCapture {
     }
 
     fn on_query(&mut self, raw: &[u8]) -> Result<ClientAction, WireError> {
-        // Text in a client encoding other than UTF-8 is classified through
-        // an ASCII view of the same length (other bytes read as `x`); the
-        // splices go into the original bytes.
-        let view: std::borrow::Cow<'_, str> = match std::str::from_utf8(raw) {
-            Ok(s) => s.into(),
-            Err(_) => raw
-                .iter()
-                .map(|&b| if b.is_ascii() { b as char } else { 'x' })
-                .collect::<String>()
-                .into(),
-        };
+        // Any client encoding: classified through a view, spliced in the bytes.
+        let view = super::classify_view(raw);
         let sql: &str = &view;
         let catalog = self.active.catalog.current();
         let classified = self.shapes.classify(sql);
@@ -640,9 +631,10 @@ impl SessionCapture {
     fn on_parse(&mut self, msg: FrontendMessage<'_>) -> Result<ClientAction, WireError> {
         let parse = msg.parse()?;
         let catalog = self.active.catalog.current();
-        let classified = self.shapes.classify(parse.query);
+        let view = super::classify_view(parse.query);
+        let classified = self.shapes.classify(&view);
         let (info, splice) = match classified.as_slice() {
-            [one] => self.analyze(&catalog, &one.class, &parse.query[one.range.clone()]),
+            [one] => self.analyze(&catalog, &one.class, &view[one.range.clone()]),
             [] => (StmtInfo::default(), None),
             _ => (StmtInfo::default(), None), // the server refuses several statements in a Parse
         };
@@ -650,7 +642,7 @@ impl SessionCapture {
         self.expect.push_back(Expect::Plain);
         match splice {
             Some(s) if info.rejected.is_none() => {
-                let text = String::from_utf8_lossy(&apply_splices(parse.query.as_bytes(), 0, &[s])).into_owned();
+                let text = apply_splices(parse.query, 0, &[s]);
                 let out = rows::rewrite_parse(msg.body(), &name, &text)?;
                 self.statements.insert(
                     name.clone(),
@@ -701,16 +693,17 @@ impl SessionCapture {
             let pmsg = FrontendMessage::new(&parse_bytes);
             let parse = pmsg.parse()?;
             let catalog = self.active.catalog.current();
-            let classified = self.shapes.classify(parse.query);
+            let view = super::classify_view(parse.query);
+            let classified = self.shapes.classify(&view);
             let (info, splice) = match classified.as_slice() {
-                [one] => self.analyze(&catalog, &one.class, &parse.query[one.range.clone()]),
+                [one] => self.analyze(&catalog, &one.class, &view[one.range.clone()]),
                 _ => (StmtInfo::default(), None),
             };
             let mut server_name = bind.statement.to_owned();
             if let (Some(s), None) = (splice, &info.rejected) {
                 self.next_name += 1;
                 server_name = format!("switchyard_{}_{}", self.active.epoch, self.next_name);
-                let text = String::from_utf8_lossy(&apply_splices(parse.query.as_bytes(), 0, &[s])).into_owned();
+                let text = apply_splices(parse.query, 0, &[s]);
                 out.extend_from_slice(&rows::rewrite_parse(pmsg.body(), &server_name, &text)?);
                 self.expect.push_back(Expect::InjectedOne);
             }
@@ -1295,6 +1288,7 @@ impl SessionCapture {
         let known = oid.is_some_and(|oid| self.active.catalog.current().table_by_oid(oid).is_some());
         if known {
             values.remove(0);
+            let values = values.into_iter().map(|v| v.map(|hex| key_text(&hex))).collect();
             self.tx.keys.push((tap, values));
         }
         Ok(match row {
@@ -1600,10 +1594,14 @@ fn block_after(block: bool, tx: &TxControl) -> bool {
     }
 }
 
-/// The text spliced after a write: ` RETURNING q."c1"::text, ...` (or
-/// `, q."c1"::text, ...` after the client's own list). Cast to text, the
-/// values read the same whatever result format the client asked for: the
-/// binary form of `text` is its characters.
+/// The text spliced after a write: ` RETURNING q."tableoid"::text,
+/// <key>, ...` (or `, ...` after the client's own list), where each key
+/// column after the first (tableoid) is `q."c"::text` converted to UTF-8
+/// and hex-encoded. Cast to text, the values read the same whatever result
+/// format the client asked for (the binary form of `text` is its
+/// characters); hex-encoded UTF-8, they read the same whatever the
+/// session's client_encoding, which the server converts text results to
+/// (see [`key_text`]).
 fn key_projection(w: &WriteStmt, columns: &[&str]) -> String {
     let qualifier = match &w.alias {
         Some(a) => quote_ident(a),
@@ -1611,10 +1609,35 @@ fn key_projection(w: &WriteStmt, columns: &[&str]) -> String {
     };
     let cols: Vec<String> = columns
         .iter()
-        .map(|c| format!("{qualifier}.{}::text", quote_ident(c)))
+        .enumerate()
+        .map(|(i, c)| match i {
+            0 => format!("{qualifier}.{}::text", quote_ident(c)),
+            _ => format!(
+                "pg_catalog.encode(pg_catalog.convert_to({qualifier}.{}::text, 'UTF8'), 'hex')",
+                quote_ident(c)
+            ),
+        })
         .collect();
     let lead = if w.has_returning { ", " } else { " RETURNING " };
     format!("{lead}{}", cols.join(", "))
+}
+
+/// A key value as [`key_projection`] sent it (its text as UTF-8, in hex)
+/// back as text. Anything else is kept as it came.
+fn key_text(hex: &str) -> String {
+    let digits = hex.as_bytes();
+    let nibble = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let bytes: Option<Vec<u8>> = digits
+        .chunks(2)
+        .map(|pair| match pair {
+            [h, l] => Some(nibble(*h)? << 4 | nibble(*l)?),
+            _ => None,
+        })
+        .collect();
+    match bytes.map(String::from_utf8) {
+        Some(Ok(text)) => text,
+        _ => hex.to_owned(),
+    }
 }
 
 /// `text[from..]` (of a text cut at its end) with `splices` (absolute offsets) applied.

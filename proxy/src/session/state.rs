@@ -213,7 +213,7 @@ impl SessionState {
                 let parse = msg.parse()?;
                 let named =
                     (!parse.name.is_empty()).then(|| (parse.name.to_owned(), Bytes::copy_from_slice(msg.bytes())));
-                if let Some(pin) = effects::detect_pin(parse.query.as_bytes()) {
+                if let Some(pin) = effects::detect_pin(parse.query) {
                     self.tx_effects.push(Effect::Pin(pin));
                 }
                 self.unsynced = true;

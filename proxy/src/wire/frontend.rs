@@ -73,11 +73,12 @@ impl<'a> FrontendMessage<'a> {
         Reader::new(self.body(), "Query").cstr()
     }
 
-    /// Parse: statement name, SQL text.
+    /// Parse: statement name, SQL text. The text is kept as bytes: it is in
+    /// the session's client_encoding, which need not be UTF-8.
     pub fn parse(&self) -> Result<Parse<'a>, WireError> {
         let mut r = Reader::new(self.body(), "Parse");
         let name = r.cstr()?;
-        let query = r.cstr()?;
+        let query = r.cstr_bytes()?;
         let n = r.i16()?;
         if n < 0 {
             return Err(WireError::Malformed {
@@ -121,8 +122,8 @@ impl<'a> FrontendMessage<'a> {
 pub struct Parse<'a> {
     /// Statement name ("" for the unnamed statement).
     pub name: &'a str,
-    /// SQL text.
-    pub query: &'a str,
+    /// SQL text, in the session's client_encoding (any bytes but NUL).
+    pub query: &'a [u8],
 }
 
 /// The parts of a Bind message the proxy uses.
@@ -214,7 +215,7 @@ mod tests {
             p.parse().unwrap(),
             Parse {
                 name: "s1",
-                query: "select $1"
+                query: b"select $1"
             }
         );
         let b = msg(tag::BIND, b"\0s1\0\0\0\0\0\0\0");
@@ -235,5 +236,11 @@ mod tests {
         assert!(FrontendMessage::of(&msg(tag::CLOSE, b"Xname\0")).target().is_err());
         assert!(FrontendMessage::of(&msg(tag::DESCRIBE, b"")).target().is_err());
         assert!(FrontendMessage::of(&msg(tag::QUERY, b"\xff\xfe\0")).query().is_err());
+    }
+
+    #[test]
+    fn parse_text_in_another_client_encoding_is_kept_as_bytes() {
+        let p = msg(tag::PARSE, b"\0select 'caf\xe9'\0\0\0");
+        assert_eq!(FrontendMessage::of(&p).parse().unwrap().query, b"select 'caf\xe9'");
     }
 }

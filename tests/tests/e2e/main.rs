@@ -17,6 +17,7 @@ mod catchup;
 mod catchup_kill;
 mod clone;
 mod copy;
+mod deep_sql;
 mod drivers;
 mod escapes;
 mod gate;

@@ -6,6 +6,8 @@
 //! then [`Escape::finish`] compares every key PostgreSQL's WAL says was
 //! written with the log. A key written and not logged fails the case.
 
+mod copy;
+mod encoding;
 mod functions;
 mod lifecycle;
 

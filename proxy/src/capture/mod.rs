@@ -17,6 +17,7 @@ pub mod copy;
 mod fallback;
 mod lex;
 mod parse;
+mod resolve;
 pub mod rows;
 pub(crate) mod session;
 mod splice;
@@ -273,6 +274,7 @@ pub const UNSAFE_KINDS: &[&str] = &[
     "trigger",
     "autocommit-in-script",
     "unknown-statement",
+    "wrong-table",
 ];
 
 impl UnsafeKind {

@@ -22,6 +22,7 @@
 
 use super::control::{count_commit, unix_micros, Active};
 use super::copy::{copy_options, CopyFormat, CopyReader};
+use super::resolve::{self, Change, SearchPath};
 use super::rows::{self, ResultFormats};
 use super::{quote_ident, Class, ClassifyCache, TxControl, UnsafeKind, WriteKind, WriteStmt};
 use crate::config::UnsafePolicy;
@@ -37,6 +38,10 @@ use switchyard_replay::log::{CommitRecord, Key, Record, TableKeys};
 
 /// SQLSTATE of a statement rejected by the `reject` policy.
 const REJECT_CODE: &str = "0A000";
+
+/// What the session's unqualified names resolve through, asked of the
+/// server when capture starts for it.
+const PROBE_SQL: &str = "SELECT pg_catalog.current_setting('search_path'), pg_catalog.current_user::text";
 
 /// What the relay does with a client message.
 #[derive(Debug)]
@@ -76,6 +81,9 @@ pub(crate) enum Work {
 struct Tap {
     /// `schema.table` as logged.
     table: String,
+    /// The `pg_class` oid of that table: rows whose `tableoid` differs went
+    /// elsewhere (the server resolved the name otherwise, or a partition).
+    oid: u32,
     key_columns: Vec<String>,
     /// Columns appended: tableoid then the keys.
     extra: usize,
@@ -92,8 +100,8 @@ struct StmtInfo {
     tx: Option<TxControl>,
     /// Rejected by policy: runs as an error instead.
     rejected: Option<String>,
-    /// `SET search_path` value, applied when it completes.
-    search_path: Option<Vec<String>>,
+    /// What it changes in name resolution, applied when it completes.
+    path_change: Option<Change>,
     /// Temp tables it creates.
     temp_table: Option<String>,
     /// COPY FROM STDIN whose rows' keys are read from the client's data.
@@ -152,6 +160,9 @@ enum Expect {
         name: String,
         tap: Option<Arc<Tap>>,
     },
+    /// The probe of the session's search_path and user: its row is read,
+    /// everything up to its ReadyForQuery dropped.
+    Probe,
     /// Describe of a portal.
     DescribePortal {
         tap: Option<Arc<Tap>>,
@@ -187,10 +198,30 @@ enum Plan {
     WrapCommit,
 }
 
+/// One row written: the tap it came through, the `tableoid` the server
+/// reported for it, and its key values.
+#[derive(Debug)]
+struct Written {
+    tap: Arc<Tap>,
+    oid: u32,
+    key: Key,
+}
+
+/// What a commit point does with the open transaction's keys.
+#[derive(Debug)]
+enum CommitStep {
+    /// Nothing to log: send the commit.
+    Go,
+    /// Held: a log append (or a catalog lookup) was started.
+    Wait,
+    /// The transaction must not commit: its keys cannot be logged right.
+    Refuse(String),
+}
+
 /// The keys of the open transaction.
 #[derive(Debug, Default)]
 struct TxKeys {
-    keys: Vec<(Arc<Tap>, Key)>,
+    keys: Vec<Written>,
     savepoints: Vec<(String, usize)>,
 }
 
@@ -207,7 +238,7 @@ pub(crate) struct SessionCapture {
     session_id: u64,
     /// The source backend's pid, logged with each commit.
     backend_pid: i32,
-    search_path: Vec<String>,
+    paths: SearchPath,
     temp_tables: HashSet<String>,
     tx: TxKeys,
     expect: VecDeque<Expect>,
@@ -240,15 +271,23 @@ impl SessionCapture {
         session_id: u64,
         backend_pid: i32,
         search_path: Vec<String>,
+        user: String,
     ) -> SessionCapture {
+        let mut work = VecDeque::new();
+        let mut expect = VecDeque::new();
+        // What the session's names resolve through is the server's to say
+        // (a role's or database's setting, a set_config before capture):
+        // ask once, ahead of the first statement captured.
+        work.push_back(Work::Send(rows::query(PROBE_SQL)));
+        expect.push_back(Expect::Probe);
         SessionCapture {
             active,
             session_id,
             backend_pid,
-            search_path,
+            paths: SearchPath::new(search_path, user),
             temp_tables: HashSet::new(),
             tx: TxKeys::default(),
-            expect: VecDeque::new(),
+            expect,
             statements: HashMap::new(),
             portals: HashMap::new(),
             block: false,
@@ -259,7 +298,7 @@ impl SessionCapture {
             logging: false,
             flush_sent: false,
             next_name: 0,
-            work: VecDeque::new(),
+            work,
             shapes: ClassifyCache::default(),
             copy_in: None,
             copy_sent: false,
@@ -275,6 +314,7 @@ impl SessionCapture {
     pub(crate) fn blocked(&self) -> bool {
         self.logging
             || self.plan.is_some()
+            || matches!(self.expect.front(), Some(Expect::Probe))
             || self.expect.iter().any(|e| {
                 matches!(
                     e,
@@ -340,7 +380,13 @@ impl SessionCapture {
                     _ => Vec::new(),
                 };
                 let tap = tap.clone();
-                self.tx.keys.extend(keys.into_iter().map(|k| (tap.clone(), k)));
+                // COPY has no tableoid: its table is the one resolved by name.
+                let oid = tap.oid;
+                self.tx.keys.extend(keys.into_iter().map(|key| Written {
+                    tap: tap.clone(),
+                    oid,
+                    key,
+                }));
                 if tag != ftag::COPY_DATA {
                     self.copy_in = None;
                 }
@@ -434,16 +480,31 @@ impl SessionCapture {
         let classified = self.shapes.classify(sql);
         let mut infos = Vec::with_capacity(classified.len());
         let mut splices: Vec<(usize, String)> = Vec::new();
+        // A statement resolves names through the path the ones before it in
+        // the same query set: applied ahead here, for real as each completes.
+        let mut before: Option<SearchPath> = None;
+        let mut rejected = None;
         for c in &classified {
             let text = &sql[c.range.clone()];
             let (info, splice) = self.analyze(&catalog, &c.class, text);
             if let Some(reason) = &info.rejected {
-                return Ok(self.reject_query(reason.clone()));
+                rejected = Some(reason.clone());
+                break;
+            }
+            if let Some(change) = &info.path_change {
+                before.get_or_insert_with(|| self.paths.clone());
+                self.paths.apply(change);
             }
             if let Some(s) = splice {
                 splices.push(s);
             }
             infos.push(info);
+        }
+        if let Some(p) = before {
+            self.paths = p;
+        }
+        if let Some(reason) = rejected {
+            return Ok(self.reject_query(reason));
         }
         let has_tap = infos.iter().any(StmtInfo::writes);
         let has_tx = infos.iter().any(|i| i.tx.is_some());
@@ -482,10 +543,16 @@ impl SessionCapture {
         for (i, info) in infos.iter().enumerate() {
             if let Some(tx) = &info.tx {
                 if is_commit_like(tx) {
-                    if i == 0 && !self.tx.keys.is_empty() {
+                    if i == 0 {
                         // Log what the transaction wrote so far, then send.
-                        self.start_log();
-                        return Ok(ClientAction::Hold);
+                        match self.commit_step() {
+                            CommitStep::Go => {}
+                            CommitStep::Wait => return Ok(ClientAction::Hold),
+                            CommitStep::Refuse(reason) => {
+                                let out = self.refuse_simple(&reason);
+                                return Ok(ClientAction::Replace(out));
+                            }
+                        }
                     }
                     if taps_since && i > 0 {
                         cuts.push(i);
@@ -690,39 +757,17 @@ impl SessionCapture {
         let portal = Reader::new(msg.body(), "Execute").cstr()?;
         let info = self.portals.get(portal).cloned().unwrap_or_default();
         if let Some(reason) = &info.rejected {
-            // Run an error in its place so the transaction fails as it would.
-            let mut out = BytesMut::new();
-            let sql = rows::raise_sql(REJECT_CODE, reason, REJECT_HINT);
-            crate::wire::write_message(&mut out, b'P', |b| {
-                crate::wire::put_cstr(b, b"");
-                crate::wire::put_cstr(b, sql.as_bytes());
-                b.extend_from_slice(&0i16.to_be_bytes());
-            });
-            crate::wire::write_message(&mut out, b'B', |b| {
-                b.extend_from_slice(b"\0\0");
-                b.extend_from_slice(&0i16.to_be_bytes());
-                b.extend_from_slice(&0i16.to_be_bytes());
-                b.extend_from_slice(&0i16.to_be_bytes());
-            });
-            crate::wire::write_message(&mut out, b'E', |b| {
-                b.extend_from_slice(b"\0");
-                b.extend_from_slice(&0i32.to_be_bytes());
-            });
-            self.expect.push_back(Expect::InjectedOne);
-            self.expect.push_back(Expect::InjectedOne);
-            self.expect.push_back(Expect::Execute {
-                info: StmtInfo::default(),
-            });
-            return Ok(ClientAction::Replace(out));
+            return Ok(ClientAction::Replace(self.raise_execute(reason)));
         }
         if info.tx.as_ref().is_some_and(is_commit_like) {
             // Keys of writes still in flight must be in before the commit goes.
             if !self.settled() {
                 return Ok(ClientAction::Hold);
             }
-            if !self.tx.keys.is_empty() {
-                self.start_log();
-                return Ok(ClientAction::Hold);
+            match self.commit_step() {
+                CommitStep::Go => {}
+                CommitStep::Wait => return Ok(ClientAction::Hold),
+                CommitStep::Refuse(reason) => return Ok(ClientAction::Replace(self.raise_execute(&reason))),
             }
         }
         if let Some(tx) = &info.tx {
@@ -738,6 +783,48 @@ impl SessionCapture {
         Ok(ClientAction::Forward)
     }
 
+    /// An unnamed Parse, Bind and Execute of a statement that raises
+    /// `reason` (SQLSTATE 0A000), run in place of a client's Execute so its
+    /// transaction fails as on a real error.
+    fn raise_execute(&mut self, reason: &str) -> BytesMut {
+        let mut out = BytesMut::new();
+        let sql = rows::raise_sql(REJECT_CODE, reason, REJECT_HINT);
+        crate::wire::write_message(&mut out, b'P', |b| {
+            crate::wire::put_cstr(b, b"");
+            crate::wire::put_cstr(b, sql.as_bytes());
+            b.extend_from_slice(&0i16.to_be_bytes());
+        });
+        crate::wire::write_message(&mut out, b'B', |b| {
+            b.extend_from_slice(b"\0\0");
+            b.extend_from_slice(&0i16.to_be_bytes());
+            b.extend_from_slice(&0i16.to_be_bytes());
+            b.extend_from_slice(&0i16.to_be_bytes());
+        });
+        crate::wire::write_message(&mut out, b'E', |b| {
+            b.extend_from_slice(b"\0");
+            b.extend_from_slice(&0i32.to_be_bytes());
+        });
+        self.expect.push_back(Expect::InjectedOne);
+        self.expect.push_back(Expect::InjectedOne);
+        self.expect.push_back(Expect::Execute {
+            info: StmtInfo::default(),
+        });
+        out
+    }
+
+    /// In place of a simple-protocol commit: an error for the client, then
+    /// a ROLLBACK whose completion it does not see, so that it gets what a
+    /// failed COMMIT gives (an error, then idle).
+    fn refuse_simple(&mut self, reason: &str) -> BytesMut {
+        let mut out = rows::query(&rows::raise_sql(REJECT_CODE, reason, REJECT_HINT));
+        out.extend_from_slice(&rows::query("ROLLBACK"));
+        self.expect.push_back(Expect::Injected);
+        self.expect.push_back(Expect::WrapEnd);
+        self.sent_block = false;
+        self.tx.clear();
+        out
+    }
+
     fn on_sync(&mut self) -> Result<ClientAction, WireError> {
         if self.copy_sent {
             // Ignored by the server if its COPY started: no commit here.
@@ -749,9 +836,18 @@ impl SessionCapture {
             if !self.settled() {
                 return Ok(ClientAction::Hold);
             }
-            if !self.tx.keys.is_empty() && !self.tx_error {
-                self.start_log();
-                return Ok(ClientAction::Hold);
+            match self.commit_step() {
+                CommitStep::Go => {}
+                CommitStep::Wait => return Ok(ClientAction::Hold),
+                CommitStep::Refuse(reason) => {
+                    // An error ahead of the Sync: the implicit transaction
+                    // ends rolled back.
+                    let mut out = self.raise_execute(&reason);
+                    crate::wire::write_message(&mut out, b'S', |_| {});
+                    self.batch_taps = false;
+                    self.expect.push_back(Expect::Ready { during_copy: false });
+                    return Ok(ClientAction::Replace(out));
+                }
             }
         }
         self.batch_taps = false;
@@ -793,12 +889,21 @@ impl SessionCapture {
                 if functions.iter().any(|f| self.is_volatile_user_function(catalog, f)) {
                     self.unsafe_kind(&mut info, "volatile-function", text);
                 }
+                match resolve::set_config_change(text) {
+                    Some(Ok(change)) => info.path_change = Some(change),
+                    Some(Err(())) => {
+                        // Computed arguments: resolution may go wrong from
+                        // here; each row's tableoid still says where it went.
+                        tracing::debug!(session = self.session_id, "set_config with arguments not read");
+                    }
+                    None => {}
+                }
             }
             Class::TxControl(tx) => {
                 info.tx = Some(tx.clone());
             }
-            Class::Utility(super::Utility::Set) => {
-                info.search_path = set_search_path(text);
+            Class::Utility(super::Utility::Set | super::Utility::Reset | super::Utility::Discard) => {
+                info.path_change = resolve::utility_change(text);
             }
             Class::Utility(_) => {}
             Class::Write(w) => return self.analyze_write(catalog, w, text),
@@ -850,7 +955,7 @@ impl SessionCapture {
         if temp {
             return (info, None);
         }
-        let Some(table) = catalog.table(w.table.schema.as_deref(), &w.table.name, &self.search_path) else {
+        let Some(table) = catalog.table(w.table.schema.as_deref(), &w.table.name, self.paths.schemas()) else {
             self.unsafe_kind(&mut info, "unknown-table", text);
             return (info, None);
         };
@@ -878,6 +983,7 @@ impl SessionCapture {
         let suffix = key_projection(w, &projection);
         info.tap = Some(Arc::new(Tap {
             table: format!("{}.{}", table.name.schema, table.name.name),
+            oid: table.oid,
             key_columns: key.columns.clone(),
             extra: projection.len(),
             client_returning: w.has_returning,
@@ -901,7 +1007,7 @@ impl SessionCapture {
             return None;
         }
         let (format, header) = copy_options(text)?;
-        let t = catalog.table(table.schema.as_deref(), &table.name, &self.search_path)?;
+        let t = catalog.table(table.schema.as_deref(), &table.name, self.paths.schemas())?;
         let key = t.key.as_ref()?;
         if t.has_side_effects() {
             return None;
@@ -919,6 +1025,7 @@ impl SessionCapture {
         Some(CopyTap {
             tap: Arc::new(Tap {
                 table: format!("{}.{}", t.name.schema, t.name.name),
+                oid: t.oid,
                 key_columns: key.columns.clone(),
                 extra: 0,
                 client_returning: false,
@@ -1000,6 +1107,16 @@ impl SessionCapture {
         };
         match front {
             Expect::Injected => Ok(ServerAction::Drop),
+            Expect::Probe => {
+                if tag == btag::DATA_ROW {
+                    let (values, _) = rows::split_data_row(msg.body(), 2, false)?;
+                    if let [Some(path), Some(user)] = values.as_slice() {
+                        self.paths
+                            .learned(switchyard_replay::catalog::parse_search_path(path), user.clone());
+                    }
+                }
+                Ok(ServerAction::Drop)
+            }
             Expect::WrapEnd => Ok(if tag == btag::COMMAND_COMPLETE {
                 ServerAction::Drop
             } else {
@@ -1098,12 +1215,16 @@ impl SessionCapture {
             return Ok(ServerAction::Forward);
         };
         let (mut values, row) = rows::split_data_row(msg.body(), tap.extra, tap.client_returning)?;
-        let oid: Option<u32> = values.first().and_then(|v| v.as_deref()).and_then(|v| v.parse().ok());
-        let known = oid.is_some_and(|oid| self.active.catalog.current().table_by_oid(oid).is_some());
-        if known {
+        // The table the row really went to; resolved against the catalog at
+        // the commit (0, which names no table, if unreadable).
+        let oid = match values.first() {
+            Some(v) => v.as_deref().and_then(|v| v.parse().ok()).unwrap_or(0),
+            None => 0,
+        };
+        if !values.is_empty() {
             values.remove(0);
-            self.tx.keys.push((tap, values));
         }
+        self.tx.keys.push(Written { tap, oid, key: values });
         Ok(match row {
             Some(row) => ServerAction::Replace(row),
             None => ServerAction::Drop,
@@ -1112,8 +1233,8 @@ impl SessionCapture {
 
     /// A statement completed: transaction control and session settings.
     fn completed(&mut self, info: &StmtInfo, command_tag: &str) {
-        if let Some(path) = &info.search_path {
-            self.search_path = path.clone();
+        if let Some(change) = &info.path_change {
+            self.paths.apply(change);
         }
         if let Some(t) = &info.temp_table {
             self.temp_tables.insert(t.clone());
@@ -1127,17 +1248,21 @@ impl SessionCapture {
                 } else if !self.tx.keys.is_empty() {
                     self.log_late();
                 }
+                self.paths.end_tx(command_tag != "ROLLBACK");
                 self.block = *chain;
             }
             TxControl::Rollback { chain } => {
                 self.tx.clear();
+                self.paths.end_tx(false);
                 self.block = *chain;
             }
             TxControl::Savepoint(name) => {
+                self.paths.savepoint(name);
                 let at = self.tx.keys.len();
                 self.tx.savepoints.push((name.clone(), at));
             }
             TxControl::RollbackTo(name) => {
+                self.paths.rollback_to(name);
                 if let Some(i) = self.tx.savepoints.iter().rposition(|(n, _)| n == name) {
                     let at = self.tx.savepoints[i].1;
                     self.tx.keys.truncate(at);
@@ -1145,6 +1270,7 @@ impl SessionCapture {
                 }
             }
             TxControl::Release(name) => {
+                self.paths.release(name);
                 if let Some(i) = self.tx.savepoints.iter().rposition(|(n, _)| n == name) {
                     self.tx.savepoints.truncate(i);
                 }
@@ -1162,12 +1288,18 @@ impl SessionCapture {
                 ServerAction::Forward
             }
             Some(Expect::Injected | Expect::WrapEnd) => ServerAction::Forward,
+            // Cannot fail short of a broken server; the client never asked.
+            Some(Expect::Probe) => ServerAction::Drop,
             _ => {
                 // Extended protocol: the server skips to the next Sync.
                 while let Some(e) = self.expect.front() {
                     if matches!(
                         e,
-                        Expect::Ready { .. } | Expect::Query { .. } | Expect::Injected | Expect::WrapEnd
+                        Expect::Ready { .. }
+                            | Expect::Query { .. }
+                            | Expect::Injected
+                            | Expect::WrapEnd
+                            | Expect::Probe
                     ) {
                         break;
                     }
@@ -1187,7 +1319,7 @@ impl SessionCapture {
             self.flush_sent = false;
         }
         let action = match expect {
-            Some(Expect::Injected) => ServerAction::Drop,
+            Some(Expect::Injected | Expect::Probe) => ServerAction::Drop,
             Some(Expect::Query {
                 end: QueryEnd::Part,
                 error,
@@ -1227,6 +1359,8 @@ impl SessionCapture {
             self.sent_block = in_block;
         }
         if !in_block {
+            // An implicit transaction (or one the proxy wrapped) ended.
+            self.paths.end_tx(!self.tx_error);
             if !self.tx.keys.is_empty() {
                 if self.tx_error {
                     self.tx.clear();
@@ -1245,9 +1379,17 @@ impl SessionCapture {
         if !self.expect.is_empty() || self.logging {
             return;
         }
-        if !self.tx.keys.is_empty() {
-            self.start_log();
-            return;
+        match self.commit_step() {
+            CommitStep::Go => {}
+            CommitStep::Wait => return,
+            CommitStep::Refuse(reason) => {
+                // The next step would commit (a wrapped query's COMMIT, or a
+                // part starting with one): fail it instead.
+                self.plan = None;
+                let out = self.refuse_simple(&reason);
+                self.work.push_back(Work::Send(out));
+                return;
+            }
         }
         match self.plan.take() {
             Some(Plan::WrapCommit) => {
@@ -1280,7 +1422,7 @@ impl SessionCapture {
     fn record(&mut self) -> Record {
         let mut tables: BTreeMap<String, TableKeys> = BTreeMap::new();
         let mut statements: Vec<String> = Vec::new();
-        for (tap, key) in self.tx.keys.drain(..) {
+        for Written { tap, key, .. } in self.tx.keys.drain(..) {
             let t = tables.entry(tap.table.clone()).or_insert_with(|| TableKeys {
                 table: tap.table.clone(),
                 key_columns: tap.key_columns.clone(),
@@ -1309,7 +1451,109 @@ impl SessionCapture {
         self.work.push_back(Work::Log { record, hold: true });
     }
 
+    /// Resolves every row written to the table its `tableoid` names; rows
+    /// that went to another table with the same key columns move under it.
+    /// Returns why some rows cannot be logged (their table's key is not
+    /// what was projected, or the catalog does not know their table), with
+    /// those rows' indexes, and the oids not in the catalog.
+    fn rebind(&mut self) -> (Option<String>, Vec<usize>, Vec<u32>) {
+        let catalog = self.active.catalog.current();
+        let mut wrong = None;
+        let mut bad = Vec::new();
+        let mut unknown = Vec::new();
+        // Rows of one statement that went astray usually went to one table.
+        let mut last: Option<(u32, *const Tap, Arc<Tap>)> = None;
+        for (i, w) in self.tx.keys.iter_mut().enumerate() {
+            if w.oid == w.tap.oid {
+                continue;
+            }
+            if let Some((oid, from, to)) = &last {
+                if *oid == w.oid && std::ptr::eq(*from, Arc::as_ptr(&w.tap)) {
+                    w.tap = to.clone();
+                    continue;
+                }
+            }
+            match resolve::target(&catalog, w.tap.oid, &w.tap.key_columns, w.oid) {
+                resolve::Target::Same => w.oid = w.tap.oid,
+                resolve::Target::Other(t) => {
+                    let to = Arc::new(Tap {
+                        table: format!("{}.{}", t.name.schema, t.name.name),
+                        oid: w.oid,
+                        key_columns: w.tap.key_columns.clone(),
+                        extra: w.tap.extra,
+                        client_returning: w.tap.client_returning,
+                        text: w.tap.text.clone(),
+                    });
+                    last = Some((w.oid, Arc::as_ptr(&w.tap), to.clone()));
+                    w.tap = to;
+                }
+                resolve::Target::Mismatch(t) => {
+                    let key = t.key.as_ref().map(|k| k.columns.join(", ")).unwrap_or_default();
+                    wrong = Some(format!(
+                        "a row meant for {} went to {}, whose key ({key}) is not the one projected ({})",
+                        w.tap.table,
+                        t.name,
+                        w.tap.key_columns.join(", ")
+                    ));
+                    bad.push(i);
+                }
+                resolve::Target::Unknown => {
+                    if !unknown.contains(&w.oid) {
+                        unknown.push(w.oid);
+                    }
+                    bad.push(i);
+                }
+            }
+        }
+        if wrong.is_none() && !unknown.is_empty() {
+            wrong = Some(format!(
+                "rows went to tables the source catalog does not list (oids {unknown:?})"
+            ));
+        }
+        (wrong, bad, unknown)
+    }
+
+    /// At a commit point: resolves the rows written and starts logging
+    /// them, or says why the transaction must not commit.
+    fn commit_step(&mut self) -> CommitStep {
+        if self.tx.keys.is_empty() {
+            return CommitStep::Go;
+        }
+        let (wrong, bad, _unknown) = self.rebind();
+        if let Some(reason) = wrong {
+            let text = self.tx.keys.get(bad[0]).map(|w| w.tap.text.clone()).unwrap_or_default();
+            let policy = self.saw_unsafe("wrong-table", &text);
+            if policy == UnsafePolicy::Reject {
+                self.tx.clear();
+                return CommitStep::Refuse(format!(
+                    "switchyard: transaction refused while write capture is on (wrong-table): {reason}"
+                ));
+            }
+            self.drop_rows(&bad);
+            if self.tx.keys.is_empty() {
+                return CommitStep::Go;
+            }
+        }
+        self.start_log();
+        CommitStep::Wait
+    }
+
+    /// Drops the rows at `indexes` (ascending), keeping savepoints pointing
+    /// at the same rows.
+    fn drop_rows(&mut self, indexes: &[usize]) {
+        for &i in indexes.iter().rev() {
+            self.tx.keys.remove(i);
+            for (_, at) in &mut self.tx.savepoints {
+                if *at > i {
+                    *at -= 1;
+                }
+            }
+        }
+    }
+
     fn log_late(&mut self) {
+        let (_, bad, _) = self.rebind();
+        self.drop_rows(&bad);
         self.active.late.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::warn!(
             session = self.session_id,

@@ -398,8 +398,10 @@ impl<'a> Relay<'a> {
                 self.swallow_ready += 1;
             }
         }
-        self.capture =
-            next.map(|a| SessionCapture::new(a, self.info.id, self.info.backend_pid(), search_path_of(&self.state)));
+        self.capture = next.map(|a| {
+            let path = search_path_of(&self.state);
+            SessionCapture::new(a, self.info.id, self.info.backend_pid(), path, self.info.user.clone())
+        });
         Ok(())
     }
 

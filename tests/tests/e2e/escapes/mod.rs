@@ -6,6 +6,8 @@
 //! then [`Escape::finish`] compares every key PostgreSQL's WAL says was
 //! written with the log. A key written and not logged fails the case.
 
+mod resolver;
+
 use crate::capture::Fixture;
 use crate::oracle::{logged_keys, written_keys, KeySet, WalOracle};
 use anyhow::{ensure, Context, Result};

@@ -216,11 +216,13 @@ impl Capture {
 
         let every = Duration::from_millis(self.config.catalog_refresh_ms);
         let mut until_stop = stopped.clone();
+        let pg = self.control.clone();
         tokio::spawn(async move {
             let stop = async move {
                 let _ = until_stop.wait_for(|s| *s).await;
             };
-            catalog.refresh_every(&client, every, stop).await;
+            let connect = || connect_control(pg.clone());
+            catalog.serve(client, connect, every, stop).await;
         });
         tokio::spawn(watch_barrier(Arc::downgrade(&active), sessions.clone(), stopped));
         Ok(active)
@@ -258,17 +260,20 @@ impl Capture {
     /// A connection to the source for catalog reads and pg_stat_activity.
     pub async fn control_client(&self) -> Result<tokio_postgres::Client, CaptureError> {
         let pg = self.control.clone().ok_or(CaptureError::NoUser)?;
-        let (client, conn) = pg
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|e| CaptureError::Connect(e.to_string()))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "capture control connection ended");
-            }
-        });
-        Ok(client)
+        connect_control(Some(pg)).await.map_err(CaptureError::Connect)
     }
+}
+
+/// Opens a control connection (none configured: an error saying so).
+async fn connect_control(pg: Option<tokio_postgres::Config>) -> Result<tokio_postgres::Client, String> {
+    let pg = pg.ok_or_else(|| CaptureError::NoUser.to_string())?;
+    let (client, conn) = pg.connect(tokio_postgres::NoTls).await.map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "capture control connection ended");
+        }
+    });
+    Ok(client)
 }
 
 /// Opens the log. A session whose last commit is not settled yet keeps the

@@ -522,3 +522,52 @@ async fn cache_refreshes_on_demand_and_periodically() -> Result<()> {
     assert_eq!(cache.stats().refreshes, refreshes, "stopped means stopped");
     Ok(())
 }
+
+/// Terminates the capture's catalog connection(s) on the source.
+async fn terminate_catalog_backend(direct: &tokio_postgres::Client) -> Result<i64> {
+    let row = direct
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE application_name = 'switchyard capture' AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_catalog_reconnects_after_its_backend_is_terminated() -> Result<()> {
+    use crate::escapes::{wrote, Escape};
+    let e = Escape::configured("CREATE TABLE t (id int PRIMARY KEY)", |c| {
+        c.capture.catalog_refresh_ms = 200;
+    })
+    .await?;
+    ensure!(
+        terminate_catalog_backend(&e.direct).await? >= 1,
+        "no catalog backend to end"
+    );
+    // Tables created from now on are seen, and their writes captured.
+    e.direct.batch_execute("CREATE TABLE u (id int PRIMARY KEY)").await?;
+    let c = e.client().await?;
+    let started = Instant::now();
+    while let Err(err) = c.batch_execute("INSERT INTO u VALUES (1)").await {
+        ensure!(
+            started.elapsed() < Duration::from_secs(5),
+            "write to a new table refused: {err}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // SHOW CAPTURE counts the reconnect and says the catalog is fine again.
+    let show = e.f.show_capture().await?;
+    let reconnects: u64 = show.get("catalog_reconnects").and_then(|v| v.parse().ok()).unwrap_or(0);
+    ensure!(reconnects >= 1, "no reconnect shown: {show:?}");
+    ensure!(
+        show.get("catalog").is_some_and(|v| v.starts_with("ok, loaded")),
+        "{show:?}"
+    );
+    let refreshes: u64 = show.get("catalog_refreshes").and_then(|v| v.parse().ok()).unwrap_or(0);
+    ensure!(refreshes >= 2, "{show:?}");
+    let keys = e.finish().await?;
+    ensure!(wrote(&keys, "public.u"), "{keys:?}");
+    Ok(())
+}

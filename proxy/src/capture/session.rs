@@ -33,7 +33,7 @@ use bytes::BytesMut;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::SystemTime;
-use switchyard_replay::catalog::{parse_search_path, Catalog};
+use switchyard_replay::catalog::{parse_search_path, Catalog, TableLookup, DEFAULT_SEARCH_PATH};
 use switchyard_replay::log::{CommitRecord, Key, Record, TableKeys};
 
 /// SQLSTATE of a statement rejected by the `reject` policy.
@@ -74,6 +74,10 @@ pub(crate) enum Work {
     /// its completion with [`SessionCapture::logged`]; otherwise nothing
     /// waits (keys of a commit that already happened).
     Log { record: Record, hold: bool },
+    /// Look a table up in the source catalog; report its completion with
+    /// [`SessionCapture::looked_up`] (the held message is then presented
+    /// again, and finds the table in the snapshot or marked missing).
+    Lookup(TableLookup),
 }
 
 /// A write whose keys come back in its result rows.
@@ -106,6 +110,9 @@ struct StmtInfo {
     temp_table: Option<String>,
     /// COPY FROM STDIN whose rows' keys are read from the client's data.
     copy: Option<Arc<CopyTap>>,
+    /// A table it names that the catalog snapshot does not know yet: look
+    /// it up before deciding.
+    lookup: Option<TableLookup>,
 }
 
 impl StmtInfo {
@@ -254,6 +261,8 @@ pub(crate) struct SessionCapture {
     tx_error: bool,
     plan: Option<Plan>,
     logging: bool,
+    /// The catalog lookup client messages wait for.
+    lookup: Option<TableLookup>,
     flush_sent: bool,
     next_name: u64,
     work: VecDeque<Work>,
@@ -296,6 +305,7 @@ impl SessionCapture {
             tx_error: false,
             plan: None,
             logging: false,
+            lookup: None,
             flush_sent: false,
             next_name: 0,
             work,
@@ -313,6 +323,7 @@ impl SessionCapture {
     /// Whether client messages (other than COPY data) must wait.
     pub(crate) fn blocked(&self) -> bool {
         self.logging
+            || self.lookup.is_some()
             || self.plan.is_some()
             || matches!(self.expect.front(), Some(Expect::Probe))
             || self.expect.iter().any(|e| {
@@ -484,9 +495,14 @@ impl SessionCapture {
         // the same query set: applied ahead here, for real as each completes.
         let mut before: Option<SearchPath> = None;
         let mut rejected = None;
+        let mut lookup = None;
         for c in &classified {
             let text = &sql[c.range.clone()];
             let (info, splice) = self.analyze(&catalog, &c.class, text);
+            if info.lookup.is_some() {
+                lookup = info.lookup;
+                break;
+            }
             if let Some(reason) = &info.rejected {
                 rejected = Some(reason.clone());
                 break;
@@ -502,6 +518,9 @@ impl SessionCapture {
         }
         if let Some(p) = before {
             self.paths = p;
+        }
+        if let Some(what) = lookup {
+            return Ok(self.start_lookup(what));
         }
         if let Some(reason) = rejected {
             return Ok(self.reject_query(reason));
@@ -649,6 +668,9 @@ impl SessionCapture {
             [] => (StmtInfo::default(), None),
             _ => (StmtInfo::default(), None), // the server refuses several statements in a Parse
         };
+        if let Some(what) = info.lookup {
+            return Ok(self.start_lookup(what));
+        }
         let name = parse.name.to_owned();
         self.expect.push_back(Expect::Plain);
         match splice {
@@ -709,6 +731,9 @@ impl SessionCapture {
                 [one] => self.analyze(&catalog, &one.class, &parse.query[one.range.clone()]),
                 _ => (StmtInfo::default(), None),
             };
+            if let Some(what) = info.lookup {
+                return Ok(self.start_lookup(what));
+            }
             let mut server_name = bind.statement.to_owned();
             if let (Some(s), None) = (splice, &info.rejected) {
                 self.next_name += 1;
@@ -928,6 +953,17 @@ impl SessionCapture {
                     return (info, None);
                 }
                 if let UnsafeKind::CopyFrom { table, columns } = kind {
+                    if !self.is_temp(table)
+                        && catalog
+                            .table(table.schema.as_deref(), &table.name, self.paths.schemas())
+                            .is_none()
+                    {
+                        let what = self.name_lookup(catalog, table);
+                        if !self.active.catalog.is_missing(&what) {
+                            info.lookup = Some(what);
+                            return (info, None);
+                        }
+                    }
                     if let Some(copy) = self.copy_tap(catalog, table, columns, text) {
                         info.copy = Some(Arc::new(copy));
                         return (info, None);
@@ -956,6 +992,11 @@ impl SessionCapture {
             return (info, None);
         }
         let Some(table) = catalog.table(w.table.schema.as_deref(), &w.table.name, self.paths.schemas()) else {
+            let what = self.name_lookup(catalog, &w.table);
+            if !self.active.catalog.is_missing(&what) {
+                info.lookup = Some(what);
+                return (info, None);
+            }
             self.unsafe_kind(&mut info, "unknown-table", text);
             return (info, None);
         };
@@ -990,6 +1031,38 @@ impl SessionCapture {
             text: super::control::shorten(text, 1000),
         }));
         (info, Some((w.splice_at, suffix)))
+    }
+
+    /// The lookup that finds `table` as the server would resolve it now.
+    fn name_lookup(&self, catalog: &Catalog, table: &super::QualName) -> TableLookup {
+        let path = match self.paths.schemas() {
+            [] => DEFAULT_SEARCH_PATH
+                .iter()
+                .map(|s| if *s == "$user" { catalog.current_user() } else { s })
+                .map(str::to_owned)
+                .collect(),
+            p => p.to_vec(),
+        };
+        TableLookup::Name {
+            schema: table.schema.clone(),
+            name: table.name.clone(),
+            path: if table.schema.is_some() { Vec::new() } else { path },
+        }
+    }
+
+    /// Holds the client message until the catalog has looked `what` up.
+    fn start_lookup(&mut self, what: TableLookup) -> ClientAction {
+        self.lookup = Some(what.clone());
+        self.work.push_back(Work::Lookup(what));
+        ClientAction::Hold
+    }
+
+    /// The lookup started for the current hold finished.
+    pub(crate) fn looked_up(&mut self) {
+        self.lookup = None;
+        if self.plan.is_some() {
+            self.advance_plan();
+        }
     }
 
     fn is_temp(&self, table: &super::QualName) -> bool {
@@ -1376,7 +1449,7 @@ impl SessionCapture {
 
     /// Moves a stepped query on: logs the keys first if there are any.
     fn advance_plan(&mut self) {
-        if !self.expect.is_empty() || self.logging {
+        if !self.expect.is_empty() || self.logging || self.lookup.is_some() {
             return;
         }
         match self.commit_step() {
@@ -1519,7 +1592,17 @@ impl SessionCapture {
         if self.tx.keys.is_empty() {
             return CommitStep::Go;
         }
-        let (wrong, bad, _unknown) = self.rebind();
+        let (wrong, bad, unknown) = self.rebind();
+        // A table created since the snapshot: look it up, then decide.
+        let ask = unknown
+            .into_iter()
+            .map(TableLookup::Oid)
+            .find(|what| !self.active.catalog.is_missing(what));
+        if let Some(what) = ask {
+            self.lookup = Some(what.clone());
+            self.work.push_back(Work::Lookup(what));
+            return CommitStep::Wait;
+        }
         if let Some(reason) = wrong {
             let text = self.tx.keys.get(bad[0]).map(|w| w.tap.text.clone()).unwrap_or_default();
             let policy = self.saw_unsafe("wrong-table", &text);

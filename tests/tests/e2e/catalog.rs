@@ -571,3 +571,50 @@ async fn capture_catalog_reconnects_after_its_backend_is_terminated() -> Result<
     ensure!(wrote(&keys, "public.u"), "{keys:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_created_a_moment_ago_is_captured_at_once() -> Result<()> {
+    use crate::escapes::{wrote, Escape};
+    use crate::support::expect_sqlstate;
+    let e = Escape::configured("CREATE SCHEMA s2", |c| {
+        c.capture.catalog_refresh_ms = 60_000;
+        c.capture
+            .policies
+            .insert("ddl".into(), switchyard_proxy::UnsafePolicy::Warn);
+    })
+    .await?;
+    let lookups = |show: &std::collections::BTreeMap<String, String>| -> u64 {
+        show.get("catalog_lookups").and_then(|v| v.parse().ok()).unwrap_or(0)
+    };
+    e.direct
+        .batch_execute("CREATE TABLE fresh (id int PRIMARY KEY); CREATE TABLE s2.other (k int PRIMARY KEY)")
+        .await?;
+    let c = e.client().await?;
+    c.batch_execute("INSERT INTO fresh VALUES (1)").await?;
+    c.execute("INSERT INTO fresh VALUES ($1)", &[&2]).await?;
+    c.batch_execute("INSERT INTO s2.other VALUES (3)").await?;
+    c.batch_execute("SET search_path = s2, public; INSERT INTO other VALUES (4)")
+        .await?;
+    let after = lookups(&e.f.show_capture().await?);
+    ensure!(after >= 2, "no lookups counted: {after}");
+
+    // A name that does not exist is asked about once, until the next refresh.
+    expect_sqlstate(c.batch_execute("INSERT INTO missing VALUES (1)").await, "0A000")?;
+    let once = lookups(&e.f.show_capture().await?);
+    expect_sqlstate(c.batch_execute("INSERT INTO missing VALUES (1)").await, "0A000")?;
+    ensure!(
+        lookups(&e.f.show_capture().await?) == once,
+        "a missing name was asked for twice"
+    );
+
+    // A table created in the writing transaction is invisible to the
+    // catalog: its write is refused, not guessed.
+    c.batch_execute("BEGIN; CREATE TABLE s2.mine (id int PRIMARY KEY)")
+        .await?;
+    expect_sqlstate(c.batch_execute("INSERT INTO s2.mine VALUES (5)").await, "0A000")?;
+    c.batch_execute("ROLLBACK").await?;
+
+    let keys = e.finish().await?;
+    ensure!(wrote(&keys, "public.fresh") && wrote(&keys, "s2.other"), "{keys:?}");
+    Ok(())
+}

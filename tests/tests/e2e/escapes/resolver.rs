@@ -192,3 +192,26 @@ async fn a_function_with_its_own_search_path_is_refused() -> Result<()> {
     ensure!(!wrote(&keys, "s2.kv"), "{keys:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_that_went_to_a_table_newer_than_the_snapshot_is_looked_up() -> Result<()> {
+    let e = Escape::configured(SCHEMA, |c| c.capture.catalog_refresh_ms = 60_000).await?;
+    e.direct
+        .batch_execute("CREATE TABLE s2.nk (id int PRIMARY KEY); CREATE TABLE public.nk (id int PRIMARY KEY)")
+        .await?;
+    let c = e.client().await?;
+    // The proxy resolves nk to public.nk (looked up by name); the row goes
+    // to s2.nk, which it learns of from the row's tableoid.
+    c.batch_execute("SELECT set_config('search_path', 's' || '2, public', false)")
+        .await?;
+    c.batch_execute("INSERT INTO public.nk VALUES (50)").await?;
+    c.batch_execute("INSERT INTO nk VALUES (51)").await?;
+    let logged = logged_as(&e, 51)?;
+    ensure!(
+        logged == ["s2.nk"],
+        "key 51 written to s2.nk is logged under {logged:?}"
+    );
+    let keys = e.finish().await?;
+    ensure!(wrote(&keys, "s2.nk") && wrote(&keys, "public.nk"), "{keys:?}");
+    Ok(())
+}

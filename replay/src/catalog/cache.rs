@@ -20,6 +20,9 @@ use super::{Catalog, CatalogError, TableLookup};
 const RECONNECT_FIRST: Duration = Duration::from_millis(100);
 /// Longest pause between attempts to re-open the catalog connection.
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
+/// Longest wait for an on-demand lookup (queued behind a slow refresh, or
+/// nothing serving the cache); the name then counts as missing.
+const LOOKUP_WAIT: Duration = Duration::from_secs(5);
 
 /// How the catalog connection is doing.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,7 +71,7 @@ pub struct CatalogCache {
     lookups: AtomicU64,
     /// Tables looked up and not found since the snapshot was loaded: asked
     /// again only after the next refresh.
-    missing: Mutex<HashSet<TableLookup>>,
+    missing: Arc<Mutex<HashSet<TableLookup>>>,
     health: Mutex<CatalogHealth>,
     requests: mpsc::UnboundedSender<LookupRequest>,
     /// Taken by [`CatalogCache::serve`]; while it is here nobody serves.
@@ -102,7 +105,7 @@ impl CatalogCache {
             failures: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             lookups: AtomicU64::new(0),
-            missing: Mutex::new(HashSet::new()),
+            missing: Arc::new(Mutex::new(HashSet::new())),
             requests,
             inbox: Mutex::new(Some(inbox)),
         }
@@ -178,26 +181,23 @@ impl CatalogCache {
 
     /// Asks [`CatalogCache::serve`] to look `what` up. The future completes
     /// once the current snapshot holds the table or `what` is marked
-    /// missing (also when the lookup failed, or nothing serves the cache):
-    /// the caller then looks again, and never waits twice for one name
-    /// before the next refresh.
+    /// missing (also when the lookup failed, the cache is no longer served,
+    /// or no answer came within 5 s): the caller then looks again, and
+    /// never waits twice for one name before the next refresh. Requests
+    /// made before `serve` starts wait for it.
     pub fn lookup(&self, what: TableLookup) -> impl Future<Output = ()> + Send + 'static {
         let (done, answered) = oneshot::channel();
-        let served = self.inbox.lock().unwrap_or_else(|p| p.into_inner()).is_none();
-        let sent = served && {
-            let request = LookupRequest {
-                what: what.clone(),
-                done,
-            };
-            self.requests.send(request).is_ok()
+        let request = LookupRequest {
+            what: what.clone(),
+            done,
         };
-        if !sent {
-            self.mark_missing(what);
-        }
+        let sent = self.requests.send(request).is_ok();
+        let missing = Arc::clone(&self.missing);
         async move {
-            if sent {
-                // A dropped request (the server stopped) also ends the wait.
-                let _ = answered.await;
+            // A dropped request (serving stopped) also ends the wait.
+            let answered = sent && matches!(tokio::time::timeout(LOOKUP_WAIT, answered).await, Ok(Ok(())));
+            if !answered {
+                missing.lock().unwrap_or_else(|p| p.into_inner()).insert(what);
             }
         }
     }

@@ -75,6 +75,18 @@ pub(crate) enum Change {
     Authorization(Option<String>),
     /// RESET ALL / DISCARD ALL.
     All,
+    /// search_path or role changed to something not read from the text
+    /// (`set_config` with computed arguments).
+    Unknown,
+}
+
+/// Whether the tracked search_path is what the server uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Certainty {
+    /// Every change to it was read.
+    Known,
+    /// A change was not read: resolution by name is a guess.
+    Guessed,
 }
 
 /// One tracked value: the session's, one set inside the open transaction
@@ -126,6 +138,7 @@ struct Saved {
     path: Tracked<Vec<String>>,
     role: Tracked<Option<String>>,
     authorization: Tracked<String>,
+    certainty: Tracked<Certainty>,
 }
 
 /// A session's name resolution context.
@@ -138,6 +151,7 @@ pub(crate) struct SearchPath {
     /// SET ROLE, over the session authorization.
     role: Tracked<Option<String>>,
     authorization: Tracked<String>,
+    certainty: Tracked<Certainty>,
     savepoints: Vec<Saved>,
     /// The current path with `"$user"` replaced, kept up to date.
     resolved: Vec<String>,
@@ -152,6 +166,7 @@ impl SearchPath {
             path: Tracked::new(path),
             role: Tracked::new(None),
             authorization: Tracked::new(user),
+            certainty: Tracked::new(Certainty::Known),
             savepoints: Vec::new(),
             resolved: Vec::new(),
         };
@@ -181,6 +196,11 @@ impl SearchPath {
         &self.resolved
     }
 
+    /// Whether [`SearchPath::schemas`] is known to be the server's.
+    pub(crate) fn certainty(&self) -> Certainty {
+        *self.certainty.current()
+    }
+
     /// The role `"$user"` means now.
     pub(crate) fn user(&self) -> &str {
         match self.role.current() {
@@ -192,8 +212,17 @@ impl SearchPath {
     /// A statement that changes resolution completed.
     pub(crate) fn apply(&mut self, change: &Change) {
         match change {
-            Change::Path(scope, p) => self.path.set(*scope, p.clone()),
-            Change::PathDefault(scope) => self.path.set(*scope, self.initial.clone()),
+            Change::Path(scope, p) => {
+                self.path.set(*scope, p.clone());
+                self.certainty.set(*scope, Certainty::Known);
+            }
+            Change::PathDefault(scope) => {
+                self.path.set(*scope, self.initial.clone());
+                self.certainty.set(*scope, Certainty::Known);
+            }
+            // Kept until a SET that is read: the guess may outlive a
+            // transaction-local change, never the other way round.
+            Change::Unknown => self.certainty.set(Scope::Session, Certainty::Guessed),
             Change::Role(scope, r) => self.role.set(*scope, r.clone()),
             Change::Authorization(a) => {
                 let user = a.clone().unwrap_or_else(|| self.authorization.session.clone());
@@ -203,6 +232,7 @@ impl SearchPath {
             Change::All => {
                 self.path.set(Scope::Session, self.initial.clone());
                 self.role.set(Scope::Session, None);
+                self.certainty.set(Scope::Session, Certainty::Known);
             }
         }
         self.resolve();
@@ -213,6 +243,7 @@ impl SearchPath {
         self.path.end(committed);
         self.role.end(committed);
         self.authorization.end(committed);
+        self.certainty.end(committed);
         self.savepoints.clear();
         self.resolve();
     }
@@ -224,6 +255,7 @@ impl SearchPath {
             path: self.path.clone(),
             role: self.role.clone(),
             authorization: self.authorization.clone(),
+            certainty: self.certainty.clone(),
         });
     }
 
@@ -234,6 +266,7 @@ impl SearchPath {
             self.path = s.path.clone();
             self.role = s.role.clone();
             self.authorization = s.authorization.clone();
+            self.certainty = s.certainty.clone();
             self.savepoints.truncate(i + 1);
             self.resolve();
         }
@@ -297,11 +330,11 @@ pub(crate) fn utility_change(text: &str) -> Option<Change> {
     }
 }
 
-/// What `set_config('search_path', ...)` calls in a statement do: `Some`
-/// of the change for literal arguments; `None` when there is no such call.
-/// A call whose arguments are not literals is `Err(())`: the path is then
-/// not known (the tableoid check still holds).
-pub(crate) fn set_config_change(text: &str) -> Option<Result<Change, ()>> {
+/// What a `set_config('search_path' | 'role', ...)` call in a statement
+/// does, read from literal arguments; [`Change::Unknown`] for a call whose
+/// arguments are not literals (the tableoid check still holds); `None`
+/// when there is no such call.
+pub(crate) fn set_config_change(text: &str) -> Option<Change> {
     let lower = text.to_ascii_lowercase();
     let at = lower.find("set_config")?;
     let rest = lower[at + "set_config".len()..].trim_start();
@@ -323,15 +356,15 @@ pub(crate) fn set_config_change(text: &str) -> Option<Result<Change, ()>> {
     })();
     match parsed {
         Some((name, value, scope)) if name.eq_ignore_ascii_case("search_path") => {
-            Some(Ok(Change::Path(scope, parse_search_path(&value))))
+            Some(Change::Path(scope, parse_search_path(&value)))
         }
-        Some((name, value, scope)) if name.eq_ignore_ascii_case("role") => Some(Ok(Change::Role(
+        Some((name, value, scope)) if name.eq_ignore_ascii_case("role") => Some(Change::Role(
             scope,
             (!value.eq_ignore_ascii_case("none")).then_some(value),
-        ))),
+        )),
         Some(_) => None,
         // Mentions set_config but not in a form read here: could be anything.
-        None => Some(Err(())),
+        None => Some(Change::Unknown),
     }
 }
 
@@ -465,15 +498,15 @@ mod tests {
     fn set_config_literals_and_not() {
         assert_eq!(
             set_config_change("SELECT set_config('search_path', 's2, public', false)"),
-            Some(Ok(Change::Path(Scope::Session, path(&["s2", "public"]))))
+            Some(Change::Path(Scope::Session, path(&["s2", "public"])))
         );
         assert_eq!(
             set_config_change("select SET_CONFIG ( 'search_path' , '\"$user\"' , TRUE )"),
-            Some(Ok(Change::Path(Scope::Local, path(&["$user"]))))
+            Some(Change::Path(Scope::Local, path(&["$user"])))
         );
         assert_eq!(
             set_config_change("SELECT set_config('search_path', $1, false)"),
-            Some(Err(()))
+            Some(Change::Unknown)
         );
         assert_eq!(set_config_change("SELECT set_config('work_mem', '1MB', false)"), None);
         assert_eq!(set_config_change("SELECT 1"), None);
@@ -501,5 +534,14 @@ mod tests {
         p.apply(&Change::All);
         p.end_tx(true);
         assert_eq!(p.schemas(), path(&["ann", "public"]));
+        p.apply(&Change::Unknown);
+        p.end_tx(true);
+        assert_eq!(p.certainty(), Certainty::Guessed);
+        p.apply(&Change::Path(Scope::Local, path(&["a"])));
+        p.end_tx(true);
+        assert_eq!(p.certainty(), Certainty::Guessed, "a local SET does not end the guess");
+        p.apply(&Change::PathDefault(Scope::Session));
+        p.end_tx(true);
+        assert_eq!(p.certainty(), Certainty::Known);
     }
 }

@@ -914,15 +914,9 @@ impl SessionCapture {
                 if functions.iter().any(|f| self.is_volatile_user_function(catalog, f)) {
                     self.unsafe_kind(&mut info, "volatile-function", text);
                 }
-                match resolve::set_config_change(text) {
-                    Some(Ok(change)) => info.path_change = Some(change),
-                    Some(Err(())) => {
-                        // Computed arguments: resolution may go wrong from
-                        // here; each row's tableoid still says where it went.
-                        tracing::debug!(session = self.session_id, "set_config with arguments not read");
-                    }
-                    None => {}
-                }
+                // Computed arguments make resolution a guess from here; each
+                // row's tableoid still says where it went.
+                info.path_change = resolve::set_config_change(text);
             }
             Class::TxControl(tx) => {
                 info.tx = Some(tx.clone());
@@ -1077,6 +1071,10 @@ impl SessionCapture {
     /// are ones [`CopyReader`] reads.
     fn copy_tap(&self, catalog: &Catalog, table: &super::QualName, columns: &[String], text: &str) -> Option<CopyTap> {
         if self.is_temp(table) {
+            return None;
+        }
+        if table.schema.is_none() && self.paths.certainty() == resolve::Certainty::Guessed {
+            // COPY rows carry no tableoid to check the guess against.
             return None;
         }
         let (format, header) = copy_options(text)?;

@@ -215,3 +215,45 @@ async fn a_row_that_went_to_a_table_newer_than_the_snapshot_is_looked_up() -> Re
     ensure!(wrote(&keys, "s2.nk") && wrote(&keys, "public.nk"), "{keys:?}");
     Ok(())
 }
+
+/// COPY ... FROM STDIN with `data`, through `client`.
+async fn copy(client: &Client, sql: &str, data: &'static str) -> Result<u64, tokio_postgres::Error> {
+    use futures_util::SinkExt;
+    let sink = client.copy_in::<_, bytes::Bytes>(sql).await?;
+    futures_util::pin_mut!(sink);
+    sink.send(bytes::Bytes::from_static(data.as_bytes())).await?;
+    sink.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_after_a_search_path_the_proxy_could_not_read_is_refused() -> Result<()> {
+    let e = Escape::start(SCHEMA).await?;
+    let c = e.client().await?;
+    c.batch_execute("SET search_path = s2, public").await?;
+    copy(&c, "COPY kv (id) FROM STDIN", "61\n")
+        .await
+        .context("first COPY")?;
+    check(&e, 61, "s2", "COPY after SET").await?;
+    // COPY rows carry no tableoid: after a path the proxy could not read,
+    // an unqualified COPY is refused rather than guessed.
+    c.batch_execute("SELECT set_config('search_path', 'pub' || 'lic', false)")
+        .await?;
+    expect_sqlstate(copy(&c, "COPY kv (id) FROM STDIN", "62\n").await, "0A000")?;
+    // (tokio-postgres answers a COPY that fails before CopyInResponse with
+    // a second Sync whose ReadyForQuery it does not wait for, so the
+    // client is not used again.)
+    let c = e.client().await?;
+    c.batch_execute("SELECT set_config('search_path', 's2, ' || 'public', false)")
+        .await?;
+    copy(&c, "COPY public.kv (id) FROM STDIN", "63\n")
+        .await
+        .context("qualified COPY")?;
+    check(&e, 63, "public", "qualified COPY").await?;
+    // A SET the proxy reads ends the guess.
+    c.batch_execute("SET search_path = public").await?;
+    copy(&c, "COPY kv (id) FROM STDIN", "64\n").await.context("last COPY")?;
+    check(&e, 64, "public", "COPY after a SET read again").await?;
+    let keys = e.finish().await?;
+    ensure!(wrote(&keys, "s2.kv") && wrote(&keys, "public.kv"), "{keys:?}");
+    Ok(())
+}

@@ -1525,13 +1525,16 @@ impl SessionCapture {
     /// Resolves every row written to the table its `tableoid` names; rows
     /// that went to another table with the same key columns move under it.
     /// Returns why some rows cannot be logged (their table's key is not
-    /// what was projected, or the catalog does not know their table), with
-    /// those rows' indexes, and the oids not in the catalog.
+    /// what was projected, it has triggers, or the catalog does not know
+    /// it), the indexes of the rows not to log (those, and rows of
+    /// temporary tables, which are never captured), and the oids not in
+    /// the catalog.
     fn rebind(&mut self) -> (Option<String>, Vec<usize>, Vec<u32>) {
         let catalog = self.active.catalog.current();
         let mut wrong = None;
         let mut bad = Vec::new();
         let mut unknown = Vec::new();
+        let mut temporary = false;
         // Rows of one statement that went astray usually went to one table.
         let mut last: Option<(u32, *const Tap, Arc<Tap>)> = None;
         for (i, w) in self.tx.keys.iter_mut().enumerate() {
@@ -1546,6 +1549,13 @@ impl SessionCapture {
             }
             match resolve::target(&catalog, w.tap.oid, &w.tap.key_columns, w.oid) {
                 resolve::Target::Same => w.oid = w.tap.oid,
+                resolve::Target::Other(t) if t.has_side_effects() => {
+                    wrong = Some(format!(
+                        "a row meant for {} went to {}, which has triggers or rules",
+                        w.tap.table, t.name
+                    ));
+                    bad.push(i);
+                }
                 resolve::Target::Other(t) => {
                     let to = Arc::new(Tap {
                         table: format!("{}.{}", t.name.schema, t.name.name),
@@ -1568,6 +1578,10 @@ impl SessionCapture {
                     ));
                     bad.push(i);
                 }
+                resolve::Target::Unknown if self.active.catalog.is_temporary(w.oid) => {
+                    temporary = true;
+                    bad.push(i);
+                }
                 resolve::Target::Unknown => {
                     if !unknown.contains(&w.oid) {
                         unknown.push(w.oid);
@@ -1575,6 +1589,9 @@ impl SessionCapture {
                     bad.push(i);
                 }
             }
+        }
+        if temporary {
+            tracing::debug!(session = self.session_id, "rows of a temporary table not logged");
         }
         if wrong.is_none() && !unknown.is_empty() {
             wrong = Some(format!(
@@ -1602,7 +1619,11 @@ impl SessionCapture {
             return CommitStep::Wait;
         }
         if let Some(reason) = wrong {
-            let text = self.tx.keys.get(bad[0]).map(|w| w.tap.text.clone()).unwrap_or_default();
+            let text = bad
+                .first()
+                .and_then(|&i| self.tx.keys.get(i))
+                .map(|w| w.tap.text.clone())
+                .unwrap_or_default();
             let policy = self.saw_unsafe("wrong-table", &text);
             if policy == UnsafePolicy::Reject {
                 self.tx.clear();
@@ -1610,10 +1631,11 @@ impl SessionCapture {
                     "switchyard: transaction refused while write capture is on (wrong-table): {reason}"
                 ));
             }
-            self.drop_rows(&bad);
-            if self.tx.keys.is_empty() {
-                return CommitStep::Go;
-            }
+        }
+        // Warned, or rows of temporary tables (never captured): not logged.
+        self.drop_rows(&bad);
+        if self.tx.keys.is_empty() {
+            return CommitStep::Go;
         }
         self.start_log();
         CommitStep::Wait
@@ -1622,14 +1644,32 @@ impl SessionCapture {
     /// Drops the rows at `indexes` (ascending), keeping savepoints pointing
     /// at the same rows.
     fn drop_rows(&mut self, indexes: &[usize]) {
-        for &i in indexes.iter().rev() {
-            self.tx.keys.remove(i);
-            for (_, at) in &mut self.tx.savepoints {
-                if *at > i {
-                    *at -= 1;
-                }
+        if indexes.is_empty() {
+            return;
+        }
+        let mut drop = vec![false; self.tx.keys.len()];
+        for &i in indexes {
+            if let Some(d) = drop.get_mut(i) {
+                *d = true;
             }
         }
+        // kept[i]: rows kept before index i, where a savepoint at i now points.
+        let mut kept = Vec::with_capacity(drop.len() + 1);
+        let mut n = 0;
+        for d in &drop {
+            kept.push(n);
+            n += usize::from(!d);
+        }
+        kept.push(n);
+        for (_, at) in &mut self.tx.savepoints {
+            *at = kept.get(*at).copied().unwrap_or(n);
+        }
+        let mut i = 0;
+        self.tx.keys.retain(|_| {
+            let keep = !drop[i];
+            i += 1;
+            keep
+        });
     }
 
     fn log_late(&mut self) {

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Client;
 
-use super::{Catalog, CatalogError, TableLookup};
+use super::{Catalog, CatalogError, LookedUp, TableLookup};
 
 /// First pause before re-opening a lost catalog connection; it doubles up
 /// to [`RECONNECT_MAX`].
@@ -72,6 +72,8 @@ pub struct CatalogCache {
     /// Tables looked up and not found since the snapshot was loaded: asked
     /// again only after the next refresh.
     missing: Arc<Mutex<HashSet<TableLookup>>>,
+    /// Oids looked up that are temporary tables (of some session).
+    temporary: Mutex<HashSet<u32>>,
     health: Mutex<CatalogHealth>,
     requests: mpsc::UnboundedSender<LookupRequest>,
     /// Taken by [`CatalogCache::serve`]; while it is here nobody serves.
@@ -106,6 +108,7 @@ impl CatalogCache {
             reconnects: AtomicU64::new(0),
             lookups: AtomicU64::new(0),
             missing: Arc::new(Mutex::new(HashSet::new())),
+            temporary: Mutex::new(HashSet::new()),
             requests,
             inbox: Mutex::new(Some(inbox)),
         }
@@ -135,6 +138,8 @@ impl CatalogCache {
                 self.swap(Arc::clone(&catalog));
                 // Names not found before may exist now.
                 self.missing.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                // An oid is reused only after its table is dropped.
+                self.temporary.lock().unwrap_or_else(|p| p.into_inner()).clear();
                 self.refreshes.fetch_add(1, Ordering::Relaxed);
                 self.set_health(CatalogHealth::Ok {
                     loaded_at: catalog.loaded_at(),
@@ -175,6 +180,11 @@ impl CatalogCache {
         self.missing.lock().unwrap_or_else(|p| p.into_inner()).contains(what)
     }
 
+    /// Whether the oid was looked up and found to be a temporary table.
+    pub fn is_temporary(&self, oid: u32) -> bool {
+        self.temporary.lock().unwrap_or_else(|p| p.into_inner()).contains(&oid)
+    }
+
     fn mark_missing(&self, what: TableLookup) {
         self.missing.lock().unwrap_or_else(|p| p.into_inner()).insert(what);
     }
@@ -209,20 +219,27 @@ impl CatalogCache {
             TableLookup::Oid(oid) => current.table_by_oid(*oid).is_some(),
             TableLookup::Name { schema, name, path } => current.table(schema.as_deref(), name, path).is_some(),
         };
-        if known || self.is_missing(&request.what) {
+        let temporary = matches!(request.what, TableLookup::Oid(oid) if self.is_temporary(oid));
+        if known || temporary || self.is_missing(&request.what) {
             let _ = request.done.send(());
             return None;
         }
         self.lookups.fetch_add(1, Ordering::Relaxed);
         let mut failed = None;
         match Catalog::lookup_table(client, &request.what).await {
-            Ok(Some(table)) => {
+            Ok(LookedUp::Table(table)) => {
                 tracing::debug!(table = %table.name, "table looked up");
                 // Refreshes run on this same task, so no newer snapshot can
                 // be overwritten here.
                 self.swap(Arc::new(self.current().with_table(table)));
             }
-            Ok(None) => self.mark_missing(request.what),
+            Ok(LookedUp::Temporary) => match request.what {
+                TableLookup::Oid(oid) => {
+                    self.temporary.lock().unwrap_or_else(|p| p.into_inner()).insert(oid);
+                }
+                what => self.mark_missing(what),
+            },
+            Ok(LookedUp::Missing) => self.mark_missing(request.what),
             Err(error) => {
                 tracing::warn!(%error, "table lookup failed");
                 self.mark_missing(request.what);

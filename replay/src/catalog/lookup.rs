@@ -10,6 +10,17 @@ use super::load::{decode_columns, decode_keys, decode_rules, decode_tables, deco
 use super::sql::{BEGIN, COLUMNS, KEYS, RULES, TABLES, TRIGGERS};
 use super::{Catalog, CatalogError, Table};
 
+/// What a lookup found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LookedUp {
+    /// A table of a user schema.
+    Table(Table),
+    /// A temporary table (some session's own; never captured).
+    Temporary,
+    /// No such table (or a view, or a system table).
+    Missing,
+}
+
 /// Which table to look up.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum TableLookup {
@@ -41,9 +52,7 @@ const BY_PATH: &str = "SELECT c.oid FROM unnest($1::text[]) WITH ORDINALITY s(ns
 impl Catalog {
     /// Reads the table `what` names, if it exists in a user schema, in one
     /// read-only transaction on `client` (which must not be inside one).
-    /// `Ok(None)` when there is no such table (or the name is a view, a
-    /// system or temp table).
-    pub async fn lookup_table(client: &Client, what: &TableLookup) -> Result<Option<Table>, CatalogError> {
+    pub async fn lookup_table(client: &Client, what: &TableLookup) -> Result<LookedUp, CatalogError> {
         client
             .batch_execute(BEGIN)
             .await
@@ -95,7 +104,10 @@ async fn rows(
         .map_err(|e| CatalogError::query(what, sql, e))
 }
 
-async fn lookup_in_snapshot(client: &Client, what: &TableLookup) -> Result<Option<Table>, CatalogError> {
+const IS_TEMPORARY: &str = "SELECT n.nspname ~ '^pg_temp_' FROM pg_class c \
+     JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1";
+
+async fn lookup_in_snapshot(client: &Client, what: &TableLookup) -> Result<LookedUp, CatalogError> {
     let oid: u32 = match what {
         TableLookup::Oid(oid) => *oid,
         TableLookup::Name { schema, name, path } => {
@@ -107,7 +119,7 @@ async fn lookup_in_snapshot(client: &Client, what: &TableLookup) -> Result<Optio
                 Some(row) => row
                     .try_get(0)
                     .map_err(|e| CatalogError::query("look up a table", BY_PATH, e))?,
-                None => return Ok(None),
+                None => return Ok(LookedUp::Missing),
             }
         }
     };
@@ -122,7 +134,18 @@ async fn lookup_in_snapshot(client: &Client, what: &TableLookup) -> Result<Optio
     };
     let mut tables: Tables = decode_tables(&q, rows(client, q.what, q.sql, &[&oid]).await?)?;
     if tables.is_empty() {
-        return Ok(None);
+        let temp = rows(client, "look up a table", IS_TEMPORARY, &[&oid]).await?;
+        let temporary = match temp.first() {
+            Some(row) => row
+                .try_get::<_, bool>(0)
+                .map_err(|e| CatalogError::query("look up a table", IS_TEMPORARY, e))?,
+            None => false,
+        };
+        return Ok(if temporary {
+            LookedUp::Temporary
+        } else {
+            LookedUp::Missing
+        });
     }
     let columns_sql = one(COLUMNS, "attrelid", "q.attnum");
     let q = Query {
@@ -148,5 +171,8 @@ async fn lookup_in_snapshot(client: &Client, what: &TableLookup) -> Result<Optio
         sql: &rules_sql,
     };
     decode_rules(&q, rows(client, q.what, q.sql, &[&oid]).await?, &mut tables)?;
-    Ok(tables.into_values().next().map(|(_, t)| t))
+    Ok(match tables.into_values().next() {
+        Some((_, t)) => LookedUp::Table(t),
+        None => LookedUp::Missing,
+    })
 }

@@ -22,7 +22,7 @@ use std::time::SystemTime;
 pub use cache::{CacheStats, CatalogCache, CatalogHealth};
 pub use error::CatalogError;
 pub use ident::{parse_search_path, quote_ident, quote_qualified};
-pub use lookup::TableLookup;
+pub use lookup::{LookedUp, TableLookup};
 pub use types::{
     Column, ColumnRef, FkAction, ForeignKey, Function, Generated, Identity, Key, KeySource, QualifiedName, Rule,
     RuleEvent, Sequence, Table, TableKind, Trigger, TriggerFiring, TriggerTiming, Volatility,

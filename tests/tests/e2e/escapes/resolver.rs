@@ -51,7 +51,16 @@ async fn where_is(direct: &Client, table: &str, column: &str, id: i32) -> Result
 
 /// Checks that key `id` of `kv` went to `schema` and is logged there only.
 async fn check(e: &Escape, id: i32, schema: &str, form: &str) -> Result<()> {
-    let at = where_is(&e.direct, "kv", "id", id).await?;
+    // An extended-protocol write commits at its Sync, which the client
+    // library does not wait for: give the commit a moment to land.
+    let deadline = std::time::Instant::now() + crate::support::PROMPT;
+    let at = loop {
+        let at = where_is(&e.direct, "kv", "id", id).await?;
+        if !at.is_empty() || std::time::Instant::now() > deadline {
+            break at;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     ensure!(at == [schema], "{form}: row {id} is in {at:?}, expected {schema}");
     let logged = logged_as(e, id)?;
     ensure!(
@@ -163,6 +172,12 @@ async fn a_write_resolved_to_a_table_with_other_key_columns_is_refused() -> Resu
     expect_sqlstate(c.batch_execute("COMMIT").await, "0A000")?;
     c.batch_execute("ROLLBACK").await.ok();
     expect_sqlstate(c.execute("INSERT INTO dk VALUES ($1, $2)", &[&35, &36]).await, "0A000")?;
+    // A COMMIT through the extended protocol is refused too; the
+    // transaction is left failed for the client to roll back.
+    c.execute("BEGIN", &[]).await?;
+    c.execute("INSERT INTO dk VALUES ($1, $2)", &[&38, &39]).await?;
+    expect_sqlstate(c.execute("COMMIT", &[]).await, "0A000")?;
+    c.batch_execute("ROLLBACK").await?;
     // The session goes on working.
     c.batch_execute("INSERT INTO kv VALUES (37)").await?;
     check(&e, 37, "s2", "after a refusal").await?;
@@ -222,7 +237,12 @@ async fn copy(client: &Client, sql: &str, data: &'static str) -> Result<u64, tok
     let sink = client.copy_in::<_, bytes::Bytes>(sql).await?;
     futures_util::pin_mut!(sink);
     sink.send(bytes::Bytes::from_static(data.as_bytes())).await?;
-    sink.finish().await
+    let n = sink.finish().await?;
+    // finish() returns at CommandComplete; the implicit transaction commits
+    // at the Sync sent with it, which the proxy holds until the keys are
+    // logged. A query after it waits for that.
+    client.batch_execute("SELECT 1").await?;
+    Ok(n)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,5 +275,24 @@ async fn copy_after_a_search_path_the_proxy_could_not_read_is_refused() -> Resul
     check(&e, 64, "public", "COPY after a SET read again").await?;
     let keys = e.finish().await?;
     ensure!(wrote(&keys, "s2.kv") && wrote(&keys, "public.kv"), "{keys:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_of_a_temporary_table_created_before_capture_are_not_refused() -> Result<()> {
+    let e = Escape::start(SCHEMA).await?;
+    let c = e.client().await?;
+    e.f.admin.simple_query("CAPTURE STOP").await?;
+    c.batch_execute("CREATE TEMP TABLE kv (id int PRIMARY KEY)").await?;
+    e.f.capture_start().await?;
+    // The proxy did not see the temp table created: it resolves kv to
+    // public.kv, and learns from the tableoid that the row went elsewhere.
+    c.batch_execute("INSERT INTO kv VALUES (71)").await?;
+    c.batch_execute("INSERT INTO public.kv VALUES (72)").await?;
+    let n: i64 = c.query_one("SELECT count(*) FROM pg_temp.kv", &[]).await?.get(0);
+    ensure!(n == 1, "{n} rows in the temp table");
+    check(&e, 72, "public", "next to a temp table").await?;
+    ensure!(logged_as(&e, 71)?.is_empty(), "a temp table's row was logged");
+    e.finish().await?;
     Ok(())
 }

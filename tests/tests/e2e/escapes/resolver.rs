@@ -79,6 +79,10 @@ async fn search_path_set_behind_the_proxys_back_is_logged_where_rows_went() -> R
         .await?;
     c.batch_execute("INSERT INTO kv VALUES (1)").await?;
     check(&e, 1, "s2", "set_config(.., false)").await?;
+    // Followed, not only checked: dk's key is another column in s2, and
+    // the write is captured with it rather than refused.
+    c.batch_execute("INSERT INTO dk VALUES (81, 0)").await?;
+    ensure!(logged_as(&e, 81)? == ["s2.dk"], "set_config: dk not followed");
 
     c.batch_execute("RESET search_path").await?;
     c.batch_execute("INSERT INTO kv VALUES (2)").await?;
@@ -96,6 +100,9 @@ async fn search_path_set_behind_the_proxys_back_is_logged_where_rows_went() -> R
     c.batch_execute("INSERT INTO kv VALUES (5); COMMIT").await?;
     c.batch_execute("INSERT INTO kv VALUES (6)").await?;
     check(&e, 5, "s2", "SET LOCAL").await?;
+    c.batch_execute("BEGIN; SET LOCAL search_path = s2; INSERT INTO dk VALUES (82, 0); COMMIT")
+        .await?;
+    ensure!(logged_as(&e, 82)? == ["s2.dk"], "SET LOCAL: dk not followed");
     check(&e, 6, "public", "after SET LOCAL ended").await?;
 
     c.batch_execute("BEGIN; SET search_path = s2; ROLLBACK").await?;
@@ -125,7 +132,26 @@ async fn search_path_set_behind_the_proxys_back_is_logged_where_rows_went() -> R
     c.execute("RESET search_path", &[]).await?;
     c.execute("INSERT INTO kv VALUES ($1)", &[&13]).await?;
     check(&e, 13, "public", "RESET through the extended protocol").await?;
+    c.execute("BEGIN", &[]).await?;
+    c.execute("SET LOCAL search_path = s2", &[]).await?;
+    c.execute("INSERT INTO kv VALUES ($1)", &[&14]).await?;
+    c.execute("COMMIT", &[]).await?;
+    c.execute("INSERT INTO kv VALUES ($1)", &[&15]).await?;
+    check(&e, 14, "s2", "SET LOCAL, extended").await?;
+    check(&e, 15, "public", "after SET LOCAL ended, extended").await?;
+    c.execute("BEGIN", &[]).await?;
+    c.execute("SET search_path = s2", &[]).await?;
+    c.execute("ROLLBACK", &[]).await?;
+    c.execute("SET ROLE s2", &[]).await?;
+    c.execute("SET search_path = \"$user\", public", &[]).await?;
+    c.execute("INSERT INTO kv VALUES ($1)", &[&16]).await?;
+    c.execute("RESET ROLE", &[]).await?;
+    c.execute("INSERT INTO kv VALUES ($1)", &[&17]).await?;
+    check(&e, 16, "s2", "SET ROLE with $user, extended").await?;
+    check(&e, 17, "public", "RESET ROLE, extended").await?;
 
+    let seen = e.f.show_capture().await?;
+    ensure!(!seen.contains_key("unsafe.wrong-table"), "{seen:?}");
     let keys = e.finish().await?;
     ensure!(wrote(&keys, "public.kv") && wrote(&keys, "s2.kv"), "{keys:?}");
     Ok(())

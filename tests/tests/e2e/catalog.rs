@@ -618,3 +618,80 @@ async fn a_table_created_a_moment_ago_is_captured_at_once() -> Result<()> {
     ensure!(wrote(&keys, "public.fresh") && wrote(&keys, "s2.other"), "{keys:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn one_table_is_looked_up_by_name_path_or_oid() -> Result<()> {
+    use switchyard_replay::catalog::{LookedUp, TableLookup};
+    let (cluster, catalog) = schema_cluster().await?;
+    let client = cluster.connect("postgres").await?;
+    let by_name = |schema: Option<&str>, name: &str, path: &[&str]| TableLookup::Name {
+        schema: schema.map(str::to_owned),
+        name: name.to_owned(),
+        path: strings(path),
+    };
+    let table = |schema: &str, name: &str| -> Result<LookedUp> {
+        Ok(LookedUp::Table(
+            catalog.table_exact(schema, name).context("in the full load")?.clone(),
+        ))
+    };
+    // What a lookup reads is what the full load read: columns, key,
+    // triggers, rules, partitions.
+    for (schema, name) in [
+        ("public", "orders"),
+        ("public", "users"),
+        ("public", "no_key"),
+        ("public", "events"),
+        ("public", "measurements_2024"),
+        ("app", "Customers"),
+    ] {
+        let got = Catalog::lookup_table(&client, &by_name(Some(schema), name, &[])).await?;
+        assert_eq!(got, table(schema, name)?, "{schema}.{name}");
+        let oid = catalog.table_exact(schema, name).map(|t| t.oid).unwrap_or(0);
+        assert_eq!(
+            Catalog::lookup_table(&client, &TableLookup::Oid(oid)).await?,
+            table(schema, name)?
+        );
+    }
+    // Through a path: the first schema holding a relation of the name wins,
+    // a view included.
+    let got = Catalog::lookup_table(&client, &by_name(None, "orders", &["nope", "app", "public"])).await?;
+    assert_eq!(got, table("app", "orders")?);
+    client.batch_execute("CREATE VIEW app.cities AS SELECT 1 AS id").await?;
+    let got = Catalog::lookup_table(&client, &by_name(None, "cities", &["app", "public"])).await?;
+    assert_eq!(got, LookedUp::Missing, "a view first in the path hides the table");
+    let got = Catalog::lookup_table(&client, &by_name(None, "cities", &["public"])).await?;
+    assert_eq!(got, table("public", "cities")?);
+    assert_eq!(
+        Catalog::lookup_table(&client, &by_name(Some("public"), "order_totals", &[])).await?,
+        LookedUp::Missing
+    );
+    assert_eq!(
+        Catalog::lookup_table(&client, &by_name(None, "nothing", &["public"])).await?,
+        LookedUp::Missing
+    );
+    // Another session's temp table is recognized as such by its oid.
+    let other = cluster.connect("postgres").await?;
+    other
+        .batch_execute("CREATE TEMP TABLE mine (id int PRIMARY KEY)")
+        .await?;
+    let oid: u32 = other
+        .query_one("SELECT 'pg_temp.mine'::regclass::oid", &[])
+        .await?
+        .get(0);
+    assert_eq!(
+        Catalog::lookup_table(&client, &TableLookup::Oid(oid)).await?,
+        LookedUp::Temporary
+    );
+    // A found table joins a copy of the snapshot.
+    client
+        .batch_execute("CREATE TABLE public.newer (id int PRIMARY KEY)")
+        .await?;
+    let LookedUp::Table(newer) = Catalog::lookup_table(&client, &by_name(Some("public"), "newer", &[])).await? else {
+        anyhow::bail!("newer not found");
+    };
+    let grown = catalog.with_table(newer.clone());
+    assert_eq!(grown.table_by_oid(newer.oid), Some(&newer));
+    assert_eq!(grown.tables().len(), catalog.tables().len() + 1);
+    assert!(catalog.table_exact("public", "newer").is_none());
+    Ok(())
+}

@@ -231,7 +231,7 @@ impl CatalogCache {
                 tracing::debug!(table = %table.name, "table looked up");
                 // Refreshes run on this same task, so no newer snapshot can
                 // be overwritten here.
-                self.swap(Arc::new(self.current().with_table(table)));
+                self.swap(Arc::new(self.current().with_table(*table)));
             }
             Ok(LookedUp::Temporary) => match request.what {
                 TableLookup::Oid(oid) => {

@@ -14,7 +14,7 @@ use super::{Catalog, CatalogError, Table};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LookedUp {
     /// A table of a user schema.
-    Table(Table),
+    Table(Box<Table>),
     /// A temporary table (some session's own; never captured).
     Temporary,
     /// No such table (or a view, or a system table).
@@ -172,7 +172,7 @@ async fn lookup_in_snapshot(client: &Client, what: &TableLookup) -> Result<Looke
     };
     decode_rules(&q, rows(client, q.what, q.sql, &[&oid]).await?, &mut tables)?;
     Ok(match tables.into_values().next() {
-        Some((_, t)) => LookedUp::Table(t),
+        Some((_, t)) => LookedUp::Table(Box::new(t)),
         None => LookedUp::Missing,
     })
 }

@@ -225,12 +225,13 @@ impl CatalogCache {
             return None;
         }
         self.lookups.fetch_add(1, Ordering::Relaxed);
+        // Serialized with refreshes, so a snapshot grown from an older one
+        // never replaces a newer load.
+        let _serial = self.refreshing.lock().await;
         let mut failed = None;
         match Catalog::lookup_table(client, &request.what).await {
             Ok(LookedUp::Table(table)) => {
                 tracing::debug!(table = %table.name, "table looked up");
-                // Refreshes run on this same task, so no newer snapshot can
-                // be overwritten here.
                 self.swap(Arc::new(self.current().with_table(*table)));
             }
             Ok(LookedUp::Temporary) => match request.what {

@@ -125,6 +125,7 @@ pub(super) async fn show(shared: &Arc<Shared>) -> Result<Reply, AdminError> {
     ]);
     r.row(["keys_captured".to_string(), active.keys.load(Relaxed).to_string()]);
     r.row(["late_logged".to_string(), active.late.load(Relaxed).to_string()]);
+    catalog_rows(&mut r, &active.catalog);
     let unsafe_seen = active.unsafe_seen();
     let total: u64 = unsafe_seen.values().map(|u| u.count).sum();
     r.row(["unsafe_statements".to_string(), total.to_string()]);
@@ -145,6 +146,31 @@ pub(super) async fn show(shared: &Arc<Shared>) -> Result<Reply, AdminError> {
         Err(e) => r.row(["bypassing_sessions".to_string(), format!("unknown: {e}")]),
     }
     Ok(Reply::Rows(r))
+}
+
+/// The source catalog's health and counters.
+fn catalog_rows(r: &mut ResultSet, catalog: &switchyard_replay::catalog::CatalogCache) {
+    use switchyard_replay::catalog::CatalogHealth;
+    let health = match catalog.health() {
+        CatalogHealth::Ok { loaded_at } => {
+            let age = std::time::SystemTime::now()
+                .duration_since(loaded_at)
+                .unwrap_or_default();
+            format!("ok, loaded {} s ago", age.as_secs())
+        }
+        CatalogHealth::Failing { since, error } => {
+            format!("refresh failing since {}: {error}", super::show::rfc3339(since))
+        }
+        CatalogHealth::Reconnecting { since, error } => {
+            format!("reconnecting since {}: {error}", super::show::rfc3339(since))
+        }
+    };
+    let stats = catalog.stats();
+    r.row(["catalog".to_string(), health]);
+    r.row(["catalog_refreshes".to_string(), stats.refreshes.to_string()]);
+    r.row(["catalog_failures".to_string(), stats.failures.to_string()]);
+    r.row(["catalog_reconnects".to_string(), stats.reconnects.to_string()]);
+    r.row(["catalog_lookups".to_string(), stats.lookups.to_string()]);
 }
 
 /// Client sessions on the source that are not the proxy's: their writes

@@ -396,11 +396,16 @@ impl Capture {
 
         let every = Duration::from_millis(self.config.catalog_refresh_ms);
         let mut until_stop = stopped.clone();
+        let pg = self
+            .proxy
+            .source_control_on("switchyard capture", &active.database)
+            .ok();
         tokio::spawn(async move {
             let stop = async move {
                 let _ = until_stop.wait_for(|s| *s).await;
             };
-            catalog.refresh_every(&client, every, stop).await;
+            let connect = || connect_control(pg.clone());
+            catalog.serve(client, connect, every, stop).await;
         });
         tokio::spawn(watch_barrier(
             Arc::downgrade(&active),
@@ -484,17 +489,20 @@ impl Capture {
             .proxy
             .source_control_on("switchyard capture", database)
             .map_err(|_| CaptureError::NoUser)?;
-        let (client, conn) = pg
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|e| CaptureError::Connect(e.to_string()))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "capture control connection ended");
-            }
-        });
-        Ok(client)
+        connect_control(Some(pg)).await.map_err(CaptureError::Connect)
     }
+}
+
+/// Opens a control connection (none configured: an error saying so).
+async fn connect_control(pg: Option<tokio_postgres::Config>) -> Result<tokio_postgres::Client, String> {
+    let pg = pg.ok_or_else(|| CaptureError::NoUser.to_string())?;
+    let (client, conn) = pg.connect(tokio_postgres::NoTls).await.map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "capture control connection ended");
+        }
+    });
+    Ok(client)
 }
 
 /// Fails when CAPTURE START named another database than `named`.

@@ -18,6 +18,7 @@ mod fallback;
 mod lex;
 mod log_health;
 mod parse;
+mod resolve;
 pub mod rows;
 pub(crate) mod session;
 mod splice;
@@ -309,6 +310,7 @@ pub const UNSAFE_KINDS: &[&str] = &[
     "trigger",
     "autocommit-in-script",
     "unknown-statement",
+    "wrong-table",
 ];
 
 impl UnsafeKind {

@@ -31,6 +31,7 @@
 
 use super::control::{count_commit, unix_micros, Active};
 use super::copy::{copy_options, CopyFormat, CopyReader};
+use super::resolve::{self, Change, SearchPath};
 use super::rows::{self, ResultFormats};
 use super::{quote_ident, Class, ClassifyCache, TxControl, UnsafeKind, WriteKind, WriteStmt};
 use crate::config::UnsafePolicy;
@@ -41,11 +42,17 @@ use bytes::BytesMut;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::SystemTime;
-use switchyard_replay::catalog::{parse_search_path, Access, Catalog, Reached};
+use switchyard_replay::catalog::{parse_search_path, Access, Catalog, Reached, TableLookup};
 use switchyard_replay::log::{CommitRecord, Key, Record, TableKeys};
+
+mod commit;
 
 /// SQLSTATE of a statement rejected by the `reject` policy.
 const REJECT_CODE: &str = "0A000";
+
+/// What the session's unqualified names resolve through, asked of the
+/// server when capture starts for it.
+const PROBE_SQL: &str = "SELECT pg_catalog.current_setting('search_path'), pg_catalog.current_user::text";
 
 /// What the relay does with a client message.
 #[derive(Debug)]
@@ -81,6 +88,10 @@ pub(crate) enum Work {
     /// its completion with [`SessionCapture::logged`]; otherwise nothing
     /// waits (keys of a commit that already happened).
     Log { record: Record, hold: bool },
+    /// Look a table up in the source catalog; report its completion with
+    /// [`SessionCapture::looked_up`] (the held message is then presented
+    /// again, and finds the table in the snapshot or marked missing).
+    Lookup(TableLookup),
 }
 
 /// A write whose keys come back in its result rows.
@@ -88,6 +99,9 @@ pub(crate) enum Work {
 struct Tap {
     /// `schema.table` as logged.
     table: String,
+    /// The `pg_class` oid of that table: rows whose `tableoid` differs went
+    /// elsewhere (the server resolved the name otherwise, or a partition).
+    oid: u32,
     key_columns: Vec<String>,
     /// Columns appended: tableoid then the keys.
     extra: usize,
@@ -104,14 +118,32 @@ struct Tap {
 struct Rejection {
     kind: &'static str,
     detail: Option<String>,
+    /// Refused at its commit point (the whole transaction), not as one
+    /// statement.
+    transaction: bool,
 }
 
 impl Rejection {
+    /// A statement refused as `kind`, with nothing more to say.
+    fn statement(kind: &'static str) -> Rejection {
+        Rejection {
+            kind,
+            detail: None,
+            transaction: false,
+        }
+    }
+
     /// The error message the client gets.
     fn message(&self) -> String {
+        let what = if self.transaction {
+            "transaction refused"
+        } else {
+            "statement rejected"
+        };
+        let head = format!("switchyard: {what} while write capture is on ({})", self.kind);
         match &self.detail {
-            Some(d) => format!("{}: {d}", reject_message(self.kind)),
-            None => reject_message(self.kind),
+            Some(d) => format!("{head}: {d}"),
+            None => head,
         }
     }
 }
@@ -123,12 +155,15 @@ struct StmtInfo {
     tx: Option<TxControl>,
     /// Rejected by policy: runs as an error instead.
     rejected: Option<Rejection>,
-    /// `SET search_path` value, applied when it completes.
-    search_path: Option<Vec<String>>,
+    /// What it changes in name resolution, applied when it completes.
+    path_change: Option<Change>,
     /// Temp tables it creates.
     temp_table: Option<String>,
     /// COPY FROM STDIN whose rows' keys are read from the client's data.
     copy: Option<Arc<CopyTap>>,
+    /// A table it names that the catalog snapshot does not know yet: look
+    /// it up before deciding.
+    lookup: Option<TableLookup>,
 }
 
 impl StmtInfo {
@@ -187,6 +222,9 @@ enum Expect {
         name: String,
         tap: Option<Arc<Tap>>,
     },
+    /// The probe of the session's search_path and user: its row is read,
+    /// everything up to its ReadyForQuery dropped.
+    Probe,
     /// Describe of a portal.
     DescribePortal {
         tap: Option<Arc<Tap>>,
@@ -222,10 +260,30 @@ enum Plan {
     WrapCommit,
 }
 
+/// One row written: the tap it came through, the `tableoid` the server
+/// reported for it, and its key values.
+#[derive(Debug)]
+struct Written {
+    tap: Arc<Tap>,
+    oid: u32,
+    key: Key,
+}
+
+/// What a commit point does with the open transaction's keys.
+#[derive(Debug)]
+enum CommitStep {
+    /// Nothing to log: send the commit.
+    Go,
+    /// Held: a log append (or a catalog lookup) was started.
+    Wait,
+    /// The transaction must not commit: its keys cannot be logged right.
+    Refuse(Rejection),
+}
+
 /// The keys of the open transaction.
 #[derive(Debug, Default)]
 struct TxKeys {
-    keys: Vec<(Arc<Tap>, Key)>,
+    keys: Vec<Written>,
     savepoints: Vec<(String, usize)>,
 }
 
@@ -242,7 +300,7 @@ pub(crate) struct SessionCapture {
     session_id: u64,
     /// The source backend's pid, logged with each commit.
     backend_pid: i32,
-    search_path: Vec<String>,
+    paths: SearchPath,
     temp_tables: HashSet<String>,
     tx: TxKeys,
     expect: VecDeque<Expect>,
@@ -258,6 +316,8 @@ pub(crate) struct SessionCapture {
     tx_error: bool,
     plan: Option<Plan>,
     logging: bool,
+    /// The catalog lookup client messages wait for.
+    lookup: Option<TableLookup>,
     flush_sent: bool,
     next_name: u64,
     work: VecDeque<Work>,
@@ -292,15 +352,23 @@ impl SessionCapture {
         session_id: u64,
         backend_pid: i32,
         search_path: Vec<String>,
+        user: String,
     ) -> SessionCapture {
+        let mut work = VecDeque::new();
+        let mut expect = VecDeque::new();
+        // What the session's names resolve through is the server's to say
+        // (a role's or database's setting, a set_config before capture):
+        // ask once, ahead of the first statement captured.
+        work.push_back(Work::Send(rows::query(PROBE_SQL)));
+        expect.push_back(Expect::Probe);
         SessionCapture {
             active,
             session_id,
             backend_pid,
-            search_path,
+            paths: SearchPath::new(search_path, user),
             temp_tables: HashSet::new(),
             tx: TxKeys::default(),
-            expect: VecDeque::new(),
+            expect,
             statements: HashMap::new(),
             portals: HashMap::new(),
             block: false,
@@ -309,9 +377,10 @@ impl SessionCapture {
             tx_error: false,
             plan: None,
             logging: false,
+            lookup: None,
             flush_sent: false,
             next_name: 0,
-            work: VecDeque::new(),
+            work,
             shapes: ClassifyCache::default(),
             copy_in: None,
             copy_sent: false,
@@ -328,7 +397,9 @@ impl SessionCapture {
     /// Whether client messages (other than COPY data) must wait.
     pub(crate) fn blocked(&self) -> bool {
         self.logging
+            || self.lookup.is_some()
             || self.plan.is_some()
+            || matches!(self.expect.front(), Some(Expect::Probe))
             || self.expect.iter().any(|e| {
                 matches!(
                     e,
@@ -394,7 +465,13 @@ impl SessionCapture {
                     _ => Vec::new(),
                 };
                 let tap = tap.clone();
-                self.tx.keys.extend(keys.into_iter().map(|k| (tap.clone(), k)));
+                // COPY has no tableoid: its table is the one resolved by name.
+                let oid = tap.oid;
+                self.tx.keys.extend(keys.into_iter().map(|key| Written {
+                    tap: tap.clone(),
+                    oid,
+                    key,
+                }));
                 if tag != ftag::COPY_DATA {
                     self.copy_in = None;
                 }
@@ -479,16 +556,39 @@ impl SessionCapture {
         let classified = self.shapes.classify(sql);
         let mut infos = Vec::with_capacity(classified.len());
         let mut splices: Vec<(usize, String)> = Vec::new();
+        // A statement resolves names through the path the ones before it in
+        // the same query set: applied ahead here, for real as each completes.
+        let mut before: Option<SearchPath> = None;
+        let mut rejected = None;
+        let mut lookup = None;
         for c in &classified {
             let text = &sql[c.range.clone()];
             let (info, splice) = self.analyze(&catalog, &c.class, text);
-            if let Some(rejection) = info.rejected.clone() {
-                return Ok(self.reject_query(rejection));
+            if info.lookup.is_some() {
+                lookup = info.lookup;
+                break;
+            }
+            if let Some(reason) = &info.rejected {
+                rejected = Some(reason.clone());
+                break;
+            }
+            if let Some(change) = &info.path_change {
+                before.get_or_insert_with(|| self.paths.clone());
+                self.paths.apply(change);
             }
             if let Some(s) = splice {
                 splices.push(s);
             }
             infos.push(info);
+        }
+        if let Some(p) = before {
+            self.paths = p;
+        }
+        if let Some(what) = lookup {
+            return Ok(self.start_lookup(what));
+        }
+        if let Some(reason) = rejected {
+            return Ok(self.reject_query(reason));
         }
         let has_tap = infos.iter().any(StmtInfo::writes);
         let has_tx = infos.iter().any(|i| i.tx.is_some());
@@ -533,10 +633,16 @@ impl SessionCapture {
         for (i, info) in infos.iter().enumerate() {
             if let Some(tx) = &info.tx {
                 if is_commit_like(tx) {
-                    if i == 0 && !self.tx.keys.is_empty() {
+                    if i == 0 {
                         // Log what the transaction wrote so far, then send.
-                        self.start_log();
-                        return Ok(ClientAction::Hold);
+                        match self.commit_step() {
+                            CommitStep::Go => {}
+                            CommitStep::Wait => return Ok(ClientAction::Hold),
+                            CommitStep::Refuse(reason) => {
+                                let out = self.refuse_simple(&reason);
+                                return Ok(ClientAction::Replace(out));
+                            }
+                        }
                     }
                     if taps_since && i > 0 {
                         cuts.push(i);
@@ -549,7 +655,7 @@ impl SessionCapture {
                 if !b {
                     let kind = "autocommit-in-script";
                     if self.saw_unsafe(kind, sql) == UnsafePolicy::Reject {
-                        return Ok(self.reject_query(Rejection { kind, detail: None }));
+                        return Ok(self.reject_query(Rejection::statement(kind)));
                     }
                     // Warned: run it uncaptured.
                     let plain: Vec<StmtInfo> = infos
@@ -638,6 +744,9 @@ impl SessionCapture {
             [] => (StmtInfo::default(), None),
             _ => (StmtInfo::default(), None), // the server refuses several statements in a Parse
         };
+        if let Some(what) = info.lookup {
+            return Ok(self.start_lookup(what));
+        }
         let name = parse.name.to_owned();
         self.expect.push_back(Expect::Plain);
         match splice {
@@ -699,6 +808,9 @@ impl SessionCapture {
                 [one] => self.analyze(&catalog, &one.class, &view[one.range.clone()]),
                 _ => (StmtInfo::default(), None),
             };
+            if let Some(what) = info.lookup {
+                return Ok(self.start_lookup(what));
+            }
             let mut server_name = bind.statement.to_owned();
             if let (Some(s), None) = (splice, &info.rejected) {
                 self.next_name += 1;
@@ -746,31 +858,8 @@ impl SessionCapture {
     fn on_execute(&mut self, msg: FrontendMessage<'_>) -> Result<ClientAction, WireError> {
         let portal = Reader::new(msg.body(), "Execute").cstr()?;
         let info = self.portals.get(portal).cloned().unwrap_or_default();
-        if let Some(rejection) = info.rejected {
-            // Run an error in its place so the transaction fails as it would.
-            let mut out = BytesMut::new();
-            let sql = rows::raise_sql(REJECT_CODE, &rejection.message(), &reject_hint(rejection.kind));
-            crate::wire::write_message(&mut out, b'P', |b| {
-                crate::wire::put_cstr(b, b"");
-                crate::wire::put_cstr(b, sql.as_bytes());
-                b.extend_from_slice(&0i16.to_be_bytes());
-            });
-            crate::wire::write_message(&mut out, b'B', |b| {
-                b.extend_from_slice(b"\0\0");
-                b.extend_from_slice(&0i16.to_be_bytes());
-                b.extend_from_slice(&0i16.to_be_bytes());
-                b.extend_from_slice(&0i16.to_be_bytes());
-            });
-            crate::wire::write_message(&mut out, b'E', |b| {
-                b.extend_from_slice(b"\0");
-                b.extend_from_slice(&0i32.to_be_bytes());
-            });
-            self.expect.push_back(Expect::InjectedOne);
-            self.expect.push_back(Expect::InjectedOne);
-            self.expect.push_back(Expect::Execute {
-                info: StmtInfo::default(),
-            });
-            return Ok(ClientAction::Replace(out));
+        if let Some(rejection) = &info.rejected {
+            return Ok(ClientAction::Replace(self.raise_execute(rejection)));
         }
         if info.tx.as_ref().is_some_and(is_commit_like) {
             if let Some(message) = self.refuse_commit.take() {
@@ -787,9 +876,10 @@ impl SessionCapture {
             if !self.settled() {
                 return Ok(ClientAction::Hold);
             }
-            if !self.tx.keys.is_empty() {
-                self.start_log();
-                return Ok(ClientAction::Hold);
+            match self.commit_step() {
+                CommitStep::Go => {}
+                CommitStep::Wait => return Ok(ClientAction::Hold),
+                CommitStep::Refuse(reason) => return Ok(ClientAction::Replace(self.raise_execute(&reason))),
             }
         }
         if let Some(tx) = &info.tx {
@@ -803,6 +893,52 @@ impl SessionCapture {
         }
         self.expect.push_back(Expect::Execute { info });
         Ok(ClientAction::Forward)
+    }
+
+    /// An unnamed Parse, Bind and Execute of a statement that raises
+    /// `reason` (SQLSTATE 0A000), run in place of a client's Execute so its
+    /// transaction fails as on a real error.
+    fn raise_execute(&mut self, rejection: &Rejection) -> BytesMut {
+        let mut out = BytesMut::new();
+        let sql = rows::raise_sql(REJECT_CODE, &rejection.message(), &reject_hint(rejection.kind));
+        crate::wire::write_message(&mut out, b'P', |b| {
+            crate::wire::put_cstr(b, b"");
+            crate::wire::put_cstr(b, sql.as_bytes());
+            b.extend_from_slice(&0i16.to_be_bytes());
+        });
+        crate::wire::write_message(&mut out, b'B', |b| {
+            b.extend_from_slice(b"\0\0");
+            b.extend_from_slice(&0i16.to_be_bytes());
+            b.extend_from_slice(&0i16.to_be_bytes());
+            b.extend_from_slice(&0i16.to_be_bytes());
+        });
+        crate::wire::write_message(&mut out, b'E', |b| {
+            b.extend_from_slice(b"\0");
+            b.extend_from_slice(&0i32.to_be_bytes());
+        });
+        self.expect.push_back(Expect::InjectedOne);
+        self.expect.push_back(Expect::InjectedOne);
+        self.expect.push_back(Expect::Execute {
+            info: StmtInfo::default(),
+        });
+        out
+    }
+
+    /// In place of a simple-protocol commit: an error for the client, then
+    /// a ROLLBACK whose completion it does not see, so that it gets what a
+    /// failed COMMIT gives (an error, then idle).
+    fn refuse_simple(&mut self, rejection: &Rejection) -> BytesMut {
+        let mut out = rows::query(&rows::raise_sql(
+            REJECT_CODE,
+            &rejection.message(),
+            &reject_hint(rejection.kind),
+        ));
+        out.extend_from_slice(&rows::query("ROLLBACK"));
+        self.expect.push_back(Expect::Injected);
+        self.expect.push_back(Expect::WrapEnd);
+        self.sent_block = false;
+        self.tx.clear();
+        out
     }
 
     fn on_sync(&mut self) -> Result<ClientAction, WireError> {
@@ -824,9 +960,18 @@ impl SessionCapture {
             if !self.settled() {
                 return Ok(ClientAction::Hold);
             }
-            if !self.tx.keys.is_empty() && !self.tx_error {
-                self.start_log();
-                return Ok(ClientAction::Hold);
+            match self.commit_step() {
+                CommitStep::Go => {}
+                CommitStep::Wait => return Ok(ClientAction::Hold),
+                CommitStep::Refuse(reason) => {
+                    // An error ahead of the Sync: the implicit transaction
+                    // ends rolled back.
+                    let mut out = self.raise_execute(&reason);
+                    crate::wire::write_message(&mut out, b'S', |_| {});
+                    self.batch_taps = false;
+                    self.expect.push_back(Expect::Ready { during_copy: false });
+                    return Ok(ClientAction::Replace(out));
+                }
             }
         }
         self.batch_taps = false;
@@ -868,12 +1013,15 @@ impl SessionCapture {
                 if let Some(reached) = self.reaches(catalog, functions, refs) {
                     self.unsafe_reached(&mut info, &reached, text);
                 }
+                // Computed arguments make resolution a guess from here; each
+                // row's tableoid still says where it went.
+                info.path_change = resolve::set_config_change(text);
             }
             Class::TxControl(tx) => {
                 info.tx = Some(tx.clone());
             }
-            Class::Utility(super::Utility::Set) => {
-                info.search_path = set_search_path(text);
+            Class::Utility(super::Utility::Set | super::Utility::Reset | super::Utility::Discard) => {
+                info.path_change = resolve::utility_change(text);
             }
             Class::Utility(_) => {}
             Class::Write(w) => return self.analyze_write(catalog, w, text),
@@ -898,6 +1046,17 @@ impl SessionCapture {
                     return (info, None);
                 }
                 if let UnsafeKind::CopyFrom { table, columns } = kind {
+                    if !self.is_temp(table)
+                        && catalog
+                            .table(table.schema.as_deref(), &table.name, self.paths.schemas())
+                            .is_none()
+                    {
+                        let what = self.name_lookup(catalog, table);
+                        if !self.active.catalog.is_missing(&what) {
+                            info.lookup = Some(what);
+                            return (info, None);
+                        }
+                    }
                     // COPY FROM runs defaults, checks and domain checks too.
                     let reached = (!self.is_temp(table)).then(|| self.target_reaches(catalog, table, Access::Insert));
                     if let Some(reached) = reached.flatten() {
@@ -931,7 +1090,12 @@ impl SessionCapture {
         if temp {
             return (info, None);
         }
-        let Some(table) = catalog.table(w.table.schema.as_deref(), &w.table.name, &self.search_path) else {
+        let Some(table) = catalog.table(w.table.schema.as_deref(), &w.table.name, self.paths.schemas()) else {
+            let what = self.name_lookup(catalog, &w.table);
+            if !self.active.catalog.is_missing(&what) {
+                info.lookup = Some(what);
+                return (info, None);
+            }
             self.unsafe_kind(&mut info, "unknown-table", text);
             return (info, None);
         };
@@ -973,6 +1137,7 @@ impl SessionCapture {
         let suffix = key_projection(w, &projection);
         info.tap = Some(Arc::new(Tap {
             table: format!("{}.{}", table.name.schema, table.name.name),
+            oid: table.oid,
             key_columns: key.columns.clone(),
             extra: projection.len(),
             client_returning: w.has_returning,
@@ -995,8 +1160,12 @@ impl SessionCapture {
         if self.is_temp(table) {
             return None;
         }
+        if table.schema.is_none() && self.paths.certainty() == resolve::Certainty::Guessed {
+            // COPY rows carry no tableoid to check the guess against.
+            return None;
+        }
         let (format, header) = copy_options(text)?;
-        let t = catalog.table(table.schema.as_deref(), &table.name, &self.search_path)?;
+        let t = catalog.table(table.schema.as_deref(), &table.name, self.paths.schemas())?;
         let key = t.key.as_ref()?;
         if t.has_side_effects() {
             return None;
@@ -1014,6 +1183,7 @@ impl SessionCapture {
         Some(CopyTap {
             tap: Arc::new(Tap {
                 table: format!("{}.{}", t.name.schema, t.name.name),
+                oid: t.oid,
                 key_columns: key.columns.clone(),
                 extra: 0,
                 client_returning: false,
@@ -1030,7 +1200,7 @@ impl SessionCapture {
     /// unnamed through a relation it reads, an operator or a cast.
     fn reaches(&self, catalog: &Catalog, functions: &[super::QualName], refs: &super::Refs) -> Option<Reached> {
         let ro = &self.active.read_only;
-        let path = &self.search_path;
+        let path = self.paths.schemas();
         let called = functions.iter().find_map(|f| {
             catalog
                 .function_reaches(f.schema.as_deref(), &f.name, ro)
@@ -1056,7 +1226,7 @@ impl SessionCapture {
     /// domains, policies).
     fn target_reaches(&self, catalog: &Catalog, table: &super::QualName, access: Access) -> Option<Reached> {
         let ro = &self.active.read_only;
-        catalog.relation_reaches(table.schema.as_deref(), &table.name, access, &self.search_path, ro)
+        catalog.relation_reaches(table.schema.as_deref(), &table.name, access, self.paths.schemas(), ro)
     }
 
     /// Counts a `volatile-function` statement; under `reject` its error
@@ -1067,6 +1237,7 @@ impl SessionCapture {
             info.rejected = Some(Rejection {
                 kind: KIND,
                 detail: Some(reached.to_string()),
+                transaction: false,
             });
         }
     }
@@ -1083,7 +1254,7 @@ impl SessionCapture {
 
     fn unsafe_kind(&mut self, info: &mut StmtInfo, kind: &'static str, text: &str) {
         if self.saw_unsafe(kind, text) == UnsafePolicy::Reject {
-            info.rejected = Some(Rejection { kind, detail: None });
+            info.rejected = Some(Rejection::statement(kind));
         }
     }
 
@@ -1186,6 +1357,16 @@ impl SessionCapture {
             } else {
                 ServerAction::Forward
             }),
+            Expect::Probe => {
+                if tag == btag::DATA_ROW {
+                    let (values, _) = rows::split_data_row(msg.body(), 2, false)?;
+                    if let [Some(path), Some(user)] = values.as_slice() {
+                        self.paths
+                            .learned(switchyard_replay::catalog::parse_search_path(path), user.clone());
+                    }
+                }
+                Ok(ServerAction::Drop)
+            }
             Expect::WrapEnd => Ok(if tag == btag::COMMAND_COMPLETE {
                 ServerAction::Drop
             } else {
@@ -1284,13 +1465,18 @@ impl SessionCapture {
             return Ok(ServerAction::Forward);
         };
         let (mut values, row) = rows::split_data_row(msg.body(), tap.extra, tap.client_returning)?;
-        let oid: Option<u32> = values.first().and_then(|v| v.as_deref()).and_then(|v| v.parse().ok());
-        let known = oid.is_some_and(|oid| self.active.catalog.current().table_by_oid(oid).is_some());
-        if known {
+        // The table the row really went to; resolved against the catalog at
+        // the commit (0, which names no table, if unreadable).
+        let oid = match values.first() {
+            Some(v) => v.as_deref().and_then(|v| v.parse().ok()).unwrap_or(0),
+            None => 0,
+        };
+        if !values.is_empty() {
             values.remove(0);
-            let values = values.into_iter().map(|v| v.map(|hex| key_text(&hex))).collect();
-            self.tx.keys.push((tap, values));
         }
+        // Key values come hex-encoded as UTF-8 (see `key_projection`).
+        let key = values.into_iter().map(|v| v.map(|hex| key_text(&hex))).collect();
+        self.tx.keys.push(Written { tap, oid, key });
         Ok(match row {
             Some(row) => ServerAction::Replace(row),
             None => ServerAction::Drop,
@@ -1299,8 +1485,8 @@ impl SessionCapture {
 
     /// A statement completed: transaction control and session settings.
     fn completed(&mut self, info: &StmtInfo, command_tag: &str) {
-        if let Some(path) = &info.search_path {
-            self.search_path = path.clone();
+        if let Some(change) = &info.path_change {
+            self.paths.apply(change);
         }
         if let Some(t) = &info.temp_table {
             self.temp_tables.insert(t.clone());
@@ -1314,17 +1500,21 @@ impl SessionCapture {
                 } else if !self.tx.keys.is_empty() {
                     self.log_late();
                 }
+                self.paths.end_tx(command_tag != "ROLLBACK");
                 self.block = *chain;
             }
             TxControl::Rollback { chain } => {
                 self.tx.clear();
+                self.paths.end_tx(false);
                 self.block = *chain;
             }
             TxControl::Savepoint(name) => {
+                self.paths.savepoint(name);
                 let at = self.tx.keys.len();
                 self.tx.savepoints.push((name.clone(), at));
             }
             TxControl::RollbackTo(name) => {
+                self.paths.rollback_to(name);
                 if let Some(i) = self.tx.savepoints.iter().rposition(|(n, _)| n == name) {
                     let at = self.tx.savepoints[i].1;
                     self.tx.keys.truncate(at);
@@ -1332,6 +1522,7 @@ impl SessionCapture {
                 }
             }
             TxControl::Release(name) => {
+                self.paths.release(name);
                 if let Some(i) = self.tx.savepoints.iter().rposition(|(n, _)| n == name) {
                     self.tx.savepoints.truncate(i);
                 }
@@ -1349,6 +1540,8 @@ impl SessionCapture {
                 ServerAction::Forward
             }
             Some(Expect::Injected | Expect::WrapEnd | Expect::Failed) => ServerAction::Forward,
+            // Cannot fail short of a broken server; the client never asked.
+            Some(Expect::Probe) => ServerAction::Drop,
             _ => {
                 // Extended protocol: the server skips to the next Sync.
                 while let Some(e) = self.expect.front() {
@@ -1359,6 +1552,7 @@ impl SessionCapture {
                             | Expect::Injected
                             | Expect::WrapEnd
                             | Expect::Failed
+                            | Expect::Probe
                     ) {
                         break;
                     }
@@ -1378,7 +1572,7 @@ impl SessionCapture {
             self.flush_sent = false;
         }
         let action = match expect {
-            Some(Expect::Injected) => ServerAction::Drop,
+            Some(Expect::Injected | Expect::Probe) => ServerAction::Drop,
             Some(Expect::Query {
                 end: QueryEnd::Part,
                 error,
@@ -1418,6 +1612,8 @@ impl SessionCapture {
             self.sent_block = in_block;
         }
         if !in_block {
+            // An implicit transaction (or one the proxy wrapped) ended.
+            self.paths.end_tx(!self.tx_error);
             if !self.tx.keys.is_empty() {
                 if self.tx_error {
                     self.tx.clear();
@@ -1433,12 +1629,20 @@ impl SessionCapture {
 
     /// Moves a stepped query on: logs the keys first if there are any.
     fn advance_plan(&mut self) {
-        if !self.expect.is_empty() || self.logging {
+        if !self.expect.is_empty() || self.logging || self.lookup.is_some() {
             return;
         }
-        if !self.tx.keys.is_empty() {
-            self.start_log();
-            return;
+        match self.commit_step() {
+            CommitStep::Go => {}
+            CommitStep::Wait => return,
+            CommitStep::Refuse(reason) => {
+                // The next step would commit (a wrapped query's COMMIT, or a
+                // part starting with one): fail it instead.
+                self.plan = None;
+                let out = self.refuse_simple(&reason);
+                self.work.push_back(Work::Send(out));
+                return;
+            }
         }
         match self.plan.take() {
             Some(Plan::WrapCommit) => {
@@ -1474,7 +1678,7 @@ impl SessionCapture {
     fn record(&mut self) -> Record {
         let mut tables: BTreeMap<String, TableKeys> = BTreeMap::new();
         let mut statements: Vec<String> = Vec::new();
-        for (tap, key) in self.tx.keys.drain(..) {
+        for Written { tap, key, .. } in self.tx.keys.drain(..) {
             let t = tables.entry(tap.table.clone()).or_insert_with(|| TableKeys {
                 table: tap.table.clone(),
                 key_columns: tap.key_columns.clone(),
@@ -1504,6 +1708,8 @@ impl SessionCapture {
     }
 
     fn log_late(&mut self) {
+        let (_, bad, _) = self.rebind();
+        self.drop_rows(&bad);
         self.active.late.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::warn!(
             session = self.session_id,
@@ -1576,10 +1782,6 @@ fn reject_hint(kind: &str) -> String {
 or, accepting that such writes will not be captured (the migrated copy will miss them), \
 set capture.policies.{kind} = \"warn\""
     )
-}
-
-fn reject_message(kind: &str) -> String {
-    format!("switchyard: statement rejected while write capture is on ({kind})")
 }
 
 fn is_commit_like(tx: &TxControl) -> bool {

@@ -80,6 +80,8 @@ pub(crate) struct Relay<'a> {
     capture_hold: bool,
     /// The log append a held commit waits for.
     log_wait: Option<LogWait>,
+    /// The catalog lookup a held message waits for.
+    lookup_wait: Option<LookupWait>,
     /// ReadyForQuery messages still to swallow (after the proxy restored
     /// statements when capture ended).
     swallow_ready: u32,
@@ -90,6 +92,8 @@ pub(crate) struct Relay<'a> {
     unsettled: Vec<Lsn>,
     settle_log: Option<LogWriterHandle>,
 }
+
+type LookupWait = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 type LogWait = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<switchyard_replay::log::Lsn, switchyard_replay::log::LogError>> + Send>,
@@ -111,6 +115,7 @@ impl<'a> Relay<'a> {
             capture_epoch: 0,
             capture_hold: false,
             log_wait: None,
+            lookup_wait: None,
             swallow_ready: 0,
             unsettled: Vec::new(),
             settle_log: None,
@@ -261,6 +266,16 @@ impl<'a> Relay<'a> {
                         return Ok(end);
                     }
                 }
+                () = async { self.lookup_wait.as_mut().expect("guarded").await }, if self.lookup_wait.is_some() => {
+                    self.lookup_wait = None;
+                    if let Some(cap) = &mut self.capture {
+                        cap.looked_up();
+                    }
+                    self.run_capture_work(&mut server)?;
+                    if let Some(end) = self.from_client(&mut client, &mut server)? {
+                        return Ok(end);
+                    }
+                }
                 r = net::write_some(&mut client.write, client.wbuf), if write_client => {
                     r?;
                 }
@@ -392,8 +407,10 @@ impl<'a> Relay<'a> {
                 self.swallow_ready += 1;
             }
         }
-        self.capture =
-            next.map(|a| SessionCapture::new(a, self.info.id, self.info.backend_pid(), search_path_of(&self.state)));
+        self.capture = next.map(|a| {
+            let path = search_path_of(&self.state);
+            SessionCapture::new(a, self.info.id, self.info.backend_pid(), path, self.info.user.clone())
+        });
         Ok(())
     }
 
@@ -407,6 +424,8 @@ impl<'a> Relay<'a> {
         while let Some(work) = cap.take_work() {
             match work {
                 Work::Send(bytes) => server.wbuf.extend_from_slice(&bytes),
+                // Answered by the catalog task; other sessions go on meanwhile.
+                Work::Lookup(what) => self.lookup_wait = Some(Box::pin(cap.active().catalog.lookup(what))),
                 Work::Log { record, hold: true } => {
                     let mut append: LogWait = Box::pin(cap.active().log().append(record));
                     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());

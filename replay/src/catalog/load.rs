@@ -88,11 +88,11 @@ async fn load_in_snapshot(client: &Client) -> Result<Catalog, CatalogError> {
 
 /// Tables by oid, with their unique-index candidates kept aside until the
 /// columns' NOT NULL flags are known.
-type Tables = HashMap<u32, (Vec<Candidate>, Table)>;
+pub(super) type Tables = HashMap<u32, (Vec<Candidate>, Table)>;
 
 /// A unique index that may become a table's key.
 #[derive(Debug)]
-struct Candidate {
+pub(super) struct Candidate {
     index: String,
     primary: bool,
     columns: Vec<String>,
@@ -103,8 +103,13 @@ async fn load_tables(client: &Client) -> Result<Tables, CatalogError> {
         what: "load tables",
         sql: TABLES,
     };
+    decode_tables(&q, q.rows(client).await?)
+}
+
+/// Rows of [`TABLES`] (or a query with its columns) as tables.
+pub(super) fn decode_tables(q: &Query<'_>, rows: Vec<Row>) -> Result<Tables, CatalogError> {
     let mut tables = HashMap::new();
-    for row in q.rows(client).await? {
+    for row in rows {
         let oid: u32 = q.get(&row, 0)?;
         let name = QualifiedName::new(q.get::<String>(&row, 1)?, q.get::<String>(&row, 2)?);
         let relkind: String = q.get(&row, 3)?;
@@ -143,7 +148,12 @@ async fn load_columns(client: &Client, tables: &mut Tables) -> Result<(), Catalo
         what: "load columns",
         sql: COLUMNS,
     };
-    for row in q.rows(client).await? {
+    decode_columns(&q, q.rows(client).await?, tables)
+}
+
+/// Rows of [`COLUMNS`] (or a query with its columns) into `tables`.
+pub(super) fn decode_columns(q: &Query<'_>, rows: Vec<Row>, tables: &mut Tables) -> Result<(), CatalogError> {
+    for row in rows {
         let oid: u32 = q.get(&row, 0)?;
         let Some((_, table)) = tables.get_mut(&oid) else {
             continue;
@@ -185,7 +195,13 @@ async fn load_keys(client: &Client, tables: &mut Tables) -> Result<(), CatalogEr
         what: "load keys",
         sql: KEYS,
     };
-    for row in q.rows(client).await? {
+    decode_keys(&q, q.rows(client).await?, tables)
+}
+
+/// Rows of [`KEYS`] (or a query with its columns) into `tables`, choosing
+/// each table's key; run after the columns are in.
+pub(super) fn decode_keys(q: &Query<'_>, rows: Vec<Row>, tables: &mut Tables) -> Result<(), CatalogError> {
+    for row in rows {
         let oid: u32 = q.get(&row, 0)?;
         if let Some((candidates, _)) = tables.get_mut(&oid) {
             candidates.push(Candidate {
@@ -223,6 +239,15 @@ fn choose_key(mut candidates: Vec<Candidate>, columns: &[Column]) -> Option<Key>
 }
 
 async fn load_triggers(client: &Client, tables: &mut Tables) -> Result<(), CatalogError> {
+    let q = Query {
+        what: "load triggers",
+        sql: TRIGGERS,
+    };
+    decode_triggers(&q, q.rows(client).await?, tables)
+}
+
+/// Rows of [`TRIGGERS`] (or a query with its columns) into `tables`.
+pub(super) fn decode_triggers(q: &Query<'_>, rows: Vec<Row>, tables: &mut Tables) -> Result<(), CatalogError> {
     // tgtype bits, from PostgreSQL's pg_trigger.h.
     const ROW: i32 = 1 << 0;
     const BEFORE: i32 = 1 << 1;
@@ -231,11 +256,7 @@ async fn load_triggers(client: &Client, tables: &mut Tables) -> Result<(), Catal
     const UPDATE: i32 = 1 << 4;
     const TRUNCATE: i32 = 1 << 5;
     const INSTEAD: i32 = 1 << 6;
-    let q = Query {
-        what: "load triggers",
-        sql: TRIGGERS,
-    };
-    for row in q.rows(client).await? {
+    for row in rows {
         let oid: u32 = q.get(&row, 0)?;
         let Some((_, table)) = tables.get_mut(&oid) else {
             continue;
@@ -275,7 +296,12 @@ async fn load_rules(client: &Client, tables: &mut Tables) -> Result<(), CatalogE
         what: "load rules",
         sql: RULES,
     };
-    for row in q.rows(client).await? {
+    decode_rules(&q, q.rows(client).await?, tables)
+}
+
+/// Rows of [`RULES`] (or a query with its columns) into `tables`.
+pub(super) fn decode_rules(q: &Query<'_>, rows: Vec<Row>, tables: &mut Tables) -> Result<(), CatalogError> {
+    for row in rows {
         let oid: u32 = q.get(&row, 0)?;
         let Some((_, table)) = tables.get_mut(&oid) else {
             continue;

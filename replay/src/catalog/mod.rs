@@ -13,6 +13,7 @@ mod error;
 mod ident;
 mod load;
 mod load_reach;
+mod lookup;
 mod reach;
 mod sql;
 mod types;
@@ -20,9 +21,10 @@ mod types;
 use std::collections::{HashMap, HashSet};
 use std::time::SystemTime;
 
-pub use cache::{CacheStats, CatalogCache};
+pub use cache::{CacheStats, CatalogCache, CatalogHealth};
 pub use error::CatalogError;
 pub use ident::{parse_search_path, quote_ident, quote_qualified};
+pub use lookup::{LookedUp, TableLookup};
 pub use reach::{Access, Reach, Reached, BUILTIN_WRITERS};
 pub use types::{
     Column, ColumnRef, FkAction, ForeignKey, Function, Generated, Identity, Key, KeySource, QualifiedName, Rule,

@@ -522,3 +522,175 @@ async fn cache_refreshes_on_demand_and_periodically() -> Result<()> {
     assert_eq!(cache.stats().refreshes, refreshes, "stopped means stopped");
     Ok(())
 }
+
+/// Terminates the capture's catalog connection(s) on the source.
+async fn terminate_catalog_backend(direct: &tokio_postgres::Client) -> Result<i64> {
+    let row = direct
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE application_name = 'switchyard capture' AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_catalog_reconnects_after_its_backend_is_terminated() -> Result<()> {
+    use crate::escapes::{wrote, Escape};
+    let e = Escape::configured("CREATE TABLE t (id int PRIMARY KEY)", |c| {
+        c.capture.catalog_refresh_ms = 200;
+    })
+    .await?;
+    ensure!(
+        terminate_catalog_backend(&e.direct).await? >= 1,
+        "no catalog backend to end"
+    );
+    // Tables created from now on are seen, and their writes captured.
+    e.direct.batch_execute("CREATE TABLE u (id int PRIMARY KEY)").await?;
+    let c = e.client().await?;
+    let started = Instant::now();
+    while let Err(err) = c.batch_execute("INSERT INTO u VALUES (1)").await {
+        ensure!(
+            started.elapsed() < Duration::from_secs(5),
+            "write to a new table refused: {err}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // SHOW CAPTURE counts the reconnect and says the catalog is fine again.
+    let show = e.f.show_capture().await?;
+    let reconnects: u64 = show.get("catalog_reconnects").and_then(|v| v.parse().ok()).unwrap_or(0);
+    ensure!(reconnects >= 1, "no reconnect shown: {show:?}");
+    ensure!(
+        show.get("catalog").is_some_and(|v| v.starts_with("ok, loaded")),
+        "{show:?}"
+    );
+    let refreshes: u64 = show.get("catalog_refreshes").and_then(|v| v.parse().ok()).unwrap_or(0);
+    ensure!(refreshes >= 2, "{show:?}");
+    let keys = e.finish().await?;
+    ensure!(wrote(&keys, "public.u"), "{keys:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_created_a_moment_ago_is_captured_at_once() -> Result<()> {
+    use crate::escapes::{wrote, Escape};
+    use crate::support::expect_sqlstate;
+    let e = Escape::configured("CREATE SCHEMA s2", |c| {
+        c.capture.catalog_refresh_ms = 60_000;
+        c.capture
+            .policies
+            .insert("ddl".into(), switchyard_proxy::UnsafePolicy::Warn);
+    })
+    .await?;
+    let lookups = |show: &std::collections::BTreeMap<String, String>| -> u64 {
+        show.get("catalog_lookups").and_then(|v| v.parse().ok()).unwrap_or(0)
+    };
+    e.direct
+        .batch_execute("CREATE TABLE fresh (id int PRIMARY KEY); CREATE TABLE s2.other (k int PRIMARY KEY)")
+        .await?;
+    let c = e.client().await?;
+    c.batch_execute("INSERT INTO fresh VALUES (1)").await?;
+    c.execute("INSERT INTO fresh VALUES ($1)", &[&2]).await?;
+    c.batch_execute("INSERT INTO s2.other VALUES (3)").await?;
+    c.batch_execute("SET search_path = s2, public; INSERT INTO other VALUES (4)")
+        .await?;
+    let after = lookups(&e.f.show_capture().await?);
+    ensure!(after >= 2, "no lookups counted: {after}");
+
+    // A name that does not exist is asked about once, until the next refresh.
+    expect_sqlstate(c.batch_execute("INSERT INTO missing VALUES (1)").await, "0A000")?;
+    let once = lookups(&e.f.show_capture().await?);
+    expect_sqlstate(c.batch_execute("INSERT INTO missing VALUES (1)").await, "0A000")?;
+    ensure!(
+        lookups(&e.f.show_capture().await?) == once,
+        "a missing name was asked for twice"
+    );
+
+    // A table created in the writing transaction is invisible to the
+    // catalog: its write is refused, not guessed.
+    c.batch_execute("BEGIN; CREATE TABLE s2.mine (id int PRIMARY KEY)")
+        .await?;
+    expect_sqlstate(c.batch_execute("INSERT INTO s2.mine VALUES (5)").await, "0A000")?;
+    c.batch_execute("ROLLBACK").await?;
+
+    let keys = e.finish().await?;
+    ensure!(wrote(&keys, "public.fresh") && wrote(&keys, "s2.other"), "{keys:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn one_table_is_looked_up_by_name_path_or_oid() -> Result<()> {
+    use switchyard_replay::catalog::{LookedUp, TableLookup};
+    let (cluster, catalog) = schema_cluster().await?;
+    let client = cluster.connect("postgres").await?;
+    let by_name = |schema: Option<&str>, name: &str, path: &[&str]| TableLookup::Name {
+        schema: schema.map(str::to_owned),
+        name: name.to_owned(),
+        path: strings(path),
+    };
+    let table = |schema: &str, name: &str| -> Result<LookedUp> {
+        let t = catalog.table_exact(schema, name).context("in the full load")?;
+        Ok(LookedUp::Table(Box::new(t.clone())))
+    };
+    // What a lookup reads is what the full load read: columns, key,
+    // triggers, rules, partitions.
+    for (schema, name) in [
+        ("public", "orders"),
+        ("public", "users"),
+        ("public", "no_key"),
+        ("public", "events"),
+        ("public", "measurements_2024"),
+        ("app", "Customers"),
+    ] {
+        let got = Catalog::lookup_table(&client, &by_name(Some(schema), name, &[])).await?;
+        assert_eq!(got, table(schema, name)?, "{schema}.{name}");
+        let oid = catalog.table_exact(schema, name).map(|t| t.oid).unwrap_or(0);
+        assert_eq!(
+            Catalog::lookup_table(&client, &TableLookup::Oid(oid)).await?,
+            table(schema, name)?
+        );
+    }
+    // Through a path: the first schema holding a relation of the name wins,
+    // a view included.
+    let got = Catalog::lookup_table(&client, &by_name(None, "orders", &["nope", "app", "public"])).await?;
+    assert_eq!(got, table("app", "orders")?);
+    client.batch_execute("CREATE VIEW app.cities AS SELECT 1 AS id").await?;
+    let got = Catalog::lookup_table(&client, &by_name(None, "cities", &["app", "public"])).await?;
+    assert_eq!(got, LookedUp::Missing, "a view first in the path hides the table");
+    let got = Catalog::lookup_table(&client, &by_name(None, "cities", &["public"])).await?;
+    assert_eq!(got, table("public", "cities")?);
+    assert_eq!(
+        Catalog::lookup_table(&client, &by_name(Some("public"), "order_totals", &[])).await?,
+        LookedUp::Missing
+    );
+    assert_eq!(
+        Catalog::lookup_table(&client, &by_name(None, "nothing", &["public"])).await?,
+        LookedUp::Missing
+    );
+    // Another session's temp table is recognized as such by its oid.
+    let other = cluster.connect("postgres").await?;
+    other
+        .batch_execute("CREATE TEMP TABLE mine (id int PRIMARY KEY)")
+        .await?;
+    let oid: u32 = other
+        .query_one("SELECT 'pg_temp.mine'::regclass::oid", &[])
+        .await?
+        .get(0);
+    assert_eq!(
+        Catalog::lookup_table(&client, &TableLookup::Oid(oid)).await?,
+        LookedUp::Temporary
+    );
+    // A found table joins a copy of the snapshot.
+    client
+        .batch_execute("CREATE TABLE public.newer (id int PRIMARY KEY)")
+        .await?;
+    let LookedUp::Table(newer) = Catalog::lookup_table(&client, &by_name(Some("public"), "newer", &[])).await? else {
+        anyhow::bail!("newer not found");
+    };
+    let grown = catalog.with_table((*newer).clone());
+    assert_eq!(grown.table_by_oid(newer.oid), Some(&*newer));
+    assert_eq!(grown.tables().len(), catalog.tables().len() + 1);
+    assert!(catalog.table_exact("public", "newer").is_none());
+    Ok(())
+}

@@ -10,6 +10,7 @@ mod copy;
 mod encoding;
 mod functions;
 mod lifecycle;
+mod resolver;
 
 use crate::capture::Fixture;
 use crate::oracle::{logged_keys, written_keys, KeySet, WalOracle};

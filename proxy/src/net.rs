@@ -259,7 +259,7 @@ impl<S: Socket> Conn<S> {
     /// Reads one untyped startup packet (length-prefixed, no type byte).
     pub async fn read_startup(&mut self) -> Result<Option<Bytes>, ReadError> {
         loop {
-            if let Some(len) = startup::packet_len(&self.rbuf, self.limit.min(10_000))? {
+            if let Some(len) = startup::packet_len(&self.rbuf, self.limit.min(startup::MAX_STARTUP_PACKET))? {
                 if self.rbuf.len() >= len {
                     return Ok(Some(self.rbuf.split_to(len).freeze()));
                 }

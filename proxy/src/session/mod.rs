@@ -14,7 +14,7 @@ use crate::registry::Shown;
 use crate::server::Shared;
 use crate::stats::Stats;
 use crate::wire::backend::{self as bmsg, Severity};
-use crate::wire::startup::StartupPacket;
+use crate::wire::startup::{self, StartupPacket};
 use backend::ConnectError;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,14 +26,35 @@ pub(crate) struct Refusal {
     pub severity: Severity,
     pub code: &'static str,
     pub message: String,
+    /// Whether it counts in `protocol_errors`.
+    pub fault: Fault,
+}
+
+/// What a refusal says about the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fault {
+    /// It broke the protocol.
+    Protocol,
+    /// Anything else (wrong password, too many clients, shutdown...).
+    Other,
 }
 
 impl Refusal {
     pub(crate) fn fatal(code: &'static str, message: impl Into<String>) -> Refusal {
+        let fault = if code == "08P01" { Fault::Protocol } else { Fault::Other };
         Refusal {
             severity: Severity::Fatal,
             code,
             message: message.into(),
+            fault,
+        }
+    }
+
+    /// A FATAL error for a client that broke the protocol, whatever its code.
+    pub(crate) fn protocol(code: &'static str, message: impl Into<String>) -> Refusal {
+        Refusal {
+            fault: Fault::Protocol,
+            ..Refusal::fatal(code, message)
         }
     }
 }
@@ -66,7 +87,21 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
         None => return refuse(&shared, &mut client, shutting_down()).await,
         Some(Ok(Ok(Some(startup)))) => startup,
         Some(Ok(Ok(None))) => return, // cancel request served, or client left
-        Some(Ok(Err(refusal))) => return refuse(&shared, &mut client, refusal).await,
+        Some(Ok(Err(StartupEnd::Refuse(refusal)))) => return refuse(&shared, &mut client, refusal).await,
+        Some(Ok(Err(StartupEnd::Silent(why)))) => {
+            tracing::info!(%peer, why, "closing a connection that sent no valid startup packet");
+            Stats::bump(&stats.connections_refused);
+            Stats::bump(&stats.protocol_errors);
+            return;
+        }
+        Some(Ok(Err(StartupEnd::Legacy(message)))) => {
+            tracing::info!(%peer, message, "refusing an old protocol version");
+            Stats::bump(&stats.connections_refused);
+            Stats::bump(&stats.protocol_errors);
+            client.queue(&startup::legacy_error(&message));
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), client.close()).await;
+            return;
+        }
         Some(Err(_)) => {
             tracing::debug!(%peer, "startup timed out");
             let r = Refusal::fatal("08P01", "startup did not complete in time");
@@ -227,22 +262,81 @@ fn negotiate_protocol(client: &mut Conn, version: i32, params: &[(String, String
 
 type Startup = (i32, Vec<(String, String)>);
 
+/// How the startup phase ended without a StartupMessage to serve.
+#[derive(Debug)]
+enum StartupEnd {
+    /// Close without a word, as PostgreSQL does for bytes that are no
+    /// startup packet: a client library that sent them (e.g. a Terminate
+    /// queued before its connection was up) does not expect an answer.
+    Silent(&'static str),
+    /// Close with a FATAL error, where PostgreSQL sends one.
+    Refuse(Refusal),
+    /// Close with a FATAL error in the protocol-2 format, for a client that
+    /// asked for protocol 2 (or older).
+    Legacy(String),
+}
+
+/// Which encryption requests were declined so far: PostgreSQL answers one
+/// SSLRequest and one GSSENCRequest, in either order, and treats a repeat as
+/// an unsupported protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Declined {
+    Neither,
+    Ssl,
+    Gss,
+    Both,
+}
+
+impl Declined {
+    /// The state after declining `packet`, or `None` if it was declined before.
+    fn and(self, packet: &StartupPacket) -> Option<Declined> {
+        match (self, packet) {
+            (Declined::Neither, StartupPacket::SslRequest) => Some(Declined::Ssl),
+            (Declined::Neither, StartupPacket::GssEncRequest) => Some(Declined::Gss),
+            (Declined::Gss, StartupPacket::SslRequest) | (Declined::Ssl, StartupPacket::GssEncRequest) => {
+                Some(Declined::Both)
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Reads startup packets until a StartupMessage: answers SSL/GSSENC
-/// requests with 'N' and serves a CancelRequest (returning `None`).
-async fn read_startup(shared: &Shared, client: &mut Conn) -> Result<Option<Startup>, Refusal> {
+/// requests with 'N' (once each) and serves a CancelRequest (returning `None`).
+async fn read_startup(shared: &Shared, client: &mut Conn) -> Result<Option<Startup>, StartupEnd> {
+    let mut declined = Declined::Neither;
     loop {
         let packet = match client.read_startup().await {
             Ok(Some(p)) => p,
             Ok(None) => return Ok(None),
-            Err(ReadError::Wire(e)) => return Err(Refusal::fatal("08P01", format!("invalid startup packet: {e}"))),
-            Err(_) => return Ok(None),
+            Err(ReadError::Wire(_)) => return Err(StartupEnd::Silent("invalid length of startup packet")),
+            Err(ReadError::Truncated) => return Err(StartupEnd::Silent("incomplete startup packet")),
+            Err(ReadError::Io(_)) => return Ok(None),
         };
-        match StartupPacket::parse(&packet) {
-            Ok(StartupPacket::SslRequest) | Ok(StartupPacket::GssEncRequest) => {
+        let parsed = StartupPacket::parse(&packet);
+        match parsed {
+            Ok(p @ (StartupPacket::SslRequest | StartupPacket::GssEncRequest)) => {
+                let Some(next) = declined.and(&p) else {
+                    let code = match p {
+                        StartupPacket::SslRequest => startup::SSL_REQUEST,
+                        _ => startup::GSSENC_REQUEST,
+                    };
+                    let message = startup::unsupported_protocol_message(code);
+                    return Err(StartupEnd::Refuse(Refusal::protocol("0A000", message)));
+                };
+                declined = next;
                 // No TLS or GSS encryption here: 'N' makes the client go on in
                 // clear text (or give up if it requires encryption).
                 if client.buffered() > 0 {
-                    return Err(Refusal::fatal("08P01", "unexpected data after encryption request"));
+                    // Bytes sent before the answer cannot be trusted (a TLS
+                    // downgrade probe); PostgreSQL answers, then refuses.
+                    client.queue(b"N");
+                    let what = match p {
+                        StartupPacket::SslRequest => "SSL request",
+                        _ => "GSSAPI encryption request",
+                    };
+                    let r = Refusal::fatal("08P01", format!("received unencrypted data after {what}"));
+                    return Err(StartupEnd::Refuse(r));
                 }
                 if client.send(b"N").await.is_err() {
                     return Ok(None);
@@ -255,8 +349,18 @@ async fn read_startup(shared: &Shared, client: &mut Conn) -> Result<Option<Start
                     .await;
                 return Ok(None);
             }
+            Ok(StartupPacket::Unsupported { version }) => {
+                let message = startup::unsupported_protocol_message(version);
+                if version >> 16 < 3 {
+                    return Err(StartupEnd::Legacy(message));
+                }
+                return Err(StartupEnd::Refuse(Refusal::protocol("0A000", message)));
+            }
             Ok(StartupPacket::Startup { version, params }) => return Ok(Some((version, params))),
-            Err(e) => return Err(Refusal::fatal("08P01", format!("invalid startup packet: {e}"))),
+            Err(e) => {
+                let r = Refusal::fatal("08P01", format!("invalid startup packet: {e}"));
+                return Err(StartupEnd::Refuse(r));
+            }
         }
     }
 }
@@ -264,7 +368,7 @@ async fn read_startup(shared: &Shared, client: &mut Conn) -> Result<Option<Start
 /// Sends the client an error and closes its connection.
 async fn refuse(shared: &Shared, client: &mut Conn, r: Refusal) {
     Stats::bump(&shared.stats.connections_refused);
-    if r.code == "08P01" {
+    if r.fault == Fault::Protocol {
         Stats::bump(&shared.stats.protocol_errors);
     }
     bmsg::error_response(client.wbuf(), r.severity, r.code, &r.message);

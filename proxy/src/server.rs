@@ -48,6 +48,17 @@ pub struct PauseState {
     pub since: Instant,
     /// When the gate reopens by itself.
     pub until: Instant,
+    /// Who the pause belongs to.
+    pub owner: PauseOwner,
+}
+
+/// What a PAUSE is tied to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseOwner {
+    /// The console session with this id: the pause ends when it leaves.
+    Session(u64),
+    /// `PAUSE ... DETACHED`: only RESUME or the timeout end it.
+    Detached,
 }
 
 /// Everything the sessions and the admin console share.

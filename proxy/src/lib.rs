@@ -19,6 +19,7 @@ pub mod progress;
 pub mod registry;
 pub mod server;
 pub mod session;
+pub mod slots;
 pub mod stats;
 pub mod wire;
 

@@ -178,10 +178,10 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Serves `GET /metrics` (any path, in fact) until the task is aborted.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    // A failing accept (out of file descriptors) must back off, not spin.
+    let mut listener = crate::net::Acceptor::new(listener, "metrics");
     loop {
-        let Ok((mut sock, _)) = listener.accept().await else {
-            continue;
-        };
+        let (mut sock, _) = listener.accept().await;
         let shared = shared.clone();
         tokio::spawn(async move {
             let mut req = Vec::with_capacity(1024);

@@ -11,7 +11,7 @@ use std::io;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpStream, UnixStream};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
 
 /// A stream socket the proxy speaks the protocol over: TCP, or a Unix-domain
 /// socket for a database on the same machine (much cheaper per message than
@@ -101,6 +101,71 @@ pub async fn connect(host: &str, port: u16, timeout: Duration, limit: usize) -> 
             io::ErrorKind::TimedOut,
             format!("timed out after {} ms", timeout.as_millis()),
         )),
+    }
+}
+
+/// First pause after a failed accept.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// Longest pause between accept attempts while they keep failing.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// A listener that backs off while `accept` fails. Out of file descriptors
+/// (EMFILE, ENFILE) the pending connection stays in the backlog, so the
+/// listener stays readable and a plain retry loop spins at 100 % CPU; each
+/// failure here doubles the pause (10 ms up to 1 s) and a success resets it.
+/// Cancel-safe: the pause is a deadline kept across calls, so a `select!`
+/// that drops the future does not skip it.
+#[derive(Debug)]
+pub struct Acceptor {
+    listener: TcpListener,
+    what: &'static str,
+    delay: Duration,
+    retry_at: Option<tokio::time::Instant>,
+    failures: u64,
+}
+
+impl Acceptor {
+    /// Wraps a bound listener; `what` names it in logs.
+    pub fn new(listener: TcpListener, what: &'static str) -> Acceptor {
+        Acceptor {
+            listener,
+            what,
+            delay: ACCEPT_BACKOFF_MIN,
+            retry_at: None,
+            failures: 0,
+        }
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// How many accepts have failed so far.
+    pub fn failures(&self) -> u64 {
+        self.failures
+    }
+
+    /// Accepts the next connection, waiting out failures with backoff.
+    pub async fn accept(&mut self) -> (TcpStream, std::net::SocketAddr) {
+        loop {
+            if let Some(at) = self.retry_at {
+                tokio::time::sleep_until(at).await;
+                self.retry_at = None;
+            }
+            match self.listener.accept().await {
+                Ok(accepted) => {
+                    self.delay = ACCEPT_BACKOFF_MIN;
+                    return accepted;
+                }
+                Err(e) => {
+                    self.failures += 1;
+                    tracing::warn!(listener = self.what, error = %e, retry_ms = self.delay.as_millis() as u64, "accept failed");
+                    self.retry_at = Some(tokio::time::Instant::now() + self.delay);
+                    self.delay = (self.delay * 2).min(ACCEPT_BACKOFF_MAX);
+                }
+            }
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use crate::auth::{self, AuthError, LoginError};
 use crate::net::{Conn, ReadError, ServerConn};
 use crate::registry::Shown;
 use crate::server::Shared;
+use crate::slots::{Permit, SlotKind};
 use crate::stats::Stats;
 use crate::wire::backend::{self as bmsg, Severity};
 use crate::wire::startup::{self, StartupPacket};
@@ -71,7 +72,7 @@ impl Drop for OpenGuard {
 }
 
 /// Serves one client connection to its end. Never panics on input.
-pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
+pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, permit: Permit) {
     let stats = shared.stats.clone();
     Stats::bump(&stats.connections_total);
     Stats::bump(&stats.connections_open);
@@ -121,8 +122,8 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
         );
         return refuse(&shared, &mut client, r).await;
     }
-    if shared.sessions.len() >= shared.config.limits.max_clients {
-        let r = Refusal::fatal("53300", "sorry, too many clients already (limits.max_clients)");
+    if let Some(r) = slot_refusal(&shared, permit.kind(), &user, &database) {
+        tracing::info!(%peer, user = %user, database = %database, "too many clients");
         return refuse(&shared, &mut client, r).await;
     }
     negotiate_protocol(&mut client, version, &params);
@@ -230,6 +231,23 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
         Err(e) => tracing::info!(session = info.id, error = %e, "session ended with error"),
     }
     drop(registered);
+}
+
+/// Whether the slot taken at accept lets this login in: a regular slot
+/// does; a reserved one only for an admin opening the admin console, so
+/// that a proxy full of applications still lets the DBA in.
+fn slot_refusal(shared: &Shared, kind: SlotKind, user: &str, database: &str) -> Option<Refusal> {
+    let message = match kind {
+        SlotKind::Regular => return None,
+        SlotKind::Reserved if database == shared.config.admin_database && shared.users.is_admin(user) => {
+            return None
+        }
+        SlotKind::Reserved => {
+            "sorry, too many clients already (the remaining slots, limits.admin_reserve, are for admins opening the admin console)"
+        }
+        SlotKind::Full => "sorry, too many clients already (limits.max_clients)",
+    };
+    Some(Refusal::fatal("53300", message))
 }
 
 /// Runs `f` unless the proxy shuts down first (`None`).

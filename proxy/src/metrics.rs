@@ -68,6 +68,9 @@ impl Metrics {
             (counter("switchyard_protocol_errors_total"), |s| {
                 s.protocol_errors.load(Relaxed)
             }),
+            (counter("switchyard_accept_failures_total"), |s| {
+                s.accept_failures.load(Relaxed)
+            }),
         ];
         let open = recorder.register_gauge(&Key::from_name("switchyard_client_connections"), &META);
         Metrics {
@@ -179,7 +182,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Serves `GET /metrics` (any path, in fact) until the task is aborted.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     // A failing accept (out of file descriptors) must back off, not spin.
-    let mut listener = crate::net::Acceptor::new(listener, "metrics");
+    let mut listener = crate::net::Acceptor::new(listener, "metrics", shared.stats.clone());
     loop {
         let (mut sock, _) = listener.accept().await;
         let shared = shared.clone();

@@ -5,6 +5,7 @@
 //! one `select!` without ever blocking a write while the peer is blocked
 //! writing to us.
 
+use crate::stats::Stats;
 use crate::wire::{startup, Frame, WireError};
 use bytes::{Buf, Bytes, BytesMut};
 use std::io;
@@ -121,29 +122,25 @@ pub struct Acceptor {
     what: &'static str,
     delay: Duration,
     retry_at: Option<tokio::time::Instant>,
-    failures: u64,
+    stats: std::sync::Arc<Stats>,
 }
 
 impl Acceptor {
-    /// Wraps a bound listener; `what` names it in logs.
-    pub fn new(listener: TcpListener, what: &'static str) -> Acceptor {
+    /// Wraps a bound listener; `what` names it in logs, and failures are
+    /// counted in `stats.accept_failures`.
+    pub fn new(listener: TcpListener, what: &'static str, stats: std::sync::Arc<Stats>) -> Acceptor {
         Acceptor {
             listener,
             what,
             delay: ACCEPT_BACKOFF_MIN,
             retry_at: None,
-            failures: 0,
+            stats,
         }
     }
 
     /// The bound address.
     pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
         self.listener.local_addr()
-    }
-
-    /// How many accepts have failed so far.
-    pub fn failures(&self) -> u64 {
-        self.failures
     }
 
     /// Accepts the next connection, waiting out failures with backoff.
@@ -159,7 +156,7 @@ impl Acceptor {
                     return accepted;
                 }
                 Err(e) => {
-                    self.failures += 1;
+                    Stats::bump(&self.stats.accept_failures);
                     tracing::warn!(listener = self.what, error = %e, retry_ms = self.delay.as_millis() as u64, "accept failed");
                     self.retry_at = Some(tokio::time::Instant::now() + self.delay);
                     self.delay = (self.delay * 2).min(ACCEPT_BACKOFF_MAX);

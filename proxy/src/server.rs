@@ -200,7 +200,7 @@ impl Proxy {
 async fn serve(listener: TcpListener, shared: Arc<Shared>, side_tasks: Vec<tokio::task::JoinHandle<()>>) {
     let mut sessions = JoinSet::new();
     let mut shutdown = shared.shutdown.clone();
-    let mut listener = Acceptor::new(listener, "clients");
+    let mut listener = Acceptor::new(listener, "clients", shared.stats.clone());
     // Counted here, before the first byte is read, so that simultaneous
     // logins cannot all pass a check made later.
     let slots = Slots::new(&shared.config.limits);

@@ -79,3 +79,85 @@ async fn max_clients_holds_under_simultaneous_logins() -> Result<()> {
     expect_sqlstate(proxy.connect_as("postgres", None, "postgres").await, "53300")?;
     Ok(())
 }
+
+/// Set in the child process that runs the out-of-descriptors case, so that
+/// the lowered RLIMIT_NOFILE never touches another test.
+const EMFILE_CHILD: &str = "SWITCHYARD_TEST_EMFILE_CHILD";
+
+/// Out of file descriptors, `accept` fails while the connection waits in the
+/// backlog, so a listener that retries at once spins at 100 % CPU; the
+/// metrics listener did. Run in a child process (this test binary again)
+/// with RLIMIT_NOFILE lowered: with every descriptor taken and a scrape
+/// pending for a second, the proxy counts a handful of failed accepts (it
+/// backs off), not tens of thousands, and serves the scrape once
+/// descriptors are free again.
+#[test]
+fn metrics_listener_backs_off_when_out_of_file_descriptors() -> Result<()> {
+    if std::env::var_os(EMFILE_CHILD).is_some() {
+        return out_of_descriptors();
+    }
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args([
+            "--exact",
+            "limits::metrics_listener_backs_off_when_out_of_file_descriptors",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(EMFILE_CHILD, "1")
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            anyhow::bail!("the child process did not finish within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    ensure!(status.success(), "the out-of-descriptors child failed: {status}");
+    Ok(())
+}
+
+fn out_of_descriptors() -> Result<()> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    use std::io::{Read, Write};
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    // No database is needed: only the metrics endpoint is exercised.
+    let mut config = trusting_config("127.0.0.1", 1);
+    config.metrics.listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    let proxy = runtime.block_on(switchyard_proxy::Proxy::start(config))?;
+    let addr = proxy.metrics_addr().expect("metrics enabled");
+    let stats = proxy.shared().stats.clone();
+
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    setrlimit(Resource::RLIMIT_NOFILE, 256.min(hard), hard)?;
+    let mut hog = Vec::new();
+    while let Ok(f) = std::fs::File::open("/dev/null") {
+        hog.push(f);
+        ensure!(hog.len() < 10_000, "RLIMIT_NOFILE did not take");
+    }
+    // One descriptor for the client's socket; the proxy has none to accept with.
+    hog.pop();
+    let mut scrape = std::net::TcpStream::connect(addr)?;
+    scrape.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
+    std::thread::sleep(Duration::from_secs(1));
+    let failed = stats.accept_failures.load(std::sync::atomic::Ordering::Relaxed);
+    ensure!(failed >= 1, "accept never failed: the descriptors were not exhausted");
+    ensure!(
+        failed < 100,
+        "{failed} failed accepts in one second: the listener spins"
+    );
+
+    drop(hog);
+    scrape.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut body = String::new();
+    scrape.read_to_string(&mut body)?;
+    ensure!(body.contains("switchyard_accept_failures_total"), "{body}");
+    runtime.block_on(proxy.shutdown());
+    Ok(())
+}

@@ -318,6 +318,17 @@ impl<S: Socket> Conn<S> {
         }
     }
 
+    /// Reads one whole typed message of at most `limit` bytes (below the
+    /// connection's own limit), e.g. a password message before the client
+    /// is authenticated.
+    pub async fn read_message_within(&mut self, limit: usize) -> Result<Option<Frame>, ReadError> {
+        let smaller = limit.min(self.limit);
+        let full = std::mem::replace(&mut self.limit, smaller);
+        let read = self.read_message().await;
+        self.limit = full;
+        read
+    }
+
     /// Reads one untyped startup packet (length-prefixed, no type byte).
     pub async fn read_startup(&mut self) -> Result<Option<Bytes>, ReadError> {
         loop {

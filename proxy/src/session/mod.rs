@@ -146,6 +146,9 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, permi
             tracing::info!(%peer, user = %user, "authentication failed");
             return refuse(&shared, &mut client, Refusal::fatal("28P01", e.to_string())).await;
         }
+        Ok(Err(e @ AuthError::Internal)) => {
+            return refuse(&shared, &mut client, Refusal::fatal("XX000", e.to_string())).await;
+        }
         Ok(Err(e @ AuthError::Protocol)) => {
             return refuse(&shared, &mut client, Refusal::fatal("08P01", e.to_string())).await;
         }

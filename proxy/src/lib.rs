@@ -13,6 +13,7 @@ pub mod cli;
 pub mod clone;
 pub mod config;
 pub mod gate;
+pub mod input;
 pub mod metrics;
 pub mod net;
 pub mod progress;

@@ -6,6 +6,7 @@
 //! past by many simultaneous logins.
 
 use crate::config::Limits;
+use crate::input::Budget;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 
@@ -34,6 +35,8 @@ pub struct Slots {
     /// Connections being refused for lack of a slot (bounded too, so that a
     /// flood of connections cannot pile up tasks waiting for startup packets).
     refusing: AtomicUsize,
+    /// What admitted sessions' large messages in progress may buffer, together.
+    budget: Arc<Budget>,
 }
 
 impl Slots {
@@ -44,6 +47,7 @@ impl Slots {
             reserve: limits.admin_reserve,
             admitted: AtomicUsize::new(0),
             refusing: AtomicUsize::new(0),
+            budget: Budget::new(limits.client_buffer_budget_bytes),
         })
     }
 
@@ -96,6 +100,11 @@ impl Permit {
     /// The kind of slot held.
     pub fn kind(&self) -> SlotKind {
         self.kind
+    }
+
+    /// The client-input budget shared by every session.
+    pub fn budget(&self) -> &Arc<Budget> {
+        &self.slots.budget
     }
 }
 

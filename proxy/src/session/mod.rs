@@ -9,6 +9,7 @@ pub mod state;
 
 use crate::admin;
 use crate::auth::{self, AuthError, LoginError};
+use crate::input::InputGuard;
 use crate::net::{Conn, ReadError, ServerConn};
 use crate::registry::Shown;
 use crate::server::Shared;
@@ -223,7 +224,8 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, permi
     );
     info.set_state(Shown::Relay(state::Phase::Idle));
     tracing::debug!(session = info.id, %peer, user = %user, database = %database, backend_pid = be.key.0, "session started");
-    let relay = relay::Relay::new(&shared, &info);
+    let input = InputGuard::new(permit.budget().clone(), shared.config.limits.message_timeout());
+    let relay = relay::Relay::new(&shared, &info, input);
     let ended = match &mut be.conn {
         ServerConn::Tcp(server) => relay.run(&mut client, server).await,
         ServerConn::Unix(server) => relay.run(&mut client, server).await,

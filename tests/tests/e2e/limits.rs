@@ -3,7 +3,7 @@
 //! how much client input all sessions together may buffer. Every load here
 //! is bounded in count and time, and healthy sessions keep working.
 
-use crate::support::{expect_sqlstate, table, trusting_config, user, within, PROMPT};
+use crate::support::{expect_sqlstate, table, trusting_config, user, within, RawConn, PROMPT};
 use anyhow::{ensure, Result};
 use std::time::{Duration, Instant};
 use switchyard_tests::{init_tracing, Cluster, TestProxy};
@@ -159,5 +159,92 @@ fn out_of_descriptors() -> Result<()> {
     scrape.read_to_string(&mut body)?;
     ensure!(body.contains("switchyard_accept_failures_total"), "{body}");
     runtime.block_on(proxy.shutdown());
+    Ok(())
+}
+
+/// A query message of `len` bytes on the wire: `select length('xx...')`.
+fn big_query(len: usize) -> Vec<u8> {
+    let head = "select length('";
+    let tail = "')";
+    let fill = len - 5 - 1 - head.len() - tail.len();
+    crate::support::query_msg(&format!("{head}{}{tail}", "x".repeat(fill)))
+}
+
+/// A session that sends the first `sent` bytes of a `len`-byte query and stalls.
+async fn stall(proxy: &TestProxy, len: usize, sent: usize) -> Result<RawConn> {
+    let mut raw = RawConn::start(proxy.addr(), "postgres", "postgres").await?;
+    raw.send(&big_query(len)[..sent]).await?;
+    Ok(raw)
+}
+
+/// Half-sent messages cannot hold memory forever: once a message has begun,
+/// the rest must come within `limits.message_timeout_ms` (08P01 otherwise),
+/// while a session idle between messages is left alone; and all sessions'
+/// large messages in progress share `limits.client_buffer_budget_bytes`, so
+/// a session that would need more than is left gets 53200 at once. Other
+/// sessions keep working throughout, and a large message that arrives
+/// whole still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_messages_time_out_and_share_a_budget() -> Result<()> {
+    init_tracing();
+    let cluster = Cluster::start().await?;
+    let mut config = trusting_config(cluster.host(), cluster.port());
+    config.limits.max_message_bytes = 1 << 20;
+    config.limits.client_buffer_budget_bytes = (5 << 20) / 2;
+    config.limits.message_timeout_ms = 1500;
+    let proxy = TestProxy::start_with(config).await?;
+    let healthy = proxy.connect("postgres").await?;
+    let check = |n: i32| {
+        let healthy = &healthy;
+        async move {
+            let row = within(PROMPT, "healthy query", healthy.query_one("select $1::int4 + 1", &[&n])).await??;
+            ensure!(row.get::<_, i32>(0) == n + 1, "wrong answer");
+            Ok::<(), anyhow::Error>(())
+        }
+    };
+    let mut idle = RawConn::start(proxy.addr(), "postgres", "postgres").await?;
+
+    // Two stalled 1 MB messages fit the 2.5 MB budget; a third does not.
+    let began = Instant::now();
+    let mut a = stall(&proxy, 1 << 20, 64 << 10).await?;
+    let mut b = stall(&proxy, 1 << 20, 100).await?;
+    check(1).await?;
+    let mut c = stall(&proxy, 1 << 20, 100).await?;
+    let fields = c.expect_error_and_close("53200").await?;
+    assert_eq!(fields.get(&'S').map(String::as_str), Some("FATAL"));
+    assert!(
+        began.elapsed() < Duration::from_millis(1500),
+        "53200 came only after the timeout"
+    );
+    check(2).await?;
+
+    // Both stalled sessions are closed once their messages are overdue.
+    for raw in [&mut a, &mut b] {
+        let fields = raw.expect_error_and_close("08P01").await?;
+        assert!(fields[&'M'].contains("message_timeout_ms"), "{fields:?}");
+    }
+    assert!(
+        began.elapsed() >= Duration::from_millis(1400),
+        "closed before the timeout"
+    );
+    check(3).await?;
+
+    // The budget is back: a large message sent whole (slowly, but within
+    // the timeout) runs, and the session idle all along still works.
+    let mut d = RawConn::start(proxy.addr(), "postgres", "postgres").await?;
+    let query = big_query((1 << 20) - 16);
+    let (first, rest) = query.split_at(300 << 10);
+    d.send(first).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    d.send(rest).await?;
+    let answer = crate::support::first_column(&d.until_ready().await?);
+    let chars = (1 << 20) - 16 - 5 - 1 - "select length('')".len();
+    assert_eq!(answer, [Some(chars.to_string())]);
+    idle.send(&crate::support::query_msg("select 'still here'")).await?;
+    assert_eq!(
+        crate::support::first_column(&idle.until_ready().await?),
+        [Some("still here".to_owned())]
+    );
+    check(4).await?;
     Ok(())
 }

@@ -284,12 +284,27 @@ pub async fn serve(shared: &Arc<Shared>, client: &mut Conn, info: &Arc<SessionIn
 /// the client is simply not watched until the command ends.
 const WATCH_BUFFER: usize = 64 * 1024;
 
-/// Runs a query's commands while watching the client: if it leaves
-/// meanwhile (e.g. during a long PAUSE drain), the command is dropped, which
-/// reopens what it closed. Returns whether the client is still there.
+/// Runs a query's commands; one with a PAUSE runs while watching the
+/// client: if it leaves during the drain, the PAUSE is dropped, which
+/// reopens the gate. (Capture and catch-up commands run to their end even
+/// if their client half-closes after sending: they are not watched.)
+/// Returns whether the client is still there.
 async fn run_watching(shared: &Arc<Shared>, client: &mut Conn, sql: &str, session: u64) -> bool {
     let mut out = bytes::BytesMut::new();
-    {
+    let commands: Vec<_> = sql.split(';').map(|t| AdminCommand::parse(t.trim())).collect();
+    let pausing = commands.iter().any(|c| matches!(c, Ok(AdminCommand::Pause { .. })))
+        && !commands.iter().any(|c| {
+            matches!(
+                c,
+                Ok(AdminCommand::CaptureStart
+                    | AdminCommand::CaptureStop
+                    | AdminCommand::CatchupStart
+                    | AdminCommand::CatchupStop)
+            )
+        });
+    if !pausing {
+        run_query(shared, sql, &mut out, session).await;
+    } else {
         let run = run_query(shared, sql, &mut out, session);
         tokio::pin!(run);
         loop {

@@ -3,7 +3,7 @@
 //! waits for open transactions, gives up (and reopens) when one stays open
 //! past its timeout, and reopens by itself when its time is up.
 
-use crate::support::{admin, expect_sqlstate, status, table, within, PROMPT};
+use crate::support::{admin, expect_sqlstate, query_msg, status, table, within, RawConn, PROMPT};
 use anyhow::{ensure, Result};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -327,6 +327,16 @@ async fn pause_ends_with_its_session_unless_detached() -> Result<()> {
         "reopened only after {:?}",
         left.elapsed()
     );
+
+    // Also while PAUSE still drains (a transaction is open): the pauser
+    // leaving ends the drain and reopens the gate.
+    client.batch_execute("begin; select 1").await?;
+    let mut raw = RawConn::start(proxy.addr(), "postgres", "switchyard").await?;
+    raw.send(&query_msg("PAUSE 30s")).await?;
+    wait_status(&watcher, "state", "paused").await?;
+    drop(raw);
+    wait_status(&watcher, "state", "serving").await?;
+    client.batch_execute("commit").await?;
 
     let pauser = admin(&proxy).await?;
     within(PROMPT, "PAUSE DETACHED", pauser.simple_query("PAUSE 1500ms DETACHED")).await??;

@@ -79,36 +79,8 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, permi
     Stats::bump(&stats.connections_open);
     let _open = OpenGuard(stats.clone());
     let mut client = Conn::new(socket, shared.config.limits.max_message_bytes);
-    let timeout = shared.config.limits.startup_timeout();
-    let startup = unless_shutdown(
-        &shared,
-        tokio::time::timeout(timeout, read_startup(&shared, &mut client)),
-    )
-    .await;
-    let (version, params) = match startup {
-        None => return refuse(&shared, &mut client, shutting_down()).await,
-        Some(Ok(Ok(Some(startup)))) => startup,
-        Some(Ok(Ok(None))) => return, // cancel request served, or client left
-        Some(Ok(Err(StartupEnd::Refuse(refusal)))) => return refuse(&shared, &mut client, refusal).await,
-        Some(Ok(Err(StartupEnd::Silent(why)))) => {
-            tracing::info!(%peer, why, "closing a connection that sent no valid startup packet");
-            Stats::bump(&stats.connections_refused);
-            Stats::bump(&stats.protocol_errors);
-            return;
-        }
-        Some(Ok(Err(StartupEnd::Legacy(message)))) => {
-            tracing::info!(%peer, message, "refusing an old protocol version");
-            Stats::bump(&stats.connections_refused);
-            Stats::bump(&stats.protocol_errors);
-            client.queue(&startup::legacy_error(&message));
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), client.close()).await;
-            return;
-        }
-        Some(Err(_)) => {
-            tracing::debug!(%peer, "startup timed out");
-            let r = Refusal::fatal("08P01", "startup did not complete in time");
-            return refuse(&shared, &mut client, r).await;
-        }
+    let Some((version, params)) = startup_phase(&shared, &mut client, peer).await else {
+        return;
     };
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let Some(user) = get("user").filter(|u| !u.is_empty()).map(str::to_owned) else {
@@ -128,35 +100,8 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, permi
         return refuse(&shared, &mut client, r).await;
     }
     negotiate_protocol(&mut client, version, &params);
-    let authed = unless_shutdown(
-        &shared,
-        tokio::time::timeout(timeout, auth::authenticate_client(&mut client, &shared.users, &user)),
-    )
-    .await;
-    let Some(authed) = authed else {
-        return refuse(&shared, &mut client, shutting_down()).await;
-    };
-    match authed {
-        Ok(Ok(())) => {}
-        Ok(Err(AuthError::Read(e))) => {
-            tracing::debug!(%peer, error = %e, "client left during authentication");
-            Stats::bump(&stats.connections_refused);
-            return;
-        }
-        Ok(Err(e @ AuthError::Failed(_))) => {
-            tracing::info!(%peer, user = %user, "authentication failed");
-            return refuse(&shared, &mut client, Refusal::fatal("28P01", e.to_string())).await;
-        }
-        Ok(Err(e @ AuthError::Internal)) => {
-            return refuse(&shared, &mut client, Refusal::fatal("XX000", e.to_string())).await;
-        }
-        Ok(Err(e @ AuthError::Protocol)) => {
-            return refuse(&shared, &mut client, Refusal::fatal("08P01", e.to_string())).await;
-        }
-        Err(_) => {
-            let r = Refusal::fatal("08P01", "authentication did not complete in time");
-            return refuse(&shared, &mut client, r).await;
-        }
+    if !authenticate(&shared, &mut client, peer, &user).await {
+        return;
     }
     let application = get("application_name").unwrap_or("").to_owned();
     let registered = shared.sessions.add(peer, &user, &database, &application);
@@ -236,6 +181,68 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, permi
         Err(e) => tracing::info!(session = info.id, error = %e, "session ended with error"),
     }
     drop(registered);
+}
+
+/// Reads the startup packets within `limits.startup_timeout_ms` and ends
+/// the connection as PostgreSQL would if they do not amount to a
+/// StartupMessage; `None` once it has been ended (or a cancel served).
+async fn startup_phase(shared: &Shared, client: &mut Conn, peer: SocketAddr) -> Option<Startup> {
+    let stats = &shared.stats;
+    let timeout = shared.config.limits.startup_timeout();
+    let read = unless_shutdown(shared, tokio::time::timeout(timeout, read_startup(shared, client))).await;
+    match read {
+        None => refuse(shared, client, shutting_down()).await,
+        Some(Ok(Ok(Some(startup)))) => return Some(startup),
+        Some(Ok(Ok(None))) => {} // cancel request served, or client left
+        Some(Ok(Err(StartupEnd::Refuse(refusal)))) => refuse(shared, client, refusal).await,
+        Some(Ok(Err(StartupEnd::Silent(why)))) => {
+            tracing::info!(%peer, why, "closing a connection that sent no valid startup packet");
+            Stats::bump(&stats.connections_refused);
+            Stats::bump(&stats.protocol_errors);
+        }
+        Some(Ok(Err(StartupEnd::Legacy(message)))) => {
+            tracing::info!(%peer, message, "refusing an old protocol version");
+            Stats::bump(&stats.connections_refused);
+            Stats::bump(&stats.protocol_errors);
+            client.queue(&startup::legacy_error(&message));
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), client.close()).await;
+        }
+        Some(Err(_)) => {
+            tracing::debug!(%peer, "startup timed out");
+            let r = Refusal::fatal("08P01", "startup did not complete in time");
+            refuse(shared, client, r).await;
+        }
+    }
+    None
+}
+
+/// Runs client authentication within `limits.startup_timeout_ms`; on
+/// failure the client has been told (or has left) and `false` is returned.
+async fn authenticate(shared: &Shared, client: &mut Conn, peer: SocketAddr, user: &str) -> bool {
+    let timeout = shared.config.limits.startup_timeout();
+    let authed = unless_shutdown(
+        shared,
+        tokio::time::timeout(timeout, auth::authenticate_client(client, &shared.users, user)),
+    )
+    .await;
+    let refusal = match authed {
+        None => shutting_down(),
+        Some(Ok(Ok(()))) => return true,
+        Some(Ok(Err(AuthError::Read(e)))) => {
+            tracing::debug!(%peer, error = %e, "client left during authentication");
+            Stats::bump(&shared.stats.connections_refused);
+            return false;
+        }
+        Some(Ok(Err(e @ AuthError::Failed(_)))) => {
+            tracing::info!(%peer, user = %user, "authentication failed");
+            Refusal::fatal("28P01", e.to_string())
+        }
+        Some(Ok(Err(e @ AuthError::Internal))) => Refusal::fatal("XX000", e.to_string()),
+        Some(Ok(Err(e @ AuthError::Protocol))) => Refusal::fatal("08P01", e.to_string()),
+        Some(Err(_)) => Refusal::fatal("08P01", "authentication did not complete in time"),
+    };
+    refuse(shared, client, refusal).await;
+    false
 }
 
 /// Whether the slot taken at accept lets this login in: a regular slot

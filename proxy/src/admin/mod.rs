@@ -224,7 +224,7 @@ pub async fn serve(shared: &Arc<Shared>, client: &mut Conn, info: &Arc<SessionIn
             return;
         }
         let read = tokio::select! {
-            r = client.read_message() => r,
+            r = client.read_message_within(MAX_CONSOLE_MESSAGE) => r,
             _ = shared.shutting_down() => {
                 bmsg::error_response(client.wbuf(), Severity::Fatal, "57P01", "terminating connection because switchyard is shutting down");
                 client.close().await;
@@ -279,6 +279,10 @@ pub async fn serve(shared: &Arc<Shared>, client: &mut Conn, info: &Arc<SessionIn
         }
     }
 }
+
+/// The largest message the console accepts: commands are short, and a
+/// console session must not hold `limits.max_message_bytes` of input.
+const MAX_CONSOLE_MESSAGE: usize = 64 * 1024;
 
 /// How much pipelined console input is read while a command runs; past it,
 /// the client is simply not watched until the command ends.

@@ -132,6 +132,9 @@ impl InputGuard {
             self.front = None;
             return Ok(());
         }
+        // Bytes buffered before this guard saw them (e.g. pipelined behind
+        // the startup) count as received, so the offset never underflows.
+        self.received = self.received.max(rbuf.len() as u64);
         let at = self.received - rbuf.len() as u64;
         let front = match &mut self.front {
             Some(f) if f.at == at => f,
@@ -224,6 +227,18 @@ mod tests {
         a.update(&mut buf_a).unwrap();
         assert!(!a.in_progress());
         assert_eq!(budget.left(), 300_000);
+    }
+
+    #[test]
+    fn bytes_buffered_before_the_guard_do_not_underflow() {
+        let mut g = InputGuard::new(Budget::new(1 << 20), Duration::from_secs(30));
+        let mut buf = BytesMut::from(&b"Q\0\0\0\x0bselect"[..]);
+        g.update(&mut buf).unwrap();
+        assert!(g.in_progress());
+        buf.extend_from_slice(b"\0");
+        g.received(1);
+        g.update(&mut buf).unwrap();
+        assert!(!g.in_progress());
     }
 
     #[tokio::test]

@@ -15,6 +15,7 @@ use rand::RngCore;
 use scram::{ServerExchange, Verifier};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use thiserror::Error;
 
 /// Why a client was not let in.
@@ -55,17 +56,18 @@ struct Credentials {
 enum ScramSecret {
     /// Configured as PostgreSQL's stored form.
     Stored(Verifier),
-    /// Configured in clear text; the verifier is derived on first use.
+    /// Configured in clear text; the verifier is derived once, in the
+    /// background from the start (a login that comes first waits for it).
     Password {
         password: String,
-        derived: tokio::sync::OnceCell<Verifier>,
+        derived: Arc<tokio::sync::OnceCell<Verifier>>,
     },
     /// No SCRAM possible for this user (an md5 hash, or no password).
     None,
 }
 
-/// The configured users. Key derivation (PBKDF2, 4,096 rounds) happens at
-/// most once per user and never on the event loop; unknown users get a mock
+/// The configured users. Key derivation (PBKDF2, 4,096 rounds) happens
+/// once per user, in the background from the start, never on the event loop; unknown users get a mock
 /// verifier that costs a few HMACs, so their logins are as cheap as a known
 /// user's and do not tell which names exist.
 #[derive(Debug)]
@@ -75,7 +77,7 @@ pub struct Users {
     /// Secret behind unknown users' mock salts, random per process.
     mock_secret: [u8; 32],
     /// PBKDF2 key derivations performed for client logins.
-    derivations: AtomicU64,
+    derivations: Arc<AtomicU64>,
 }
 
 fn md5_hex(parts: &[&[u8]]) -> String {
@@ -101,7 +103,7 @@ impl Users {
                     Some(p) if !is_md5_hash(p) && config.auth.method == AuthMethod::ScramSha256 => {
                         ScramSecret::Password {
                             password: p.to_owned(),
-                            derived: tokio::sync::OnceCell::new(),
+                            derived: Arc::new(tokio::sync::OnceCell::new()),
                         }
                     }
                     _ => ScramSecret::None,
@@ -121,11 +123,30 @@ impl Users {
             .collect();
         let mut mock_secret = [0u8; 32];
         rand::rng().fill_bytes(&mut mock_secret);
-        Users {
+        let users = Users {
             method: config.auth.method,
             users,
             mock_secret,
-            derivations: AtomicU64::new(0),
+            derivations: Arc::new(AtomicU64::new(0)),
+        };
+        users.derive_in_background();
+        users
+    }
+
+    /// Starts deriving every clear-text password's verifier off the event
+    /// loop, so that not even a user's first login costs (and shows) a
+    /// PBKDF2. Without a runtime (a unit test), they are derived on first use.
+    fn derive_in_background(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        for creds in self.users.values() {
+            if let ScramSecret::Password { password, derived } = &creds.scram {
+                let (password, derived, count) = (password.clone(), derived.clone(), self.derivations.clone());
+                runtime.spawn(async move {
+                    let _ = derived.get_or_try_init(|| derive(password, &count)).await;
+                });
+            }
         }
     }
 
@@ -151,21 +172,21 @@ impl Users {
             Some(ScramSecret::Stored(v)) => Ok((v.clone(), true)),
             Some(ScramSecret::Password { password, derived }) => {
                 let v = derived
-                    .get_or_try_init(|| async {
-                        self.derivations.fetch_add(1, Relaxed);
-                        let password = password.clone();
-                        tokio::task::spawn_blocking(move || {
-                            Verifier::from_password(&password, scram::DEFAULT_ITERATIONS)
-                        })
-                        .await
-                        .map_err(|_| AuthError::Internal)
-                    })
+                    .get_or_try_init(|| derive(password.clone(), &self.derivations))
                     .await?;
                 Ok((v.clone(), true))
             }
             Some(ScramSecret::None) | None => Ok((Verifier::mock(&self.mock_secret, user), false)),
         }
     }
+}
+
+/// Derives a clear-text password's verifier (PBKDF2) on the blocking pool.
+async fn derive(password: String, count: &AtomicU64) -> Result<Verifier, AuthError> {
+    count.fetch_add(1, Relaxed);
+    tokio::task::spawn_blocking(move || Verifier::from_password(&password, scram::DEFAULT_ITERATIONS))
+        .await
+        .map_err(|_| AuthError::Internal)
 }
 
 /// Runs the configured authentication with a client that sent a

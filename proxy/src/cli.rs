@@ -35,7 +35,8 @@ pub enum Command {
     },
     /// Show a running proxy's status (SHOW STATUS).
     Status(ConsoleArgs),
-    /// Hold every session at its next transaction boundary (PAUSE).
+    /// Hold every session at its next transaction boundary (PAUSE ...
+    /// DETACHED: the pause outlives this command, until RESUME or the timeout).
     Pause {
         /// How to reach the console.
         #[command(flatten)]

@@ -76,7 +76,8 @@ pub async fn run(config: &Config, options: &CloneOptions, console: &ConsoleArgs)
 
 /// Polls SHOW CAPTURE until the barrier has passed.
 async fn wait_for_barrier(console: &ConsoleArgs, timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
+    // A timeout too large to add (a typo like 1e20s) means no deadline.
+    let deadline = Instant::now().checked_add(timeout);
     let mut told = false;
     loop {
         let capture = crate::cli::console_map(console, "SHOW CAPTURE")
@@ -95,7 +96,7 @@ async fn wait_for_barrier(console: &ConsoleArgs, timeout: Duration) -> Result<()
                 "capture is off: run `switchyard capture start` first (a copy taken without capture would miss the writes made while it runs)"
             ),
             _ => {
-                if Instant::now() >= deadline {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
                     bail!(
                         "the capture barrier did not pass within {:?}: {} session(s) still hold a transaction begun before CAPTURE START (see SHOW CAPTURE)",
                         timeout,

@@ -186,9 +186,27 @@ pub struct Limits {
     /// Largest message accepted from a client, in bytes. Default 64 MiB.
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
-    /// Most client connections at once. Default 1000.
+    /// Most client connections at once, counted from accept (startup and
+    /// authentication included). Default 1000.
     #[serde(default = "default_max_clients")]
     pub max_clients: usize,
+    /// Connections beyond `max_clients` kept for admins opening the admin
+    /// console, so that a full proxy does not lock the DBA out (PostgreSQL's
+    /// `superuser_reserved_connections`). Default 2.
+    #[serde(default = "default_admin_reserve")]
+    pub admin_reserve: usize,
+    /// Once the first byte of a client message has arrived, the rest must
+    /// arrive within this many milliseconds, or the session is closed
+    /// (08P01). A session idle between messages is never timed out.
+    /// Default 30000.
+    #[serde(default = "default_message_timeout_ms")]
+    pub message_timeout_ms: u64,
+    /// Bytes of client input all sessions together may hold for messages
+    /// larger than 64 KiB that are still arriving; a session that would need
+    /// more than is left gets 53200 and is closed. Smaller messages never
+    /// wait on it. Default 256 MiB.
+    #[serde(default = "default_client_buffer_budget_bytes")]
+    pub client_buffer_budget_bytes: usize,
     /// A client must finish startup and authentication within this many
     /// milliseconds. Default 10000.
     #[serde(default = "default_startup_timeout_ms")]
@@ -211,6 +229,9 @@ impl Default for Limits {
         Limits {
             max_message_bytes: default_max_message_bytes(),
             max_clients: default_max_clients(),
+            admin_reserve: default_admin_reserve(),
+            message_timeout_ms: default_message_timeout_ms(),
+            client_buffer_budget_bytes: default_client_buffer_budget_bytes(),
             startup_timeout_ms: default_startup_timeout_ms(),
             connect_timeout_ms: default_connect_timeout_ms(),
             shutdown_timeout_ms: default_shutdown_timeout_ms(),
@@ -239,7 +260,16 @@ impl Limits {
     pub fn pause_timeout(&self) -> Duration {
         Duration::from_millis(self.pause_timeout_ms)
     }
+
+    /// Message-in-progress timeout as a duration.
+    pub fn message_timeout(&self) -> Duration {
+        Duration::from_millis(self.message_timeout_ms)
+    }
 }
+
+/// The longest any configured timeout may be: a day. Beyond it a value is a
+/// typo, and instants that far ahead overflow.
+pub const MAX_TIMEOUT_MS: u64 = 86_400_000;
 
 /// Prometheus endpoint.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -382,6 +412,15 @@ fn default_max_message_bytes() -> usize {
 fn default_max_clients() -> usize {
     1000
 }
+fn default_admin_reserve() -> usize {
+    2
+}
+fn default_message_timeout_ms() -> u64 {
+    30_000
+}
+fn default_client_buffer_budget_bytes() -> usize {
+    256 << 20
+}
 fn default_startup_timeout_ms() -> u64 {
     10_000
 }
@@ -507,15 +546,45 @@ impl Config {
         if self.limits.max_clients == 0 {
             return Err(invalid("limits.max_clients", "must be at least 1".into()));
         }
-        for (key, v) in [
-            ("limits.startup_timeout_ms", self.limits.startup_timeout_ms),
-            ("limits.connect_timeout_ms", self.limits.connect_timeout_ms),
-            ("limits.pause_timeout_ms", self.limits.pause_timeout_ms),
-            ("capture.catalog_refresh_ms", self.capture.catalog_refresh_ms),
+        for (key, v, max) in [
+            (
+                "limits.startup_timeout_ms",
+                self.limits.startup_timeout_ms,
+                MAX_TIMEOUT_MS,
+            ),
+            (
+                "limits.connect_timeout_ms",
+                self.limits.connect_timeout_ms,
+                MAX_TIMEOUT_MS,
+            ),
+            (
+                "limits.message_timeout_ms",
+                self.limits.message_timeout_ms,
+                MAX_TIMEOUT_MS,
+            ),
+            // PAUSE itself takes at most an hour.
+            ("limits.pause_timeout_ms", self.limits.pause_timeout_ms, 3_600_000),
+            (
+                "capture.catalog_refresh_ms",
+                self.capture.catalog_refresh_ms,
+                MAX_TIMEOUT_MS,
+            ),
         ] {
-            if v == 0 {
-                return Err(invalid(key, "must be above 0".into()));
+            if v == 0 || v > max {
+                return Err(invalid(key, format!("must be above 0 and at most {max}")));
             }
+        }
+        if self.limits.shutdown_timeout_ms > MAX_TIMEOUT_MS {
+            return Err(invalid(
+                "limits.shutdown_timeout_ms",
+                format!("must be at most {MAX_TIMEOUT_MS}"),
+            ));
+        }
+        if self.limits.client_buffer_budget_bytes < self.limits.max_message_bytes {
+            return Err(invalid(
+                "limits.client_buffer_budget_bytes",
+                "must be at least limits.max_message_bytes, or no session could receive its largest message".into(),
+            ));
         }
         if let Some(t) = &self.target {
             if t.host.trim().is_empty() {
@@ -806,5 +875,27 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("limits.max_clients"), "{e}");
+    }
+
+    #[test]
+    fn timeouts_are_bounded() {
+        let base = "[source]\nhost = \"h\"\n[auth]\nmethod = \"trust\"\n[limits]\n";
+        for (key, value) in [
+            ("pause_timeout_ms", "3600001"),
+            ("startup_timeout_ms", "18446744073709551615"),
+            ("connect_timeout_ms", "99999999999999"),
+            ("shutdown_timeout_ms", "99999999999999"),
+        ] {
+            let e = Config::parse(&format!("{base}{key} = {value}\n"), "t").unwrap_err();
+            assert!(e.to_string().contains(&format!("limits.{key}")), "{key}: {e}");
+        }
+        let e = Config::parse(
+            "[source]\nhost = \"h\"\n[auth]\nmethod = \"trust\"\n[capture]\ncatalog_refresh_ms = 99999999999999\n",
+            "t",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("capture.catalog_refresh_ms"), "{e}");
+        let ok = Config::parse(&format!("{base}pause_timeout_ms = 3600000\n"), "t").unwrap();
+        assert_eq!(ok.limits.pause_timeout(), Duration::from_secs(3600));
     }
 }

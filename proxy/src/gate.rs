@@ -164,7 +164,12 @@ impl Closed {
     pub async fn drain(&self, timeout: Duration) -> Result<(), GateError> {
         let gate = &self.gate;
         let start = Instant::now();
-        let deadline = tokio::time::Instant::now() + timeout;
+        // Saturates: a timeout too large to add waits as good as forever
+        // instead of panicking.
+        let now = tokio::time::Instant::now();
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365));
         loop {
             let drained = gate.drained.notified();
             let opened = gate.opened.notified();

@@ -13,12 +13,14 @@ pub mod cli;
 pub mod clone;
 pub mod config;
 pub mod gate;
+pub mod input;
 pub mod metrics;
 pub mod net;
 pub mod progress;
 pub mod registry;
 pub mod server;
 pub mod session;
+pub mod slots;
 pub mod stats;
 pub mod wire;
 

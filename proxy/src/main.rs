@@ -83,9 +83,11 @@ async fn run(cli: Cli) -> i32 {
         },
         Command::Status(console) => print(cli::console(&console, "SHOW STATUS").await),
         Command::Pause { console, timeout } => {
+            // The command's console session ends at once, so the pause must
+            // outlive it (bounded by its timeout).
             let cmd = match timeout {
-                Some(t) => format!("PAUSE {t}"),
-                None => "PAUSE".into(),
+                Some(t) => format!("PAUSE {t} DETACHED"),
+                None => "PAUSE DETACHED".into(),
             };
             print(cli::console(&console, &cmd).await)
         }

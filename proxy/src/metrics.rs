@@ -22,11 +22,17 @@ const BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// A Prometheus counter and the [`Stats`] field it is copied from.
+type StatsCounter = (Counter, fn(&Stats) -> u64);
+
+/// Scrapes served at once, at most.
+const MAX_SCRAPES: usize = 32;
+
 /// The proxy's Prometheus metrics.
 pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
-    counters: Vec<(Counter, fn(&Stats) -> u64)>,
+    counters: Vec<StatsCounter>,
     open: Gauge,
 }
 
@@ -45,7 +51,7 @@ impl Metrics {
         let handle = recorder.handle();
         let counter = |name: &'static str| recorder.register_counter(&Key::from_name(name), &META);
         use std::sync::atomic::Ordering::Relaxed;
-        let counters: Vec<(Counter, fn(&Stats) -> u64)> = vec![
+        let counters: Vec<StatsCounter> = vec![
             (counter("switchyard_connections_total"), |s| {
                 s.connections_total.load(Relaxed)
             }),
@@ -67,6 +73,9 @@ impl Metrics {
             }),
             (counter("switchyard_protocol_errors_total"), |s| {
                 s.protocol_errors.load(Relaxed)
+            }),
+            (counter("switchyard_accept_failures_total"), |s| {
+                s.accept_failures.load(Relaxed)
             }),
         ];
         let open = recorder.register_gauge(&Key::from_name("switchyard_client_connections"), &META);
@@ -178,12 +187,19 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Serves `GET /metrics` (any path, in fact) until the task is aborted.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    // A failing accept (out of file descriptors) must back off, not spin.
+    let mut listener = crate::net::Acceptor::new(listener, "metrics", shared.stats.clone());
+    // Scrapes in flight are bounded, so a flood of connections to this port
+    // cannot pile up tasks and descriptors the clients' port needs.
+    let scrapes = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
     loop {
-        let Ok((mut sock, _)) = listener.accept().await else {
-            continue;
+        let (mut sock, _) = listener.accept().await;
+        let Ok(permit) = scrapes.clone().try_acquire_owned() else {
+            continue; // dropped unread: a scraper retries
         };
         let shared = shared.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let mut req = Vec::with_capacity(1024);
             let mut buf = [0u8; 1024];
             // Read the request head, bounded in size and time.

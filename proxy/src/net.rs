@@ -5,13 +5,14 @@
 //! one `select!` without ever blocking a write while the peer is blocked
 //! writing to us.
 
+use crate::stats::Stats;
 use crate::wire::{startup, Frame, WireError};
 use bytes::{Buf, Bytes, BytesMut};
 use std::io;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpStream, UnixStream};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
 
 /// A stream socket the proxy speaks the protocol over: TCP, or a Unix-domain
 /// socket for a database on the same machine (much cheaper per message than
@@ -101,6 +102,67 @@ pub async fn connect(host: &str, port: u16, timeout: Duration, limit: usize) -> 
             io::ErrorKind::TimedOut,
             format!("timed out after {} ms", timeout.as_millis()),
         )),
+    }
+}
+
+/// First pause after a failed accept.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// Longest pause between accept attempts while they keep failing.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// A listener that backs off while `accept` fails. Out of file descriptors
+/// (EMFILE, ENFILE) the pending connection stays in the backlog, so the
+/// listener stays readable and a plain retry loop spins at 100 % CPU; each
+/// failure here doubles the pause (10 ms up to 1 s) and a success resets it.
+/// Cancel-safe: the pause is a deadline kept across calls, so a `select!`
+/// that drops the future does not skip it.
+#[derive(Debug)]
+pub struct Acceptor {
+    listener: TcpListener,
+    what: &'static str,
+    delay: Duration,
+    retry_at: Option<tokio::time::Instant>,
+    stats: std::sync::Arc<Stats>,
+}
+
+impl Acceptor {
+    /// Wraps a bound listener; `what` names it in logs, and failures are
+    /// counted in `stats.accept_failures`.
+    pub fn new(listener: TcpListener, what: &'static str, stats: std::sync::Arc<Stats>) -> Acceptor {
+        Acceptor {
+            listener,
+            what,
+            delay: ACCEPT_BACKOFF_MIN,
+            retry_at: None,
+            stats,
+        }
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts the next connection, waiting out failures with backoff.
+    pub async fn accept(&mut self) -> (TcpStream, std::net::SocketAddr) {
+        loop {
+            if let Some(at) = self.retry_at {
+                tokio::time::sleep_until(at).await;
+                self.retry_at = None;
+            }
+            match self.listener.accept().await {
+                Ok(accepted) => {
+                    self.delay = ACCEPT_BACKOFF_MIN;
+                    return accepted;
+                }
+                Err(e) => {
+                    Stats::bump(&self.stats.accept_failures);
+                    tracing::warn!(listener = self.what, error = %e, retry_ms = self.delay.as_millis() as u64, "accept failed");
+                    self.retry_at = Some(tokio::time::Instant::now() + self.delay);
+                    self.delay = (self.delay * 2).min(ACCEPT_BACKOFF_MAX);
+                }
+            }
+        }
     }
 }
 
@@ -256,10 +318,21 @@ impl<S: Socket> Conn<S> {
         }
     }
 
+    /// Reads one whole typed message of at most `limit` bytes (below the
+    /// connection's own limit), e.g. a password message before the client
+    /// is authenticated.
+    pub async fn read_message_within(&mut self, limit: usize) -> Result<Option<Frame>, ReadError> {
+        let smaller = limit.min(self.limit);
+        let full = std::mem::replace(&mut self.limit, smaller);
+        let read = self.read_message().await;
+        self.limit = full;
+        read
+    }
+
     /// Reads one untyped startup packet (length-prefixed, no type byte).
     pub async fn read_startup(&mut self) -> Result<Option<Bytes>, ReadError> {
         loop {
-            if let Some(len) = startup::packet_len(&self.rbuf, self.limit.min(10_000))? {
+            if let Some(len) = startup::packet_len(&self.rbuf, self.limit.min(startup::MAX_STARTUP_PACKET))? {
                 if self.rbuf.len() >= len {
                     return Ok(Some(self.rbuf.split_to(len).freeze()));
                 }

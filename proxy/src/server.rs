@@ -7,9 +7,12 @@ use crate::cancel::CancelMap;
 use crate::config::Config;
 use crate::gate::Gate;
 use crate::metrics::{self, Metrics};
+use crate::net::Acceptor;
 use crate::registry::Registry;
 use crate::session;
+use crate::slots::Slots;
 use crate::stats::Stats;
+use crate::wire::backend::Severity;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
@@ -48,6 +51,17 @@ pub struct PauseState {
     pub since: Instant,
     /// When the gate reopens by itself.
     pub until: Instant,
+    /// Who the pause belongs to.
+    pub owner: PauseOwner,
+}
+
+/// What a PAUSE is tied to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseOwner {
+    /// The console session with this id: the pause ends when it leaves.
+    Session(u64),
+    /// `PAUSE ... DETACHED`: only RESUME or the timeout end it.
+    Detached,
 }
 
 /// Everything the sessions and the admin console share.
@@ -195,16 +209,26 @@ impl Proxy {
 async fn serve(listener: TcpListener, shared: Arc<Shared>, side_tasks: Vec<tokio::task::JoinHandle<()>>) {
     let mut sessions = JoinSet::new();
     let mut shutdown = shared.shutdown.clone();
+    let mut listener = Acceptor::new(listener, "clients", shared.stats.clone());
+    // Counted here, before the first byte is read, so that simultaneous
+    // logins cannot all pass a check made later.
+    let slots = Slots::new(&shared.config.limits);
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((socket, peer)) => {
-                    sessions.spawn(session::run(shared.clone(), socket, peer));
+            (socket, peer) = listener.accept() => match slots.acquire() {
+                Some(permit) => {
+                    sessions.spawn(session::run(shared.clone(), socket, peer, permit));
                 }
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, keep serving.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                None => {
+                    // Even the refusals are at their bound: say so without
+                    // reading (as PostgreSQL's postmaster does when it cannot
+                    // start a backend), never waiting on this socket.
+                    tracing::debug!(%peer, "no slot left, not even to refuse; closing");
+                    Stats::bump(&shared.stats.connections_refused);
+                    let mut out = bytes::BytesMut::new();
+                    let message = "sorry, too many clients already (limits.max_clients)";
+                    crate::wire::backend::error_response(&mut out, Severity::Fatal, "53300", message);
+                    let _ = socket.try_write(&out);
                 }
             },
             _ = shutdown.changed() => break,

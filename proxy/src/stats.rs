@@ -28,6 +28,9 @@ pub struct Stats {
     pub server_errors: AtomicU64,
     /// Sessions closed for protocol violations.
     pub protocol_errors: AtomicU64,
+    /// Failed `accept` calls on the client and metrics listeners (e.g. out
+    /// of file descriptors).
+    pub accept_failures: AtomicU64,
     latency: Mutex<Histogram<u64>>,
 }
 
@@ -52,6 +55,7 @@ impl Default for Stats {
             bytes_to_clients: AtomicU64::new(0),
             server_errors: AtomicU64::new(0),
             protocol_errors: AtomicU64::new(0),
+            accept_failures: AtomicU64::new(0),
             latency: Mutex::new(latency_histogram()),
         }
     }

@@ -36,11 +36,14 @@ pub enum AdminCommand {
     ShowConfig,
     /// `SHOW HELP` (also `HELP`).
     Help,
-    /// `PAUSE [timeout]`: hold every session at its next transaction
-    /// boundary; reopens on RESUME or after the timeout.
+    /// `PAUSE [timeout] [DETACHED]`: hold every session at its next
+    /// transaction boundary; reopens on RESUME, after the timeout, or (unless
+    /// detached) when the console session that paused leaves.
     Pause {
         /// Drain and hold limit; the configured default when absent.
         timeout: Option<Duration>,
+        /// Whether the pause ends with the session that asked for it.
+        hold: PauseHold,
     },
     /// `RESUME`.
     Resume,
@@ -63,6 +66,20 @@ pub enum AdminCommand {
     ShowLag,
 }
 
+/// Whether a PAUSE is tied to the console session that asked for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseHold {
+    /// The gate reopens when that session leaves (the safe default: a DBA
+    /// whose connection drops does not leave the applications frozen).
+    Attached,
+    /// `PAUSE ... DETACHED`: it outlives the session, bounded by its timeout.
+    Detached,
+}
+
+/// The longest a PAUSE may hold the gate: past this a forgotten pause is an
+/// outage, not a migration step.
+pub const MAX_PAUSE: Duration = Duration::from_secs(3600);
+
 /// A console error: shown to the admin with its SQLSTATE.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum AdminError {
@@ -75,6 +92,10 @@ pub enum AdminError {
     /// The command cannot run now (e.g. RESUME when not paused).
     #[error("{0}")]
     State(String),
+    /// An argument out of range or of the wrong kind (e.g. a PAUSE timeout
+    /// past an hour).
+    #[error("{0}")]
+    InvalidParameter(String),
 }
 
 impl AdminError {
@@ -83,12 +104,14 @@ impl AdminError {
         match self {
             AdminError::Unknown(_) | AdminError::Syntax(_) => "42601",
             AdminError::State(_) => "55000",
+            AdminError::InvalidParameter(_) => "22023",
         }
     }
 }
 
-/// Parses a duration: `500ms`, `5s`, `2min`, or a bare number of seconds
-/// (optionally quoted).
+/// Parses a duration: `500ms`, `5s`, `2min`, `1h`, or a bare number of
+/// seconds (optionally quoted). `None` for anything else, including values
+/// too large for a `Duration` (never a panic).
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim().trim_matches('\'').trim();
     let (num, unit) = s
@@ -102,9 +125,34 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         "" | "s" | "sec" | "secs" | "second" | "seconds" => n,
         "ms" | "msec" | "millisecond" | "milliseconds" => n / 1000.0,
         "min" | "mins" | "minute" | "minutes" => n * 60.0,
+        "h" | "hour" | "hours" => n * 3600.0,
         _ => return None,
     };
-    Some(Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(secs).ok()
+}
+
+/// Parses PAUSE's arguments: `[timeout] [DETACHED]`, the timeout above 0
+/// and at most [`MAX_PAUSE`].
+fn parse_pause(words: &[&str]) -> Result<AdminCommand, AdminError> {
+    let (hold, words) = match words.split_last() {
+        Some((last, rest)) if last.eq_ignore_ascii_case("DETACHED") => (PauseHold::Detached, rest),
+        _ => (PauseHold::Attached, words),
+    };
+    if words.is_empty() {
+        return Ok(AdminCommand::Pause { timeout: None, hold });
+    }
+    let text = words.join(" ");
+    let timeout = parse_duration(&text)
+        .filter(|d| !d.is_zero() && *d <= MAX_PAUSE)
+        .ok_or_else(|| {
+            AdminError::InvalidParameter(format!(
+                "PAUSE takes a timeout above 0 and at most 1 hour, such as 10s, 500ms or 2min, optionally followed by DETACHED; not \"{text}\""
+            ))
+        })?;
+    Ok(AdminCommand::Pause {
+        timeout: Some(timeout),
+        hold,
+    })
 }
 
 /// A database name as typed: `"Name"` keeps its case and loses the quotes;
@@ -130,16 +178,7 @@ impl AdminCommand {
             ["SHOW", "STATS"] => Ok(AdminCommand::ShowStats),
             ["SHOW", "CONFIG"] => Ok(AdminCommand::ShowConfig),
             ["SHOW", "HELP"] | ["HELP"] => Ok(AdminCommand::Help),
-            ["PAUSE"] => Ok(AdminCommand::Pause { timeout: None }),
-            ["PAUSE", _] => {
-                let d = parse_duration(words[1]).filter(|d| !d.is_zero()).ok_or_else(|| {
-                    AdminError::Syntax(format!(
-                        "PAUSE takes a timeout such as 10s, 500ms or 2min, not \"{}\"",
-                        words[1]
-                    ))
-                })?;
-                Ok(AdminCommand::Pause { timeout: Some(d) })
-            }
+            ["PAUSE", ..] => parse_pause(&words[1..]),
             ["RESUME"] => Ok(AdminCommand::Resume),
             ["CAPTURE", "START"] => Ok(AdminCommand::CaptureStart { database: None }),
             ["CAPTURE", "START", _] => Ok(AdminCommand::CaptureStart {
@@ -155,8 +194,8 @@ impl AdminCommand {
         }
     }
 
-    /// Runs the command.
-    pub async fn execute(&self, shared: &Arc<Shared>) -> Result<Reply, AdminError> {
+    /// Runs the command for the console session `session`.
+    pub async fn execute(&self, shared: &Arc<Shared>, session: u64) -> Result<Reply, AdminError> {
         match self {
             AdminCommand::ShowVersion => Ok(show::version()),
             AdminCommand::ShowStatus => Ok(show::status(shared)),
@@ -164,7 +203,7 @@ impl AdminCommand {
             AdminCommand::ShowStats => Ok(show::stats(shared)),
             AdminCommand::ShowConfig => Ok(show::config(shared)),
             AdminCommand::Help => Ok(show::help()),
-            AdminCommand::Pause { timeout } => pause::execute(shared, *timeout).await,
+            AdminCommand::Pause { timeout, hold } => pause::execute(shared, *timeout, *hold, session).await,
             AdminCommand::Resume => resume::execute(shared),
             AdminCommand::CaptureStart { database } => capture::start(shared, database.as_deref()).await,
             AdminCommand::CaptureStop => capture::stop(shared).await,
@@ -193,6 +232,8 @@ pub async fn serve(shared: &Arc<Shared>, client: &mut Conn, info: &Arc<SessionIn
     bmsg::backend_key_data(client.wbuf(), 0, 0);
     bmsg::ready_for_query(client.wbuf(), TxStatus::Idle);
     info.set_state(Shown::Relay(Phase::Idle));
+    // However this session ends, a PAUSE it holds (not detached) ends too.
+    let _pause = pause::EndWithSession::new(shared, info.id);
     // An extended-protocol batch is answered with one error at its Sync.
     let mut extended_error = false;
     loop {
@@ -200,7 +241,7 @@ pub async fn serve(shared: &Arc<Shared>, client: &mut Conn, info: &Arc<SessionIn
             return;
         }
         let read = tokio::select! {
-            r = client.read_message() => r,
+            r = client.read_message_within(MAX_CONSOLE_MESSAGE) => r,
             _ = shared.shutting_down() => {
                 bmsg::error_response(client.wbuf(), Severity::Fatal, "57P01", "terminating connection because switchyard is shutting down");
                 client.close().await;
@@ -232,7 +273,10 @@ pub async fn serve(shared: &Arc<Shared>, client: &mut Conn, info: &Arc<SessionIn
                 };
                 info.set_state(Shown::Relay(Phase::Active));
                 info.count_query();
-                run_query(shared, sql, client.wbuf()).await;
+                let sql = sql.to_owned();
+                if !run_watching(shared, client, &sql, info.id).await {
+                    return;
+                }
                 bmsg::ready_for_query(client.wbuf(), TxStatus::Idle);
                 info.set_state(Shown::Relay(Phase::Idle));
             }
@@ -253,8 +297,53 @@ pub async fn serve(shared: &Arc<Shared>, client: &mut Conn, info: &Arc<SessionIn
     }
 }
 
+/// The largest message the console accepts: commands are short, and a
+/// console session must not hold `limits.max_message_bytes` of input.
+const MAX_CONSOLE_MESSAGE: usize = 64 * 1024;
+
+/// How much pipelined console input is read while a command runs; past it,
+/// the client is simply not watched until the command ends.
+const WATCH_BUFFER: usize = 64 * 1024;
+
+/// Runs a query's commands; one with a PAUSE runs while watching the
+/// client: if it leaves during the drain, the PAUSE is dropped, which
+/// reopens the gate. (Capture and catch-up commands run to their end even
+/// if their client half-closes after sending: they are not watched.)
+/// Returns whether the client is still there.
+async fn run_watching(shared: &Arc<Shared>, client: &mut Conn, sql: &str, session: u64) -> bool {
+    let mut out = bytes::BytesMut::new();
+    let commands: Vec<_> = sql.split(';').map(|t| AdminCommand::parse(t.trim())).collect();
+    let pausing = commands.iter().any(|c| matches!(c, Ok(AdminCommand::Pause { .. })))
+        && !commands.iter().any(|c| {
+            matches!(
+                c,
+                Ok(AdminCommand::CaptureStart { .. }
+                    | AdminCommand::CaptureStop
+                    | AdminCommand::CatchupStart
+                    | AdminCommand::CatchupStop)
+            )
+        });
+    if !pausing {
+        run_query(shared, sql, &mut out, session).await;
+    } else {
+        let run = run_query(shared, sql, &mut out, session);
+        tokio::pin!(run);
+        loop {
+            tokio::select! {
+                () = &mut run => break,
+                // Pipelined input stays buffered for the next turn of the loop.
+                n = client.fill(), if client.buffered() < WATCH_BUFFER => if !matches!(n, Ok(n) if n > 0) {
+                    return false;
+                },
+            }
+        }
+    }
+    client.queue(&out);
+    true
+}
+
 /// Runs each `;`-separated command of a simple query; stops at the first error.
-async fn run_query(shared: &Arc<Shared>, sql: &str, out: &mut bytes::BytesMut) {
+async fn run_query(shared: &Arc<Shared>, sql: &str, out: &mut bytes::BytesMut, session: u64) {
     let statements: Vec<&str> = sql.split(';').map(str::trim).filter(|s| !s.is_empty()).collect();
     if statements.is_empty() {
         bmsg::empty_query_response(out);
@@ -264,7 +353,7 @@ async fn run_query(shared: &Arc<Shared>, sql: &str, out: &mut bytes::BytesMut) {
         let result = match AdminCommand::parse(text) {
             Ok(cmd) => {
                 tracing::info!(command = ?cmd, "admin command");
-                cmd.execute(shared).await
+                cmd.execute(shared, session).await
             }
             Err(e) => Err(e),
         };
@@ -286,21 +375,27 @@ mod tests {
     fn parses_commands() {
         assert_eq!(AdminCommand::parse("show  version"), Ok(AdminCommand::ShowVersion));
         assert_eq!(AdminCommand::parse("SHOW SESSIONS"), Ok(AdminCommand::ShowSessions));
-        assert_eq!(AdminCommand::parse("pause"), Ok(AdminCommand::Pause { timeout: None }));
+        assert_eq!(
+            AdminCommand::parse("pause"),
+            Ok(AdminCommand::Pause {
+                timeout: None,
+                hold: PauseHold::Attached
+            })
+        );
         assert_eq!(
             AdminCommand::parse("PAUSE 500ms"),
             Ok(AdminCommand::Pause {
-                timeout: Some(Duration::from_millis(500))
+                timeout: Some(Duration::from_millis(500)),
+                hold: PauseHold::Attached
             })
         );
         assert_eq!(
             AdminCommand::parse("PAUSE '2'"),
             Ok(AdminCommand::Pause {
-                timeout: Some(Duration::from_secs(2))
+                timeout: Some(Duration::from_secs(2)),
+                hold: PauseHold::Attached
             })
         );
-        assert!(matches!(AdminCommand::parse("PAUSE soon"), Err(AdminError::Syntax(_))));
-        assert!(matches!(AdminCommand::parse("PAUSE 0"), Err(AdminError::Syntax(_))));
         assert!(matches!(
             AdminCommand::parse("SHOW TABLES"),
             Err(AdminError::Unknown(_))
@@ -312,11 +407,49 @@ mod tests {
     }
 
     #[test]
+    fn pause_timeouts_beyond_an_hour_or_not_durations_are_22023() {
+        for bad in [
+            "PAUSE 99999999999999999999",
+            "PAUSE 18446744073709551615",
+            "PAUSE 99999999999",
+            "PAUSE 3601s",
+            "PAUSE 61min",
+            "PAUSE -1",
+            "PAUSE nan",
+            "PAUSE inf",
+            "PAUSE 1e400",
+            "PAUSE 5 years",
+            "PAUSE soon",
+            "PAUSE 0",
+            "PAUSE 10s LATER",
+        ] {
+            let e = AdminCommand::parse(bad).expect_err(bad);
+            assert_eq!(e.code(), "22023", "{bad}: {e}");
+        }
+        assert_eq!(
+            AdminCommand::parse("pause 1h detached"),
+            Ok(AdminCommand::Pause {
+                timeout: Some(Duration::from_secs(3600)),
+                hold: PauseHold::Detached,
+            })
+        );
+        assert_eq!(
+            AdminCommand::parse("PAUSE DETACHED"),
+            Ok(AdminCommand::Pause {
+                timeout: None,
+                hold: PauseHold::Detached,
+            })
+        );
+    }
+
+    #[test]
     fn parses_durations() {
         assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2min"), Some(Duration::from_secs(120)));
         assert_eq!(parse_duration("10"), Some(Duration::from_secs(10)));
         assert_eq!(parse_duration("-1"), None);
         assert_eq!(parse_duration("5 years"), None);
+        assert_eq!(parse_duration("99999999999999999999"), None);
+        assert_eq!(parse_duration("1e400"), None);
     }
 }

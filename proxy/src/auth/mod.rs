@@ -14,6 +14,8 @@ use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use rand::RngCore;
 use scram::{ServerExchange, Verifier};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use thiserror::Error;
 
 /// Why a client was not let in.
@@ -28,6 +30,9 @@ pub enum AuthError {
     /// The socket failed or closed.
     #[error("connection lost during authentication: {0}")]
     Read(#[from] ReadError),
+    /// Key derivation could not run (the blocking pool is gone: shutdown).
+    #[error("authentication could not complete inside the proxy")]
+    Internal,
 }
 
 impl From<std::io::Error> for AuthError {
@@ -36,20 +41,43 @@ impl From<std::io::Error> for AuthError {
     }
 }
 
-/// What the proxy knows of one user's password, prepared once at start.
-#[derive(Debug, Clone)]
+/// What the proxy knows of one user's password.
+#[derive(Debug)]
 struct Credentials {
-    scram: Option<Verifier>,
+    scram: ScramSecret,
     /// md5(password || user) as 32 hex digits.
     md5: Option<String>,
     admin: bool,
 }
 
-/// The configured users, with verifiers computed once.
-#[derive(Debug, Clone)]
+/// A user's SCRAM keys: given as a verifier, or derived from a clear-text
+/// password once, on first use, off the event loop, and kept.
+#[derive(Debug)]
+enum ScramSecret {
+    /// Configured as PostgreSQL's stored form.
+    Stored(Verifier),
+    /// Configured in clear text; the verifier is derived once, in the
+    /// background from the start (a login that comes first waits for it).
+    Password {
+        password: String,
+        derived: Arc<tokio::sync::OnceCell<Verifier>>,
+    },
+    /// No SCRAM possible for this user (an md5 hash, or no password).
+    None,
+}
+
+/// The configured users. Key derivation (PBKDF2, 4,096 rounds) happens
+/// once per user, in the background from the start, never on the event loop; unknown users get a mock
+/// verifier that costs a few HMACs, so their logins are as cheap as a known
+/// user's and do not tell which names exist.
+#[derive(Debug)]
 pub struct Users {
     method: AuthMethod,
     users: HashMap<String, Credentials>,
+    /// Secret behind unknown users' mock salts, random per process.
+    mock_secret: [u8; 32],
+    /// PBKDF2 key derivations performed for client logins.
+    derivations: Arc<AtomicU64>,
 }
 
 fn md5_hex(parts: &[&[u8]]) -> String {
@@ -61,7 +89,7 @@ fn md5_hex(parts: &[&[u8]]) -> String {
 }
 
 impl Users {
-    /// Prepares the users of a validated config.
+    /// Prepares the users of a validated config (cheap: no key derivation).
     pub fn new(config: &Config) -> Users {
         let users = config
             .users
@@ -69,11 +97,16 @@ impl Users {
             .map(|u| {
                 let pw = u.password.as_deref();
                 let scram = match pw {
-                    Some(p) if p.starts_with("SCRAM-SHA-256$") => Verifier::parse(p).ok(),
-                    Some(p) if !is_md5_hash(p) && config.auth.method == AuthMethod::ScramSha256 => {
-                        Some(Verifier::from_password(p, scram::DEFAULT_ITERATIONS))
+                    Some(p) if p.starts_with("SCRAM-SHA-256$") => {
+                        Verifier::parse(p).map_or(ScramSecret::None, ScramSecret::Stored)
                     }
-                    _ => None,
+                    Some(p) if !is_md5_hash(p) && config.auth.method == AuthMethod::ScramSha256 => {
+                        ScramSecret::Password {
+                            password: p.to_owned(),
+                            derived: Arc::new(tokio::sync::OnceCell::new()),
+                        }
+                    }
+                    _ => ScramSecret::None,
                 };
                 let md5 = match pw {
                     Some(p) if is_md5_hash(p) => Some(p[3..].to_ascii_lowercase()),
@@ -88,10 +121,38 @@ impl Users {
                 (u.name.clone(), creds)
             })
             .collect();
-        Users {
+        let mut mock_secret = [0u8; 32];
+        rand::rng().fill_bytes(&mut mock_secret);
+        let users = Users {
             method: config.auth.method,
             users,
+            mock_secret,
+            derivations: Arc::new(AtomicU64::new(0)),
+        };
+        users.derive_in_background();
+        users
+    }
+
+    /// Starts deriving every clear-text password's verifier off the event
+    /// loop, so that not even a user's first login costs (and shows) a
+    /// PBKDF2. Without a runtime (a unit test), they are derived on first use.
+    fn derive_in_background(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        for creds in self.users.values() {
+            if let ScramSecret::Password { password, derived } = &creds.scram {
+                let (password, derived, count) = (password.clone(), derived.clone(), self.derivations.clone());
+                runtime.spawn(async move {
+                    let _ = derived.get_or_try_init(|| derive(password, &count)).await;
+                });
+            }
         }
+    }
+
+    /// How many PBKDF2 key derivations client logins have cost so far.
+    pub fn derivations(&self) -> u64 {
+        self.derivations.load(Relaxed)
     }
 
     /// Whether `user` may use the admin console. With trust and no users
@@ -102,6 +163,30 @@ impl Users {
             None => self.method == AuthMethod::Trust && self.users.is_empty(),
         }
     }
+
+    /// The SCRAM verifier to challenge `user` with, and whether it can ever
+    /// succeed (a mock one for unknown users cannot).
+    async fn scram_verifier(&self, user: &str) -> Result<(Verifier, bool), AuthError> {
+        let secret = self.users.get(user).map(|c| &c.scram);
+        match secret {
+            Some(ScramSecret::Stored(v)) => Ok((v.clone(), true)),
+            Some(ScramSecret::Password { password, derived }) => {
+                let v = derived
+                    .get_or_try_init(|| derive(password.clone(), &self.derivations))
+                    .await?;
+                Ok((v.clone(), true))
+            }
+            Some(ScramSecret::None) | None => Ok((Verifier::mock(&self.mock_secret, user), false)),
+        }
+    }
+}
+
+/// Derives a clear-text password's verifier (PBKDF2) on the blocking pool.
+async fn derive(password: String, count: &AtomicU64) -> Result<Verifier, AuthError> {
+    count.fetch_add(1, Relaxed);
+    tokio::task::spawn_blocking(move || Verifier::from_password(&password, scram::DEFAULT_ITERATIONS))
+        .await
+        .map_err(|_| AuthError::Internal)
 }
 
 /// Runs the configured authentication with a client that sent a
@@ -112,15 +197,20 @@ pub async fn authenticate_client<S: Socket>(conn: &mut Conn<S>, users: &Users, u
     match users.method {
         AuthMethod::Trust => {}
         AuthMethod::Md5 => md5_exchange(conn, user, creds).await?,
-        AuthMethod::ScramSha256 => scram_exchange(conn, user, creds).await?,
+        AuthMethod::ScramSha256 => scram_exchange(conn, users, user).await?,
     }
     backend::authentication(conn.wbuf(), auth::OK, &[]);
     Ok(())
 }
 
+/// The largest password message accepted, as PostgreSQL's
+/// `PG_MAX_AUTH_TOKEN_LENGTH` (65535) plus the header: an unauthenticated
+/// client must not make the proxy buffer `max_message_bytes`.
+const MAX_PASSWORD_MESSAGE: usize = 65_535 + 5;
+
 async fn read_password<S: Socket>(conn: &mut Conn<S>) -> Result<Frame, AuthError> {
     conn.flush().await?;
-    match conn.read_message().await? {
+    match conn.read_message_within(MAX_PASSWORD_MESSAGE).await? {
         Some(f) if f.tag() == ftag::PASSWORD => Ok(f),
         Some(_) => Err(AuthError::Protocol),
         None => Err(AuthError::Read(ReadError::Truncated)),
@@ -144,17 +234,9 @@ async fn md5_exchange<S: Socket>(conn: &mut Conn<S>, user: &str, creds: Option<&
     }
 }
 
-async fn scram_exchange<S: Socket>(
-    conn: &mut Conn<S>,
-    user: &str,
-    creds: Option<&Credentials>,
-) -> Result<(), AuthError> {
-    // Unknown users get a throwaway verifier so the exchange looks the same.
-    let verifier = match creds.and_then(|c| c.scram.clone()) {
-        Some(v) => v,
-        None => Verifier::with_salt("", vec![0; 16], scram::DEFAULT_ITERATIONS),
-    };
-    let known = creds.and_then(|c| c.scram.as_ref()).is_some();
+async fn scram_exchange<S: Socket>(conn: &mut Conn<S>, users: &Users, user: &str) -> Result<(), AuthError> {
+    // Unknown users get a mock verifier so the exchange looks the same.
+    let (verifier, known) = users.scram_verifier(user).await?;
     backend::auth_sasl_scram(conn.wbuf());
     let first = read_password(conn).await?;
     let (mechanism, data) = parse_sasl_initial_response(first.body()).map_err(|_| AuthError::Protocol)?;
@@ -247,9 +329,16 @@ pub async fn login<S: Socket>(conn: &mut Conn<S>, user: &str, password: Option<&
                 scram = Some(s);
             }
             auth::SASL_CONTINUE => {
-                let s = scram.as_mut().ok_or(LoginError::Unexpected('R'))?;
-                s.update(data).map_err(LoginError::Scram)?;
+                let mut s = scram.take().ok_or(LoginError::Unexpected('R'))?;
+                // The client proof costs a PBKDF2 of the server's iteration
+                // count: never on the event loop.
+                let data = data.to_vec();
+                let s = tokio::task::spawn_blocking(move || s.update(&data).map(|()| s))
+                    .await
+                    .map_err(|e| LoginError::Scram(std::io::Error::other(e)))?
+                    .map_err(LoginError::Scram)?;
                 conn.queue(&frontend::password(s.message(), false));
+                scram = Some(s);
             }
             auth::SASL_FINAL => {
                 let mut s = scram.take().ok_or(LoginError::Unexpected('R'))?;

@@ -74,6 +74,28 @@ impl Verifier {
         }
     }
 
+    /// A verifier for a user the proxy does not know, as PostgreSQL's
+    /// `scram_mock_salt` makes one: the salt is derived from the name with a
+    /// per-process secret, so it is stable per name (a prober asking twice
+    /// cannot tell a made-up user from a real one), and the keys are
+    /// derived the same way, so no proof can match. Costs a few HMACs, not
+    /// a PBKDF2.
+    pub fn mock(secret: &[u8; 32], user: &str) -> Verifier {
+        let derive = |what: &[u8]| {
+            let mut mac = HmacSha256::new_from_slice(secret).expect("hmac takes any key length");
+            mac.update(what);
+            mac.update(user.as_bytes());
+            let out: [u8; 32] = mac.finalize().into_bytes().into();
+            out
+        };
+        Verifier {
+            iterations: DEFAULT_ITERATIONS,
+            salt: derive(b"salt\0")[..16].to_vec(),
+            stored_key: derive(b"stored\0"),
+            server_key: derive(b"server\0"),
+        }
+    }
+
     /// Parses PostgreSQL's stored form.
     pub fn parse(s: &str) -> Result<Verifier, &'static str> {
         let rest = s
@@ -235,6 +257,18 @@ mod tests {
         let v = Verifier::from_password("s3cret", 4096);
         assert_eq!(run("s3cret", &v), Ok(()));
         assert_eq!(run("wrong", &v), Err(ScramError::BadProof));
+    }
+
+    #[test]
+    fn mock_verifiers_are_stable_per_name_and_accept_no_proof() {
+        let secret = [7u8; 32];
+        let a = Verifier::mock(&secret, "nobody");
+        assert_eq!(a, Verifier::mock(&secret, "nobody"));
+        assert_ne!(a.salt, Verifier::mock(&secret, "somebody").salt);
+        assert_ne!(a.salt, Verifier::mock(&[8u8; 32], "nobody").salt);
+        assert_eq!(a.salt.len(), 16);
+        assert_eq!(run("", &a), Err(ScramError::BadProof));
+        assert_eq!(run("nobody", &a), Err(ScramError::BadProof));
     }
 
     #[test]

@@ -9,12 +9,14 @@ pub mod state;
 
 use crate::admin;
 use crate::auth::{self, AuthError, LoginError};
+use crate::input::InputGuard;
 use crate::net::{Conn, ReadError, ServerConn};
 use crate::registry::Shown;
 use crate::server::Shared;
+use crate::slots::{Permit, SlotKind};
 use crate::stats::Stats;
 use crate::wire::backend::{self as bmsg, Severity};
-use crate::wire::startup::StartupPacket;
+use crate::wire::startup::{self, StartupPacket};
 use backend::ConnectError;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,14 +28,35 @@ pub(crate) struct Refusal {
     pub severity: Severity,
     pub code: &'static str,
     pub message: String,
+    /// Whether it counts in `protocol_errors`.
+    pub fault: Fault,
+}
+
+/// What a refusal says about the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fault {
+    /// It broke the protocol.
+    Protocol,
+    /// Anything else (wrong password, too many clients, shutdown...).
+    Other,
 }
 
 impl Refusal {
     pub(crate) fn fatal(code: &'static str, message: impl Into<String>) -> Refusal {
+        let fault = if code == "08P01" { Fault::Protocol } else { Fault::Other };
         Refusal {
             severity: Severity::Fatal,
             code,
             message: message.into(),
+            fault,
+        }
+    }
+
+    /// A FATAL error for a client that broke the protocol, whatever its code.
+    pub(crate) fn protocol(code: &'static str, message: impl Into<String>) -> Refusal {
+        Refusal {
+            fault: Fault::Protocol,
+            ..Refusal::fatal(code, message)
         }
     }
 }
@@ -50,28 +73,14 @@ impl Drop for OpenGuard {
 }
 
 /// Serves one client connection to its end. Never panics on input.
-pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
+pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, permit: Permit) {
     let stats = shared.stats.clone();
     Stats::bump(&stats.connections_total);
     Stats::bump(&stats.connections_open);
     let _open = OpenGuard(stats.clone());
     let mut client = Conn::new(socket, shared.config.limits.max_message_bytes);
-    let timeout = shared.config.limits.startup_timeout();
-    let startup = unless_shutdown(
-        &shared,
-        tokio::time::timeout(timeout, read_startup(&shared, &mut client)),
-    )
-    .await;
-    let (version, params) = match startup {
-        None => return refuse(&shared, &mut client, shutting_down()).await,
-        Some(Ok(Ok(Some(startup)))) => startup,
-        Some(Ok(Ok(None))) => return, // cancel request served, or client left
-        Some(Ok(Err(refusal))) => return refuse(&shared, &mut client, refusal).await,
-        Some(Err(_)) => {
-            tracing::debug!(%peer, "startup timed out");
-            let r = Refusal::fatal("08P01", "startup did not complete in time");
-            return refuse(&shared, &mut client, r).await;
-        }
+    let Some((version, params)) = startup_phase(&shared, &mut client, peer).await else {
+        return;
     };
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let Some(user) = get("user").filter(|u| !u.is_empty()).map(str::to_owned) else {
@@ -86,37 +95,13 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
         );
         return refuse(&shared, &mut client, r).await;
     }
-    if shared.sessions.len() >= shared.config.limits.max_clients {
-        let r = Refusal::fatal("53300", "sorry, too many clients already (limits.max_clients)");
+    if let Some(r) = slot_refusal(&shared, permit.kind(), &user, &database) {
+        tracing::info!(%peer, user = %user, database = %database, "too many clients");
         return refuse(&shared, &mut client, r).await;
     }
     negotiate_protocol(&mut client, version, &params);
-    let authed = unless_shutdown(
-        &shared,
-        tokio::time::timeout(timeout, auth::authenticate_client(&mut client, &shared.users, &user)),
-    )
-    .await;
-    let Some(authed) = authed else {
-        return refuse(&shared, &mut client, shutting_down()).await;
-    };
-    match authed {
-        Ok(Ok(())) => {}
-        Ok(Err(AuthError::Read(e))) => {
-            tracing::debug!(%peer, error = %e, "client left during authentication");
-            Stats::bump(&stats.connections_refused);
-            return;
-        }
-        Ok(Err(e @ AuthError::Failed(_))) => {
-            tracing::info!(%peer, user = %user, "authentication failed");
-            return refuse(&shared, &mut client, Refusal::fatal("28P01", e.to_string())).await;
-        }
-        Ok(Err(e @ AuthError::Protocol)) => {
-            return refuse(&shared, &mut client, Refusal::fatal("08P01", e.to_string())).await;
-        }
-        Err(_) => {
-            let r = Refusal::fatal("08P01", "authentication did not complete in time");
-            return refuse(&shared, &mut client, r).await;
-        }
+    if !authenticate(&shared, &mut client, peer, &user).await {
+        return;
     }
     let application = get("application_name").unwrap_or("").to_owned();
     let registered = shared.sessions.add(peer, &user, &database, &application);
@@ -189,7 +174,8 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
     );
     info.set_state(Shown::Relay(state::Phase::Idle));
     tracing::debug!(session = info.id, %peer, user = %user, database = %database, backend_pid = be.key.0, "session started");
-    let relay = relay::Relay::new(&shared, &info);
+    let input = InputGuard::new(permit.budget().clone(), shared.config.limits.message_timeout());
+    let relay = relay::Relay::new(&shared, &info, input);
     let ended = match &mut be.conn {
         ServerConn::Tcp(server) => relay.run(&mut client, server).await,
         ServerConn::Unix(server) => relay.run(&mut client, server).await,
@@ -200,6 +186,85 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
         Err(e) => tracing::info!(session = info.id, error = %e, "session ended with error"),
     }
     drop(registered);
+}
+
+/// Reads the startup packets within `limits.startup_timeout_ms` and ends
+/// the connection as PostgreSQL would if they do not amount to a
+/// StartupMessage; `None` once it has been ended (or a cancel served).
+async fn startup_phase(shared: &Shared, client: &mut Conn, peer: SocketAddr) -> Option<Startup> {
+    let stats = &shared.stats;
+    let timeout = shared.config.limits.startup_timeout();
+    let read = unless_shutdown(shared, tokio::time::timeout(timeout, read_startup(shared, client))).await;
+    match read {
+        None => refuse(shared, client, shutting_down()).await,
+        Some(Ok(Ok(Some(startup)))) => return Some(startup),
+        Some(Ok(Ok(None))) => {} // cancel request served, or client left
+        Some(Ok(Err(StartupEnd::Refuse(refusal)))) => refuse(shared, client, refusal).await,
+        Some(Ok(Err(StartupEnd::Silent(why)))) => {
+            tracing::info!(%peer, why, "closing a connection that sent no valid startup packet");
+            Stats::bump(&stats.connections_refused);
+            Stats::bump(&stats.protocol_errors);
+        }
+        Some(Ok(Err(StartupEnd::Legacy(message)))) => {
+            tracing::info!(%peer, message, "refusing an old protocol version");
+            Stats::bump(&stats.connections_refused);
+            Stats::bump(&stats.protocol_errors);
+            client.queue(&startup::legacy_error(&message));
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), client.close()).await;
+        }
+        Some(Err(_)) => {
+            tracing::debug!(%peer, "startup timed out");
+            let r = Refusal::fatal("08P01", "startup did not complete in time");
+            refuse(shared, client, r).await;
+        }
+    }
+    None
+}
+
+/// Runs client authentication within `limits.startup_timeout_ms`; on
+/// failure the client has been told (or has left) and `false` is returned.
+async fn authenticate(shared: &Shared, client: &mut Conn, peer: SocketAddr, user: &str) -> bool {
+    let timeout = shared.config.limits.startup_timeout();
+    let authed = unless_shutdown(
+        shared,
+        tokio::time::timeout(timeout, auth::authenticate_client(client, &shared.users, user)),
+    )
+    .await;
+    let refusal = match authed {
+        None => shutting_down(),
+        Some(Ok(Ok(()))) => return true,
+        Some(Ok(Err(AuthError::Read(e)))) => {
+            tracing::debug!(%peer, error = %e, "client left during authentication");
+            Stats::bump(&shared.stats.connections_refused);
+            return false;
+        }
+        Some(Ok(Err(e @ AuthError::Failed(_)))) => {
+            tracing::info!(%peer, user = %user, "authentication failed");
+            Refusal::fatal("28P01", e.to_string())
+        }
+        Some(Ok(Err(e @ AuthError::Internal))) => Refusal::fatal("XX000", e.to_string()),
+        Some(Ok(Err(e @ AuthError::Protocol))) => Refusal::fatal("08P01", e.to_string()),
+        Some(Err(_)) => Refusal::fatal("08P01", "authentication did not complete in time"),
+    };
+    refuse(shared, client, refusal).await;
+    false
+}
+
+/// Whether the slot taken at accept lets this login in: a regular slot
+/// does; a reserved one only for an admin opening the admin console, so
+/// that a proxy full of applications still lets the DBA in.
+fn slot_refusal(shared: &Shared, kind: SlotKind, user: &str, database: &str) -> Option<Refusal> {
+    let message = match kind {
+        SlotKind::Regular => return None,
+        SlotKind::Reserved if database == shared.config.admin_database && shared.users.is_admin(user) => {
+            return None
+        }
+        SlotKind::Reserved => {
+            "sorry, too many clients already (the remaining slots, limits.admin_reserve, are for admins opening the admin console)"
+        }
+        SlotKind::Full => "sorry, too many clients already (limits.max_clients)",
+    };
+    Some(Refusal::fatal("53300", message))
 }
 
 /// Runs `f` unless the proxy shuts down first (`None`).
@@ -232,22 +297,81 @@ fn negotiate_protocol(client: &mut Conn, version: i32, params: &[(String, String
 
 type Startup = (i32, Vec<(String, String)>);
 
+/// How the startup phase ended without a StartupMessage to serve.
+#[derive(Debug)]
+enum StartupEnd {
+    /// Close without a word, as PostgreSQL does for bytes that are no
+    /// startup packet: a client library that sent them (e.g. a Terminate
+    /// queued before its connection was up) does not expect an answer.
+    Silent(&'static str),
+    /// Close with a FATAL error, where PostgreSQL sends one.
+    Refuse(Refusal),
+    /// Close with a FATAL error in the protocol-2 format, for a client that
+    /// asked for protocol 2 (or older).
+    Legacy(String),
+}
+
+/// Which encryption requests were declined so far: PostgreSQL answers one
+/// SSLRequest and one GSSENCRequest, in either order, and treats a repeat as
+/// an unsupported protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Declined {
+    Neither,
+    Ssl,
+    Gss,
+    Both,
+}
+
+impl Declined {
+    /// The state after declining `packet`, or `None` if it was declined before.
+    fn and(self, packet: &StartupPacket) -> Option<Declined> {
+        match (self, packet) {
+            (Declined::Neither, StartupPacket::SslRequest) => Some(Declined::Ssl),
+            (Declined::Neither, StartupPacket::GssEncRequest) => Some(Declined::Gss),
+            (Declined::Gss, StartupPacket::SslRequest) | (Declined::Ssl, StartupPacket::GssEncRequest) => {
+                Some(Declined::Both)
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Reads startup packets until a StartupMessage: answers SSL/GSSENC
-/// requests with 'N' and serves a CancelRequest (returning `None`).
-async fn read_startup(shared: &Shared, client: &mut Conn) -> Result<Option<Startup>, Refusal> {
+/// requests with 'N' (once each) and serves a CancelRequest (returning `None`).
+async fn read_startup(shared: &Shared, client: &mut Conn) -> Result<Option<Startup>, StartupEnd> {
+    let mut declined = Declined::Neither;
     loop {
         let packet = match client.read_startup().await {
             Ok(Some(p)) => p,
             Ok(None) => return Ok(None),
-            Err(ReadError::Wire(e)) => return Err(Refusal::fatal("08P01", format!("invalid startup packet: {e}"))),
-            Err(_) => return Ok(None),
+            Err(ReadError::Wire(_)) => return Err(StartupEnd::Silent("invalid length of startup packet")),
+            Err(ReadError::Truncated) => return Err(StartupEnd::Silent("incomplete startup packet")),
+            Err(ReadError::Io(_)) => return Ok(None),
         };
-        match StartupPacket::parse(&packet) {
-            Ok(StartupPacket::SslRequest) | Ok(StartupPacket::GssEncRequest) => {
+        let parsed = StartupPacket::parse(&packet);
+        match parsed {
+            Ok(p @ (StartupPacket::SslRequest | StartupPacket::GssEncRequest)) => {
+                let Some(next) = declined.and(&p) else {
+                    let code = match p {
+                        StartupPacket::SslRequest => startup::SSL_REQUEST,
+                        _ => startup::GSSENC_REQUEST,
+                    };
+                    let message = startup::unsupported_protocol_message(code);
+                    return Err(StartupEnd::Refuse(Refusal::protocol("0A000", message)));
+                };
+                declined = next;
                 // No TLS or GSS encryption here: 'N' makes the client go on in
                 // clear text (or give up if it requires encryption).
                 if client.buffered() > 0 {
-                    return Err(Refusal::fatal("08P01", "unexpected data after encryption request"));
+                    // Bytes sent before the answer cannot be trusted (a TLS
+                    // downgrade probe); PostgreSQL answers, then refuses.
+                    client.queue(b"N");
+                    let what = match p {
+                        StartupPacket::SslRequest => "SSL request",
+                        _ => "GSSAPI encryption request",
+                    };
+                    let r = Refusal::fatal("08P01", format!("received unencrypted data after {what}"));
+                    return Err(StartupEnd::Refuse(r));
                 }
                 if client.send(b"N").await.is_err() {
                     return Ok(None);
@@ -260,8 +384,18 @@ async fn read_startup(shared: &Shared, client: &mut Conn) -> Result<Option<Start
                     .await;
                 return Ok(None);
             }
+            Ok(StartupPacket::Unsupported { version }) => {
+                let message = startup::unsupported_protocol_message(version);
+                if version >> 16 < 3 {
+                    return Err(StartupEnd::Legacy(message));
+                }
+                return Err(StartupEnd::Refuse(Refusal::protocol("0A000", message)));
+            }
             Ok(StartupPacket::Startup { version, params }) => return Ok(Some((version, params))),
-            Err(e) => return Err(Refusal::fatal("08P01", format!("invalid startup packet: {e}"))),
+            Err(e) => {
+                let r = Refusal::fatal("08P01", format!("invalid startup packet: {e}"));
+                return Err(StartupEnd::Refuse(r));
+            }
         }
     }
 }
@@ -269,7 +403,7 @@ async fn read_startup(shared: &Shared, client: &mut Conn) -> Result<Option<Start
 /// Sends the client an error and closes its connection.
 async fn refuse(shared: &Shared, client: &mut Conn, r: Refusal) {
     Stats::bump(&shared.stats.connections_refused);
-    if r.code == "08P01" {
+    if r.fault == Fault::Protocol {
         Stats::bump(&shared.stats.protocol_errors);
     }
     bmsg::error_response(client.wbuf(), r.severity, r.code, &r.message);

@@ -11,6 +11,7 @@
 use super::state::SessionState;
 use crate::capture::session::{ClientAction, ServerAction, SessionCapture, Work};
 use crate::gate::Busy;
+use crate::input::{InputError, InputGuard};
 use crate::net::{self, Conn, Parts, Socket};
 use crate::registry::{SessionInfo, Shown};
 use crate::server::Shared;
@@ -57,6 +58,9 @@ pub(crate) enum RelayError {
     /// A socket failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// A client message overdue or over the shared input budget.
+    #[error("client input: {0}")]
+    Input(#[from] InputError),
 }
 
 pub(crate) struct Relay<'a> {
@@ -91,6 +95,8 @@ pub(crate) struct Relay<'a> {
     /// only once the commit is visible.
     unsettled: Vec<Lsn>,
     settle_log: Option<LogWriterHandle>,
+    /// Timeout and budget for client messages still arriving.
+    input: InputGuard,
 }
 
 type LookupWait = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
@@ -100,7 +106,7 @@ type LogWait = std::pin::Pin<
 >;
 
 impl<'a> Relay<'a> {
-    pub(crate) fn new(shared: &'a Shared, info: &'a Arc<SessionInfo>) -> Relay<'a> {
+    pub(crate) fn new(shared: &'a Shared, info: &'a Arc<SessionInfo>, input: InputGuard) -> Relay<'a> {
         Relay {
             shared,
             info,
@@ -119,6 +125,7 @@ impl<'a> Relay<'a> {
             swallow_ready: 0,
             unsettled: Vec::new(),
             settle_log: None,
+            input,
         }
     }
 
@@ -163,6 +170,13 @@ impl<'a> Relay<'a> {
     ) -> Result<Ended, RelayError> {
         let result = self.relay(client, server).await;
         match &result {
+            Err(RelayError::Input(e)) => {
+                if e.code() == "08P01" {
+                    Stats::bump(&self.shared.stats.protocol_errors);
+                }
+                bmsg::error_response(client.wbuf(), Severity::Fatal, e.code(), &e.to_string());
+                let _ = tokio::time::timeout(Duration::from_secs(1), client.close()).await;
+            }
             Err(RelayError::Protocol(e)) => {
                 Stats::bump(&self.shared.stats.protocol_errors);
                 bmsg::error_response(
@@ -219,7 +233,11 @@ impl<'a> Relay<'a> {
         let mut client = client.parts();
         let mut server = server.parts();
         loop {
+            self.input.update(client.rbuf)?;
             let read_client = !self.held && !self.capture_hold && server.wbuf.len() < HIGH_WATER;
+            if !read_client {
+                self.input.not_reading();
+            }
             let read_server = client.wbuf.len() < HIGH_WATER;
             let write_client = !client.wbuf.is_empty();
             let write_server = !server.wbuf.is_empty();
@@ -229,6 +247,7 @@ impl<'a> Relay<'a> {
                     if n == 0 {
                         return Ok(Ended::ClientClosed);
                     }
+                    self.input.received(n);
                     self.shared.stats.bytes_from_clients.fetch_add(n as u64, Relaxed);
                     if let Some(end) = self.from_client(&mut client, &mut server)? {
                         return Ok(end);
@@ -287,6 +306,8 @@ impl<'a> Relay<'a> {
                         return Ok(end);
                     }
                 }
+                // Only while the proxy reads: its own back-pressure is not the client's delay.
+                e = self.input.overdue(), if read_client && self.input.in_progress() => return Err(e.into()),
                 _ = &mut shutdown_changed, if !self.shutting_down => {
                     self.shutting_down = true;
                 }

@@ -12,6 +12,9 @@ pub const SSL_REQUEST: i32 = 80_877_103;
 pub const GSSENC_REQUEST: i32 = 80_877_104;
 /// CancelRequest code.
 pub const CANCEL_REQUEST: i32 = 80_877_102;
+/// Longest startup packet, length prefix included: PostgreSQL's
+/// `MAX_STARTUP_PACKET_LENGTH` (10000) plus the prefix.
+pub const MAX_STARTUP_PACKET: usize = 10_004;
 
 /// A parsed startup-phase packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +29,12 @@ pub enum StartupPacket {
         pid: i32,
         /// Secret key from BackendKeyData.
         key: i32,
+    },
+    /// A request code or protocol major version the server does not speak
+    /// (protocol 2, or an unknown request).
+    Unsupported {
+        /// The code or version as sent.
+        version: i32,
     },
     /// Open a session.
     Startup {
@@ -77,12 +86,28 @@ impl StartupPacket {
                 }
                 Ok(StartupPacket::Startup { version, params })
             }
-            _ => Err(WireError::Malformed {
-                what: "startup",
-                why: "unsupported protocol version or request code",
-            }),
+            version => Ok(StartupPacket::Unsupported { version }),
         }
     }
+}
+
+/// PostgreSQL's words for a protocol version it does not speak (the
+/// request codes read as versions too: a second SSLRequest is "1234.5679").
+pub fn unsupported_protocol_message(version: i32) -> String {
+    let (major, minor) = ((version as u32) >> 16, (version as u32) & 0xffff);
+    format!("unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0")
+}
+
+/// An error in the protocol-2 format (`E`, then the text, then NUL), which
+/// is what a client that asked for a protocol major version below 3 can
+/// read; PostgreSQL answers such clients this way.
+pub fn legacy_error(message: &str) -> Bytes {
+    let mut out = BytesMut::with_capacity(message.len() + 16);
+    out.put_u8(b'E');
+    out.put_slice(b"FATAL:  ");
+    out.put_slice(message.as_bytes());
+    out.put_slice(b"\n\0");
+    out.freeze()
 }
 
 /// Builds a StartupMessage for protocol 3.0.
@@ -134,7 +159,15 @@ mod tests {
     fn rejects_garbage() {
         assert!(packet_len(b"\0\0\0\x02", 1000).is_err());
         assert!(packet_len(b"\x7f\0\0\0", 1000).is_err());
-        assert!(StartupPacket::parse(b"\0\0\0\x08\x12\x34\x56\x78").is_err());
+        assert_eq!(
+            StartupPacket::parse(b"\0\0\0\x08\x12\x34\x56\x78"),
+            Ok(StartupPacket::Unsupported { version: 0x1234_5678 })
+        );
+        assert_eq!(
+            unsupported_protocol_message(SSL_REQUEST),
+            "unsupported frontend protocol 1234.5679: server supports 3.0 to 3.0"
+        );
+        assert!(packet_len(b"X\0\0\0\x04", MAX_STARTUP_PACKET).is_err());
         assert!(StartupPacket::parse(b"\0\0\0\x0a\0\x03\0\0us").is_err());
     }
 }

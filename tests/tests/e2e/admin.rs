@@ -140,7 +140,7 @@ async fn config_and_help(admin: &Client, source_port: u16) -> Result<()> {
             "SHOW STATUS",
             "SHOW SESSIONS",
             "SHOW STATS",
-            "PAUSE [timeout]",
+            "PAUSE [timeout] [DETACHED]",
             "RESUME",
         ] {
             assert!(commands.contains(&want), "{help} lacks {want}: {commands:?}");
@@ -205,9 +205,13 @@ async fn console_errors_and_access() -> Result<()> {
     let proxy = TestProxy::start_with(config).await?;
 
     let dba = proxy.connect_as("dba", None, "switchyard").await?;
-    for bad in ["SHOW TABLES", "DROP TABLE x", "PAUSE soon", "PAUSE 0", "select 1"] {
+    for bad in ["SHOW TABLES", "DROP TABLE x", "select 1"] {
         let message = expect_sqlstate(dba.simple_query(bad).await, "42601")?;
         assert!(!message.is_empty(), "{bad}");
+    }
+    for bad in ["PAUSE soon", "PAUSE 0"] {
+        let message = expect_sqlstate(dba.simple_query(bad).await, "22023")?;
+        assert!(message.contains("PAUSE"), "{bad}: {message}");
     }
     let message = expect_sqlstate(dba.simple_query("RESUME").await, "55000")?;
     assert_eq!(message, "not paused");

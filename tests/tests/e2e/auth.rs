@@ -185,3 +185,44 @@ async fn proxy_logs_in_to_an_md5_cluster() -> Result<()> {
     );
     Ok(())
 }
+
+/// An unknown user name costs what a known one costs: no key derivation on
+/// each login (a clear-text password's SCRAM keys are derived once, in the
+/// background from the start, and kept;
+/// an unknown user gets a mock challenge, stable per name), and the same
+/// error as a wrong password. Counted, not timed: the number of PBKDF2
+/// derivations stays put across many logins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_users_cost_no_key_derivation() -> Result<()> {
+    init_tracing();
+    let cluster = Cluster::builder()
+        .scram("su-secret")
+        .user("app", "app-secret")
+        .database_owned_by("appdb", "app")
+        .start()
+        .await?;
+    let config = auth_config(
+        cluster.host(),
+        cluster.port(),
+        AuthMethod::ScramSha256,
+        vec![user("app", Some("app-secret"), false)],
+    );
+    let proxy = TestProxy::start_with(config).await?;
+    let users = &proxy.proxy().shared().users;
+    let client = proxy.connect_as("app", Some("app-secret"), "appdb").await?;
+    assert_eq!(whoami(&client).await?, ("app".into(), "appdb".into()));
+    // One derivation for the one clear-text password, made once.
+    let derived = users.derivations();
+    assert_eq!(derived, 1, "derivations for one known user");
+
+    for i in 0..20 {
+        let unknown = format!("nobody{}", i % 4);
+        let m1 = expect_sqlstate(proxy.connect_as(&unknown, Some("app-secret"), "appdb").await, "28P01")?;
+        let m2 = expect_sqlstate(proxy.connect_as("app", Some("wrong"), "appdb").await, "28P01")?;
+        // The same words, but for the name.
+        assert_eq!(m1.replace(&unknown, "?"), m2.replace("app", "?"));
+    }
+    proxy.connect_as("app", Some("app-secret"), "appdb").await?;
+    assert_eq!(users.derivations(), derived, "logins derived keys again");
+    Ok(())
+}

@@ -3,7 +3,7 @@
 //! waits for open transactions, gives up (and reopens) when one stays open
 //! past its timeout, and reopens by itself when its time is up.
 
-use crate::support::{admin, expect_sqlstate, status, table, within, PROMPT};
+use crate::support::{admin, expect_sqlstate, query_msg, status, table, within, RawConn, PROMPT};
 use anyhow::{ensure, Result};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -266,5 +266,95 @@ async fn resume_aborts_a_draining_pause() -> Result<()> {
         },
         paused
     );
+    Ok(())
+}
+
+/// PAUSE timeouts are bounded: values past an hour, negative, not a number
+/// or not a duration are refused with 22023 (they used to panic the console
+/// task, or freeze the applications for millennia), and the console goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_timeouts_are_bounded() -> Result<()> {
+    init_tracing();
+    let cluster = Cluster::start().await?;
+    let proxy = TestProxy::start(&cluster).await?;
+    let admin = admin(&proxy).await?;
+    for bad in [
+        "PAUSE 99999999999999999999",
+        "PAUSE 18446744073709551615",
+        "PAUSE 99999999999",
+        "PAUSE 2h",
+        "PAUSE -5s",
+        "PAUSE NaN",
+        "PAUSE inf",
+        "PAUSE 3 fortnights",
+    ] {
+        let message = expect_sqlstate(within(PROMPT, bad, admin.simple_query(bad)).await?, "22023")?;
+        assert!(message.contains("PAUSE"), "{bad}: {message}");
+        assert_eq!(status(&admin).await?["state"], "serving", "after {bad}");
+    }
+    within(PROMPT, "PAUSE 1h", admin.simple_query("PAUSE 1h")).await??;
+    assert_eq!(status(&admin).await?["state"], "paused");
+    admin.simple_query("RESUME").await?;
+    Ok(())
+}
+
+/// A PAUSE ends when the console session that paused leaves, so a DBA whose
+/// connection drops does not leave the applications frozen until the
+/// timeout; `PAUSE ... DETACHED` outlives its session, bounded by its timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_ends_with_its_session_unless_detached() -> Result<()> {
+    init_tracing();
+    let cluster = Cluster::start().await?;
+    let proxy = TestProxy::start(&cluster).await?;
+    let client = proxy.connect("postgres").await?;
+    let watcher = admin(&proxy).await?;
+
+    let pauser = admin(&proxy).await?;
+    within(PROMPT, "PAUSE", pauser.simple_query("PAUSE 30s")).await??;
+    assert_eq!(status(&watcher).await?["state"], "paused");
+    let left = Instant::now();
+    drop(pauser);
+    wait_status(&watcher, "state", "serving").await?;
+    let row = within(
+        PROMPT,
+        "query after the pauser left",
+        client.query_one("select 1::int4", &[]),
+    )
+    .await??;
+    assert_eq!(row.get::<_, i32>(0), 1);
+    assert!(
+        left.elapsed() < Duration::from_secs(10),
+        "reopened only after {:?}",
+        left.elapsed()
+    );
+
+    // Also while PAUSE still drains (a transaction is open): the pauser
+    // leaving ends the drain and reopens the gate.
+    client.batch_execute("begin; select 1").await?;
+    let mut raw = RawConn::start(proxy.addr(), "postgres", "switchyard").await?;
+    raw.send(&query_msg("PAUSE 30s")).await?;
+    wait_status(&watcher, "state", "paused").await?;
+    drop(raw);
+    wait_status(&watcher, "state", "serving").await?;
+    client.batch_execute("commit").await?;
+
+    let pauser = admin(&proxy).await?;
+    within(PROMPT, "PAUSE DETACHED", pauser.simple_query("PAUSE 1500ms DETACHED")).await??;
+    let paused = Instant::now();
+    drop(pauser);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        status(&watcher).await?["state"],
+        "paused",
+        "a detached PAUSE outlives its session"
+    );
+    let row = within(PROMPT, "held query", client.query_one("select 2::int4", &[])).await??;
+    assert_eq!(row.get::<_, i32>(0), 2);
+    let waited = paused.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1300),
+        "the query ran {waited:?} after PAUSE 1500ms DETACHED"
+    );
+    wait_status(&watcher, "state", "serving").await?;
     Ok(())
 }

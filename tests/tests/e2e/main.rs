@@ -22,6 +22,7 @@ mod drivers;
 mod escapes;
 mod gate;
 mod lifecycle;
+mod limits;
 mod mapping;
 mod migrations;
 mod notify;

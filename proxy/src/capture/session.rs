@@ -1302,6 +1302,15 @@ impl SessionCapture {
                 self.deferred = None;
                 return Ok(ServerAction::Replace(out));
             }
+            // The client must answer these with its COPY data: holding them
+            // would wait forever. They report no success; the COPY's
+            // CommandComplete after the data is still held.
+            ServerAction::Forward if matches!(tag, btag::COPY_IN_RESPONSE | btag::COPY_BOTH_RESPONSE) => {
+                let mut out = std::mem::take(&mut d.bytes);
+                out.extend_from_slice(msg.bytes());
+                d.last_complete = 0;
+                return Ok(ServerAction::Replace(out));
+            }
             ServerAction::Forward => {
                 if tag == btag::COMMAND_COMPLETE {
                     d.last_complete = d.bytes.len();

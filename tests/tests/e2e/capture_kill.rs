@@ -41,14 +41,16 @@ fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-struct ProxyProcess {
+/// The `switchyard` binary serving one config file, killed on drop.
+pub(crate) struct ProxyProcess {
     child: Child,
     port: u16,
 }
 
 impl ProxyProcess {
-    fn start(bin: &Path, config: &Path, port: u16) -> Result<ProxyProcess> {
-        let child = Command::new(bin)
+    /// Starts `switchyard proxy --config config`, listening on `port`.
+    pub(crate) fn start(config: &Path, port: u16) -> Result<ProxyProcess> {
+        let child = Command::new(switchyard_binary()?)
             .args(["proxy", "--config"])
             .arg(config)
             .stdout(Stdio::null())
@@ -58,10 +60,11 @@ impl ProxyProcess {
         Ok(ProxyProcess { child, port })
     }
 
-    async fn connect(&self, db: &str) -> Result<Client, tokio_postgres::Error> {
+    /// One attempt to connect to `db` as `postgres`.
+    pub(crate) async fn connect(&self, db: &str) -> Result<Client, tokio_postgres::Error> {
         let mut pg = tokio_postgres::Config::new();
         pg.host("127.0.0.1").port(self.port).user("postgres").dbname(db);
-        pg.connect_timeout(Duration::from_secs(2));
+        pg.connect_timeout(Duration::from_secs(5));
         let (client, conn) = pg.connect(NoTls).await?;
         tokio::spawn(async move {
             let _ = conn.await;
@@ -69,15 +72,21 @@ impl ProxyProcess {
         Ok(client)
     }
 
-    async fn admin(&self) -> Result<Client> {
+    /// Connects to `db`, retrying while the proxy comes up.
+    pub(crate) async fn connect_retrying(&self, db: &str) -> Result<Client> {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            match self.connect("switchyard").await {
+            match self.connect(db).await {
                 Ok(c) => return Ok(c),
-                Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
                 Err(e) => bail!("the proxy did not come up: {e}"),
             }
         }
+    }
+
+    /// The admin console, once the proxy is up.
+    pub(crate) async fn admin(&self) -> Result<Client> {
+        self.connect_retrying("switchyard").await
     }
 }
 
@@ -147,7 +156,6 @@ async fn writer(c: Client, next: Arc<AtomicI64>, seed: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_proxy_loses_no_committed_key() -> Result<()> {
-    let bin = switchyard_binary()?;
     let cluster = Cluster::start().await?;
     let direct = cluster.connect("postgres").await?;
     direct
@@ -174,7 +182,7 @@ async fn killing_the_proxy_loses_no_committed_key() -> Result<()> {
                 log = log.display(),
             ),
         )?;
-        let proxy = ProxyProcess::start(&bin, &config, port)?;
+        let proxy = ProxyProcess::start(&config, port)?;
         let admin = proxy.admin().await?;
         capture_on(&admin, round == 0).await?;
         let mut tasks = Vec::new();

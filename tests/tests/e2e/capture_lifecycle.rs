@@ -3,16 +3,15 @@
 //! survives the proxy being killed and started again.
 
 use crate::capture::Fixture;
-use crate::capture_kill::switchyard_binary;
+use crate::capture_kill::ProxyProcess;
 use crate::oracle::{logged_keys, written_keys, WalOracle};
-use anyhow::{bail, ensure, Context, Result};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use anyhow::{ensure, Context, Result};
+
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use switchyard_tests::Cluster;
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::{Client, SimpleQueryMessage};
 
 async fn logical_cluster() -> Result<Cluster> {
     Ok(Cluster::builder()
@@ -92,52 +91,6 @@ async fn a_rejection_hint_says_what_warn_gives_up() -> Result<()> {
     Ok(())
 }
 
-/// The `switchyard` binary serving one config file.
-struct ProxyProcess {
-    child: Child,
-    port: u16,
-}
-
-impl ProxyProcess {
-    fn start(config: &Path, port: u16) -> Result<ProxyProcess> {
-        let child = Command::new(switchyard_binary()?)
-            .args(["proxy", "--config"])
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("start the switchyard binary")?;
-        Ok(ProxyProcess { child, port })
-    }
-
-    /// Connects to `db`, retrying while the proxy comes up.
-    async fn connect(&self, db: &str) -> Result<Client> {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let mut pg = tokio_postgres::Config::new();
-            pg.host("127.0.0.1").port(self.port).user("postgres").dbname(db);
-            pg.connect_timeout(Duration::from_secs(5));
-            match pg.connect(NoTls).await {
-                Ok((client, conn)) => {
-                    tokio::spawn(async move {
-                        let _ = conn.await;
-                    });
-                    return Ok(client);
-                }
-                Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
-                Err(e) => bail!("the proxy did not come up: {e}"),
-            }
-        }
-    }
-}
-
-impl Drop for ProxyProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 async fn capture_state(admin: &Client) -> Result<String> {
     let rows = admin.simple_query("SHOW CAPTURE").await?;
     Ok(rows
@@ -188,12 +141,12 @@ async fn capture_resumes_after_the_proxy_is_killed() -> Result<()> {
         ),
     )?;
     let proxy = ProxyProcess::start(&config, port)?;
-    let admin = proxy.connect("switchyard").await?;
+    let admin = proxy.admin().await?;
     admin.simple_query("CAPTURE START").await.context("CAPTURE START")?;
     let next = Arc::new(AtomicI64::new(1));
     let mut tasks = Vec::new();
     for _ in 0..3 {
-        let c = proxy.connect("postgres").await?;
+        let c = proxy.connect_retrying("postgres").await?;
         tasks.push(tokio::spawn(writer(c, next.clone())));
     }
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -204,12 +157,12 @@ async fn capture_resumes_after_the_proxy_is_killed() -> Result<()> {
 
     let proxy = ProxyProcess::start(&config, port)?;
     // The very first session after the restart writes.
-    let c = proxy.connect("postgres").await?;
+    let c = proxy.connect_retrying("postgres").await?;
     for id in 1_000_000..1_000_010i64 {
         c.execute("INSERT INTO kt VALUES ($1)", &[&id]).await?;
     }
     c.batch_execute("INSERT INTO kt VALUES (2000000)").await?;
-    let admin = proxy.connect("switchyard").await?;
+    let admin = proxy.admin().await?;
     let state = capture_state(&admin).await?;
     ensure!(state == "on", "SHOW CAPTURE after the restart says state {state:?}");
 

@@ -186,8 +186,26 @@ impl SearchPath {
 
     /// Takes the values the server reported (outside any transaction):
     /// they replace everything assumed so far.
-    pub(crate) fn learned(&mut self, path: Vec<String>, user: String) {
-        *self = SearchPath::new(path, user);
+    ///
+    /// `path` is the value in force, `reset` the one RESET restores (the
+    /// session's default: startup options, the role's and the database's
+    /// settings), `session_user` the login `SET SESSION AUTHORIZATION`
+    /// changes and `current_user` the role in force (a `SET ROLE` made
+    /// before capture started).
+    pub(crate) fn learned(
+        &mut self,
+        path: Vec<String>,
+        reset: Vec<String>,
+        session_user: String,
+        current_user: String,
+    ) {
+        let mut p = SearchPath::new(path, session_user);
+        p.initial = reset;
+        if current_user != *p.authorization.current() {
+            p.role = Tracked::new(Some(current_user));
+        }
+        p.resolve();
+        *self = p;
     }
 
     /// The schemas an unqualified name is looked up in, `"$user"` replaced

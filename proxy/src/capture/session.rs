@@ -52,7 +52,9 @@ const REJECT_CODE: &str = "0A000";
 
 /// What the session's unqualified names resolve through, asked of the
 /// server when capture starts for it.
-const PROBE_SQL: &str = "SELECT pg_catalog.current_setting('search_path'), pg_catalog.current_user::text";
+const PROBE_SQL: &str = "SELECT pg_catalog.current_setting('search_path'), \
+     (SELECT s.reset_val FROM pg_catalog.pg_settings s WHERE s.name = 'search_path'), \
+     session_user::text, current_user::text";
 
 /// What the relay does with a client message.
 #[derive(Debug)]
@@ -1368,10 +1370,14 @@ impl SessionCapture {
             }),
             Expect::Probe => {
                 if tag == btag::DATA_ROW {
-                    let (values, _) = rows::split_data_row(msg.body(), 2, false)?;
-                    if let [Some(path), Some(user)] = values.as_slice() {
-                        self.paths
-                            .learned(switchyard_replay::catalog::parse_search_path(path), user.clone());
+                    let (values, _) = rows::split_data_row(msg.body(), 4, false)?;
+                    if let [Some(path), Some(reset), Some(session_user), Some(current_user)] = values.as_slice() {
+                        self.paths.learned(
+                            parse_search_path(path),
+                            parse_search_path(reset),
+                            session_user.clone(),
+                            current_user.clone(),
+                        );
                     }
                 }
                 Ok(ServerAction::Drop)

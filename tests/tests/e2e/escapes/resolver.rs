@@ -175,6 +175,13 @@ async fn a_role_or_database_search_path_is_seen() -> Result<()> {
     let d = e.client().await?;
     d.batch_execute("INSERT INTO kv VALUES (23)").await?;
     check(&e, 23, "s2", "ALTER DATABASE ... SET search_path").await?;
+    // COPY rows carry no tableoid to correct the proxy: it must know the
+    // path the server uses, also after a RESET (the database's value).
+    copy(&d, "COPY kv (id) FROM STDIN", "24\n").await?;
+    check(&e, 24, "s2", "ALTER DATABASE ... SET search_path, COPY").await?;
+    d.batch_execute("SET search_path = public; RESET search_path").await?;
+    copy(&d, "COPY kv (id) FROM STDIN", "25\n").await?;
+    check(&e, 25, "s2", "ALTER DATABASE ... SET search_path, COPY after RESET").await?;
     e.direct
         .batch_execute("ALTER DATABASE postgres RESET search_path")
         .await?;

@@ -563,6 +563,10 @@ impl SessionCapture {
         let mut before: Option<SearchPath> = None;
         let mut rejected = None;
         let mut lookup = None;
+        // Temp tables a statement creates are known to the ones after it
+        // in the same query at once, but become the session's only when
+        // their CREATE completes (it may be refused, held or fail).
+        let temp_before = self.temp_tables.clone();
         for c in &classified {
             let text = &sql[c.range.clone()];
             let (info, splice) = self.analyze(&catalog, &c.class, text);
@@ -586,6 +590,7 @@ impl SessionCapture {
         if let Some(p) = before {
             self.paths = p;
         }
+        self.temp_tables = temp_before;
         if let Some(what) = lookup {
             return Ok(self.start_lookup(what));
         }
@@ -742,7 +747,13 @@ impl SessionCapture {
         let view = super::classify_view(parse.query);
         let classified = self.shapes.classify(&view);
         let (info, splice) = match classified.as_slice() {
-            [one] => self.analyze(&catalog, &one.class, &view[one.range.clone()]),
+            [one] => {
+                // Known once its CREATE completes (see on_query).
+                let temp_before = self.temp_tables.clone();
+                let analyzed = self.analyze(&catalog, &one.class, &view[one.range.clone()]);
+                self.temp_tables = temp_before;
+                analyzed
+            }
             [] => (StmtInfo::default(), None),
             _ => (StmtInfo::default(), None), // the server refuses several statements in a Parse
         };
@@ -807,7 +818,13 @@ impl SessionCapture {
             let view = super::classify_view(parse.query);
             let classified = self.shapes.classify(&view);
             let (info, splice) = match classified.as_slice() {
-                [one] => self.analyze(&catalog, &one.class, &view[one.range.clone()]),
+                [one] => {
+                    // Known once its CREATE completes (see on_query).
+                    let temp_before = self.temp_tables.clone();
+                    let analyzed = self.analyze(&catalog, &one.class, &view[one.range.clone()]);
+                    self.temp_tables = temp_before;
+                    analyzed
+                }
                 _ => (StmtInfo::default(), None),
             };
             if let Some(what) = info.lookup {
@@ -881,7 +898,7 @@ impl SessionCapture {
             match self.commit_step() {
                 CommitStep::Go => {}
                 CommitStep::Wait => return Ok(ClientAction::Hold),
-                CommitStep::Refuse(reason) => return Ok(ClientAction::Replace(self.raise_execute(&reason))),
+                CommitStep::Refuse(reason) => return Ok(ClientAction::Replace(self.refuse_extended_commit(&reason))),
             }
         }
         if let Some(tx) = &info.tx {
@@ -926,20 +943,38 @@ impl SessionCapture {
         out
     }
 
-    /// In place of a simple-protocol commit: an error for the client, then
-    /// a ROLLBACK whose completion it does not see, so that it gets what a
-    /// failed COMMIT gives (an error, then idle).
+    /// In place of a simple-protocol commit: a ROLLBACK whose completion
+    /// the client does not see, then the error in one query, so that it
+    /// gets what a failed COMMIT gives (an error, then idle). Settings the
+    /// transaction made are dropped with it (the error marks it failed for
+    /// the tracked state), and a wrapped query's last CommandComplete,
+    /// still held, is never sent: PostgreSQL sends none for a statement
+    /// whose commit failed.
     fn refuse_simple(&mut self, rejection: &Rejection) -> BytesMut {
-        let mut out = rows::query(&rows::raise_sql(
-            REJECT_CODE,
-            &rejection.message(),
-            &reject_hint(rejection.kind),
-        ));
-        out.extend_from_slice(&rows::query("ROLLBACK"));
-        self.expect.push_back(Expect::Injected);
-        self.expect.push_back(Expect::WrapEnd);
+        if let Some(d) = self.deferred.as_mut() {
+            d.bytes.truncate(d.last_complete);
+        }
+        self.expect.push_back(Expect::Failed);
         self.sent_block = false;
         self.tx.clear();
+        let sql = format!(
+            "ROLLBACK; {}",
+            rows::raise_sql(REJECT_CODE, &rejection.message(), &reject_hint(rejection.kind))
+        );
+        rows::query(&sql)
+    }
+
+    /// In place of an extended-protocol COMMIT's Execute: a ROLLBACK whose
+    /// answers are dropped, then the error, so that the transaction ends as
+    /// after a failed COMMIT instead of staying open and failed.
+    fn refuse_extended_commit(&mut self, rejection: &Rejection) -> BytesMut {
+        let mut out = rows::extended_once("ROLLBACK");
+        for _ in 0..3 {
+            self.expect.push_back(Expect::InjectedOne);
+        }
+        self.tx.clear();
+        out.extend_from_slice(&self.raise_execute(rejection));
+        self.sent_block = false;
         out
     }
 

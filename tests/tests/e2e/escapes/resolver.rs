@@ -361,3 +361,89 @@ async fn rows_of_partitions_are_logged_under_the_table_written() -> Result<()> {
     // the statement named (as catch-up and the mapping expect).
     Ok(())
 }
+
+/// A wrapped autocommit write refused at its commit point: the client gets
+/// the error and no CommandComplete (PostgreSQL sends none for a statement
+/// whose commit failed), then an idle ReadyForQuery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_refused_at_its_commit_reports_no_success() -> Result<()> {
+    use crate::support::{query_msg, RawConn};
+    let e = Escape::start(SCHEMA).await?;
+    let user = e.f.cluster.superuser().to_owned();
+    let mut c = RawConn::start(e.proxy().addr(), &user, "postgres").await?;
+    c.send(&query_msg(
+        "SELECT set_config('search_path', 's' || '2, public', false)",
+    ))
+    .await?;
+    c.until_ready().await?;
+    c.send(&query_msg("INSERT INTO dk VALUES (70, 71) RETURNING id"))
+        .await?;
+    let answer = c.until_ready().await?;
+    let tags: Vec<char> = answer.iter().map(|m| m.tag as char).collect();
+    ensure!(!tags.contains(&'C'), "a refused write must report no success: {tags:?}");
+    ensure!(
+        answer.iter().find_map(|m| m.code()).as_deref() == Some("0A000"),
+        "{tags:?}"
+    );
+    ensure!(
+        answer
+            .last()
+            .is_some_and(|m| m.tag == b'Z' && m.body.first() == Some(&b'I')),
+        "{tags:?}"
+    );
+    ensure!(
+        where_is(&e.direct, "dk", "id", 70).await?.is_empty(),
+        "the refused row committed"
+    );
+    e.finish().await?;
+    Ok(())
+}
+
+/// Settings made inside a transaction refused at its COMMIT are rolled back
+/// with it: the proxy must not keep them (a COPY after it, which carries no
+/// tableoid, would be logged under the wrong table). Also through the
+/// extended protocol, whose refused COMMIT ends the transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_of_a_refused_transaction_are_not_kept() -> Result<()> {
+    let e = Escape::start(SCHEMA).await?;
+    let c = e.client().await?;
+    c.batch_execute("BEGIN; SET search_path TO s2, public").await?;
+    // Read by the server, not by the proxy: the row goes to public.dk.
+    c.batch_execute("SELECT set_config('search_path', 'pub' || 'lic', true)")
+        .await?;
+    c.batch_execute("INSERT INTO dk VALUES (80, 81)").await?;
+    expect_sqlstate(c.batch_execute("COMMIT").await, "0A000")?;
+    copy(&c, "COPY kv (id) FROM STDIN", "82\n").await?;
+    check(&e, 82, "public", "COPY after a refused transaction's SET").await?;
+
+    c.execute("BEGIN", &[]).await?;
+    c.execute("SET search_path TO s2, public", &[]).await?;
+    c.execute("SELECT set_config('search_path', 'pub' || 'lic', true)", &[])
+        .await?;
+    c.execute("INSERT INTO dk VALUES ($1, $2)", &[&83, &84]).await?;
+    expect_sqlstate(c.execute("COMMIT", &[]).await, "0A000")?;
+    // The transaction is over, as after any failed COMMIT.
+    c.execute("SELECT 1", &[]).await.context("after the refused COMMIT")?;
+    copy(&c, "COPY kv (id) FROM STDIN", "85\n").await?;
+    check(&e, 85, "public", "COPY after a refused extended COMMIT's SET").await?;
+    e.finish().await?;
+    Ok(())
+}
+
+/// A temp table whose CREATE never ran (its query was refused) does not
+/// hide the permanent table of the same name from capture.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_temp_table_never_created_hides_nothing() -> Result<()> {
+    let e = Escape::start(SCHEMA).await?;
+    let c = e.client().await?;
+    expect_sqlstate(
+        c.batch_execute("CREATE TEMP TABLE kv (id int PRIMARY KEY); INSERT INTO no_such_table VALUES (1)")
+            .await,
+        "0A000",
+    )?;
+    c.batch_execute("INSERT INTO kv VALUES (90)").await?;
+    check(&e, 90, "public", "a write after a refused CREATE TEMP").await?;
+    let keys = e.finish().await?;
+    ensure!(wrote(&keys, "public.kv"), "{keys:?}");
+    Ok(())
+}

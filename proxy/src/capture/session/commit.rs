@@ -76,6 +76,16 @@ impl SessionCapture {
                     ));
                     bad.push(i);
                 }
+                resolve::Target::Other(t) if reaches_unnamed(&catalog, t, &self.active.read_only).is_some() => {
+                    let reached = reaches_unnamed(&catalog, t, &self.active.read_only).map(|r| r.to_string());
+                    wrong = Some(format!(
+                        "a row meant for {} went to {}, whose writes run {}",
+                        w.tap.table,
+                        t.name,
+                        reached.unwrap_or_default()
+                    ));
+                    bad.push(i);
+                }
                 resolve::Target::Other(t) => {
                     let to = Arc::new(Tap {
                         table: format!("{}.{}", t.name.schema, t.name.name),
@@ -193,4 +203,20 @@ impl SessionCapture {
             keep
         });
     }
+}
+
+/// What writing `table` (any way: the statement was classified against
+/// another table, so its kind of write is not checked against this one)
+/// runs unnamed: defaults, checks, domains, policies that reach a VOLATILE
+/// function.
+fn reaches_unnamed(
+    catalog: &Catalog,
+    table: &switchyard_replay::catalog::Table,
+    read_only: &std::collections::HashSet<switchyard_replay::catalog::QualifiedName>,
+) -> Option<switchyard_replay::catalog::Reached> {
+    use switchyard_replay::catalog::Access;
+    let (schema, name) = (Some(table.name.schema.as_str()), table.name.name.as_str());
+    [Access::Insert, Access::Update, Access::Delete]
+        .into_iter()
+        .find_map(|access| catalog.relation_reaches(schema, name, access, &[], read_only))
 }

@@ -447,3 +447,30 @@ async fn a_temp_table_never_created_hides_nothing() -> Result<()> {
     ensure!(wrote(&keys, "public.kv"), "{keys:?}");
     Ok(())
 }
+
+/// A row that went to another table than the proxy resolved, keyed the
+/// same, whose default runs a writing VOLATILE function: that write is
+/// refused too (its audit row would escape).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_gone_to_a_table_whose_default_writes_is_refused() -> Result<()> {
+    let schema = format!(
+        "{SCHEMA}
+        CREATE TABLE audit (n serial PRIMARY KEY, at timestamptz DEFAULT now());
+        CREATE FUNCTION s2.bump() RETURNS int VOLATILE LANGUAGE sql AS
+            'INSERT INTO public.audit DEFAULT VALUES RETURNING n';
+        CREATE TABLE public.av (id int PRIMARY KEY, v int);
+        CREATE TABLE s2.av (id int PRIMARY KEY, v int DEFAULT s2.bump());"
+    );
+    let e = Escape::start(&schema).await?;
+    let c = e.client().await?;
+    c.batch_execute("SELECT set_config('search_path', 's' || '2, public', false)")
+        .await?;
+    let msg = expect_sqlstate(c.batch_execute("INSERT INTO av (id) VALUES (95)").await, "0A000")?;
+    ensure!(msg.contains("bump"), "{msg}");
+    ensure!(
+        where_is(&e.direct, "av", "id", 95).await?.is_empty(),
+        "the refused row committed"
+    );
+    e.finish().await?;
+    Ok(())
+}

@@ -335,7 +335,25 @@ pub(crate) struct SessionCapture {
     refuse_commit: Option<String>,
 }
 
-/// What the client is owed of a wrapped query, held until it commits.
+/// Server messages that carry a statement's output rather than its
+/// completion (see [`SessionCapture::on_server`]).
+fn starts_output(tag: u8) -> bool {
+    matches!(
+        tag,
+        btag::ROW_DESCRIPTION
+            | btag::DATA_ROW
+            | btag::EMPTY_QUERY_RESPONSE
+            | btag::ERROR_RESPONSE
+            | btag::COPY_IN_RESPONSE
+            | btag::COPY_OUT_RESPONSE
+            | btag::COPY_BOTH_RESPONSE
+            | btag::COPY_DATA
+            | btag::COPY_DONE
+    )
+}
+
+/// What the client is owed of a wrapped query and cannot have before it
+/// commits: from its last CommandComplete on.
 #[derive(Debug, Default)]
 struct Deferred {
     bytes: BytesMut,
@@ -957,6 +975,9 @@ impl SessionCapture {
         self.expect.push_back(Expect::Failed);
         self.sent_block = false;
         self.tx.clear();
+        // Decided here: what the client sends next (it may not wait for
+        // the answer) already resolves names as after the rollback.
+        self.paths.end_tx(false);
         let sql = format!(
             "ROLLBACK; {}",
             rows::raise_sql(REJECT_CODE, &rejection.message(), &reject_hint(rejection.kind))
@@ -973,6 +994,7 @@ impl SessionCapture {
             self.expect.push_back(Expect::InjectedOne);
         }
         self.tx.clear();
+        self.paths.end_tx(false);
         out.extend_from_slice(&self.raise_execute(rejection));
         self.sent_block = false;
         out
@@ -1339,12 +1361,20 @@ impl SessionCapture {
                 self.deferred = None;
                 return Ok(ServerAction::Replace(out));
             }
-            // The client must answer these with its COPY data: holding them
-            // would wait forever. They report no success; the COPY's
-            // CommandComplete after the data is still held.
-            ServerAction::Forward if matches!(tag, btag::COPY_IN_RESPONSE | btag::COPY_BOTH_RESPONSE) => {
+            // Output of a statement (rows, COPY, an error) goes out at once
+            // with what was held before it: only a statement's
+            // CommandComplete, and what follows it, can be the success the
+            // commit must come first for (PostgreSQL, too, commits an
+            // implicit transaction before its last CommandComplete and no
+            // earlier). So the held part stays small whatever the result
+            // size, and a COPY's CopyInResponse, which the client must
+            // answer, is never held.
+            ServerAction::Forward | ServerAction::Replace(_) if starts_output(tag) => {
                 let mut out = std::mem::take(&mut d.bytes);
-                out.extend_from_slice(msg.bytes());
+                match &action {
+                    ServerAction::Replace(bytes) => out.extend_from_slice(bytes),
+                    _ => out.extend_from_slice(msg.bytes()),
+                }
                 d.last_complete = 0;
                 return Ok(ServerAction::Replace(out));
             }

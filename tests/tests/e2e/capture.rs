@@ -19,15 +19,19 @@ pub struct Fixture {
     pub admin: Client,
 }
 
+/// A source cluster with logical decoding, for the WAL oracle.
+pub async fn logical_cluster() -> Result<Cluster> {
+    Ok(Cluster::builder()
+        .setting("wal_level", "logical")
+        .setting("max_replication_slots", "4")
+        .setting("max_wal_senders", "4")
+        .start()
+        .await?)
+}
+
 impl Fixture {
     pub async fn start() -> Result<Fixture> {
-        let cluster = Cluster::builder()
-            .setting("wal_level", "logical")
-            .setting("max_replication_slots", "4")
-            .setting("max_wal_senders", "4")
-            .start()
-            .await?;
-        Fixture::in_front_of(cluster).await
+        Fixture::in_front_of(logical_cluster().await?).await
     }
 
     pub async fn in_front_of(cluster: Cluster) -> Result<Fixture> {

@@ -37,8 +37,28 @@ pub(crate) fn switchyard_binary() -> Result<PathBuf> {
         .map_err(|e| anyhow::anyhow!(e))
 }
 
-fn free_port() -> Result<u16> {
+/// A free loopback port.
+pub(crate) fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A config for the real binary on `port`: trust auth in front of
+/// `cluster`, capturing database `postgres` into `log`.
+pub(crate) fn write_capture_config(config: &Path, cluster: &Cluster, log: &Path, port: u16) -> Result<()> {
+    std::fs::write(
+        config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\n\
+             [source]\nhost = \"{host}\"\nport = {pgport}\nuser = \"{user}\"\n\
+             [auth]\nmethod = \"trust\"\n\
+             [capture]\nlog_dir = \"{log}\"\nuser = \"{user}\"\ndatabase = \"postgres\"\n",
+            host = cluster.host(),
+            pgport = cluster.port(),
+            user = cluster.superuser(),
+            log = log.display(),
+        ),
+    )
+    .with_context(|| format!("write {}", config.display()))
 }
 
 /// The `switchyard` binary serving one config file, killed on drop.
@@ -169,19 +189,7 @@ async fn killing_the_proxy_loses_no_committed_key() -> Result<()> {
     for round in 0..ROUNDS {
         let port = free_port()?;
         let config = dir.path().join(format!("switchyard-{round}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                "listen = \"127.0.0.1:{port}\"\n\
-                 [source]\nhost = \"{host}\"\nport = {pgport}\nuser = \"{user}\"\n\
-                 [auth]\nmethod = \"trust\"\n\
-                 [capture]\nlog_dir = \"{log}\"\nuser = \"{user}\"\ndatabase = \"postgres\"\n",
-                host = cluster.host(),
-                pgport = cluster.port(),
-                user = cluster.superuser(),
-                log = log.display(),
-            ),
-        )?;
+        write_capture_config(&config, &cluster, &log, port)?;
         let proxy = ProxyProcess::start(&config, port)?;
         let admin = proxy.admin().await?;
         capture_on(&admin, round == 0).await?;

@@ -2,24 +2,25 @@
 //! guessed), what a rejected statement's hint offers, and a capture that
 //! survives the proxy being killed and started again.
 
-use crate::capture::Fixture;
-use crate::capture_kill::ProxyProcess;
+use crate::capture::{logical_cluster, Fixture};
+use crate::capture_kill::{free_port, write_capture_config, ProxyProcess};
 use crate::oracle::{logged_keys, written_keys, WalOracle};
 use anyhow::{ensure, Context, Result};
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use switchyard_tests::Cluster;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-async fn logical_cluster() -> Result<Cluster> {
-    Ok(Cluster::builder()
-        .setting("wal_level", "logical")
-        .setting("max_replication_slots", "4")
-        .setting("max_wal_senders", "4")
-        .start()
-        .await?)
+/// Writes the log directory's record that capture of `database` is on,
+/// as a proxy that was killed would have left it.
+fn record_capture_of(log_dir: &std::path::Path, database: &str) {
+    std::fs::create_dir_all(log_dir).expect("log dir");
+    std::fs::write(
+        log_dir.join("capture.state"),
+        format!("database = \"{database}\"\nepoch = 1\nstart_lsn = 1\nstarted_micros = 1\n"),
+    )
+    .expect("state file");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,21 +126,9 @@ async fn capture_resumes_after_the_proxy_is_killed() -> Result<()> {
     let oracle = WalOracle::create(&direct, "restart").await?;
     let dir = tempfile::tempdir()?;
     let log = dir.path().join("log");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = free_port()?;
     let config = dir.path().join("switchyard.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:{port}\"\n\
-             [source]\nhost = \"{host}\"\nport = {pgport}\nuser = \"{user}\"\n\
-             [auth]\nmethod = \"trust\"\n\
-             [capture]\nlog_dir = \"{log}\"\nuser = \"{user}\"\ndatabase = \"postgres\"\n",
-            host = cluster.host(),
-            pgport = cluster.port(),
-            user = cluster.superuser(),
-            log = log.display(),
-        ),
-    )?;
+    write_capture_config(&config, &cluster, &log, port)?;
     let proxy = ProxyProcess::start(&config, port)?;
     let admin = proxy.admin().await?;
     admin.simple_query("CAPTURE START").await.context("CAPTURE START")?;
@@ -191,12 +180,7 @@ async fn a_capture_that_cannot_resume_refuses_its_database_until_a_dba_decides()
     // proxy would read the catalog with does not exist, so it cannot resume.
     let f = Fixture::configured(cluster, |c| {
         c.capture.user = Some("nobody_here".into());
-        std::fs::create_dir_all(&c.capture.log_dir).expect("log dir");
-        std::fs::write(
-            c.capture.log_dir.join("capture.state"),
-            "database = \"postgres\"\nepoch = 1\nstart_lsn = 1\nstarted_micros = 1\n",
-        )
-        .expect("state file");
+        record_capture_of(&c.capture.log_dir, "postgres");
     })
     .await?;
     let show = f.show_capture().await?;
@@ -231,12 +215,7 @@ async fn a_capture_that_cannot_resume_refuses_its_database_until_a_dba_decides()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recorded_capture_of_another_database_than_the_config_is_not_resumed() -> Result<()> {
     let f = Fixture::configured(logical_cluster().await?, |c| {
-        std::fs::create_dir_all(&c.capture.log_dir).expect("log dir");
-        std::fs::write(
-            c.capture.log_dir.join("capture.state"),
-            "database = \"other\"\nepoch = 1\nstart_lsn = 1\nstarted_micros = 1\n",
-        )
-        .expect("state file");
+        record_capture_of(&c.capture.log_dir, "other");
     })
     .await?;
     let show = f.show_capture().await?;

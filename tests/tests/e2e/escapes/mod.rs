@@ -12,11 +12,11 @@ mod functions;
 mod lifecycle;
 mod resolver;
 
-use crate::capture::Fixture;
+use crate::capture::{logical_cluster, Fixture};
 use crate::oracle::{logged_keys, written_keys, KeySet, WalOracle};
 use anyhow::{ensure, Context, Result};
 use std::collections::HashMap;
-use switchyard_tests::{Cluster, TestProxy};
+use switchyard_tests::TestProxy;
 use tokio_postgres::Client;
 
 /// One escape case: a capturing proxy, a direct connection to the source and
@@ -38,12 +38,7 @@ impl Escape {
 
     /// As [`Escape::start`], with `edit` applied to the proxy's config.
     pub async fn configured(schema: &str, edit: impl FnOnce(&mut switchyard_proxy::Config)) -> Result<Escape> {
-        let cluster = Cluster::builder()
-            .setting("wal_level", "logical")
-            .setting("max_replication_slots", "4")
-            .setting("max_wal_senders", "4")
-            .start()
-            .await?;
+        let cluster = logical_cluster().await?;
         let direct = cluster.connect("postgres").await?;
         direct.batch_execute(schema).await.context("case schema")?;
         let f = Fixture::configured(cluster, edit).await?;

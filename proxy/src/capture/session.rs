@@ -901,12 +901,7 @@ impl SessionCapture {
         if info.tx.as_ref().is_some_and(is_commit_like) {
             if let Some(message) = self.refuse_commit.take() {
                 // ROLLBACK (its answers dropped), then an error for the client.
-                let mut out = rows::extended_once("ROLLBACK");
-                for _ in 0..3 {
-                    self.expect.push_back(Expect::InjectedOne);
-                }
-                out.extend_from_slice(&self.raise_extended(&message));
-                self.sent_block = false;
+                let out = self.roll_back_extended_with(&rows::raise_sql(LOG_FAILED_CODE, &message, LOG_FAILED_HINT));
                 return Ok(ClientAction::Replace(out));
             }
             // Keys of writes still in flight must be in before the commit goes.
@@ -936,29 +931,11 @@ impl SessionCapture {
     /// `reason` (SQLSTATE 0A000), run in place of a client's Execute so its
     /// transaction fails as on a real error.
     fn raise_execute(&mut self, rejection: &Rejection) -> BytesMut {
-        let mut out = BytesMut::new();
-        let sql = rows::raise_sql(REJECT_CODE, &rejection.message(), &reject_hint(rejection.kind));
-        crate::wire::write_message(&mut out, b'P', |b| {
-            crate::wire::put_cstr(b, b"");
-            crate::wire::put_cstr(b, sql.as_bytes());
-            b.extend_from_slice(&0i16.to_be_bytes());
-        });
-        crate::wire::write_message(&mut out, b'B', |b| {
-            b.extend_from_slice(b"\0\0");
-            b.extend_from_slice(&0i16.to_be_bytes());
-            b.extend_from_slice(&0i16.to_be_bytes());
-            b.extend_from_slice(&0i16.to_be_bytes());
-        });
-        crate::wire::write_message(&mut out, b'E', |b| {
-            b.extend_from_slice(b"\0");
-            b.extend_from_slice(&0i32.to_be_bytes());
-        });
-        self.expect.push_back(Expect::InjectedOne);
-        self.expect.push_back(Expect::InjectedOne);
-        self.expect.push_back(Expect::Execute {
-            info: StmtInfo::default(),
-        });
-        out
+        self.raise_extended_sql(&rows::raise_sql(
+            REJECT_CODE,
+            &rejection.message(),
+            &reject_hint(rejection.kind),
+        ))
     }
 
     /// In place of a simple-protocol commit: a ROLLBACK whose completion
@@ -972,30 +949,38 @@ impl SessionCapture {
         if let Some(d) = self.deferred.as_mut() {
             d.bytes.truncate(d.last_complete);
         }
-        self.expect.push_back(Expect::Failed);
-        self.sent_block = false;
         self.tx.clear();
         // Decided here: what the client sends next (it may not wait for
         // the answer) already resolves names as after the rollback.
         self.paths.end_tx(false);
-        let sql = format!(
-            "ROLLBACK; {}",
-            rows::raise_sql(REJECT_CODE, &rejection.message(), &reject_hint(rejection.kind))
-        );
-        rows::query(&sql)
+        self.roll_back_with(&rows::raise_sql(
+            REJECT_CODE,
+            &rejection.message(),
+            &reject_hint(rejection.kind),
+        ))
     }
 
     /// In place of an extended-protocol COMMIT's Execute: a ROLLBACK whose
     /// answers are dropped, then the error, so that the transaction ends as
     /// after a failed COMMIT instead of staying open and failed.
     fn refuse_extended_commit(&mut self, rejection: &Rejection) -> BytesMut {
+        self.tx.clear();
+        self.paths.end_tx(false);
+        self.roll_back_extended_with(&rows::raise_sql(
+            REJECT_CODE,
+            &rejection.message(),
+            &reject_hint(rejection.kind),
+        ))
+    }
+
+    /// An extended-protocol ROLLBACK whose answers are dropped, then the
+    /// statement `raise` (an error for the client).
+    fn roll_back_extended_with(&mut self, raise: &str) -> BytesMut {
         let mut out = rows::extended_once("ROLLBACK");
         for _ in 0..3 {
             self.expect.push_back(Expect::InjectedOne);
         }
-        self.tx.clear();
-        self.paths.end_tx(false);
-        out.extend_from_slice(&self.raise_execute(rejection));
+        out.extend_from_slice(&self.raise_extended_sql(raise));
         self.sent_block = false;
         out
     }
@@ -1826,20 +1811,29 @@ impl SessionCapture {
     /// A simple query that rolls the open transaction back and fails with
     /// `message`: ReadyForQuery then says idle, as after a failed COMMIT.
     fn roll_back_refused(&mut self, message: &str) -> BytesMut {
+        self.roll_back_with(&rows::raise_sql(LOG_FAILED_CODE, message, LOG_FAILED_HINT))
+    }
+
+    /// One simple query: ROLLBACK (its completion dropped), then the
+    /// statement `raise`, whose error and the idle ReadyForQuery reach the
+    /// client.
+    fn roll_back_with(&mut self, raise: &str) -> BytesMut {
         self.expect.push_back(Expect::Failed);
         self.sent_block = false;
-        let sql = format!(
-            "ROLLBACK; {}",
-            rows::raise_sql(LOG_FAILED_CODE, message, LOG_FAILED_HINT)
-        );
-        rows::query(&sql)
+        rows::query(&format!("ROLLBACK; {raise}"))
     }
 
     /// Parse/Bind/Execute of a statement failing with `message`, whose
     /// Parse and Bind completions are dropped and whose error goes to the
     /// client (the server then skips to the next Sync).
     fn raise_extended(&mut self, message: &str) -> BytesMut {
-        let out = rows::extended_once(&rows::raise_sql(LOG_FAILED_CODE, message, LOG_FAILED_HINT));
+        self.raise_extended_sql(&rows::raise_sql(LOG_FAILED_CODE, message, LOG_FAILED_HINT))
+    }
+
+    /// Parse/Bind/Execute of the statement `raise` (it fails), whose Parse
+    /// and Bind completions are dropped and whose error goes to the client.
+    fn raise_extended_sql(&mut self, raise: &str) -> BytesMut {
+        let out = rows::extended_once(raise);
         self.expect.push_back(Expect::InjectedOne);
         self.expect.push_back(Expect::InjectedOne);
         self.expect.push_back(Expect::Execute {

@@ -76,17 +76,15 @@ impl SessionCapture {
                     ));
                     bad.push(i);
                 }
-                resolve::Target::Other(t) if reaches_unnamed(&catalog, t, &self.active.read_only).is_some() => {
-                    let reached = reaches_unnamed(&catalog, t, &self.active.read_only).map(|r| r.to_string());
-                    wrong = Some(format!(
-                        "a row meant for {} went to {}, whose writes run {}",
-                        w.tap.table,
-                        t.name,
-                        reached.unwrap_or_default()
-                    ));
-                    bad.push(i);
-                }
                 resolve::Target::Other(t) => {
+                    if let Some(reached) = reaches_unnamed(&catalog, t, &self.active.read_only) {
+                        wrong = Some(format!(
+                            "a row meant for {} went to {}, whose writes run {reached}",
+                            w.tap.table, t.name
+                        ));
+                        bad.push(i);
+                        continue;
+                    }
                     let to = Arc::new(Tap {
                         table: format!("{}.{}", t.name.schema, t.name.name),
                         oid: w.oid,

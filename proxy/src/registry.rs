@@ -83,6 +83,72 @@ pub struct SessionInfo {
     /// The capture epoch the session's open transaction runs under, or
     /// [`AT_BOUNDARY`] between transactions; see [`SessionInfo::enter_tx`].
     tx_epoch: AtomicU64,
+    /// The route epoch of the session's current backend.
+    route_epoch: AtomicU64,
+    move_state: AtomicU8,
+    /// When the last move finished, in the router's microseconds.
+    moved_at: AtomicU64,
+    moves: AtomicU64,
+    /// `host:port` of the current backend.
+    backend_addr: Mutex<String>,
+    /// Why the last move failed or the session was closed by one.
+    move_error: Mutex<Option<String>>,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+/// Where a session stands with the route's latest move order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MoveState {
+    /// On a backend of the current epoch (or never asked to move).
+    Current,
+    /// Opening its next backend.
+    Opening,
+    /// Its next backend is open; it switches when the route says go.
+    Opened,
+    /// Waiting for its transaction boundary.
+    Waiting,
+    /// Switching now.
+    Moving,
+    /// Something pins it to its backend (see `pinned_by`).
+    Pinned,
+    /// The last move failed; it stays on its backend (see `move_error`).
+    Failed,
+}
+
+impl MoveState {
+    fn code(self) -> u8 {
+        self as u8
+    }
+
+    fn from_code(c: u8) -> MoveState {
+        match c {
+            1 => MoveState::Opening,
+            2 => MoveState::Opened,
+            3 => MoveState::Waiting,
+            4 => MoveState::Moving,
+            5 => MoveState::Pinned,
+            6 => MoveState::Failed,
+            _ => MoveState::Current,
+        }
+    }
+
+    /// Whether the session's next backend is open (or it has nothing to open).
+    pub fn opened(self) -> bool {
+        !matches!(self, MoveState::Opening)
+    }
+
+    /// The name SHOW SESSIONS shows.
+    pub fn name(self) -> &'static str {
+        match self {
+            MoveState::Current => "current",
+            MoveState::Opening => "opening",
+            MoveState::Opened => "opened",
+            MoveState::Waiting => "waiting for boundary",
+            MoveState::Moving => "moving",
+            MoveState::Pinned => "pinned",
+            MoveState::Failed => "move failed",
+        }
+    }
 }
 
 /// [`SessionInfo::tx_epoch`] of a session between transactions.
@@ -92,6 +158,65 @@ pub const AT_BOUNDARY: u64 = u64::MAX;
 pub const ENTERING: u64 = u64::MAX - 1;
 
 impl SessionInfo {
+    /// The route epoch of the current backend.
+    pub fn route_epoch(&self) -> u64 {
+        self.route_epoch.load(SeqCst)
+    }
+
+    /// Where the session stands with the latest move order.
+    pub fn move_state(&self) -> MoveState {
+        MoveState::from_code(self.move_state.load(SeqCst))
+    }
+
+    /// Sets the move state.
+    pub fn set_move_state(&self, s: MoveState) {
+        self.move_state.store(s.code(), SeqCst);
+    }
+
+    /// The session is on a backend opened under `epoch` at `host:port`
+    /// since `at` (router microseconds); `moved` counts a move.
+    pub fn set_backend(&self, epoch: u64, addr: String, pid: i32, at: u64, moved: bool) {
+        *lock(&self.backend_addr) = addr;
+        self.backend_pid.store(pid, Relaxed);
+        self.moved_at.store(at, SeqCst);
+        if moved {
+            self.moves.fetch_add(1, Relaxed);
+        }
+        *lock(&self.move_error) = None;
+        self.set_move_state(MoveState::Current);
+        self.route_epoch.store(epoch, SeqCst);
+    }
+
+    /// When the last move finished (router microseconds).
+    pub fn moved_at_micros(&self) -> u64 {
+        self.moved_at.load(SeqCst)
+    }
+
+    /// Moves so far.
+    pub fn moves(&self) -> u64 {
+        self.moves.load(Relaxed)
+    }
+
+    /// `host:port` of the current backend.
+    pub fn backend_addr(&self) -> String {
+        lock(&self.backend_addr).clone()
+    }
+
+    /// Records why a move failed (or closed the session).
+    pub fn set_move_error(&self, why: Option<String>) {
+        *lock(&self.move_error) = why;
+    }
+
+    /// Why the last move failed, if it did.
+    pub fn move_error(&self) -> Option<String> {
+        lock(&self.move_error).clone()
+    }
+
+    /// Whether the session has ended.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(SeqCst)
+    }
+
     /// Marks the session as leaving its transaction boundary and returns the
     /// capture epoch it reads afterwards. Publishing [`ENTERING`] before
     /// reading the epoch (both sequentially consistent) means a barrier scan
@@ -190,6 +315,10 @@ impl SessionInfo {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// All live sessions.
 #[derive(Debug, Default)]
 pub struct Registry {
@@ -217,6 +346,13 @@ impl Registry {
             listens: AtomicU32::new(0),
             pins: AtomicU8::new(0),
             tx_epoch: AtomicU64::new(AT_BOUNDARY),
+            route_epoch: AtomicU64::new(0),
+            move_state: AtomicU8::new(0),
+            moved_at: AtomicU64::new(0),
+            moves: AtomicU64::new(0),
+            backend_addr: Mutex::new(String::new()),
+            move_error: Mutex::new(None),
+            closed: std::sync::atomic::AtomicBool::new(false),
         });
         self.lock().insert(id, info.clone());
         Registered {
@@ -255,6 +391,7 @@ pub struct Registered {
 
 impl Drop for Registered {
     fn drop(&mut self) {
+        self.info.closed.store(true, SeqCst);
         self.registry.lock().remove(&self.info.id);
     }
 }

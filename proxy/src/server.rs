@@ -93,6 +93,8 @@ pub struct Shared {
     pub started_at: SystemTime,
     /// The PAUSE in force, if any.
     pub pause: Mutex<Option<PauseState>>,
+    /// Which database serves sessions, and the move orders.
+    pub router: crate::session::route::Router,
 }
 
 impl Shared {
@@ -137,6 +139,7 @@ impl Proxy {
             shutdown: shutdown_rx,
             started_at: SystemTime::now(),
             pause: Mutex::new(None),
+            router: crate::session::route::Router::new(),
             capture: crate::capture::control::Capture::new(&config),
             catchup: crate::catchup::Catchup::default(),
             local_addr: addr,

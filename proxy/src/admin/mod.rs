@@ -5,6 +5,7 @@
 mod capture;
 mod catchup;
 mod pause;
+mod reconnect;
 mod result;
 mod resume;
 mod show;
@@ -64,6 +65,16 @@ pub enum AdminCommand {
     CatchupStop,
     /// `SHOW LAG`: catch-up progress.
     ShowLag,
+    /// `RECONNECT [TO source|target] [TIMEOUT d] [FORCE]`: move every
+    /// client session to a fresh backend at its next boundary.
+    Reconnect {
+        /// Where to.
+        to: crate::session::route::Destination,
+        /// How long to wait for the sessions.
+        timeout: Duration,
+        /// Moving to another database than the current one was confirmed.
+        force: bool,
+    },
 }
 
 /// Whether a PAUSE is tied to the console session that asked for it.
@@ -189,6 +200,7 @@ impl AdminCommand {
             ["CATCHUP", "START"] => Ok(AdminCommand::CatchupStart),
             ["CATCHUP", "STOP"] => Ok(AdminCommand::CatchupStop),
             ["SHOW", "LAG"] => Ok(AdminCommand::ShowLag),
+            ["RECONNECT", ..] => reconnect::parse(&words[1..]),
             ["SHOW", ..] => Err(AdminError::Unknown(text.to_owned())),
             _ => Err(AdminError::Unknown(text.to_owned())),
         }
@@ -211,6 +223,7 @@ impl AdminCommand {
             AdminCommand::CatchupStart => catchup::start(shared).await,
             AdminCommand::CatchupStop => catchup::stop(shared).await,
             AdminCommand::ShowLag => Ok(catchup::show(shared)),
+            AdminCommand::Reconnect { to, timeout, force } => reconnect::execute(shared, *to, *timeout, *force).await,
         }
     }
 }

@@ -71,6 +71,11 @@ pub(super) fn sessions(shared: &Shared) -> Reply {
         "settings",
         "listen_channels",
         "pinned_by",
+        "backend",
+        "route_epoch",
+        "move_state",
+        "moves",
+        "move_error",
     ]);
     for s in shared.sessions.snapshot() {
         let (prepared, settings, listens) = s.tracked();
@@ -89,6 +94,11 @@ pub(super) fn sessions(shared: &Shared) -> Reply {
             Some(settings.to_string()),
             Some(listens.to_string()),
             Some(s.pins().join(", ")),
+            Some(s.backend_addr()).filter(|a| !a.is_empty()),
+            Some(s.route_epoch().to_string()),
+            Some(s.move_state().name().to_string()),
+            Some(s.moves().to_string()),
+            s.move_error(),
         ];
         r.rows.push(row);
     }
@@ -186,6 +196,7 @@ pub(super) fn help() -> Reply {
         ("SHOW CAPTURE", "capture state, barrier, sessions holding it, log size, unsafe statements, read-only functions, sessions bypassing the proxy"),
         ("CATCHUP START", "check the mapping against both catalogs and start replaying the capture log onto [target]"),
         ("CATCHUP STOP", "stop catch-up once the batches in hand are applied"),
+        ("RECONNECT [TO source|target] [TIMEOUT d] [FORCE]", "move every client session to a fresh backend at its next transaction boundary without the clients reconnecting (backends opened first, then switched); pinned sessions (temp tables, session advisory locks, WITH HOLD cursors) move once unpinned, or, for another database, are closed at the timeout (default 30s); TO target needs FORCE: CUTOVER is the safe way there"),
         ("SHOW LAG", "catch-up state, log positions (end, read, confirmed), commits and keys pending, lag in seconds, lag percentiles"),
     ] {
         r.row([c, d]);

@@ -4,8 +4,11 @@
 
 pub mod backend;
 pub mod effects;
+mod moving;
 mod relay;
+pub mod route;
 pub mod state;
+mod statements;
 
 use crate::admin;
 use crate::auth::{self, AuthError, LoginError};

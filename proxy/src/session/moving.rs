@@ -1,0 +1,1 @@
+//! Moving a session to another backend.

@@ -1,0 +1,306 @@
+//! The proxy-wide route: which database serves sessions now, under an
+//! epoch. Every new login follows it, and every session follows it at its
+//! next transaction boundary with nothing in flight: it moves to a fresh
+//! backend there (see `moving.rs`). A move is ordered in two steps so that
+//! the switch itself costs no connection setup: first every session opens
+//! its next backend in the background ([`Step::Open`]), then the route
+//! flips ([`Step::Go`]) and each session swaps at its boundary.
+//!
+//! [`reconnect`] is the primitive the console's `RECONNECT` and the cutover
+//! drive: it publishes a new epoch, waits for the sessions, and reports.
+
+use crate::config::{Config, DatabaseConfig};
+use crate::registry::{MoveState, SessionInfo};
+use crate::server::Shared;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+use tokio::sync::{watch, Notify};
+
+/// A database the proxy can route sessions to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    /// `[source]`.
+    Source,
+    /// `[target]`.
+    Target,
+}
+
+impl Destination {
+    /// The name used on the console.
+    pub fn name(self) -> &'static str {
+        match self {
+            Destination::Source => "source",
+            Destination::Target => "target",
+        }
+    }
+
+    /// Its connection settings, if configured.
+    pub fn config(self, config: &Config) -> Option<&DatabaseConfig> {
+        match self {
+            Destination::Source => Some(&config.source),
+            Destination::Target => config.target.as_ref(),
+        }
+    }
+}
+
+/// Where a move order stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Sessions open their next backend and keep it ready; none switches.
+    Open,
+    /// Sessions switch at their next boundary.
+    Go,
+}
+
+/// What a session that cannot move (a temp table, a session advisory lock,
+/// a WITH HOLD cursor) does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinnedPolicy {
+    /// Stay on its backend and move once nothing pins it any more. Right
+    /// when the old backend stays valid (a fresh backend of the same
+    /// database).
+    Stay,
+    /// Wait for the order's deadline, then close the session with an error
+    /// that tells the client to reconnect. Right when the old database must
+    /// stop serving (another database).
+    Close,
+}
+
+/// The route every session follows.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Bumped by every move order; a session whose backend was opened under
+    /// an older epoch moves.
+    pub epoch: u64,
+    /// The database new backends are opened on.
+    pub destination: Destination,
+    /// Whether sessions only prepare or switch.
+    pub step: Step,
+    /// What pinned sessions do.
+    pub pinned: PinnedPolicy,
+    /// When pinned sessions give up waiting (with [`PinnedPolicy::Close`]).
+    pub deadline: Option<Instant>,
+}
+
+/// The shared route, with what [`reconnect`] needs to wait on sessions.
+#[derive(Debug)]
+pub struct Router {
+    tx: watch::Sender<Route>,
+    /// Sessions signal here when their move state changes.
+    changed: Notify,
+    /// A move order is in progress (one at a time).
+    busy: AtomicBool,
+    /// The instant move times are measured from.
+    base: Instant,
+}
+
+impl Default for Router {
+    fn default() -> Self {
+        Router::new()
+    }
+}
+
+impl Router {
+    /// A route to the source at epoch 0.
+    pub fn new() -> Router {
+        let (tx, _) = watch::channel(Route {
+            epoch: 0,
+            destination: Destination::Source,
+            step: Step::Go,
+            pinned: PinnedPolicy::Stay,
+            deadline: None,
+        });
+        Router {
+            tx,
+            changed: Notify::new(),
+            busy: AtomicBool::new(false),
+            base: Instant::now(),
+        }
+    }
+
+    /// The route now.
+    pub fn current(&self) -> Route {
+        self.tx.borrow().clone()
+    }
+
+    /// A receiver that wakes on every route change.
+    pub fn subscribe(&self) -> watch::Receiver<Route> {
+        self.tx.subscribe()
+    }
+
+    /// A session's move state changed.
+    pub fn notify(&self) {
+        self.changed.notify_one();
+    }
+
+    /// Microseconds since the router's base instant, for [`SessionInfo`]'s
+    /// move timestamps.
+    pub fn now_micros(&self) -> u64 {
+        self.base.elapsed().as_micros() as u64
+    }
+
+    fn publish(&self, route: Route) {
+        self.tx.send_replace(route);
+    }
+}
+
+/// A move order.
+#[derive(Debug, Clone)]
+pub struct MoveRequest {
+    /// Where sessions go.
+    pub to: Destination,
+    /// How long to wait for every session (and, with
+    /// [`PinnedPolicy::Close`], for pinned ones to unpin).
+    pub timeout: Duration,
+    /// What pinned sessions do; by default [`PinnedPolicy::Stay`] for the
+    /// database sessions already use and [`PinnedPolicy::Close`] for another.
+    pub pinned: Option<PinnedPolicy>,
+}
+
+/// What a move order achieved.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MoveReport {
+    /// The epoch the order published.
+    pub epoch: u64,
+    /// Client sessions when the order was given.
+    pub sessions: usize,
+    /// Sessions now on a backend of the new epoch.
+    pub moved: usize,
+    /// Sessions still in a transaction (or with work in flight) at the
+    /// timeout: they move at their next boundary.
+    pub waiting: usize,
+    /// Sessions that stay on their backend because something pins them.
+    pub pinned: usize,
+    /// Sessions closed (pinned past the deadline, or a failed move to
+    /// another database).
+    pub closed: usize,
+    /// Sessions whose move failed; they stay on their backend.
+    pub failed: usize,
+    /// Time to open every session's next backend.
+    pub open_ms: f64,
+    /// Time from the route flip to the last session moved.
+    pub move_ms: f64,
+}
+
+/// Why a move order could not run.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum MoveError {
+    /// `TO target` without a `[target]` section.
+    #[error("no [target] is configured; add one to the config file to move sessions to it")]
+    NoTarget,
+    /// Another order is running.
+    #[error("another RECONNECT (or cutover) is moving sessions; wait for it to finish")]
+    Busy,
+}
+
+/// Clears [`Router::busy`] however the order ends.
+struct Exclusive<'a>(&'a Router);
+
+impl Drop for Exclusive<'_> {
+    fn drop(&mut self) {
+        self.0.busy.store(false, SeqCst);
+    }
+}
+
+/// Whether a registered session is a client session with a backend (not
+/// the console, not one still logging in).
+fn is_client(shared: &Shared, s: &SessionInfo) -> bool {
+    s.database != shared.config.admin_database && s.backend_pid() != 0
+}
+
+/// Moves every client session to a fresh backend on `req.to`: opens them
+/// all first, then flips the route, then waits (up to `req.timeout`) for
+/// every session to reach a boundary and switch.
+pub async fn reconnect(shared: &Shared, req: MoveRequest) -> Result<MoveReport, MoveError> {
+    let router = &shared.router;
+    if req.to.config(&shared.config).is_none() {
+        return Err(MoveError::NoTarget);
+    }
+    if router.busy.swap(true, SeqCst) {
+        return Err(MoveError::Busy);
+    }
+    let _exclusive = Exclusive(router);
+    let started = Instant::now();
+    let deadline = started + req.timeout;
+    let before = router.current();
+    let pinned = req.pinned.unwrap_or(if before.destination == req.to {
+        PinnedPolicy::Stay
+    } else {
+        PinnedPolicy::Close
+    });
+    let epoch = before.epoch + 1;
+    let mut route = Route {
+        epoch,
+        destination: req.to,
+        step: Step::Open,
+        pinned,
+        deadline: Some(deadline),
+    };
+    let sessions: Vec<Arc<SessionInfo>> = shared
+        .sessions
+        .snapshot()
+        .into_iter()
+        .filter(|s| is_client(shared, s))
+        .collect();
+    let mut report = MoveReport {
+        epoch,
+        sessions: sessions.len(),
+        ..MoveReport::default()
+    };
+    router.publish(route.clone());
+    // Half the time at most for opening: the switch needs the rest.
+    let open_by = started + req.timeout / 2;
+    wait_until(router, open_by, || {
+        sessions
+            .iter()
+            .all(|s| s.is_closed() || s.route_epoch() >= epoch || s.move_state().opened())
+    })
+    .await;
+    report.open_ms = started.elapsed().as_secs_f64() * 1e3;
+    let go = router.now_micros();
+    route.step = Step::Go;
+    router.publish(route);
+    wait_until(router, deadline, || {
+        sessions.iter().all(|s| {
+            s.is_closed()
+                || s.route_epoch() >= epoch
+                || matches!(s.move_state(), MoveState::Failed | MoveState::Pinned) && pinned == PinnedPolicy::Stay
+        })
+    })
+    .await;
+    let mut last = go;
+    for s in &sessions {
+        if s.route_epoch() >= epoch {
+            report.moved += 1;
+            last = last.max(s.moved_at_micros());
+        } else if s.is_closed() {
+            report.closed += 1;
+        } else {
+            match s.move_state() {
+                MoveState::Pinned => report.pinned += 1,
+                MoveState::Failed => report.failed += 1,
+                _ => report.waiting += 1,
+            }
+        }
+    }
+    report.move_ms = last.saturating_sub(go) as f64 / 1e3;
+    Ok(report)
+}
+
+/// Waits until `done()` or `deadline`, re-checking whenever a session
+/// reports and at least every 5 ms.
+async fn wait_until(router: &Router, deadline: Instant, done: impl Fn() -> bool) {
+    loop {
+        if done() {
+            return;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return;
+        }
+        let tick = (deadline - now).min(Duration::from_millis(5));
+        let _ = tokio::time::timeout(tick, router.changed.notified()).await;
+    }
+}

@@ -20,6 +20,8 @@ pub enum Shown {
     Relay(Phase),
     /// Waiting at the closed gate.
     Held,
+    /// Switching to another backend.
+    Moving,
 }
 
 impl Shown {
@@ -31,6 +33,8 @@ impl Shown {
             Shown::Relay(Phase::InTransaction) => 3,
             Shown::Relay(Phase::Failed) => 4,
             Shown::Held => 5,
+            Shown::Relay(Phase::Copying) => 6,
+            Shown::Moving => 7,
         }
     }
 
@@ -41,6 +45,8 @@ impl Shown {
             3 => Shown::Relay(Phase::InTransaction),
             4 => Shown::Relay(Phase::Failed),
             5 => Shown::Held,
+            6 => Shown::Relay(Phase::Copying),
+            7 => Shown::Moving,
             _ => Shown::Startup,
         }
     }
@@ -51,6 +57,7 @@ impl Shown {
             Shown::Startup => "startup",
             Shown::Relay(p) => p.name(),
             Shown::Held => "held at gate",
+            Shown::Moving => "moving",
         }
     }
 }

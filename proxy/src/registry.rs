@@ -92,6 +92,8 @@ pub struct SessionInfo {
     tx_epoch: AtomicU64,
     /// The route epoch of the session's current backend.
     route_epoch: AtomicU64,
+    /// The latest route epoch the session has seen an order for.
+    seen_epoch: AtomicU64,
     move_state: AtomicU8,
     /// When the last move finished, in the router's microseconds.
     moved_at: AtomicU64,
@@ -168,6 +170,17 @@ impl SessionInfo {
     /// The route epoch of the current backend.
     pub fn route_epoch(&self) -> u64 {
         self.route_epoch.load(SeqCst)
+    }
+
+    /// The session has seen the order of `epoch`, and is now in `state`.
+    pub fn saw_order(&self, epoch: u64, state: MoveState) {
+        self.set_move_state(state);
+        self.seen_epoch.fetch_max(epoch, SeqCst);
+    }
+
+    /// The latest order epoch the session has seen.
+    pub fn seen_epoch(&self) -> u64 {
+        self.seen_epoch.load(SeqCst)
     }
 
     /// Where the session stands with the latest move order.
@@ -354,6 +367,7 @@ impl Registry {
             pins: AtomicU8::new(0),
             tx_epoch: AtomicU64::new(AT_BOUNDARY),
             route_epoch: AtomicU64::new(0),
+            seen_epoch: AtomicU64::new(0),
             move_state: AtomicU8::new(0),
             moved_at: AtomicU64::new(0),
             moves: AtomicU64::new(0),

@@ -146,7 +146,16 @@ impl Touched {
 /// cheap pre-filter: most statements are plain reads and writes).
 fn might_touch(sql: &[u8]) -> bool {
     const WORDS: [&[u8]; 10] = [
-        b"set", b"reset", b"listen", b"discard", b"prepare", b"declare", b"temp", b"advisory", b"hold", b"create",
+        b"set",
+        b"reset",
+        b"listen",
+        b"discard",
+        b"prepare",
+        b"declare",
+        b"temp",
+        b"advisory",
+        b"hold",
+        b"create",
     ];
     WORDS.iter().any(|w| contains_ci(sql, w))
 }

@@ -62,15 +62,6 @@ impl Probed {
     }
 }
 
-/// Why a session stays on its backend.
-#[derive(Debug)]
-pub(super) enum Stay {
-    /// Something pins it.
-    Pinned(BTreeSet<Pin>),
-    /// A step failed; the reason.
-    Failed(String),
-}
-
 /// Messages from a backend during a move that belong to the client.
 pub(super) struct Relayed<'a> {
     /// The client's write buffer.
@@ -201,7 +192,8 @@ fn prepare_statement_of(name: &str, text: &str) -> Option<String> {
         let n = words.next()?;
         let n = n.split('(').next().unwrap_or(n);
         let unquoted = n.trim_matches('"');
-        (verb.eq_ignore_ascii_case("prepare") && (unquoted == name || n.eq_ignore_ascii_case(name))).then(|| s.to_owned())
+        (verb.eq_ignore_ascii_case("prepare") && (unquoted == name || n.eq_ignore_ascii_case(name)))
+            .then(|| s.to_owned())
     })
 }
 
@@ -298,18 +290,18 @@ async fn run<S: Socket>(
 }
 
 /// Opens a backend for the session on the route's destination.
-pub(super) async fn open(shared: &crate::server::Shared, route: &Route, login: &Login) -> Result<Backend, String> {
-    let Some(db) = route.destination.config(&shared.config) else {
+pub(crate) async fn open_with(config: &crate::config::Config, route: &Route, login: &Login) -> Result<Backend, String> {
+    let Some(db) = route.destination.config(config) else {
         return Err(format!("no [{}] is configured", route.destination.name()));
     };
-    let (user, database, password) = backend::login_identity(&shared.config, db, &login.user, &login.database);
+    let (user, database, password) = backend::login_identity(config, db, &login.user, &login.database);
     backend::connect(
         db,
         user,
         database,
         password,
         &login.params,
-        shared.config.limits.connect_timeout(),
+        config.limits.connect_timeout(),
     )
     .await
     .map_err(|e| e.to_string())
@@ -317,7 +309,7 @@ pub(super) async fn open(shared: &crate::server::Shared, route: &Route, login: &
 
 /// Who the session is, to open backends for it.
 #[derive(Debug, Clone)]
-pub(super) struct Login {
+pub(crate) struct Login {
     /// The client's user.
     pub user: String,
     /// The client's database.
@@ -394,8 +386,14 @@ mod tests {
     #[test]
     fn finds_the_prepare_among_a_query_strings_statements() {
         let text = "PREPARE a AS select 1; PREPARE b(int) AS select $1";
-        assert_eq!(prepare_statement_of("b", text).as_deref(), Some("PREPARE b(int) AS select $1"));
-        assert_eq!(prepare_statement_of("a", text).as_deref(), Some("PREPARE a AS select 1"));
+        assert_eq!(
+            prepare_statement_of("b", text).as_deref(),
+            Some("PREPARE b(int) AS select $1")
+        );
+        assert_eq!(
+            prepare_statement_of("a", text).as_deref(),
+            Some("PREPARE a AS select 1")
+        );
     }
 
     #[test]

@@ -263,7 +263,11 @@ impl SessionState {
 
     /// Takes a server message that answers the proxy rather than the
     /// client (errors are never taken: the client sees them).
-    pub fn take_proxy_answer(&mut self, msg: BackendMessage<'_>, same: &dyn Fn(&Description, &Description) -> bool) -> Option<ProxyAnswer> {
+    pub fn take_proxy_answer(
+        &mut self,
+        msg: BackendMessage<'_>,
+        same: &dyn Fn(&Description, &Description) -> bool,
+    ) -> Option<ProxyAnswer> {
         let tag = msg.tag();
         match self.pending.front_mut()? {
             Pending::Reprepare | Pending::Injected if matches!(tag, btag::PARSE_COMPLETE | btag::BIND_COMPLETE) => {
@@ -354,7 +358,10 @@ impl SessionState {
                 let target = msg.target()?;
                 let statement = (target.kind == TargetKind::Statement).then(|| target.name.to_owned());
                 self.unsynced = true;
-                self.pending.push_back(Pending::Describe { statement, params: None });
+                self.pending.push_back(Pending::Describe {
+                    statement,
+                    params: None,
+                });
             }
             ftag::EXECUTE => {
                 self.unsynced = true;

@@ -200,7 +200,10 @@ mod tests {
         assert!(s.needs_prepare("nope").is_none());
         s.moved();
         s.close_sent("s1");
-        assert!(s.needs_prepare("s1").is_none(), "closed by the client: the server says so");
+        assert!(
+            s.needs_prepare("s1").is_none(),
+            "closed by the client: the server says so"
+        );
     }
 
     #[test]

@@ -208,7 +208,9 @@ pub fn parse_with_types(msg: &FrontendMessage<'_>, map: impl Fn(u32) -> u32) -> 
     let name = r.cstr_bytes()?;
     let query = r.cstr_bytes()?;
     let n = r.i16()?;
-    let types: Vec<u32> = (0..n.max(0)).map(|_| r.i32().map(|o| o as u32)).collect::<Result<_, _>>()?;
+    let types: Vec<u32> = (0..n.max(0))
+        .map(|_| r.i32().map(|o| o as u32))
+        .collect::<Result<_, _>>()?;
     let mut out = BytesMut::with_capacity(msg.bytes().len());
     write_message(&mut out, tag::PARSE, |b| {
         put_cstr(b, name);
@@ -226,6 +228,27 @@ pub fn describe_statement(out: &mut BytesMut, name: &str) {
     write_message(out, tag::DESCRIBE, |b| {
         b.put_u8(b'S');
         put_cstr(b, name.as_bytes());
+    });
+}
+
+/// An unnamed Parse, Bind and Execute of `sql` (no parameters, text
+/// results).
+pub fn parse_bind_execute(out: &mut BytesMut, sql: &str) {
+    write_message(out, tag::PARSE, |b| {
+        put_cstr(b, b"");
+        put_cstr(b, sql.as_bytes());
+        b.put_i16(0);
+    });
+    write_message(out, tag::BIND, |b| {
+        put_cstr(b, b"");
+        put_cstr(b, b"");
+        b.put_i16(0);
+        b.put_i16(0);
+        b.put_i16(0);
+    });
+    write_message(out, tag::EXECUTE, |b| {
+        put_cstr(b, b"");
+        b.put_i32(0);
     });
 }
 

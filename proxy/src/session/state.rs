@@ -632,8 +632,8 @@ mod tests {
         s.on_server(be(btag::PARSE_COMPLETE, |_| {}), now);
         s.on_server(be(btag::ERROR_RESPONSE, |b| b.put_u8(0)), now);
         assert!(s.on_server(ready(b'I'), now).at_boundary);
-        assert!(s.statements().contains_key("a"));
-        assert!(!s.statements().contains_key("b"));
+        assert!(s.statements().get("a").is_some());
+        assert!(s.statements().get("b").is_none());
         s.on_client(
             fe(ftag::CLOSE, |b| {
                 b.put_u8(b'S');

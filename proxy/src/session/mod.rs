@@ -122,7 +122,12 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, permi
         admin::serve(&shared, &mut client, &info).await;
         return;
     }
-    let src = &shared.config.source;
+    // New logins follow the route: the database that serves now.
+    let first_route = shared.router.current();
+    let src = first_route
+        .destination
+        .config(&shared.config)
+        .unwrap_or(&shared.config.source);
     let (db_user, db_name, password) = backend::login_identity(&shared.config, src, &user, &database);
     if let Some(message) = shared.capture.refusal_for(db_name) {
         return refuse(&shared, &mut client, Refusal::fatal("57P03", message)).await;
@@ -175,7 +180,7 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, permi
         },
     );
     info.set_state(Shown::Relay(state::Phase::Idle));
-    let epoch = shared.router.current().epoch;
+    let epoch = first_route.epoch;
     info.set_backend(epoch, moving::addr_of(src), be.key.0, shared.router.now_micros(), false);
     tracing::debug!(session = info.id, %peer, user = %user, database = %database, backend_pid = be.key.0, "session started");
     let input = InputGuard::new(permit.budget().clone(), shared.config.limits.message_timeout());
@@ -184,7 +189,7 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, permi
         database: database.clone(),
         params: params.clone(),
     };
-    let mut relay = relay::Relay::new(&shared, &info, input, login, &be, epoch);
+    let mut relay = relay::Relay::new(&shared, &info, input, login, &be, epoch, first_route.destination);
     let ended = loop {
         let ended = match &mut be.conn {
             ServerConn::Tcp(server) => relay.run(&mut client, server).await,

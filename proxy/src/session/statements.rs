@@ -14,6 +14,9 @@
 use bytes::Bytes;
 use std::collections::HashMap;
 
+/// The first OID PostgreSQL gives to objects created after initdb.
+pub const FIRST_USER_OID: u32 = 16384;
+
 /// One column of a statement's result: name, type OID, type modifier.
 pub type Column = (Vec<u8>, u32, i32);
 
@@ -175,6 +178,27 @@ impl Statements {
                 s.changed = !same(before, now);
             }
         }
+    }
+
+    /// OIDs of user-defined types (enums, domains, composites...) that the
+    /// client's statements name: parameter types of their Parse messages
+    /// and the types their descriptions reported. Another database numbers
+    /// them differently.
+    pub fn user_type_oids(&self) -> std::collections::BTreeSet<u32> {
+        let mut out = std::collections::BTreeSet::new();
+        for s in self.named.values().chain(self.unnamed.iter()) {
+            if let Ok(types) =
+                crate::wire::frontend::parse_param_types(&crate::wire::frontend::FrontendMessage::new(&s.parse))
+            {
+                out.extend(types);
+            }
+            if let Some(d) = &s.description {
+                out.extend(d.params.iter().copied());
+                out.extend(d.columns.iter().flatten().map(|c| c.1));
+            }
+        }
+        out.retain(|o| *o >= FIRST_USER_OID);
+        out
     }
 
     /// The session is on a new backend: nothing is prepared there yet.

@@ -109,9 +109,10 @@ impl Relay<'_> {
             && self.capture.as_ref().is_none_or(|c| !c.blocked() && !c.has_work())
     }
 
-    /// The type OID translation of the order the session moved under.
+    /// The translation of type OIDs the client knows to the current
+    /// backend's.
     pub(super) fn order_types(&self) -> Option<Arc<HashMap<u32, u32>>> {
-        None
+        self.types.clone()
     }
 
     /// Re-prepares the statement a Bind or Describe names if the session
@@ -205,13 +206,19 @@ impl Relay<'_> {
         self.info.set_move_state(MoveState::Moving);
         self.info.set_state(crate::registry::Shown::Moving);
         let touched = self.state.touched().clone();
+        // Another database numbers user types otherwise: learn their names.
+        let oids = if order.destination != self.destination {
+            self.state.statements().user_type_oids()
+        } else {
+            Default::default()
+        };
         let mut to = moving::Relayed {
             client,
             client_pid: self.client_pid,
             own_pid: self.own_pid,
             params: &mut self.client_params,
         };
-        let probed = match moving::probe(old, &touched, &mut to).await {
+        let probed = match moving::probe(old, &touched, &oids, &mut to).await {
             Ok(p) => p,
             Err(why) => return self.move_failed(order.epoch, order.pinned, why),
         };
@@ -253,9 +260,27 @@ impl Relay<'_> {
             crate::net::ServerConn::Tcp(c) => moving::replay(c, &probed, &mut to, &mut params).await,
             crate::net::ServerConn::Unix(c) => moving::replay(c, &probed, &mut to, &mut params).await,
         };
-        if let Err(why) = replayed {
-            moving::retire(be.conn);
-            return self.move_failed(order.epoch, order.pinned, why);
+        let types = match replayed {
+            Ok(t) => t,
+            Err(why) => {
+                moving::retire(be.conn);
+                return self.move_failed(order.epoch, order.pinned, why);
+            }
+        };
+        // Translations compose: the client knows the numbering of the
+        // backend its statements were prepared on.
+        if order.destination != self.destination {
+            let mut next: HashMap<u32, u32> = HashMap::new();
+            if let Some(before) = &self.types {
+                for (client, old) in before.iter() {
+                    next.insert(*client, types.get(old).copied().unwrap_or(*old));
+                }
+            }
+            for (old, new) in types {
+                next.entry(old).or_insert(new);
+            }
+            self.types = (!next.is_empty()).then(|| Arc::new(next));
+            self.destination = order.destination;
         }
         if !probed.listens.is_empty() {
             to.own_pid = self.own_pid;

@@ -531,6 +531,26 @@ impl<'a> Relay<'a> {
                 Header::Ready { len, .. } => len,
             };
             let msg = BackendMessage::new(&server.rbuf[off..off + len]);
+            if msg.tag() == btag::ERROR_RESPONSE && self.state.raising() {
+                // The client hears PostgreSQL's own error for a Bind of a
+                // statement whose types changed (drivers match its routine).
+                self.count_sent(off - from);
+                client.wbuf.extend_from_slice(&server.rbuf[from..off]);
+                if let Some(cap) = &mut self.capture {
+                    let _ = cap.on_server(msg).map_err(RelayError::ServerProtocol)?;
+                }
+                let _ = self.state.on_server(msg, now);
+                bmsg::error_response_from(
+                    client.wbuf,
+                    "0A000",
+                    "cached plan must not change result type",
+                    "plancache.c",
+                    "RevalidateCachedQuery",
+                );
+                off += len;
+                from = off;
+                continue;
+            }
             let types = self.order_types();
             if let Some(answer) = self.state.take_proxy_answer(msg, &|a, b| same_types(a, b, &types)) {
                 self.count_sent(off - from);

@@ -262,7 +262,13 @@ pub async fn reconnect(shared: &Shared, req: MoveRequest) -> Result<MoveReport, 
     let go = router.now_micros();
     route.step = Step::Go;
     router.publish(route);
-    wait_until(router, deadline, || {
+    // Pinned sessions close themselves at the deadline: a moment more lets
+    // the report count them.
+    let settle = match pinned {
+        PinnedPolicy::Stay => Duration::ZERO,
+        PinnedPolicy::Close => Duration::from_secs(1),
+    };
+    wait_until(router, deadline + settle, || {
         sessions.iter().all(|s| {
             s.is_closed()
                 || s.route_epoch() >= epoch

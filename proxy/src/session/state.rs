@@ -62,6 +62,9 @@ enum Pending {
     /// A Parse or Bind the proxy sent in place of a client's Bind (to fail
     /// it as PostgreSQL would): its completion is not the client's.
     Injected,
+    /// The Execute of that statement: it fails, and the client gets the
+    /// error PostgreSQL gives for a Bind of a statement whose types changed.
+    Raise,
     Execute,
     Close {
         statement: Option<String>,
@@ -213,6 +216,8 @@ impl SessionState {
     /// the old one's: what was touched is replayed, nothing is pending.
     pub fn moved(&mut self, touched: Touched) {
         self.touched = touched;
+        // Nothing pins a session that could move.
+        self.pins.clear();
         self.statements.moved();
     }
 
@@ -251,9 +256,23 @@ impl SessionState {
     pub fn injected_in_place(&mut self) {
         self.pending.push_back(Pending::Injected);
         self.pending.push_back(Pending::Injected);
-        self.pending.push_back(Pending::Execute);
+        self.pending.push_back(Pending::Raise);
         self.statements.unnamed_taken();
         self.unsynced = true;
+    }
+
+    /// Whether the next error answers the proxy's stand-in for a Bind of a
+    /// statement whose types changed.
+    pub fn raising(&self) -> bool {
+        self.pending
+            .iter()
+            .find(|p| !matches!(p, Pending::Injected | Pending::CopyEnd))
+            .is_some_and(|p| matches!(p, Pending::Raise))
+    }
+
+    /// What pins the session, as its backend said.
+    pub fn set_pins(&mut self, pins: BTreeSet<Pin>) {
+        self.pins = pins;
     }
 
     /// Whether a client message waits for a statement recheck.

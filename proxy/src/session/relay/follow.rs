@@ -234,6 +234,8 @@ impl Relay<'_> {
                 ));
             }
             self.pinned_at = Some(self.info.queries());
+            self.state.set_pins(probed.pins.clone());
+            self.publish_tracked();
             self.info.set_move_state(MoveState::Pinned);
             self.shared.router.notify();
             return Moved::Stay;
@@ -296,6 +298,7 @@ impl Relay<'_> {
             }
         }
         self.state.moved(probed.touched());
+        self.publish_tracked();
         Moved::To(be)
     }
 
@@ -323,6 +326,13 @@ impl Relay<'_> {
         self.capture = None;
         self.capture_epoch = 0;
         self.info.set_state(crate::registry::Shown::Relay(self.state.phase()));
+    }
+
+    /// Shows the tracked state's sizes in SHOW SESSIONS.
+    fn publish_tracked(&self) {
+        let s = &self.state;
+        self.info
+            .set_tracked(s.statements().len(), s.settings().len(), s.listens().len(), s.pins());
     }
 
     /// The epoch of the order being followed.

@@ -248,12 +248,12 @@ async fn changed_result_type_fails_like_postgres_then_prepares_afresh() -> Resul
         .and_then(|e| e.as_db_error()?.routine().map(str::to_owned));
     let message = expect_sqlstate(result, "0A000")?;
     assert_eq!(message, "cached plan must not change result type");
-    assert_eq!(routine.as_deref(), Some("RevalidateCachedQuery"));
     // The failed Bind left the session usable: a new statement sees text.
     let fresh = client.prepare("select v from t").await?;
     assert_eq!(client.query_one(&fresh, &[]).await?.get::<_, String>(0), "one");
     let db: String = client.query_one("select current_database()::text", &[]).await?.get(0);
     assert_eq!(db, TARGET_DB);
+    assert_eq!(routine.as_deref(), Some("RevalidateCachedQuery"));
     Ok(())
 }
 

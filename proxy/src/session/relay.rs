@@ -620,6 +620,16 @@ impl<'a> Relay<'a> {
                     ServerAction::Replace(bytes) => {
                         self.count_sent(off - from + bytes.len());
                         client.wbuf.extend_from_slice(&server.rbuf[from..off]);
+                        if msg.tag() == btag::ROW_DESCRIPTION && is_one_message(&bytes) {
+                            // The statement's types as the client saw them
+                            // (capture's key columns taken out), to compare
+                            // with after a move.
+                            let _ = self.state.on_server(BackendMessage::new(&bytes), now);
+                            client.wbuf.extend_from_slice(&bytes);
+                            off += len;
+                            from = off;
+                            continue;
+                        }
                         client.wbuf.extend_from_slice(&bytes);
                         from = off + len;
                     }
@@ -670,6 +680,11 @@ impl<'a> Relay<'a> {
         client.try_flush()?;
         Ok(())
     }
+}
+
+/// Whether `bytes` is exactly one whole message.
+fn is_one_message(bytes: &[u8]) -> bool {
+    matches!(Header::parse(bytes, usize::MAX >> 1), Ok(Header::Ready { len, .. }) if len == bytes.len())
 }
 
 /// Whether an error is `currval`/`lastval` finding no value in this

@@ -96,6 +96,8 @@ pub(crate) struct Relay<'a> {
     pub(super) failed_epoch: u64,
     /// Client messages wait for the session to move.
     move_hold: bool,
+    /// The route's sender is gone (never while the proxy runs).
+    route_gone: bool,
     /// The pid the client was given at startup, and the current backend's.
     pub(super) client_pid: i32,
     pub(super) own_pid: i32,
@@ -170,6 +172,7 @@ impl<'a> Relay<'a> {
             pinned_at: None,
             failed_epoch: 0,
             move_hold: false,
+            route_gone: false,
             client_pid: first.key.0,
             own_pid: first.key.0,
             client_params: moving::startup_params(first),
@@ -368,7 +371,10 @@ impl<'a> Relay<'a> {
                 _ = &mut shutdown_changed, if !self.shutting_down => {
                     self.shutting_down = true;
                 }
-                r = self.route.changed() => {
+                r = self.route.changed(), if !self.route_gone => {
+                    // The router lives as long as the proxy; should it go,
+                    // the session just stops following it.
+                    self.route_gone = r.is_err();
                     if r.is_ok() {
                         self.on_route();
                         if self.move_hold && !self.move_due() {

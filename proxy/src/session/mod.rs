@@ -231,8 +231,8 @@ async fn serve(
         match moved {
             relay::Moved::To(next) => {
                 let route = shared.router.current();
-                let epoch = relay.order_epoch().unwrap_or(route.epoch);
-                let db = route.destination.config(&shared.config).unwrap_or(src);
+                let (epoch, destination) = relay.order_epoch().unwrap_or((route.epoch, route.destination));
+                let db = destination.config(&shared.config).unwrap_or(src);
                 let old = std::mem::replace(&mut be, next);
                 moving::retire(old.conn);
                 shared.cancel.route(

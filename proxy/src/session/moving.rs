@@ -23,7 +23,7 @@
 //! (the probe only reads).
 
 use super::backend::{self, Backend};
-use super::effects::{statements, Pin, Touched};
+use super::effects::{skip_space_and_comments, statements, Pin, Touched};
 use super::route::Route;
 use crate::net::{Conn, ReadError, ServerConn, Socket};
 use crate::wire::backend::{self as bmsg, tag as btag, BackendMessage};
@@ -183,7 +183,10 @@ pub(super) async fn probe<S: Socket>(
                 probed.listens.insert(channel);
             }
             (Some(k), Some(name), Some(text)) if k == "q" => {
-                let statement = prepare_statement_of(&name, &text).unwrap_or(text);
+                // Never the whole query string: it may hold other statements.
+                let statement = prepare_statement_of(&name, &text).ok_or_else(|| {
+                    format!("cannot find the PREPARE of statement \"{name}\" in its query string to replay it")
+                })?;
                 probed.prepared.insert(name, statement);
             }
             (Some(k), Some(oid), Some(name)) if k == "t" => {
@@ -209,14 +212,34 @@ pub(super) async fn probe<S: Socket>(
 /// (PostgreSQL keeps the whole string a PREPARE came in).
 fn prepare_statement_of(name: &str, text: &str) -> Option<String> {
     statements(text.as_bytes()).into_iter().find_map(|s| {
-        let s = std::str::from_utf8(s).ok()?.trim();
-        let mut words = s.split_ascii_whitespace();
-        let verb = words.next()?;
-        let n = words.next()?;
-        let n = n.split('(').next().unwrap_or(n);
-        let unquoted = n.trim_matches('"');
-        (verb.eq_ignore_ascii_case("prepare") && (unquoted == name || n.eq_ignore_ascii_case(name)))
-            .then(|| s.to_owned())
+        let s = std::str::from_utf8(skip_space_and_comments(s)).ok()?.trim_end();
+        let rest = s
+            .get(..7)
+            .filter(|v| v.eq_ignore_ascii_case("prepare"))
+            .map(|_| &s[7..])?;
+        let rest = rest.trim_start();
+        let ident = if let Some(q) = rest.strip_prefix('"') {
+            // A quoted name: "" is a quote; it ends at the lone one.
+            let mut out = String::new();
+            let mut chars = q.chars().peekable();
+            loop {
+                match chars.next()? {
+                    '"' if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        out.push('"');
+                    }
+                    '"' => break,
+                    c => out.push(c),
+                }
+            }
+            out
+        } else {
+            let end = rest
+                .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
+                .unwrap_or(rest.len());
+            rest[..end].to_lowercase()
+        };
+        (ident == name).then(|| s.to_owned())
     })
 }
 
@@ -401,8 +424,9 @@ pub(super) fn retire(conn: ServerConn) {
     });
 }
 
+/// A string literal read the same whatever `standard_conforming_strings` is.
 fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
+    format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
 }
 
 fn quote_ident(s: &str) -> String {
@@ -422,7 +446,7 @@ mod tests {
         p.listens.insert("Jobs \"x\"".into());
         let sql = replay_sql(&p);
         let auth = sql.find("'session_authorization'").unwrap();
-        let path = sql.find("'search_path', 'a, ''b'''").unwrap();
+        let path = sql.find("E'search_path', E'a, ''b'''").unwrap();
         let role = sql.find("'role'").unwrap();
         assert!(auth < path && path < role, "{sql}");
         assert!(sql.ends_with("LISTEN \"Jobs \"\"x\"\"\""), "{sql}");
@@ -449,7 +473,7 @@ mod tests {
         t.settings.insert("timezone".into());
         t.pins.insert(Pin::TempTable);
         let sql = probe_sql(&t, &BTreeSet::new());
-        assert!(sql.contains("ARRAY['timezone']") && sql.contains("pg_my_temp_schema"));
+        assert!(sql.contains("ARRAY[E'timezone']") && sql.contains("pg_my_temp_schema"));
         assert!(!sql.contains("pg_locks") && !sql.contains("pg_settings"));
     }
 }

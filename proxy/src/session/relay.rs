@@ -537,7 +537,7 @@ impl<'a> Relay<'a> {
                 Header::Ready { len, .. } => len,
             };
             let msg = BackendMessage::new(&server.rbuf[off..off + len]);
-            if msg.tag() == btag::ERROR_RESPONSE && self.state.raising() {
+            if msg.tag() == btag::ERROR_RESPONSE && self.state.raising() && follow::is_changed_marker(msg) {
                 // The client hears PostgreSQL's own error for a Bind of a
                 // statement whose types changed (drivers match its routine).
                 self.count_sent(off - from);
@@ -558,7 +558,11 @@ impl<'a> Relay<'a> {
                 continue;
             }
             let types = self.order_types();
-            if let Some(answer) = self.state.take_proxy_answer(msg, &|a, b| same_types(a, b, &types)) {
+            // The restore capture sent when it ended is answered first.
+            let answer = (self.swallow_ready == 0)
+                .then(|| self.state.take_proxy_answer(msg, &|a, b| same_types(a, b, &types)))
+                .flatten();
+            if let Some(answer) = answer {
                 self.count_sent(off - from);
                 client.wbuf.extend_from_slice(&server.rbuf[from..off]);
                 off += len;

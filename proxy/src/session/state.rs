@@ -51,7 +51,9 @@ enum Pending {
     },
     /// A Parse the proxy sent to re-prepare a statement on a new backend:
     /// its ParseComplete is not the client's.
-    Reprepare,
+    Reprepare {
+        name: String,
+    },
     /// A Describe the proxy sent after a re-prepare, to compare the
     /// statement's types with what the client was told; the client's
     /// message that needs the statement waits for it.
@@ -216,6 +218,12 @@ impl SessionState {
     /// the old one's: what was touched is replayed, nothing is pending.
     pub fn moved(&mut self, touched: Touched) {
         self.touched = touched;
+        // Statements prepared before may still touch state when run here.
+        for parse in self.statements.parses() {
+            if let Ok(p) = FrontendMessage::new(parse).parse() {
+                self.touched.note(p.query);
+            }
+        }
         // Nothing pins a session that could move.
         self.pins.clear();
         self.statements.moved();
@@ -237,7 +245,7 @@ impl SessionState {
         let recheck = st.description.is_some();
         let parse = crate::wire::frontend::parse_with_types(&FrontendMessage::new(&st.parse), map)?;
         let mut out = bytes::BytesMut::from(&parse[..]);
-        self.pending.push_back(Pending::Reprepare);
+        self.pending.push_back(Pending::Reprepare { name: name.to_owned() });
         if recheck {
             crate::wire::frontend::describe_statement(&mut out, name);
             crate::wire::frontend::flush(&mut out);
@@ -259,6 +267,11 @@ impl SessionState {
         self.pending.push_back(Pending::Raise);
         self.statements.unnamed_taken();
         self.unsynced = true;
+    }
+
+    /// A move's probe ran on the backend and the session stays there.
+    pub fn probed(&mut self) {
+        self.statements.unnamed_lost();
     }
 
     /// Whether the next error answers the proxy's stand-in for a Bind of a
@@ -288,8 +301,14 @@ impl SessionState {
         same: &dyn Fn(&Description, &Description) -> bool,
     ) -> Option<ProxyAnswer> {
         let tag = msg.tag();
+        // A CopyEnd marker whose COPY never started expects nothing.
+        while matches!(self.pending.front(), Some(Pending::CopyEnd)) {
+            self.pending.pop_front();
+        }
         match self.pending.front_mut()? {
-            Pending::Reprepare | Pending::Injected if matches!(tag, btag::PARSE_COMPLETE | btag::BIND_COMPLETE) => {
+            Pending::Reprepare { .. } | Pending::Injected
+                if matches!(tag, btag::PARSE_COMPLETE | btag::BIND_COMPLETE) =>
+            {
                 self.pending.pop_front();
                 Some(ProxyAnswer::Dropped)
             }
@@ -475,7 +494,11 @@ impl SessionState {
                     if p.ends_with_ready() {
                         break;
                     }
-                    self.pending.pop_front();
+                    if let Some(Pending::Reprepare { name } | Pending::Recheck { name, .. }) = self.pending.pop_front()
+                    {
+                        // Skipped or refused: prepared again at its next use.
+                        self.statements.reprepare_failed(&name);
+                    }
                 }
             }
             _ => {}

@@ -164,6 +164,30 @@ impl Statements {
         self.sent.remove("");
     }
 
+    /// The proxy ran a simple query on the backend (a move's probe), which
+    /// replaces the unnamed statement: the client's is re-prepared at its
+    /// next use, every other statement stays where it is.
+    pub fn unnamed_lost(&mut self) {
+        if !self.moved {
+            self.moved = true;
+            for name in self.named.keys() {
+                self.sent.insert(name.clone(), Sent::Prepared);
+            }
+        }
+        self.sent.remove("");
+    }
+
+    /// A re-prepare of `name` did not happen (the server skipped or
+    /// refused it): try again at its next use.
+    pub fn reprepare_failed(&mut self, name: &str) {
+        self.sent.remove(name);
+    }
+
+    /// The Parse messages of every statement, to note what they touch.
+    pub fn parses(&self) -> impl Iterator<Item = &Bytes> {
+        self.named.values().chain(self.unnamed.iter()).map(|s| &s.parse)
+    }
+
     /// Whether `name`'s types differ on this backend from where the client
     /// prepared it.
     pub fn is_changed(&self, name: &str) -> bool {

@@ -31,7 +31,14 @@ pub(super) enum Ahead {
 /// The error PostgreSQL raises when a prepared statement's result type
 /// changed under it.
 const CHANGED_SQL: &str = "DO $switchyard$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', \
-    MESSAGE = 'cached plan must not change result type'; END$switchyard$";
+    MESSAGE = 'switchyard: cached plan must not change result type'; END$switchyard$";
+
+/// Whether an error is the one `CHANGED_SQL` raises (any other, e.g. a
+/// transaction already aborted, reaches the client as it is).
+pub(super) fn is_changed_marker(msg: crate::wire::backend::BackendMessage<'_>) -> bool {
+    msg.error_fields()
+        .is_ok_and(|f| f.code == "0A000" && f.message == "switchyard: cached plan must not change result type")
+}
 
 impl Relay<'_> {
     /// Takes in the route as it is now: starts opening the next backend for
@@ -41,6 +48,10 @@ impl Relay<'_> {
         if route.epoch <= self.epoch {
             self.order = None;
             return;
+        }
+        if self.order.as_ref().is_some_and(|o| o.epoch != route.epoch) {
+            // A newer order replaces the one not yet carried out.
+            self.order = None;
         }
         let fresh = self.order.as_ref().is_none_or(|o| o.epoch != route.epoch);
         if fresh && self.opened.as_ref().is_none_or(|(e, _)| *e != route.epoch) && self.opening.is_none() {
@@ -218,7 +229,13 @@ impl Relay<'_> {
             own_pid: self.own_pid,
             params: &mut self.client_params,
         };
-        let probed = match moving::probe(old, &touched, &oids, &mut to).await {
+        let probe_ran = !touched.is_empty() || !oids.is_empty();
+        let probed = moving::probe(old, &touched, &oids, &mut to).await;
+        if probe_ran {
+            // Should the session stay, its old backend lost the unnamed statement.
+            self.state.probed();
+        }
+        let probed = match probed {
             Ok(p) => p,
             Err(why) => return self.move_failed(order.epoch, order.pinned, why),
         };
@@ -335,9 +352,9 @@ impl Relay<'_> {
             .set_tracked(s.statements().len(), s.settings().len(), s.listens().len(), s.pins());
     }
 
-    /// The epoch of the order being followed.
-    pub(crate) fn order_epoch(&self) -> Option<u64> {
-        self.order.as_ref().map(|o| o.epoch)
+    /// The epoch and destination of the order being followed.
+    pub(crate) fn order_epoch(&self) -> Option<(u64, crate::session::route::Destination)> {
+        self.order.as_ref().map(|o| (o.epoch, o.destination))
     }
 
     /// The session stays where it is for now.

@@ -401,3 +401,65 @@ async fn enum_parameter_named_by_its_source_oid_works_on_the_target() -> Result<
     assert_eq!(first_column(&raw.until_ready().await?), some(&["0"]));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_session_that_stays_keeps_its_unnamed_statement() -> Result<()> {
+    init_tracing();
+    let (cluster, proxy) = start().await?;
+    items(&cluster.connect(DB).await?).await?;
+    let mut raw = RawConn::start(proxy.addr(), "postgres", DB).await?;
+    // A temp table pins the session; the move's probe runs a query on its
+    // backend, which replaces the unnamed statement there.
+    raw.send(&query_msg("create temp table scratch (i int)")).await?;
+    raw.until_ready().await?;
+    let mut batch = parse_msg("", "select name from items where id = 4");
+    batch.extend(sync_msg());
+    raw.send(&batch).await?;
+    assert_eq!(tags(&raw.until_ready().await?), "1Z");
+    let report = move_sessions(&proxy).await?;
+    ensure!(report.pinned == 1 && report.moved == 0, "{report:?}");
+
+    let mut batch = bind_msg("");
+    batch.extend(execute_msg());
+    batch.extend(sync_msg());
+    raw.send(&batch).await?;
+    let reply = raw.until_ready().await?;
+    assert_eq!(tags(&reply), "2DCZ", "{reply:?}");
+    assert_eq!(first_column(&reply), some(&["item 4"]));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reprepare_skipped_after_an_error_is_made_at_the_next_use() -> Result<()> {
+    init_tracing();
+    let (_cluster, proxy) = start().await?;
+    let client = proxy.connect(DB).await?;
+    items(&client).await?;
+    let mut raw = RawConn::start(proxy.addr(), "postgres", DB).await?;
+    let mut batch = parse_msg("boom", "select 1 / (id - id) from items where id = 1");
+    batch.extend(parse_msg("fine", "select name from items where id = 9"));
+    batch.extend(sync_msg());
+    raw.send(&batch).await?;
+    assert_eq!(tags(&raw.until_ready().await?), "11Z");
+    ensure_all_moved(&move_sessions(&proxy).await?, 2)?;
+
+    // "boom" fails (division by zero), so the server skips the rest of the
+    // batch, the re-prepare of "fine" with it.
+    let mut batch = bind_msg("boom");
+    batch.extend(execute_msg());
+    batch.extend(bind_msg("fine"));
+    batch.extend(execute_msg());
+    batch.extend(sync_msg());
+    raw.send(&batch).await?;
+    let reply = raw.until_ready().await?;
+    assert_eq!(tags(&reply), "2EZ", "{reply:?}");
+
+    let mut batch = bind_msg("fine");
+    batch.extend(execute_msg());
+    batch.extend(sync_msg());
+    raw.send(&batch).await?;
+    let reply = raw.until_ready().await?;
+    assert_eq!(tags(&reply), "2DCZ", "{reply:?}");
+    assert_eq!(first_column(&reply), some(&["item 9"]));
+    Ok(())
+}

@@ -405,9 +405,15 @@ pub(super) fn startup_params(be: &Backend) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// How long a backend a session left stays open before it is closed: a
+/// backend's exit costs the server CPU, better spent, during a move of many
+/// sessions, on their first queries on the new backends.
+const RETIRE_AFTER: Duration = Duration::from_millis(500);
+
 /// Closes a backend the session no longer uses, without waiting for it.
 pub(super) fn retire(conn: ServerConn) {
     tokio::spawn(async move {
+        tokio::time::sleep(RETIRE_AFTER).await;
         let close = async move {
             match conn {
                 ServerConn::Tcp(mut c) => {

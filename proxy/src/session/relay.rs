@@ -16,6 +16,7 @@ pub(crate) use follow::Moved;
 use follow::{same_types, sleep_until, Ahead};
 
 mod capture;
+mod end;
 mod follow;
 use crate::capture::session::{ClientAction, ServerAction, SessionCapture};
 use crate::gate::Busy;
@@ -25,8 +26,8 @@ use crate::registry::MoveState;
 use crate::registry::{SessionInfo, Shown};
 use crate::server::Shared;
 use crate::stats::{latency_histogram, Stats};
-use crate::wire::backend::{self as bmsg, tag as btag, BackendMessage, Severity, TxStatus};
-use crate::wire::frontend::{self, tag as ftag, FrontendMessage};
+use crate::wire::backend::{self as bmsg, tag as btag, BackendMessage, TxStatus};
+use crate::wire::frontend::{tag as ftag, FrontendMessage};
 use crate::wire::{Header, WireError};
 use bytes::Buf;
 use capture::refuse_commit;
@@ -195,68 +196,6 @@ impl<'a> Relay<'a> {
             settle_log: None,
             input,
         }
-    }
-
-    pub(crate) async fn run<S: Socket>(
-        &mut self,
-        client: &mut Conn<TcpStream>,
-        server: &mut Conn<S>,
-    ) -> Result<Ended, RelayError> {
-        self.relay(client, server).await
-    }
-
-    /// Ends the session after [`Relay::run`] returned `result`: tells the
-    /// client why where it should hear, and leaves the database politely.
-    pub(crate) async fn finish<S: Socket>(
-        &mut self,
-        client: &mut Conn<TcpStream>,
-        server: &mut Conn<S>,
-        result: &Result<Ended, RelayError>,
-    ) {
-        match result {
-            Err(RelayError::Input(e)) => {
-                if e.code() == "08P01" {
-                    Stats::bump(&self.shared.stats.protocol_errors);
-                }
-                bmsg::error_response(client.wbuf(), Severity::Fatal, e.code(), &e.to_string());
-                let _ = tokio::time::timeout(Duration::from_secs(1), client.close()).await;
-            }
-            Err(RelayError::Protocol(e)) => {
-                Stats::bump(&self.shared.stats.protocol_errors);
-                bmsg::error_response(
-                    client.wbuf(),
-                    Severity::Fatal,
-                    "08P01",
-                    &format!("invalid message from client: {e}"),
-                );
-                let _ = tokio::time::timeout(Duration::from_secs(1), client.close()).await;
-            }
-            Err(RelayError::ServerProtocol(_)) | Ok(Ended::ServerClosed) if !self.last_was_error => {
-                bmsg::error_response(
-                    client.wbuf(),
-                    Severity::Fatal,
-                    "08006",
-                    "the connection to the database was lost",
-                );
-                let _ = tokio::time::timeout(Duration::from_secs(1), client.close()).await;
-            }
-            Ok(Ended::Shutdown) => {
-                bmsg::error_response(
-                    client.wbuf(),
-                    Severity::Fatal,
-                    "57P01",
-                    "terminating connection because switchyard is shutting down",
-                );
-                let _ = tokio::time::timeout(Duration::from_secs(1), client.close()).await;
-            }
-            _ => {
-                let _ = tokio::time::timeout(Duration::from_secs(1), client.close()).await;
-            }
-        }
-        // Tell the database we are leaving rather than just dropping the socket.
-        server.queue(&frontend::terminate());
-        let _ = tokio::time::timeout(Duration::from_millis(200), server.close()).await;
-        self.shared.stats.merge_latency(&mut self.latency);
     }
 
     async fn relay<S: Socket>(

@@ -45,8 +45,6 @@ impl Relay<'_> {
         }
     }
 
-    /// Relays until the session ends or must move ([`Ended::Move`]).
-
     /// Starts or stops capturing when the capture epoch changed; called as
     /// the session leaves a transaction boundary.
     pub(super) fn adopt_capture<S: Socket>(&mut self, server: &mut Parts<'_, S>) -> Result<(), RelayError> {

@@ -20,6 +20,8 @@ pub enum Shown {
     Relay(Phase),
     /// Waiting at the closed gate.
     Held,
+    /// Switching to another backend.
+    Moving,
 }
 
 impl Shown {
@@ -31,6 +33,8 @@ impl Shown {
             Shown::Relay(Phase::InTransaction) => 3,
             Shown::Relay(Phase::Failed) => 4,
             Shown::Held => 5,
+            Shown::Relay(Phase::Copying) => 6,
+            Shown::Moving => 7,
         }
     }
 
@@ -41,6 +45,8 @@ impl Shown {
             3 => Shown::Relay(Phase::InTransaction),
             4 => Shown::Relay(Phase::Failed),
             5 => Shown::Held,
+            6 => Shown::Relay(Phase::Copying),
+            7 => Shown::Moving,
             _ => Shown::Startup,
         }
     }
@@ -51,6 +57,7 @@ impl Shown {
             Shown::Startup => "startup",
             Shown::Relay(p) => p.name(),
             Shown::Held => "held at gate",
+            Shown::Moving => "moving",
         }
     }
 }
@@ -85,6 +92,8 @@ pub struct SessionInfo {
     tx_epoch: AtomicU64,
     /// The route epoch of the session's current backend.
     route_epoch: AtomicU64,
+    /// The latest route epoch the session has seen an order for.
+    seen_epoch: AtomicU64,
     move_state: AtomicU8,
     /// When the last move finished, in the router's microseconds.
     moved_at: AtomicU64,
@@ -161,6 +170,17 @@ impl SessionInfo {
     /// The route epoch of the current backend.
     pub fn route_epoch(&self) -> u64 {
         self.route_epoch.load(SeqCst)
+    }
+
+    /// The session has seen the order of `epoch`, and is now in `state`.
+    pub fn saw_order(&self, epoch: u64, state: MoveState) {
+        self.set_move_state(state);
+        self.seen_epoch.fetch_max(epoch, SeqCst);
+    }
+
+    /// The latest order epoch the session has seen.
+    pub fn seen_epoch(&self) -> u64 {
+        self.seen_epoch.load(SeqCst)
     }
 
     /// Where the session stands with the latest move order.
@@ -347,6 +367,7 @@ impl Registry {
             pins: AtomicU8::new(0),
             tx_epoch: AtomicU64::new(AT_BOUNDARY),
             route_epoch: AtomicU64::new(0),
+            seen_epoch: AtomicU64::new(0),
             move_state: AtomicU8::new(0),
             moved_at: AtomicU64::new(0),
             moves: AtomicU64::new(0),

@@ -20,6 +20,11 @@ pub struct Stats {
     pub queries: AtomicU64,
     /// Transactions completed (ReadyForQuery back to idle).
     pub transactions: AtomicU64,
+    /// Sessions moved to another backend.
+    pub sessions_moved: AtomicU64,
+    /// Errors a moved session got for sequence state that did not move
+    /// with it (`currval`/`lastval` not yet defined on the new backend).
+    pub moved_sequence_errors: AtomicU64,
     /// Bytes received from clients.
     pub bytes_from_clients: AtomicU64,
     /// Bytes sent to clients.
@@ -51,6 +56,8 @@ impl Default for Stats {
             connections_refused: AtomicU64::new(0),
             queries: AtomicU64::new(0),
             transactions: AtomicU64::new(0),
+            sessions_moved: AtomicU64::new(0),
+            moved_sequence_errors: AtomicU64::new(0),
             bytes_from_clients: AtomicU64::new(0),
             bytes_to_clients: AtomicU64::new(0),
             server_errors: AtomicU64::new(0),

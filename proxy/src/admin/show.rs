@@ -117,6 +117,8 @@ pub(super) fn stats(shared: &Shared) -> Reply {
         ("connections_refused", Stats::get(&s.connections_refused)),
         ("queries", Stats::get(&s.queries)),
         ("transactions", Stats::get(&s.transactions)),
+        ("sessions_moved", Stats::get(&s.sessions_moved)),
+        ("moved_sequence_errors", Stats::get(&s.moved_sequence_errors)),
         ("bytes_received", Stats::get(&s.bytes_from_clients)),
         ("bytes_sent", Stats::get(&s.bytes_to_clients)),
         ("server_errors", Stats::get(&s.server_errors)),

@@ -56,6 +56,121 @@ impl Pin {
     }
 }
 
+/// What a session may have changed of its backend's state, noted from the
+/// text of every statement it sent (simple query or Parse), succeeded or
+/// not: before a move, the proxy reads the real state of exactly these
+/// things from the old backend (see `moving.rs`), so a SET undone by a
+/// rollback or a savepoint is undone on the new backend too, and a
+/// session that touched nothing moves without a round trip.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Touched {
+    /// Settings named by SET, RESET or `set_config` with a literal name.
+    pub settings: std::collections::BTreeSet<String>,
+    /// Settings the proxy cannot name (`RESET ALL`, `SET SESSION
+    /// CHARACTERISTICS`, a computed `set_config` name): read them all.
+    pub all_settings: bool,
+    /// LISTEN or UNLISTEN was sent.
+    pub listen: bool,
+    /// SQL `PREPARE` was sent.
+    pub sql_prepared: bool,
+    /// What may pin the session.
+    pub pins: std::collections::BTreeSet<Pin>,
+}
+
+impl Touched {
+    /// Whether the session touched nothing (it moves with no probe).
+    pub fn is_empty(&self) -> bool {
+        *self == Touched::default()
+    }
+
+    /// Notes what the statements of `sql` may change.
+    pub fn note(&mut self, sql: &[u8]) {
+        if contains_ci(sql, b"set_config") {
+            match set_config_name(sql) {
+                Some(name) => {
+                    self.settings.insert(name);
+                }
+                None => self.all_settings = true,
+            }
+        }
+        if !might_touch(sql) {
+            return;
+        }
+        for stmt in statements(sql) {
+            let head = skip_space_and_comments(stmt);
+            if head.len() >= 7 && head[..7].eq_ignore_ascii_case(b"prepare") {
+                self.sql_prepared = true;
+            }
+            if head.len() >= 7 && head[..7].eq_ignore_ascii_case(b"declare") {
+                // A cursor WITH HOLD, or a plain one that ends with its
+                // transaction: the probe tells.
+                self.pins.insert(Pin::HoldCursor);
+            }
+            match detect(stmt) {
+                Some(Effect::Set { name, .. }) => self.note_set(&name),
+                Some(Effect::Reset(name)) => self.note_set(&name),
+                Some(Effect::ResetAll) => self.all_settings = true,
+                Some(Effect::Listen(_) | Effect::Unlisten(_) | Effect::UnlistenAll) => self.listen = true,
+                Some(Effect::Pin(p)) => {
+                    self.pins.insert(p);
+                }
+                Some(Effect::DiscardAll | Effect::Deallocate(_) | Effect::DeallocateAll) | None => {}
+            }
+            if contains_ci(stmt, b"temp") {
+                self.pins.insert(Pin::TempTable);
+            }
+        }
+    }
+
+    fn note_set(&mut self, name: &str) {
+        match name {
+            "session characteristics" => self.all_settings = true,
+            "session authorization" => {
+                self.settings.insert("session_authorization".into());
+                self.settings.insert("role".into());
+            }
+            "schema" => {
+                self.settings.insert("search_path".into());
+            }
+            "xml" => {
+                self.settings.insert("xmloption".into());
+            }
+            n => {
+                self.settings.insert(n.to_owned());
+            }
+        }
+    }
+}
+
+/// Whether `sql` may contain a statement that changes session state (a
+/// cheap pre-filter: most statements are plain reads and writes).
+fn might_touch(sql: &[u8]) -> bool {
+    const WORDS: [&[u8]; 10] = [
+        b"set",
+        b"reset",
+        b"listen",
+        b"discard",
+        b"prepare",
+        b"declare",
+        b"temp",
+        b"advisory",
+        b"hold",
+        b"create",
+    ];
+    WORDS.iter().any(|w| contains_ci(sql, w))
+}
+
+/// The literal name of the first `set_config('name', ...)` in `sql`.
+fn set_config_name(sql: &[u8]) -> Option<String> {
+    let at = sql.windows(10).position(|w| w.eq_ignore_ascii_case(b"set_config"))?;
+    let rest = skip_space_and_comments(sql.get(at + 10..)?);
+    let rest = skip_space_and_comments(rest.strip_prefix(b"(")?);
+    let rest = rest.strip_prefix(b"'")?;
+    let end = rest.iter().position(|b| *b == b'\'')?;
+    let name = std::str::from_utf8(&rest[..end]).ok()?;
+    (!name.is_empty()).then(|| name.to_ascii_lowercase())
+}
+
 fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
     hay.len() >= needle.len() && hay.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
 }
@@ -308,6 +423,30 @@ pub fn detect_pin(sql: &[u8]) -> Option<Pin> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn notes_what_a_session_touches() {
+        let mut t = Touched::default();
+        t.note(b"select * from t where id = $1");
+        t.note(b"update t set v = 1");
+        assert!(t.settings.is_empty() && !t.listen && t.pins.is_empty());
+        t.note(b"SET TIME ZONE 'UTC'; set search_path = app");
+        t.note(b"select set_config('app.tenant', $1, false)");
+        t.note(b"SET ROLE app; LISTEN jobs");
+        assert_eq!(
+            t.settings.iter().map(String::as_str).collect::<Vec<_>>(),
+            ["app.tenant", "role", "search_path", "timezone"]
+        );
+        assert!(t.listen && !t.all_settings);
+        t.note(b"select set_config(name, 'x', false) from s");
+        assert!(t.all_settings);
+        let mut p = Touched::default();
+        p.note(b"create temp table x (i int)");
+        p.note(b"select pg_advisory_lock(1)");
+        p.note(b"PREPARE q AS select 1");
+        assert!(p.sql_prepared);
+        assert_eq!(p.pins.len(), 2);
+    }
 
     #[test]
     fn splits_statements_outside_quotes_and_comments() {

@@ -5,7 +5,7 @@
 pub mod backend;
 pub mod effects;
 mod moving;
-mod relay;
+pub(crate) mod relay;
 pub mod route;
 pub mod state;
 mod statements;
@@ -162,7 +162,6 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, permi
     }
     bmsg::backend_key_data(client.wbuf(), be.key.0, be.key.1);
     bmsg::ready_for_query(client.wbuf(), be.status);
-    info.set_backend_pid(be.key.0);
     // The client holds the first backend's real key; route it to whatever
     // backend the session uses from now on.
     let client_key = be.key;
@@ -176,12 +175,67 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, permi
         },
     );
     info.set_state(Shown::Relay(state::Phase::Idle));
+    let epoch = shared.router.current().epoch;
+    info.set_backend(epoch, moving::addr_of(src), be.key.0, shared.router.now_micros(), false);
     tracing::debug!(session = info.id, %peer, user = %user, database = %database, backend_pid = be.key.0, "session started");
     let input = InputGuard::new(permit.budget().clone(), shared.config.limits.message_timeout());
-    let relay = relay::Relay::new(&shared, &info, input);
-    let ended = match &mut be.conn {
-        ServerConn::Tcp(server) => relay.run(&mut client, server).await,
-        ServerConn::Unix(server) => relay.run(&mut client, server).await,
+    let login = moving::Login {
+        user: user.clone(),
+        database: database.clone(),
+        params: params.clone(),
+    };
+    let mut relay = relay::Relay::new(&shared, &info, input, login, &be, epoch);
+    let ended = loop {
+        let ended = match &mut be.conn {
+            ServerConn::Tcp(server) => relay.run(&mut client, server).await,
+            ServerConn::Unix(server) => relay.run(&mut client, server).await,
+        };
+        if !matches!(ended, Ok(relay::Ended::Move)) {
+            match &mut be.conn {
+                ServerConn::Tcp(server) => relay.finish(&mut client, server, &ended).await,
+                ServerConn::Unix(server) => relay.finish(&mut client, server, &ended).await,
+            }
+            break ended;
+        }
+        let moved = match &mut be.conn {
+            ServerConn::Tcp(server) => relay.relocate(&mut client, server).await,
+            ServerConn::Unix(server) => relay.relocate(&mut client, server).await,
+        };
+        match moved {
+            relay::Moved::To(next) => {
+                let route = shared.router.current();
+                let epoch = relay.order_epoch().unwrap_or(route.epoch);
+                let db = route.destination.config(&shared.config).unwrap_or(src);
+                let old = std::mem::replace(&mut be, next);
+                moving::retire(old.conn);
+                shared.cancel.route(
+                    client_key,
+                    crate::cancel::CancelTarget {
+                        host: db.host.clone(),
+                        port: db.port,
+                        pid: be.key.0,
+                        key: be.key.1,
+                    },
+                );
+                relay.moved_to(epoch, be.key.0);
+                info.set_backend(epoch, moving::addr_of(db), be.key.0, shared.router.now_micros(), true);
+                Stats::bump(&stats.sessions_moved);
+                shared.router.notify();
+                tracing::debug!(session = info.id, epoch, backend_pid = be.key.0, "session moved");
+            }
+            relay::Moved::Stay => relay.stayed(),
+            relay::Moved::Close(message) => {
+                tracing::info!(session = info.id, %message, "closing a session that cannot move");
+                info.set_move_error(Some(message.clone()));
+                bmsg::error_response(client.wbuf(), Severity::Fatal, "57P01", &message);
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), client.close()).await;
+                match &mut be.conn {
+                    ServerConn::Tcp(server) => relay.finish(&mut client, server, &Ok(relay::Ended::Move)).await,
+                    ServerConn::Unix(server) => relay.finish(&mut client, server, &Ok(relay::Ended::Move)).await,
+                }
+                break Ok(relay::Ended::Move);
+            }
+        }
     };
     shared.cancel.remove(client_key);
     match ended {

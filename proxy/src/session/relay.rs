@@ -8,11 +8,19 @@
 //! out of a transaction boundary; a held message stays in hand until the gate
 //! reopens, while server messages (notifications) keep flowing.
 
+use super::backend::Backend;
+use super::moving::{self, Login};
+use super::route::Route;
 use super::state::SessionState;
+pub(crate) use follow::Moved;
+use follow::{same_types, sleep_until, Ahead};
+
+mod follow;
 use crate::capture::session::{ClientAction, ServerAction, SessionCapture, Work};
 use crate::gate::Busy;
 use crate::input::{InputError, InputGuard};
 use crate::net::{self, Conn, Parts, Socket};
+use crate::registry::MoveState;
 use crate::registry::{SessionInfo, Shown};
 use crate::server::Shared;
 use crate::stats::{latency_histogram, Stats};
@@ -21,6 +29,7 @@ use crate::wire::frontend::{self, tag as ftag, FrontendMessage};
 use crate::wire::{Header, WireError};
 use bytes::Buf;
 use hdrhistogram::Histogram;
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,6 +53,9 @@ pub(crate) enum Ended {
     ServerClosed,
     /// The proxy is shutting down.
     Shutdown,
+    /// The route asks the session to move, and it is at a boundary with
+    /// nothing in flight.
+    Move,
 }
 
 /// How a session ended abnormally.
@@ -64,9 +76,31 @@ pub(crate) enum RelayError {
 }
 
 pub(crate) struct Relay<'a> {
-    shared: &'a Shared,
-    info: &'a Arc<SessionInfo>,
-    state: SessionState,
+    pub(super) shared: &'a Arc<Shared>,
+    pub(super) info: &'a Arc<SessionInfo>,
+    pub(super) state: SessionState,
+    /// The route, and the epoch of the current backend.
+    route: tokio::sync::watch::Receiver<Route>,
+    pub(super) epoch: u64,
+    /// A move order (step Go) newer than the backend.
+    pub(super) order: Option<Route>,
+    /// The next backend being opened for an order, and once open.
+    opening: Option<(u64, OpenWait)>,
+    pub(super) opened: Option<(u64, Backend)>,
+    /// The session was found pinned after this many queries: retry once it
+    /// has run more.
+    pub(super) pinned_at: Option<u64>,
+    /// The order whose move failed: not retried until the next.
+    pub(super) failed_epoch: u64,
+    /// Client messages wait for the session to move.
+    move_hold: bool,
+    /// The pid the client was given at startup, and the current backend's.
+    pub(super) client_pid: i32,
+    pub(super) own_pid: i32,
+    /// ParameterStatus values the client has been told.
+    pub(super) client_params: BTreeMap<String, String>,
+    /// Who to open backends as.
+    pub(super) login: Login,
     busy: Busy,
     /// A message waits at the closed gate (at the front of the client's
     /// read buffer).
@@ -101,16 +135,37 @@ pub(crate) struct Relay<'a> {
 
 type LookupWait = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
+type OpenWait = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Backend, String>> + Send + 'static>>;
+
 type LogWait = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<switchyard_replay::log::Lsn, switchyard_replay::log::LogError>> + Send>,
 >;
 
 impl<'a> Relay<'a> {
-    pub(crate) fn new(shared: &'a Shared, info: &'a Arc<SessionInfo>, input: InputGuard) -> Relay<'a> {
+    pub(crate) fn new(
+        shared: &'a Arc<Shared>,
+        info: &'a Arc<SessionInfo>,
+        input: InputGuard,
+        login: Login,
+        first: &Backend,
+        epoch: u64,
+    ) -> Relay<'a> {
         Relay {
             shared,
             info,
             state: SessionState::new(),
+            route: shared.router.subscribe(),
+            epoch,
+            order: None,
+            opening: None,
+            opened: None,
+            pinned_at: None,
+            failed_epoch: 0,
+            move_hold: false,
+            client_pid: first.key.0,
+            own_pid: first.key.0,
+            client_params: moving::startup_params(first),
+            login,
             busy: Busy::new(shared.gate.clone()),
             held: false,
             shutting_down: false,
@@ -163,13 +218,24 @@ impl<'a> Relay<'a> {
         }
     }
 
+    /// Relays until the session ends or must move ([`Ended::Move`]).
     pub(crate) async fn run<S: Socket>(
-        mut self,
+        &mut self,
         client: &mut Conn<TcpStream>,
         server: &mut Conn<S>,
     ) -> Result<Ended, RelayError> {
-        let result = self.relay(client, server).await;
-        match &result {
+        self.relay(client, server).await
+    }
+
+    /// Ends the session after [`Relay::run`] returned `result`: tells the
+    /// client why where it should hear, and leaves the database politely.
+    pub(crate) async fn finish<S: Socket>(
+        &mut self,
+        client: &mut Conn<TcpStream>,
+        server: &mut Conn<S>,
+        result: &Result<Ended, RelayError>,
+    ) {
+        match result {
             Err(RelayError::Input(e)) => {
                 if e.code() == "08P01" {
                     Stats::bump(&self.shared.stats.protocol_errors);
@@ -213,7 +279,6 @@ impl<'a> Relay<'a> {
         server.queue(&frontend::terminate());
         let _ = tokio::time::timeout(Duration::from_millis(200), server.close()).await;
         self.shared.stats.merge_latency(&mut self.latency);
-        result
     }
 
     async fn relay<S: Socket>(
@@ -232,15 +297,31 @@ impl<'a> Relay<'a> {
         let gate = self.shared.gate.clone();
         let mut client = client.parts();
         let mut server = server.parts();
+        self.on_route();
+        if self.move_hold {
+            // Moved with client messages already read: they go to the new backend.
+            self.move_hold = false;
+            if let Some(end) = self.from_client(&mut client, &mut server)? {
+                return Ok(end);
+            }
+        }
         loop {
+            if self.move_due() && self.can_move(&client, &server) {
+                return Ok(Ended::Move);
+            }
             self.input.update(client.rbuf)?;
-            let read_client = !self.held && !self.capture_hold && server.wbuf.len() < HIGH_WATER;
+            let read_client = !self.held
+                && !self.capture_hold
+                && !self.move_hold
+                && !self.state.rechecking()
+                && server.wbuf.len() < HIGH_WATER;
             if !read_client {
                 self.input.not_reading();
             }
             let read_server = client.wbuf.len() < HIGH_WATER;
             let write_client = !client.wbuf.is_empty();
             let write_server = !server.wbuf.is_empty();
+            let pinned_deadline = self.pinned_deadline();
             tokio::select! {
                 r = net::fill(&mut client.read, client.rbuf), if read_client => {
                     let n = r?;
@@ -258,8 +339,9 @@ impl<'a> Relay<'a> {
                         client.try_flush()?;
                         return Ok(Ended::ServerClosed);
                     }
+                    let rechecking = self.state.rechecking();
                     self.from_server(&mut server, &mut client)?;
-                    if self.capture_hold {
+                    if self.capture_hold || (rechecking && !self.state.rechecking()) {
                         if let Some(end) = self.from_client(&mut client, &mut server)? {
                             return Ok(end);
                         }
@@ -311,6 +393,35 @@ impl<'a> Relay<'a> {
                 _ = &mut shutdown_changed, if !self.shutting_down => {
                     self.shutting_down = true;
                 }
+                r = self.route.changed() => {
+                    if r.is_ok() {
+                        self.on_route();
+                        if self.move_hold && !self.move_due() {
+                            self.move_hold = false;
+                            if let Some(end) = self.from_client(&mut client, &mut server)? {
+                                return Ok(end);
+                            }
+                        }
+                    }
+                }
+                opened = async { self.opening.as_mut().expect("guarded").1.as_mut().await }, if self.opening.is_some() => {
+                    let (epoch, _) = self.opening.take().expect("guarded");
+                    match opened {
+                        Ok(be) => {
+                            self.opened = Some((epoch, be));
+                            self.info.set_move_state(MoveState::Opened);
+                        }
+                        Err(why) => {
+                            self.info.set_move_error(Some(why));
+                            self.info.set_move_state(MoveState::Failed);
+                        }
+                    }
+                    self.shared.router.notify();
+                }
+                _ = sleep_until(pinned_deadline), if pinned_deadline.is_some() => {
+                    // Pinned past the order's deadline: the move decides.
+                    self.pinned_at = None;
+                }
             }
             if self.shutting_down && self.state.at_boundary() && client.wbuf.is_empty() {
                 return Ok(Ended::Shutdown);
@@ -352,12 +463,32 @@ impl<'a> Relay<'a> {
                     end = Some(Ended::Shutdown);
                     break;
                 }
+                if self.move_due() {
+                    // Sent to the next backend, once the session has moved.
+                    self.move_hold = true;
+                    break;
+                }
                 if !self.busy.try_enter() {
                     self.held = true;
                     self.info.set_state(Shown::Held);
                     break;
                 }
                 self.adopt_capture(server)?;
+            }
+            if matches!(msg.tag(), ftag::BIND | ftag::DESCRIBE) {
+                match self.prepare_ahead(msg, server, &client.rbuf[from..off])? {
+                    Ahead::Nothing => {}
+                    Ahead::Sent => from = off,
+                    Ahead::Hold => {
+                        from = off;
+                        break;
+                    }
+                    Ahead::Replaced => {
+                        from = off + len;
+                        off += len;
+                        continue;
+                    }
+                }
             }
             if let Some(cap) = &mut self.capture {
                 let statements = self.state.statements();
@@ -500,6 +631,31 @@ impl<'a> Relay<'a> {
                 Header::Ready { len, .. } => len,
             };
             let msg = BackendMessage::new(&server.rbuf[off..off + len]);
+            let types = self.order_types();
+            if let Some(answer) = self.state.take_proxy_answer(msg, &|a, b| same_types(a, b, &types)) {
+                self.count_sent(off - from);
+                client.wbuf.extend_from_slice(&server.rbuf[from..off]);
+                off += len;
+                from = off;
+                let _ = answer;
+                continue;
+            }
+            match msg.tag() {
+                btag::NOTIFICATION_RESPONSE if self.own_pid != self.client_pid => {
+                    self.count_sent(off - from);
+                    client.wbuf.extend_from_slice(&server.rbuf[from..off]);
+                    moving::relay_notification(client.wbuf, msg, self.own_pid, self.client_pid);
+                    off += len;
+                    from = off;
+                    continue;
+                }
+                btag::PARAMETER_STATUS => {
+                    if let Ok((k, v)) = msg.parameter_status() {
+                        self.client_params.insert(k.to_owned(), v.to_owned());
+                    }
+                }
+                _ => {}
+            }
             // A logged commit has settled once its COMMIT is answered, or
             // once the session is idle (the implicit transaction of an
             // extended-protocol Sync; a COMMIT that failed). Not at an

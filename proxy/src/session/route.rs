@@ -255,7 +255,7 @@ pub async fn reconnect(shared: &Shared, req: MoveRequest) -> Result<MoveReport, 
     wait_until(router, open_by, || {
         sessions
             .iter()
-            .all(|s| s.is_closed() || s.route_epoch() >= epoch || s.move_state().opened())
+            .all(|s| s.is_closed() || s.route_epoch() >= epoch || (s.seen_epoch() >= epoch && s.move_state().opened()))
     })
     .await;
     report.open_ms = started.elapsed().as_secs_f64() * 1e3;

@@ -9,12 +9,13 @@
 //! Execute by CommandComplete, EmptyQueryResponse or PortalSuspended; and an
 //! error in an extended batch makes the server skip everything up to the Sync.
 
-use super::effects::{self, Effect, Pin};
+use super::effects::{self, Effect, Pin, Touched};
+use super::statements::{Description, Statements};
 use crate::wire::backend::{tag as btag, BackendMessage, TxStatus};
 use crate::wire::frontend::{tag as ftag, FrontendMessage, TargetKind};
 use crate::wire::{Reader, WireError};
 use bytes::Bytes;
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 /// A request forwarded to the server and not yet answered.
@@ -36,11 +37,31 @@ enum Pending {
         started: Instant,
     },
     Parse {
-        /// Named statements only; the unnamed one is not tracked.
-        named: Option<(String, Bytes)>,
+        /// The statement's name (`""` for the unnamed one).
+        name: String,
+        /// The message, to re-prepare it on another backend.
+        parse: Bytes,
     },
     Bind,
-    Describe,
+    Describe {
+        /// The statement described (`None` for a portal).
+        statement: Option<String>,
+        /// Its parameter types, once the ParameterDescription came.
+        params: Option<Vec<u32>>,
+    },
+    /// A Parse the proxy sent to re-prepare a statement on a new backend:
+    /// its ParseComplete is not the client's.
+    Reprepare,
+    /// A Describe the proxy sent after a re-prepare, to compare the
+    /// statement's types with what the client was told; the client's
+    /// message that needs the statement waits for it.
+    Recheck {
+        name: String,
+        params: Option<Vec<u32>>,
+    },
+    /// A Parse or Bind the proxy sent in place of a client's Bind (to fail
+    /// it as PostgreSQL would): its completion is not the client's.
+    Injected,
     Execute,
     Close {
         statement: Option<String>,
@@ -56,15 +77,14 @@ impl Pending {
     }
 }
 
-/// A named prepared statement the client created.
-#[derive(Debug, Clone)]
-pub struct PreparedStatement {
-    /// The name the statement has on the server. The proxy owns this
-    /// namespace; it is the client's own name unless the proxy had to
-    /// re-prepare under another one.
-    pub server_name: String,
-    /// The client's Parse message, to re-prepare on another backend.
-    pub parse: Bytes,
+/// What the relay does with a server message that answers the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyAnswer {
+    /// Not the client's: drop it.
+    Dropped,
+    /// Not the client's, and the statement recheck it ends is done: the
+    /// held client message can go on.
+    Rechecked,
 }
 
 /// Where a session is, for SHOW SESSIONS and the gate.
@@ -78,6 +98,8 @@ pub enum Phase {
     InTransaction,
     /// Inside a failed transaction block.
     Failed,
+    /// In COPY FROM STDIN, the client sending data.
+    Copying,
 }
 
 impl Phase {
@@ -88,6 +110,7 @@ impl Phase {
             Phase::Active => "active",
             Phase::InTransaction => "idle in transaction",
             Phase::Failed => "idle in failed transaction",
+            Phase::Copying => "copying",
         }
     }
 }
@@ -110,7 +133,10 @@ pub struct SessionState {
     pending: VecDeque<Pending>,
     /// Extended-protocol messages sent since the last Sync.
     unsynced: bool,
-    statements: HashMap<String, PreparedStatement>,
+    statements: Statements,
+    /// What the session may have changed of its backend's state, for the
+    /// probe a move runs first.
+    touched: Touched,
     settings: BTreeMap<String, String>,
     listens: BTreeSet<String>,
     pins: BTreeSet<Pin>,
@@ -134,7 +160,8 @@ impl SessionState {
             tx: TxStatus::Idle,
             pending: VecDeque::new(),
             unsynced: false,
-            statements: HashMap::new(),
+            statements: Statements::default(),
+            touched: Touched::default(),
             settings: BTreeMap::new(),
             listens: BTreeSet::new(),
             pins: BTreeSet::new(),
@@ -156,6 +183,9 @@ impl SessionState {
 
     /// The session's phase.
     pub fn phase(&self) -> Phase {
+        if self.copy_in {
+            return Phase::Copying;
+        }
         match self.tx {
             TxStatus::InTransaction => Phase::InTransaction,
             TxStatus::Failed => Phase::Failed,
@@ -164,9 +194,103 @@ impl SessionState {
         }
     }
 
-    /// Named prepared statements, by client name.
-    pub fn statements(&self) -> &HashMap<String, PreparedStatement> {
+    /// The statement registry.
+    pub fn statements(&self) -> &Statements {
         &self.statements
+    }
+
+    /// The statement registry, to change.
+    pub fn statements_mut(&mut self) -> &mut Statements {
+        &mut self.statements
+    }
+
+    /// What the session may have changed of its backend's state.
+    pub fn touched(&self) -> &Touched {
+        &self.touched
+    }
+
+    /// The session is on a new backend whose state the move made equal to
+    /// the old one's: what was touched is replayed, nothing is pending.
+    pub fn moved(&mut self, touched: Touched) {
+        self.touched = touched;
+        self.statements.moved();
+    }
+
+    /// Queues, ahead of a client's Bind or Describe of `name`, the Parse
+    /// that re-prepares it on a new backend (its parameter type OIDs passed
+    /// through `map`), and, when the client knows its types, a Describe and
+    /// Flush to compare them. Returns the bytes and whether the client's
+    /// message must wait for the comparison.
+    pub fn prepare_ahead(
+        &mut self,
+        name: &str,
+        map: &dyn Fn(u32) -> u32,
+    ) -> Result<Option<(bytes::BytesMut, bool)>, WireError> {
+        let Some(st) = self.statements.needs_prepare(name) else {
+            return Ok(None);
+        };
+        let recheck = st.description.is_some();
+        let parse = crate::wire::frontend::parse_with_types(&FrontendMessage::new(&st.parse), map)?;
+        let mut out = bytes::BytesMut::from(&parse[..]);
+        self.pending.push_back(Pending::Reprepare);
+        if recheck {
+            crate::wire::frontend::describe_statement(&mut out, name);
+            crate::wire::frontend::flush(&mut out);
+            self.pending.push_back(Pending::Recheck {
+                name: name.to_owned(),
+                params: None,
+            });
+        }
+        self.statements.reprepared(name);
+        self.unsynced = true;
+        Ok(Some((out, recheck)))
+    }
+
+    /// Records the Parse and Bind the proxy sends in place of a client's
+    /// Bind (their completions are dropped) and the Execute after them.
+    pub fn injected_in_place(&mut self) {
+        self.pending.push_back(Pending::Injected);
+        self.pending.push_back(Pending::Injected);
+        self.pending.push_back(Pending::Execute);
+        self.statements.unnamed_taken();
+        self.unsynced = true;
+    }
+
+    /// Whether a client message waits for a statement recheck.
+    pub fn rechecking(&self) -> bool {
+        self.pending.iter().any(|p| matches!(p, Pending::Recheck { .. }))
+    }
+
+    /// Takes a server message that answers the proxy rather than the
+    /// client (errors are never taken: the client sees them).
+    pub fn take_proxy_answer(
+        &mut self,
+        msg: BackendMessage<'_>,
+        same: &dyn Fn(&Description, &Description) -> bool,
+    ) -> Option<ProxyAnswer> {
+        let tag = msg.tag();
+        match self.pending.front_mut()? {
+            Pending::Reprepare | Pending::Injected if matches!(tag, btag::PARSE_COMPLETE | btag::BIND_COMPLETE) => {
+                self.pending.pop_front();
+                Some(ProxyAnswer::Dropped)
+            }
+            Pending::Recheck { params, .. } if tag == btag::PARAMETER_DESCRIPTION => {
+                *params = msg.parameter_types().ok();
+                Some(ProxyAnswer::Dropped)
+            }
+            Pending::Recheck { .. } if matches!(tag, btag::ROW_DESCRIPTION | btag::NO_DATA) => {
+                let Some(Pending::Recheck { name, params }) = self.pending.pop_front() else {
+                    return None;
+                };
+                let now = Description {
+                    params: params.unwrap_or_default(),
+                    columns: (tag == btag::ROW_DESCRIPTION).then(|| msg.row_columns().unwrap_or_default()),
+                };
+                self.statements.rechecked(&name, &now, same);
+                Some(ProxyAnswer::Rechecked)
+            }
+            _ => None,
+        }
     }
 
     /// Session-level settings: parameter name → the SET statement.
@@ -190,6 +314,9 @@ impl SessionState {
         match msg.tag() {
             ftag::QUERY => {
                 let sql = Reader::new(msg.body(), "Query").cstr_bytes()?;
+                self.touched.note(sql);
+                // A simple query replaces the unnamed statement.
+                self.statements.close_sent("");
                 self.pending.push_back(Pending::Query {
                     started: now,
                     effects: effects::detect_all(sql).map(Vec::into_iter),
@@ -211,13 +338,16 @@ impl SessionState {
             ftag::FUNCTION_CALL => self.pending.push_back(Pending::FunctionCall { started: now }),
             ftag::PARSE => {
                 let parse = msg.parse()?;
-                let named =
-                    (!parse.name.is_empty()).then(|| (parse.name.to_owned(), Bytes::copy_from_slice(msg.bytes())));
                 if let Some(pin) = effects::detect_pin(parse.query) {
                     self.tx_effects.push(Effect::Pin(pin));
                 }
+                self.touched.note(parse.query);
+                self.statements.parse_sent(parse.name);
                 self.unsynced = true;
-                self.pending.push_back(Pending::Parse { named });
+                self.pending.push_back(Pending::Parse {
+                    name: parse.name.to_owned(),
+                    parse: Bytes::copy_from_slice(msg.bytes()),
+                });
             }
             ftag::BIND => {
                 msg.bind()?;
@@ -225,9 +355,13 @@ impl SessionState {
                 self.pending.push_back(Pending::Bind);
             }
             ftag::DESCRIBE => {
-                msg.target()?;
+                let target = msg.target()?;
+                let statement = (target.kind == TargetKind::Statement).then(|| target.name.to_owned());
                 self.unsynced = true;
-                self.pending.push_back(Pending::Describe);
+                self.pending.push_back(Pending::Describe {
+                    statement,
+                    params: None,
+                });
             }
             ftag::EXECUTE => {
                 self.unsynced = true;
@@ -235,8 +369,10 @@ impl SessionState {
             }
             ftag::CLOSE => {
                 let target = msg.target()?;
-                let statement =
-                    (target.kind == TargetKind::Statement && !target.name.is_empty()).then(|| target.name.to_owned());
+                let statement = (target.kind == TargetKind::Statement).then(|| target.name.to_owned());
+                if let Some(name) = &statement {
+                    self.statements.close_sent(name);
+                }
                 self.unsynced = true;
                 self.pending.push_back(Pending::Close { statement });
             }
@@ -274,11 +410,8 @@ impl SessionState {
                 event.at_boundary = self.at_boundary();
             }
             btag::PARSE_COMPLETE => {
-                if let Some(Pending::Parse { named }) = self.pop_if(|p| matches!(p, Pending::Parse { .. })) {
-                    if let Some((name, parse)) = named {
-                        let server_name = name.clone();
-                        self.statements.insert(name, PreparedStatement { server_name, parse });
-                    }
+                if let Some(Pending::Parse { name, parse }) = self.pop_if(|p| matches!(p, Pending::Parse { .. })) {
+                    self.statements.prepared(&name, parse);
                 }
             }
             btag::BIND_COMPLETE => {
@@ -288,11 +421,24 @@ impl SessionState {
                 if let Some(Pending::Close { statement: Some(name) }) =
                     self.pop_if(|p| matches!(p, Pending::Close { .. }))
                 {
-                    self.statements.remove(&name);
+                    self.statements.closed(&name);
+                }
+            }
+            btag::PARAMETER_DESCRIPTION => {
+                if let Some(Pending::Describe { params, .. }) = self.pending.front_mut() {
+                    *params = msg.parameter_types().ok();
                 }
             }
             btag::ROW_DESCRIPTION | btag::NO_DATA => {
-                self.pop_if(|p| matches!(p, Pending::Describe));
+                if let Some(Pending::Describe {
+                    statement: Some(name),
+                    params,
+                }) = self.pop_if(|p| matches!(p, Pending::Describe { .. }))
+                {
+                    let columns = (msg.tag() == btag::ROW_DESCRIPTION).then(|| msg.row_columns().unwrap_or_default());
+                    let params = params.unwrap_or_default();
+                    self.statements.described(&name, Description { params, columns });
+                }
             }
             btag::COMMAND_COMPLETE | btag::EMPTY_QUERY_RESPONSE | btag::PORTAL_SUSPENDED => {
                 if msg.tag() == btag::COMMAND_COMPLETE {
@@ -405,15 +551,16 @@ impl SessionState {
                 self.listens.remove(&ch);
             }
             Effect::UnlistenAll => self.listens.clear(),
-            Effect::Deallocate(name) => {
-                self.statements.remove(&name);
-            }
+            Effect::Deallocate(name) => self.statements.closed(&name),
             Effect::DeallocateAll => self.statements.clear(),
             Effect::DiscardAll => {
                 self.settings.clear();
                 self.listens.clear();
                 self.statements.clear();
                 self.pins.clear();
+                // Back to a fresh backend's state (advisory locks and
+                // cursors are released too).
+                self.touched = Touched::default();
             }
             Effect::Pin(pin) => {
                 self.pins.insert(pin);

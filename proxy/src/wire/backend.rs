@@ -185,6 +185,48 @@ impl<'a> BackendMessage<'a> {
         Ok(fields)
     }
 
+    /// The (pid, channel, payload) of a NotificationResponse.
+    pub fn notification(&self) -> Result<(i32, &'a [u8], &'a [u8]), WireError> {
+        let mut r = Reader::new(self.body(), "NotificationResponse");
+        Ok((r.i32()?, r.cstr_bytes()?, r.cstr_bytes()?))
+    }
+
+    /// The values of a DataRow (`None` for NULL).
+    pub fn data_row(&self) -> Result<Vec<Option<&'a [u8]>>, WireError> {
+        let mut r = Reader::new(self.body(), "DataRow");
+        let n = r.i16()?;
+        let mut out = Vec::with_capacity(n.max(0) as usize);
+        for _ in 0..n {
+            let len = r.i32()?;
+            out.push(if len < 0 { None } else { Some(r.bytes(len as usize)?) });
+        }
+        Ok(out)
+    }
+
+    /// The parameter type OIDs of a ParameterDescription.
+    pub fn parameter_types(&self) -> Result<Vec<u32>, WireError> {
+        let mut r = Reader::new(self.body(), "ParameterDescription");
+        let n = r.i16()?;
+        (0..n.max(0)).map(|_| r.i32().map(|o| o as u32)).collect()
+    }
+
+    /// The columns of a RowDescription: (name, type OID, type modifier).
+    pub fn row_columns(&self) -> Result<Vec<(Vec<u8>, u32, i32)>, WireError> {
+        let mut r = Reader::new(self.body(), "RowDescription");
+        let n = r.i16()?;
+        let mut out = Vec::with_capacity(n.max(0) as usize);
+        for _ in 0..n {
+            let name = r.cstr_bytes()?.to_vec();
+            r.bytes(6)?; // table oid, column number
+            let oid = r.i32()? as u32;
+            r.bytes(2)?; // type size
+            let typmod = r.i32()?;
+            r.bytes(2)?; // format
+            out.push((name, oid, typmod));
+        }
+        Ok(out)
+    }
+
     /// The authentication request code and its data.
     pub fn authentication(&self) -> Result<(i32, &'a [u8]), WireError> {
         let mut r = Reader::new(self.body(), "Authentication");
@@ -228,6 +270,15 @@ impl Severity {
             Severity::Notice => "NOTICE",
         }
     }
+}
+
+/// Appends a NotificationResponse.
+pub fn notification_response(out: &mut BytesMut, pid: i32, channel: &[u8], payload: &[u8]) {
+    write_message(out, tag::NOTIFICATION_RESPONSE, |b| {
+        b.put_i32(pid);
+        put_cstr(b, channel);
+        put_cstr(b, payload);
+    });
 }
 
 /// Appends an ErrorResponse (or NoticeResponse for `Severity::Notice`).

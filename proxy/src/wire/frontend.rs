@@ -192,6 +192,71 @@ pub fn parse_sasl_initial_response(body: &[u8]) -> Result<(&str, &[u8]), WireErr
     Ok((mechanism, data))
 }
 
+/// The parameter type OIDs a Parse message declares (0 = unspecified).
+pub fn parse_param_types(msg: &FrontendMessage<'_>) -> Result<Vec<u32>, WireError> {
+    let mut r = Reader::new(msg.body(), "Parse");
+    r.cstr_bytes()?;
+    r.cstr_bytes()?;
+    let n = r.i16()?;
+    (0..n.max(0)).map(|_| r.i32().map(|o| o as u32)).collect()
+}
+
+/// A copy of the Parse message `msg` with its parameter type OIDs passed
+/// through `map` (the statement name and text unchanged).
+pub fn parse_with_types(msg: &FrontendMessage<'_>, map: impl Fn(u32) -> u32) -> Result<Bytes, WireError> {
+    let mut r = Reader::new(msg.body(), "Parse");
+    let name = r.cstr_bytes()?;
+    let query = r.cstr_bytes()?;
+    let n = r.i16()?;
+    let types: Vec<u32> = (0..n.max(0))
+        .map(|_| r.i32().map(|o| o as u32))
+        .collect::<Result<_, _>>()?;
+    let mut out = BytesMut::with_capacity(msg.bytes().len());
+    write_message(&mut out, tag::PARSE, |b| {
+        put_cstr(b, name);
+        put_cstr(b, query);
+        b.put_i16(n);
+        for t in types {
+            b.put_i32(map(t) as i32);
+        }
+    });
+    Ok(out.freeze())
+}
+
+/// A Describe of the prepared statement `name`.
+pub fn describe_statement(out: &mut BytesMut, name: &str) {
+    write_message(out, tag::DESCRIBE, |b| {
+        b.put_u8(b'S');
+        put_cstr(b, name.as_bytes());
+    });
+}
+
+/// An unnamed Parse, Bind and Execute of `sql` (no parameters, text
+/// results).
+pub fn parse_bind_execute(out: &mut BytesMut, sql: &str) {
+    write_message(out, tag::PARSE, |b| {
+        put_cstr(b, b"");
+        put_cstr(b, sql.as_bytes());
+        b.put_i16(0);
+    });
+    write_message(out, tag::BIND, |b| {
+        put_cstr(b, b"");
+        put_cstr(b, b"");
+        b.put_i16(0);
+        b.put_i16(0);
+        b.put_i16(0);
+    });
+    write_message(out, tag::EXECUTE, |b| {
+        put_cstr(b, b"");
+        b.put_i32(0);
+    });
+}
+
+/// A Flush.
+pub fn flush(out: &mut BytesMut) {
+    write_message(out, tag::FLUSH, |_| {});
+}
+
 /// The Terminate message.
 pub fn terminate() -> Bytes {
     Bytes::from_static(b"X\0\0\0\x04")

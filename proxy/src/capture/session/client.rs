@@ -1,0 +1,631 @@
+//! The client side: what each client message becomes (forwarded, spliced,
+//! held, or replaced by the proxy's own messages), and the refusals sent in
+//! place of a statement or a commit.
+
+use super::analyze::apply_splices;
+use super::{block_after, is_commit_like, reject_hint, LOG_FAILED_CODE, LOG_FAILED_HINT, REJECT_CODE};
+use super::{
+    ClientAction, CommitStep, Expect, Plan, Prepared, QueryEnd, Rejection, SessionCapture, StmtInfo, Work, Written,
+};
+use crate::capture::classify_view;
+use crate::capture::resolve::SearchPath;
+use crate::capture::rows::{self, ResultFormats};
+use crate::config::UnsafePolicy;
+use crate::wire::frontend::{tag as ftag, FrontendMessage, TargetKind};
+use crate::wire::{Reader, WireError};
+use bytes::BytesMut;
+use std::collections::VecDeque;
+
+impl SessionCapture {
+    /// Decides what happens to one client message. `prepared` looks up the
+    /// Parse message of a named statement created before capture started.
+    pub(crate) fn on_client(
+        &mut self,
+        msg: FrontendMessage<'_>,
+        prepared: &dyn Fn(&str) -> Option<bytes::Bytes>,
+    ) -> Result<ClientAction, WireError> {
+        let tag = msg.tag();
+        if matches!(tag, ftag::COPY_DONE | ftag::COPY_FAIL) {
+            self.copy_sent = false;
+            // The server's answer to the COPY comes after this: not flushed yet.
+            self.flush_sent = false;
+        }
+        if matches!(tag, ftag::COPY_DATA | ftag::COPY_DONE | ftag::COPY_FAIL) {
+            if let Some((reader, tap)) = &mut self.copy_in {
+                let keys = match tag {
+                    ftag::COPY_DATA => reader.feed(msg.body()),
+                    ftag::COPY_DONE => reader.finish(),
+                    _ => Vec::new(),
+                };
+                let tap = tap.clone();
+                // COPY has no tableoid: its table is the one resolved by name.
+                let oid = tap.oid;
+                self.tx.keys.extend(keys.into_iter().map(|key| Written {
+                    tap: tap.clone(),
+                    oid,
+                    key,
+                }));
+                if tag != ftag::COPY_DATA {
+                    self.copy_in = None;
+                }
+            }
+            return Ok(ClientAction::Forward);
+        }
+        if self.blocked() {
+            return Ok(ClientAction::Hold);
+        }
+        let action = self.dispatch(msg, prepared)?;
+        if !matches!(action, ClientAction::Hold) {
+            // A Flush sent earlier does not cover what goes out now; the
+            // server answers everything up to a Sync or Flush.
+            self.flush_sent = matches!(tag, ftag::FLUSH | ftag::SYNC);
+        }
+        Ok(action)
+    }
+
+    fn dispatch(
+        &mut self,
+        msg: FrontendMessage<'_>,
+        prepared: &dyn Fn(&str) -> Option<bytes::Bytes>,
+    ) -> Result<ClientAction, WireError> {
+        match msg.tag() {
+            ftag::QUERY => self.on_query(Reader::new(msg.body(), "Query").cstr_bytes()?),
+            ftag::PARSE => self.on_parse(msg),
+            ftag::BIND => self.on_bind(msg, prepared),
+            ftag::DESCRIBE => {
+                let t = msg.target()?;
+                let e = match t.kind {
+                    TargetKind::Statement => {
+                        let tap = self.statements.get(t.name).and_then(|p| p.info.tap.clone());
+                        Expect::DescribeStatement {
+                            name: t.name.to_owned(),
+                            tap,
+                        }
+                    }
+                    TargetKind::Portal => Expect::DescribePortal {
+                        tap: self.portals.get(t.name).and_then(|i| i.tap.clone()),
+                    },
+                };
+                self.expect.push_back(e);
+                Ok(ClientAction::Forward)
+            }
+            ftag::EXECUTE => self.on_execute(msg),
+            ftag::CLOSE => {
+                let t = msg.target()?;
+                match t.kind {
+                    TargetKind::Statement => {
+                        if let Some(p) = self.statements.remove(t.name) {
+                            if p.server_name != t.name {
+                                let mut out = rows::close_statement(&p.server_name);
+                                out.extend_from_slice(msg.bytes());
+                                self.expect.push_back(Expect::InjectedOne);
+                                self.expect.push_back(Expect::Plain);
+                                return Ok(ClientAction::Replace(out));
+                            }
+                        }
+                    }
+                    TargetKind::Portal => {
+                        self.portals.remove(t.name);
+                    }
+                }
+                self.expect.push_back(Expect::Plain);
+                Ok(ClientAction::Forward)
+            }
+            ftag::SYNC => self.on_sync(),
+            ftag::FUNCTION_CALL => {
+                self.saw_unsafe("call", "function call message");
+                self.expect.push_back(Expect::Ready { during_copy: false });
+                Ok(ClientAction::Forward)
+            }
+            _ => Ok(ClientAction::Forward),
+        }
+    }
+
+    fn on_query(&mut self, raw: &[u8]) -> Result<ClientAction, WireError> {
+        // Any client encoding: classified through a view, spliced in the bytes.
+        let view = classify_view(raw);
+        let sql: &str = &view;
+        let catalog = self.active.catalog.current();
+        let classified = self.shapes.classify(sql);
+        let mut infos = Vec::with_capacity(classified.len());
+        let mut splices: Vec<(usize, String)> = Vec::new();
+        // A statement resolves names through the path the ones before it in
+        // the same query set: applied ahead here, for real as each completes.
+        let mut before: Option<SearchPath> = None;
+        let mut rejected = None;
+        let mut lookup = None;
+        // Temp tables a statement creates are known to the ones after it
+        // in the same query at once, but become the session's only when
+        // their CREATE completes (it may be refused, held or fail).
+        let temp_before = self.temp_tables.clone();
+        for c in &classified {
+            let text = &sql[c.range.clone()];
+            let (info, splice) = self.analyze(&catalog, &c.class, text);
+            if info.lookup.is_some() {
+                lookup = info.lookup;
+                break;
+            }
+            if let Some(reason) = &info.rejected {
+                rejected = Some(reason.clone());
+                break;
+            }
+            if let Some(change) = &info.path_change {
+                before.get_or_insert_with(|| self.paths.clone());
+                self.paths.apply(change);
+            }
+            if let Some(s) = splice {
+                splices.push(s);
+            }
+            infos.push(info);
+        }
+        if let Some(p) = before {
+            self.paths = p;
+        }
+        self.temp_tables = temp_before;
+        if let Some(what) = lookup {
+            return Ok(self.start_lookup(what));
+        }
+        if let Some(reason) = rejected {
+            return Ok(self.reject_query(reason));
+        }
+        let has_tap = infos.iter().any(StmtInfo::writes);
+        let has_tx = infos.iter().any(|i| i.tx.is_some());
+        let commits = infos.iter().any(|i| i.tx.as_ref().is_some_and(is_commit_like));
+        if commits {
+            if let Some(message) = self.refuse_commit.take() {
+                // The held COMMIT whose keys the log could not take.
+                return Ok(ClientAction::Replace(self.roll_back_refused(&message)));
+            }
+        }
+        if !has_tap && !commits {
+            self.apply_sent_tx(&infos);
+            self.expect.push_back(Expect::Query {
+                stmts: infos.into(),
+                end: QueryEnd::Final,
+                error: false,
+            });
+            return Ok(ClientAction::Forward);
+        }
+        // The plan depends on the settled transaction state.
+        if !self.settled_for_plan() {
+            return Ok(ClientAction::Hold);
+        }
+        if has_tap && !self.sent_block && !has_tx {
+            // Autocommit write(s): BEGIN ahead, COMMIT once logged.
+            let text = apply_splices(raw, 0, &splices);
+            let mut out = rows::query("BEGIN");
+            out.extend_from_slice(&rows::query_bytes(&text));
+            self.expect.push_back(Expect::Injected);
+            self.expect.push_back(Expect::Query {
+                stmts: infos.into(),
+                end: QueryEnd::Wrapped,
+                error: false,
+            });
+            self.sent_block = true;
+            return Ok(ClientAction::Replace(out));
+        }
+        // Check that every write runs inside a block, and find the split points.
+        let mut b = self.sent_block;
+        let mut cuts = Vec::new();
+        let mut taps_since = false;
+        for (i, info) in infos.iter().enumerate() {
+            if let Some(tx) = &info.tx {
+                if is_commit_like(tx) {
+                    if i == 0 {
+                        // Log what the transaction wrote so far, then send.
+                        match self.commit_step() {
+                            CommitStep::Go => {}
+                            CommitStep::Wait => return Ok(ClientAction::Hold),
+                            CommitStep::Refuse(reason) => {
+                                let out = self.refuse_simple(&reason);
+                                return Ok(ClientAction::Replace(out));
+                            }
+                        }
+                    }
+                    if taps_since && i > 0 {
+                        cuts.push(i);
+                    }
+                    taps_since = false;
+                }
+                b = block_after(b, tx);
+            }
+            if info.writes() {
+                if !b {
+                    let kind = "autocommit-in-script";
+                    if self.saw_unsafe(kind, sql) == UnsafePolicy::Reject {
+                        return Ok(self.reject_query(Rejection::statement(kind)));
+                    }
+                    // Warned: run it uncaptured.
+                    let plain: Vec<StmtInfo> = infos
+                        .iter()
+                        .map(|i| StmtInfo {
+                            tx: i.tx.clone(),
+                            ..Default::default()
+                        })
+                        .collect();
+                    self.apply_sent_tx(&plain);
+                    self.expect.push_back(Expect::Query {
+                        stmts: plain.into(),
+                        end: QueryEnd::Final,
+                        error: false,
+                    });
+                    return Ok(ClientAction::Forward);
+                }
+                taps_since = true;
+            }
+        }
+        self.apply_sent_tx(&infos);
+        let mut starts: Vec<usize> = vec![0];
+        starts.extend(cuts.iter().map(|&i| classified[i].range.start));
+        let mut parts: VecDeque<(Vec<u8>, Vec<StmtInfo>)> = VecDeque::new();
+        let mut infos = infos.into_iter();
+        let bounds: Vec<usize> = cuts.iter().copied().chain(std::iter::once(classified.len())).collect();
+        let mut first_stmt = 0;
+        for (k, &start) in starts.iter().enumerate() {
+            let end = starts.get(k + 1).copied().unwrap_or(sql.len());
+            let n = bounds[k] - first_stmt;
+            first_stmt = bounds[k];
+            let stmts: Vec<StmtInfo> = infos.by_ref().take(n).collect();
+            let local: Vec<(usize, String)> = splices
+                .iter()
+                .filter(|(at, _)| *at >= start && *at <= end)
+                .cloned()
+                .collect();
+            let text = apply_splices(&raw[..end], start, &local);
+            parts.push_back((text, stmts));
+        }
+        let (text, stmts) = parts.pop_front().unwrap_or_default();
+        let end = if parts.is_empty() {
+            QueryEnd::Final
+        } else {
+            QueryEnd::Part
+        };
+        self.expect.push_back(Expect::Query {
+            stmts: stmts.into(),
+            end,
+            error: false,
+        });
+        if !parts.is_empty() {
+            self.plan = Some(Plan::Parts(parts));
+        } else if splices.is_empty() {
+            return Ok(ClientAction::Forward);
+        }
+        Ok(ClientAction::Replace(rows::query_bytes(&text)))
+    }
+
+    fn reject_query(&mut self, rejection: Rejection) -> ClientAction {
+        self.expect.push_back(Expect::Query {
+            stmts: VecDeque::from([StmtInfo::default()]),
+            end: QueryEnd::Final,
+            error: false,
+        });
+        ClientAction::Replace(rows::query(&rows::raise_sql(
+            REJECT_CODE,
+            &rejection.message(),
+            &reject_hint(rejection.kind),
+        )))
+    }
+
+    fn apply_sent_tx(&mut self, infos: &[StmtInfo]) {
+        for tx in infos.iter().filter_map(|i| i.tx.as_ref()) {
+            self.sent_block = block_after(self.sent_block, tx);
+        }
+    }
+
+    fn on_parse(&mut self, msg: FrontendMessage<'_>) -> Result<ClientAction, WireError> {
+        let parse = msg.parse()?;
+        let catalog = self.active.catalog.current();
+        let view = classify_view(parse.query);
+        let classified = self.shapes.classify(&view);
+        let (info, splice) = match classified.as_slice() {
+            [one] => {
+                // Known once its CREATE completes (see on_query).
+                let temp_before = self.temp_tables.clone();
+                let analyzed = self.analyze(&catalog, &one.class, &view[one.range.clone()]);
+                self.temp_tables = temp_before;
+                analyzed
+            }
+            [] => (StmtInfo::default(), None),
+            _ => (StmtInfo::default(), None), // the server refuses several statements in a Parse
+        };
+        if let Some(what) = info.lookup {
+            return Ok(self.start_lookup(what));
+        }
+        let name = parse.name.to_owned();
+        self.expect.push_back(Expect::Plain);
+        match splice {
+            Some(s) if info.rejected.is_none() => {
+                let text = apply_splices(parse.query, 0, &[s]);
+                let out = rows::rewrite_parse(msg.body(), &name, &text)?;
+                self.statements.insert(
+                    name.clone(),
+                    Prepared {
+                        info,
+                        server_name: name,
+                        columns: None,
+                        original: Some(BytesMut::from(msg.bytes())),
+                    },
+                );
+                Ok(ClientAction::Replace(out))
+            }
+            _ => {
+                self.statements.insert(
+                    name.clone(),
+                    Prepared {
+                        info,
+                        server_name: name,
+                        columns: None,
+                        original: None,
+                    },
+                );
+                Ok(ClientAction::Forward)
+            }
+        }
+    }
+
+    fn on_bind(
+        &mut self,
+        msg: FrontendMessage<'_>,
+        prepared: &dyn Fn(&str) -> Option<bytes::Bytes>,
+    ) -> Result<ClientAction, WireError> {
+        let bind = msg.bind()?;
+        let portal = bind.portal.to_owned();
+        let mut out = BytesMut::new();
+        if !self.statements.contains_key(bind.statement) {
+            // Prepared before capture started: classify its text now and,
+            // if it writes, prepare a spliced copy under a proxy-owned name.
+            let known = (!bind.statement.is_empty()).then(|| prepared(bind.statement)).flatten();
+            let Some(parse_bytes) = known else {
+                if bind.statement.is_empty() {
+                    self.saw_unsafe("unknown-statement", "unnamed statement prepared before capture started");
+                }
+                self.portals.insert(portal, StmtInfo::default());
+                self.expect.push_back(Expect::Plain);
+                return Ok(ClientAction::Forward);
+            };
+            let pmsg = FrontendMessage::new(&parse_bytes);
+            let parse = pmsg.parse()?;
+            let catalog = self.active.catalog.current();
+            let view = classify_view(parse.query);
+            let classified = self.shapes.classify(&view);
+            let (info, splice) = match classified.as_slice() {
+                [one] => {
+                    // Known once its CREATE completes (see on_query).
+                    let temp_before = self.temp_tables.clone();
+                    let analyzed = self.analyze(&catalog, &one.class, &view[one.range.clone()]);
+                    self.temp_tables = temp_before;
+                    analyzed
+                }
+                _ => (StmtInfo::default(), None),
+            };
+            if let Some(what) = info.lookup {
+                return Ok(self.start_lookup(what));
+            }
+            let mut server_name = bind.statement.to_owned();
+            if let (Some(s), None) = (splice, &info.rejected) {
+                self.next_name += 1;
+                server_name = format!("switchyard_{}_{}", self.active.epoch, self.next_name);
+                let text = apply_splices(parse.query, 0, &[s]);
+                out.extend_from_slice(&rows::rewrite_parse(pmsg.body(), &server_name, &text)?);
+                self.expect.push_back(Expect::InjectedOne);
+            }
+            self.statements.insert(
+                bind.statement.to_owned(),
+                Prepared {
+                    info,
+                    server_name,
+                    columns: None,
+                    original: None,
+                },
+            );
+        }
+        let Some(p) = self.statements.get(bind.statement) else {
+            return Ok(ClientAction::Forward);
+        };
+        let info = p.info.clone();
+        let server_name = p.server_name.clone();
+        let codes = match &info.tap {
+            None => None,
+            Some(tap) => match rows::bind_formats(msg.body())?.1 {
+                // One code (or none) covers the key columns too: they are text.
+                ResultFormats::AllText | ResultFormats::All(_) => None,
+                ResultFormats::PerColumn(mut v) => {
+                    v.extend(std::iter::repeat_n(0, tap.extra));
+                    Some(v)
+                }
+            },
+        };
+        self.portals.insert(portal, info);
+        self.expect.push_back(Expect::Plain);
+        if codes.is_none() && server_name == bind.statement && out.is_empty() {
+            return Ok(ClientAction::Forward);
+        }
+        let (at, _) = rows::bind_formats(msg.body())?;
+        out.extend_from_slice(&rows::rewrite_bind(msg.body(), &server_name, at, codes.as_deref())?);
+        Ok(ClientAction::Replace(out))
+    }
+
+    fn on_execute(&mut self, msg: FrontendMessage<'_>) -> Result<ClientAction, WireError> {
+        let portal = Reader::new(msg.body(), "Execute").cstr()?;
+        let info = self.portals.get(portal).cloned().unwrap_or_default();
+        if let Some(rejection) = &info.rejected {
+            return Ok(ClientAction::Replace(self.raise_execute(rejection)));
+        }
+        if info.tx.as_ref().is_some_and(is_commit_like) {
+            if let Some(message) = self.refuse_commit.take() {
+                // ROLLBACK (its answers dropped), then an error for the client.
+                let out = self.roll_back_extended_with(&rows::raise_sql(LOG_FAILED_CODE, &message, LOG_FAILED_HINT));
+                return Ok(ClientAction::Replace(out));
+            }
+            // Keys of writes still in flight must be in before the commit goes.
+            if !self.settled() {
+                return Ok(ClientAction::Hold);
+            }
+            match self.commit_step() {
+                CommitStep::Go => {}
+                CommitStep::Wait => return Ok(ClientAction::Hold),
+                CommitStep::Refuse(reason) => return Ok(ClientAction::Replace(self.refuse_extended_commit(&reason))),
+            }
+        }
+        if let Some(tx) = &info.tx {
+            self.sent_block = block_after(self.sent_block, tx);
+        }
+        if info.writes() {
+            self.batch_taps = true;
+        }
+        if info.copy.is_some() {
+            self.copy_sent = true;
+        }
+        self.expect.push_back(Expect::Execute { info });
+        Ok(ClientAction::Forward)
+    }
+
+    /// An unnamed Parse, Bind and Execute of a statement that raises
+    /// `reason` (SQLSTATE 0A000), run in place of a client's Execute so its
+    /// transaction fails as on a real error.
+    fn raise_execute(&mut self, rejection: &Rejection) -> BytesMut {
+        self.raise_extended_sql(&rows::raise_sql(
+            REJECT_CODE,
+            &rejection.message(),
+            &reject_hint(rejection.kind),
+        ))
+    }
+
+    /// In place of a simple-protocol commit: a ROLLBACK whose completion
+    /// the client does not see, then the error in one query, so that it
+    /// gets what a failed COMMIT gives (an error, then idle). Settings the
+    /// transaction made are dropped with it (the error marks it failed for
+    /// the tracked state), and a wrapped query's last CommandComplete,
+    /// still held, is never sent: PostgreSQL sends none for a statement
+    /// whose commit failed.
+    pub(super) fn refuse_simple(&mut self, rejection: &Rejection) -> BytesMut {
+        if let Some(d) = self.deferred.as_mut() {
+            d.bytes.truncate(d.last_complete);
+        }
+        self.tx.clear();
+        // Decided here: what the client sends next (it may not wait for
+        // the answer) already resolves names as after the rollback.
+        self.paths.end_tx(false);
+        self.roll_back_with(&rows::raise_sql(
+            REJECT_CODE,
+            &rejection.message(),
+            &reject_hint(rejection.kind),
+        ))
+    }
+
+    /// In place of an extended-protocol COMMIT's Execute: a ROLLBACK whose
+    /// answers are dropped, then the error, so that the transaction ends as
+    /// after a failed COMMIT instead of staying open and failed.
+    fn refuse_extended_commit(&mut self, rejection: &Rejection) -> BytesMut {
+        self.tx.clear();
+        self.paths.end_tx(false);
+        self.roll_back_extended_with(&rows::raise_sql(
+            REJECT_CODE,
+            &rejection.message(),
+            &reject_hint(rejection.kind),
+        ))
+    }
+
+    /// An extended-protocol ROLLBACK whose answers are dropped, then the
+    /// statement `raise` (an error for the client).
+    fn roll_back_extended_with(&mut self, raise: &str) -> BytesMut {
+        let mut out = rows::extended_once("ROLLBACK");
+        for _ in 0..3 {
+            self.expect.push_back(Expect::InjectedOne);
+        }
+        out.extend_from_slice(&self.raise_extended_sql(raise));
+        self.sent_block = false;
+        out
+    }
+
+    /// One simple query: ROLLBACK (its completion dropped), then the
+    /// statement `raise`, whose error and the idle ReadyForQuery reach the
+    /// client.
+    pub(super) fn roll_back_with(&mut self, raise: &str) -> BytesMut {
+        self.expect.push_back(Expect::Failed);
+        self.sent_block = false;
+        rows::query(&format!("ROLLBACK; {raise}"))
+    }
+
+    /// Parse/Bind/Execute of a statement failing with `message`, whose
+    /// Parse and Bind completions are dropped and whose error goes to the
+    /// client (the server then skips to the next Sync).
+    fn raise_extended(&mut self, message: &str) -> BytesMut {
+        self.raise_extended_sql(&rows::raise_sql(LOG_FAILED_CODE, message, LOG_FAILED_HINT))
+    }
+
+    /// Parse/Bind/Execute of the statement `raise` (it fails), whose Parse
+    /// and Bind completions are dropped and whose error goes to the client.
+    fn raise_extended_sql(&mut self, raise: &str) -> BytesMut {
+        let out = rows::extended_once(raise);
+        self.expect.push_back(Expect::InjectedOne);
+        self.expect.push_back(Expect::InjectedOne);
+        self.expect.push_back(Expect::Execute {
+            info: StmtInfo::default(),
+        });
+        out
+    }
+
+    fn on_sync(&mut self) -> Result<ClientAction, WireError> {
+        if let Some(message) = self.refuse_commit.take() {
+            // The implicit transaction must not commit: fail it, then Sync.
+            let mut out = self.raise_extended(&message);
+            crate::wire::write_message(&mut out, b'S', |_| {});
+            self.batch_taps = false;
+            self.expect.push_back(Expect::Ready { during_copy: false });
+            return Ok(ClientAction::Replace(out));
+        }
+        if self.copy_sent {
+            // Ignored by the server if its COPY started: no commit here.
+            self.expect.push_back(Expect::Ready { during_copy: true });
+            return Ok(ClientAction::Forward);
+        }
+        if self.batch_taps && !self.sent_block && !self.tx_error {
+            // The implicit transaction commits at this Sync.
+            if !self.settled() {
+                return Ok(ClientAction::Hold);
+            }
+            match self.commit_step() {
+                CommitStep::Go => {}
+                CommitStep::Wait => return Ok(ClientAction::Hold),
+                CommitStep::Refuse(reason) => {
+                    // An error ahead of the Sync: the implicit transaction
+                    // ends rolled back.
+                    let mut out = self.raise_execute(&reason);
+                    crate::wire::write_message(&mut out, b'S', |_| {});
+                    self.batch_taps = false;
+                    self.expect.push_back(Expect::Ready { during_copy: false });
+                    return Ok(ClientAction::Replace(out));
+                }
+            }
+        }
+        self.batch_taps = false;
+        self.expect.push_back(Expect::Ready { during_copy: false });
+        Ok(ClientAction::Forward)
+    }
+
+    /// Whether every key written so far is in (no write's result is still
+    /// in flight); if not, makes sure the server sends what it has (Flush)
+    /// and returns false.
+    fn settled(&mut self) -> bool {
+        let in_flight = self.expect.iter().any(|e| match e {
+            Expect::Execute { info } => info.writes(),
+            Expect::Query { stmts, end, .. } => *end != QueryEnd::Final || stmts.iter().any(StmtInfo::writes),
+            Expect::Injected | Expect::WrapEnd | Expect::Failed => true,
+            _ => false,
+        });
+        if !in_flight {
+            return true;
+        }
+        if !self.flush_sent {
+            self.flush_sent = true;
+            self.work.push_back(Work::Send(rows::flush()));
+        }
+        false
+    }
+
+    /// [`Self::settled`], for planning a simple query.
+    fn settled_for_plan(&mut self) -> bool {
+        self.settled()
+    }
+}

@@ -1,0 +1,312 @@
+//! How the relay follows the route: it watches for move orders, opens the
+//! next backend ahead of the switch, stops at the first transaction
+//! boundary with nothing in flight, and, on the new backend, re-prepares
+//! each statement ahead of its first use.
+
+use super::{Relay, RelayError};
+use crate::net::{Parts, Socket};
+use crate::registry::MoveState;
+use crate::session::moving;
+use crate::session::route::{PinnedPolicy, Step};
+use crate::session::statements::Description;
+use crate::wire::frontend::{tag as ftag, FrontendMessage, TargetKind};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::net::TcpStream;
+
+/// What happened ahead of a client's Bind or Describe.
+pub(super) enum Ahead {
+    /// Nothing: the statement is on this backend.
+    Nothing,
+    /// Its Parse was queued ahead of it (with what the client sent before).
+    Sent,
+    /// As `Sent`, and the message waits for the types to be compared.
+    Hold,
+    /// The statement's types changed: the message was replaced by the
+    /// error PostgreSQL gives for it.
+    Replaced,
+}
+
+/// The error PostgreSQL raises when a prepared statement's result type
+/// changed under it.
+const CHANGED_SQL: &str = "DO $switchyard$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', \
+    MESSAGE = 'cached plan must not change result type'; END$switchyard$";
+
+impl Relay<'_> {
+    /// Takes in the route as it is now: starts opening the next backend for
+    /// a new order, and notes an order to switch.
+    pub(super) fn on_route(&mut self) {
+        let route = self.route.borrow_and_update().clone();
+        if route.epoch <= self.epoch {
+            self.order = None;
+            return;
+        }
+        let fresh = self.order.as_ref().is_none_or(|o| o.epoch != route.epoch);
+        if fresh && self.opened.as_ref().is_none_or(|(e, _)| *e != route.epoch) && self.opening.is_none() {
+            self.start_opening(&route);
+        }
+        if route.step == Step::Go {
+            if fresh {
+                self.pinned_at = None;
+                self.info.saw_order(route.epoch, MoveState::Waiting);
+            }
+            self.order = Some(route);
+        }
+    }
+
+    fn start_opening(&mut self, route: &crate::session::route::Route) {
+        self.info.saw_order(route.epoch, MoveState::Opening);
+        let login = self.login.clone();
+        let route2 = route.clone();
+        let shared = self.shared.clone();
+        let epoch = route.epoch;
+        // Opened on its own task: the relay goes on meanwhile.
+        let task = tokio::spawn(async move { moving::open_with(&shared.config, &route2, &login).await });
+        self.opening = Some((
+            epoch,
+            Box::pin(async move {
+                task.await
+                    .unwrap_or_else(|e| Err(format!("opening the backend failed: {e}")))
+            }),
+        ));
+    }
+
+    /// Whether the session should move at its next chance.
+    pub(super) fn move_due(&self) -> bool {
+        let Some(order) = &self.order else { return false };
+        if order.epoch <= self.failed_epoch || self.shutting_down {
+            return false;
+        }
+        match self.pinned_at {
+            // Retried once the session ran more, or when the deadline passed.
+            Some(q) => q != self.info.queries() || self.pinned_deadline().is_some_and(|d| d <= Instant::now()),
+            None => true,
+        }
+    }
+
+    /// When a pinned session is closed rather than waited for.
+    pub(super) fn pinned_deadline(&self) -> Option<Instant> {
+        let order = self.order.as_ref()?;
+        self.pinned_at?;
+        (order.pinned == PinnedPolicy::Close)
+            .then_some(order.deadline)
+            .flatten()
+    }
+
+    /// Whether the session is at a boundary with nothing in flight, on
+    /// either side and in capture.
+    pub(super) fn can_move<S: Socket>(&self, client: &Parts<'_, TcpStream>, server: &Parts<'_, S>) -> bool {
+        let _ = client;
+        self.state.at_boundary()
+            && !self.busy.is_busy()
+            && !self.capture_hold
+            && self.log_wait.is_none()
+            && self.lookup_wait.is_none()
+            && self.swallow_ready == 0
+            && server.wbuf.is_empty()
+            && server.rbuf.is_empty()
+            && self.capture.as_ref().is_none_or(|c| !c.blocked() && !c.has_work())
+    }
+
+    /// The type OID translation of the order the session moved under.
+    pub(super) fn order_types(&self) -> Option<Arc<HashMap<u32, u32>>> {
+        None
+    }
+
+    /// Re-prepares the statement a Bind or Describe names if the session
+    /// moved since it was prepared; `before` is what the client sent ahead
+    /// of this message and is queued first.
+    pub(super) fn prepare_ahead<S: Socket>(
+        &mut self,
+        msg: FrontendMessage<'_>,
+        server: &mut Parts<'_, S>,
+        before: &[u8],
+    ) -> Result<Ahead, RelayError> {
+        let name = match msg.tag() {
+            ftag::BIND => msg.bind()?.statement,
+            _ => match msg.target()? {
+                t if t.kind == TargetKind::Statement => t.name,
+                _ => return Ok(Ahead::Nothing),
+            },
+        };
+        if self.state.statements().is_changed(name) && msg.tag() == ftag::BIND {
+            server.wbuf.extend_from_slice(before);
+            crate::wire::frontend::parse_bind_execute(server.wbuf, CHANGED_SQL);
+            self.state.injected_in_place();
+            return Ok(Ahead::Replaced);
+        }
+        let types = self.order_types();
+        let map = |oid: u32| types.as_ref().and_then(|t| t.get(&oid).copied()).unwrap_or(oid);
+        match self.state.prepare_ahead(name, &map)? {
+            None => Ok(Ahead::Nothing),
+            Some((bytes, hold)) => {
+                server.wbuf.extend_from_slice(before);
+                server.wbuf.extend_from_slice(&bytes);
+                Ok(if hold { Ahead::Hold } else { Ahead::Sent })
+            }
+        }
+    }
+}
+
+/// Whether a statement re-prepared on another backend has the types the
+/// client was told: parameter and result types (OIDs translated by `types`
+/// from the old backend's numbering), column names and modifiers.
+pub(super) fn same_types(before: &Description, now: &Description, types: &Option<Arc<HashMap<u32, u32>>>) -> bool {
+    let map = |oid: u32| types.as_ref().and_then(|t| t.get(&oid).copied()).unwrap_or(oid);
+    let params_same = before.params.len() == now.params.len()
+        && before
+            .params
+            .iter()
+            .zip(&now.params)
+            .all(|(a, b)| map(*a) == *b || *a == 0);
+    let columns_same = match (&before.columns, &now.columns) {
+        (None, None) => true,
+        (Some(a), Some(b)) => {
+            a.len() == b.len()
+                && a.iter()
+                    .zip(b)
+                    .all(|((an, at, am), (bn, bt, bm))| an == bn && map(*at) == *bt && am == bm)
+        }
+        _ => false,
+    };
+    params_same && columns_same
+}
+
+/// Sleeps until `at` (forever for `None`; the caller guards it).
+pub(super) async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How a move attempt ended.
+pub(crate) enum Moved {
+    /// The session is ready on this backend.
+    To(crate::session::backend::Backend),
+    /// It stays on its backend for now (pinned, or the move failed).
+    Stay,
+    /// It cannot stay and cannot move: close it with this message.
+    Close(String),
+}
+
+impl Relay<'_> {
+    /// Moves the session off `old` per the order it follows (see
+    /// `moving.rs`); `old` is left as it was unless the move succeeds.
+    pub(crate) async fn relocate<S: Socket>(
+        &mut self,
+        client: &mut crate::net::Conn<TcpStream>,
+        old: &mut crate::net::Conn<S>,
+    ) -> Moved {
+        let Some(order) = self.order.clone() else {
+            return Moved::Stay;
+        };
+        self.info.set_move_state(MoveState::Moving);
+        self.info.set_state(crate::registry::Shown::Moving);
+        let touched = self.state.touched().clone();
+        let mut to = moving::Relayed {
+            client,
+            client_pid: self.client_pid,
+            own_pid: self.own_pid,
+            params: &mut self.client_params,
+        };
+        let probed = match moving::probe(old, &touched, &mut to).await {
+            Ok(p) => p,
+            Err(why) => return self.move_failed(order.epoch, order.pinned, why),
+        };
+        if !probed.pins.is_empty() {
+            let names: Vec<&str> = probed.pins.iter().map(|p| p.name()).collect();
+            let past = order.deadline.is_some_and(|d| d <= Instant::now());
+            if order.pinned == PinnedPolicy::Close && past {
+                return Moved::Close(format!(
+                    "switchyard moved this database's sessions to {}, but this session holds a {}, which cannot move \
+                     with it; reconnect to go on",
+                    order.destination.name(),
+                    names.join(" and a ")
+                ));
+            }
+            self.pinned_at = Some(self.info.queries());
+            self.info.set_move_state(MoveState::Pinned);
+            self.shared.router.notify();
+            return Moved::Stay;
+        }
+        let opened = match self.opened.take() {
+            Some((e, be)) if e == order.epoch => Ok(be),
+            _ => match self.opening.take() {
+                Some((e, wait)) if e == order.epoch => wait.await,
+                _ => moving::open_with(&self.shared.config, &order, &self.login).await,
+            },
+        };
+        let mut be = match opened {
+            Ok(be) => be,
+            Err(why) => return self.move_failed(order.epoch, order.pinned, why),
+        };
+        let mut params = moving::startup_params(&be);
+        let mut to = moving::Relayed {
+            client,
+            client_pid: self.client_pid,
+            own_pid: be.key.0,
+            params: &mut self.client_params,
+        };
+        let replayed = match &mut be.conn {
+            crate::net::ServerConn::Tcp(c) => moving::replay(c, &probed, &mut to, &mut params).await,
+            crate::net::ServerConn::Unix(c) => moving::replay(c, &probed, &mut to, &mut params).await,
+        };
+        if let Err(why) = replayed {
+            moving::retire(be.conn);
+            return self.move_failed(order.epoch, order.pinned, why);
+        }
+        if !probed.listens.is_empty() {
+            to.own_pid = self.own_pid;
+            // The old backend stops listening only now: nothing is lost.
+            if let Err(why) = moving::unlisten(old, &mut to).await {
+                tracing::info!(session = self.info.id, error = %why, "old backend did not stop listening; closing it");
+            }
+        }
+        for (k, v) in params {
+            if to.params.get(&k) != Some(&v) {
+                crate::wire::backend::parameter_status(to.client.wbuf(), &k, &v);
+                to.params.insert(k, v);
+            }
+        }
+        self.state.moved(probed.touched());
+        Moved::To(be)
+    }
+
+    fn move_failed(&mut self, epoch: u64, pinned: PinnedPolicy, why: String) -> Moved {
+        tracing::warn!(session = self.info.id, error = %why, "session move failed");
+        self.failed_epoch = epoch;
+        self.info.set_move_error(Some(why.clone()));
+        self.info.set_move_state(MoveState::Failed);
+        self.shared.router.notify();
+        match pinned {
+            PinnedPolicy::Stay => Moved::Stay,
+            PinnedPolicy::Close => Moved::Close(format!(
+                "switchyard could not move this session to the new database ({why}); reconnect to go on"
+            )),
+        }
+    }
+
+    /// The session now runs on a backend opened under `epoch` with pid
+    /// `pid`: capture restarts there at the next transaction.
+    pub(crate) fn moved_to(&mut self, epoch: u64, pid: i32) {
+        self.epoch = epoch;
+        self.own_pid = pid;
+        self.order = None;
+        self.pinned_at = None;
+        self.capture = None;
+        self.capture_epoch = 0;
+        self.info.set_state(crate::registry::Shown::Relay(self.state.phase()));
+    }
+
+    /// The epoch of the order being followed.
+    pub(crate) fn order_epoch(&self) -> Option<u64> {
+        self.order.as_ref().map(|o| o.epoch)
+    }
+
+    /// The session stays where it is for now.
+    pub(crate) fn stayed(&mut self) {
+        self.info.set_state(crate::registry::Shown::Relay(self.state.phase()));
+    }
+}

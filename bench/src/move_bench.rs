@@ -277,7 +277,10 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     report::write_json(&args.out, &report)?;
     println!("wrote {}", args.out.display());
     if errors > 0 {
-        eprintln!("switchyard-bench: {errors} failed queries or unmoved sessions; see {}", args.out.display());
+        eprintln!(
+            "switchyard-bench: {errors} failed queries or unmoved sessions; see {}",
+            args.out.display()
+        );
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
@@ -428,9 +431,7 @@ async fn open_sessions(endpoint: &Endpoint, n: usize, prepared: bool, parallel: 
 /// RECONNECT on the console, and its row.
 async fn reconnect(console: &Console) -> Result<Moved> {
     let started = Instant::now();
-    let rows = console
-        .query(&format!("RECONNECT TIMEOUT {RECONNECT_TIMEOUT}"))
-        .await?;
+    let rows = console.query(&format!("RECONNECT TIMEOUT {RECONNECT_TIMEOUT}")).await?;
     let reconnect_ms = started.elapsed().as_secs_f64() * 1e3;
     let row = rows.first().context("RECONNECT returned no row")?;
     let field = |i: usize| -> Result<&str> {

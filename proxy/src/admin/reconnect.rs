@@ -52,7 +52,7 @@ pub(super) fn parse(words: &[&str]) -> Result<AdminCommand, AdminError> {
 
 /// Runs the move and renders its report.
 pub(super) async fn execute(
-    shared: &Shared,
+    shared: &std::sync::Arc<Shared>,
     to: Destination,
     timeout: Duration,
     force: bool,

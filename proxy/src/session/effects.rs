@@ -282,7 +282,7 @@ pub fn statements(sql: &[u8]) -> Vec<&[u8]> {
 }
 
 /// `sql` after leading white space and comments.
-fn skip_space_and_comments(mut sql: &[u8]) -> &[u8] {
+pub fn skip_space_and_comments(mut sql: &[u8]) -> &[u8] {
     loop {
         let start = sql.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(sql.len());
         sql = &sql[start..];

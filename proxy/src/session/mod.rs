@@ -7,20 +7,21 @@ pub mod effects;
 mod moving;
 pub(crate) mod relay;
 pub mod route;
+mod startup;
 pub mod state;
 mod statements;
 
 use crate::admin;
-use crate::auth::{self, AuthError, LoginError};
+use crate::auth::LoginError;
 use crate::input::InputGuard;
-use crate::net::{Conn, ReadError, ServerConn};
+use crate::net::{Conn, ServerConn};
 use crate::registry::Shown;
 use crate::server::Shared;
-use crate::slots::{Permit, SlotKind};
+use crate::slots::Permit;
 use crate::stats::Stats;
 use crate::wire::backend::{self as bmsg, Severity};
-use crate::wire::startup::{self, StartupPacket};
 use backend::ConnectError;
+use startup::{authenticate, negotiate_protocol, refuse, slot_refusal, startup_phase};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpStream;
@@ -122,7 +123,12 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, permi
         admin::serve(&shared, &mut client, &info).await;
         return;
     }
-    let src = &shared.config.source;
+    // New logins follow the route: the database that serves now.
+    let first_route = shared.router.current();
+    let src = first_route
+        .destination
+        .config(&shared.config)
+        .unwrap_or(&shared.config.source);
     let (db_user, db_name, password) = backend::login_identity(&shared.config, src, &user, &database);
     if let Some(message) = shared.capture.refusal_for(db_name) {
         return refuse(&shared, &mut client, Refusal::fatal("57P03", message)).await;
@@ -138,7 +144,7 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, permi
         shared.config.limits.connect_timeout(),
     )
     .await;
-    let mut be = match opened {
+    let be = match opened {
         Ok(b) => b,
         Err(ConnectError::Login(LoginError::Refused(fields, frame))) => {
             // The database's own words (e.g. database "x" does not exist).
@@ -175,7 +181,7 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, permi
         },
     );
     info.set_state(Shown::Relay(state::Phase::Idle));
-    let epoch = shared.router.current().epoch;
+    let epoch = first_route.epoch;
     info.set_backend(epoch, moving::addr_of(src), be.key.0, shared.router.now_micros(), false);
     tracing::debug!(session = info.id, %peer, user = %user, database = %database, backend_pid = be.key.0, "session started");
     let input = InputGuard::new(permit.budget().clone(), shared.config.limits.message_timeout());
@@ -184,28 +190,49 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, permi
         database: database.clone(),
         params: params.clone(),
     };
-    let mut relay = relay::Relay::new(&shared, &info, input, login, &be, epoch);
-    let ended = loop {
+    let relay = relay::Relay::new(&shared, &info, input, login, &be, epoch, first_route.destination);
+    let ended = serve(&shared, &mut client, relay, be, client_key).await;
+    shared.cancel.remove(client_key);
+    match ended {
+        Ok(how) => tracing::debug!(session = info.id, ?how, "session ended"),
+        Err(e) => tracing::info!(session = info.id, error = %e, "session ended with error"),
+    }
+    drop(registered);
+}
+
+/// Relays the session on `be` and moves it whenever the route asks, until
+/// it ends.
+async fn serve(
+    shared: &Arc<Shared>,
+    client: &mut Conn,
+    mut relay: relay::Relay<'_>,
+    mut be: backend::Backend,
+    client_key: (i32, i32),
+) -> Result<relay::Ended, relay::RelayError> {
+    let info = relay.info.clone();
+    let stats = &shared.stats;
+    let src = &shared.config.source;
+    loop {
         let ended = match &mut be.conn {
-            ServerConn::Tcp(server) => relay.run(&mut client, server).await,
-            ServerConn::Unix(server) => relay.run(&mut client, server).await,
+            ServerConn::Tcp(server) => relay.run(client, server).await,
+            ServerConn::Unix(server) => relay.run(client, server).await,
         };
         if !matches!(ended, Ok(relay::Ended::Move)) {
             match &mut be.conn {
-                ServerConn::Tcp(server) => relay.finish(&mut client, server, &ended).await,
-                ServerConn::Unix(server) => relay.finish(&mut client, server, &ended).await,
+                ServerConn::Tcp(server) => relay.finish(client, server, &ended).await,
+                ServerConn::Unix(server) => relay.finish(client, server, &ended).await,
             }
-            break ended;
+            return ended;
         }
         let moved = match &mut be.conn {
-            ServerConn::Tcp(server) => relay.relocate(&mut client, server).await,
-            ServerConn::Unix(server) => relay.relocate(&mut client, server).await,
+            ServerConn::Tcp(server) => relay.relocate(client, server).await,
+            ServerConn::Unix(server) => relay.relocate(client, server).await,
         };
         match moved {
             relay::Moved::To(next) => {
                 let route = shared.router.current();
-                let epoch = relay.order_epoch().unwrap_or(route.epoch);
-                let db = route.destination.config(&shared.config).unwrap_or(src);
+                let (epoch, destination) = relay.order_epoch().unwrap_or((route.epoch, route.destination));
+                let db = destination.config(&shared.config).unwrap_or(src);
                 let old = std::mem::replace(&mut be, next);
                 moving::retire(old.conn);
                 shared.cancel.route(
@@ -230,239 +257,11 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, permi
                 bmsg::error_response(client.wbuf(), Severity::Fatal, "57P01", &message);
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(1), client.close()).await;
                 match &mut be.conn {
-                    ServerConn::Tcp(server) => relay.finish(&mut client, server, &Ok(relay::Ended::Move)).await,
-                    ServerConn::Unix(server) => relay.finish(&mut client, server, &Ok(relay::Ended::Move)).await,
+                    ServerConn::Tcp(server) => relay.finish(client, server, &Ok(relay::Ended::Move)).await,
+                    ServerConn::Unix(server) => relay.finish(client, server, &Ok(relay::Ended::Move)).await,
                 }
-                break Ok(relay::Ended::Move);
-            }
-        }
-    };
-    shared.cancel.remove(client_key);
-    match ended {
-        Ok(how) => tracing::debug!(session = info.id, ?how, "session ended"),
-        Err(e) => tracing::info!(session = info.id, error = %e, "session ended with error"),
-    }
-    drop(registered);
-}
-
-/// Reads the startup packets within `limits.startup_timeout_ms` and ends
-/// the connection as PostgreSQL would if they do not amount to a
-/// StartupMessage; `None` once it has been ended (or a cancel served).
-async fn startup_phase(shared: &Shared, client: &mut Conn, peer: SocketAddr) -> Option<Startup> {
-    let stats = &shared.stats;
-    let timeout = shared.config.limits.startup_timeout();
-    let read = unless_shutdown(shared, tokio::time::timeout(timeout, read_startup(shared, client))).await;
-    match read {
-        None => refuse(shared, client, shutting_down()).await,
-        Some(Ok(Ok(Some(startup)))) => return Some(startup),
-        Some(Ok(Ok(None))) => {} // cancel request served, or client left
-        Some(Ok(Err(StartupEnd::Refuse(refusal)))) => refuse(shared, client, refusal).await,
-        Some(Ok(Err(StartupEnd::Silent(why)))) => {
-            tracing::info!(%peer, why, "closing a connection that sent no valid startup packet");
-            Stats::bump(&stats.connections_refused);
-            Stats::bump(&stats.protocol_errors);
-        }
-        Some(Ok(Err(StartupEnd::Legacy(message)))) => {
-            tracing::info!(%peer, message, "refusing an old protocol version");
-            Stats::bump(&stats.connections_refused);
-            Stats::bump(&stats.protocol_errors);
-            client.queue(&startup::legacy_error(&message));
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), client.close()).await;
-        }
-        Some(Err(_)) => {
-            tracing::debug!(%peer, "startup timed out");
-            let r = Refusal::fatal("08P01", "startup did not complete in time");
-            refuse(shared, client, r).await;
-        }
-    }
-    None
-}
-
-/// Runs client authentication within `limits.startup_timeout_ms`; on
-/// failure the client has been told (or has left) and `false` is returned.
-async fn authenticate(shared: &Shared, client: &mut Conn, peer: SocketAddr, user: &str) -> bool {
-    let timeout = shared.config.limits.startup_timeout();
-    let authed = unless_shutdown(
-        shared,
-        tokio::time::timeout(timeout, auth::authenticate_client(client, &shared.users, user)),
-    )
-    .await;
-    let refusal = match authed {
-        None => shutting_down(),
-        Some(Ok(Ok(()))) => return true,
-        Some(Ok(Err(AuthError::Read(e)))) => {
-            tracing::debug!(%peer, error = %e, "client left during authentication");
-            Stats::bump(&shared.stats.connections_refused);
-            return false;
-        }
-        Some(Ok(Err(e @ AuthError::Failed(_)))) => {
-            tracing::info!(%peer, user = %user, "authentication failed");
-            Refusal::fatal("28P01", e.to_string())
-        }
-        Some(Ok(Err(e @ AuthError::Internal))) => Refusal::fatal("XX000", e.to_string()),
-        Some(Ok(Err(e @ AuthError::Protocol))) => Refusal::fatal("08P01", e.to_string()),
-        Some(Err(_)) => Refusal::fatal("08P01", "authentication did not complete in time"),
-    };
-    refuse(shared, client, refusal).await;
-    false
-}
-
-/// Whether the slot taken at accept lets this login in: a regular slot
-/// does; a reserved one only for an admin opening the admin console, so
-/// that a proxy full of applications still lets the DBA in.
-fn slot_refusal(shared: &Shared, kind: SlotKind, user: &str, database: &str) -> Option<Refusal> {
-    let message = match kind {
-        SlotKind::Regular => return None,
-        SlotKind::Reserved if database == shared.config.admin_database && shared.users.is_admin(user) => {
-            return None
-        }
-        SlotKind::Reserved => {
-            "sorry, too many clients already (the remaining slots, limits.admin_reserve, are for admins opening the admin console)"
-        }
-        SlotKind::Full => "sorry, too many clients already (limits.max_clients)",
-    };
-    Some(Refusal::fatal("53300", message))
-}
-
-/// Runs `f` unless the proxy shuts down first (`None`).
-async fn unless_shutdown<F: std::future::Future>(shared: &Shared, f: F) -> Option<F::Output> {
-    tokio::select! {
-        biased;
-        _ = shared.shutting_down() => None,
-        r = f => Some(r),
-    }
-}
-
-fn shutting_down() -> Refusal {
-    Refusal::fatal("57P01", "terminating connection because switchyard is shutting down")
-}
-
-/// Tells a client that asked for a newer protocol minor version, or for
-/// protocol options (`_pq_.*`), that it gets 3.0 without them, as
-/// PostgreSQL itself does.
-fn negotiate_protocol(client: &mut Conn, version: i32, params: &[(String, String)]) {
-    let unsupported: Vec<&str> = params
-        .iter()
-        .map(|(k, _)| k.as_str())
-        .filter(|k| k.starts_with("_pq_."))
-        .collect();
-    if version & 0xffff == 0 && unsupported.is_empty() {
-        return;
-    }
-    bmsg::negotiate_protocol_version(client.wbuf(), crate::wire::startup::PROTOCOL_3_0, &unsupported);
-}
-
-type Startup = (i32, Vec<(String, String)>);
-
-/// How the startup phase ended without a StartupMessage to serve.
-#[derive(Debug)]
-enum StartupEnd {
-    /// Close without a word, as PostgreSQL does for bytes that are no
-    /// startup packet: a client library that sent them (e.g. a Terminate
-    /// queued before its connection was up) does not expect an answer.
-    Silent(&'static str),
-    /// Close with a FATAL error, where PostgreSQL sends one.
-    Refuse(Refusal),
-    /// Close with a FATAL error in the protocol-2 format, for a client that
-    /// asked for protocol 2 (or older).
-    Legacy(String),
-}
-
-/// Which encryption requests were declined so far: PostgreSQL answers one
-/// SSLRequest and one GSSENCRequest, in either order, and treats a repeat as
-/// an unsupported protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Declined {
-    Neither,
-    Ssl,
-    Gss,
-    Both,
-}
-
-impl Declined {
-    /// The state after declining `packet`, or `None` if it was declined before.
-    fn and(self, packet: &StartupPacket) -> Option<Declined> {
-        match (self, packet) {
-            (Declined::Neither, StartupPacket::SslRequest) => Some(Declined::Ssl),
-            (Declined::Neither, StartupPacket::GssEncRequest) => Some(Declined::Gss),
-            (Declined::Gss, StartupPacket::SslRequest) | (Declined::Ssl, StartupPacket::GssEncRequest) => {
-                Some(Declined::Both)
-            }
-            _ => None,
-        }
-    }
-}
-
-/// Reads startup packets until a StartupMessage: answers SSL/GSSENC
-/// requests with 'N' (once each) and serves a CancelRequest (returning `None`).
-async fn read_startup(shared: &Shared, client: &mut Conn) -> Result<Option<Startup>, StartupEnd> {
-    let mut declined = Declined::Neither;
-    loop {
-        let packet = match client.read_startup().await {
-            Ok(Some(p)) => p,
-            Ok(None) => return Ok(None),
-            Err(ReadError::Wire(_)) => return Err(StartupEnd::Silent("invalid length of startup packet")),
-            Err(ReadError::Truncated) => return Err(StartupEnd::Silent("incomplete startup packet")),
-            Err(ReadError::Io(_)) => return Ok(None),
-        };
-        let parsed = StartupPacket::parse(&packet);
-        match parsed {
-            Ok(p @ (StartupPacket::SslRequest | StartupPacket::GssEncRequest)) => {
-                let Some(next) = declined.and(&p) else {
-                    let code = match p {
-                        StartupPacket::SslRequest => startup::SSL_REQUEST,
-                        _ => startup::GSSENC_REQUEST,
-                    };
-                    let message = startup::unsupported_protocol_message(code);
-                    return Err(StartupEnd::Refuse(Refusal::protocol("0A000", message)));
-                };
-                declined = next;
-                // No TLS or GSS encryption here: 'N' makes the client go on in
-                // clear text (or give up if it requires encryption).
-                if client.buffered() > 0 {
-                    // Bytes sent before the answer cannot be trusted (a TLS
-                    // downgrade probe); PostgreSQL answers, then refuses.
-                    client.queue(b"N");
-                    let what = match p {
-                        StartupPacket::SslRequest => "SSL request",
-                        _ => "GSSAPI encryption request",
-                    };
-                    let r = Refusal::fatal("08P01", format!("received unencrypted data after {what}"));
-                    return Err(StartupEnd::Refuse(r));
-                }
-                if client.send(b"N").await.is_err() {
-                    return Ok(None);
-                }
-            }
-            Ok(StartupPacket::Cancel { pid, key }) => {
-                shared
-                    .cancel
-                    .cancel((pid, key), shared.config.limits.connect_timeout())
-                    .await;
-                return Ok(None);
-            }
-            Ok(StartupPacket::Unsupported { version }) => {
-                let message = startup::unsupported_protocol_message(version);
-                if version >> 16 < 3 {
-                    return Err(StartupEnd::Legacy(message));
-                }
-                return Err(StartupEnd::Refuse(Refusal::protocol("0A000", message)));
-            }
-            Ok(StartupPacket::Startup { version, params }) => return Ok(Some((version, params))),
-            Err(e) => {
-                let r = Refusal::fatal("08P01", format!("invalid startup packet: {e}"));
-                return Err(StartupEnd::Refuse(r));
+                return Ok(relay::Ended::Move);
             }
         }
     }
-}
-
-/// Sends the client an error and closes its connection.
-async fn refuse(shared: &Shared, client: &mut Conn, r: Refusal) {
-    Stats::bump(&shared.stats.connections_refused);
-    if r.fault == Fault::Protocol {
-        Stats::bump(&shared.stats.protocol_errors);
-    }
-    bmsg::error_response(client.wbuf(), r.severity, r.code, &r.message);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), client.close()).await;
 }

@@ -23,7 +23,7 @@
 //! (the probe only reads).
 
 use super::backend::{self, Backend};
-use super::effects::{statements, Pin, Touched};
+use super::effects::{skip_space_and_comments, statements, Pin, Touched};
 use super::route::Route;
 use crate::net::{Conn, ReadError, ServerConn, Socket};
 use crate::wire::backend::{self as bmsg, tag as btag, BackendMessage};
@@ -46,6 +46,9 @@ pub(super) struct Probed {
     pub prepared: BTreeMap<String, String>,
     /// What pins it.
     pub pins: BTreeSet<Pin>,
+    /// User type OIDs its statements name → the type's qualified name, to
+    /// find the same types on another database.
+    pub types: BTreeMap<u32, String>,
 }
 
 impl Probed {
@@ -100,9 +103,19 @@ pub(super) fn relay_notification(out: &mut bytes::BytesMut, msg: BackendMessage<
     }
 }
 
-/// The probe query for what `t` names.
-fn probe_sql(t: &Touched) -> String {
+/// The probe query for what `t` names, and the names of the user types
+/// `oids`.
+fn probe_sql(t: &Touched, oids: &BTreeSet<u32>) -> String {
     let mut parts = Vec::new();
+    if !oids.is_empty() {
+        let list: Vec<String> = oids.iter().map(u32::to_string).collect();
+        parts.push(format!(
+            "SELECT 't', t.oid::text, pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(t.typname) \
+             FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace \
+             WHERE t.oid = ANY('{{{}}}'::oid[])",
+            list.join(",")
+        ));
+    }
     if !t.settings.is_empty() {
         let names: Vec<String> = t.settings.iter().map(|n| quote_literal(n)).collect();
         parts.push(format!(
@@ -133,12 +146,17 @@ fn probe_sql(t: &Touched) -> String {
 }
 
 /// Reads the session's state from its old backend (see the module doc).
-pub(super) async fn probe<S: Socket>(old: &mut Conn<S>, t: &Touched, to: &mut Relayed<'_>) -> Result<Probed, String> {
+pub(super) async fn probe<S: Socket>(
+    old: &mut Conn<S>,
+    t: &Touched,
+    oids: &BTreeSet<u32>,
+    to: &mut Relayed<'_>,
+) -> Result<Probed, String> {
     let mut probed = Probed::default();
-    if t.is_empty() {
+    if t.is_empty() && oids.is_empty() {
         return Ok(probed);
     }
-    let sql = probe_sql(t);
+    let sql = probe_sql(t, oids);
     let mut rows = Vec::new();
     run(old, &sql, to, |msg| {
         if msg.tag() == btag::DATA_ROW {
@@ -165,8 +183,16 @@ pub(super) async fn probe<S: Socket>(old: &mut Conn<S>, t: &Touched, to: &mut Re
                 probed.listens.insert(channel);
             }
             (Some(k), Some(name), Some(text)) if k == "q" => {
-                let statement = prepare_statement_of(&name, &text).unwrap_or(text);
+                // Never the whole query string: it may hold other statements.
+                let statement = prepare_statement_of(&name, &text).ok_or_else(|| {
+                    format!("cannot find the PREPARE of statement \"{name}\" in its query string to replay it")
+                })?;
                 probed.prepared.insert(name, statement);
+            }
+            (Some(k), Some(oid), Some(name)) if k == "t" => {
+                if let Ok(oid) = oid.parse() {
+                    probed.types.insert(oid, name);
+                }
             }
             (Some(k), Some(pin), _) if k == "p" => {
                 let pin = match pin.as_str() {
@@ -186,14 +212,34 @@ pub(super) async fn probe<S: Socket>(old: &mut Conn<S>, t: &Touched, to: &mut Re
 /// (PostgreSQL keeps the whole string a PREPARE came in).
 fn prepare_statement_of(name: &str, text: &str) -> Option<String> {
     statements(text.as_bytes()).into_iter().find_map(|s| {
-        let s = std::str::from_utf8(s).ok()?.trim();
-        let mut words = s.split_ascii_whitespace();
-        let verb = words.next()?;
-        let n = words.next()?;
-        let n = n.split('(').next().unwrap_or(n);
-        let unquoted = n.trim_matches('"');
-        (verb.eq_ignore_ascii_case("prepare") && (unquoted == name || n.eq_ignore_ascii_case(name)))
-            .then(|| s.to_owned())
+        let s = std::str::from_utf8(skip_space_and_comments(s)).ok()?.trim_end();
+        let rest = s
+            .get(..7)
+            .filter(|v| v.eq_ignore_ascii_case("prepare"))
+            .map(|_| &s[7..])?;
+        let rest = rest.trim_start();
+        let ident = if let Some(q) = rest.strip_prefix('"') {
+            // A quoted name: "" is a quote; it ends at the lone one.
+            let mut out = String::new();
+            let mut chars = q.chars().peekable();
+            loop {
+                match chars.next()? {
+                    '"' if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        out.push('"');
+                    }
+                    '"' => break,
+                    c => out.push(c),
+                }
+            }
+            out
+        } else {
+            let end = rest
+                .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
+                .unwrap_or(rest.len());
+            rest[..end].to_lowercase()
+        };
+        (ident == name).then(|| s.to_owned())
     })
 }
 
@@ -222,30 +268,53 @@ pub(super) fn replay_sql(p: &Probed) -> String {
         out.push(format!("LISTEN {}", quote_ident(channel)));
     }
     out.extend(p.prepared.values().cloned());
+    if !p.types.is_empty() {
+        let values: Vec<String> = p
+            .types
+            .iter()
+            .map(|(oid, name)| format!("('{oid}', {})", quote_literal(name)))
+            .collect();
+        out.push(format!(
+            "SELECT 't', x.o, pg_catalog.to_regtype(x.n)::oid::text FROM (VALUES {}) AS x(o, n)",
+            values.join(", ")
+        ));
+    }
     out.join(";\n")
 }
 
 /// Gives the new backend the probed state; collects the ParameterStatus
-/// values it reports into `params`.
+/// values it reports into `params`, and returns the OID each of the
+/// session's user types has there (old OID → new OID).
 pub(super) async fn replay<S: Socket>(
     new: &mut Conn<S>,
     p: &Probed,
     to: &mut Relayed<'_>,
     params: &mut BTreeMap<String, String>,
-) -> Result<(), String> {
+) -> Result<std::collections::HashMap<u32, u32>, String> {
+    let mut types = std::collections::HashMap::new();
     let sql = replay_sql(p);
     if sql.is_empty() {
-        return Ok(());
+        return Ok(types);
     }
-    run(new, &sql, to, |msg| {
-        if msg.tag() == btag::PARAMETER_STATUS {
+    run(new, &sql, to, |msg| match msg.tag() {
+        btag::PARAMETER_STATUS => {
             if let Ok((k, v)) = msg.parameter_status() {
                 params.insert(k.to_owned(), v.to_owned());
             }
         }
+        btag::DATA_ROW => {
+            if let Ok([Some(b"t"), Some(old), Some(new)]) = msg.data_row().as_deref() {
+                let parse = |v: &[u8]| std::str::from_utf8(v).ok()?.parse::<u32>().ok();
+                if let (Some(o), Some(n)) = (parse(old), parse(new)) {
+                    types.insert(o, n);
+                }
+            }
+        }
+        _ => {}
     })
     .await
-    .map_err(|e| format!("giving the new backend the session's state failed: {e}"))
+    .map_err(|e| format!("giving the new backend the session's state failed: {e}"))?;
+    Ok(types)
 }
 
 /// Makes the old backend stop listening, relaying what it still delivers.
@@ -355,8 +424,9 @@ pub(super) fn retire(conn: ServerConn) {
     });
 }
 
+/// A string literal read the same whatever `standard_conforming_strings` is.
 fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
+    format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
 }
 
 fn quote_ident(s: &str) -> String {
@@ -376,7 +446,7 @@ mod tests {
         p.listens.insert("Jobs \"x\"".into());
         let sql = replay_sql(&p);
         let auth = sql.find("'session_authorization'").unwrap();
-        let path = sql.find("'search_path', 'a, ''b'''").unwrap();
+        let path = sql.find("E'search_path', E'a, ''b'''").unwrap();
         let role = sql.find("'role'").unwrap();
         assert!(auth < path && path < role, "{sql}");
         assert!(sql.ends_with("LISTEN \"Jobs \"\"x\"\"\""), "{sql}");
@@ -399,11 +469,11 @@ mod tests {
     #[test]
     fn probe_asks_only_for_what_was_touched() {
         let mut t = Touched::default();
-        assert_eq!(probe_sql(&t), "");
+        assert_eq!(probe_sql(&t, &BTreeSet::new()), "");
         t.settings.insert("timezone".into());
         t.pins.insert(Pin::TempTable);
-        let sql = probe_sql(&t);
-        assert!(sql.contains("ARRAY['timezone']") && sql.contains("pg_my_temp_schema"));
+        let sql = probe_sql(&t, &BTreeSet::new());
+        assert!(sql.contains("ARRAY[E'timezone']") && sql.contains("pg_my_temp_schema"));
         assert!(!sql.contains("pg_locks") && !sql.contains("pg_settings"));
     }
 }

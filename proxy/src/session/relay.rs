@@ -15,8 +15,9 @@ use super::state::SessionState;
 pub(crate) use follow::Moved;
 use follow::{same_types, sleep_until, Ahead};
 
+mod capture;
 mod follow;
-use crate::capture::session::{ClientAction, ServerAction, SessionCapture, Work};
+use crate::capture::session::{ClientAction, ServerAction, SessionCapture};
 use crate::gate::Busy;
 use crate::input::{InputError, InputGuard};
 use crate::net::{self, Conn, Parts, Socket};
@@ -28,12 +29,13 @@ use crate::wire::backend::{self as bmsg, tag as btag, BackendMessage, Severity, 
 use crate::wire::frontend::{self, tag as ftag, FrontendMessage};
 use crate::wire::{Header, WireError};
 use bytes::Buf;
+use capture::refuse_commit;
 use hdrhistogram::Histogram;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use switchyard_replay::log::{LogWriterHandle, Lsn, Marker, Record};
+use switchyard_replay::log::{LogWriterHandle, Lsn};
 use thiserror::Error;
 use tokio::net::TcpStream;
 
@@ -94,6 +96,8 @@ pub(crate) struct Relay<'a> {
     pub(super) failed_epoch: u64,
     /// Client messages wait for the session to move.
     move_hold: bool,
+    /// The route's sender is gone (never while the proxy runs).
+    route_gone: bool,
     /// The pid the client was given at startup, and the current backend's.
     pub(super) client_pid: i32,
     pub(super) own_pid: i32,
@@ -101,6 +105,11 @@ pub(crate) struct Relay<'a> {
     pub(super) client_params: BTreeMap<String, String>,
     /// Who to open backends as.
     pub(super) login: Login,
+    /// The database the current backend is on.
+    destination: super::route::Destination,
+    /// Type OIDs as the client knows them → the current backend's, once the
+    /// session moved to another database.
+    types: Option<Arc<std::collections::HashMap<u32, u32>>>,
     busy: Busy,
     /// A message waits at the closed gate (at the front of the client's
     /// read buffer).
@@ -149,6 +158,7 @@ impl<'a> Relay<'a> {
         login: Login,
         first: &Backend,
         epoch: u64,
+        destination: super::route::Destination,
     ) -> Relay<'a> {
         Relay {
             shared,
@@ -162,10 +172,13 @@ impl<'a> Relay<'a> {
             pinned_at: None,
             failed_epoch: 0,
             move_hold: false,
+            route_gone: false,
             client_pid: first.key.0,
             own_pid: first.key.0,
             client_params: moving::startup_params(first),
             login,
+            destination,
+            types: None,
             busy: Busy::new(shared.gate.clone()),
             held: false,
             shutting_down: false,
@@ -184,41 +197,6 @@ impl<'a> Relay<'a> {
         }
     }
 
-    /// A held commit's record is in the log at `lsn`.
-    fn logged_commit(&mut self, lsn: Lsn) {
-        if let Some(cap) = &self.capture {
-            self.settle_log = Some(cap.active().log());
-            self.unsettled.push(lsn);
-        }
-    }
-
-    /// The session is out of any transaction: every commit logged is settled.
-    fn settle(&mut self) {
-        if let Some(log) = &self.settle_log {
-            for commit in self.unsettled.drain(..) {
-                append_settled(log, commit);
-            }
-        }
-        // Hold no log open past its capture (CAPTURE START would find it locked).
-        self.settle_log = None;
-    }
-
-    /// A COMMIT was answered (also by COMMIT AND CHAIN, which stays in a
-    /// transaction): the oldest commit logged is settled.
-    fn settle_oldest(&mut self) {
-        if self.unsettled.is_empty() {
-            return;
-        }
-        let commit = self.unsettled.remove(0);
-        if let Some(log) = &self.settle_log {
-            append_settled(log, commit);
-        }
-        if self.unsettled.is_empty() {
-            self.settle_log = None;
-        }
-    }
-
-    /// Relays until the session ends or must move ([`Ended::Move`]).
     pub(crate) async fn run<S: Socket>(
         &mut self,
         client: &mut Conn<TcpStream>,
@@ -393,7 +371,10 @@ impl<'a> Relay<'a> {
                 _ = &mut shutdown_changed, if !self.shutting_down => {
                     self.shutting_down = true;
                 }
-                r = self.route.changed() => {
+                r = self.route.changed(), if !self.route_gone => {
+                    // The router lives as long as the proxy; should it go,
+                    // the session just stops following it.
+                    self.route_gone = r.is_err();
                     if r.is_ok() {
                         self.on_route();
                         if self.move_hold && !self.move_due() {
@@ -538,81 +519,6 @@ impl<'a> Relay<'a> {
         Ok(end)
     }
 
-    /// Starts or stops capturing when the capture epoch changed; called as
-    /// the session leaves a transaction boundary.
-    fn adopt_capture<S: Socket>(&mut self, server: &mut Parts<'_, S>) -> Result<(), RelayError> {
-        let epoch = self.info.enter_tx(self.shared.capture.epoch());
-        if epoch == self.capture_epoch {
-            return Ok(());
-        }
-        self.capture_epoch = epoch;
-        // Sessions of other databases than the captured one are relayed
-        // uncaptured (their keys would be another database's).
-        let next = self.shared.capture.active_for(epoch).filter(|a| a.covers(self.info));
-        let same = matches!((&self.capture, &next), (Some(c), Some(n)) if Arc::ptr_eq(c.active(), n));
-        if same {
-            return Ok(());
-        }
-        if let Some(old) = self.capture.take() {
-            if let Some(restore) = old.finish() {
-                server.wbuf.extend_from_slice(&restore);
-                self.swallow_ready += 1;
-            }
-        }
-        self.capture = next.map(|a| {
-            let path = search_path_of(&self.state);
-            SessionCapture::new(a, self.info.id, self.info.backend_pid(), path, self.info.user.clone())
-        });
-        Ok(())
-    }
-
-    /// Queues what capture injects and makes the log appends it asks for.
-    /// An append that completes at once (durability `write` writes on this
-    /// thread) releases its hold here; returns whether one did.
-    fn run_capture_work<S: Socket>(&mut self, server: &mut Parts<'_, S>) -> Result<bool, RelayError> {
-        let mut released = false;
-        let mut logged = Vec::new();
-        let Some(cap) = &mut self.capture else { return Ok(false) };
-        while let Some(work) = cap.take_work() {
-            match work {
-                Work::Send(bytes) => server.wbuf.extend_from_slice(&bytes),
-                // Answered by the catalog task; other sessions go on meanwhile.
-                Work::Lookup(what) => self.lookup_wait = Some(Box::pin(cap.active().catalog.lookup(what))),
-                Work::Log { record, hold: true } => {
-                    let mut append: LogWait = Box::pin(cap.active().log().append(record));
-                    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-                    match append.as_mut().poll(&mut cx) {
-                        std::task::Poll::Ready(Ok(lsn)) => {
-                            cap.logged();
-                            released = true;
-                            logged.push(lsn);
-                        }
-                        std::task::Poll::Ready(Err(e)) => {
-                            refuse_commit(cap, &e);
-                            released = true;
-                        }
-                        std::task::Poll::Pending => self.log_wait = Some(append),
-                    }
-                }
-                Work::Log { record, hold: false } => {
-                    // Logged after its commit: settled as soon as it is written.
-                    let log = cap.active().log();
-                    let append = log.append(record);
-                    tokio::spawn(async move {
-                        match append.await {
-                            Ok(commit) => append_settled(&log, commit),
-                            Err(e) => tracing::error!(error = %e, "capture log write failed"),
-                        }
-                    });
-                }
-            }
-        }
-        for lsn in logged {
-            self.logged_commit(lsn);
-        }
-        Ok(released)
-    }
-
     /// Forwards every whole server message buffered.
     fn from_server<S: Socket>(
         &mut self,
@@ -631,8 +537,32 @@ impl<'a> Relay<'a> {
                 Header::Ready { len, .. } => len,
             };
             let msg = BackendMessage::new(&server.rbuf[off..off + len]);
+            if msg.tag() == btag::ERROR_RESPONSE && self.state.raising() && follow::is_changed_marker(msg) {
+                // The client hears PostgreSQL's own error for a Bind of a
+                // statement whose types changed (drivers match its routine).
+                self.count_sent(off - from);
+                client.wbuf.extend_from_slice(&server.rbuf[from..off]);
+                if let Some(cap) = &mut self.capture {
+                    let _ = cap.on_server(msg).map_err(RelayError::ServerProtocol)?;
+                }
+                let _ = self.state.on_server(msg, now);
+                bmsg::error_response_from(
+                    client.wbuf,
+                    "0A000",
+                    "cached plan must not change result type",
+                    "plancache.c",
+                    "RevalidateCachedQuery",
+                );
+                off += len;
+                from = off;
+                continue;
+            }
             let types = self.order_types();
-            if let Some(answer) = self.state.take_proxy_answer(msg, &|a, b| same_types(a, b, &types)) {
+            // The restore capture sent when it ended is answered first.
+            let answer = (self.swallow_ready == 0)
+                .then(|| self.state.take_proxy_answer(msg, &|a, b| same_types(a, b, &types)))
+                .flatten();
+            if let Some(answer) = answer {
                 self.count_sent(off - from);
                 client.wbuf.extend_from_slice(&server.rbuf[from..off]);
                 off += len;
@@ -700,6 +630,16 @@ impl<'a> Relay<'a> {
                     ServerAction::Replace(bytes) => {
                         self.count_sent(off - from + bytes.len());
                         client.wbuf.extend_from_slice(&server.rbuf[from..off]);
+                        if msg.tag() == btag::ROW_DESCRIPTION && is_one_message(&bytes) {
+                            // The statement's types as the client saw them
+                            // (capture's key columns taken out), to compare
+                            // with after a move.
+                            let _ = self.state.on_server(BackendMessage::new(&bytes), now);
+                            client.wbuf.extend_from_slice(&bytes);
+                            off += len;
+                            from = off;
+                            continue;
+                        }
                         client.wbuf.extend_from_slice(&bytes);
                         from = off + len;
                     }
@@ -718,6 +658,10 @@ impl<'a> Relay<'a> {
             }
             if event.error {
                 Stats::bump(&self.shared.stats.server_errors);
+                if self.own_pid != self.client_pid && moved_sequence_error(msg) {
+                    // Sequence state stays with the backend a session leaves.
+                    Stats::bump(&self.shared.stats.moved_sequence_errors);
+                }
             }
             self.last_was_error = msg.tag() == btag::ERROR_RESPONSE;
             off += len;
@@ -748,43 +692,15 @@ impl<'a> Relay<'a> {
     }
 }
 
-/// The log could not take a held commit's keys: the commit is not sent, the
-/// client is answered with an error (58030) naming the log directory and
-/// the OS error, and the session goes on.
-fn refuse_commit(cap: &mut SessionCapture, error: &switchyard_replay::log::LogError) {
-    let active = cap.active().clone();
-    active.log_failed(error);
-    let cause = active.failure().map(|f| f.error).unwrap_or_else(|| error.to_string());
-    let message = format!(
-        "switchyard could not write the transaction's keys to the capture log in {}: {cause}; the transaction was rolled back",
-        active.config.log_dir.display()
-    );
-    cap.log_failed(message);
+/// Whether `bytes` is exactly one whole message.
+fn is_one_message(bytes: &[u8]) -> bool {
+    matches!(Header::parse(bytes, usize::MAX >> 1), Ok(Header::Ready { len, .. }) if len == bytes.len())
 }
 
-/// Logs that `commit` has settled. Nobody waits for the marker: it goes out
-/// with the next log write, or within a millisecond when none comes.
-fn append_settled(log: &LogWriterHandle, commit: Lsn) {
-    if log.append_deferred(Record::Marker(Marker::Settled { commit })) {
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                let log = log.clone();
-                rt.spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                    log.flush_deferred();
-                });
-            }
-            Err(_) => log.flush_deferred(),
-        }
-    }
-}
-
-/// The search path a session set with `SET search_path`, else empty (the
-/// server's default).
-fn search_path_of(state: &SessionState) -> Vec<String> {
-    state
-        .settings()
-        .get("search_path")
-        .and_then(|stmt| crate::capture::session::set_search_path(stmt))
-        .unwrap_or_default()
+/// Whether an error is `currval`/`lastval` finding no value in this
+/// session: after a move, what an earlier `nextval` left on the old
+/// backend.
+fn moved_sequence_error(msg: BackendMessage<'_>) -> bool {
+    msg.error_fields()
+        .is_ok_and(|f| f.code == "55000" && (f.message.contains("currval") || f.message.contains("lastval")))
 }

@@ -193,6 +193,9 @@ pub enum MoveError {
     /// Another order is running.
     #[error("another RECONNECT (or cutover) is moving sessions; wait for it to finish")]
     Busy,
+    /// The order's task ended abnormally (the proxy is shutting down).
+    #[error("the move order was interrupted: {0}")]
+    Interrupted(String),
 }
 
 /// Clears [`Router::busy`] however the order ends.
@@ -212,8 +215,19 @@ fn is_client(shared: &Shared, s: &SessionInfo) -> bool {
 
 /// Moves every client session to a fresh backend on `req.to`: opens them
 /// all first, then flips the route, then waits (up to `req.timeout`) for
-/// every session to reach a boundary and switch.
-pub async fn reconnect(shared: &Shared, req: MoveRequest) -> Result<MoveReport, MoveError> {
+/// every session to reach a boundary and switch. The order runs on its own
+/// task: a caller that goes away (a console client that disconnects) does
+/// not leave the route half-way, with every session holding a second
+/// backend open.
+pub async fn reconnect(shared: &Arc<Shared>, req: MoveRequest) -> Result<MoveReport, MoveError> {
+    let shared = shared.clone();
+    match tokio::spawn(async move { run_order(&shared, req).await }).await {
+        Ok(r) => r,
+        Err(e) => Err(MoveError::Interrupted(e.to_string())),
+    }
+}
+
+async fn run_order(shared: &Shared, req: MoveRequest) -> Result<MoveReport, MoveError> {
     let router = &shared.router;
     if req.to.config(&shared.config).is_none() {
         return Err(MoveError::NoTarget);
@@ -262,7 +276,13 @@ pub async fn reconnect(shared: &Shared, req: MoveRequest) -> Result<MoveReport, 
     let go = router.now_micros();
     route.step = Step::Go;
     router.publish(route);
-    wait_until(router, deadline, || {
+    // Pinned sessions close themselves at the deadline: a moment more lets
+    // the report count them.
+    let settle = match pinned {
+        PinnedPolicy::Stay => Duration::ZERO,
+        PinnedPolicy::Close => Duration::from_secs(1),
+    };
+    wait_until(router, deadline + settle, || {
         sessions.iter().all(|s| {
             s.is_closed()
                 || s.route_epoch() >= epoch

@@ -51,7 +51,9 @@ enum Pending {
     },
     /// A Parse the proxy sent to re-prepare a statement on a new backend:
     /// its ParseComplete is not the client's.
-    Reprepare,
+    Reprepare {
+        name: String,
+    },
     /// A Describe the proxy sent after a re-prepare, to compare the
     /// statement's types with what the client was told; the client's
     /// message that needs the statement waits for it.
@@ -62,6 +64,9 @@ enum Pending {
     /// A Parse or Bind the proxy sent in place of a client's Bind (to fail
     /// it as PostgreSQL would): its completion is not the client's.
     Injected,
+    /// The Execute of that statement: it fails, and the client gets the
+    /// error PostgreSQL gives for a Bind of a statement whose types changed.
+    Raise,
     Execute,
     Close {
         statement: Option<String>,
@@ -213,6 +218,14 @@ impl SessionState {
     /// the old one's: what was touched is replayed, nothing is pending.
     pub fn moved(&mut self, touched: Touched) {
         self.touched = touched;
+        // Statements prepared before may still touch state when run here.
+        for parse in self.statements.parses() {
+            if let Ok(p) = FrontendMessage::new(parse).parse() {
+                self.touched.note(p.query);
+            }
+        }
+        // Nothing pins a session that could move.
+        self.pins.clear();
         self.statements.moved();
     }
 
@@ -232,7 +245,7 @@ impl SessionState {
         let recheck = st.description.is_some();
         let parse = crate::wire::frontend::parse_with_types(&FrontendMessage::new(&st.parse), map)?;
         let mut out = bytes::BytesMut::from(&parse[..]);
-        self.pending.push_back(Pending::Reprepare);
+        self.pending.push_back(Pending::Reprepare { name: name.to_owned() });
         if recheck {
             crate::wire::frontend::describe_statement(&mut out, name);
             crate::wire::frontend::flush(&mut out);
@@ -251,9 +264,28 @@ impl SessionState {
     pub fn injected_in_place(&mut self) {
         self.pending.push_back(Pending::Injected);
         self.pending.push_back(Pending::Injected);
-        self.pending.push_back(Pending::Execute);
+        self.pending.push_back(Pending::Raise);
         self.statements.unnamed_taken();
         self.unsynced = true;
+    }
+
+    /// A move's probe ran on the backend and the session stays there.
+    pub fn probed(&mut self) {
+        self.statements.unnamed_lost();
+    }
+
+    /// Whether the next error answers the proxy's stand-in for a Bind of a
+    /// statement whose types changed.
+    pub fn raising(&self) -> bool {
+        self.pending
+            .iter()
+            .find(|p| !matches!(p, Pending::Injected | Pending::CopyEnd))
+            .is_some_and(|p| matches!(p, Pending::Raise))
+    }
+
+    /// What pins the session, as its backend said.
+    pub fn set_pins(&mut self, pins: BTreeSet<Pin>) {
+        self.pins = pins;
     }
 
     /// Whether a client message waits for a statement recheck.
@@ -269,8 +301,14 @@ impl SessionState {
         same: &dyn Fn(&Description, &Description) -> bool,
     ) -> Option<ProxyAnswer> {
         let tag = msg.tag();
+        // A CopyEnd marker whose COPY never started expects nothing.
+        while matches!(self.pending.front(), Some(Pending::CopyEnd)) {
+            self.pending.pop_front();
+        }
         match self.pending.front_mut()? {
-            Pending::Reprepare | Pending::Injected if matches!(tag, btag::PARSE_COMPLETE | btag::BIND_COMPLETE) => {
+            Pending::Reprepare { .. } | Pending::Injected
+                if matches!(tag, btag::PARSE_COMPLETE | btag::BIND_COMPLETE) =>
+            {
                 self.pending.pop_front();
                 Some(ProxyAnswer::Dropped)
             }
@@ -456,7 +494,11 @@ impl SessionState {
                     if p.ends_with_ready() {
                         break;
                     }
-                    self.pending.pop_front();
+                    if let Some(Pending::Reprepare { name } | Pending::Recheck { name, .. }) = self.pending.pop_front()
+                    {
+                        // Skipped or refused: prepared again at its next use.
+                        self.statements.reprepare_failed(&name);
+                    }
                 }
             }
             _ => {}
@@ -632,8 +674,8 @@ mod tests {
         s.on_server(be(btag::PARSE_COMPLETE, |_| {}), now);
         s.on_server(be(btag::ERROR_RESPONSE, |b| b.put_u8(0)), now);
         assert!(s.on_server(ready(b'I'), now).at_boundary);
-        assert!(s.statements().contains_key("a"));
-        assert!(!s.statements().contains_key("b"));
+        assert!(s.statements().get("a").is_some());
+        assert!(s.statements().get("b").is_none());
         s.on_client(
             fe(ftag::CLOSE, |b| {
                 b.put_u8(b'S');

@@ -14,6 +14,9 @@
 use bytes::Bytes;
 use std::collections::HashMap;
 
+/// The first OID PostgreSQL gives to objects created after initdb.
+pub const FIRST_USER_OID: u32 = 16384;
+
 /// One column of a statement's result: name, type OID, type modifier.
 pub type Column = (Vec<u8>, u32, i32);
 
@@ -161,6 +164,30 @@ impl Statements {
         self.sent.remove("");
     }
 
+    /// The proxy ran a simple query on the backend (a move's probe), which
+    /// replaces the unnamed statement: the client's is re-prepared at its
+    /// next use, every other statement stays where it is.
+    pub fn unnamed_lost(&mut self) {
+        if !self.moved {
+            self.moved = true;
+            for name in self.named.keys() {
+                self.sent.insert(name.clone(), Sent::Prepared);
+            }
+        }
+        self.sent.remove("");
+    }
+
+    /// A re-prepare of `name` did not happen (the server skipped or
+    /// refused it): try again at its next use.
+    pub fn reprepare_failed(&mut self, name: &str) {
+        self.sent.remove(name);
+    }
+
+    /// The Parse messages of every statement, to note what they touch.
+    pub fn parses(&self) -> impl Iterator<Item = &Bytes> {
+        self.named.values().chain(self.unnamed.iter()).map(|s| &s.parse)
+    }
+
     /// Whether `name`'s types differ on this backend from where the client
     /// prepared it.
     pub fn is_changed(&self, name: &str) -> bool {
@@ -175,6 +202,27 @@ impl Statements {
                 s.changed = !same(before, now);
             }
         }
+    }
+
+    /// OIDs of user-defined types (enums, domains, composites...) that the
+    /// client's statements name: parameter types of their Parse messages
+    /// and the types their descriptions reported. Another database numbers
+    /// them differently.
+    pub fn user_type_oids(&self) -> std::collections::BTreeSet<u32> {
+        let mut out = std::collections::BTreeSet::new();
+        for s in self.named.values().chain(self.unnamed.iter()) {
+            if let Ok(types) =
+                crate::wire::frontend::parse_param_types(&crate::wire::frontend::FrontendMessage::new(&s.parse))
+            {
+                out.extend(types);
+            }
+            if let Some(d) = &s.description {
+                out.extend(d.params.iter().copied());
+                out.extend(d.columns.iter().flatten().map(|c| c.1));
+            }
+        }
+        out.retain(|o| *o >= FIRST_USER_OID);
+        out
     }
 
     /// The session is on a new backend: nothing is prepared there yet.

@@ -302,6 +302,26 @@ pub fn error_response(out: &mut BytesMut, severity: Severity, code: &str, messag
     });
 }
 
+/// Appends an ErrorResponse that names where in PostgreSQL's source it
+/// comes from (`F`ile and `R`outine fields): drivers recognise some errors
+/// by their routine.
+pub fn error_response_from(out: &mut BytesMut, code: &str, message: &str, file: &str, routine: &str) {
+    write_message(out, tag::ERROR_RESPONSE, |b| {
+        for (k, v) in [
+            (b'S', "ERROR"),
+            (b'V', "ERROR"),
+            (b'C', code),
+            (b'M', message),
+            (b'F', file),
+            (b'R', routine),
+        ] {
+            b.put_u8(k);
+            put_cstr(b, v.as_bytes());
+        }
+        b.put_u8(0);
+    });
+}
+
 /// Appends an Authentication message with a code and data.
 pub fn authentication(out: &mut BytesMut, code: i32, data: &[u8]) {
     write_message(out, tag::AUTHENTICATION, |b| {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use switchyard_tests::{init_tracing, Cluster, TestProxy};
 use tokio_postgres::Client;
 
-const SESSION_COLUMNS: [&str; 13] = [
+const SESSION_COLUMNS: [&str; 18] = [
     "id",
     "user",
     "database",
@@ -26,6 +26,11 @@ const SESSION_COLUMNS: [&str; 13] = [
     "settings",
     "listen_channels",
     "pinned_by",
+    "backend",
+    "route_epoch",
+    "move_state",
+    "moves",
+    "move_error",
 ];
 
 #[tokio::test]

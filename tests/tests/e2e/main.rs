@@ -25,6 +25,7 @@ mod lifecycle;
 mod limits;
 mod mapping;
 mod migrations;
+mod moves;
 mod notify;
 mod oracle;
 mod protocol;

@@ -31,7 +31,14 @@ pub(super) enum Ahead {
 /// The error PostgreSQL raises when a prepared statement's result type
 /// changed under it.
 const CHANGED_SQL: &str = "DO $switchyard$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', \
-    MESSAGE = 'cached plan must not change result type'; END$switchyard$";
+    MESSAGE = 'switchyard: cached plan must not change result type'; END$switchyard$";
+
+/// Whether an error is the one `CHANGED_SQL` raises (any other, e.g. a
+/// transaction already aborted, reaches the client as it is).
+pub(super) fn is_changed_marker(msg: crate::wire::backend::BackendMessage<'_>) -> bool {
+    msg.error_fields()
+        .is_ok_and(|f| f.code == "0A000" && f.message == "switchyard: cached plan must not change result type")
+}
 
 impl Relay<'_> {
     /// Takes in the route as it is now: starts opening the next backend for
@@ -41,6 +48,10 @@ impl Relay<'_> {
         if route.epoch <= self.epoch {
             self.order = None;
             return;
+        }
+        if self.order.as_ref().is_some_and(|o| o.epoch != route.epoch) {
+            // A newer order replaces the one not yet carried out.
+            self.order = None;
         }
         let fresh = self.order.as_ref().is_none_or(|o| o.epoch != route.epoch);
         if fresh && self.opened.as_ref().is_none_or(|(e, _)| *e != route.epoch) && self.opening.is_none() {
@@ -109,9 +120,10 @@ impl Relay<'_> {
             && self.capture.as_ref().is_none_or(|c| !c.blocked() && !c.has_work())
     }
 
-    /// The type OID translation of the order the session moved under.
+    /// The translation of type OIDs the client knows to the current
+    /// backend's.
     pub(super) fn order_types(&self) -> Option<Arc<HashMap<u32, u32>>> {
-        None
+        self.types.clone()
     }
 
     /// Re-prepares the statement a Bind or Describe names if the session
@@ -205,13 +217,25 @@ impl Relay<'_> {
         self.info.set_move_state(MoveState::Moving);
         self.info.set_state(crate::registry::Shown::Moving);
         let touched = self.state.touched().clone();
+        // Another database numbers user types otherwise: learn their names.
+        let oids = if order.destination != self.destination {
+            self.state.statements().user_type_oids()
+        } else {
+            Default::default()
+        };
         let mut to = moving::Relayed {
             client,
             client_pid: self.client_pid,
             own_pid: self.own_pid,
             params: &mut self.client_params,
         };
-        let probed = match moving::probe(old, &touched, &mut to).await {
+        let probe_ran = !touched.is_empty() || !oids.is_empty();
+        let probed = moving::probe(old, &touched, &oids, &mut to).await;
+        if probe_ran {
+            // Should the session stay, its old backend lost the unnamed statement.
+            self.state.probed();
+        }
+        let probed = match probed {
             Ok(p) => p,
             Err(why) => return self.move_failed(order.epoch, order.pinned, why),
         };
@@ -227,6 +251,8 @@ impl Relay<'_> {
                 ));
             }
             self.pinned_at = Some(self.info.queries());
+            self.state.set_pins(probed.pins.clone());
+            self.publish_tracked();
             self.info.set_move_state(MoveState::Pinned);
             self.shared.router.notify();
             return Moved::Stay;
@@ -253,9 +279,27 @@ impl Relay<'_> {
             crate::net::ServerConn::Tcp(c) => moving::replay(c, &probed, &mut to, &mut params).await,
             crate::net::ServerConn::Unix(c) => moving::replay(c, &probed, &mut to, &mut params).await,
         };
-        if let Err(why) = replayed {
-            moving::retire(be.conn);
-            return self.move_failed(order.epoch, order.pinned, why);
+        let types = match replayed {
+            Ok(t) => t,
+            Err(why) => {
+                moving::retire(be.conn);
+                return self.move_failed(order.epoch, order.pinned, why);
+            }
+        };
+        // Translations compose: the client knows the numbering of the
+        // backend its statements were prepared on.
+        if order.destination != self.destination {
+            let mut next: HashMap<u32, u32> = HashMap::new();
+            if let Some(before) = &self.types {
+                for (client, old) in before.iter() {
+                    next.insert(*client, types.get(old).copied().unwrap_or(*old));
+                }
+            }
+            for (old, new) in types {
+                next.entry(old).or_insert(new);
+            }
+            self.types = (!next.is_empty()).then(|| Arc::new(next));
+            self.destination = order.destination;
         }
         if !probed.listens.is_empty() {
             to.own_pid = self.own_pid;
@@ -271,6 +315,7 @@ impl Relay<'_> {
             }
         }
         self.state.moved(probed.touched());
+        self.publish_tracked();
         Moved::To(be)
     }
 
@@ -300,9 +345,16 @@ impl Relay<'_> {
         self.info.set_state(crate::registry::Shown::Relay(self.state.phase()));
     }
 
-    /// The epoch of the order being followed.
-    pub(crate) fn order_epoch(&self) -> Option<u64> {
-        self.order.as_ref().map(|o| o.epoch)
+    /// Shows the tracked state's sizes in SHOW SESSIONS.
+    fn publish_tracked(&self) {
+        let s = &self.state;
+        self.info
+            .set_tracked(s.statements().len(), s.settings().len(), s.listens().len(), s.pins());
+    }
+
+    /// The epoch and destination of the order being followed.
+    pub(crate) fn order_epoch(&self) -> Option<(u64, crate::session::route::Destination)> {
+        self.order.as_ref().map(|o| (o.epoch, o.destination))
     }
 
     /// The session stays where it is for now.

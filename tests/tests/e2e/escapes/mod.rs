@@ -10,6 +10,7 @@ mod copy;
 mod encoding;
 mod functions;
 mod lifecycle;
+mod moves;
 mod resolver;
 
 use crate::capture::{logical_cluster, Fixture};

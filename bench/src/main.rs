@@ -6,6 +6,7 @@ mod capture_bench;
 mod capturing;
 mod catchup_bench;
 mod demo;
+mod move_bench;
 mod pgbench;
 mod pgbouncer;
 mod proxy_bench;
@@ -41,6 +42,10 @@ enum Command {
     /// rounds), and its per-commit lag behind rate-limited pgbench TPC-B
     /// through a capturing proxy.
     Catchup(catchup_bench::Args),
+    /// Session moves: RECONNECT of 100 and 1,000 sessions, idle and busy,
+    /// with and without prepared statements: the proxy's move time and each
+    /// client's first query on its new backend against its queries before.
+    Move(move_bench::Args),
     /// Start a sample database behind the proxy and print how to connect;
     /// runs until Ctrl-C.
     Demo(demo::Args),
@@ -70,6 +75,7 @@ fn main() -> ExitCode {
             Command::Proxy(args) => proxy_bench::run(args).await,
             Command::Capture(args) => capture_bench::run(args).await,
             Command::Catchup(args) => catchup_bench::run(args).await,
+            Command::Move(args) => move_bench::run(args).await,
             Command::Demo(args) => demo::run(args).await,
         }
     });

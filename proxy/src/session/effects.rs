@@ -37,7 +37,8 @@ pub enum Effect {
 /// Why a session cannot move to another backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Pin {
-    /// It created a temporary table.
+    /// It created a temporary table (or another temporary object: a
+    /// type, a domain, a function in `pg_temp`).
     TempTable,
     /// It took a session-level advisory lock.
     AdvisoryLock,
@@ -49,7 +50,7 @@ impl Pin {
     /// Name for SHOW SESSIONS and error messages.
     pub fn name(self) -> &'static str {
         match self {
-            Pin::TempTable => "temp table",
+            Pin::TempTable => "temp table or other temporary object",
             Pin::AdvisoryLock => "advisory lock",
             Pin::HoldCursor => "WITH HOLD cursor",
         }

@@ -134,7 +134,12 @@ fn probe_sql(t: &Touched, oids: &BTreeSet<u32>) -> String {
     }
     for pin in &t.pins {
         let cond = match pin {
-            Pin::TempTable => "SELECT FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema()",
+            // Temp tables, and temp types, domains and functions too.
+            Pin::TempTable => {
+                "SELECT FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema() \
+                 UNION ALL SELECT FROM pg_catalog.pg_type WHERE typnamespace = pg_catalog.pg_my_temp_schema() \
+                 UNION ALL SELECT FROM pg_catalog.pg_proc WHERE pronamespace = pg_catalog.pg_my_temp_schema()"
+            }
             Pin::AdvisoryLock => {
                 "SELECT FROM pg_catalog.pg_locks WHERE pid = pg_catalog.pg_backend_pid() AND locktype = 'advisory'"
             }

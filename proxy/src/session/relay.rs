@@ -99,6 +99,9 @@ pub(crate) struct Relay<'a> {
     move_hold: bool,
     /// The route's sender is gone (never while the proxy runs).
     route_gone: bool,
+    /// The backend sent a FATAL error (e.g. it was terminated): the
+    /// session ends with it and never moves.
+    backend_fatal: bool,
     /// The pid the client was given at startup, and the current backend's.
     pub(super) client_pid: i32,
     pub(super) own_pid: i32,
@@ -174,6 +177,7 @@ impl<'a> Relay<'a> {
             failed_epoch: 0,
             move_hold: false,
             route_gone: false,
+            backend_fatal: false,
             client_pid: first.key.0,
             own_pid: first.key.0,
             client_params: moving::startup_params(first),
@@ -597,6 +601,9 @@ impl<'a> Relay<'a> {
             }
             if event.error {
                 Stats::bump(&self.shared.stats.server_errors);
+                if is_fatal(msg) {
+                    self.backend_fatal = true;
+                }
                 if self.own_pid != self.client_pid && moved_sequence_error(msg) {
                     // Sequence state stays with the backend a session leaves.
                     Stats::bump(&self.shared.stats.moved_sequence_errors);
@@ -629,6 +636,12 @@ impl<'a> Relay<'a> {
         client.try_flush()?;
         Ok(())
     }
+}
+
+/// Whether an ErrorResponse ends the backend (FATAL or PANIC).
+fn is_fatal(msg: BackendMessage<'_>) -> bool {
+    msg.error_fields()
+        .is_ok_and(|f| f.severity == "FATAL" || f.severity == "PANIC")
 }
 
 /// Whether `bytes` is exactly one whole message.

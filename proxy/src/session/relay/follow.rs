@@ -110,6 +110,7 @@ impl Relay<'_> {
     pub(super) fn can_move<S: Socket>(&self, client: &Parts<'_, TcpStream>, server: &Parts<'_, S>) -> bool {
         let _ = client;
         self.state.at_boundary()
+            && !self.backend_fatal
             && !self.busy.is_busy()
             && !self.capture_hold
             && self.log_wait.is_none()

@@ -13,6 +13,7 @@ mod notify;
 mod pinned;
 mod prepared;
 mod state;
+mod terminated;
 
 use crate::support::{table, trusting_config, Table, PROMPT};
 use anyhow::{bail, ensure, Context, Result};

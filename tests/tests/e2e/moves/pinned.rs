@@ -245,3 +245,32 @@ async fn pinned_sessions_are_closed_on_a_move_to_another_database() -> Result<()
     );
     counted
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temporary_types_and_functions_pin_too() -> Result<()> {
+    init_tracing();
+    let (_cluster, proxy) = start().await?;
+    for create in [
+        "create type pg_temp.mood as enum ('sad', 'ok')",
+        "create domain pg_temp.small as int check (value < 10)",
+        "create function pg_temp.twice(i int) returns int language sql as 'select 2 * i'",
+    ] {
+        let client = proxy.connect(DB).await?;
+        client.batch_execute(create).await?;
+        let pid = backend_pid(&client).await?;
+        let report = move_within(&proxy, Duration::from_secs(5)).await?;
+        ensure!(report.pinned == 1 && report.moved == 0, "{create}: {report:?}");
+        ensure!(backend_pid(&client).await? == pid, "{create}: the session moved");
+        // The object is still there for the client.
+        let used = if create.contains("mood") {
+            "select 'ok'::pg_temp.mood::text"
+        } else if create.contains("small") {
+            "select 3::pg_temp.small::text"
+        } else {
+            "select pg_temp.twice(21)::text"
+        };
+        let v: String = client.query_one(used, &[]).await?.get(0);
+        ensure!(["ok", "3", "42"].contains(&v.as_str()), "{create}: {v}");
+    }
+    Ok(())
+}

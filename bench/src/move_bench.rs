@@ -89,6 +89,13 @@ struct Session {
 
 impl Session {
     /// Runs `QUERY` once; returns the pid of the backend that answered.
+    /// [`Self::query`] and how long it took.
+    async fn timed_query(&self) -> (Result<i32>, Duration) {
+        let started = Instant::now();
+        let answer = self.query().await;
+        (answer, started.elapsed())
+    }
+
     async fn query(&self) -> Result<i32> {
         match &self.statement {
             Some(statement) => Ok(self.client.query_one(statement, &[]).await?.try_get(0)?),
@@ -466,9 +473,7 @@ async fn idle_run(args: &Args, console: &Console, sessions: Vec<Session>) -> Res
     let mut pids: Vec<Option<i32>> = vec![None; n];
     for wave in 0..args.idle_warmup_waves + args.idle_waves {
         for (i, s) in sessions.iter().enumerate() {
-            let started = Instant::now();
-            let answer = s.query().await;
-            let latency = started.elapsed();
+            let (answer, latency) = s.timed_query().await;
             queries += 1;
             match answer {
                 Ok(pid) => {
@@ -485,9 +490,7 @@ async fn idle_run(args: &Args, console: &Console, sessions: Vec<Session>) -> Res
     let mut first = Vec::new();
     let mut ratios = Vec::new();
     for (i, s) in sessions.iter().enumerate() {
-        let started = Instant::now();
-        let answer = s.query().await;
-        let latency = started.elapsed();
+        let (answer, latency) = s.timed_query().await;
         queries += 1;
         match answer {
             Ok(pid) if pids[i].is_some_and(|old| old != pid) => {

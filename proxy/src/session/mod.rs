@@ -171,15 +171,7 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, permi
     // The client holds the first backend's real key; route it to whatever
     // backend the session uses from now on.
     let client_key = be.key;
-    shared.cancel.route(
-        client_key,
-        crate::cancel::CancelTarget {
-            host: src.host.clone(),
-            port: src.port,
-            pid: be.key.0,
-            key: be.key.1,
-        },
-    );
+    route_cancel(&shared, client_key, src, &be);
     info.set_state(Shown::Relay(state::Phase::Idle));
     let epoch = first_route.epoch;
     info.set_backend(epoch, moving::addr_of(src), be.key.0, shared.router.now_micros(), false);
@@ -235,15 +227,7 @@ async fn serve(
                 let db = destination.config(&shared.config).unwrap_or(src);
                 let old = std::mem::replace(&mut be, next);
                 moving::retire(old.conn);
-                shared.cancel.route(
-                    client_key,
-                    crate::cancel::CancelTarget {
-                        host: db.host.clone(),
-                        port: db.port,
-                        pid: be.key.0,
-                        key: be.key.1,
-                    },
-                );
+                route_cancel(shared, client_key, db, &be);
                 relay.moved_to(epoch, be.key.0);
                 info.set_backend(epoch, moving::addr_of(db), be.key.0, shared.router.now_micros(), true);
                 Stats::bump(&stats.sessions_moved);
@@ -264,4 +248,17 @@ async fn serve(
             }
         }
     }
+}
+
+/// Routes the key the client holds to the backend `be` on `db`.
+fn route_cancel(shared: &Shared, client_key: (i32, i32), db: &crate::config::DatabaseConfig, be: &backend::Backend) {
+    shared.cancel.route(
+        client_key,
+        crate::cancel::CancelTarget {
+            host: db.host.clone(),
+            port: db.port,
+            pid: be.key.0,
+            key: be.key.1,
+        },
+    );
 }

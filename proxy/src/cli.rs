@@ -48,6 +48,24 @@ pub enum Command {
     },
     /// Reopen the gate after a pause (RESUME).
     Resume(ConsoleArgs),
+    /// Move every client session to a fresh backend at its next transaction
+    /// boundary, without the clients reconnecting (RECONNECT), e.g. after
+    /// the database restarted: `switchyard reconnect --timeout 30s`.
+    Reconnect {
+        /// How to reach the console.
+        #[command(flatten)]
+        console: ConsoleArgs,
+        /// `source` (default) or `target`.
+        #[arg(long, default_value = "source", value_parser = ["source", "target"])]
+        to: String,
+        /// How long to wait for sessions to reach a boundary, e.g. 30s.
+        #[arg(long)]
+        timeout: Option<String>,
+        /// Confirm a move to another database than the one serving now
+        /// (unsynced: the cutover is the safe way there).
+        #[arg(long)]
+        force: bool,
+    },
     /// Write capture: `start`, `stop` or `show` (CAPTURE START | CAPTURE STOP | SHOW CAPTURE).
     Capture {
         /// start, stop or show.

@@ -92,6 +92,21 @@ async fn run(cli: Cli) -> i32 {
             print(cli::console(&console, &cmd).await)
         }
         Command::Resume(console) => print(cli::console(&console, "RESUME").await),
+        Command::Reconnect {
+            console,
+            to,
+            timeout,
+            force,
+        } => {
+            let mut cmd = format!("RECONNECT TO {to}");
+            if let Some(t) = timeout {
+                cmd.push_str(&format!(" TIMEOUT {t}"));
+            }
+            if force {
+                cmd.push_str(" FORCE");
+            }
+            print(cli::console(&console, &cmd).await)
+        }
         Command::Capture {
             action,
             database,

@@ -52,6 +52,13 @@ pub(super) fn status(shared: &Shared) -> Reply {
             p.until.saturating_duration_since(now).as_millis().to_string(),
         ]);
     }
+    let route = shared.router.current();
+    r.row(["route".to_string(), route.destination.name().to_string()]);
+    r.row(["route_epoch".to_string(), route.epoch.to_string()]);
+    r.row([
+        "sessions_moved".to_string(),
+        Stats::get(&shared.stats.sessions_moved).to_string(),
+    ]);
     r.row(["started_at".to_string(), rfc3339(shared.started_at)]);
     Reply::Rows(r)
 }

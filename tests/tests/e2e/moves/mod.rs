@@ -8,6 +8,7 @@
 //! request.
 
 mod cancel;
+mod cli;
 mod load;
 mod notify;
 mod pinned;

@@ -82,13 +82,14 @@ pub(super) async fn execute(
         waiting = report.waiting,
         pinned = report.pinned,
         closed = report.closed,
+        left = report.left,
         failed = report.failed,
         open_ms = report.open_ms,
         move_ms = report.move_ms,
         "reconnect"
     );
     let mut r = ResultSet::new(&[
-        "epoch", "to", "sessions", "moved", "waiting", "pinned", "closed", "failed", "open_ms", "move_ms",
+        "epoch", "to", "sessions", "moved", "waiting", "pinned", "closed", "left", "failed", "open_ms", "move_ms",
     ]);
     r.row([
         report.epoch.to_string(),
@@ -98,6 +99,7 @@ pub(super) async fn execute(
         report.waiting.to_string(),
         report.pinned.to_string(),
         report.closed.to_string(),
+        report.left.to_string(),
         report.failed.to_string(),
         format!("{:.2}", report.open_ms),
         format!("{:.2}", report.move_ms),

@@ -173,9 +173,11 @@ pub struct MoveReport {
     pub waiting: usize,
     /// Sessions that stay on their backend because something pins them.
     pub pinned: usize,
-    /// Sessions closed (pinned past the deadline, or a failed move to
-    /// another database).
+    /// Sessions closed by the move (pinned past the deadline, or a failed
+    /// move to another database).
     pub closed: usize,
+    /// Sessions whose client left while the order ran.
+    pub left: usize,
     /// Sessions whose move failed; they stay on their backend.
     pub failed: usize,
     /// Time to open every session's next backend.
@@ -295,8 +297,10 @@ async fn run_order(shared: &Shared, req: MoveRequest) -> Result<MoveReport, Move
         if s.route_epoch() >= epoch {
             report.moved += 1;
             last = last.max(s.moved_at_micros());
-        } else if s.is_closed() {
+        } else if s.is_closed() && s.move_error().is_some() {
             report.closed += 1;
+        } else if s.is_closed() {
+            report.left += 1;
         } else {
             match s.move_state() {
                 MoveState::Pinned => report.pinned += 1,

@@ -285,7 +285,7 @@ impl MoveStats {
         self.moved += r.moved;
         self.waiting += r.waiting;
         self.pinned += r.pinned;
-        self.closed += r.closed;
+        self.closed += r.closed + r.left;
         self.failed += r.failed;
         self.longest_ms = self.longest_ms.max(r.move_ms);
     }

@@ -25,6 +25,10 @@ pub struct CancelTarget {
 #[derive(Debug, Default)]
 pub struct CancelMap {
     map: Mutex<HashMap<(i32, i32), CancelTarget>>,
+    /// (backend `host:port`, pid) → the pid its session's client was given
+    /// at startup, for sessions that moved: a notification another session
+    /// receives from it names the pid its client knows.
+    moved: Mutex<HashMap<(String, i32), i32>>,
 }
 
 impl CancelMap {
@@ -46,6 +50,36 @@ impl CancelMap {
     /// The current target of a client key.
     pub fn target(&self, client_key: (i32, i32)) -> Option<CancelTarget> {
         self.lock().get(&client_key).cloned()
+    }
+
+    /// A session whose client was given `client_pid` now runs on backend
+    /// `pid` at `addr` (replacing `previous`, the backend it left).
+    pub fn moved(&self, previous: Option<(&str, i32)>, addr: &str, pid: i32, client_pid: i32) {
+        let mut m = self.moved.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((a, p)) = previous {
+            m.remove(&(a.to_owned(), p));
+        }
+        if pid != client_pid {
+            m.insert((addr.to_owned(), pid), client_pid);
+        }
+    }
+
+    /// The session on backend `pid` at `addr` ended.
+    pub fn ended(&self, addr: &str, pid: i32) {
+        self.moved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(addr.to_owned(), pid));
+    }
+
+    /// The pid the client of the session on backend `pid` at `addr` knows,
+    /// if that session moved.
+    pub fn client_pid(&self, addr: &str, pid: i32) -> Option<i32> {
+        let m = self.moved.lock().unwrap_or_else(|p| p.into_inner());
+        if m.is_empty() {
+            return None;
+        }
+        m.get(&(addr.to_owned(), pid)).copied()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(i32, i32), CancelTarget>> {

@@ -182,7 +182,8 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, permi
         database: database.clone(),
         params: params.clone(),
     };
-    let relay = relay::Relay::new(&shared, &info, input, login, &be, epoch, first_route.destination);
+    let mut relay = relay::Relay::new(&shared, &info, input, login, &be, epoch, first_route.destination);
+    relay.started_at(moving::addr_of(src));
     let ended = serve(&shared, &mut client, relay, be, client_key).await;
     shared.cancel.remove(client_key);
     match ended {
@@ -214,6 +215,7 @@ async fn serve(
                 ServerConn::Tcp(server) => relay.finish(client, server, &ended).await,
                 ServerConn::Unix(server) => relay.finish(client, server, &ended).await,
             }
+            relay.ended();
             return ended;
         }
         let moved = match &mut be.conn {
@@ -228,7 +230,7 @@ async fn serve(
                 let old = std::mem::replace(&mut be, next);
                 moving::retire(old.conn);
                 route_cancel(shared, client_key, db, &be);
-                relay.moved_to(epoch, be.key.0);
+                relay.moved_to(epoch, be.key.0, moving::addr_of(db));
                 info.set_backend(epoch, moving::addr_of(db), be.key.0, shared.router.now_micros(), true);
                 Stats::bump(&stats.sessions_moved);
                 shared.router.notify();
@@ -244,6 +246,7 @@ async fn serve(
                     ServerConn::Tcp(server) => relay.finish(client, server, &Ok(relay::Ended::Move)).await,
                     ServerConn::Unix(server) => relay.finish(client, server, &Ok(relay::Ended::Move)).await,
                 }
+                relay.ended();
                 return Ok(relay::Ended::Move);
             }
         }

@@ -109,8 +109,9 @@ pub(crate) struct Relay<'a> {
     pub(super) client_params: BTreeMap<String, String>,
     /// Who to open backends as.
     pub(super) login: Login,
-    /// The database the current backend is on.
+    /// The database the current backend is on, and its `host:port`.
     destination: super::route::Destination,
+    pub(super) backend_addr: String,
     /// Type OIDs as the client knows them → the current backend's, once the
     /// session moved to another database.
     types: Option<Arc<std::collections::HashMap<u32, u32>>>,
@@ -183,6 +184,7 @@ impl<'a> Relay<'a> {
             client_params: moving::startup_params(first),
             login,
             destination,
+            backend_addr: String::new(),
             types: None,
             busy: Busy::new(shared.gate.clone()),
             held: false,
@@ -514,13 +516,21 @@ impl<'a> Relay<'a> {
                 continue;
             }
             match msg.tag() {
-                btag::NOTIFICATION_RESPONSE if self.own_pid != self.client_pid => {
-                    self.count_sent(off - from);
-                    client.wbuf.extend_from_slice(&server.rbuf[from..off]);
-                    moving::relay_notification(client.wbuf, msg, self.own_pid, self.client_pid);
-                    off += len;
-                    from = off;
-                    continue;
+                btag::NOTIFICATION_RESPONSE => {
+                    // From a session that moved (this one, or another): its
+                    // client's startup pid, the one clients know it by.
+                    let known = msg
+                        .notification()
+                        .ok()
+                        .and_then(|(pid, _, _)| Some((pid, self.shared.cancel.client_pid(&self.backend_addr, pid)?)));
+                    if let Some((pid, client_pid)) = known {
+                        self.count_sent(off - from);
+                        client.wbuf.extend_from_slice(&server.rbuf[from..off]);
+                        moving::relay_notification(client.wbuf, msg, pid, client_pid);
+                        off += len;
+                        from = off;
+                        continue;
+                    }
                 }
                 btag::PARAMETER_STATUS => {
                     if let Ok((k, v)) = msg.parameter_status() {

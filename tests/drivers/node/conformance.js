@@ -307,8 +307,12 @@ test('terminated backend surfaces as an error', async () => {
   const victim = await connect()
   const errors = []
   victim.on('error', (e) => errors.push(e))
-  await withClient((admin) => admin.query('SELECT pg_terminate_backend($1)', [victim.processID]))
-  const err = await failure(victim.query('SELECT 1'))
-  assert.ok(err.code === '57P01' || /terminat|Connection/i.test(err.message), err.message)
-  await victim.end().catch(() => {})
+  try {
+    await withClient((admin) => admin.query('SELECT pg_terminate_backend($1)', [victim.processID]))
+    const err = await failure(victim.query('SELECT 1'))
+    assert.ok(err.code === '57P01' || /terminat|Connection/i.test(err.message), err.message)
+  } finally {
+    // Also when the assertion fails: an open client keeps node from exiting.
+    await victim.end().catch(() => {})
+  }
 })

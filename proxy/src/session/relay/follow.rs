@@ -336,7 +336,10 @@ impl Relay<'_> {
 
     /// The session now runs on a backend opened under `epoch` with pid
     /// `pid`: capture restarts there at the next transaction.
-    pub(crate) fn moved_to(&mut self, epoch: u64, pid: i32) {
+    pub(crate) fn moved_to(&mut self, epoch: u64, pid: i32, addr: String) {
+        let previous = (!self.backend_addr.is_empty()).then(|| (self.backend_addr.as_str(), self.own_pid));
+        self.shared.cancel.moved(previous, &addr, pid, self.client_pid);
+        self.backend_addr = addr;
         self.epoch = epoch;
         self.own_pid = pid;
         self.order = None;
@@ -356,6 +359,16 @@ impl Relay<'_> {
     /// The epoch and destination of the order being followed.
     pub(crate) fn order_epoch(&self) -> Option<(u64, crate::session::route::Destination)> {
         self.order.as_ref().map(|o| (o.epoch, o.destination))
+    }
+
+    /// The session ends: other sessions' notifications no longer name it.
+    pub(crate) fn ended(&self) {
+        self.shared.cancel.ended(&self.backend_addr, self.own_pid);
+    }
+
+    /// The session runs on its first backend at `addr`.
+    pub(crate) fn started_at(&mut self, addr: String) {
+        self.backend_addr = addr;
     }
 
     /// The session stays where it is for now.

@@ -111,3 +111,32 @@ async fn self_notification_carries_the_startup_pid() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_sessions_notification_carries_its_startup_pid() -> Result<()> {
+    init_tracing();
+    let (_cluster, proxy) = start().await?;
+    let mut listener = RawConn::start(proxy.addr(), "postgres", DB).await?;
+    let mut notifier = RawConn::start(proxy.addr(), "postgres", DB).await?;
+    let notifier_pid = notifier.key.context("BackendKeyData")?.0;
+    listener.send(&query_msg("LISTEN other_ch")).await?;
+    listener.until_ready().await?;
+    for round in 0..2 {
+        ensure_all_moved(&move_sessions(&proxy).await?, 2)?;
+        let payload = format!("after move {round}");
+        notifier
+            .send(&query_msg(&format!("NOTIFY other_ch, '{payload}'")))
+            .await?;
+        notifier.until_ready().await?;
+        // The listener hears it with its next exchange.
+        listener.send(&query_msg("SELECT 1")).await?;
+        let reply = listener.until_ready().await?;
+        let heard: Vec<(i32, String, String)> = reply
+            .iter()
+            .filter(|m| m.tag == b'A')
+            .map(notification)
+            .collect::<Result<_>>()?;
+        assert_eq!(heard, [(notifier_pid, "other_ch".into(), payload)], "{reply:?}");
+    }
+    Ok(())
+}

@@ -137,6 +137,11 @@ impl Rejection {
         }
     }
 
+    /// The statement that raises it (SQLSTATE 0A000, with the hint).
+    fn raise_sql(&self) -> String {
+        rows::raise_sql(REJECT_CODE, &self.message(), &reject_hint(self.kind))
+    }
+
     /// The error message the client gets.
     fn message(&self) -> String {
         let what = if self.transaction {

@@ -3,7 +3,7 @@
 //! place of a statement or a commit.
 
 use super::analyze::apply_splices;
-use super::{block_after, is_commit_like, reject_hint, LOG_FAILED_CODE, LOG_FAILED_HINT, REJECT_CODE};
+use super::{block_after, is_commit_like, LOG_FAILED_CODE, LOG_FAILED_HINT};
 use super::{
     ClientAction, CommitStep, Expect, Plan, Prepared, QueryEnd, Rejection, SessionCapture, StmtInfo, Work, Written,
 };
@@ -275,16 +275,7 @@ impl SessionCapture {
             parts.push_back((text, stmts));
         }
         let (text, stmts) = parts.pop_front().unwrap_or_default();
-        let end = if parts.is_empty() {
-            QueryEnd::Final
-        } else {
-            QueryEnd::Part
-        };
-        self.expect.push_back(Expect::Query {
-            stmts: stmts.into(),
-            end,
-            error: false,
-        });
+        self.expect_part(stmts, !parts.is_empty());
         if !parts.is_empty() {
             self.plan = Some(Plan::Parts(parts));
         } else if splices.is_empty() {
@@ -299,11 +290,7 @@ impl SessionCapture {
             end: QueryEnd::Final,
             error: false,
         });
-        ClientAction::Replace(rows::query(&rows::raise_sql(
-            REJECT_CODE,
-            &rejection.message(),
-            &reject_hint(rejection.kind),
-        )))
+        ClientAction::Replace(rows::query(&rejection.raise_sql()))
     }
 
     fn apply_sent_tx(&mut self, infos: &[StmtInfo]) {
@@ -484,11 +471,7 @@ impl SessionCapture {
     /// `reason` (SQLSTATE 0A000), run in place of a client's Execute so its
     /// transaction fails as on a real error.
     fn raise_execute(&mut self, rejection: &Rejection) -> BytesMut {
-        self.raise_extended_sql(&rows::raise_sql(
-            REJECT_CODE,
-            &rejection.message(),
-            &reject_hint(rejection.kind),
-        ))
+        self.raise_extended_sql(&rejection.raise_sql())
     }
 
     /// In place of a simple-protocol commit: a ROLLBACK whose completion
@@ -506,11 +489,7 @@ impl SessionCapture {
         // Decided here: what the client sends next (it may not wait for
         // the answer) already resolves names as after the rollback.
         self.paths.end_tx(false);
-        self.roll_back_with(&rows::raise_sql(
-            REJECT_CODE,
-            &rejection.message(),
-            &reject_hint(rejection.kind),
-        ))
+        self.roll_back_with(&rejection.raise_sql())
     }
 
     /// In place of an extended-protocol COMMIT's Execute: a ROLLBACK whose
@@ -519,11 +498,7 @@ impl SessionCapture {
     fn refuse_extended_commit(&mut self, rejection: &Rejection) -> BytesMut {
         self.tx.clear();
         self.paths.end_tx(false);
-        self.roll_back_extended_with(&rows::raise_sql(
-            REJECT_CODE,
-            &rejection.message(),
-            &reject_hint(rejection.kind),
-        ))
+        self.roll_back_extended_with(&rejection.raise_sql())
     }
 
     /// An extended-protocol ROLLBACK whose answers are dropped, then the

@@ -427,6 +427,17 @@ impl SessionCapture {
         Ok(action)
     }
 
+    /// Expects the answer of one part of a query the proxy runs in steps
+    /// (`more`: parts follow it).
+    pub(super) fn expect_part(&mut self, stmts: Vec<StmtInfo>, more: bool) {
+        let end = if more { QueryEnd::Part } else { QueryEnd::Final };
+        self.expect.push_back(Expect::Query {
+            stmts: stmts.into(),
+            end,
+            error: false,
+        });
+    }
+
     /// Moves a stepped query on: logs the keys first if there are any.
     pub(super) fn advance_plan(&mut self) {
         if !self.expect.is_empty() || self.logging || self.lookup.is_some() {
@@ -454,16 +465,7 @@ impl SessionCapture {
             }
             Some(Plan::Parts(mut parts)) => {
                 let Some((text, stmts)) = parts.pop_front() else { return };
-                let end = if parts.is_empty() {
-                    QueryEnd::Final
-                } else {
-                    QueryEnd::Part
-                };
-                self.expect.push_back(Expect::Query {
-                    stmts: stmts.into(),
-                    end,
-                    error: false,
-                });
+                self.expect_part(stmts, !parts.is_empty());
                 self.work.push_back(Work::Send(rows::query_bytes(&text)));
                 if !parts.is_empty() {
                     self.plan = Some(Plan::Parts(parts));

@@ -299,12 +299,13 @@ impl SessionCapture {
         }
     }
 
-    fn on_parse(&mut self, msg: FrontendMessage<'_>) -> Result<ClientAction, WireError> {
-        let parse = msg.parse()?;
+    /// Classifies the text of a prepared statement (one statement: the
+    /// server refuses several in a Parse).
+    fn analyze_prepared(&mut self, query: &[u8]) -> (StmtInfo, Option<(usize, String)>) {
         let catalog = self.active.catalog.current();
-        let view = classify_view(parse.query);
+        let view = classify_view(query);
         let classified = self.shapes.classify(&view);
-        let (info, splice) = match classified.as_slice() {
+        match classified.as_slice() {
             [one] => {
                 // Known once its CREATE completes (see on_query).
                 let temp_before = self.temp_tables.clone();
@@ -312,9 +313,13 @@ impl SessionCapture {
                 self.temp_tables = temp_before;
                 analyzed
             }
-            [] => (StmtInfo::default(), None),
-            _ => (StmtInfo::default(), None), // the server refuses several statements in a Parse
-        };
+            _ => (StmtInfo::default(), None),
+        }
+    }
+
+    fn on_parse(&mut self, msg: FrontendMessage<'_>) -> Result<ClientAction, WireError> {
+        let parse = msg.parse()?;
+        let (info, splice) = self.analyze_prepared(parse.query);
         if let Some(what) = info.lookup {
             return Ok(self.start_lookup(what));
         }
@@ -372,19 +377,7 @@ impl SessionCapture {
             };
             let pmsg = FrontendMessage::new(&parse_bytes);
             let parse = pmsg.parse()?;
-            let catalog = self.active.catalog.current();
-            let view = classify_view(parse.query);
-            let classified = self.shapes.classify(&view);
-            let (info, splice) = match classified.as_slice() {
-                [one] => {
-                    // Known once its CREATE completes (see on_query).
-                    let temp_before = self.temp_tables.clone();
-                    let analyzed = self.analyze(&catalog, &one.class, &view[one.range.clone()]);
-                    self.temp_tables = temp_before;
-                    analyzed
-                }
-                _ => (StmtInfo::default(), None),
-            };
+            let (info, splice) = self.analyze_prepared(parse.query);
             if let Some(what) = info.lookup {
                 return Ok(self.start_lookup(what));
             }

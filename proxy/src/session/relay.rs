@@ -229,7 +229,7 @@ impl<'a> Relay<'a> {
             }
         }
         loop {
-            if self.move_due() && self.can_move(&client, &server) {
+            if self.move_due() && self.can_move(&server) {
                 return Ok(Ended::Move);
             }
             self.input.update(client.rbuf)?;
@@ -504,15 +504,11 @@ impl<'a> Relay<'a> {
             }
             let types = self.order_types();
             // The restore capture sent when it ended is answered first.
-            let answer = (self.swallow_ready == 0)
-                .then(|| self.state.take_proxy_answer(msg, &|a, b| same_types(a, b, &types)))
-                .flatten();
-            if let Some(answer) = answer {
+            if self.swallow_ready == 0 && self.state.take_proxy_answer(msg, &|a, b| same_types(a, b, &types)) {
                 self.count_sent(off - from);
                 client.wbuf.extend_from_slice(&server.rbuf[from..off]);
                 off += len;
                 from = off;
-                let _ = answer;
                 continue;
             }
             match msg.tag() {

@@ -82,16 +82,6 @@ impl Pending {
     }
 }
 
-/// What the relay does with a server message that answers the proxy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProxyAnswer {
-    /// Not the client's: drop it.
-    Dropped,
-    /// Not the client's, and the statement recheck it ends is done: the
-    /// held client message can go on.
-    Rechecked,
-}
-
 /// Where a session is, for SHOW SESSIONS and the gate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -294,40 +284,44 @@ impl SessionState {
     }
 
     /// Takes a server message that answers the proxy rather than the
-    /// client (errors are never taken: the client sees them).
+    /// client: `true` when it is not the client's (errors are never taken:
+    /// the client sees them). A recheck it ends shows in [`Self::rechecking`].
     pub fn take_proxy_answer(
         &mut self,
         msg: BackendMessage<'_>,
         same: &dyn Fn(&Description, &Description) -> bool,
-    ) -> Option<ProxyAnswer> {
+    ) -> bool {
         let tag = msg.tag();
         // A CopyEnd marker whose COPY never started expects nothing.
         while matches!(self.pending.front(), Some(Pending::CopyEnd)) {
             self.pending.pop_front();
         }
-        match self.pending.front_mut()? {
+        let Some(front) = self.pending.front_mut() else {
+            return false;
+        };
+        match front {
             Pending::Reprepare { .. } | Pending::Injected
                 if matches!(tag, btag::PARSE_COMPLETE | btag::BIND_COMPLETE) =>
             {
                 self.pending.pop_front();
-                Some(ProxyAnswer::Dropped)
+                true
             }
             Pending::Recheck { params, .. } if tag == btag::PARAMETER_DESCRIPTION => {
                 *params = msg.parameter_types().ok();
-                Some(ProxyAnswer::Dropped)
+                true
             }
             Pending::Recheck { .. } if matches!(tag, btag::ROW_DESCRIPTION | btag::NO_DATA) => {
                 let Some(Pending::Recheck { name, params }) = self.pending.pop_front() else {
-                    return None;
+                    return false;
                 };
                 let now = Description {
                     params: params.unwrap_or_default(),
                     columns: (tag == btag::ROW_DESCRIPTION).then(|| msg.row_columns().unwrap_or_default()),
                 };
                 self.statements.rechecked(&name, &now, same);
-                Some(ProxyAnswer::Rechecked)
+                true
             }
-            _ => None,
+            _ => false,
         }
     }
 

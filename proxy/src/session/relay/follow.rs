@@ -107,8 +107,7 @@ impl Relay<'_> {
 
     /// Whether the session is at a boundary with nothing in flight, on
     /// either side and in capture.
-    pub(super) fn can_move<S: Socket>(&self, client: &Parts<'_, TcpStream>, server: &Parts<'_, S>) -> bool {
-        let _ = client;
+    pub(super) fn can_move<S: Socket>(&self, server: &Parts<'_, S>) -> bool {
         self.state.at_boundary()
             && !self.backend_fatal
             && !self.busy.is_busy()
@@ -150,8 +149,7 @@ impl Relay<'_> {
             return Ok(Ahead::Replaced);
         }
         let types = self.order_types();
-        let map = |oid: u32| types.as_ref().and_then(|t| t.get(&oid).copied()).unwrap_or(oid);
-        match self.state.prepare_ahead(name, &map)? {
+        match self.state.prepare_ahead(name, &|oid| translate(&types, oid))? {
             None => Ok(Ahead::Nothing),
             Some((bytes, hold)) => {
                 server.wbuf.extend_from_slice(before);
@@ -166,7 +164,7 @@ impl Relay<'_> {
 /// client was told: parameter and result types (OIDs translated by `types`
 /// from the old backend's numbering), column names and modifiers.
 pub(super) fn same_types(before: &Description, now: &Description, types: &Option<Arc<HashMap<u32, u32>>>) -> bool {
-    let map = |oid: u32| types.as_ref().and_then(|t| t.get(&oid).copied()).unwrap_or(oid);
+    let map = |oid: u32| translate(types, oid);
     let params_same = before.params.len() == now.params.len()
         && before
             .params
@@ -184,6 +182,12 @@ pub(super) fn same_types(before: &Description, now: &Description, types: &Option
         _ => false,
     };
     params_same && columns_same
+}
+
+/// `oid` as the current backend numbers it (unchanged when no translation
+/// applies).
+fn translate(types: &Option<Arc<HashMap<u32, u32>>>, oid: u32) -> u32 {
+    types.as_ref().and_then(|t| t.get(&oid).copied()).unwrap_or(oid)
 }
 
 /// Sleeps until `at` (forever for `None`; the caller guards it).

@@ -29,6 +29,7 @@ mod moves;
 mod notify;
 mod oracle;
 mod protocol;
+mod sequences;
 mod startup;
 mod support;
 mod tools;

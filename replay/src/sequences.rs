@@ -7,7 +7,8 @@
 //! it. [`SequencePlan::prepare`] runs before the freeze: it lists the
 //! sequences of both databases, matches each source sequence with its
 //! target counterpart through the resolved mapping (following table and
-//! column renames), builds the statements, and checks today's values
+//! column renames), builds the statements, prepares the read on the source
+//! connection, opens every target sequence once, and checks today's values
 //! against the target sequences' bounds, so a problem shows at preflight.
 //! [`SequencePlan::sync`] runs inside the freeze: one query reads every
 //! source sequence, one statement sets every target sequence — two round
@@ -23,7 +24,8 @@ mod list;
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, Statement};
 
 use crate::catalog::{quote_qualified, ColumnRef, QualifiedName};
 use crate::mapping::Resolved;
@@ -140,8 +142,8 @@ pub struct SequenceReport {
     /// Source sequences left alone because the target has no counterpart;
     /// the caller decides whether that is acceptable.
     pub unmapped: Vec<UnmappedSequence>,
-    /// Listing and matching, done before the freeze by
-    /// [`SequencePlan::prepare`].
+    /// All of [`SequencePlan::prepare`] (listing, matching, the first read
+    /// and check, opening the targets), done before the freeze.
     pub prepare: Duration,
     /// Reading the source values (one round trip).
     pub read: Duration,
@@ -162,13 +164,32 @@ impl SequenceReport {
 /// the freeze. It holds names, not oids, so it stays valid across
 /// reconnects; a sequence dropped or renamed after it was prepared makes
 /// the sync fail (nothing set) with a message to prepare again.
+///
+/// The read is also prepared as a server-side statement on the source
+/// connection given to [`SequencePlan::prepare`]: planning a `UNION ALL`
+/// over hundreds of relations costs several times its execution, and a
+/// statement without parameters keeps its plan, so a sync through that
+/// same connection pays only for the execution. Through any other
+/// connection the read is sent as text and planned again.
 #[derive(Clone, Debug)]
 pub struct SequencePlan {
     planned: Vec<PlannedSequence>,
     unmapped: Vec<UnmappedSequence>,
     /// One `UNION ALL` branch per planned sequence, tagged with its index.
     read_sql: String,
+    /// `read_sql` prepared on the source connection `prepare` was given.
+    read_statement: Option<ReadStatement>,
     prepared_in: Duration,
+}
+
+/// A prepared read and the connection it belongs to.
+#[derive(Clone, Debug)]
+struct ReadStatement {
+    /// The address of the `Client` it was prepared on. Only compared: a
+    /// different client that happens to reuse the address after the first
+    /// was dropped lacks the statement, and the read falls back to text.
+    client: usize,
+    statement: Statement,
 }
 
 impl SequencePlan {
@@ -176,7 +197,9 @@ impl SequencePlan {
     /// matches them through `resolved` (a table absent from it maps to
     /// itself), then reads the source values once and checks them against
     /// the target bounds, so a value that cannot be set fails here, at
-    /// preflight, rather than inside the freeze.
+    /// preflight, rather than inside the freeze. Five round trips in all:
+    /// three on the source (list, prepare the read, read), two on the
+    /// target (list, open every target sequence once).
     ///
     /// Skips the proxy's own `switchyard` schema, system and temp schemas.
     /// Fails when two source sequences would set the same target sequence.
@@ -188,14 +211,29 @@ impl SequencePlan {
         )?;
         let (planned, unmapped) = list::match_all(&source_list, &target_list, resolved)?;
         let read_sql = read_sql(&planned);
-        let plan = SequencePlan {
+        let read_statement = if planned.is_empty() {
+            None
+        } else {
+            Some(ReadStatement {
+                client: client_id(source),
+                statement: source
+                    .prepare(&read_sql)
+                    .await
+                    .map_err(|e| SequenceError::query(SyncStep::Read, e))?,
+            })
+        };
+        let mut plan = SequencePlan {
             planned,
             unmapped,
             read_sql,
-            prepared_in: started.elapsed(),
+            read_statement,
+            prepared_in: Duration::ZERO,
         };
+        // Also plans and caches the prepared read, out of the freeze.
         let values = plan.read(source).await?;
         plan.check(&values)?;
+        plan.open_targets(target).await?;
+        plan.prepared_in = started.elapsed();
         Ok(plan)
     }
 
@@ -269,12 +307,23 @@ impl SequencePlan {
         if self.planned.is_empty() {
             return Ok(Vec::new());
         }
-        // query_typed sends the statement unnamed with its execution in one
-        // flight: one round trip, where a prepare would add another.
-        let rows = source
-            .query_typed(&self.read_sql, &[])
-            .await
-            .map_err(|e| SequenceError::query(SyncStep::Read, e))?;
+        let prepared = self.read_statement.as_ref().filter(|r| r.client == client_id(source));
+        let rows = match prepared {
+            Some(r) => match source.query(&r.statement, &[]).await {
+                // 26000: no such prepared statement, on a new client at the
+                // old one's address.
+                Err(e) if e.code() == Some(&SqlState::INVALID_SQL_STATEMENT_NAME) => None,
+                other => Some(other),
+            },
+            None => None,
+        };
+        let rows = match rows {
+            Some(rows) => rows,
+            // query_typed sends the text unnamed with its execution in one
+            // flight: one round trip, where a prepare would add another.
+            None => source.query_typed(&self.read_sql, &[]).await,
+        }
+        .map_err(|e| SequenceError::query(SyncStep::Read, e))?;
         let mut values: Vec<Option<(i64, bool)>> = vec![None; self.planned.len()];
         for row in &rows {
             let get = |i| {
@@ -307,6 +356,31 @@ impl SequencePlan {
             })
     }
 
+    /// Opens every target sequence once without changing it. This checks
+    /// at preflight that each name still resolves and may be read, and
+    /// fills the target connection's caches (relation descriptors, the
+    /// session's sequence table), which otherwise make the first `setval`
+    /// statement several times slower than the next, inside the freeze.
+    async fn open_targets(&self, target: &Client) -> Result<(), SequenceError> {
+        if self.planned.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<String> = self
+            .planned
+            .iter()
+            .map(|p| format!("({}::pg_catalog.regclass)", target_literal(p)))
+            .collect();
+        let sql = format!(
+            "SELECT pg_catalog.count(pg_catalog.pg_sequence_last_value(v.seq))::int8 FROM (VALUES {}) AS v(seq)",
+            rows.join(", ")
+        );
+        target
+            .query_typed(&sql, &[])
+            .await
+            .map_err(|e| SequenceError::query(SyncStep::OpenTarget, e))?;
+        Ok(())
+    }
+
     /// Every value that its target sequence cannot take, all at once.
     fn check(&self, values: &[(i64, bool)]) -> Result<(), SequenceError> {
         let bad: Vec<OutOfRange> = self
@@ -329,6 +403,11 @@ impl SequencePlan {
             Err(SequenceError::OutOfRange(bad))
         }
     }
+}
+
+/// Tells clients apart for [`ReadStatement`].
+fn client_id(client: &Client) -> usize {
+    client as *const Client as usize
 }
 
 /// `SELECT i, last_value, is_called FROM <seq i> UNION ALL ...`. The
@@ -356,17 +435,17 @@ fn apply_sql(planned: &[PlannedSequence], values: &[(i64, bool)]) -> String {
     let rows: Vec<String> = planned
         .iter()
         .zip(values)
-        .map(|(p, (value, called))| {
-            format!(
-                "({}::pg_catalog.regclass, {value}::int8, {called})",
-                quote_literal(&quote_qualified(&p.target.schema, &p.target.name))
-            )
-        })
+        .map(|(p, (value, called))| format!("({}::pg_catalog.regclass, {value}::int8, {called})", target_literal(p)))
         .collect();
     format!(
         "SELECT pg_catalog.count(pg_catalog.setval(v.seq, v.value, v.called))::int8 FROM (VALUES {}) AS v(seq, value, called)",
         rows.join(", ")
     )
+}
+
+/// The target sequence's name as a `regclass` input literal.
+fn target_literal(p: &PlannedSequence) -> String {
+    quote_literal(&quote_qualified(&p.target.schema, &p.target.name))
 }
 
 /// `text` as a string literal that means the same whatever

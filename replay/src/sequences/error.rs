@@ -13,6 +13,8 @@ pub enum SyncStep {
     ListSource,
     /// Listing the target's sequences (plan preparation).
     ListTarget,
+    /// Opening the target's sequences once (plan preparation).
+    OpenTarget,
     /// Reading the source sequences' current values.
     Read,
     /// Setting the target sequences.
@@ -24,6 +26,7 @@ impl fmt::Display for SyncStep {
         f.write_str(match self {
             SyncStep::ListSource => "listing the source's sequences",
             SyncStep::ListTarget => "listing the target's sequences",
+            SyncStep::OpenTarget => "opening the target's sequences",
             SyncStep::Read => "reading the source's sequence values",
             SyncStep::Apply => "setting the target's sequences",
         })
@@ -141,7 +144,7 @@ fn hint(sqlstate: Option<&str>, step: SyncStep) -> &'static str {
     match (sqlstate, step) {
         // Undefined table: the read and apply name the sequences the plan
         // listed, so one was dropped or renamed since.
-        (Some("42P01"), SyncStep::Read | SyncStep::Apply) => {
+        (Some("42P01"), SyncStep::Read | SyncStep::OpenTarget | SyncStep::Apply) => {
             "; a sequence was dropped or renamed since the plan was prepared: prepare it again"
         }
         (Some("42501"), _) => "; the control role needs SELECT on the source sequences and UPDATE on the target's",

@@ -193,3 +193,92 @@ fn mapped_table(source: &QualifiedName, resolved: &Resolved) -> QualifiedName {
         .table(source)
         .map_or_else(|| source.clone(), |m| m.target.clone())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapping::TableMap;
+
+    fn seq(schema: &str, name: &str, owner: Option<(&str, &str)>) -> Listed {
+        Listed {
+            name: QualifiedName::new(schema, name),
+            shape: SequenceShape {
+                type_name: "bigint".into(),
+                min: 1,
+                max: i64::MAX,
+                increment: 1,
+            },
+            owned_by: owner.map(|(t, c)| ColumnRef {
+                table: QualifiedName::new("public", t),
+                column: c.into(),
+            }),
+        }
+    }
+
+    /// A mapping of `public.source` to `public.target` with these
+    /// target <- source columns.
+    fn resolved(source: &str, target: &str, columns: &[(&str, ColumnSource)]) -> Resolved {
+        let mut r = Resolved::default();
+        let name = QualifiedName::new("public", source);
+        r.tables.insert(
+            name.clone(),
+            TableMap {
+                source: name,
+                target: QualifiedName::new("public", target),
+                source_key: vec!["id".into()],
+                target_key: vec!["id".into()],
+                columns: columns.iter().map(|(t, s)| (t.to_string(), s.clone())).collect(),
+                reverse: Ok(Vec::new()),
+            },
+        );
+        r
+    }
+
+    #[test]
+    fn owned_sequences_follow_table_and_column_renames() {
+        let source = [seq("public", "t_n_seq", Some(("t", "n")))];
+        let target = [
+            seq("public", "t_n_seq", None),
+            seq("public", "t2_num_seq", Some(("t2", "num"))),
+        ];
+        let map = resolved("t", "t2", &[("num", ColumnSource::Column("n".into()))]);
+        let (planned, unmapped) = match_all(&source, &target, &map).unwrap();
+        assert!(unmapped.is_empty());
+        assert_eq!(planned[0].target, QualifiedName::new("public", "t2_num_seq"));
+        assert!(matches!(&planned[0].matched_by, MatchedBy::Owner { target, .. } if target.column == "num"));
+    }
+
+    #[test]
+    fn same_name_is_used_only_when_it_is_not_another_tables_counter() {
+        // The column only feeds an expression, so no owner is looked for.
+        let source = [seq("public", "t_n_seq", Some(("t", "n")))];
+        let map = resolved("t", "t", &[("n2", ColumnSource::Expr("n * 2".into()))]);
+        let target = [seq("public", "t_n_seq", Some(("t", "n2")))];
+        let (planned, _) = match_all(&source, &target, &map).unwrap();
+        assert_eq!(planned[0].matched_by, MatchedBy::Name);
+
+        let target = [seq("public", "t_n_seq", Some(("other", "id")))];
+        let (planned, unmapped) = match_all(&source, &target, &map).unwrap();
+        assert!(planned.is_empty());
+        assert_eq!(
+            unmapped[0].same_name_owned_by.as_ref().map(|o| o.table.name.as_str()),
+            Some("other")
+        );
+        let text = unmapped[0].to_string();
+        assert!(text.contains("copies its column into no target column"), "{text}");
+        assert!(text.contains("belongs to public.other.id"), "{text}");
+    }
+
+    #[test]
+    fn two_sources_for_one_target_are_refused() {
+        let source = [seq("public", "a", None), seq("public", "t_id_seq", Some(("t", "id")))];
+        let target = [seq("public", "a", Some(("t", "id")))];
+        let map = resolved("t", "t", &[("id", ColumnSource::Column("id".into()))]);
+        let err = match_all(&source, &target, &map).unwrap_err();
+        assert!(
+            matches!(&err, SequenceError::Ambiguous { sources, .. } if sources.len() == 2),
+            "{err}"
+        );
+        assert!(err.to_string().contains("public.a, public.t_id_seq"), "{err}");
+    }
+}

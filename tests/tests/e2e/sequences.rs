@@ -88,7 +88,7 @@ const SOURCE_WORK: &str = r#"
 
 const TARGET_WORK: &str = r#"
     SELECT setval('s_serial_id_seq', 5000);
-    INSERT INTO s_always (v) SELECT 'early' FROM generate_series(1, 30);
+    SELECT setval('s_always_id_seq', 300);
     SELECT setval('switchyard.internal_seq', 55);
 "#;
 
@@ -359,9 +359,11 @@ async fn values_the_target_cannot_hold_are_refused_before_anything_is_set() -> R
         "target changed by a refused sync:\n{before:?}\n{after:?}"
     );
 
-    // Once the source fits again, the same plan syncs everything.
+    // Once the source fits again, the same plan syncs everything, also
+    // through a source connection other than the one it was prepared on.
     pair.source.batch_execute("SELECT setval('big', 2000)").await?;
-    let report = plan.sync(&pair.source, &pair.target).await?;
+    let other_source = pair.source_cluster.connect("postgres").await?;
+    let report = plan.sync(&other_source, &pair.target).await?;
     ensure!(report.set.len() == 4);
     for p in plan.sequences() {
         let (s, t) = (
@@ -388,6 +390,9 @@ async fn counting_relay(upstream: SocketAddr) -> Result<(SocketAddr, Arc<AtomicU
         let Ok(server) = TcpStream::connect(upstream).await else {
             return;
         };
+        // Without this, Nagle's algorithm meeting delayed ACKs adds ~40 ms
+        // to each exchange of small messages.
+        let _ = (client.set_nodelay(true), server.set_nodelay(true));
         let (mut client_read, client_write) = client.into_split();
         let (server_read, mut server_write) = server.into_split();
         let back = tokio::spawn(async move {
@@ -422,15 +427,23 @@ async fn relay_frontend(
         if matches!(header[0], b'Q' | b'S') {
             count.fetch_add(1, Relaxed);
         }
-        to.write_all(&header).await?;
-        to.write_all(&body).await?;
+        let mut message = header.to_vec();
+        message.extend_from_slice(&body);
+        to.write_all(&message).await?;
     }
 }
 
 async fn connect_counted(cluster: &Cluster) -> Result<(Client, Arc<AtomicUsize>)> {
     let (addr, count) = counting_relay(cluster.addr()).await?;
-    let mut config = cluster.pg_config(cluster.superuser(), "postgres");
-    config.host("127.0.0.1").port(addr.port());
+    // A fresh config: `host` and `port` add to a config's list of hosts
+    // rather than replace it.
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(addr.port())
+        .user(cluster.superuser())
+        .dbname("postgres")
+        .ssl_mode(tokio_postgres::config::SslMode::Disable);
     let (client, connection) = config.connect(NoTls).await?;
     tokio::spawn(connection);
     Ok((client, count))
@@ -478,8 +491,14 @@ async fn two_hundred_sequences_sync_in_two_round_trips() -> Result<()> {
     ensure!(plan.sequences().len() == 200, "{} planned", plan.sequences().len());
     ensure!(plan.unmapped().is_empty(), "{:?}", plan.unmapped());
 
-    source_count.store(0, Relaxed);
-    target_count.store(0, Relaxed);
+    // Preparing lists both sides, prepares the read on the source and runs
+    // it once for its check; the relays see exactly that, so they count
+    // what the sync does too.
+    let (listed_source, listed_target) = (source_count.swap(0, Relaxed), target_count.swap(0, Relaxed));
+    ensure!(
+        (listed_source, listed_target) == (3, 2),
+        "prepare took {listed_source} round trips on the source and {listed_target} on the target"
+    );
     let report = plan.sync(&source, &target).await?;
     let (on_source, on_target) = (source_count.load(Relaxed), target_count.load(Relaxed));
     ensure!(
@@ -487,6 +506,20 @@ async fn two_hundred_sequences_sync_in_two_round_trips() -> Result<()> {
         "sync took {on_source} round trips on the source and {on_target} on the target"
     );
     ensure!(report.set.len() == 200);
+
+    // The source moves on; a second sync through the same plan follows it,
+    // again in one round trip per side.
+    pair.source
+        .batch_execute("SELECT nextval('\"Seq 000\"'); INSERT INTO t005 DEFAULT VALUES; SELECT setval('ident3_id_seq', 5000000000)")
+        .await?;
+    source_count.store(0, Relaxed);
+    target_count.store(0, Relaxed);
+    plan.sync(&source, &target).await?;
+    let (on_source, on_target) = (source_count.load(Relaxed), target_count.load(Relaxed));
+    ensure!(
+        (on_source, on_target) == (1, 1),
+        "second sync: {on_source} and {on_target} round trips"
+    );
 
     // The target now holds the source's state, sequence for sequence.
     let (src, dst) = (all_states(&pair.source).await?, all_states(&pair.target).await?);

@@ -1,12 +1,13 @@
 //! switchyard-replay: the capture-log format, catalog introspection, migration
-//! mapping and the key-sync replayer. The proxy depends on this crate; it
-//! depends on nothing of the proxy's.
+//! mapping, the key-sync replayer and verification. The proxy depends on
+//! this crate; it depends on nothing of the proxy's.
 #![warn(missing_docs)]
 
 pub mod catalog;
 pub mod log;
 pub mod mapping;
 pub mod replayer;
+pub mod verify;
 
 pub use log::{
     CommitRecord, Durability, Key, LogEntry, LogError, LogOptions, LogReader, LogStats, LogWriter, LogWriterHandle,

@@ -33,3 +33,4 @@ mod startup;
 mod support;
 mod tools;
 mod types;
+mod verify;

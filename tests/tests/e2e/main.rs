@@ -34,3 +34,4 @@ mod startup;
 mod support;
 mod tools;
 mod types;
+mod verify;

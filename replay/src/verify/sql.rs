@@ -5,10 +5,12 @@
 //! A range is `(lower, upper]` in the source key order, with either end
 //! open. The source walks its key index (`ORDER BY key LIMIT n`) to find
 //! where a range ends; the target takes the same bounds, cast to its key
-//! columns' types. Both sides must therefore order keys alike: true of the
-//! same type, or of a widening such as int to bigint; a text key under
-//! different collations on the two sides would make rows near a range's
-//! ends look missing on one side and extra on the other.
+//! columns' types, when its key orders like the source's (the same type, or
+//! a widening such as int to bigint), and else compares its key cast back
+//! to the source's type (in the source's order, without the key index). A
+//! text key under different collations on the two sides would still make
+//! rows near a range's ends look missing on one side and extra on the
+//! other.
 //!
 //! A checksum is the row count and two 64-bit sums over `md5` of each row's
 //! text (the two halves of the digest): a sum does not depend on the order
@@ -125,6 +127,19 @@ impl Side {
     }
 }
 
+/// Whether values of type `a` and their casts to type `b` sort alike: the
+/// same type, or a change within the integers and numerics, or within the
+/// variable-length strings (under one collation).
+fn orders_alike(a: &str, b: &str) -> bool {
+    let base = |t: &str| t.split('(').next().unwrap_or(t).trim().to_owned();
+    let family = |t: &str| match base(t).as_str() {
+        "smallint" | "integer" | "bigint" | "numeric" => Some("number"),
+        "text" | "character varying" => Some("string"),
+        _ => None,
+    };
+    a == b || (family(a).is_some() && family(a) == family(b))
+}
+
 /// The statements for one mapped table.
 pub(super) struct TableSql {
     source: Side,
@@ -178,14 +193,27 @@ impl TableSql {
                 .collect(),
             row: source_row.clone(),
         };
+        // The target's bounds compare its key columns as they are (and use
+        // its key index) when they order like the source's; a key whose type
+        // changed to one that orders differently (int to text) is compared
+        // cast back to the source type, slower but in the source's order.
+        let (keys, key_types) = map
+            .target_key
+            .iter()
+            .zip(&source.key_types)
+            .map(|(c, source_type)| {
+                let ty = type_of(mapped.target, &map.target, c);
+                if orders_alike(source_type, &ty) {
+                    (format!("t.{}", q(c)), ty)
+                } else {
+                    (format!("t.{}::{source_type}", q(c)), source_type.clone())
+                }
+            })
+            .unzip();
         let target = Side {
             relation: map.target.qualified(),
-            keys: map.target_key.iter().map(|c| format!("t.{}", q(c))).collect(),
-            key_types: map
-                .target_key
-                .iter()
-                .map(|c| type_of(mapped.target, &map.target, c))
-                .collect(),
+            keys,
+            key_types,
             key_text: map.target_key.iter().map(|c| format!("t.{}::text", q(c))).collect(),
             row: map.columns.iter().map(|(t, _)| format!("t.{}::text", q(t))).collect(),
         };
@@ -352,6 +380,35 @@ mod tests {
     }
 
     #[test]
+    fn key_types_that_sort_alike() {
+        assert!(orders_alike("integer", "bigint"));
+        assert!(orders_alike("integer", "numeric(12,0)"));
+        assert!(orders_alike("character varying(20)", "text"));
+        assert!(orders_alike("uuid", "uuid"));
+        assert!(!orders_alike("integer", "text"));
+        assert!(!orders_alike("character(5)", "text"));
+    }
+
+    #[test]
+    fn a_key_that_sorts_differently_is_bounded_in_the_source_order() {
+        let (source, _, mut map) = fixture();
+        let target = Catalog::for_tests(vec![table("t2", &[("id", "text"), ("val", "text")], &["id"])]);
+        map.columns[1].0 = "val".into();
+        let resolved = Resolved::default();
+        let mapped = Mapped {
+            mapping: &resolved,
+            source: &source,
+            target: &target,
+        };
+        let sql = TableSql::new(&map, mapped, &HashSet::new());
+        let t = sql.target_checksum(&Range {
+            lower: Some(vec![Some("9".into())]),
+            upper: None,
+        });
+        assert!(t.sql.contains("WHERE (t.id::integer) > ($1::integer)"), "{}", t.sql);
+    }
+
+    #[test]
     fn the_walk_orders_by_the_source_key() {
         let (source, target, map) = fixture();
         let resolved = Resolved::default();
@@ -368,7 +425,8 @@ mod tests {
             s.sql
         );
         assert!(
-            s.sql.contains("SELECT sy_o0::text AS sy_l0 FROM r ORDER BY r.sy_o0 DESC LIMIT 1"),
+            s.sql
+                .contains("SELECT sy_o0::text AS sy_l0 FROM r ORDER BY r.sy_o0 DESC LIMIT 1"),
             "{}",
             s.sql
         );

@@ -2,17 +2,20 @@
 //! cloned with pg_dump/pg_restore, the clone migrated (renamed table and
 //! column, int to bigint, a numeric given a scale, a text column turned
 //! into an enum the source does not have, a new NOT NULL column with a
-//! default), then whole tables checked by key-range checksums and given
+//! default, an int key column turned into text, which sorts differently),
+//! then whole tables checked by key-range checksums and given
 //! keys checked row by row. Differences made on purpose on the target
 //! (a changed row, a value nulled, a missing and an extra row) are found
 //! and named by key; one undone before the re-check is not reported.
 
 use anyhow::{ensure, Context, Result};
+use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use switchyard_replay::catalog::{Catalog, QualifiedName};
 use switchyard_replay::mapping::{Mapping, Resolved};
+use switchyard_replay::replayer::{self, ReplayOptions, ReplayStatus};
 use switchyard_replay::verify::{
     verify_keys, verify_tables, Mapped, Mismatch, MismatchKind, Progress, ProgressEvent, TableReport, VerifyError,
     VerifyOptions, VerifyReport,
@@ -25,6 +28,11 @@ const SCHEMA: &str = "
                          state text NOT NULL, note text);
     CREATE TABLE pair (a int, b text, n int, PRIMARY KEY (a, b));
     CREATE TABLE empty_one (id int PRIMARY KEY, v text);
+    CREATE TABLE ev (id int PRIMARY KEY, v text, at timestamptz) PARTITION BY RANGE (id);
+    CREATE TABLE ev_low PARTITION OF ev FOR VALUES FROM (0) TO (500);
+    CREATE TABLE ev_high PARTITION OF ev FOR VALUES FROM (500) TO (MAXVALUE);
+    INSERT INTO ev SELECT g, 'e' || g, timestamptz '2024-03-01 12:00:00+00' + g * interval '1 hour'
+                   FROM generate_series(1, 900) g;
     INSERT INTO person SELECT g, 'name ' || g, g % 1000, (g % 50) / 4.0,
                               CASE WHEN g % 3 = 0 THEN 'bad' ELSE 'ok' END,
                               CASE WHEN g % 7 = 0 THEN NULL ELSE 'note ' || g END
@@ -41,6 +49,7 @@ const MIGRATION: &str = "
     CREATE TYPE mood AS ENUM ('ok', 'bad');
     ALTER TABLE people ALTER COLUMN state TYPE mood USING state::mood;
     ALTER TABLE people ADD COLUMN flag text NOT NULL DEFAULT 'new';
+    ALTER TABLE pair ALTER COLUMN a TYPE text;
 ";
 
 const MAPPING: &str = r#"
@@ -178,10 +187,26 @@ async fn identical_tables_verify_clean_over_many_ranges() -> Result<()> {
         let b: String = s.target.query_one(&sql, &[]).await?.get(0);
         ensure!(a == b, "the clone of {table} differs");
     }
+    // Sessions on the target print times and dates differently; the
+    // verification's own target session prints them as the source does.
+    s.target
+        .batch_execute(
+            "ALTER DATABASE target SET TimeZone = 'Asia/Tokyo'; ALTER DATABASE target SET DateStyle = 'SQL, DMY'",
+        )
+        .await?;
     let (report, seen) = s.verify(&options(1000)).await?;
     ensure!(report.is_clean(), "{report:#?}");
     let by_table: BTreeMap<_, _> = report.tables.iter().map(|t| (t.source.name.as_str(), t)).collect();
-    ensure!(by_table.len() == 3, "{by_table:?}");
+    // A partitioned table is verified whole, its partitions not again.
+    ensure!(
+        by_table.keys().copied().collect::<Vec<_>>() == ["empty_one", "ev", "pair", "person"],
+        "{by_table:?}"
+    );
+    let ev = by_table["ev"];
+    ensure!(
+        ev.rows_checked == 900 && ev.target_rows == 900 && ev.ranges == 1,
+        "{ev:?}"
+    );
     let person = by_table["person"];
     ensure!(
         person.rows_checked == 12_000 && person.target_rows == 12_000,
@@ -201,14 +226,17 @@ async fn identical_tables_verify_clean_over_many_ranges() -> Result<()> {
     ensure!(person.not_compared.is_empty() && person.compared_as_text.is_empty());
     // Progress: after every range, rows only grow, every table ends.
     let ranges = seen.iter().filter(|p| p.event == ProgressEvent::Range).count() as u64;
-    ensure!(ranges == person.ranges + pair.ranges + empty.ranges, "{ranges}");
+    ensure!(
+        ranges == person.ranges + pair.ranges + empty.ranges + ev.ranges,
+        "{ranges}"
+    );
     ensure!(seen.windows(2).all(|w| w[0].rows_checked <= w[1].rows_checked));
     let done: Vec<_> = seen
         .iter()
         .filter(|p| p.event == ProgressEvent::TableDone)
         .map(|p| (p.tables_done, p.tables_total))
         .collect();
-    ensure!(done == vec![(0, 3), (1, 3), (2, 3)], "{done:?}");
+    ensure!(done == vec![(0, 4), (1, 4), (2, 4), (3, 4)], "{done:?}");
     ensure!(seen.last().map(|p| p.rows_checked) == Some(report.rows_checked()));
     Ok(())
 }
@@ -239,15 +267,15 @@ async fn a_migrated_target_verifies_clean_and_its_differences_are_named() -> Res
              DELETE FROM people WHERE id = 1234;
              INSERT INTO people VALUES (20000, 'extra', 1, 1, 'ok', NULL);
              UPDATE people SET flag = 'changed' WHERE id = 5;
-             UPDATE pair SET n = 1 WHERE a = 10 AND b = 'k10' AND n IS NULL;
-             UPDATE pair SET n = NULL WHERE a = 8 AND b = 'k8';
-             DELETE FROM pair WHERE a = 299 AND b = 'k2';",
+             UPDATE pair SET n = 1 WHERE a = '10' AND b = 'k10' AND n IS NULL;
+             UPDATE pair SET n = NULL WHERE a = '8' AND b = 'k8';
+             DELETE FROM pair WHERE a = '299' AND b = 'k2';",
         )
         .await?;
     ensure!(
         count(
             &s.target,
-            "SELECT count(*) FROM pair WHERE a = 10 AND b = 'k10' AND n = 1"
+            "SELECT count(*) FROM pair WHERE a = '10' AND b = 'k10' AND n = 1"
         )
         .await?
             == 1
@@ -362,8 +390,8 @@ async fn verify_keys_finds_exactly_the_mismatching_keys() -> Result<()> {
              UPDATE people SET flag = 'not compared' WHERE id = 12;
              DELETE FROM people WHERE id = 11;
              INSERT INTO people VALUES (50000, 'extra', 1, 1, 'ok', NULL);
-             UPDATE pair SET n = n + 1 WHERE a = 3 AND b = 'k3';
-             DELETE FROM pair WHERE a = 4 AND b = 'k4';",
+             UPDATE pair SET n = n + 1 WHERE a = '3' AND b = 'k3';
+             DELETE FROM pair WHERE a = '4' AND b = 'k4';",
         )
         .await?;
     // The source moves on where the target did not follow.
@@ -445,5 +473,138 @@ async fn verify_keys_finds_exactly_the_mismatching_keys() -> Result<()> {
         Err(e) => ensure!(e.to_string().contains("not in the mapping"), "{e}"),
         Ok(r) => anyhow::bail!("expected an unmapped table error, got {r:?}"),
     }
+    Ok(())
+}
+
+/// Writes through the proxy to person ids 1..=300 and 12001..=12100 and to
+/// pair rows with `a < 20`, and nothing else.
+async fn load(c: Client, seed: u64, n: usize) -> Result<()> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for _ in 0..n {
+        let id = rng.random_range(1..=300);
+        let new = 12_000 + rng.random_range(1..=100);
+        let sql = match rng.random_range(0..4) {
+            0 => format!("UPDATE person SET qty = qty + 1, note = CASE WHEN note IS NULL THEN 'n' END WHERE id = {id}"),
+            1 => format!(
+                "INSERT INTO person VALUES ({new}, 'new', 1, 1.5, 'ok', NULL) \
+                 ON CONFLICT (id) DO UPDATE SET qty = person.qty + 1"
+            ),
+            2 => format!("DELETE FROM person WHERE id = {new}"),
+            _ => format!("UPDATE pair SET n = coalesce(n, 0) + 1 WHERE a = {}", id % 20),
+        };
+        c.batch_execute(&sql).await.with_context(|| sql.clone())?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_runs_online_during_catch_up_and_is_clean_once_caught_up() -> Result<()> {
+    let f = crate::capture::Fixture::start().await?;
+    let direct = f.cluster.connect("postgres").await?;
+    direct.batch_execute(SCHEMA).await?;
+    direct.batch_execute("CREATE DATABASE target").await?;
+    f.capture_start().await?;
+    let target = f.clone_into("target").await?;
+    target.batch_execute(MIGRATION).await?;
+    let source_catalog = Catalog::load(&direct).await?;
+    let target_catalog = Catalog::load(&target).await?;
+    let resolved = Mapping::parse(MAPPING, "mapping.toml")?
+        .resolve(&source_catalog, &target_catalog)
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let su = f.cluster.superuser();
+    let (source_config, target_config) = (f.cluster.pg_config(su, "postgres"), f.cluster.pg_config(su, "target"));
+    let status = Arc::new(ReplayStatus::default());
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let replay = tokio::spawn(replayer::run(
+        source_config.clone(),
+        target_config.clone(),
+        Arc::new(resolved.clone()),
+        Arc::new(source_catalog.clone()),
+        Arc::new(target_catalog.clone()),
+        ReplayOptions {
+            log_dir: f.log_path(),
+            workers: 2,
+            batch_keys: 500,
+            idle: Duration::from_millis(2),
+        },
+        status.clone(),
+        stop,
+    ));
+    let mut writers = Vec::new();
+    for w in 0..2u64 {
+        let c = f.proxy.connect("postgres").await?;
+        writers.push(tokio::spawn(load(c, 7 + w, 1500)));
+    }
+    let mapped = Mapped {
+        mapping: &resolved,
+        source: &source_catalog,
+        target: &target_catalog,
+    };
+    let options = VerifyOptions {
+        rows_per_range: 1000,
+        rechecks: 3,
+        recheck_wait: Duration::from_millis(100),
+        ..VerifyOptions::default()
+    };
+    let during = verify_tables(&source_config, &target_config, mapped, &options, |_| {}).await?;
+    let overlapped = writers.iter().any(|w| !w.is_finished());
+    // While writes go on, a key may be caught between its write and its
+    // replay; anything reported must be such a key.
+    for t in &during.tables {
+        for m in &t.differing {
+            let touched = match t.source.name.as_str() {
+                "person" => m.key[0]
+                    .as_deref()
+                    .and_then(|k| k.parse::<i64>().ok())
+                    .is_some_and(|id| (1..=300).contains(&id) || (12_001..=12_100).contains(&id)),
+                "pair" => m.key[0]
+                    .as_deref()
+                    .and_then(|k| k.parse::<i64>().ok())
+                    .is_some_and(|a| a < 20),
+                _ => false,
+            };
+            ensure!(touched, "{} reported a key no client wrote: {m:?}", t.source);
+        }
+    }
+    for w in writers {
+        w.await??;
+    }
+    let last: u64 = f.show_capture().await?.get("last_lsn").context("last_lsn")?.parse()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while status.confirmed_lsn.load(std::sync::atomic::Ordering::Relaxed) < last {
+        ensure!(!replay.is_finished(), "the replayer stopped: {:?}", replay.await);
+        ensure!(std::time::Instant::now() < deadline, "catch-up did not finish");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let after = verify_tables(&source_config, &target_config, mapped, &options, |_| {}).await?;
+    ensure!(after.is_clean(), "{after:#?}");
+    let people = table(&after, "person");
+    ensure!(
+        people.rows_checked == count(&direct, "SELECT count(*) FROM person").await?,
+        "{people:?}"
+    );
+    // The final pass, with nothing writing: every key the load touched.
+    let mut keys = BTreeMap::new();
+    keys.insert(
+        name("person"),
+        (1..=300)
+            .chain(12_001..=12_100)
+            .map(|id: i32| key(&[&id.to_string()]))
+            .collect(),
+    );
+    let pair_keys = direct.query("SELECT a::text, b FROM pair WHERE a < 20", &[]).await?;
+    keys.insert(
+        name("pair"),
+        pair_keys.iter().map(|r| vec![r.get(0), r.get(1)]).collect(),
+    );
+    let report = verify_keys(&direct, &target, mapped, &keys).await?;
+    ensure!(report.is_clean() && report.keys_checked() == 400 + 220, "{report:?}");
+    stop_tx.send(true)?;
+    replay.await??;
+    println!(
+        "verify under load: {} keys reported while writes ran (overlapped: {overlapped}), {} rows checked after",
+        during.differing_total(),
+        after.rows_checked()
+    );
     Ok(())
 }

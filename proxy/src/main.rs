@@ -113,6 +113,7 @@ async fn run(cli: Cli) -> i32 {
             console,
         } => print(cli::console(&console, &action.command(database.as_deref())).await),
         Command::Admin { console, command } => print(cli::console(&console, &command).await),
+        Command::Cutover(args) => cli::cutover::run(&args).await,
         Command::Lag(console) => print(cli::console(&console, "SHOW LAG").await),
         Command::Catchup { action } => catchup(action).await,
         Command::Clone(args) => clone(args).await,

@@ -408,6 +408,14 @@ pub async fn run(
                     }
                     last_check = overdue;
                 }
+                Record::Marker(Marker::Freeze { .. }) => {
+                    // Traffic froze with every session at a boundary: each
+                    // commit before the marker has ended on the source, so
+                    // none waits for its Settled marker (or the timeout).
+                    for (_, u) in std::mem::take(&mut waiting) {
+                        n += assign(&mut per, u.tables, workers);
+                    }
+                }
                 Record::Marker(_) => {}
             }
         }

@@ -4,6 +4,7 @@
 
 mod capture;
 mod catchup;
+mod cutover;
 mod pause;
 mod reconnect;
 mod result;
@@ -65,6 +66,14 @@ pub enum AdminCommand {
     CatchupStop,
     /// `SHOW LAG`: catch-up progress.
     ShowLag,
+    /// `CAPTURE ACK`: acknowledge the unsafe statements let through.
+    CaptureAck,
+    /// `CUTOVER [DRY RUN] [options]`.
+    Cutover(cutover::CutoverArgs),
+    /// `ABORT`: call the running cutover off.
+    Abort,
+    /// `SHOW CUTOVER`.
+    ShowCutover,
     /// `RECONNECT [TO source|target] [TIMEOUT d] [FORCE]`: move every
     /// client session to a fresh backend at its next boundary.
     Reconnect {
@@ -201,6 +210,10 @@ impl AdminCommand {
             ["CATCHUP", "STOP"] => Ok(AdminCommand::CatchupStop),
             ["SHOW", "LAG"] => Ok(AdminCommand::ShowLag),
             ["RECONNECT", ..] => reconnect::parse(&words[1..]),
+            ["CAPTURE", "ACK"] => Ok(AdminCommand::CaptureAck),
+            ["CUTOVER", ..] => cutover::parse(&words[1..]),
+            ["ABORT"] => Ok(AdminCommand::Abort),
+            ["SHOW", "CUTOVER"] => Ok(AdminCommand::ShowCutover),
             ["SHOW", ..] => Err(AdminError::Unknown(text.to_owned())),
             _ => Err(AdminError::Unknown(text.to_owned())),
         }
@@ -224,6 +237,11 @@ impl AdminCommand {
             AdminCommand::CatchupStop => catchup::stop(shared).await,
             AdminCommand::ShowLag => Ok(catchup::show(shared)),
             AdminCommand::Reconnect { to, timeout, force } => reconnect::execute(shared, *to, *timeout, *force).await,
+            AdminCommand::CaptureAck => capture::ack(shared),
+            // Without a client to stream to (see `run_watching`), the steps go unseen.
+            AdminCommand::Cutover(args) => cutover::execute(shared, args, None).await,
+            AdminCommand::Abort => cutover::abort(shared),
+            AdminCommand::ShowCutover => Ok(cutover::show(shared)),
         }
     }
 }
@@ -326,6 +344,19 @@ const WATCH_BUFFER: usize = 64 * 1024;
 async fn run_watching(shared: &Arc<Shared>, client: &mut Conn, sql: &str, session: u64) -> bool {
     let mut out = bytes::BytesMut::new();
     let commands: Vec<_> = sql.split(';').map(|t| AdminCommand::parse(t.trim())).collect();
+    let non_empty: Vec<&str> = sql.split(';').map(str::trim).filter(|s| !s.is_empty()).collect();
+    if let [text] = non_empty.as_slice() {
+        if let Ok(AdminCommand::Cutover(args)) = AdminCommand::parse(text) {
+            // Each step reaches the client as it happens, as a NOTICE.
+            tracing::info!(command = %text, "admin command");
+            match cutover::execute(shared, &args, Some(client)).await {
+                Ok(reply) => reply.encode(&mut out),
+                Err(e) => bmsg::error_response(&mut out, Severity::Error, e.code(), &e.to_string()),
+            }
+            client.queue(&out);
+            return true;
+        }
+    }
     let pausing = commands.iter().any(|c| matches!(c, Ok(AdminCommand::Pause { .. })))
         && !commands.iter().any(|c| {
             matches!(

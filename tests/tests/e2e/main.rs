@@ -17,6 +17,7 @@ mod catchup;
 mod catchup_kill;
 mod clone;
 mod copy;
+mod cutover;
 mod deep_sql;
 mod drivers;
 mod escapes;

@@ -324,7 +324,7 @@ impl Order {
         self.sessions
             .iter()
             .filter(|s| !s.is_closed() && s.route_epoch() < epoch)
-            .filter(|s| s.seen_epoch() < epoch || !s.move_state().opened())
+            .filter(|s| s.seen_epoch() < epoch || matches!(s.move_state(), MoveState::Opening | MoveState::Failed))
             .map(|s| {
                 let why = match s.move_state() {
                     MoveState::Failed => s

@@ -122,7 +122,7 @@ async fn drain_timeout_abort_and_a_corrupt_row_each_call_it_off() -> Result<()> 
     let running = {
         let cut_proxy = cut.proxy.pg_config("switchyard");
         tokio::spawn(async move {
-            let (c, _) = crate::support::connect_listening(&cut_proxy).await?;
+            let (c, _notices) = crate::support::connect_listening(&cut_proxy).await?;
             Ok::<_, anyhow::Error>(c.simple_query("CUTOVER DRAIN_TIMEOUT 8s").await)
         })
     };
@@ -141,7 +141,9 @@ async fn drain_timeout_abort_and_a_corrupt_row_each_call_it_off() -> Result<()> 
     cut.admin.simple_query("ABORT").await.context("ABORT")?;
     let answer = tokio::time::timeout(Duration::from_secs(5), running).await???;
     let err = answer.err().context("CUTOVER succeeded after ABORT")?;
-    let message = err.as_db_error().map(|d| d.message().to_owned()).unwrap_or_default();
+    let message = err
+        .as_db_error()
+        .map_or_else(|| err.to_string(), |d| d.message().to_owned());
     ensure!(message.contains("aborted") && message.contains("ABORT"), "{message}");
     let port = tokio::time::timeout(Duration::from_secs(5), waiting).await???;
     ensure!(port == cut.source.port() as i32, "the held query ran on port {port}");
@@ -197,7 +199,14 @@ async fn a_long_statement_is_cancelled_with_on_drain_timeout_cancel() -> Result<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_backend_that_cannot_open_or_a_target_down_stops_preflight() -> Result<()> {
-    let cut = ready(|_| {}).await?;
+    // Backends log in as the client's own user (the proxy's control role
+    // is the capture user).
+    let cut = ready(|c| {
+        if let Some(t) = c.target.as_mut() {
+            t.user = None;
+        }
+    })
+    .await?;
     // Applications log in as their own role, on both servers.
     for c in [&cut.source, &cut.target] {
         c.connect("postgres")
@@ -249,7 +258,7 @@ async fn the_proxy_shutting_down_mid_freeze_reopens_on_the_source() -> Result<()
     let running = {
         let console = cut.proxy.pg_config("switchyard");
         tokio::spawn(async move {
-            let (c, _) = crate::support::connect_listening(&console).await?;
+            let (c, _notices) = crate::support::connect_listening(&console).await?;
             Ok::<_, anyhow::Error>(c.simple_query("CUTOVER DRAIN_TIMEOUT 8s").await)
         })
     };

@@ -98,6 +98,21 @@ pub enum Command {
     /// sequences, verify, flip, reopen (CUTOVER); each step is printed as
     /// it happens.
     Cutover(CutoverArgs),
+    /// Compare whole tables, source against the mapped target, online
+    /// (VERIFY): exit code 0 when they agree, 5 when some rows differ.
+    #[command(after_help = "Examples:
+  switchyard verify                       every mapped table
+  switchyard verify public.accounts --rows-per-range 50000")]
+    Verify {
+        /// How to reach the console.
+        #[command(flatten)]
+        console: ConsoleArgs,
+        /// Source tables (schema.table); every mapped table when none.
+        tables: Vec<String>,
+        /// Rows per checksum range (default 10000).
+        #[arg(long)]
+        rows_per_range: Option<usize>,
+    },
     /// Run any admin console command, e.g. `switchyard admin "SHOW SESSIONS"`.
     Admin {
         /// How to reach the console.

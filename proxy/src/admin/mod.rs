@@ -10,6 +10,7 @@ mod reconnect;
 mod result;
 mod resume;
 mod show;
+mod verify;
 
 pub use result::{Reply, ResultSet};
 
@@ -74,6 +75,8 @@ pub enum AdminCommand {
     Abort,
     /// `SHOW CUTOVER`.
     ShowCutover,
+    /// `VERIFY [table, ...] [ROWS_PER_RANGE n]`: whole tables compared online.
+    Verify(verify::VerifyArgs),
     /// `RECONNECT [TO source|target] [TIMEOUT d] [FORCE]`: move every
     /// client session to a fresh backend at its next boundary.
     Reconnect {
@@ -214,6 +217,7 @@ impl AdminCommand {
             ["CUTOVER", ..] => cutover::parse(&words[1..]),
             ["ABORT"] => Ok(AdminCommand::Abort),
             ["SHOW", "CUTOVER"] => Ok(AdminCommand::ShowCutover),
+            ["VERIFY", ..] => verify::parse(&words[1..]),
             ["SHOW", ..] => Err(AdminError::Unknown(text.to_owned())),
             _ => Err(AdminError::Unknown(text.to_owned())),
         }
@@ -242,6 +246,7 @@ impl AdminCommand {
             AdminCommand::Cutover(args) => cutover::execute(shared, args, None).await,
             AdminCommand::Abort => cutover::abort(shared),
             AdminCommand::ShowCutover => Ok(cutover::show(shared)),
+            AdminCommand::Verify(args) => verify::execute(shared, args, None).await,
         }
     }
 }
@@ -346,10 +351,15 @@ async fn run_watching(shared: &Arc<Shared>, client: &mut Conn, sql: &str, sessio
     let commands: Vec<_> = sql.split(';').map(|t| AdminCommand::parse(t.trim())).collect();
     let non_empty: Vec<&str> = sql.split(';').map(str::trim).filter(|s| !s.is_empty()).collect();
     if let [text] = non_empty.as_slice() {
-        if let Ok(AdminCommand::Cutover(args)) = AdminCommand::parse(text) {
-            // Each step reaches the client as it happens, as a NOTICE.
+        // Long commands: their progress reaches the client as NOTICEs.
+        let streamed = match AdminCommand::parse(text) {
+            Ok(AdminCommand::Cutover(args)) => Some(cutover::execute(shared, &args, Some(client)).await),
+            Ok(AdminCommand::Verify(args)) => Some(verify::execute(shared, &args, Some(client)).await),
+            _ => None,
+        };
+        if let Some(result) = streamed {
             tracing::info!(command = %text, "admin command");
-            match cutover::execute(shared, &args, Some(client)).await {
+            match result {
                 Ok(reply) => reply.encode(&mut out),
                 Err(e) => bmsg::error_response(&mut out, Severity::Error, e.code(), &e.to_string()),
             }

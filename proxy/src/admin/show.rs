@@ -234,6 +234,7 @@ pub(super) fn help() -> Reply {
         ("SHOW LAG", "catch-up state, log positions (end, read, confirmed), commits and keys pending, lag in seconds, lag percentiles"),
         ("CAPTURE ACK", "acknowledge the unsafe statements SHOW CAPTURE lists as let through uncaptured, after checking the target has their writes (a cutover refuses while any is unacknowledged)"),
         ("CUTOVER [DRY RUN] [options]", "move all traffic to [target]: preflight, freeze, final sync, sequences, verify, flip, reopen; each step is reported as it runs; DRY RUN runs only the preflight. Options: MAX_LAG d, DRAIN_TIMEOUT d, ON_DRAIN_TIMEOUT abort|cancel, VERIFY none|synced|sample, VERIFY_SAMPLE n, MAX_PAUSE d, OPEN_TIMEOUT d, FENCE none|read-only|terminate-bypass, ALLOW_BYPASS, ALLOW_UNMAPPED_SEQUENCES (defaults from [cutover])"),
+        ("VERIFY [table, ...] [ROWS_PER_RANGE n]", "compare whole tables (default: every mapped table), source against the mapped target, online, by checksums over key ranges; ranges that differ are checked again after catch-up, then row by row; one row per table with the differing keys (tag VERIFY DIFFERS when any)"),
         ("ABORT", "call the running cutover off before its flip: the gate reopens on the source"),
         ("SHOW CUTOVER", "the current or last cutover: state, each step's start and duration, the pause, sessions moved and closed, keys synced, rows verified"),
     ] {

@@ -4,3 +4,4 @@
 //! reports.
 
 pub mod cutover;
+pub mod verify;

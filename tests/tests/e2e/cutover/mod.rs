@@ -5,6 +5,7 @@
 //! alone.
 
 mod aborts;
+mod cli;
 mod cycle;
 
 use crate::support::{admin, connect_listening, table, trusting_config, PROMPT};

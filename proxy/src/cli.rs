@@ -59,9 +59,9 @@ pub enum Command {
         /// How to reach the console.
         #[command(flatten)]
         console: ConsoleArgs,
-        /// `source` (default) or `target`.
-        #[arg(long, default_value = "source", value_parser = ["source", "target"])]
-        to: String,
+        /// `source` or `target`; the database serving now by default.
+        #[arg(long, value_parser = ["source", "target"])]
+        to: Option<String>,
         /// How long to wait for sessions to reach a boundary, e.g. 30s.
         #[arg(long)]
         timeout: Option<String>,

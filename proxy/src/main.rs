@@ -98,7 +98,10 @@ async fn run(cli: Cli) -> i32 {
             timeout,
             force,
         } => {
-            let mut cmd = format!("RECONNECT TO {to}");
+            let mut cmd = match to {
+                Some(to) => format!("RECONNECT TO {to}"),
+                None => "RECONNECT".to_owned(),
+            };
             if let Some(t) = timeout {
                 cmd.push_str(&format!(" TIMEOUT {t}"));
             }

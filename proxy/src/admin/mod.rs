@@ -80,8 +80,8 @@ pub enum AdminCommand {
     /// `RECONNECT [TO source|target] [TIMEOUT d] [FORCE]`: move every
     /// client session to a fresh backend at its next boundary.
     Reconnect {
-        /// Where to.
-        to: crate::session::route::Destination,
+        /// Where to; the database serving now when not named.
+        to: Option<crate::session::route::Destination>,
         /// How long to wait for the sessions.
         timeout: Duration,
         /// Moving to another database than the current one was confirmed.

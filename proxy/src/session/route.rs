@@ -119,13 +119,18 @@ impl Default for Router {
 impl Router {
     /// A route to the source at epoch 0.
     pub fn new() -> Router {
+        Router::starting_at(Destination::Source)
+    }
+
+    /// A route to `destination` at epoch 0.
+    pub fn starting_at(destination: Destination) -> Router {
         let (tx, _) = watch::channel(Route {
             epoch: 0,
-            destination: Destination::Source,
+            destination,
             step: Step::Go,
             pinned: PinnedPolicy::Stay,
             deadline: None,
-            serving: (0, Destination::Source),
+            serving: (0, destination),
         });
         Router {
             tx,

@@ -223,6 +223,15 @@ impl Run {
             moved.closed,
             moved.waiting + moved.failed + moved.pinned
         );
+        // A proxy started again must not send the applications back.
+        if let Some(target) = &self.shared.config.target {
+            if let Err(e) = crate::control::route_file::record(&self.shared.config, target) {
+                tracing::error!(error = %e, "cannot record that traffic moved to the target");
+                detail.push_str(&format!(
+                    "; recording the route failed ({e}): a restarted proxy would route to [source] until the config names the target there"
+                ));
+            }
+        }
         // Sessions on the target must not adopt the source's capture.
         if let Err(e) = self.shared.capture.stop().await {
             detail.push_str(&format!("; capture: {e}"));
@@ -256,6 +265,13 @@ impl Run {
         let options = self.report.options.clone();
         if config.target.is_none() {
             return Err(self.fail("no [target] is configured: add one to the config file".to_owned()));
+        }
+        if shared.router.current().for_login().1 == Destination::Target {
+            return Err(self.fail(
+                "traffic is already on [target] since a cutover; for another migration, name that database as \
+                 [source] in the config (and the next one as [target]) and restart the proxy"
+                    .to_owned(),
+            ));
         }
         if shared.gate.is_closed() {
             return Err(self.fail("the gate is closed (a PAUSE is in force); RESUME first".to_owned()));

@@ -281,6 +281,19 @@ impl Relay<'_> {
                 _ => moving::open_with(&self.shared.config, &order, &self.login).await,
             },
         };
+        let opened = match opened {
+            // Opened ahead and gone since (terminated, a network cut): a
+            // fresh one is opened now rather than failing the move.
+            Ok(be) if !be.conn.idle_and_open() => {
+                tracing::info!(
+                    session = self.info.id,
+                    "the backend opened ahead was closed; opening another"
+                );
+                moving::retire(be.conn);
+                moving::open_with(&self.shared.config, &order, &self.login).await
+            }
+            other => other,
+        };
         let mut be = match opened {
             Ok(be) => be,
             Err(why) => return self.move_failed(order.epoch, order.pinned, why),

@@ -254,3 +254,47 @@ fn render(r: &Report) -> ResultSet {
     }
     rs
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::CutoverConfig;
+    use std::time::Duration;
+
+    fn parsed(text: &str) -> Result<(bool, CutoverOptions), AdminError> {
+        match AdminCommand::parse(text)? {
+            AdminCommand::Cutover(args) => Ok((args.dry_run, options(&CutoverConfig::default(), &args)?)),
+            other => panic!("{text} parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn options_override_the_config_and_bad_ones_say_what_is_expected() {
+        let (dry, o) = parsed("CUTOVER").unwrap();
+        assert!(!dry);
+        assert_eq!(o, CutoverOptions::from_config(&CutoverConfig::default()));
+        let (dry, o) = parsed(
+            "cutover dry run drain_timeout 2s on_drain_timeout cancel verify synced max_pause '5s' fence read-only allow_bypass",
+        )
+        .unwrap();
+        assert!(dry);
+        assert_eq!(o.drain_timeout, Duration::from_secs(2));
+        assert_eq!(o.on_drain_timeout, OnDrainTimeout::Cancel);
+        assert_eq!(o.verify, VerifyMode::Synced);
+        assert_eq!(o.max_pause, Duration::from_secs(5));
+        assert_eq!(o.fence, Fence::ReadOnly);
+        assert!(o.allow_bypass);
+        for (bad, says) in [
+            ("CUTOVER NOW", "unknown CUTOVER option"),
+            ("CUTOVER DRAIN_TIMEOUT", "needs a value"),
+            ("CUTOVER DRAIN_TIMEOUT soon", "a duration"),
+            ("CUTOVER ON_DRAIN_TIMEOUT wait", "abort or cancel"),
+            ("CUTOVER VERIFY all", "none, synced or sample"),
+            ("CUTOVER DRAIN_TIMEOUT 20s", "below MAX_PAUSE"),
+            ("CUTOVER VERIFY_SAMPLE lots", "a number of rows"),
+        ] {
+            let e = parsed(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+}

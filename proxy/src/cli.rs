@@ -233,8 +233,8 @@ pub async fn console_map(
 pub enum ConsoleError {
     /// The console could not be reached or the connection broke.
     Unreachable(String),
-    /// The command ran and failed, with the console's message.
-    Refused(String),
+    /// The command ran and failed, with the console's SQLSTATE and message.
+    Refused(String, String),
 }
 
 /// Runs one console command, handing each NOTICE to `on_notice` as it
@@ -262,7 +262,7 @@ pub async fn console_streaming(
     drop(client);
     let _ = task.await;
     let messages = messages.map_err(|e| match e.as_db_error() {
-        Some(d) => ConsoleError::Refused(d.message().to_owned()),
+        Some(d) => ConsoleError::Refused(d.code().code().to_owned(), d.message().to_owned()),
         None => ConsoleError::Unreachable(e.to_string()),
     })?;
     let mut header: Vec<String> = Vec::new();

@@ -152,7 +152,7 @@ async fn verify(console: &cli::ConsoleArgs, tables: &[String], rows_per_range: O
                 0
             }
         }
-        Err(cli::ConsoleError::Unreachable(e) | cli::ConsoleError::Refused(e)) => {
+        Err(cli::ConsoleError::Unreachable(e) | cli::ConsoleError::Refused(_, e)) => {
             eprintln!("switchyard: {e}");
             1
         }

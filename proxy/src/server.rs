@@ -148,7 +148,12 @@ impl Proxy {
             shutdown: shutdown_rx,
             started_at: SystemTime::now(),
             pause: Mutex::new(None),
-            router: crate::session::route::Router::starting_at(destination),
+            router: crate::session::route::Router::starting_at(
+                destination,
+                (destination == crate::session::route::Destination::Target)
+                    .then(|| config.capture_database().map(str::to_owned))
+                    .flatten(),
+            ),
             cutover: crate::control::cutover::Cutovers::default(),
             capture: crate::capture::control::Capture::new(&config),
             catchup: crate::catchup::Catchup::default(),

@@ -84,6 +84,11 @@ pub fn starting_route(config: &Config) -> Result<Destination, String> {
     ))
 }
 
+/// Removes the record (a cutover called off after writing it).
+pub fn forget(config: &Config) {
+    let _ = std::fs::remove_file(config.capture.log_dir.join(FILE_NAME));
+}
+
 /// Whether a record exists in `dir`.
 pub fn exists(dir: &Path) -> bool {
     dir.join(FILE_NAME).exists()

@@ -49,9 +49,10 @@ impl Relay<'_> {
             self.order = None;
             return;
         }
-        if route.step == Step::Cancelled {
-            // Called off before the switch: the session stays, and what it
-            // opened for the order is closed.
+        if route.step == Step::Cancelled || !route.concerns(self.info.backend_database()) {
+            // Called off before the switch, or an order for another
+            // database's sessions: the session stays, and what it opened
+            // for the order is closed.
             self.order = None;
             self.opening = None;
             if let Some((_, be)) = self.opened.take() {

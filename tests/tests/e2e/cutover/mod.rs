@@ -147,7 +147,7 @@ impl Cut {
             .simple_query("CATCHUP START")
             .await
             .context("CATCHUP START")?;
-        self.caught_up(Duration::from_secs(60)).await
+        self.nearly_caught_up(Duration::from_secs(60)).await
     }
 
     /// Waits until catch-up has applied everything logged so far.

@@ -353,3 +353,33 @@ async fn target_backends_lost_while_frozen_are_opened_again_at_the_flip() -> Res
     ensure!(label.rows[0][0].as_deref() == Some("last"), "{label:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_of_other_databases_stay_on_the_source() -> Result<()> {
+    let cut = ready(|_| {}).await?;
+    cut.source
+        .connect("postgres")
+        .await?
+        .batch_execute("CREATE DATABASE reports")
+        .await?;
+    let reports = cut.proxy.connect("reports").await?;
+    let app = cut.proxy.connect("postgres").await?;
+    let outcome = cut.cutover("").await?;
+    let report = outcome.done()?;
+    ensure!(
+        report["sessions"] == "1" && report["sessions_moved"] == "1",
+        "{report:?}"
+    );
+    let source_port = cut.source.port() as i32;
+    for (c, want, what) in [
+        (&reports, source_port, "the reports session"),
+        (&app, cut.target.port() as i32, "the migrated database's session"),
+    ] {
+        let port: i32 = c.query_one(&format!("SELECT {PORT}"), &[]).await?.get(0);
+        ensure!(port == want, "{what} is on port {port}");
+    }
+    let again = cut.proxy.connect("reports").await?;
+    let port: i32 = again.query_one(&format!("SELECT {PORT}"), &[]).await?.get(0);
+    ensure!(port == source_port, "a new reports session went to port {port}");
+    Ok(())
+}

@@ -7,6 +7,7 @@
 mod aborts;
 mod cli;
 mod cycle;
+mod upgrade;
 
 use crate::support::{admin, connect_listening, table, trusting_config, PROMPT};
 use anyhow::{ensure, Context, Result};
@@ -59,6 +60,18 @@ impl Cut {
     /// `mapping` as catch-up's mapping file; `edit` adjusts the config.
     pub async fn start(schema: &str, mapping: &str, edit: impl FnOnce(&mut Config)) -> Result<Cut> {
         let (source, target) = tokio::try_join!(Cluster::start(), Cluster::start())?;
+        Cut::start_with(source, target, schema, mapping, edit).await
+    }
+
+    /// As [`Cut::start`], on servers already started (e.g. a target of
+    /// another major version).
+    pub async fn start_with(
+        source: Cluster,
+        target: Cluster,
+        schema: &str,
+        mapping: &str,
+        edit: impl FnOnce(&mut Config),
+    ) -> Result<Cut> {
         source.connect("postgres").await?.batch_execute(schema).await?;
         let dir = tempfile::tempdir()?;
         let mapping_path = dir.path().join("mapping.toml");

@@ -3,6 +3,7 @@
 //! authentication, the admin console or a backend, then the relay.
 
 pub mod backend;
+pub mod conversation;
 pub mod effects;
 mod moving;
 pub(crate) mod relay;

@@ -278,15 +278,29 @@ impl SessionState {
         Ok(self.conv.push(Origin::Client, request, Pending(kind)))
     }
 
-    /// Records a message from the server.
-    pub fn on_server(&mut self, msg: BackendMessage<'_>, now: Instant) -> ServerEvent {
-        let answer = self.conv.on_server(msg.tag());
-        self.on_answer(msg, answer, now)
+    /// Records a request the proxy sends on its own (capture's): its answer
+    /// is not the client's.
+    pub fn open(&mut self, origin: Origin, request: Request) -> Option<EntryId> {
+        self.conv.push(origin, request, Pending::default())
     }
 
-    /// What a server message the client sees means for the session, given
-    /// where it falls in the conversation.
-    fn on_answer(&mut self, msg: BackendMessage<'_>, answer: Answer<Pending>, now: Instant) -> ServerEvent {
+    /// The proxy sent the message that goes on with the client's request
+    /// it held back (see [`Self::unseen`]): that entry is owed its answer.
+    pub fn resume(&mut self) -> Option<EntryId> {
+        self.conv.resume()
+    }
+
+    /// Places a message from the server in the conversation: which request
+    /// it answers. Every server message goes through here first; then
+    /// [`Self::seen`] or [`Self::unseen`] takes the answer.
+    pub fn hear(&mut self, msg: BackendMessage<'_>) -> Answer<Pending> {
+        self.conv.on_server(msg.tag())
+    }
+
+    /// The client sees `msg` (the server's message, or what the proxy made
+    /// of it), which [`Self::hear`] placed as `answer`: what it means for
+    /// the session.
+    pub fn seen(&mut self, msg: BackendMessage<'_>, answer: Answer<Pending>, now: Instant) -> ServerEvent {
         let mut event = ServerEvent::default();
         for dropped in answer.dropped {
             self.forget(dropped.data);
@@ -342,6 +356,19 @@ impl SessionState {
             _ => {}
         }
         event
+    }
+
+    /// The client does not see the message [`Self::hear`] placed as
+    /// `answer`. When `continues`, it ended the client's request on the
+    /// wire but the proxy goes on with that request with a message of its
+    /// own: the request stays in flight until [`Self::resume`].
+    pub fn unseen(&mut self, answer: Answer<Pending>, continues: bool) {
+        for dropped in answer.dropped {
+            self.forget(dropped.data);
+        }
+        if let (true, Some(done)) = (continues, answer.done) {
+            self.conv.park(done);
+        }
     }
 
     /// A request the server will not answer (or answered with an error).

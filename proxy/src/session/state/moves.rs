@@ -74,13 +74,10 @@ impl SessionState {
         self.statements.unnamed_lost();
     }
 
-    /// Whether the next error answers the proxy's stand-in for a Bind of a
-    /// statement whose types changed.
-    pub fn raising(&self) -> bool {
-        self.conv
-            .entries()
-            .find(|e| !matches!(e.data.0, Kind::Injected))
-            .is_some_and(|e| matches!(e.data.0, Kind::Raise))
+    /// Whether an answer is the error of the proxy's stand-in for a Bind
+    /// of a statement whose types changed.
+    pub fn raises(answer: &Answer<Pending>) -> bool {
+        answer.done.as_ref().is_some_and(|e| matches!(e.data.0, Kind::Raise))
     }
 
     /// Whether a client message waits for a statement recheck.
@@ -88,34 +85,16 @@ impl SessionState {
         self.conv.entries().any(|e| matches!(e.data.0, Kind::Recheck { .. }))
     }
 
-    /// Takes a server message that answers the proxy rather than the
-    /// client: `true` when it is not the client's (errors are never taken:
-    /// the client sees them). A recheck it ends shows in [`Self::rechecking`].
-    pub fn take_proxy_answer(
-        &mut self,
-        msg: BackendMessage<'_>,
-        same: &dyn Fn(&Description, &Description) -> bool,
-    ) -> bool {
-        let tag = msg.tag();
-        let Some(front) = self.conv.front() else {
-            return false;
-        };
-        let takes = front.origin() == Origin::Move
-            && match front.request() {
-                Request::Parse => tag == btag::PARSE_COMPLETE,
-                Request::Bind => tag == btag::BIND_COMPLETE,
-                Request::Describe => matches!(tag, btag::PARAMETER_DESCRIPTION | btag::ROW_DESCRIPTION | btag::NO_DATA),
-                _ => false,
-            };
-        if takes {
-            let answer = self.conv.on_server(tag);
-            self.on_move_answer(msg, answer, same);
-        }
-        takes
+    /// Whether `msg`, placed as `answer`, answers the move's own request
+    /// and not the client's: [`Self::on_move_answer`] takes it. Errors are
+    /// never the move's: the client sees them.
+    pub fn answers_move(answer: &Answer<Pending>, msg: BackendMessage<'_>) -> bool {
+        answer.is_from(Origin::Move) && msg.tag() != btag::ERROR_RESPONSE
     }
 
-    /// An answer to a request of the move's.
-    fn on_move_answer(
+    /// An answer to a request of the move's (see [`Self::answers_move`]).
+    /// A recheck it ends shows in [`Self::rechecking`].
+    pub fn on_move_answer(
         &mut self,
         msg: BackendMessage<'_>,
         answer: Answer<Pending>,

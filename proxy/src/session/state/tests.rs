@@ -15,6 +15,16 @@ fn fe(tag: u8, body: impl FnOnce(&mut BytesMut)) -> FrontendMessage<'static> {
 fn be(tag: u8, body: impl FnOnce(&mut BytesMut)) -> BackendMessage<'static> {
     BackendMessage::new(leak(tag, body))
 }
+/// A server message the client sees as it is.
+trait Hear {
+    fn on_server(&mut self, msg: BackendMessage<'_>, now: Instant) -> ServerEvent;
+}
+impl Hear for SessionState {
+    fn on_server(&mut self, msg: BackendMessage<'_>, now: Instant) -> ServerEvent {
+        let answer = self.hear(msg);
+        self.seen(msg, answer, now)
+    }
+}
 fn query(sql: &str) -> FrontendMessage<'static> {
     fe(ftag::QUERY, |b| put_cstr(b, sql.as_bytes()))
 }
@@ -153,4 +163,46 @@ fn malformed_client_messages_are_errors() {
     let mut s = SessionState::new();
     let bad = fe(ftag::PARSE, |b| b.put_slice(b"name-without-nul"));
     assert!(s.on_client(bad, Instant::now()).is_err());
+}
+
+#[test]
+fn answers_to_the_proxys_own_requests_are_not_the_clients() {
+    use crate::session::conversation::{Origin, Request};
+    let now = Instant::now();
+    let mut s = SessionState::new();
+    // Capture wraps an autocommit query: BEGIN of its own, then the
+    // client's query, then (once the keys are logged) its COMMIT.
+    s.open(Origin::Capture, Request::Query).unwrap();
+    s.on_client(query("SET a = 1"), now).unwrap();
+    for m in [complete("BEGIN"), ready(b'T')] {
+        let answer = s.hear(m);
+        assert!(answer.is_from(Origin::Capture));
+        s.unseen(answer, false);
+    }
+    assert_eq!(s.tx_status(), TxStatus::Idle, "the client never saw the BEGIN");
+    let answer = s.hear(complete("SET"));
+    assert!(answer.is_from(Origin::Client));
+    s.seen(complete("SET"), answer, now);
+    // The query is over on the wire, not for the client: the proxy goes on.
+    let answer = s.hear(ready(b'T'));
+    assert!(answer.is_done());
+    s.unseen(answer, true);
+    assert!(!s.at_boundary(), "the client still waits");
+    assert_eq!(s.phase(), Phase::Active);
+    // Sent while the commit waited for the log: a query of the proxy's own.
+    s.open(Origin::Capture, Request::Query).unwrap();
+    s.resume().expect("the client's query goes on with the COMMIT");
+    for m in [complete("SELECT 1"), ready(b'T')] {
+        let answer = s.hear(m);
+        assert!(answer.is_from(Origin::Capture), "answered first: sent first");
+        s.unseen(answer, false);
+    }
+    let answer = s.hear(complete("COMMIT"));
+    assert!(answer.is_from(Origin::Client));
+    s.unseen(answer, false);
+    let answer = s.hear(ready(b'I'));
+    assert!(answer.is_from(Origin::Client));
+    let event = s.seen(ready(b'I'), answer, now);
+    assert!(event.at_boundary && event.ready.is_some());
+    assert_eq!(s.settings()["a"], "SET a = 1", "the query's effects carried over");
 }

@@ -39,6 +39,7 @@ use super::resolve::{self, Change, SearchPath};
 use super::rows;
 use super::{ClassifyCache, TxControl};
 use crate::session::conversation::{EntryId, Request};
+use crate::session::statements::Statements;
 use bytes::BytesMut;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -237,15 +238,14 @@ struct CopyTap {
     positions: Vec<usize>,
 }
 
-/// A prepared statement (extended protocol) as capture sees it.
+/// What capture makes of a prepared statement (extended protocol): its
+/// note in the session's statement registry, which also holds the
+/// proxy-owned name of a spliced copy.
 #[derive(Debug, Clone)]
-struct Prepared {
+pub(crate) struct StatementNote {
     info: StmtInfo,
-    /// Name on the server.
-    server_name: String,
-    /// Columns the server's RowDescription had, once seen.
-    columns: Option<usize>,
-    /// The client's own text, to restore when capture ends.
+    /// The client's own Parse, when the statement under its name is
+    /// spliced: restored when capture ends.
     original: Option<BytesMut>,
 }
 
@@ -273,7 +273,6 @@ enum Expect {
     Plain,
     /// Describe of a statement: ParameterDescription, then RowDescription or NoData.
     DescribeStatement {
-        name: String,
         tap: Option<Arc<Tap>>,
     },
     /// The probe of the session's search_path and user: its row is read,
@@ -361,7 +360,6 @@ pub(crate) struct SessionCapture {
     sending: Vec<(Request, Expect)>,
     /// The note for the client's message, once it is sent.
     client_note: Option<Expect>,
-    statements: HashMap<String, Prepared>,
     portals: HashMap<String, StmtInfo>,
     /// The server's transaction block, as of the responses seen.
     block: bool,
@@ -417,7 +415,6 @@ impl SessionCapture {
             notes: HashMap::new(),
             sending: Vec::new(),
             client_note: None,
-            statements: HashMap::new(),
             portals: HashMap::new(),
             block: false,
             sent_block: false,
@@ -488,15 +485,15 @@ impl SessionCapture {
     /// spliced or re-prepared them, with a Sync. Their answers are nobody's
     /// (capture is gone when they come): the relay drops them. `None` when
     /// there is nothing to restore.
-    pub(crate) fn finish(self) -> Option<Outgoing> {
+    pub(crate) fn finish(self, statements: &mut Statements<StatementNote>) -> Option<Outgoing> {
         let mut out = BytesMut::new();
         let mut own = Vec::new();
-        for (name, p) in &self.statements {
-            if p.server_name != *name {
-                out.extend_from_slice(&rows::close_statement(&p.server_name));
+        for (name, p, server) in statements.take_notes() {
+            if let Some(server) = server.filter(|s| *s != name) {
+                out.extend_from_slice(&rows::close_statement(&server));
                 own.push((Request::Close, Note(Expect::InjectedOne)));
             } else if let Some(original) = &p.original {
-                out.extend_from_slice(&rows::close_statement(name));
+                out.extend_from_slice(&rows::close_statement(&name));
                 out.extend_from_slice(original);
                 own.push((Request::Close, Note(Expect::InjectedOne)));
                 own.push((Request::Parse, Note(Expect::InjectedOne)));

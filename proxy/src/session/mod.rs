@@ -10,7 +10,7 @@ pub(crate) mod relay;
 pub mod route;
 mod startup;
 pub mod state;
-mod statements;
+pub mod statements;
 
 use crate::admin;
 use crate::auth::LoginError;

@@ -19,7 +19,7 @@ mod answers;
 mod capture;
 mod end;
 mod follow;
-use crate::capture::session::{ClientAction, SessionCapture};
+use crate::capture::session::{ClientAction, SessionCapture, StatementNote};
 use crate::gate::Busy;
 use crate::input::{InputError, InputGuard};
 use crate::net::{self, Conn, Parts, Socket};
@@ -81,7 +81,7 @@ pub(crate) enum RelayError {
 pub(crate) struct Relay<'a> {
     pub(super) shared: &'a Arc<Shared>,
     pub(super) info: &'a Arc<SessionInfo>,
-    pub(super) state: SessionState,
+    pub(super) state: SessionState<StatementNote>,
     /// The route, and the epoch of the current backend.
     route: tokio::sync::watch::Receiver<Route>,
     pub(super) epoch: u64,
@@ -413,8 +413,7 @@ impl<'a> Relay<'a> {
                 }
             }
             if let Some(cap) = &mut self.capture {
-                let statements = self.state.statements();
-                let action = cap.on_client(msg, &|name| statements.get(name).map(|p| p.parse.clone()))?;
+                let action = cap.on_client(msg, self.state.statements_mut())?;
                 let has_work = !matches!(action, ClientAction::Forward) || cap.has_work();
                 let mut released = false;
                 if has_work {

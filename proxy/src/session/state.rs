@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 mod moves;
+pub use moves::{answers_move, raises};
 
 /// What the session state keeps of one request until it is answered.
 #[derive(Debug, Default)]
@@ -114,12 +115,13 @@ pub struct ServerEvent {
     pub error: bool,
 }
 
-/// The state of one session.
+/// The state of one session; `A` is what write capture notes per
+/// prepared statement (see [`Statements`]).
 #[derive(Debug)]
-pub struct SessionState {
+pub struct SessionState<A = ()> {
     tx: TxStatus,
     conv: Conversation<Pending>,
-    statements: Statements,
+    statements: Statements<A>,
     /// What the session may have changed of its backend's state, for the
     /// probe a move runs first.
     touched: Touched,
@@ -131,15 +133,15 @@ pub struct SessionState {
     tx_rolled_back: bool,
 }
 
-impl Default for SessionState {
+impl<A> Default for SessionState<A> {
     fn default() -> Self {
         SessionState::new()
     }
 }
 
-impl SessionState {
+impl<A> SessionState<A> {
     /// A fresh session, idle.
-    pub fn new() -> SessionState {
+    pub fn new() -> SessionState<A> {
         SessionState {
             tx: TxStatus::Idle,
             conv: Conversation::new(),
@@ -182,12 +184,12 @@ impl SessionState {
     }
 
     /// The statement registry.
-    pub fn statements(&self) -> &Statements {
+    pub fn statements(&self) -> &Statements<A> {
         &self.statements
     }
 
     /// The statement registry, to change.
-    pub fn statements_mut(&mut self) -> &mut Statements {
+    pub fn statements_mut(&mut self) -> &mut Statements<A> {
         &mut self.statements
     }
 

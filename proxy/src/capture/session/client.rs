@@ -5,26 +5,28 @@
 use super::analyze::apply_splices;
 use super::{block_after, is_commit_like, LOG_FAILED_CODE, LOG_FAILED_HINT};
 use super::{
-    ClientAction, CommitStep, Decided, Expect, Note, Outgoing, Plan, Prepared, QueryEnd, Rejection, SessionCapture,
-    StmtInfo, Work, Written,
+    ClientAction, CommitStep, Decided, Expect, Note, Outgoing, Plan, QueryEnd, Rejection, SessionCapture,
+    StatementNote, StmtInfo, Work, Written,
 };
 use crate::capture::classify_view;
 use crate::capture::resolve::SearchPath;
 use crate::capture::rows::{self, ResultFormats};
 use crate::config::UnsafePolicy;
 use crate::session::conversation::Request;
+use crate::session::statements::Statements;
 use crate::wire::frontend::{tag as ftag, FrontendMessage, TargetKind};
 use crate::wire::{Reader, WireError};
 use bytes::BytesMut;
 use std::collections::VecDeque;
 
 impl SessionCapture {
-    /// Decides what happens to one client message. `prepared` looks up the
-    /// Parse message of a named statement created before capture started.
+    /// Decides what happens to one client message. `statements` is the
+    /// session's registry: capture notes there what it makes of each
+    /// statement, and finds the Parse of one prepared before it started.
     pub(crate) fn on_client(
         &mut self,
         msg: FrontendMessage<'_>,
-        prepared: &dyn Fn(&str) -> Option<bytes::Bytes>,
+        statements: &mut Statements<StatementNote>,
     ) -> Result<ClientAction, WireError> {
         let tag = msg.tag();
         if matches!(tag, ftag::COPY_DONE | ftag::COPY_FAIL) {
@@ -58,7 +60,7 @@ impl SessionCapture {
         }
         self.sending.clear();
         self.client_note = None;
-        let action = self.dispatch(msg, prepared)?;
+        let action = self.dispatch(msg, statements)?;
         let mut own: Vec<(Request, Note)> = std::mem::take(&mut self.sending)
             .into_iter()
             .map(|(r, e)| (r, Note(e)))
@@ -84,22 +86,18 @@ impl SessionCapture {
     fn dispatch(
         &mut self,
         msg: FrontendMessage<'_>,
-        prepared: &dyn Fn(&str) -> Option<bytes::Bytes>,
+        statements: &mut Statements<StatementNote>,
     ) -> Result<Decided, WireError> {
         match msg.tag() {
             ftag::QUERY => self.on_query(Reader::new(msg.body(), "Query").cstr_bytes()?),
-            ftag::PARSE => self.on_parse(msg),
-            ftag::BIND => self.on_bind(msg, prepared),
+            ftag::PARSE => self.on_parse(msg, statements),
+            ftag::BIND => self.on_bind(msg, statements),
             ftag::DESCRIBE => {
                 let t = msg.target()?;
                 let e = match t.kind {
-                    TargetKind::Statement => {
-                        let tap = self.statements.get(t.name).and_then(|p| p.info.tap.clone());
-                        Expect::DescribeStatement {
-                            name: t.name.to_owned(),
-                            tap,
-                        }
-                    }
+                    TargetKind::Statement => Expect::DescribeStatement {
+                        tap: statements.note(t.name).and_then(|p| p.info.tap.clone()),
+                    },
                     TargetKind::Portal => Expect::DescribePortal {
                         tap: self.portals.get(t.name).and_then(|i| i.tap.clone()),
                     },
@@ -112,9 +110,10 @@ impl SessionCapture {
                 let t = msg.target()?;
                 match t.kind {
                     TargetKind::Statement => {
-                        if let Some(p) = self.statements.remove(t.name) {
-                            if p.server_name != t.name {
-                                let mut out = rows::close_statement(&p.server_name);
+                        if let Some((_, Some(server))) = statements.take_note(t.name) {
+                            // The spliced copy goes with the client's own.
+                            if server != t.name {
+                                let mut out = rows::close_statement(&server);
                                 out.extend_from_slice(msg.bytes());
                                 self.expect(Request::Close, Expect::InjectedOne);
                                 self.expect(Request::Close, Expect::Plain);
@@ -351,7 +350,11 @@ impl SessionCapture {
         }
     }
 
-    fn on_parse(&mut self, msg: FrontendMessage<'_>) -> Result<Decided, WireError> {
+    fn on_parse(
+        &mut self,
+        msg: FrontendMessage<'_>,
+        statements: &mut Statements<StatementNote>,
+    ) -> Result<Decided, WireError> {
         let parse = msg.parse()?;
         let (info, splice) = self.analyze_prepared(parse.query);
         if let Some(what) = info.lookup {
@@ -363,27 +366,12 @@ impl SessionCapture {
             Some(s) if info.rejected.is_none() => {
                 let text = apply_splices(parse.query, 0, &[s]);
                 let out = rows::rewrite_parse(msg.body(), &name, &text)?;
-                self.statements.insert(
-                    name.clone(),
-                    Prepared {
-                        info,
-                        server_name: name,
-                        columns: None,
-                        original: Some(BytesMut::from(msg.bytes())),
-                    },
-                );
+                let original = Some(BytesMut::from(msg.bytes()));
+                statements.annotate(&name, StatementNote { info, original }, None);
                 Ok(Decided::Replace(out))
             }
             _ => {
-                self.statements.insert(
-                    name.clone(),
-                    Prepared {
-                        info,
-                        server_name: name,
-                        columns: None,
-                        original: None,
-                    },
-                );
+                statements.annotate(&name, StatementNote { info, original: None }, None);
                 Ok(Decided::Forward)
             }
         }
@@ -392,15 +380,17 @@ impl SessionCapture {
     fn on_bind(
         &mut self,
         msg: FrontendMessage<'_>,
-        prepared: &dyn Fn(&str) -> Option<bytes::Bytes>,
+        statements: &mut Statements<StatementNote>,
     ) -> Result<Decided, WireError> {
         let bind = msg.bind()?;
         let portal = bind.portal.to_owned();
         let mut out = BytesMut::new();
-        if !self.statements.contains_key(bind.statement) {
+        if statements.note(bind.statement).is_none() {
             // Prepared before capture started: classify its text now and,
             // if it writes, prepare a spliced copy under a proxy-owned name.
-            let known = (!bind.statement.is_empty()).then(|| prepared(bind.statement)).flatten();
+            let known = (!bind.statement.is_empty())
+                .then(|| statements.get(bind.statement).map(|s| s.parse.clone()))
+                .flatten();
             let Some(parse_bytes) = known else {
                 if bind.statement.is_empty() {
                     self.saw_unsafe("unknown-statement", "unnamed statement prepared before capture started");
@@ -415,29 +405,22 @@ impl SessionCapture {
             if let Some(what) = info.lookup {
                 return Ok(self.start_lookup(what));
             }
-            let mut server_name = bind.statement.to_owned();
+            let mut server = None;
             if let (Some(s), None) = (splice, &info.rejected) {
                 self.next_name += 1;
-                server_name = format!("switchyard_{}_{}", self.active.epoch, self.next_name);
+                let name = format!("switchyard_{}_{}", self.active.epoch, self.next_name);
                 let text = apply_splices(parse.query, 0, &[s]);
-                out.extend_from_slice(&rows::rewrite_parse(pmsg.body(), &server_name, &text)?);
+                out.extend_from_slice(&rows::rewrite_parse(pmsg.body(), &name, &text)?);
                 self.expect(Request::Parse, Expect::InjectedOne);
+                server = Some(name);
             }
-            self.statements.insert(
-                bind.statement.to_owned(),
-                Prepared {
-                    info,
-                    server_name,
-                    columns: None,
-                    original: None,
-                },
-            );
+            statements.annotate(bind.statement, StatementNote { info, original: None }, server);
         }
-        let Some(p) = self.statements.get(bind.statement) else {
+        let Some(p) = statements.note(bind.statement) else {
             return Ok(Decided::Forward);
         };
         let info = p.info.clone();
-        let server_name = p.server_name.clone();
+        let server_name = statements.server_name(bind.statement).to_owned();
         let codes = match &info.tap {
             None => None,
             Some(tap) => match rows::bind_formats(msg.body())?.1 {

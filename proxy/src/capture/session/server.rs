@@ -215,11 +215,8 @@ impl SessionCapture {
         let tag = msg.tag();
         match note {
             Some(Expect::InjectedOne) => Ok(ServerAction::Drop),
-            Some(Expect::DescribeStatement { name, tap: Some(tap) }) if tag == btag::ROW_DESCRIPTION => {
-                let (stripped, n) = rows::strip_row_description(msg.body(), tap.extra)?;
-                if let Some(p) = self.statements.get_mut(&name) {
-                    p.columns = Some(n);
-                }
+            Some(Expect::DescribeStatement { tap: Some(tap) }) if tag == btag::ROW_DESCRIPTION => {
+                let (stripped, _) = rows::strip_row_description(msg.body(), tap.extra)?;
                 Ok(described(&tap, stripped))
             }
             Some(Expect::DescribePortal { tap: Some(tap) }) if tag == btag::ROW_DESCRIPTION => {

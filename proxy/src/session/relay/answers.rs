@@ -10,7 +10,7 @@ use crate::net::{Parts, Socket};
 use crate::registry::Shown;
 use crate::session::conversation::Origin;
 use crate::session::moving;
-use crate::session::state::SessionState;
+use crate::session::state;
 use crate::stats::Stats;
 use crate::wire::backend::{self as bmsg, tag as btag, BackendMessage, TxStatus};
 use crate::wire::Header;
@@ -39,7 +39,7 @@ impl Relay<'_> {
             };
             let msg = BackendMessage::new(&server.rbuf[off..off + len]);
             let answer = self.state.hear(msg);
-            if msg.tag() == btag::ERROR_RESPONSE && SessionState::raises(&answer) && follow::is_changed_marker(msg) {
+            if msg.tag() == btag::ERROR_RESPONSE && state::raises(&answer) && follow::is_changed_marker(msg) {
                 // The client hears PostgreSQL's own error for a Bind of a
                 // statement whose types changed (drivers match its routine).
                 self.count_sent(off - from);
@@ -59,7 +59,7 @@ impl Relay<'_> {
                 from = off;
                 continue;
             }
-            if SessionState::answers_move(&answer, msg) {
+            if state::answers_move(&answer, msg) {
                 let types = self.order_types();
                 self.state.on_move_answer(msg, answer, &|a, b| same_types(a, b, &types));
                 self.count_sent(off - from);

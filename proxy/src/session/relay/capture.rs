@@ -62,7 +62,7 @@ impl Relay<'_> {
             return Ok(());
         }
         if let Some(old) = self.capture.take() {
-            if let Some(restore) = old.finish() {
+            if let Some(restore) = old.finish(self.state.statements_mut()) {
                 // No capture notes their answers: they are dropped.
                 self.send_own(server, restore);
             }
@@ -186,7 +186,7 @@ pub(super) fn append_settled(log: &LogWriterHandle, commit: Lsn) {
 
 /// The search path a session set with `SET search_path`, else empty (the
 /// server's default).
-pub(super) fn search_path_of(state: &SessionState) -> Vec<String> {
+pub(super) fn search_path_of<A>(state: &SessionState<A>) -> Vec<String> {
     state
         .settings()
         .get("search_path")

@@ -11,7 +11,7 @@ use crate::wire::backend::{tag as btag, BackendMessage};
 use crate::wire::frontend::FrontendMessage;
 use crate::wire::WireError;
 
-impl SessionState {
+impl<A> SessionState<A> {
     /// The session is on a new backend whose state the move made equal to
     /// the old one's: what was touched is replayed, nothing is pending.
     pub fn moved(&mut self, touched: Touched) {
@@ -74,22 +74,9 @@ impl SessionState {
         self.statements.unnamed_lost();
     }
 
-    /// Whether an answer is the error of the proxy's stand-in for a Bind
-    /// of a statement whose types changed.
-    pub fn raises(answer: &Answer<Pending>) -> bool {
-        answer.done.as_ref().is_some_and(|e| matches!(e.data.0, Kind::Raise))
-    }
-
     /// Whether a client message waits for a statement recheck.
     pub fn rechecking(&self) -> bool {
         self.conv.entries().any(|e| matches!(e.data.0, Kind::Recheck { .. }))
-    }
-
-    /// Whether `msg`, placed as `answer`, answers the move's own request
-    /// and not the client's: [`Self::on_move_answer`] takes it. Errors are
-    /// never the move's: the client sees them.
-    pub fn answers_move(answer: &Answer<Pending>, msg: BackendMessage<'_>) -> bool {
-        answer.is_from(Origin::Move) && msg.tag() != btag::ERROR_RESPONSE
     }
 
     /// An answer to a request of the move's (see [`Self::answers_move`]).
@@ -115,4 +102,17 @@ impl SessionState {
             self.statements.rechecked(&name, &now, same);
         }
     }
+}
+
+/// Whether an answer is the error of the proxy's stand-in for a Bind
+/// of a statement whose types changed.
+pub fn raises(answer: &Answer<Pending>) -> bool {
+    answer.done.as_ref().is_some_and(|e| matches!(e.data.0, Kind::Raise))
+}
+
+/// Whether `msg`, placed as `answer`, answers the move's own request
+/// and not the client's: [`SessionState::on_move_answer`] takes it. Errors are
+/// never the move's: the client sees them.
+pub fn answers_move(answer: &Answer<Pending>, msg: BackendMessage<'_>) -> bool {
+    answer.is_from(Origin::Move) && msg.tag() != btag::ERROR_RESPONSE
 }

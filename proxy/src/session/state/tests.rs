@@ -37,7 +37,7 @@ fn complete(t: &str) -> BackendMessage<'static> {
 
 #[test]
 fn boundary_follows_ready_for_query() {
-    let mut s = SessionState::new();
+    let mut s: SessionState = SessionState::new();
     let now = Instant::now();
     assert!(s.at_boundary());
     s.on_client(query("begin"), now).unwrap();
@@ -54,7 +54,7 @@ fn boundary_follows_ready_for_query() {
 
 #[test]
 fn prepared_statements_commit_on_parse_complete_and_skip_after_error() {
-    let mut s = SessionState::new();
+    let mut s: SessionState = SessionState::new();
     let now = Instant::now();
     let parse = |name: &str| {
         fe(ftag::PARSE, |b| {
@@ -88,7 +88,7 @@ fn prepared_statements_commit_on_parse_complete_and_skip_after_error() {
 
 #[test]
 fn settings_apply_on_commit_only() {
-    let mut s = SessionState::new();
+    let mut s: SessionState = SessionState::new();
     let now = Instant::now();
     s.on_client(query("SET search_path = a"), now).unwrap();
     s.on_server(complete("SET"), now);
@@ -133,7 +133,7 @@ fn syncs_sent_during_copy_in_expect_no_reply() {
     };
     let copy_done = || fe(ftag::COPY_DONE, |_| {});
     // Pipelined: Execute, Sync, data, CopyDone, Sync before the server answers.
-    let mut s = SessionState::new();
+    let mut s: SessionState = SessionState::new();
     for m in [execute(), sync(), copy_done(), sync()] {
         s.on_client(m, now).unwrap();
     }
@@ -141,7 +141,7 @@ fn syncs_sent_during_copy_in_expect_no_reply() {
     s.on_server(complete("COPY 3"), now);
     assert!(s.on_server(ready(b'I'), now).at_boundary);
     // Waiting: Execute, Sync; the server answers G; then data, CopyDone, Sync.
-    let mut s = SessionState::new();
+    let mut s: SessionState = SessionState::new();
     s.on_client(execute(), now).unwrap();
     s.on_client(sync(), now).unwrap();
     s.on_server(be(btag::COPY_IN_RESPONSE, |b| b.put_u8(0)), now);
@@ -150,7 +150,7 @@ fn syncs_sent_during_copy_in_expect_no_reply() {
     s.on_server(complete("COPY 3"), now);
     assert!(s.on_server(ready(b'I'), now).at_boundary);
     // Simple query COPY.
-    let mut s = SessionState::new();
+    let mut s: SessionState = SessionState::new();
     s.on_client(query("copy t from stdin"), now).unwrap();
     s.on_server(be(btag::COPY_IN_RESPONSE, |b| b.put_u8(0)), now);
     s.on_client(copy_done(), now).unwrap();
@@ -160,7 +160,7 @@ fn syncs_sent_during_copy_in_expect_no_reply() {
 
 #[test]
 fn malformed_client_messages_are_errors() {
-    let mut s = SessionState::new();
+    let mut s: SessionState = SessionState::new();
     let bad = fe(ftag::PARSE, |b| b.put_slice(b"name-without-nul"));
     assert!(s.on_client(bad, Instant::now()).is_err());
 }
@@ -169,7 +169,7 @@ fn malformed_client_messages_are_errors() {
 fn answers_to_the_proxys_own_requests_are_not_the_clients() {
     use crate::session::conversation::{Origin, Request};
     let now = Instant::now();
-    let mut s = SessionState::new();
+    let mut s: SessionState = SessionState::new();
     // Capture wraps an autocommit query: BEGIN of its own, then the
     // client's query, then (once the keys are logged) its COMMIT.
     s.open(Origin::Capture, Request::Query).unwrap();

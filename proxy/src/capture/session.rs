@@ -38,7 +38,7 @@ use super::copy::{CopyFormat, CopyReader};
 use super::resolve::{self, Change, SearchPath};
 use super::rows;
 use super::{ClassifyCache, TxControl};
-use crate::session::conversation::{EntryId, Request};
+use crate::session::conversation::{EntryId, EntryMap, Request};
 use crate::session::statements::Statements;
 use bytes::BytesMut;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -354,7 +354,7 @@ pub(crate) struct SessionCapture {
     tx: TxKeys,
     /// What capture makes of the answer to each request in flight, by its
     /// entry in the session's conversation.
-    notes: HashMap<EntryId, Expect>,
+    notes: EntryMap<Expect>,
     /// While a client message is decided: the requests capture sends for
     /// it, in order (the client's own last).
     sending: Vec<(Request, Expect)>,
@@ -412,7 +412,7 @@ impl SessionCapture {
             paths: SearchPath::new(search_path, user),
             temp_tables: HashSet::new(),
             tx: TxKeys::default(),
-            notes: HashMap::new(),
+            notes: EntryMap::default(),
             sending: Vec::new(),
             client_note: None,
             portals: HashMap::new(),

@@ -28,6 +28,31 @@ use std::collections::VecDeque;
 /// Names one entry for as long as the session lives.
 pub type EntryId = u64;
 
+/// A map keyed by entry, for what a sender keeps per request outside the
+/// queue (capture's notes). Looked up for every server message.
+pub type EntryMap<V> = std::collections::HashMap<EntryId, V, std::hash::BuildHasherDefault<EntryHasher>>;
+
+/// Hashes an [`EntryId`]: ids are counters the proxy makes, not input, so
+/// they need no flood-resistant hash; one multiplication spreads them.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EntryHasher(u64);
+
+impl std::hash::Hasher for EntryHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 /// Who sent a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {

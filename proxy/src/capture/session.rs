@@ -6,9 +6,13 @@
 //! and every server message to [`SessionCapture::on_server`], and drains
 //! [`SessionCapture::take_work`] after each: messages the proxy injects
 //! (BEGIN/COMMIT around an autocommit write, Flush before a held Sync,
-//! re-prepared statements) and log appends to start. Responses to injected
-//! messages are swallowed here, so the client and the session state see
-//! exactly the conversation they would have without capture.
+//! re-prepared statements) and log appends to start. Every request sent,
+//! the client's and capture's own, is an entry of the session's one
+//! conversation with the server, which says which request each server
+//! message answers; capture keeps, per entry, what it makes of the answer
+//! (an [`Expect`]). Answers to injected messages are swallowed here, so
+//! the client and the session state see exactly the conversation they
+//! would have without capture.
 //!
 //! Commit points and what holds them:
 //! - simple query, autocommit write(s) and no transaction control: the
@@ -34,6 +38,8 @@ use super::copy::{CopyFormat, CopyReader};
 use super::resolve::{self, Change, SearchPath};
 use super::rows;
 use super::{ClassifyCache, TxControl};
+use crate::session::conversation::{EntryId, EntryMap, Request};
+use crate::session::statements::Statements;
 use bytes::BytesMut;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -44,6 +50,7 @@ mod analyze;
 mod client;
 mod commit;
 mod log;
+mod refuse;
 mod server;
 
 pub(crate) use analyze::set_search_path;
@@ -63,11 +70,41 @@ const PROBE_SQL: &str = "SELECT pg_catalog.current_setting('search_path'), \
 pub(crate) enum ClientAction {
     /// Send it as it is.
     Forward,
-    /// Send these bytes in its place.
-    Replace(BytesMut),
+    /// Send these bytes in its place: requests of capture's own first, the
+    /// client's message (as capture rewrote it) last.
+    Replace(Outgoing),
     /// Leave it in the buffer; present it again once [`SessionCapture::blocked`] clears.
     Hold,
 }
+
+/// What capture decided for a client message, before the requests it
+/// sends are sorted into its own and the client's.
+#[derive(Debug)]
+enum Decided {
+    Forward,
+    Replace(BytesMut),
+    Hold,
+}
+
+/// Bytes capture sends, with the requests of its own among them: the relay
+/// opens an entry for each, in order, as it queues the bytes, and reports
+/// it with [`SessionCapture::noted`].
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    pub(crate) bytes: BytesMut,
+    pub(crate) own: Vec<(Request, Note)>,
+}
+
+impl Outgoing {
+    /// Bytes that make no request (a Flush).
+    fn bare(bytes: BytesMut) -> Outgoing {
+        Outgoing { bytes, own: Vec::new() }
+    }
+}
+
+/// What capture makes of the answer to one request (opaque to the relay).
+#[derive(Debug)]
+pub(crate) struct Note(Expect);
 
 /// What the relay does with a server message.
 #[derive(Debug)]
@@ -81,13 +118,22 @@ pub(crate) enum ServerAction {
     /// The client sees it later (with the ReadyForQuery that ends a wrapped
     /// query), but the session state takes it in now.
     Defer,
+    /// The ReadyForQuery of the client's query, which the client must not
+    /// see: the proxy goes on with that query (the COMMIT of a query it
+    /// wrapped, the next part of one it split). Its entry waits for the
+    /// [`Work::Continue`] that does.
+    Continue,
 }
 
 /// Work for the relay.
 #[derive(Debug)]
 pub(crate) enum Work {
     /// Send to the server (before anything forwarded after it).
-    Send(BytesMut),
+    Send(Outgoing),
+    /// Send this query, which goes on with the client's query the last
+    /// [`ServerAction::Continue`] held: the client's entry is owed its
+    /// answer, which capture reads as the note says.
+    Continue(BytesMut, Note),
     /// Append to the log. When `hold` is set, a commit waits for it: report
     /// its completion with [`SessionCapture::logged`]; otherwise nothing
     /// waits (keys of a commit that already happened).
@@ -192,19 +238,18 @@ struct CopyTap {
     positions: Vec<usize>,
 }
 
-/// A prepared statement (extended protocol) as capture sees it.
+/// What capture makes of a prepared statement (extended protocol): its
+/// note in the session's statement registry, which also holds the
+/// proxy-owned name of a spliced copy.
 #[derive(Debug, Clone)]
-struct Prepared {
+pub(crate) struct StatementNote {
     info: StmtInfo,
-    /// Name on the server.
-    server_name: String,
-    /// Columns the server's RowDescription had, once seen.
-    columns: Option<usize>,
-    /// The client's own text, to restore when capture ends.
+    /// The client's own Parse, when the statement under its name is
+    /// spliced: restored when capture ends.
     original: Option<BytesMut>,
 }
 
-/// A response the proxy waits for, in order.
+/// What capture makes of the answer to one request.
 #[derive(Debug)]
 enum Expect {
     /// A simple query (or one part of a split one).
@@ -228,7 +273,6 @@ enum Expect {
     Plain,
     /// Describe of a statement: ParameterDescription, then RowDescription or NoData.
     DescribeStatement {
-        name: String,
         tap: Option<Arc<Tap>>,
     },
     /// The probe of the session's search_path and user: its row is read,
@@ -242,11 +286,7 @@ enum Expect {
         info: StmtInfo,
     },
     /// Sync or FunctionCall: ends with ReadyForQuery.
-    /// `during_copy`: a Sync sent after a COPY FROM STDIN and before its
-    /// data ended, which the server ignores if that COPY started.
-    Ready {
-        during_copy: bool,
-    },
+    Ready,
 }
 
 /// How a simple query's ReadyForQuery is handled.
@@ -312,8 +352,14 @@ pub(crate) struct SessionCapture {
     paths: SearchPath,
     temp_tables: HashSet<String>,
     tx: TxKeys,
-    expect: VecDeque<Expect>,
-    statements: HashMap<String, Prepared>,
+    /// What capture makes of the answer to each request in flight, by its
+    /// entry in the session's conversation.
+    notes: EntryMap<Expect>,
+    /// While a client message is decided: the requests capture sends for
+    /// it, in order (the client's own last).
+    sending: Vec<(Request, Expect)>,
+    /// The note for the client's message, once it is sent.
+    client_note: Option<Expect>,
     portals: HashMap<String, StmtInfo>,
     /// The server's transaction block, as of the responses seen.
     block: bool,
@@ -352,12 +398,13 @@ impl SessionCapture {
         user: String,
     ) -> SessionCapture {
         let mut work = VecDeque::new();
-        let mut expect = VecDeque::new();
         // What the session's names resolve through is the server's to say
         // (a role's or database's setting, a set_config before capture):
         // ask once, ahead of the first statement captured.
-        work.push_back(Work::Send(rows::query(PROBE_SQL)));
-        expect.push_back(Expect::Probe);
+        work.push_back(Work::Send(Outgoing {
+            bytes: rows::query(PROBE_SQL),
+            own: vec![(Request::Query, Note(Expect::Probe))],
+        }));
         SessionCapture {
             active,
             session_id,
@@ -365,8 +412,9 @@ impl SessionCapture {
             paths: SearchPath::new(search_path, user),
             temp_tables: HashSet::new(),
             tx: TxKeys::default(),
-            expect,
-            statements: HashMap::new(),
+            notes: EntryMap::default(),
+            sending: Vec::new(),
+            client_note: None,
             portals: HashMap::new(),
             block: false,
             sent_block: false,
@@ -396,16 +444,30 @@ impl SessionCapture {
         self.logging
             || self.lookup.is_some()
             || self.plan.is_some()
-            || matches!(self.expect.front(), Some(Expect::Probe))
-            || self.expect.iter().any(|e| {
+            || self.notes.values().any(|e| {
                 matches!(
                     e,
-                    Expect::Query {
-                        end: QueryEnd::Part | QueryEnd::Wrapped,
-                        ..
-                    }
+                    Expect::Probe
+                        | Expect::Query {
+                            end: QueryEnd::Part | QueryEnd::Wrapped,
+                            ..
+                        }
                 )
             })
+    }
+
+    /// The relay opened entry `id` for a request capture sent on its own.
+    pub(crate) fn noted(&mut self, id: EntryId, note: Note) {
+        self.notes.insert(id, note.0);
+    }
+
+    /// The client's message that capture last decided on went out as entry
+    /// `id` (`None`: it is owed no answer).
+    pub(crate) fn client_sent(&mut self, id: Option<EntryId>) {
+        let note = self.client_note.take();
+        if let (Some(id), Some(note)) = (id, note) {
+            self.notes.insert(id, note);
+        }
     }
 
     /// Whether there is work for the relay.
@@ -420,23 +482,36 @@ impl SessionCapture {
 
     /// What to send the server when capture ends for this session (at a
     /// boundary): the client's own statements put back where the proxy had
-    /// spliced or re-prepared them, with a Sync whose ReadyForQuery the
-    /// relay must swallow. `None` when there is nothing to restore.
-    pub(crate) fn finish(self) -> Option<BytesMut> {
+    /// spliced or re-prepared them, with a Sync. Their answers are nobody's
+    /// (capture is gone when they come): the relay drops them. `None` when
+    /// there is nothing to restore.
+    pub(crate) fn finish(self, statements: &mut Statements<StatementNote>) -> Option<Outgoing> {
         let mut out = BytesMut::new();
-        for (name, p) in &self.statements {
-            if p.server_name != *name {
-                out.extend_from_slice(&rows::close_statement(&p.server_name));
+        let mut own = Vec::new();
+        for (name, p, server) in statements.take_notes() {
+            if let Some(server) = server.filter(|s| *s != name) {
+                out.extend_from_slice(&rows::close_statement(&server));
+                own.push((Request::Close, Note(Expect::InjectedOne)));
             } else if let Some(original) = &p.original {
-                out.extend_from_slice(&rows::close_statement(name));
+                out.extend_from_slice(&rows::close_statement(&name));
                 out.extend_from_slice(original);
+                own.push((Request::Close, Note(Expect::InjectedOne)));
+                own.push((Request::Parse, Note(Expect::InjectedOne)));
             }
         }
         if out.is_empty() {
             return None;
         }
         crate::wire::write_message(&mut out, b'S', |_| {});
-        Some(out)
+        own.push((Request::Sync, Note(Expect::Injected)));
+        Some(Outgoing { bytes: out, own })
+    }
+
+    /// Records that a request capture sends in place of (or ahead of) the
+    /// client's message is owed `e`. The client's message is the last
+    /// request of what goes out.
+    fn expect(&mut self, request: Request, e: Expect) {
+        self.sending.push((request, e));
     }
 }
 

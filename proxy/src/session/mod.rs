@@ -3,13 +3,14 @@
 //! authentication, the admin console or a backend, then the relay.
 
 pub mod backend;
+pub mod conversation;
 pub mod effects;
 mod moving;
 pub(crate) mod relay;
 pub mod route;
 mod startup;
 pub mod state;
-mod statements;
+pub mod statements;
 
 use crate::admin;
 use crate::auth::LoginError;

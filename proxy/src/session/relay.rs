@@ -13,12 +13,13 @@ use super::moving::{self, Login};
 use super::route::Route;
 use super::state::SessionState;
 pub(crate) use follow::Moved;
-use follow::{same_types, sleep_until, Ahead};
+use follow::{sleep_until, Ahead};
 
+mod answers;
 mod capture;
 mod end;
 mod follow;
-use crate::capture::session::{ClientAction, ServerAction, SessionCapture};
+use crate::capture::session::{ClientAction, SessionCapture, StatementNote};
 use crate::gate::Busy;
 use crate::input::{InputError, InputGuard};
 use crate::net::{self, Conn, Parts, Socket};
@@ -26,7 +27,6 @@ use crate::registry::MoveState;
 use crate::registry::{SessionInfo, Shown};
 use crate::server::Shared;
 use crate::stats::{latency_histogram, Stats};
-use crate::wire::backend::{self as bmsg, tag as btag, BackendMessage, TxStatus};
 use crate::wire::frontend::{tag as ftag, FrontendMessage};
 use crate::wire::{Header, WireError};
 use bytes::Buf;
@@ -43,7 +43,7 @@ use tokio::net::TcpStream;
 /// Stop reading from one side while this much is queued for the other.
 const HIGH_WATER: usize = 256 * 1024;
 /// How often a session folds its latency samples into the shared histogram.
-const MERGE_EVERY: Duration = Duration::from_millis(200);
+pub(super) const MERGE_EVERY: Duration = Duration::from_millis(200);
 
 /// How a session ended normally.
 #[derive(Debug)]
@@ -81,7 +81,7 @@ pub(crate) enum RelayError {
 pub(crate) struct Relay<'a> {
     pub(super) shared: &'a Arc<Shared>,
     pub(super) info: &'a Arc<SessionInfo>,
-    pub(super) state: SessionState,
+    pub(super) state: SessionState<StatementNote>,
     /// The route, and the epoch of the current backend.
     route: tokio::sync::watch::Receiver<Route>,
     pub(super) epoch: u64,
@@ -134,9 +134,6 @@ pub(crate) struct Relay<'a> {
     log_wait: Option<LogWait>,
     /// The catalog lookup a held message waits for.
     lookup_wait: Option<LookupWait>,
-    /// ReadyForQuery messages still to swallow (after the proxy restored
-    /// statements when capture ended).
-    swallow_ready: u32,
     /// Commit records logged whose COMMIT has not been answered yet, and the
     /// log they are in: each gets a `Settled` marker once the session is
     /// out of its transaction (or gone), so that catch-up reads the source
@@ -197,7 +194,6 @@ impl<'a> Relay<'a> {
             capture_hold: false,
             log_wait: None,
             lookup_wait: None,
-            swallow_ready: 0,
             unsettled: Vec::new(),
             settle_log: None,
             input,
@@ -427,8 +423,7 @@ impl<'a> Relay<'a> {
                 }
             }
             if let Some(cap) = &mut self.capture {
-                let statements = self.state.statements();
-                let action = cap.on_client(msg, &|name| statements.get(name).map(|p| p.parse.clone()))?;
+                let action = cap.on_client(msg, self.state.statements_mut())?;
                 let has_work = !matches!(action, ClientAction::Forward) || cap.has_work();
                 let mut released = false;
                 if has_work {
@@ -439,8 +434,8 @@ impl<'a> Relay<'a> {
                 }
                 match action {
                     ClientAction::Forward => {}
-                    ClientAction::Replace(bytes) => {
-                        server.wbuf.extend_from_slice(&bytes);
+                    ClientAction::Replace(out) => {
+                        self.send_own(server, out);
                         from = off + len;
                     }
                     // The log took the keys at once: present the message again.
@@ -451,7 +446,10 @@ impl<'a> Relay<'a> {
                     }
                 }
             }
-            self.state.on_client(msg, now)?;
+            let entry = self.state.on_client(msg, now)?;
+            if let Some(cap) = &mut self.capture {
+                cap.client_sent(entry);
+            }
             if matches!(msg.tag(), ftag::QUERY | ftag::SYNC | ftag::FUNCTION_CALL) {
                 Stats::bump(&self.shared.stats.queries);
                 self.info.count_query();
@@ -473,202 +471,4 @@ impl<'a> Relay<'a> {
         server.try_flush()?;
         Ok(end)
     }
-
-    /// Forwards every whole server message buffered.
-    fn from_server<S: Socket>(
-        &mut self,
-        server: &mut Parts<'_, S>,
-        client: &mut Parts<'_, TcpStream>,
-    ) -> Result<(), RelayError> {
-        let now = Instant::now();
-        let mut ready = false;
-        let mut off = 0;
-        // Bytes before `from` are already on their way to the client.
-        let mut from = 0;
-        let mut injected = false;
-        loop {
-            let len = match Header::parse(&server.rbuf[off..], server.limit).map_err(RelayError::ServerProtocol)? {
-                Header::Need(_) => break,
-                Header::Ready { len, .. } => len,
-            };
-            let msg = BackendMessage::new(&server.rbuf[off..off + len]);
-            if msg.tag() == btag::ERROR_RESPONSE && self.state.raising() && follow::is_changed_marker(msg) {
-                // The client hears PostgreSQL's own error for a Bind of a
-                // statement whose types changed (drivers match its routine).
-                self.count_sent(off - from);
-                client.wbuf.extend_from_slice(&server.rbuf[from..off]);
-                if let Some(cap) = &mut self.capture {
-                    let _ = cap.on_server(msg).map_err(RelayError::ServerProtocol)?;
-                }
-                let _ = self.state.on_server(msg, now);
-                bmsg::error_response_from(
-                    client.wbuf,
-                    "0A000",
-                    "cached plan must not change result type",
-                    "plancache.c",
-                    "RevalidateCachedQuery",
-                );
-                off += len;
-                from = off;
-                continue;
-            }
-            let types = self.order_types();
-            // The restore capture sent when it ended is answered first.
-            if self.swallow_ready == 0 && self.state.take_proxy_answer(msg, &|a, b| same_types(a, b, &types)) {
-                self.count_sent(off - from);
-                client.wbuf.extend_from_slice(&server.rbuf[from..off]);
-                off += len;
-                from = off;
-                continue;
-            }
-            match msg.tag() {
-                btag::NOTIFICATION_RESPONSE => {
-                    // From a session that moved (this one, or another): its
-                    // client's startup pid, the one clients know it by.
-                    let known = msg
-                        .notification()
-                        .ok()
-                        .and_then(|(pid, _, _)| Some((pid, self.shared.cancel.client_pid(&self.backend_addr, pid)?)));
-                    if let Some((pid, client_pid)) = known {
-                        self.count_sent(off - from);
-                        client.wbuf.extend_from_slice(&server.rbuf[from..off]);
-                        moving::relay_notification(client.wbuf, msg, pid, client_pid);
-                        off += len;
-                        from = off;
-                        continue;
-                    }
-                }
-                btag::PARAMETER_STATUS => {
-                    if let Ok((k, v)) = msg.parameter_status() {
-                        self.client_params.insert(k.to_owned(), v.to_owned());
-                    }
-                }
-                _ => {}
-            }
-            // A logged commit has settled once its COMMIT is answered, or
-            // once the session is idle (the implicit transaction of an
-            // extended-protocol Sync; a COMMIT that failed). Not at an
-            // in-transaction or failed-transaction ReadyForQuery: those can
-            // answer earlier statements of the same pipeline.
-            if !self.unsettled.is_empty() {
-                if msg.tag() == btag::READY_FOR_QUERY && matches!(msg.ready_status(), Ok(TxStatus::Idle)) {
-                    self.settle();
-                } else if msg.tag() == btag::COMMAND_COMPLETE && msg.command_tag() == Ok("COMMIT") {
-                    self.settle_oldest();
-                }
-            }
-            if self.swallow_ready > 0 || self.capture.is_some() {
-                let action = match &mut self.capture {
-                    _ if self.swallow_ready > 0 => {
-                        if msg.tag() == btag::READY_FOR_QUERY {
-                            self.swallow_ready -= 1;
-                        }
-                        ServerAction::Drop
-                    }
-                    Some(cap) => {
-                        let action = cap.on_server(msg).map_err(RelayError::ServerProtocol)?;
-                        injected |= cap.has_work();
-                        action
-                    }
-                    None => ServerAction::Forward,
-                };
-                match action {
-                    ServerAction::Forward => {}
-                    ServerAction::Drop | ServerAction::Defer => {
-                        if matches!(action, ServerAction::Defer) {
-                            // What it means for the session (a SET, a LISTEN)
-                            // holds now; only the client hears of it later.
-                            let _ = self.state.on_server(msg, now);
-                        }
-                        self.count_sent(off - from);
-                        client.wbuf.extend_from_slice(&server.rbuf[from..off]);
-                        off += len;
-                        from = off;
-                        continue;
-                    }
-                    ServerAction::Replace(bytes) => {
-                        self.count_sent(off - from + bytes.len());
-                        client.wbuf.extend_from_slice(&server.rbuf[from..off]);
-                        if msg.tag() == btag::ROW_DESCRIPTION && is_one_message(&bytes) {
-                            // The statement's types as the client saw them
-                            // (capture's key columns taken out), to compare
-                            // with after a move.
-                            let _ = self.state.on_server(BackendMessage::new(&bytes), now);
-                            client.wbuf.extend_from_slice(&bytes);
-                            off += len;
-                            from = off;
-                            continue;
-                        }
-                        client.wbuf.extend_from_slice(&bytes);
-                        from = off + len;
-                    }
-                }
-            }
-            let event = self.state.on_server(msg, now);
-            if let Some(latency) = event.ready {
-                ready = true;
-                let us = latency.as_micros().max(1) as u64;
-                let _ = self.latency.record(us.min(3_600_000_000));
-                if event.at_boundary {
-                    self.busy.leave();
-                    self.info.leave_tx();
-                    Stats::bump(&self.shared.stats.transactions);
-                }
-            }
-            if event.error {
-                Stats::bump(&self.shared.stats.server_errors);
-                if is_fatal(msg) {
-                    self.backend_fatal = true;
-                }
-                if self.own_pid != self.client_pid && moved_sequence_error(msg) {
-                    // Sequence state stays with the backend a session leaves.
-                    Stats::bump(&self.shared.stats.moved_sequence_errors);
-                }
-            }
-            self.last_was_error = msg.tag() == btag::ERROR_RESPONSE;
-            off += len;
-        }
-        self.count_sent(off - from);
-        client.forward(&server.rbuf[from..off])?;
-        server.rbuf.advance(off);
-        if injected {
-            self.run_capture_work(server)?;
-            server.try_flush()?;
-        }
-        if ready {
-            if !self.held {
-                self.info.set_state(Shown::Relay(self.state.phase()));
-            }
-            if self.state.at_boundary() {
-                let s = &self.state;
-                self.info
-                    .set_tracked(s.statements().len(), s.settings().len(), s.listens().len(), s.pins());
-                if now - self.last_merge > MERGE_EVERY {
-                    self.shared.stats.merge_latency(&mut self.latency);
-                    self.last_merge = now;
-                }
-            }
-        }
-        client.try_flush()?;
-        Ok(())
-    }
-}
-
-/// Whether an ErrorResponse ends the backend (FATAL or PANIC).
-fn is_fatal(msg: BackendMessage<'_>) -> bool {
-    msg.error_fields()
-        .is_ok_and(|f| f.severity == "FATAL" || f.severity == "PANIC")
-}
-
-/// Whether `bytes` is exactly one whole message.
-fn is_one_message(bytes: &[u8]) -> bool {
-    matches!(Header::parse(bytes, usize::MAX >> 1), Ok(Header::Ready { len, .. }) if len == bytes.len())
-}
-
-/// Whether an error is `currval`/`lastval` finding no value in this
-/// session: after a move, what an earlier `nextval` left on the old
-/// backend.
-fn moved_sequence_error(msg: BackendMessage<'_>) -> bool {
-    msg.error_fields()
-        .is_ok_and(|f| f.code == "55000" && (f.message.contains("currval") || f.message.contains("lastval")))
 }

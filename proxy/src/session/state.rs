@@ -1,39 +1,44 @@
 //! What the proxy knows of one client session: its transaction status, the
-//! requests forwarded and not yet answered (so it knows when the session is
-//! at a transaction boundary), its prepared statements, session settings,
-//! LISTEN channels, and whatever pins it to its backend.
+//! conversation with its backend (the requests sent and not yet answered,
+//! so it knows when the session is at a transaction boundary), its prepared
+//! statements, session settings, LISTEN channels, and whatever pins it to
+//! its backend.
 //!
-//! The pending queue follows the protocol's own pairing: every Query, Sync
-//! and FunctionCall is answered by exactly one ReadyForQuery; Parse, Bind and
-//! Close by their completion messages; Describe by RowDescription or NoData;
-//! Execute by CommandComplete, EmptyQueryResponse or PortalSuspended; and an
-//! error in an extended batch makes the server skip everything up to the Sync.
+//! How answers pair with requests is the [`Conversation`]'s to say; each
+//! entry carries what this state needs of its request once answered (a
+//! Query's effects, a Parse's name and bytes, a Describe's parameters).
 
+use super::conversation::{Answer, Conversation, EntryId, Origin, Request};
 use super::effects::{self, Effect, Pin, Touched};
 use super::statements::{Description, Statements};
 use crate::wire::backend::{tag as btag, BackendMessage, TxStatus};
 use crate::wire::frontend::{tag as ftag, FrontendMessage, TargetKind};
 use crate::wire::{Reader, WireError};
 use bytes::Bytes;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-/// A request forwarded to the server and not yet answered.
-#[derive(Debug)]
-enum Pending {
+mod moves;
+pub use moves::{answers_move, raises};
+
+/// What the session state keeps of one request until it is answered.
+#[derive(Debug, Default)]
+pub struct Pending(Kind);
+
+#[derive(Debug, Default)]
+enum Kind {
+    /// Nothing to learn from its answer (a Bind, an Execute, capture's own
+    /// requests).
+    #[default]
+    Nothing,
     Query {
         started: Instant,
         /// One entry per statement, consumed per CommandComplete; `None`
         /// when no statement changes session state.
         effects: Option<std::vec::IntoIter<Option<Effect>>>,
     },
-    /// The client ended a COPY FROM STDIN (CopyDone or CopyFail). No reply
-    /// of its own; it marks which Syncs the server ignores (see `on_copy_in`).
-    CopyEnd,
-    FunctionCall {
-        started: Instant,
-    },
-    Sync {
+    /// A Sync or a FunctionCall.
+    Ready {
         started: Instant,
     },
     Parse {
@@ -42,12 +47,14 @@ enum Pending {
         /// The message, to re-prepare it on another backend.
         parse: Bytes,
     },
-    Bind,
     Describe {
         /// The statement described (`None` for a portal).
         statement: Option<String>,
         /// Its parameter types, once the ParameterDescription came.
         params: Option<Vec<u32>>,
+    },
+    Close {
+        statement: Option<String>,
     },
     /// A Parse the proxy sent to re-prepare a statement on a new backend:
     /// its ParseComplete is not the client's.
@@ -67,19 +74,6 @@ enum Pending {
     /// The Execute of that statement: it fails, and the client gets the
     /// error PostgreSQL gives for a Bind of a statement whose types changed.
     Raise,
-    Execute,
-    Close {
-        statement: Option<String>,
-    },
-}
-
-impl Pending {
-    fn ends_with_ready(&self) -> bool {
-        matches!(
-            self,
-            Pending::Query { .. } | Pending::FunctionCall { .. } | Pending::Sync { .. }
-        )
-    }
 }
 
 /// Where a session is, for SHOW SESSIONS and the gate.
@@ -121,14 +115,13 @@ pub struct ServerEvent {
     pub error: bool,
 }
 
-/// The state of one session.
+/// The state of one session; `A` is what write capture notes per
+/// prepared statement (see [`Statements`]).
 #[derive(Debug)]
-pub struct SessionState {
+pub struct SessionState<A = ()> {
     tx: TxStatus,
-    pending: VecDeque<Pending>,
-    /// Extended-protocol messages sent since the last Sync.
-    unsynced: bool,
-    statements: Statements,
+    conv: Conversation<Pending>,
+    statements: Statements<A>,
     /// What the session may have changed of its backend's state, for the
     /// probe a move runs first.
     touched: Touched,
@@ -138,23 +131,20 @@ pub struct SessionState {
     /// Effects of the open transaction, applied when it commits.
     tx_effects: Vec<Effect>,
     tx_rolled_back: bool,
-    /// The server is in COPY FROM STDIN and the client has not ended it yet.
-    copy_in: bool,
 }
 
-impl Default for SessionState {
+impl<A> Default for SessionState<A> {
     fn default() -> Self {
         SessionState::new()
     }
 }
 
-impl SessionState {
+impl<A> SessionState<A> {
     /// A fresh session, idle.
-    pub fn new() -> SessionState {
+    pub fn new() -> SessionState<A> {
         SessionState {
             tx: TxStatus::Idle,
-            pending: VecDeque::new(),
-            unsynced: false,
+            conv: Conversation::new(),
             statements: Statements::default(),
             touched: Touched::default(),
             settings: BTreeMap::new(),
@@ -162,7 +152,6 @@ impl SessionState {
             pins: BTreeSet::new(),
             tx_effects: Vec::new(),
             tx_rolled_back: false,
-            copy_in: false,
         }
     }
 
@@ -171,31 +160,36 @@ impl SessionState {
         self.tx
     }
 
+    /// The requests in flight on the backend.
+    pub fn conversation(&self) -> &Conversation<Pending> {
+        &self.conv
+    }
+
     /// Whether nothing is in flight and no transaction block is open.
     pub fn at_boundary(&self) -> bool {
-        self.pending.is_empty() && !self.unsynced && self.tx == TxStatus::Idle
+        self.conv.is_empty() && !self.conv.unsynced() && self.tx == TxStatus::Idle
     }
 
     /// The session's phase.
     pub fn phase(&self) -> Phase {
-        if self.copy_in {
+        if self.conv.copy_in() {
             return Phase::Copying;
         }
         match self.tx {
             TxStatus::InTransaction => Phase::InTransaction,
             TxStatus::Failed => Phase::Failed,
-            TxStatus::Idle if self.pending.is_empty() && !self.unsynced => Phase::Idle,
+            TxStatus::Idle if self.conv.is_empty() && !self.conv.unsynced() => Phase::Idle,
             TxStatus::Idle => Phase::Active,
         }
     }
 
     /// The statement registry.
-    pub fn statements(&self) -> &Statements {
+    pub fn statements(&self) -> &Statements<A> {
         &self.statements
     }
 
     /// The statement registry, to change.
-    pub fn statements_mut(&mut self) -> &mut Statements {
+    pub fn statements_mut(&mut self) -> &mut Statements<A> {
         &mut self.statements
     }
 
@@ -204,125 +198,9 @@ impl SessionState {
         &self.touched
     }
 
-    /// The session is on a new backend whose state the move made equal to
-    /// the old one's: what was touched is replayed, nothing is pending.
-    pub fn moved(&mut self, touched: Touched) {
-        self.touched = touched;
-        // Statements prepared before may still touch state when run here.
-        for parse in self.statements.parses() {
-            if let Ok(p) = FrontendMessage::new(parse).parse() {
-                self.touched.note(p.query);
-            }
-        }
-        // Nothing pins a session that could move.
-        self.pins.clear();
-        self.statements.moved();
-    }
-
-    /// Queues, ahead of a client's Bind or Describe of `name`, the Parse
-    /// that re-prepares it on a new backend (its parameter type OIDs passed
-    /// through `map`), and, when the client knows its types, a Describe and
-    /// Flush to compare them. Returns the bytes and whether the client's
-    /// message must wait for the comparison.
-    pub fn prepare_ahead(
-        &mut self,
-        name: &str,
-        map: &dyn Fn(u32) -> u32,
-    ) -> Result<Option<(bytes::BytesMut, bool)>, WireError> {
-        let Some(st) = self.statements.needs_prepare(name) else {
-            return Ok(None);
-        };
-        let recheck = st.description.is_some();
-        let parse = crate::wire::frontend::parse_with_types(&FrontendMessage::new(&st.parse), map)?;
-        let mut out = bytes::BytesMut::from(&parse[..]);
-        self.pending.push_back(Pending::Reprepare { name: name.to_owned() });
-        if recheck {
-            crate::wire::frontend::describe_statement(&mut out, name);
-            crate::wire::frontend::flush(&mut out);
-            self.pending.push_back(Pending::Recheck {
-                name: name.to_owned(),
-                params: None,
-            });
-        }
-        self.statements.reprepared(name);
-        self.unsynced = true;
-        Ok(Some((out, recheck)))
-    }
-
-    /// Records the Parse and Bind the proxy sends in place of a client's
-    /// Bind (their completions are dropped) and the Execute after them.
-    pub fn injected_in_place(&mut self) {
-        self.pending.push_back(Pending::Injected);
-        self.pending.push_back(Pending::Injected);
-        self.pending.push_back(Pending::Raise);
-        self.statements.unnamed_taken();
-        self.unsynced = true;
-    }
-
-    /// A move's probe ran on the backend and the session stays there.
-    pub fn probed(&mut self) {
-        self.statements.unnamed_lost();
-    }
-
-    /// Whether the next error answers the proxy's stand-in for a Bind of a
-    /// statement whose types changed.
-    pub fn raising(&self) -> bool {
-        self.pending
-            .iter()
-            .find(|p| !matches!(p, Pending::Injected | Pending::CopyEnd))
-            .is_some_and(|p| matches!(p, Pending::Raise))
-    }
-
     /// What pins the session, as its backend said.
     pub fn set_pins(&mut self, pins: BTreeSet<Pin>) {
         self.pins = pins;
-    }
-
-    /// Whether a client message waits for a statement recheck.
-    pub fn rechecking(&self) -> bool {
-        self.pending.iter().any(|p| matches!(p, Pending::Recheck { .. }))
-    }
-
-    /// Takes a server message that answers the proxy rather than the
-    /// client: `true` when it is not the client's (errors are never taken:
-    /// the client sees them). A recheck it ends shows in [`Self::rechecking`].
-    pub fn take_proxy_answer(
-        &mut self,
-        msg: BackendMessage<'_>,
-        same: &dyn Fn(&Description, &Description) -> bool,
-    ) -> bool {
-        let tag = msg.tag();
-        // A CopyEnd marker whose COPY never started expects nothing.
-        while matches!(self.pending.front(), Some(Pending::CopyEnd)) {
-            self.pending.pop_front();
-        }
-        let Some(front) = self.pending.front_mut() else {
-            return false;
-        };
-        match front {
-            Pending::Reprepare { .. } | Pending::Injected
-                if matches!(tag, btag::PARSE_COMPLETE | btag::BIND_COMPLETE) =>
-            {
-                self.pending.pop_front();
-                true
-            }
-            Pending::Recheck { params, .. } if tag == btag::PARAMETER_DESCRIPTION => {
-                *params = msg.parameter_types().ok();
-                true
-            }
-            Pending::Recheck { .. } if matches!(tag, btag::ROW_DESCRIPTION | btag::NO_DATA) => {
-                let Some(Pending::Recheck { name, params }) = self.pending.pop_front() else {
-                    return false;
-                };
-                let now = Description {
-                    params: params.unwrap_or_default(),
-                    columns: (tag == btag::ROW_DESCRIPTION).then(|| msg.row_columns().unwrap_or_default()),
-                };
-                self.statements.rechecked(&name, &now, same);
-                true
-            }
-            _ => false,
-        }
     }
 
     /// Session-level settings: parameter name → the SET statement.
@@ -340,34 +218,28 @@ impl SessionState {
         &self.pins
     }
 
-    /// Records a message forwarded to the server. Errors are malformed
-    /// messages: the caller closes the session with 08P01.
-    pub fn on_client(&mut self, msg: FrontendMessage<'_>, now: Instant) -> Result<(), WireError> {
-        match msg.tag() {
+    /// Records a client message sent to the server, and returns the entry
+    /// it opened in the conversation (`None` for messages owed no answer).
+    /// Errors are malformed messages: the caller closes the session with
+    /// 08P01.
+    pub fn on_client(&mut self, msg: FrontendMessage<'_>, now: Instant) -> Result<Option<EntryId>, WireError> {
+        let tag = msg.tag();
+        let kind = match tag {
             ftag::QUERY => {
                 let sql = Reader::new(msg.body(), "Query").cstr_bytes()?;
                 self.touched.note(sql);
                 // A simple query replaces the unnamed statement.
                 self.statements.close_sent("");
-                self.pending.push_back(Pending::Query {
+                Kind::Query {
                     started: now,
                     effects: effects::detect_all(sql).map(Vec::into_iter),
-                });
-            }
-            ftag::SYNC => {
-                self.unsynced = false;
-                // The server ignores Sync while it receives COPY data.
-                if !self.copy_in {
-                    self.pending.push_back(Pending::Sync { started: now });
                 }
             }
+            ftag::SYNC | ftag::FUNCTION_CALL => Kind::Ready { started: now },
             ftag::COPY_DONE | ftag::COPY_FAIL => {
-                if !std::mem::take(&mut self.copy_in) {
-                    // Sent ahead of the server's CopyInResponse (pipelined).
-                    self.pending.push_back(Pending::CopyEnd);
-                }
+                self.conv.copy_end();
+                return Ok(None);
             }
-            ftag::FUNCTION_CALL => self.pending.push_back(Pending::FunctionCall { started: now }),
             ftag::PARSE => {
                 let parse = msg.parse()?;
                 if let Some(pin) = effects::detect_pin(parse.query) {
@@ -375,29 +247,21 @@ impl SessionState {
                 }
                 self.touched.note(parse.query);
                 self.statements.parse_sent(parse.name);
-                self.unsynced = true;
-                self.pending.push_back(Pending::Parse {
+                Kind::Parse {
                     name: parse.name.to_owned(),
                     parse: Bytes::copy_from_slice(msg.bytes()),
-                });
+                }
             }
             ftag::BIND => {
                 msg.bind()?;
-                self.unsynced = true;
-                self.pending.push_back(Pending::Bind);
+                Kind::Nothing
             }
             ftag::DESCRIBE => {
                 let target = msg.target()?;
-                let statement = (target.kind == TargetKind::Statement).then(|| target.name.to_owned());
-                self.unsynced = true;
-                self.pending.push_back(Pending::Describe {
-                    statement,
+                Kind::Describe {
+                    statement: (target.kind == TargetKind::Statement).then(|| target.name.to_owned()),
                     params: None,
-                });
-            }
-            ftag::EXECUTE => {
-                self.unsynced = true;
-                self.pending.push_back(Pending::Execute);
+                }
             }
             ftag::CLOSE => {
                 let target = msg.target()?;
@@ -405,36 +269,53 @@ impl SessionState {
                 if let Some(name) = &statement {
                     self.statements.close_sent(name);
                 }
-                self.unsynced = true;
-                self.pending.push_back(Pending::Close { statement });
+                Kind::Close { statement }
             }
-            // Flush, COPY data, Terminate and unknown kinds expect no reply of
-            // their own.
-            _ => {}
-        }
-        Ok(())
+            _ => Kind::Nothing,
+        };
+        // Flush, COPY data, Terminate and unknown kinds expect no answer.
+        let Some(request) = Request::of(tag) else {
+            return Ok(None);
+        };
+        Ok(self.conv.push(Origin::Client, request, Pending(kind)))
     }
 
-    /// Records a message from the server.
-    pub fn on_server(&mut self, msg: BackendMessage<'_>, now: Instant) -> ServerEvent {
+    /// Records a request the proxy sends on its own (capture's): its answer
+    /// is not the client's.
+    pub fn open(&mut self, origin: Origin, request: Request) -> Option<EntryId> {
+        self.conv.push(origin, request, Pending::default())
+    }
+
+    /// The proxy sent the message that goes on with the client's request
+    /// it held back (see [`Self::unseen`]): that entry is owed its answer.
+    pub fn resume(&mut self) -> Option<EntryId> {
+        self.conv.resume()
+    }
+
+    /// Places a message from the server in the conversation: which request
+    /// it answers. Every server message goes through here first; then
+    /// [`Self::seen`] or [`Self::unseen`] takes the answer.
+    pub fn hear(&mut self, msg: BackendMessage<'_>) -> Answer<Pending> {
+        self.conv.on_server(msg.tag())
+    }
+
+    /// The client sees `msg` (the server's message, or what the proxy made
+    /// of it), which [`Self::hear`] placed as `answer`: what it means for
+    /// the session.
+    pub fn seen(&mut self, msg: BackendMessage<'_>, answer: Answer<Pending>, now: Instant) -> ServerEvent {
         let mut event = ServerEvent::default();
+        for dropped in answer.dropped {
+            self.forget(dropped.data);
+        }
+        let done = answer.done.map(|e| e.data.0);
         match msg.tag() {
             btag::READY_FOR_QUERY => {
                 let status = msg.ready_status().unwrap_or(TxStatus::Idle);
-                let mut started = None;
-                while let Some(p) = self.pending.pop_front() {
-                    if p.ends_with_ready() {
-                        started = match p {
-                            Pending::Query { started, .. }
-                            | Pending::FunctionCall { started }
-                            | Pending::Sync { started } => Some(started),
-                            _ => None,
-                        };
-                        break;
-                    }
-                }
+                let started = match done {
+                    Some(Kind::Query { started, .. } | Kind::Ready { started }) => Some(started),
+                    _ => None,
+                };
                 self.tx = status;
-                self.copy_in = false;
                 if status == TxStatus::Idle {
                     self.end_transaction();
                 }
@@ -442,57 +323,36 @@ impl SessionState {
                 event.at_boundary = self.at_boundary();
             }
             btag::PARSE_COMPLETE => {
-                if let Some(Pending::Parse { name, parse }) = self.pop_if(|p| matches!(p, Pending::Parse { .. })) {
+                if let Some(Kind::Parse { name, parse }) = done {
                     self.statements.prepared(&name, parse);
                 }
             }
-            btag::BIND_COMPLETE => {
-                self.pop_if(|p| matches!(p, Pending::Bind));
-            }
             btag::CLOSE_COMPLETE => {
-                if let Some(Pending::Close { statement: Some(name) }) =
-                    self.pop_if(|p| matches!(p, Pending::Close { .. }))
-                {
+                if let Some(Kind::Close { statement: Some(name) }) = done {
                     self.statements.closed(&name);
                 }
             }
             btag::PARAMETER_DESCRIPTION => {
-                if let Some(Pending::Describe { params, .. }) = self.pending.front_mut() {
+                if let Some(Kind::Describe { params, .. }) = self.kind_mut(answer.to.map(|h| h.id)) {
                     *params = msg.parameter_types().ok();
                 }
             }
             btag::ROW_DESCRIPTION | btag::NO_DATA => {
-                if let Some(Pending::Describe {
+                if let Some(Kind::Describe {
                     statement: Some(name),
                     params,
-                }) = self.pop_if(|p| matches!(p, Pending::Describe { .. }))
+                }) = done
                 {
                     let columns = (msg.tag() == btag::ROW_DESCRIPTION).then(|| msg.row_columns().unwrap_or_default());
                     let params = params.unwrap_or_default();
                     self.statements.described(&name, Description { params, columns });
                 }
             }
-            btag::COMMAND_COMPLETE | btag::EMPTY_QUERY_RESPONSE | btag::PORTAL_SUSPENDED => {
-                if msg.tag() == btag::COMMAND_COMPLETE {
-                    self.on_command_complete(msg);
-                }
-                self.pop_if(|p| matches!(p, Pending::Execute));
-            }
-            btag::COPY_IN_RESPONSE => self.on_copy_in(),
+            btag::COMMAND_COMPLETE => self.on_command_complete(msg, answer.to.map(|h| h.id)),
             btag::ERROR_RESPONSE => {
                 event.error = true;
-                // An error ends copy-in mode; the client's next Sync counts.
-                self.copy_in = false;
-                // In an extended batch the server now skips to the Sync.
-                while let Some(p) = self.pending.front() {
-                    if p.ends_with_ready() {
-                        break;
-                    }
-                    if let Some(Pending::Reprepare { name } | Pending::Recheck { name, .. }) = self.pending.pop_front()
-                    {
-                        // Skipped or refused: prepared again at its next use.
-                        self.statements.reprepare_failed(&name);
-                    }
+                if let Some(kind) = done {
+                    self.forget(Pending(kind));
                 }
             }
             _ => {}
@@ -500,49 +360,32 @@ impl SessionState {
         event
     }
 
-    /// The server entered COPY FROM STDIN for the request at the front. It
-    /// ignores every Sync it reads until the client's CopyDone/CopyFail, so
-    /// the Syncs forwarded in that span get no ReadyForQuery: forget them.
-    fn on_copy_in(&mut self) {
-        let end = self
-            .pending
-            .iter()
-            .skip(1)
-            .position(|p| matches!(p, Pending::CopyEnd))
-            .map(|i| i + 1);
-        let stop = end.unwrap_or(self.pending.len());
-        let mut i = 1;
-        let mut stop_at = stop;
-        while i < stop_at {
-            if matches!(self.pending[i], Pending::Sync { .. }) {
-                self.pending.remove(i);
-                stop_at -= 1;
-            } else {
-                i += 1;
-            }
+    /// The client does not see the message [`Self::hear`] placed as
+    /// `answer`. When `continues`, it ended the client's request on the
+    /// wire but the proxy goes on with that request with a message of its
+    /// own: the request stays in flight until [`Self::resume`].
+    pub fn unseen(&mut self, answer: Answer<Pending>, continues: bool) {
+        for dropped in answer.dropped {
+            self.forget(dropped.data);
         }
-        match end {
-            Some(_) => {
-                self.pending.remove(stop_at);
-            }
-            None => self.copy_in = true,
+        if let (true, Some(done)) = (continues, answer.done) {
+            self.conv.park(done);
         }
     }
 
-    fn pop_if(&mut self, f: impl Fn(&Pending) -> bool) -> Option<Pending> {
-        // A CopyEnd marker whose COPY never started (the server failed the
-        // statement first) expects nothing.
-        while matches!(self.pending.front(), Some(Pending::CopyEnd)) {
-            self.pending.pop_front();
-        }
-        if self.pending.front().is_some_and(f) {
-            self.pending.pop_front()
-        } else {
-            None
+    /// A request the server will not answer (or answered with an error).
+    fn forget(&mut self, pending: Pending) {
+        if let Kind::Reprepare { name } | Kind::Recheck { name, .. } = pending.0 {
+            // Skipped or refused: prepared again at its next use.
+            self.statements.reprepare_failed(&name);
         }
     }
 
-    fn on_command_complete(&mut self, msg: BackendMessage<'_>) {
+    fn kind_mut(&mut self, id: Option<EntryId>) -> Option<&mut Kind> {
+        Some(&mut self.conv.get_mut(id?)?.data.0)
+    }
+
+    fn on_command_complete(&mut self, msg: BackendMessage<'_>, to: Option<EntryId>) {
         let Ok(tag) = msg.command_tag() else { return };
         if tag == "ROLLBACK" {
             // Also the tag of ROLLBACK TO SAVEPOINT and of a COMMIT that
@@ -551,9 +394,9 @@ impl SessionState {
             self.tx_effects.clear();
             return;
         }
-        if let Some(Pending::Query {
+        if let Some(Kind::Query {
             effects: Some(effects), ..
-        }) = self.pending.front_mut()
+        }) = self.kind_mut(to)
         {
             if let Some(Some(e)) = effects.next() {
                 self.tx_effects.push(e);

@@ -1,28 +1,32 @@
 //! The client side: what each client message becomes (forwarded, spliced,
-//! held, or replaced by the proxy's own messages), and the refusals sent in
-//! place of a statement or a commit.
+//! held, or replaced by the proxy's own messages; the refusals sent in
+//! place of a statement or a commit are in `refuse.rs`).
 
 use super::analyze::apply_splices;
 use super::{block_after, is_commit_like, LOG_FAILED_CODE, LOG_FAILED_HINT};
 use super::{
-    ClientAction, CommitStep, Expect, Plan, Prepared, QueryEnd, Rejection, SessionCapture, StmtInfo, Work, Written,
+    ClientAction, CommitStep, Decided, Expect, Note, Outgoing, Plan, QueryEnd, Rejection, SessionCapture,
+    StatementNote, StmtInfo, Work, Written,
 };
 use crate::capture::classify_view;
 use crate::capture::resolve::SearchPath;
 use crate::capture::rows::{self, ResultFormats};
 use crate::config::UnsafePolicy;
+use crate::session::conversation::Request;
+use crate::session::statements::Statements;
 use crate::wire::frontend::{tag as ftag, FrontendMessage, TargetKind};
 use crate::wire::{Reader, WireError};
 use bytes::BytesMut;
 use std::collections::VecDeque;
 
 impl SessionCapture {
-    /// Decides what happens to one client message. `prepared` looks up the
-    /// Parse message of a named statement created before capture started.
+    /// Decides what happens to one client message. `statements` is the
+    /// session's registry: capture notes there what it makes of each
+    /// statement, and finds the Parse of one prepared before it started.
     pub(crate) fn on_client(
         &mut self,
         msg: FrontendMessage<'_>,
-        prepared: &dyn Fn(&str) -> Option<bytes::Bytes>,
+        statements: &mut Statements<StatementNote>,
     ) -> Result<ClientAction, WireError> {
         let tag = msg.tag();
         if matches!(tag, ftag::COPY_DONE | ftag::COPY_FAIL) {
@@ -54,53 +58,66 @@ impl SessionCapture {
         if self.blocked() {
             return Ok(ClientAction::Hold);
         }
-        let action = self.dispatch(msg, prepared)?;
-        if !matches!(action, ClientAction::Hold) {
-            // A Flush sent earlier does not cover what goes out now; the
-            // server answers everything up to a Sync or Flush.
-            self.flush_sent = matches!(tag, ftag::FLUSH | ftag::SYNC);
+        self.sending.clear();
+        self.client_note = None;
+        let action = self.dispatch(msg, statements)?;
+        let mut own: Vec<(Request, Note)> = std::mem::take(&mut self.sending)
+            .into_iter()
+            .map(|(r, e)| (r, Note(e)))
+            .collect();
+        if matches!(action, Decided::Hold) {
+            return Ok(ClientAction::Hold);
         }
-        Ok(action)
+        // A Flush sent earlier does not cover what goes out now; the
+        // server answers everything up to a Sync or Flush.
+        self.flush_sent = matches!(tag, ftag::FLUSH | ftag::SYNC);
+        // What goes out ends with the client's message: its note waits for
+        // the entry the session state opens for it.
+        if own.last().is_some_and(|(r, _)| Some(*r) == Request::of(tag)) {
+            self.client_note = own.pop().map(|(_, n)| n.0);
+        }
+        Ok(match action {
+            Decided::Forward => ClientAction::Forward,
+            Decided::Replace(bytes) => ClientAction::Replace(Outgoing { bytes, own }),
+            Decided::Hold => ClientAction::Hold,
+        })
     }
 
     fn dispatch(
         &mut self,
         msg: FrontendMessage<'_>,
-        prepared: &dyn Fn(&str) -> Option<bytes::Bytes>,
-    ) -> Result<ClientAction, WireError> {
+        statements: &mut Statements<StatementNote>,
+    ) -> Result<Decided, WireError> {
         match msg.tag() {
             ftag::QUERY => self.on_query(Reader::new(msg.body(), "Query").cstr_bytes()?),
-            ftag::PARSE => self.on_parse(msg),
-            ftag::BIND => self.on_bind(msg, prepared),
+            ftag::PARSE => self.on_parse(msg, statements),
+            ftag::BIND => self.on_bind(msg, statements),
             ftag::DESCRIBE => {
                 let t = msg.target()?;
                 let e = match t.kind {
-                    TargetKind::Statement => {
-                        let tap = self.statements.get(t.name).and_then(|p| p.info.tap.clone());
-                        Expect::DescribeStatement {
-                            name: t.name.to_owned(),
-                            tap,
-                        }
-                    }
+                    TargetKind::Statement => Expect::DescribeStatement {
+                        tap: statements.note(t.name).and_then(|p| p.info.tap.clone()),
+                    },
                     TargetKind::Portal => Expect::DescribePortal {
                         tap: self.portals.get(t.name).and_then(|i| i.tap.clone()),
                     },
                 };
-                self.expect.push_back(e);
-                Ok(ClientAction::Forward)
+                self.expect(Request::Describe, e);
+                Ok(Decided::Forward)
             }
             ftag::EXECUTE => self.on_execute(msg),
             ftag::CLOSE => {
                 let t = msg.target()?;
                 match t.kind {
                     TargetKind::Statement => {
-                        if let Some(p) = self.statements.remove(t.name) {
-                            if p.server_name != t.name {
-                                let mut out = rows::close_statement(&p.server_name);
+                        if let Some((_, Some(server))) = statements.take_note(t.name) {
+                            // The spliced copy goes with the client's own.
+                            if server != t.name {
+                                let mut out = rows::close_statement(&server);
                                 out.extend_from_slice(msg.bytes());
-                                self.expect.push_back(Expect::InjectedOne);
-                                self.expect.push_back(Expect::Plain);
-                                return Ok(ClientAction::Replace(out));
+                                self.expect(Request::Close, Expect::InjectedOne);
+                                self.expect(Request::Close, Expect::Plain);
+                                return Ok(Decided::Replace(out));
                             }
                         }
                     }
@@ -108,20 +125,20 @@ impl SessionCapture {
                         self.portals.remove(t.name);
                     }
                 }
-                self.expect.push_back(Expect::Plain);
-                Ok(ClientAction::Forward)
+                self.expect(Request::Close, Expect::Plain);
+                Ok(Decided::Forward)
             }
             ftag::SYNC => self.on_sync(),
             ftag::FUNCTION_CALL => {
                 self.saw_unsafe("call", "function call message");
-                self.expect.push_back(Expect::Ready { during_copy: false });
-                Ok(ClientAction::Forward)
+                self.expect(Request::FunctionCall, Expect::Ready);
+                Ok(Decided::Forward)
             }
-            _ => Ok(ClientAction::Forward),
+            _ => Ok(Decided::Forward),
         }
     }
 
-    fn on_query(&mut self, raw: &[u8]) -> Result<ClientAction, WireError> {
+    fn on_query(&mut self, raw: &[u8]) -> Result<Decided, WireError> {
         // Any client encoding: classified through a view, spliced in the bytes.
         let view = classify_view(raw);
         let sql: &str = &view;
@@ -174,35 +191,43 @@ impl SessionCapture {
         if commits {
             if let Some(message) = self.refuse_commit.take() {
                 // The held COMMIT whose keys the log could not take.
-                return Ok(ClientAction::Replace(self.roll_back_refused(&message)));
+                let out = self.roll_back_refused(&message);
+                self.expect(Request::Query, Expect::Failed);
+                return Ok(Decided::Replace(out));
             }
         }
         if !has_tap && !commits {
             self.apply_sent_tx(&infos);
-            self.expect.push_back(Expect::Query {
-                stmts: infos.into(),
-                end: QueryEnd::Final,
-                error: false,
-            });
-            return Ok(ClientAction::Forward);
+            self.expect(
+                Request::Query,
+                Expect::Query {
+                    stmts: infos.into(),
+                    end: QueryEnd::Final,
+                    error: false,
+                },
+            );
+            return Ok(Decided::Forward);
         }
         // The plan depends on the settled transaction state.
         if !self.settled_for_plan() {
-            return Ok(ClientAction::Hold);
+            return Ok(Decided::Hold);
         }
         if has_tap && !self.sent_block && !has_tx {
             // Autocommit write(s): BEGIN ahead, COMMIT once logged.
             let text = apply_splices(raw, 0, &splices);
             let mut out = rows::query("BEGIN");
             out.extend_from_slice(&rows::query_bytes(&text));
-            self.expect.push_back(Expect::Injected);
-            self.expect.push_back(Expect::Query {
-                stmts: infos.into(),
-                end: QueryEnd::Wrapped,
-                error: false,
-            });
+            self.expect(Request::Query, Expect::Injected);
+            self.expect(
+                Request::Query,
+                Expect::Query {
+                    stmts: infos.into(),
+                    end: QueryEnd::Wrapped,
+                    error: false,
+                },
+            );
             self.sent_block = true;
-            return Ok(ClientAction::Replace(out));
+            return Ok(Decided::Replace(out));
         }
         // Check that every write runs inside a block, and find the split points.
         let mut b = self.sent_block;
@@ -215,10 +240,11 @@ impl SessionCapture {
                         // Log what the transaction wrote so far, then send.
                         match self.commit_step() {
                             CommitStep::Go => {}
-                            CommitStep::Wait => return Ok(ClientAction::Hold),
+                            CommitStep::Wait => return Ok(Decided::Hold),
                             CommitStep::Refuse(reason) => {
                                 let out = self.refuse_simple(&reason);
-                                return Ok(ClientAction::Replace(out));
+                                self.expect(Request::Query, Expect::Failed);
+                                return Ok(Decided::Replace(out));
                             }
                         }
                     }
@@ -244,12 +270,15 @@ impl SessionCapture {
                         })
                         .collect();
                     self.apply_sent_tx(&plain);
-                    self.expect.push_back(Expect::Query {
-                        stmts: plain.into(),
-                        end: QueryEnd::Final,
-                        error: false,
-                    });
-                    return Ok(ClientAction::Forward);
+                    self.expect(
+                        Request::Query,
+                        Expect::Query {
+                            stmts: plain.into(),
+                            end: QueryEnd::Final,
+                            error: false,
+                        },
+                    );
+                    return Ok(Decided::Forward);
                 }
                 taps_since = true;
             }
@@ -275,22 +304,26 @@ impl SessionCapture {
             parts.push_back((text, stmts));
         }
         let (text, stmts) = parts.pop_front().unwrap_or_default();
-        self.expect_part(stmts, !parts.is_empty());
+        let first = self.expect_part(stmts, !parts.is_empty());
+        self.expect(Request::Query, first);
         if !parts.is_empty() {
             self.plan = Some(Plan::Parts(parts));
         } else if splices.is_empty() {
-            return Ok(ClientAction::Forward);
+            return Ok(Decided::Forward);
         }
-        Ok(ClientAction::Replace(rows::query_bytes(&text)))
+        Ok(Decided::Replace(rows::query_bytes(&text)))
     }
 
-    fn reject_query(&mut self, rejection: Rejection) -> ClientAction {
-        self.expect.push_back(Expect::Query {
-            stmts: VecDeque::from([StmtInfo::default()]),
-            end: QueryEnd::Final,
-            error: false,
-        });
-        ClientAction::Replace(rows::query(&rejection.raise_sql()))
+    fn reject_query(&mut self, rejection: Rejection) -> Decided {
+        self.expect(
+            Request::Query,
+            Expect::Query {
+                stmts: VecDeque::from([StmtInfo::default()]),
+                end: QueryEnd::Final,
+                error: false,
+            },
+        );
+        Decided::Replace(rows::query(&rejection.raise_sql()))
     }
 
     fn apply_sent_tx(&mut self, infos: &[StmtInfo]) {
@@ -317,40 +350,29 @@ impl SessionCapture {
         }
     }
 
-    fn on_parse(&mut self, msg: FrontendMessage<'_>) -> Result<ClientAction, WireError> {
+    fn on_parse(
+        &mut self,
+        msg: FrontendMessage<'_>,
+        statements: &mut Statements<StatementNote>,
+    ) -> Result<Decided, WireError> {
         let parse = msg.parse()?;
         let (info, splice) = self.analyze_prepared(parse.query);
         if let Some(what) = info.lookup {
             return Ok(self.start_lookup(what));
         }
         let name = parse.name.to_owned();
-        self.expect.push_back(Expect::Plain);
+        self.expect(Request::Parse, Expect::Plain);
         match splice {
             Some(s) if info.rejected.is_none() => {
                 let text = apply_splices(parse.query, 0, &[s]);
                 let out = rows::rewrite_parse(msg.body(), &name, &text)?;
-                self.statements.insert(
-                    name.clone(),
-                    Prepared {
-                        info,
-                        server_name: name,
-                        columns: None,
-                        original: Some(BytesMut::from(msg.bytes())),
-                    },
-                );
-                Ok(ClientAction::Replace(out))
+                let original = Some(BytesMut::from(msg.bytes()));
+                statements.annotate(&name, StatementNote { info, original }, None);
+                Ok(Decided::Replace(out))
             }
             _ => {
-                self.statements.insert(
-                    name.clone(),
-                    Prepared {
-                        info,
-                        server_name: name,
-                        columns: None,
-                        original: None,
-                    },
-                );
-                Ok(ClientAction::Forward)
+                statements.annotate(&name, StatementNote { info, original: None }, None);
+                Ok(Decided::Forward)
             }
         }
     }
@@ -358,22 +380,24 @@ impl SessionCapture {
     fn on_bind(
         &mut self,
         msg: FrontendMessage<'_>,
-        prepared: &dyn Fn(&str) -> Option<bytes::Bytes>,
-    ) -> Result<ClientAction, WireError> {
+        statements: &mut Statements<StatementNote>,
+    ) -> Result<Decided, WireError> {
         let bind = msg.bind()?;
         let portal = bind.portal.to_owned();
         let mut out = BytesMut::new();
-        if !self.statements.contains_key(bind.statement) {
+        if statements.note(bind.statement).is_none() {
             // Prepared before capture started: classify its text now and,
             // if it writes, prepare a spliced copy under a proxy-owned name.
-            let known = (!bind.statement.is_empty()).then(|| prepared(bind.statement)).flatten();
+            let known = (!bind.statement.is_empty())
+                .then(|| statements.get(bind.statement).map(|s| s.parse.clone()))
+                .flatten();
             let Some(parse_bytes) = known else {
                 if bind.statement.is_empty() {
                     self.saw_unsafe("unknown-statement", "unnamed statement prepared before capture started");
                 }
                 self.portals.insert(portal, StmtInfo::default());
-                self.expect.push_back(Expect::Plain);
-                return Ok(ClientAction::Forward);
+                self.expect(Request::Bind, Expect::Plain);
+                return Ok(Decided::Forward);
             };
             let pmsg = FrontendMessage::new(&parse_bytes);
             let parse = pmsg.parse()?;
@@ -381,29 +405,22 @@ impl SessionCapture {
             if let Some(what) = info.lookup {
                 return Ok(self.start_lookup(what));
             }
-            let mut server_name = bind.statement.to_owned();
+            let mut server = None;
             if let (Some(s), None) = (splice, &info.rejected) {
                 self.next_name += 1;
-                server_name = format!("switchyard_{}_{}", self.active.epoch, self.next_name);
+                let name = format!("switchyard_{}_{}", self.active.epoch, self.next_name);
                 let text = apply_splices(parse.query, 0, &[s]);
-                out.extend_from_slice(&rows::rewrite_parse(pmsg.body(), &server_name, &text)?);
-                self.expect.push_back(Expect::InjectedOne);
+                out.extend_from_slice(&rows::rewrite_parse(pmsg.body(), &name, &text)?);
+                self.expect(Request::Parse, Expect::InjectedOne);
+                server = Some(name);
             }
-            self.statements.insert(
-                bind.statement.to_owned(),
-                Prepared {
-                    info,
-                    server_name,
-                    columns: None,
-                    original: None,
-                },
-            );
+            statements.annotate(bind.statement, StatementNote { info, original: None }, server);
         }
-        let Some(p) = self.statements.get(bind.statement) else {
-            return Ok(ClientAction::Forward);
+        let Some(p) = statements.note(bind.statement) else {
+            return Ok(Decided::Forward);
         };
         let info = p.info.clone();
-        let server_name = p.server_name.clone();
+        let server_name = statements.server_name(bind.statement).to_owned();
         let codes = match &info.tap {
             None => None,
             Some(tap) => match rows::bind_formats(msg.body())?.1 {
@@ -416,35 +433,35 @@ impl SessionCapture {
             },
         };
         self.portals.insert(portal, info);
-        self.expect.push_back(Expect::Plain);
+        self.expect(Request::Bind, Expect::Plain);
         if codes.is_none() && server_name == bind.statement && out.is_empty() {
-            return Ok(ClientAction::Forward);
+            return Ok(Decided::Forward);
         }
         let (at, _) = rows::bind_formats(msg.body())?;
         out.extend_from_slice(&rows::rewrite_bind(msg.body(), &server_name, at, codes.as_deref())?);
-        Ok(ClientAction::Replace(out))
+        Ok(Decided::Replace(out))
     }
 
-    fn on_execute(&mut self, msg: FrontendMessage<'_>) -> Result<ClientAction, WireError> {
+    fn on_execute(&mut self, msg: FrontendMessage<'_>) -> Result<Decided, WireError> {
         let portal = Reader::new(msg.body(), "Execute").cstr()?;
         let info = self.portals.get(portal).cloned().unwrap_or_default();
         if let Some(rejection) = &info.rejected {
-            return Ok(ClientAction::Replace(self.raise_execute(rejection)));
+            return Ok(Decided::Replace(self.raise_execute(rejection)));
         }
         if info.tx.as_ref().is_some_and(is_commit_like) {
             if let Some(message) = self.refuse_commit.take() {
                 // ROLLBACK (its answers dropped), then an error for the client.
                 let out = self.roll_back_extended_with(&rows::raise_sql(LOG_FAILED_CODE, &message, LOG_FAILED_HINT));
-                return Ok(ClientAction::Replace(out));
+                return Ok(Decided::Replace(out));
             }
             // Keys of writes still in flight must be in before the commit goes.
             if !self.settled() {
-                return Ok(ClientAction::Hold);
+                return Ok(Decided::Hold);
             }
             match self.commit_step() {
                 CommitStep::Go => {}
-                CommitStep::Wait => return Ok(ClientAction::Hold),
-                CommitStep::Refuse(reason) => return Ok(ClientAction::Replace(self.refuse_extended_commit(&reason))),
+                CommitStep::Wait => return Ok(Decided::Hold),
+                CommitStep::Refuse(reason) => return Ok(Decided::Replace(self.refuse_extended_commit(&reason))),
             }
         }
         if let Some(tx) = &info.tx {
@@ -456,127 +473,53 @@ impl SessionCapture {
         if info.copy.is_some() {
             self.copy_sent = true;
         }
-        self.expect.push_back(Expect::Execute { info });
-        Ok(ClientAction::Forward)
+        self.expect(Request::Execute, Expect::Execute { info });
+        Ok(Decided::Forward)
     }
 
-    /// An unnamed Parse, Bind and Execute of a statement that raises
-    /// `reason` (SQLSTATE 0A000), run in place of a client's Execute so its
-    /// transaction fails as on a real error.
-    fn raise_execute(&mut self, rejection: &Rejection) -> BytesMut {
-        self.raise_extended_sql(&rejection.raise_sql())
-    }
-
-    /// In place of a simple-protocol commit: a ROLLBACK whose completion
-    /// the client does not see, then the error in one query, so that it
-    /// gets what a failed COMMIT gives (an error, then idle). Settings the
-    /// transaction made are dropped with it (the error marks it failed for
-    /// the tracked state), and a wrapped query's last CommandComplete,
-    /// still held, is never sent: PostgreSQL sends none for a statement
-    /// whose commit failed.
-    pub(super) fn refuse_simple(&mut self, rejection: &Rejection) -> BytesMut {
-        if let Some(d) = self.deferred.as_mut() {
-            d.bytes.truncate(d.last_complete);
-        }
-        self.tx.clear();
-        // Decided here: what the client sends next (it may not wait for
-        // the answer) already resolves names as after the rollback.
-        self.paths.end_tx(false);
-        self.roll_back_with(&rejection.raise_sql())
-    }
-
-    /// In place of an extended-protocol COMMIT's Execute: a ROLLBACK whose
-    /// answers are dropped, then the error, so that the transaction ends as
-    /// after a failed COMMIT instead of staying open and failed.
-    fn refuse_extended_commit(&mut self, rejection: &Rejection) -> BytesMut {
-        self.tx.clear();
-        self.paths.end_tx(false);
-        self.roll_back_extended_with(&rejection.raise_sql())
-    }
-
-    /// An extended-protocol ROLLBACK whose answers are dropped, then the
-    /// statement `raise` (an error for the client).
-    fn roll_back_extended_with(&mut self, raise: &str) -> BytesMut {
-        let mut out = rows::extended_once("ROLLBACK");
-        for _ in 0..3 {
-            self.expect.push_back(Expect::InjectedOne);
-        }
-        out.extend_from_slice(&self.raise_extended_sql(raise));
-        self.sent_block = false;
-        out
-    }
-
-    /// One simple query: ROLLBACK (its completion dropped), then the
-    /// statement `raise`, whose error and the idle ReadyForQuery reach the
-    /// client.
-    pub(super) fn roll_back_with(&mut self, raise: &str) -> BytesMut {
-        self.expect.push_back(Expect::Failed);
-        self.sent_block = false;
-        rows::query(&format!("ROLLBACK; {raise}"))
-    }
-
-    /// Parse/Bind/Execute of a statement failing with `message`, whose
-    /// Parse and Bind completions are dropped and whose error goes to the
-    /// client (the server then skips to the next Sync).
-    fn raise_extended(&mut self, message: &str) -> BytesMut {
-        self.raise_extended_sql(&rows::raise_sql(LOG_FAILED_CODE, message, LOG_FAILED_HINT))
-    }
-
-    /// Parse/Bind/Execute of the statement `raise` (it fails), whose Parse
-    /// and Bind completions are dropped and whose error goes to the client.
-    fn raise_extended_sql(&mut self, raise: &str) -> BytesMut {
-        let out = rows::extended_once(raise);
-        self.expect.push_back(Expect::InjectedOne);
-        self.expect.push_back(Expect::InjectedOne);
-        self.expect.push_back(Expect::Execute {
-            info: StmtInfo::default(),
-        });
-        out
-    }
-
-    fn on_sync(&mut self) -> Result<ClientAction, WireError> {
+    fn on_sync(&mut self) -> Result<Decided, WireError> {
         if let Some(message) = self.refuse_commit.take() {
             // The implicit transaction must not commit: fail it, then Sync.
             let mut out = self.raise_extended(&message);
             crate::wire::write_message(&mut out, b'S', |_| {});
             self.batch_taps = false;
-            self.expect.push_back(Expect::Ready { during_copy: false });
-            return Ok(ClientAction::Replace(out));
+            self.expect(Request::Sync, Expect::Ready);
+            return Ok(Decided::Replace(out));
         }
         if self.copy_sent {
             // Ignored by the server if its COPY started: no commit here.
-            self.expect.push_back(Expect::Ready { during_copy: true });
-            return Ok(ClientAction::Forward);
+            self.expect(Request::Sync, Expect::Ready);
+            return Ok(Decided::Forward);
         }
         if self.batch_taps && !self.sent_block && !self.tx_error {
             // The implicit transaction commits at this Sync.
             if !self.settled() {
-                return Ok(ClientAction::Hold);
+                return Ok(Decided::Hold);
             }
             match self.commit_step() {
                 CommitStep::Go => {}
-                CommitStep::Wait => return Ok(ClientAction::Hold),
+                CommitStep::Wait => return Ok(Decided::Hold),
                 CommitStep::Refuse(reason) => {
                     // An error ahead of the Sync: the implicit transaction
                     // ends rolled back.
                     let mut out = self.raise_execute(&reason);
                     crate::wire::write_message(&mut out, b'S', |_| {});
                     self.batch_taps = false;
-                    self.expect.push_back(Expect::Ready { during_copy: false });
-                    return Ok(ClientAction::Replace(out));
+                    self.expect(Request::Sync, Expect::Ready);
+                    return Ok(Decided::Replace(out));
                 }
             }
         }
         self.batch_taps = false;
-        self.expect.push_back(Expect::Ready { during_copy: false });
-        Ok(ClientAction::Forward)
+        self.expect(Request::Sync, Expect::Ready);
+        Ok(Decided::Forward)
     }
 
     /// Whether every key written so far is in (no write's result is still
     /// in flight); if not, makes sure the server sends what it has (Flush)
     /// and returns false.
     fn settled(&mut self) -> bool {
-        let in_flight = self.expect.iter().any(|e| match e {
+        let in_flight = self.notes.values().any(|e| match e {
             Expect::Execute { info } => info.writes(),
             Expect::Query { stmts, end, .. } => *end != QueryEnd::Final || stmts.iter().any(StmtInfo::writes),
             Expect::Injected | Expect::WrapEnd | Expect::Failed => true,
@@ -587,7 +530,7 @@ impl SessionCapture {
         }
         if !self.flush_sent {
             self.flush_sent = true;
-            self.work.push_back(Work::Send(rows::flush()));
+            self.work.push_back(Work::Send(Outgoing::bare(rows::flush())));
         }
         false
     }

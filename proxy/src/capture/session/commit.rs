@@ -4,7 +4,7 @@
 //! transaction whose rows cannot be logged right is refused before its
 //! commit is sent. Also the on-demand lookups of tables a statement names.
 
-use super::{resolve, ClientAction, CommitStep, Rejection, SessionCapture, Tap, Work};
+use super::{resolve, CommitStep, Decided, Rejection, SessionCapture, Tap, Work};
 use crate::config::UnsafePolicy;
 use std::sync::Arc;
 use switchyard_replay::catalog::{Catalog, TableLookup, DEFAULT_SEARCH_PATH};
@@ -28,10 +28,10 @@ impl SessionCapture {
     }
 
     /// Holds the client message until the catalog has looked `what` up.
-    pub(super) fn start_lookup(&mut self, what: TableLookup) -> ClientAction {
+    pub(super) fn start_lookup(&mut self, what: TableLookup) -> Decided {
         self.lookup = Some(what.clone());
         self.work.push_back(Work::Lookup(what));
-        ClientAction::Hold
+        Decided::Hold
     }
 
     /// The lookup started for the current hold finished.

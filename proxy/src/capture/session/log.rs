@@ -1,7 +1,7 @@
 //! The log: the record of a transaction's keys, the appends that hold a
 //! commit and the late ones that cannot, and what a failed append does.
 
-use super::{Plan, SessionCapture, Work, Written, LOG_FAILED_CODE, LOG_FAILED_HINT};
+use super::{Expect, Note, Plan, SessionCapture, Work, Written, LOG_FAILED_CODE, LOG_FAILED_HINT};
 use crate::capture::control::{count_commit, unix_micros};
 use crate::capture::rows;
 use bytes::BytesMut;
@@ -72,7 +72,7 @@ impl SessionCapture {
             Some(Plan::WrapCommit | Plan::Parts(_)) => {
                 self.deferred = None;
                 let out = self.roll_back_refused(&message);
-                self.work.push_back(Work::Send(out));
+                self.work.push_back(Work::Continue(out, Note(Expect::Failed)));
             }
             None => self.refuse_commit = Some(message),
         }

@@ -3,10 +3,11 @@
 //! takes once its answer is in.
 
 use super::analyze::key_text;
-use super::{CommitStep, Expect, Plan, QueryEnd, ServerAction, SessionCapture, StmtInfo, Tap, Work, Written};
+use super::{CommitStep, Expect, Note, Plan, QueryEnd, ServerAction, SessionCapture, StmtInfo, Tap, Work, Written};
 use crate::capture::copy::CopyReader;
 use crate::capture::rows;
 use crate::capture::TxControl;
+use crate::session::conversation::{Answer, Head, Origin};
 use crate::wire::backend::{tag as btag, BackendMessage};
 use crate::wire::WireError;
 use bytes::BytesMut;
@@ -44,33 +45,42 @@ pub(super) struct Deferred {
 }
 
 impl SessionCapture {
-    /// Decides what happens to one server message; while a wrapped query's
-    /// answer is held back, keeps it until the ReadyForQuery that ends it.
-    pub(crate) fn on_server(&mut self, msg: BackendMessage<'_>) -> Result<ServerAction, WireError> {
+    /// Decides what happens to one server message, given where the
+    /// session's conversation places it; while a wrapped query's answer is
+    /// held back, keeps it until the ReadyForQuery that ends it.
+    pub(crate) fn on_server<T>(
+        &mut self,
+        msg: BackendMessage<'_>,
+        answer: &Answer<T>,
+    ) -> Result<ServerAction, WireError> {
+        for id in answer.dropped_ids() {
+            self.notes.remove(&id);
+        }
+        let note = answer.to.and_then(|h| self.notes.get(&h.id));
         // From the first message of the wrapped query's own answer (not of
         // queries pipelined ahead of it) to the ReadyForQuery after COMMIT.
         let wrapped = matches!(
-            self.expect.front(),
+            note,
             Some(Expect::Query {
                 end: QueryEnd::Wrapped,
                 ..
             })
         );
+        let wrap_end = matches!(note, Some(Expect::WrapEnd));
         if wrapped && self.deferred.is_none() {
             self.deferred = Some(Deferred::default());
         }
         if self.deferred.is_none() {
-            return self.answer(msg);
+            return self.answer(msg, answer.to, answer.is_done());
         }
         let tag = msg.tag();
-        let wrap_end = matches!(self.expect.front(), Some(Expect::WrapEnd));
         if wrap_end && tag == btag::ERROR_RESPONSE {
             if let Some(d) = self.deferred.as_mut().filter(|d| d.committing) {
                 // The COMMIT failed: the last statement never completed.
                 d.bytes.truncate(d.last_complete);
             }
         }
-        let action = self.answer(msg)?;
+        let action = self.answer(msg, answer.to, answer.is_done())?;
         let Some(d) = self.deferred.as_mut() else {
             return Ok(action);
         };
@@ -106,12 +116,14 @@ impl SessionCapture {
             }
             ServerAction::Replace(bytes) => d.bytes.extend_from_slice(&bytes),
             ServerAction::Drop | ServerAction::Defer => return Ok(ServerAction::Drop),
+            ServerAction::Continue => return Ok(ServerAction::Continue),
         }
         Ok(ServerAction::Defer)
     }
 
-    /// [`Self::on_server`] for one message, as the client would get it now.
-    fn answer(&mut self, msg: BackendMessage<'_>) -> Result<ServerAction, WireError> {
+    /// [`Self::on_server`] for one message, as the client would get it now:
+    /// `to` is the entry it answers, `done` whether it completes it.
+    fn answer(&mut self, msg: BackendMessage<'_>, to: Option<Head>, done: bool) -> Result<ServerAction, WireError> {
         let tag = msg.tag();
         if matches!(
             tag,
@@ -119,36 +131,38 @@ impl SessionCapture {
         ) {
             return Ok(ServerAction::Forward);
         }
+        let Some(head) = to else {
+            return Ok(ServerAction::Forward);
+        };
+        if head.origin == Origin::Capture && !self.notes.contains_key(&head.id) {
+            // Sent by a capture that has ended (the statements it put back).
+            return Ok(ServerAction::Drop);
+        }
         if tag == btag::ERROR_RESPONSE {
-            return Ok(self.on_error());
+            return Ok(self.on_error(head, done));
         }
         if tag == btag::READY_FOR_QUERY {
-            return self.on_ready(msg);
+            return self.on_ready(msg, head);
         }
         if tag == btag::COPY_IN_RESPONSE {
-            let copy = match self.expect.front() {
+            let copy = match self.notes.get(&head.id) {
                 Some(Expect::Query { stmts, .. }) => stmts.front().and_then(|s| s.copy.clone()),
                 Some(Expect::Execute { info }) => info.copy.clone(),
                 _ => None,
             };
             self.copy_in = copy.map(|c| (CopyReader::new(c.format, c.header, c.positions.clone()), c.tap.clone()));
-            // Syncs sent since the COPY and before its data ended get no answer.
-            let mut i = 1;
-            while i < self.expect.len() {
-                if matches!(self.expect[i], Expect::Ready { during_copy: true }) {
-                    self.expect.remove(i);
-                } else {
-                    i += 1;
-                }
-            }
             return Ok(ServerAction::Forward);
         }
-        let Some(front) = self.expect.front_mut() else {
+        if done {
+            let note = self.notes.remove(&head.id);
+            return self.completes(note, msg);
+        }
+        let Some(note) = self.notes.get_mut(&head.id) else {
             return Ok(ServerAction::Forward);
         };
-        match front {
+        match note {
             Expect::Injected => Ok(ServerAction::Drop),
-            Expect::Failed => Ok(if tag == btag::COMMAND_COMPLETE {
+            Expect::Failed | Expect::WrapEnd => Ok(if tag == btag::COMMAND_COMPLETE {
                 ServerAction::Drop
             } else {
                 ServerAction::Forward
@@ -167,77 +181,10 @@ impl SessionCapture {
                 }
                 Ok(ServerAction::Drop)
             }
-            Expect::WrapEnd => Ok(if tag == btag::COMMAND_COMPLETE {
-                ServerAction::Drop
-            } else {
-                ServerAction::Forward
-            }),
-            Expect::InjectedOne => {
-                self.expect.pop_front();
-                Ok(ServerAction::Drop)
+            Expect::Execute { info } if tag == btag::DATA_ROW => {
+                let tap = info.tap.clone();
+                self.on_row(tap, msg)
             }
-            Expect::Plain => {
-                self.expect.pop_front();
-                Ok(ServerAction::Forward)
-            }
-            Expect::Ready { .. } => Ok(ServerAction::Forward),
-            Expect::DescribeStatement { name, tap } => match tag {
-                btag::ROW_DESCRIPTION => {
-                    let tap = tap.clone();
-                    let name = name.clone();
-                    self.expect.pop_front();
-                    match tap {
-                        Some(tap) => {
-                            let (stripped, n) = rows::strip_row_description(msg.body(), tap.extra)?;
-                            if let Some(p) = self.statements.get_mut(&name) {
-                                p.columns = Some(n);
-                            }
-                            Ok(if tap.client_returning {
-                                ServerAction::Replace(stripped)
-                            } else {
-                                ServerAction::Replace(rows::no_data())
-                            })
-                        }
-                        None => Ok(ServerAction::Forward),
-                    }
-                }
-                btag::NO_DATA => {
-                    self.expect.pop_front();
-                    Ok(ServerAction::Forward)
-                }
-                _ => Ok(ServerAction::Forward),
-            },
-            Expect::DescribePortal { tap } => {
-                let tap = tap.clone();
-                self.expect.pop_front();
-                match (tag, tap) {
-                    (btag::ROW_DESCRIPTION, Some(tap)) => {
-                        let (stripped, _) = rows::strip_row_description(msg.body(), tap.extra)?;
-                        Ok(if tap.client_returning {
-                            ServerAction::Replace(stripped)
-                        } else {
-                            ServerAction::Replace(rows::no_data())
-                        })
-                    }
-                    _ => Ok(ServerAction::Forward),
-                }
-            }
-            Expect::Execute { info } => match tag {
-                btag::DATA_ROW => {
-                    let tap = info.tap.clone();
-                    self.on_row(tap, msg)
-                }
-                btag::COMMAND_COMPLETE | btag::PORTAL_SUSPENDED | btag::EMPTY_QUERY_RESPONSE => {
-                    let Some(Expect::Execute { info }) = self.expect.pop_front() else {
-                        unreachable!("front was an Execute");
-                    };
-                    if tag == btag::COMMAND_COMPLETE {
-                        self.completed(&info, msg.command_tag().unwrap_or(""));
-                    }
-                    Ok(ServerAction::Forward)
-                }
-                _ => Ok(ServerAction::Forward),
-            },
             Expect::Query { stmts, .. } => {
                 let tap = stmts.front().and_then(|s| s.tap.clone());
                 match tag {
@@ -257,6 +204,32 @@ impl SessionCapture {
                     _ => Ok(ServerAction::Forward),
                 }
             }
+            // A statement's ParameterDescription, a FunctionCall's result...
+            _ => Ok(ServerAction::Forward),
+        }
+    }
+
+    /// The message that completes a Parse, Bind, Close, Describe or
+    /// Execute, whose note was `note`.
+    fn completes(&mut self, note: Option<Expect>, msg: BackendMessage<'_>) -> Result<ServerAction, WireError> {
+        let tag = msg.tag();
+        match note {
+            Some(Expect::InjectedOne) => Ok(ServerAction::Drop),
+            Some(Expect::DescribeStatement { tap: Some(tap) }) if tag == btag::ROW_DESCRIPTION => {
+                let (stripped, _) = rows::strip_row_description(msg.body(), tap.extra)?;
+                Ok(described(&tap, stripped))
+            }
+            Some(Expect::DescribePortal { tap: Some(tap) }) if tag == btag::ROW_DESCRIPTION => {
+                let (stripped, _) = rows::strip_row_description(msg.body(), tap.extra)?;
+                Ok(described(&tap, stripped))
+            }
+            Some(Expect::Execute { info }) => {
+                if tag == btag::COMMAND_COMPLETE {
+                    self.completed(&info, msg.command_tag().unwrap_or(""));
+                }
+                Ok(ServerAction::Forward)
+            }
+            _ => Ok(ServerAction::Forward),
         }
     }
 
@@ -331,9 +304,9 @@ impl SessionCapture {
         }
     }
 
-    fn on_error(&mut self) -> ServerAction {
+    fn on_error(&mut self, head: Head, done: bool) -> ServerAction {
         self.tx_error = true;
-        match self.expect.front_mut() {
+        match self.notes.get_mut(&head.id) {
             Some(Expect::Query { stmts, error, .. }) => {
                 stmts.clear();
                 *error = true;
@@ -343,32 +316,21 @@ impl SessionCapture {
             // Cannot fail short of a broken server; the client never asked.
             Some(Expect::Probe) => ServerAction::Drop,
             _ => {
-                // Extended protocol: the server skips to the next Sync.
-                while let Some(e) = self.expect.front() {
-                    if matches!(
-                        e,
-                        Expect::Ready { .. }
-                            | Expect::Query { .. }
-                            | Expect::Injected
-                            | Expect::WrapEnd
-                            | Expect::Failed
-                            | Expect::Probe
-                    ) {
-                        break;
-                    }
-                    self.expect.pop_front();
+                // Extended protocol: the conversation skipped to the Sync.
+                if done {
+                    self.notes.remove(&head.id);
                 }
                 ServerAction::Forward
             }
         }
     }
 
-    fn on_ready(&mut self, msg: BackendMessage<'_>) -> Result<ServerAction, WireError> {
+    fn on_ready(&mut self, msg: BackendMessage<'_>, head: Head) -> Result<ServerAction, WireError> {
         let status = msg.ready_status()?;
         let in_block = status != crate::wire::backend::TxStatus::Idle;
         let failed = status == crate::wire::backend::TxStatus::Failed;
-        let expect = self.expect.pop_front();
-        if self.expect.is_empty() {
+        let expect = self.notes.remove(&head.id);
+        if self.notes.is_empty() {
             self.flush_sent = false;
         }
         let action = match expect {
@@ -384,7 +346,7 @@ impl SessionCapture {
                 } else {
                     self.block = in_block;
                     self.advance_plan();
-                    return Ok(ServerAction::Drop);
+                    return Ok(ServerAction::Continue);
                 }
             }
             Some(Expect::Query {
@@ -394,21 +356,21 @@ impl SessionCapture {
                 if failed || !in_block {
                     self.tx.clear();
                     if in_block {
-                        self.work.push_back(Work::Send(rows::query("ROLLBACK")));
-                        self.expect.push_back(Expect::WrapEnd);
-                        return Ok(ServerAction::Drop);
+                        self.work
+                            .push_back(Work::Continue(rows::query("ROLLBACK"), Note(Expect::WrapEnd)));
+                        return Ok(ServerAction::Continue);
                     }
                     ServerAction::Forward
                 } else {
                     self.plan = Some(Plan::WrapCommit);
                     self.advance_plan();
-                    return Ok(ServerAction::Drop);
+                    return Ok(ServerAction::Continue);
                 }
             }
             _ => ServerAction::Forward,
         };
         self.block = in_block;
-        if self.expect.is_empty() {
+        if self.notes.is_empty() {
             self.sent_block = in_block;
         }
         if !in_block {
@@ -427,20 +389,20 @@ impl SessionCapture {
         Ok(action)
     }
 
-    /// Expects the answer of one part of a query the proxy runs in steps
-    /// (`more`: parts follow it).
-    pub(super) fn expect_part(&mut self, stmts: Vec<StmtInfo>, more: bool) {
+    /// What the answer of one part of a query the proxy runs in steps is
+    /// read as (`more`: parts follow it).
+    pub(super) fn expect_part(&self, stmts: Vec<StmtInfo>, more: bool) -> Expect {
         let end = if more { QueryEnd::Part } else { QueryEnd::Final };
-        self.expect.push_back(Expect::Query {
+        Expect::Query {
             stmts: stmts.into(),
             end,
             error: false,
-        });
+        }
     }
 
     /// Moves a stepped query on: logs the keys first if there are any.
     pub(super) fn advance_plan(&mut self) {
-        if !self.expect.is_empty() || self.logging || self.lookup.is_some() {
+        if !self.notes.is_empty() || self.logging || self.lookup.is_some() {
             return;
         }
         match self.commit_step() {
@@ -451,7 +413,7 @@ impl SessionCapture {
                 // part starting with one): fail it instead.
                 self.plan = None;
                 let out = self.refuse_simple(&reason);
-                self.work.push_back(Work::Send(out));
+                self.work.push_back(Work::Continue(out, Note(Expect::Failed)));
                 return;
             }
         }
@@ -460,18 +422,29 @@ impl SessionCapture {
                 if let Some(d) = self.deferred.as_mut() {
                     d.committing = true;
                 }
-                self.work.push_back(Work::Send(rows::query("COMMIT")));
-                self.expect.push_back(Expect::WrapEnd);
+                self.work
+                    .push_back(Work::Continue(rows::query("COMMIT"), Note(Expect::WrapEnd)));
             }
             Some(Plan::Parts(mut parts)) => {
                 let Some((text, stmts)) = parts.pop_front() else { return };
-                self.expect_part(stmts, !parts.is_empty());
-                self.work.push_back(Work::Send(rows::query_bytes(&text)));
+                let note = self.expect_part(stmts, !parts.is_empty());
+                self.work
+                    .push_back(Work::Continue(rows::query_bytes(&text), Note(note)));
                 if !parts.is_empty() {
                     self.plan = Some(Plan::Parts(parts));
                 }
             }
             None => {}
         }
+    }
+}
+
+/// A Describe's RowDescription with capture's key columns taken out: the
+/// client's own RETURNING columns, or NoData when it wrote none.
+fn described(tap: &Tap, stripped: BytesMut) -> ServerAction {
+    if tap.client_returning {
+        ServerAction::Replace(stripped)
+    } else {
+        ServerAction::Replace(rows::no_data())
     }
 }

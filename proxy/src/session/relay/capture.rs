@@ -3,8 +3,9 @@
 //! appends, catalog lookups), and settling logged commits.
 
 use super::{LogWait, Relay, RelayError};
-use crate::capture::session::{SessionCapture, Work};
+use crate::capture::session::{Outgoing, SessionCapture, Work};
 use crate::net::{Parts, Socket};
+use crate::session::conversation::{Origin, Request};
 use crate::session::state::SessionState;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,9 +62,9 @@ impl Relay<'_> {
             return Ok(());
         }
         if let Some(old) = self.capture.take() {
-            if let Some(restore) = old.finish() {
-                server.wbuf.extend_from_slice(&restore);
-                self.swallow_ready += 1;
+            if let Some(restore) = old.finish(self.state.statements_mut()) {
+                // No capture notes their answers: they are dropped.
+                self.send_own(server, restore);
             }
         }
         self.capture = next.map(|a| {
@@ -71,6 +72,18 @@ impl Relay<'_> {
             SessionCapture::new(a, self.info.id, self.info.backend_pid(), path, self.info.user.clone())
         });
         Ok(())
+    }
+
+    /// Queues bytes capture sends in place of a client message (or when it
+    /// ends), opening an entry for each request of its own among them.
+    pub(super) fn send_own<S: Socket>(&mut self, server: &mut Parts<'_, S>, out: Outgoing) {
+        server.wbuf.extend_from_slice(&out.bytes);
+        for (request, note) in out.own {
+            let id = self.state.open(Origin::Capture, request);
+            if let (Some(id), Some(cap)) = (id, &mut self.capture) {
+                cap.noted(id, note);
+            }
+        }
     }
 
     /// Queues what capture injects and makes the log appends it asks for.
@@ -82,7 +95,26 @@ impl Relay<'_> {
         let Some(cap) = &mut self.capture else { return Ok(false) };
         while let Some(work) = cap.take_work() {
             match work {
-                Work::Send(bytes) => server.wbuf.extend_from_slice(&bytes),
+                Work::Send(out) => {
+                    server.wbuf.extend_from_slice(&out.bytes);
+                    for (request, note) in out.own {
+                        if let Some(id) = self.state.open(Origin::Capture, request) {
+                            cap.noted(id, note);
+                        }
+                    }
+                }
+                Work::Continue(bytes, note) => {
+                    server.wbuf.extend_from_slice(&bytes);
+                    // It goes on with the client's query capture held back
+                    // (were there none, it would be capture's own).
+                    let id = match self.state.resume() {
+                        Some(id) => Some(id),
+                        None => self.state.open(Origin::Capture, Request::Query),
+                    };
+                    if let Some(id) = id {
+                        cap.noted(id, note);
+                    }
+                }
                 // Answered by the catalog task; other sessions go on meanwhile.
                 Work::Lookup(what) => self.lookup_wait = Some(Box::pin(cap.active().catalog.lookup(what))),
                 Work::Log { record, hold: true } => {
@@ -154,7 +186,7 @@ pub(super) fn append_settled(log: &LogWriterHandle, commit: Lsn) {
 
 /// The search path a session set with `SET search_path`, else empty (the
 /// server's default).
-pub(super) fn search_path_of(state: &SessionState) -> Vec<String> {
+pub(super) fn search_path_of<A>(state: &SessionState<A>) -> Vec<String> {
     state
         .settings()
         .get("search_path")

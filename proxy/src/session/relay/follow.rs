@@ -127,7 +127,6 @@ impl Relay<'_> {
             && !self.capture_hold
             && self.log_wait.is_none()
             && self.lookup_wait.is_none()
-            && self.swallow_ready == 0
             && server.wbuf.is_empty()
             && server.rbuf.is_empty()
             && self.capture.as_ref().is_none_or(|c| !c.blocked() && !c.has_work())

@@ -15,6 +15,16 @@ fn fe(tag: u8, body: impl FnOnce(&mut BytesMut)) -> FrontendMessage<'static> {
 fn be(tag: u8, body: impl FnOnce(&mut BytesMut)) -> BackendMessage<'static> {
     BackendMessage::new(leak(tag, body))
 }
+/// A server message the client sees as it is.
+trait Hear {
+    fn on_server(&mut self, msg: BackendMessage<'_>, now: Instant) -> ServerEvent;
+}
+impl Hear for SessionState {
+    fn on_server(&mut self, msg: BackendMessage<'_>, now: Instant) -> ServerEvent {
+        let answer = self.hear(msg);
+        self.seen(msg, answer, now)
+    }
+}
 fn query(sql: &str) -> FrontendMessage<'static> {
     fe(ftag::QUERY, |b| put_cstr(b, sql.as_bytes()))
 }
@@ -27,7 +37,7 @@ fn complete(t: &str) -> BackendMessage<'static> {
 
 #[test]
 fn boundary_follows_ready_for_query() {
-    let mut s = SessionState::new();
+    let mut s: SessionState = SessionState::new();
     let now = Instant::now();
     assert!(s.at_boundary());
     s.on_client(query("begin"), now).unwrap();
@@ -44,7 +54,7 @@ fn boundary_follows_ready_for_query() {
 
 #[test]
 fn prepared_statements_commit_on_parse_complete_and_skip_after_error() {
-    let mut s = SessionState::new();
+    let mut s: SessionState = SessionState::new();
     let now = Instant::now();
     let parse = |name: &str| {
         fe(ftag::PARSE, |b| {
@@ -78,7 +88,7 @@ fn prepared_statements_commit_on_parse_complete_and_skip_after_error() {
 
 #[test]
 fn settings_apply_on_commit_only() {
-    let mut s = SessionState::new();
+    let mut s: SessionState = SessionState::new();
     let now = Instant::now();
     s.on_client(query("SET search_path = a"), now).unwrap();
     s.on_server(complete("SET"), now);
@@ -123,7 +133,7 @@ fn syncs_sent_during_copy_in_expect_no_reply() {
     };
     let copy_done = || fe(ftag::COPY_DONE, |_| {});
     // Pipelined: Execute, Sync, data, CopyDone, Sync before the server answers.
-    let mut s = SessionState::new();
+    let mut s: SessionState = SessionState::new();
     for m in [execute(), sync(), copy_done(), sync()] {
         s.on_client(m, now).unwrap();
     }
@@ -131,7 +141,7 @@ fn syncs_sent_during_copy_in_expect_no_reply() {
     s.on_server(complete("COPY 3"), now);
     assert!(s.on_server(ready(b'I'), now).at_boundary);
     // Waiting: Execute, Sync; the server answers G; then data, CopyDone, Sync.
-    let mut s = SessionState::new();
+    let mut s: SessionState = SessionState::new();
     s.on_client(execute(), now).unwrap();
     s.on_client(sync(), now).unwrap();
     s.on_server(be(btag::COPY_IN_RESPONSE, |b| b.put_u8(0)), now);
@@ -140,7 +150,7 @@ fn syncs_sent_during_copy_in_expect_no_reply() {
     s.on_server(complete("COPY 3"), now);
     assert!(s.on_server(ready(b'I'), now).at_boundary);
     // Simple query COPY.
-    let mut s = SessionState::new();
+    let mut s: SessionState = SessionState::new();
     s.on_client(query("copy t from stdin"), now).unwrap();
     s.on_server(be(btag::COPY_IN_RESPONSE, |b| b.put_u8(0)), now);
     s.on_client(copy_done(), now).unwrap();
@@ -150,7 +160,49 @@ fn syncs_sent_during_copy_in_expect_no_reply() {
 
 #[test]
 fn malformed_client_messages_are_errors() {
-    let mut s = SessionState::new();
+    let mut s: SessionState = SessionState::new();
     let bad = fe(ftag::PARSE, |b| b.put_slice(b"name-without-nul"));
     assert!(s.on_client(bad, Instant::now()).is_err());
+}
+
+#[test]
+fn answers_to_the_proxys_own_requests_are_not_the_clients() {
+    use crate::session::conversation::{Origin, Request};
+    let now = Instant::now();
+    let mut s: SessionState = SessionState::new();
+    // Capture wraps an autocommit query: BEGIN of its own, then the
+    // client's query, then (once the keys are logged) its COMMIT.
+    s.open(Origin::Capture, Request::Query).unwrap();
+    s.on_client(query("SET a = 1"), now).unwrap();
+    for m in [complete("BEGIN"), ready(b'T')] {
+        let answer = s.hear(m);
+        assert!(answer.is_from(Origin::Capture));
+        s.unseen(answer, false);
+    }
+    assert_eq!(s.tx_status(), TxStatus::Idle, "the client never saw the BEGIN");
+    let answer = s.hear(complete("SET"));
+    assert!(answer.is_from(Origin::Client));
+    s.seen(complete("SET"), answer, now);
+    // The query is over on the wire, not for the client: the proxy goes on.
+    let answer = s.hear(ready(b'T'));
+    assert!(answer.is_done());
+    s.unseen(answer, true);
+    assert!(!s.at_boundary(), "the client still waits");
+    assert_eq!(s.phase(), Phase::Active);
+    // Sent while the commit waited for the log: a query of the proxy's own.
+    s.open(Origin::Capture, Request::Query).unwrap();
+    s.resume().expect("the client's query goes on with the COMMIT");
+    for m in [complete("SELECT 1"), ready(b'T')] {
+        let answer = s.hear(m);
+        assert!(answer.is_from(Origin::Capture), "answered first: sent first");
+        s.unseen(answer, false);
+    }
+    let answer = s.hear(complete("COMMIT"));
+    assert!(answer.is_from(Origin::Client));
+    s.unseen(answer, false);
+    let answer = s.hear(ready(b'I'));
+    assert!(answer.is_from(Origin::Client));
+    let event = s.seen(ready(b'I'), answer, now);
+    assert!(event.at_boundary && event.ready.is_some());
+    assert_eq!(s.settings()["a"], "SET a = 1", "the query's effects carried over");
 }

@@ -3,6 +3,8 @@
 //! in each newline style, HEADER: every row PostgreSQL inserts has its key
 //! in the log. Data PostgreSQL refuses (mixed newline styles) commits
 //! nothing. Sent over the raw protocol, so message boundaries are exact.
+//! Also a COPY into a table capture does not tap, pipelined as
+//! tokio-postgres sends it: the writes after it are captured as usual.
 
 use super::{wrote, Escape};
 use crate::support::{frontend, query_msg, RawConn};
@@ -126,5 +128,37 @@ async fn copy_with_mixed_line_endings_fails_and_commits_nothing() -> Result<()> 
     }
     ensure!(ids(&e).await?.is_empty());
     e.finish().await?;
+    Ok(())
+}
+
+/// tokio-postgres sends a COPY's Bind, Execute and Sync before the server's
+/// CopyInResponse (the server ignores that Sync), then CopyDone and Sync.
+/// Into a temporary table, which capture does not tap, the proxy must
+/// still pair every later answer with its request: the writes after it
+/// are wrapped, held and committed as usual, and their keys logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_into_an_uncaptured_table_keeps_later_answers_paired() -> Result<()> {
+    use bytes::Bytes;
+    use futures_util::{pin_mut, SinkExt};
+    let e = Escape::start(SCHEMA).await?;
+    let c = e.client().await?;
+    c.batch_execute("CREATE TEMP TABLE scratch (x int)").await?;
+    let sink = c.copy_in::<_, Bytes>("COPY scratch FROM STDIN").await?;
+    pin_mut!(sink);
+    sink.send(Bytes::from_static(b"1\n2\n3\n")).await?;
+    ensure!(sink.finish().await? == 3, "three rows copied");
+    let wait = std::time::Duration::from_secs(10);
+    let writes = async {
+        c.simple_query("INSERT INTO t VALUES (1, 'a')").await?;
+        c.execute("INSERT INTO t VALUES ($1, 'b')", &[&2i32]).await?;
+        c.query_one("SELECT count(*) FROM scratch", &[]).await
+    };
+    let n: i64 = crate::support::within(wait, "writes after the COPY", writes)
+        .await??
+        .get(0);
+    ensure!(n == 3, "scratch has {n} rows");
+    ensure!(ids(&e).await? == [1, 2]);
+    let keys = e.finish().await?;
+    ensure!(wrote(&keys, "public.t"));
     Ok(())
 }

@@ -301,50 +301,14 @@ fn unreachable(args: &ConsoleArgs, e: &tokio_postgres::Error) -> String {
     )
 }
 
-/// Runs one console command and returns its column names and rows.
+/// Runs one console command and returns its column names and rows
+/// (NOTICEs go to stderr).
 pub async fn console_rows(args: &ConsoleArgs, command: &str) -> anyhow::Result<(Vec<String>, Vec<Vec<String>>)> {
-    use tokio_postgres::SimpleQueryMessage;
-    let mut cfg = tokio_postgres::Config::new();
-    cfg.host(&args.host)
-        .port(args.port)
-        .user(&args.user)
-        .dbname(&args.admin_database)
-        .connect_timeout(std::time::Duration::from_secs(5));
-    if let Some(p) = &args.password {
-        cfg.password(p);
-    }
-    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot reach the admin console at {}:{} as {}: {e}",
-            args.host,
-            args.port,
-            args.user
-        )
-    })?;
-    let task = tokio::spawn(conn);
-    let messages = client.simple_query(command).await.map_err(|e| {
-        let msg = e
-            .as_db_error()
-            .map(|d| d.message().to_string())
-            .unwrap_or(e.to_string());
-        anyhow::anyhow!("{msg}")
-    })?;
-    drop(client);
-    let _ = task.await;
-    let mut header: Vec<String> = Vec::new();
-    let mut rows: Vec<Vec<String>> = Vec::new();
-    for m in messages {
-        match m {
-            SimpleQueryMessage::RowDescription(cols) => {
-                header = cols.iter().map(|c| c.name().to_string()).collect();
-            }
-            SimpleQueryMessage::Row(r) => {
-                rows.push((0..r.len()).map(|i| r.get(i).unwrap_or("").to_string()).collect());
-            }
-            _ => {}
-        }
-    }
-    Ok((header, rows))
+    console_streaming(args, command, |notice| eprintln!("{notice}"))
+        .await
+        .map_err(|e| match e {
+            ConsoleError::Unreachable(m) | ConsoleError::Refused(_, m) => anyhow::anyhow!("{m}"),
+        })
 }
 
 /// Formats rows as an aligned text table.

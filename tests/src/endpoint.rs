@@ -28,6 +28,45 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// Copies database `db` of this endpoint into the existing, empty
+    /// database `into_db` of `into` with pg_dump/pg_restore (custom format,
+    /// `--no-owner`), as a DBA clones after the capture barrier; the dump
+    /// is written to `dump`.
+    pub async fn copy_database(
+        &self,
+        db: &str,
+        into: &Endpoint,
+        into_db: &str,
+        dump: &std::path::Path,
+    ) -> Result<(), Error> {
+        let steps = [
+            (
+                self.command("pg_dump", db),
+                vec!["-Fc".to_owned(), "-f".to_owned()],
+                "pg_dump",
+            ),
+            (
+                into.command("pg_restore", into_db),
+                vec!["-d".to_owned(), into_db.to_owned(), "--no-owner".to_owned()],
+                "pg_restore",
+            ),
+        ];
+        for (mut cmd, args, program) in steps {
+            let out = cmd.args(&args).arg(dump).output().await.map_err(|source| Error::Io {
+                what: format!("running {program}"),
+                source,
+            })?;
+            if !out.status.success() {
+                return Err(Error::Command {
+                    program: program.to_owned(),
+                    status: out.status,
+                    output: String::from_utf8_lossy(&out.stderr).into_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// A tokio-postgres config for database `db`, without TLS.
     pub fn pg_config(&self, db: &str) -> tokio_postgres::Config {
         let mut config = tokio_postgres::Config::new();

@@ -91,28 +91,7 @@ impl Fixture {
     pub async fn clone_into(&self, db: &str) -> Result<Client> {
         let dump = self.log_dir.path().join(format!("{db}.dump"));
         let ep = self.cluster.endpoint();
-        let out = ep
-            .command("pg_dump", "postgres")
-            .args(["-Fc", "-f"])
-            .arg(&dump)
-            .output()
-            .await?;
-        ensure!(
-            out.status.success(),
-            "pg_dump: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let out = ep
-            .command("pg_restore", db)
-            .args(["-d", db, "--no-owner"])
-            .arg(&dump)
-            .output()
-            .await?;
-        ensure!(
-            out.status.success(),
-            "pg_restore: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ep.copy_database("postgres", &ep, db, &dump).await?;
         Ok(self.cluster.connect(db).await?)
     }
 }

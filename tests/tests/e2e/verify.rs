@@ -78,28 +78,7 @@ impl Setup {
         let dir = tempfile::tempdir()?;
         let dump = dir.path().join("source.dump");
         let ep = cluster.endpoint();
-        let out = ep
-            .command("pg_dump", "postgres")
-            .args(["-Fc", "-f"])
-            .arg(&dump)
-            .output()
-            .await?;
-        ensure!(
-            out.status.success(),
-            "pg_dump: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let out = ep
-            .command("pg_restore", "target")
-            .args(["-d", "target", "--no-owner"])
-            .arg(&dump)
-            .output()
-            .await?;
-        ensure!(
-            out.status.success(),
-            "pg_restore: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ep.copy_database("postgres", &ep, "target", &dump).await?;
         let target = cluster.connect("target").await?;
         target.batch_execute(migration).await?;
         let source_catalog = Catalog::load(&source).await?;

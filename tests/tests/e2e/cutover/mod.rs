@@ -127,32 +127,10 @@ impl Cut {
     /// catch-up and waits until it has caught up.
     pub async fn clone_and_migrate(&self, migration: &str) -> Result<()> {
         let dump = self.dir.path().join("source.dump");
-        let out = self
-            .source
+        self.source
             .endpoint()
-            .command("pg_dump", "postgres")
-            .args(["-Fc", "-f"])
-            .arg(&dump)
-            .output()
+            .copy_database("postgres", &self.target.endpoint(), "postgres", &dump)
             .await?;
-        ensure!(
-            out.status.success(),
-            "pg_dump: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let out = self
-            .target
-            .endpoint()
-            .command("pg_restore", "postgres")
-            .args(["-d", "postgres", "--no-owner"])
-            .arg(&dump)
-            .output()
-            .await?;
-        ensure!(
-            out.status.success(),
-            "pg_restore: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
         if !migration.is_empty() {
             self.target.connect("postgres").await?.batch_execute(migration).await?;
         }

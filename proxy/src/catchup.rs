@@ -242,6 +242,14 @@ impl Catchup {
         Ok(())
     }
 
+    /// Tells a running replayer to stop reading the log, without waiting:
+    /// [`Catchup::stop`] then lets the batches in hand commit.
+    pub fn request_stop(&self) {
+        if let State::Running(r) = &*lock(&self.state) {
+            let _ = r.stop.send(true);
+        }
+    }
+
     /// CATCHUP STOP: lets the batches in hand commit, then stops.
     pub async fn stop(&self) -> Result<LagReport, CatchupError> {
         let _op = self.op.lock().await;

@@ -96,7 +96,7 @@ pub struct CutoverConfig {
     #[serde(default = "default_verify")]
     pub verify: VerifyMode,
     /// Rows written before the final pass that `sample` compares, at most.
-    /// Default 1000.
+    /// Default 250.
     #[serde(default = "default_verify_sample")]
     pub verify_sample: usize,
     /// The longest the gate stays closed: past it, before the flip, the
@@ -195,7 +195,7 @@ fn default_verify() -> VerifyMode {
     VerifyMode::Sample
 }
 fn default_verify_sample() -> usize {
-    1_000
+    250
 }
 fn default_max_pause_ms() -> u64 {
     10_000

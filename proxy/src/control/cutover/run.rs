@@ -238,13 +238,12 @@ impl Run {
         );
         // Sessions on the target must not adopt the source's capture, and
         // nothing may copy a source row over a target write once the gate
-        // opens: capture and catch-up stop first.
-        let (capture, catchup) = tokio::join!(self.shared.capture.stop(), self.shared.catchup.stop());
-        if let Err(e) = capture {
+        // opens: capture stops, and catch-up is told to read no further
+        // (everything up to the freeze marker is applied; it stops fully
+        // after the reopen).
+        self.shared.catchup.request_stop();
+        if let Err(e) = self.shared.capture.stop().await {
             detail.push_str(&format!("; capture: {e}"));
-        }
-        if let Err(e) = catchup {
-            detail.push_str(&format!("; catch-up: {e}"));
         }
         self.end(detail);
 
@@ -253,6 +252,9 @@ impl Run {
         let pause = frozen.elapsed();
         self.report.pause_ms = Some(ms(pause));
         let mut detail = format!("the gate is open on the target; the pause was {:.1} ms", ms(pause));
+        if let Err(e) = self.shared.catchup.stop().await {
+            detail.push_str(&format!("; catch-up: {e}"));
+        }
         match fence::apply(&self.shared, &source, self.report.options.fence).await {
             Ok(Some(done)) => detail.push_str(&format!("; {done}")),
             Ok(None) => {}

@@ -87,6 +87,15 @@ impl CancelMap {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The client keys whose sessions run on backends with these pids.
+    pub fn keys_on(&self, pids: &[i32]) -> Vec<(i32, i32)> {
+        self.lock()
+            .iter()
+            .filter(|(_, t)| pids.contains(&t.pid))
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
     /// Sends the cancel for `client_key` to its backend. Unknown keys are
     /// ignored, as PostgreSQL does, so a guesser learns nothing.
     pub async fn cancel(&self, client_key: (i32, i32), timeout: Duration) {

@@ -282,6 +282,16 @@ impl Catchup {
         };
     }
 
+    /// The live progress of a running catch-up (the cutover waits on its
+    /// confirmed position); `None` unless it is running.
+    pub fn status(&self) -> Option<Arc<ReplayStatus>> {
+        self.reap();
+        match &*lock(&self.state) {
+            State::Running(r) => Some(r.status.clone()),
+            _ => None,
+        }
+    }
+
     /// Current progress.
     pub fn view(&self) -> LagView {
         self.reap();

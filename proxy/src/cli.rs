@@ -2,6 +2,10 @@
 //! validates a file; `status`, `pause`, `resume` and `admin` speak to a
 //! running proxy's admin console, as psql would.
 
+pub mod cutover;
+
+pub use cutover::CutoverArgs;
+
 use crate::config::Config;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -90,6 +94,25 @@ pub enum Command {
     },
     /// Show catch-up progress and lag (SHOW LAG).
     Lag(ConsoleArgs),
+    /// Move all traffic to the target: preflight, freeze, final sync,
+    /// sequences, verify, flip, reopen (CUTOVER); each step is printed as
+    /// it happens.
+    Cutover(CutoverArgs),
+    /// Compare whole tables, source against the mapped target, online
+    /// (VERIFY): exit code 0 when they agree, 5 when some rows differ.
+    #[command(after_help = "Examples:
+  switchyard verify                       every mapped table
+  switchyard verify public.accounts --rows-per-range 50000")]
+    Verify {
+        /// How to reach the console.
+        #[command(flatten)]
+        console: ConsoleArgs,
+        /// Source tables (schema.table); every mapped table when none.
+        tables: Vec<String>,
+        /// Rows per checksum range (default 10000).
+        #[arg(long)]
+        rows_per_range: Option<usize>,
+    },
     /// Run any admin console command, e.g. `switchyard admin "SHOW SESSIONS"`.
     Admin {
         /// How to reach the console.
@@ -203,6 +226,79 @@ pub async fn console_map(
             Some((k, v))
         })
         .collect())
+}
+
+/// Why a streamed console command failed.
+#[derive(Debug)]
+pub enum ConsoleError {
+    /// The console could not be reached or the connection broke.
+    Unreachable(String),
+    /// The command ran and failed, with the console's message.
+    Refused(String),
+}
+
+/// Runs one console command, handing each NOTICE to `on_notice` as it
+/// arrives, and returns the column names and rows of its reply.
+pub async fn console_streaming(
+    args: &ConsoleArgs,
+    command: &str,
+    mut on_notice: impl FnMut(&str) + Send + 'static,
+) -> Result<(Vec<String>, Vec<Vec<String>>), ConsoleError> {
+    use tokio_postgres::{AsyncMessage, SimpleQueryMessage};
+    let (client, mut conn) = console_config(args)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| ConsoleError::Unreachable(unreachable(args, &e)))?;
+    let task = tokio::spawn(async move {
+        while let Some(m) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+            match m {
+                Ok(AsyncMessage::Notice(n)) => on_notice(n.message()),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    });
+    let messages = client.simple_query(command).await;
+    drop(client);
+    let _ = task.await;
+    let messages = messages.map_err(|e| match e.as_db_error() {
+        Some(d) => ConsoleError::Refused(d.message().to_owned()),
+        None => ConsoleError::Unreachable(e.to_string()),
+    })?;
+    let mut header: Vec<String> = Vec::new();
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for m in messages {
+        match m {
+            SimpleQueryMessage::RowDescription(cols) => {
+                header = cols.iter().map(|c| c.name().to_string()).collect();
+            }
+            SimpleQueryMessage::Row(r) => {
+                rows.push((0..r.len()).map(|i| r.get(i).unwrap_or("").to_string()).collect());
+            }
+            _ => {}
+        }
+    }
+    Ok((header, rows))
+}
+
+fn console_config(args: &ConsoleArgs) -> tokio_postgres::Config {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(&args.host)
+        .port(args.port)
+        .user(&args.user)
+        .dbname(&args.admin_database)
+        .connect_timeout(std::time::Duration::from_secs(5));
+    if let Some(p) = &args.password {
+        cfg.password(p);
+    }
+    cfg
+}
+
+fn unreachable(args: &ConsoleArgs, e: &tokio_postgres::Error) -> String {
+    format!(
+        "cannot reach the admin console at {}:{} as {}: {e}",
+        args.host, args.port, args.user
+    )
 }
 
 /// Runs one console command and returns its column names and rows.

@@ -7,6 +7,10 @@ use std::path::Path;
 use std::time::Duration;
 use thiserror::Error;
 
+mod cutover;
+
+pub use cutover::{CutoverConfig, Fence, OnDrainTimeout, VerifyMode};
+
 /// Configuration errors. Exit code 2 in the binary.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -94,6 +98,9 @@ pub struct Config {
     /// Catch-up replay.
     #[serde(default)]
     pub catchup: CatchupConfig,
+    /// Cutover defaults.
+    #[serde(default)]
+    pub cutover: CutoverConfig,
 }
 
 /// Catch-up replay (key sync) from the capture log to the target.
@@ -633,6 +640,7 @@ impl Config {
                 ));
             }
         }
+        self.cutover.validate()?;
         Ok(())
     }
 
@@ -663,6 +671,7 @@ impl Config {
             capture: CaptureConfig::default(),
             target: None,
             catchup: CatchupConfig::default(),
+            cutover: CutoverConfig::default(),
         }
     }
 

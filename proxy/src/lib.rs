@@ -12,6 +12,7 @@ pub mod catchup;
 pub mod cli;
 pub mod clone;
 pub mod config;
+pub mod control;
 pub mod gate;
 pub mod input;
 pub mod metrics;

@@ -113,9 +113,46 @@ async fn run(cli: Cli) -> i32 {
             console,
         } => print(cli::console(&console, &action.command(database.as_deref())).await),
         Command::Admin { console, command } => print(cli::console(&console, &command).await),
+        Command::Cutover(args) => cli::cutover::run(&args).await,
+        Command::Verify {
+            console,
+            tables,
+            rows_per_range,
+        } => verify(&console, &tables, rows_per_range).await,
         Command::Lag(console) => print(cli::console(&console, "SHOW LAG").await),
         Command::Catchup { action } => catchup(action).await,
         Command::Clone(args) => clone(args).await,
+    }
+}
+
+/// Exit code of `switchyard verify` when some rows differ.
+const EXIT_DIFFERS: i32 = 5;
+
+async fn verify(console: &cli::ConsoleArgs, tables: &[String], rows_per_range: Option<usize>) -> i32 {
+    let mut cmd = String::from("VERIFY");
+    for t in tables {
+        cmd.push(' ');
+        cmd.push_str(t);
+    }
+    if let Some(n) = rows_per_range {
+        cmd.push_str(&format!(" ROWS_PER_RANGE {n}"));
+    }
+    match cli::console_streaming(console, &cmd, |notice| println!("{notice}")).await {
+        Ok((header, rows)) => {
+            print!("{}", cli::render_table(&header, &rows));
+            let at = header.iter().position(|h| h == "differing");
+            let differing: u64 = rows.iter().filter_map(|r| r.get(at?)?.parse::<u64>().ok()).sum();
+            if differing > 0 {
+                eprintln!("switchyard: {differing} row(s) differ between the source and the target");
+                EXIT_DIFFERS
+            } else {
+                0
+            }
+        }
+        Err(cli::ConsoleError::Unreachable(e) | cli::ConsoleError::Refused(e)) => {
+            eprintln!("switchyard: {e}");
+            1
+        }
     }
 }
 

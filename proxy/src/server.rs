@@ -95,6 +95,8 @@ pub struct Shared {
     pub pause: Mutex<Option<PauseState>>,
     /// Which database serves sessions, and the move orders.
     pub router: crate::session::route::Router,
+    /// The cutover controller.
+    pub cutover: crate::control::cutover::Cutovers,
 }
 
 impl Shared {
@@ -140,6 +142,7 @@ impl Proxy {
             started_at: SystemTime::now(),
             pause: Mutex::new(None),
             router: crate::session::route::Router::new(),
+            cutover: crate::control::cutover::Cutovers::default(),
             capture: crate::capture::control::Capture::new(&config),
             catchup: crate::catchup::Catchup::default(),
             local_addr: addr,

@@ -22,6 +22,10 @@ pub struct Stats {
     pub transactions: AtomicU64,
     /// Sessions moved to another backend.
     pub sessions_moved: AtomicU64,
+    /// Cutovers that moved traffic to the target.
+    pub cutovers_done: AtomicU64,
+    /// Cutovers called off before their flip.
+    pub cutovers_aborted: AtomicU64,
     /// Errors a moved session got for sequence state that did not move
     /// with it (`currval`/`lastval` not yet defined on the new backend).
     pub moved_sequence_errors: AtomicU64,
@@ -57,6 +61,8 @@ impl Default for Stats {
             queries: AtomicU64::new(0),
             transactions: AtomicU64::new(0),
             sessions_moved: AtomicU64::new(0),
+            cutovers_done: AtomicU64::new(0),
+            cutovers_aborted: AtomicU64::new(0),
             moved_sequence_errors: AtomicU64::new(0),
             bytes_from_clients: AtomicU64::new(0),
             bytes_to_clients: AtomicU64::new(0),

@@ -1,5 +1,5 @@
 //! switchyard-replay: the capture-log format, catalog introspection, migration
-//! mapping, the key-sync replayer and sequence sync. The proxy depends on
+//! mapping, the key-sync replayer, sequence sync and verification. The proxy depends on
 //! this crate; it depends on nothing of the proxy's.
 #![warn(missing_docs)]
 
@@ -8,6 +8,7 @@ pub mod log;
 pub mod mapping;
 pub mod replayer;
 pub mod sequences;
+pub mod verify;
 
 pub use log::{
     CommitRecord, Durability, Key, LogEntry, LogError, LogOptions, LogReader, LogStats, LogWriter, LogWriterHandle,

@@ -18,6 +18,7 @@
 
 use crate::catalog::{Catalog, FkAction, QualifiedName};
 use crate::log::{LogReader, Lsn, Marker, Record};
+use crate::mapping::rows::{key_arrays, key_match, q, read_by_keys_sql, text_arrays, type_of, unnest_keys, KeyText};
 use crate::mapping::{ColumnSource, Resolved, TableMap};
 use hdrhistogram::Histogram;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -28,11 +29,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::Type;
 use tokio_postgres::{Client, NoTls};
-
-/// A key's values as text.
-type KeyText = Vec<Option<String>>;
 
 /// Why replay stopped.
 #[derive(Debug, Error)]
@@ -410,6 +408,14 @@ pub async fn run(
                     }
                     last_check = overdue;
                 }
+                Record::Marker(Marker::Freeze { .. }) => {
+                    // Traffic froze with every session at a boundary: each
+                    // commit before the marker has ended on the source, so
+                    // none waits for its Settled marker (or the timeout).
+                    for (_, u) in std::mem::take(&mut waiting) {
+                        n += assign(&mut per, u.tables, workers);
+                    }
+                }
                 Record::Marker(_) => {}
             }
         }
@@ -720,39 +726,6 @@ impl Worker {
     }
 }
 
-fn q(name: &str) -> String {
-    crate::catalog::quote_ident(name)
-}
-
-fn type_of(catalog: &Catalog, table: &QualifiedName, column: &str) -> String {
-    catalog
-        .table_exact(&table.schema, &table.name)
-        .and_then(|t| t.column(column))
-        .map(|c| c.type_name.clone())
-        .unwrap_or_else(|| "text".into())
-}
-
-/// Columns of `keys` as text arrays, one per key column.
-fn key_arrays(keys: &BTreeSet<KeyText>, width: usize) -> Vec<Vec<Option<String>>> {
-    (0..width)
-        .map(|i| keys.iter().map(|k| k.get(i).cloned().flatten()).collect())
-        .collect()
-}
-
-/// A statement parameter with its type, for `query_typed` / `execute_typed`.
-type TypedParam<'a> = (&'a (dyn ToSql + Sync), Type);
-
-/// `arrays` as `text[]` parameters. Statements sent with their parameter
-/// types go out as Parse, Bind and Execute in one round trip; `query` and
-/// `execute` first prepare the statement to learn the types, a second round
-/// trip per statement that dominated the time of small batches.
-fn text_arrays(arrays: &[Vec<Option<String>>]) -> Vec<TypedParam<'_>> {
-    arrays
-        .iter()
-        .map(|a| (a as &(dyn ToSql + Sync), Type::TEXT_ARRAY))
-        .collect()
-}
-
 /// Rounds of locking referenced parents and reading again, at most; each
 /// further round needs a row to move to another parent between two reads.
 const PARENT_LOCK_ROUNDS: usize = 8;
@@ -864,31 +837,12 @@ async fn sync_keys(
     }
     let parents = cascading_parents(source_catalog, &map.source);
     let arrays = key_arrays(keys, width);
-    let unnest: Vec<String> = (1..=width).map(|i| format!("${i}::text[]")).collect();
-    let knames: Vec<String> = (0..width).map(|i| format!("sy_k{i}")).collect();
-    let join: Vec<String> = map
-        .source_key
-        .iter()
-        .enumerate()
-        .map(|(i, c)| format!("s.{} = k.sy_k{i}::{}", q(c), type_of(source_catalog, &map.source, c)))
-        .collect();
-    let values = map.columns.iter().map(|(_, src)| match src {
-        ColumnSource::Column(c) => format!("s.{}::text", q(c)),
-        ColumnSource::Expr(e) => format!("({e})::text"),
-    });
-    let keys_out = map.source_key.iter().map(|c| format!("s.{}::text", q(c)));
-    // Then the parent keys each row references, as the parent's key text.
+    // After the mapped values and the key, the parent keys each row
+    // references, as the parent's key text.
     let parents_out = parents
         .iter()
         .flat_map(|(_, cols)| cols.iter().map(|(c, ty)| format!("s.{}::{ty}::text", q(c))));
-    let select = format!(
-        "SELECT {} FROM {} s JOIN unnest({}) AS k({}) ON {}",
-        values.chain(keys_out).chain(parents_out).collect::<Vec<_>>().join(", "),
-        map.source.qualified(),
-        unnest.join(", "),
-        knames.join(", "),
-        join.join(" AND ")
-    );
+    let select = read_by_keys_sql(map, source_catalog, parents_out);
     let params = text_arrays(&arrays);
     let read = || async {
         source
@@ -979,20 +933,11 @@ async fn delete_keys(
 ) -> Result<u64, ReplayError> {
     let width = map.target_key.len();
     let arrays = key_arrays(keys, width);
-    let cond: Vec<String> = map
-        .target_key
-        .iter()
-        .enumerate()
-        .map(|(i, c)| format!("t.{} = k.sy_k{i}::{}", q(c), type_of(target_catalog, &map.target, c)))
-        .collect();
-    let unnest: Vec<String> = (1..=width).map(|i| format!("${i}::text[]")).collect();
-    let knames: Vec<String> = (0..width).map(|i| format!("sy_k{i}")).collect();
     let sql = format!(
-        "DELETE FROM {} t USING unnest({}) AS k({}) WHERE {}",
+        "DELETE FROM {} t USING {} WHERE {}",
         map.target.qualified(),
-        unnest.join(", "),
-        knames.join(", "),
-        cond.join(" AND ")
+        unnest_keys(width, 1),
+        key_match("t", &map.target_key, target_catalog, &map.target)
     );
     target
         .execute_typed(&sql, &text_arrays(&arrays))
@@ -1036,21 +981,13 @@ async fn referencing_keys(
         .map(|k| order.iter().map(|&i| k.get(i).cloned().flatten()).collect())
         .collect();
     let arrays = key_arrays(&values, order.len());
-    let cond: Vec<String> = child_cols
-        .iter()
-        .enumerate()
-        .map(|(i, c)| format!("t.{} = k.sy_k{i}::{}", q(c), type_of(target_catalog, &child.target, c)))
-        .collect();
-    let unnest: Vec<String> = (1..=order.len()).map(|i| format!("${i}::text[]")).collect();
-    let knames: Vec<String> = (0..order.len()).map(|i| format!("sy_k{i}")).collect();
     let out: Vec<String> = child.target_key.iter().map(|c| format!("t.{}::text", q(c))).collect();
     let sql = format!(
-        "SELECT {} FROM {} t JOIN unnest({}) AS k({}) ON {}",
+        "SELECT {} FROM {} t JOIN {} ON {}",
         out.join(", "),
         child.target.qualified(),
-        unnest.join(", "),
-        knames.join(", "),
-        cond.join(" AND ")
+        unnest_keys(order.len(), 1),
+        key_match("t", &child_cols, target_catalog, &child.target)
     );
     let rows = target
         .query_typed(&sql, &text_arrays(&arrays))

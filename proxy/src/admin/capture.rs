@@ -1,4 +1,4 @@
-//! `CAPTURE START`, `CAPTURE STOP` and `SHOW CAPTURE`.
+//! `CAPTURE START`, `CAPTURE STOP`, `CAPTURE ACK` and `SHOW CAPTURE`.
 
 use super::{AdminError, Reply, ResultSet};
 use crate::capture::control::CaptureState;
@@ -22,6 +22,19 @@ pub(super) async fn stop(shared: &Arc<Shared>) -> Result<Reply, AdminError> {
         .await
         .map_err(|e| AdminError::State(e.to_string()))?;
     Ok(Reply::Done("CAPTURE STOP".into()))
+}
+
+/// `CAPTURE ACK`: the DBA checked the target for the writes of the unsafe
+/// statements let through uncaptured; a cutover may go ahead.
+pub(super) fn ack(shared: &Arc<Shared>) -> Result<Reply, AdminError> {
+    let Some(active) = shared.capture.current() else {
+        return Err(AdminError::State("capture is not on".to_owned()));
+    };
+    let n = active.acknowledge_unsafe();
+    tracing::info!(statements = n, "unsafe statements acknowledged");
+    let mut r = ResultSet::new(&["acknowledged"]);
+    r.row([n.to_string()]);
+    Ok(Reply::Rows(r))
 }
 
 /// One `key | value` row per fact, then one row per unsafe kind seen and per
@@ -133,10 +146,16 @@ pub(super) async fn show(shared: &Arc<Shared>) -> Result<Reply, AdminError> {
         let policy = config.policy_for(kind).name();
         r.row([
             format!("unsafe.{kind}"),
-            format!("{} seen, {} rejected ({policy}); last: {}", u.count, u.rejected, u.last),
+            format!(
+                "{} seen, {} rejected ({policy}), {} unacknowledged; last: {}",
+                u.count,
+                u.rejected,
+                u.unacknowledged(),
+                u.last
+            ),
         ]);
     }
-    match bypass(shared).await {
+    match shared.capture.bypassing(&shared.sessions).await {
         Ok(rows) => {
             r.row(["bypassing_sessions".to_string(), rows.len().to_string()]);
             for b in rows {
@@ -171,43 +190,4 @@ fn catalog_rows(r: &mut ResultSet, catalog: &switchyard_replay::catalog::Catalog
     r.row(["catalog_failures".to_string(), stats.failures.to_string()]);
     r.row(["catalog_reconnects".to_string(), stats.reconnects.to_string()]);
     r.row(["catalog_lookups".to_string(), stats.lookups.to_string()]);
-}
-
-/// Client sessions on the source that are not the proxy's: their writes
-/// would not be captured.
-async fn bypass(shared: &Arc<Shared>) -> Result<Vec<(i32, String)>, String> {
-    let client = shared.capture.control_client().await.map_err(|e| e.to_string())?;
-    let ours: Vec<i32> = shared
-        .sessions
-        .snapshot()
-        .iter()
-        .map(|s| s.backend_pid())
-        .filter(|p| *p != 0)
-        .collect();
-    let rows = client
-        .query(
-            "SELECT pid, coalesce(usename, ''), coalesce(datname, ''), coalesce(application_name, ''), \
-                    coalesce(client_addr::text, 'local') \
-             FROM pg_stat_activity \
-             WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() \
-               AND NOT (pid = ANY($1)) AND coalesce(application_name, '') <> 'switchyard capture' \
-             ORDER BY pid",
-            &[&ours],
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(rows
-        .iter()
-        .map(|row| {
-            let pid: i32 = row.get(0);
-            let desc = format!(
-                "user {} database {} application '{}' from {}",
-                row.get::<_, String>(1),
-                row.get::<_, String>(2),
-                row.get::<_, String>(3),
-                row.get::<_, String>(4)
-            );
-            (pid, desc)
-        })
-        .collect())
 }

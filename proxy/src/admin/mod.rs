@@ -4,11 +4,13 @@
 
 mod capture;
 mod catchup;
+mod cutover;
 mod pause;
 mod reconnect;
 mod result;
 mod resume;
 mod show;
+mod verify;
 
 pub use result::{Reply, ResultSet};
 
@@ -65,6 +67,16 @@ pub enum AdminCommand {
     CatchupStop,
     /// `SHOW LAG`: catch-up progress.
     ShowLag,
+    /// `CAPTURE ACK`: acknowledge the unsafe statements let through.
+    CaptureAck,
+    /// `CUTOVER [DRY RUN] [options]`.
+    Cutover(cutover::CutoverArgs),
+    /// `ABORT`: call the running cutover off.
+    Abort,
+    /// `SHOW CUTOVER`.
+    ShowCutover,
+    /// `VERIFY [table, ...] [ROWS_PER_RANGE n]`: whole tables compared online.
+    Verify(verify::VerifyArgs),
     /// `RECONNECT [TO source|target] [TIMEOUT d] [FORCE]`: move every
     /// client session to a fresh backend at its next boundary.
     Reconnect {
@@ -201,6 +213,11 @@ impl AdminCommand {
             ["CATCHUP", "STOP"] => Ok(AdminCommand::CatchupStop),
             ["SHOW", "LAG"] => Ok(AdminCommand::ShowLag),
             ["RECONNECT", ..] => reconnect::parse(&words[1..]),
+            ["CAPTURE", "ACK"] => Ok(AdminCommand::CaptureAck),
+            ["CUTOVER", ..] => cutover::parse(&words[1..]),
+            ["ABORT"] => Ok(AdminCommand::Abort),
+            ["SHOW", "CUTOVER"] => Ok(AdminCommand::ShowCutover),
+            ["VERIFY", ..] => verify::parse(&words[1..]),
             ["SHOW", ..] => Err(AdminError::Unknown(text.to_owned())),
             _ => Err(AdminError::Unknown(text.to_owned())),
         }
@@ -224,6 +241,12 @@ impl AdminCommand {
             AdminCommand::CatchupStop => catchup::stop(shared).await,
             AdminCommand::ShowLag => Ok(catchup::show(shared)),
             AdminCommand::Reconnect { to, timeout, force } => reconnect::execute(shared, *to, *timeout, *force).await,
+            AdminCommand::CaptureAck => capture::ack(shared),
+            // Without a client to stream to (see `run_watching`), the steps go unseen.
+            AdminCommand::Cutover(args) => cutover::execute(shared, args, None).await,
+            AdminCommand::Abort => cutover::abort(shared),
+            AdminCommand::ShowCutover => Ok(cutover::show(shared)),
+            AdminCommand::Verify(args) => verify::execute(shared, args, None).await,
         }
     }
 }
@@ -326,6 +349,24 @@ const WATCH_BUFFER: usize = 64 * 1024;
 async fn run_watching(shared: &Arc<Shared>, client: &mut Conn, sql: &str, session: u64) -> bool {
     let mut out = bytes::BytesMut::new();
     let commands: Vec<_> = sql.split(';').map(|t| AdminCommand::parse(t.trim())).collect();
+    let non_empty: Vec<&str> = sql.split(';').map(str::trim).filter(|s| !s.is_empty()).collect();
+    if let [text] = non_empty.as_slice() {
+        // Long commands: their progress reaches the client as NOTICEs.
+        let streamed = match AdminCommand::parse(text) {
+            Ok(AdminCommand::Cutover(args)) => Some(cutover::execute(shared, &args, Some(client)).await),
+            Ok(AdminCommand::Verify(args)) => Some(verify::execute(shared, &args, Some(client)).await),
+            _ => None,
+        };
+        if let Some(result) = streamed {
+            tracing::info!(command = %text, "admin command");
+            match result {
+                Ok(reply) => reply.encode(&mut out),
+                Err(e) => bmsg::error_response(&mut out, Severity::Error, e.code(), &e.to_string()),
+            }
+            client.queue(&out);
+            return true;
+        }
+    }
     let pausing = commands.iter().any(|c| matches!(c, Ok(AdminCommand::Pause { .. })))
         && !commands.iter().any(|c| {
             matches!(

@@ -8,7 +8,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 /// The proxy's version string.
 pub const VERSION: &str = concat!("switchyard ", env!("CARGO_PKG_VERSION"));
 
-pub(super) fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Civil-from-days (Howard Hinnant's algorithm), to avoid a date crate.
@@ -40,7 +40,13 @@ pub(super) fn status(shared: &Shared) -> Reply {
     let pause = *shared.pause.lock().unwrap_or_else(|p| p.into_inner());
     let now = Instant::now();
     let mut r = ResultSet::new(&["key", "value"]);
-    let state = if gate.is_closed() { "paused" } else { "serving" };
+    let cutover = shared.cutover.last();
+    let frozen = shared.cutover.running() && gate.is_closed();
+    let state = match (gate.is_closed(), frozen) {
+        (true, true) => "frozen (cutover)",
+        (true, false) => "paused",
+        _ => "serving",
+    };
     r.row(["state", state]);
     r.row(["sessions".to_string(), shared.sessions.len().to_string()]);
     r.row(["busy_sessions".to_string(), gate.busy().to_string()]);
@@ -53,8 +59,25 @@ pub(super) fn status(shared: &Shared) -> Reply {
         ]);
     }
     let route = shared.router.current();
-    r.row(["route".to_string(), route.destination.name().to_string()]);
-    r.row(["route_epoch".to_string(), route.epoch.to_string()]);
+    let (epoch, serving) = route.for_login();
+    r.row(["route".to_string(), serving.name().to_string()]);
+    r.row(["route_epoch".to_string(), epoch.to_string()]);
+    if route.epoch != epoch {
+        r.row([
+            "route_pending".to_string(),
+            format!("{} (epoch {}, backends opening)", route.destination.name(), route.epoch),
+        ]);
+    }
+    match &cutover {
+        Some(c) => {
+            r.row(["cutover".to_string(), c.state.name()]);
+            r.row([
+                "cutover_pause_ms".to_string(),
+                c.pause_ms.map(|p| format!("{p:.1}")).unwrap_or_default(),
+            ]);
+        }
+        None => r.row(["cutover", "idle"]),
+    }
     r.row([
         "sessions_moved".to_string(),
         Stats::get(&shared.stats.sessions_moved).to_string(),
@@ -125,6 +148,8 @@ pub(super) fn stats(shared: &Shared) -> Reply {
         ("queries", Stats::get(&s.queries)),
         ("transactions", Stats::get(&s.transactions)),
         ("sessions_moved", Stats::get(&s.sessions_moved)),
+        ("cutovers_done", Stats::get(&s.cutovers_done)),
+        ("cutovers_aborted", Stats::get(&s.cutovers_aborted)),
         ("moved_sequence_errors", Stats::get(&s.moved_sequence_errors)),
         ("bytes_received", Stats::get(&s.bytes_from_clients)),
         ("bytes_sent", Stats::get(&s.bytes_to_clients)),
@@ -207,6 +232,11 @@ pub(super) fn help() -> Reply {
         ("CATCHUP STOP", "stop catch-up once the batches in hand are applied"),
         ("RECONNECT [TO source|target] [TIMEOUT d] [FORCE]", "move every client session to a fresh backend at its next transaction boundary without the clients reconnecting (backends opened first, then switched); pinned sessions (temp tables, session advisory locks, WITH HOLD cursors) move once unpinned, or, for another database, are closed at the timeout (default 30s); TO target needs FORCE: CUTOVER is the safe way there"),
         ("SHOW LAG", "catch-up state, log positions (end, read, confirmed), commits and keys pending, lag in seconds, lag percentiles"),
+        ("CAPTURE ACK", "acknowledge the unsafe statements SHOW CAPTURE lists as let through uncaptured, after checking the target has their writes (a cutover refuses while any is unacknowledged)"),
+        ("CUTOVER [DRY RUN] [options]", "move all traffic to [target]: preflight, freeze, final sync, sequences, verify, flip, reopen; each step is reported as it runs; DRY RUN runs only the preflight. Options: MAX_LAG d, DRAIN_TIMEOUT d, ON_DRAIN_TIMEOUT abort|cancel, VERIFY none|synced|sample, VERIFY_SAMPLE n, MAX_PAUSE d, OPEN_TIMEOUT d, FENCE none|read-only|terminate-bypass, ALLOW_BYPASS, ALLOW_UNMAPPED_SEQUENCES (defaults from [cutover])"),
+        ("VERIFY [table, ...] [ROWS_PER_RANGE n]", "compare whole tables (default: every mapped table), source against the mapped target, online, by checksums over key ranges; ranges that differ are checked again after catch-up, then row by row; one row per table with the differing keys (tag VERIFY DIFFERS when any)"),
+        ("ABORT", "call the running cutover off before its flip: the gate reopens on the source"),
+        ("SHOW CUTOVER", "the current or last cutover: state, each step's start and duration, the pause, sessions moved and closed, keys synced, rows verified"),
     ] {
         r.row([c, d]);
     }

@@ -80,6 +80,17 @@ pub struct UnsafeSeen {
     pub rejected: u64,
     /// The latest such statement (shortened).
     pub last: String,
+    /// Of those let through (not rejected), how many a DBA acknowledged
+    /// with `CAPTURE ACK` after inspecting them.
+    pub acknowledged: u64,
+}
+
+impl UnsafeSeen {
+    /// Statements let through uncaptured that nobody acknowledged yet: a
+    /// cutover refuses while there are any (the target may miss their writes).
+    pub fn unacknowledged(&self) -> u64 {
+        (self.count - self.rejected).saturating_sub(self.acknowledged)
+    }
 }
 
 /// A session holding the barrier back.
@@ -206,6 +217,18 @@ impl Active {
         }
         e.last = shorten(statement, 200);
         policy
+    }
+
+    /// `CAPTURE ACK`: every unsafe statement let through so far is
+    /// acknowledged. Returns how many were.
+    pub fn acknowledge_unsafe(&self) -> u64 {
+        let mut seen = self.unsafe_seen.lock().unwrap_or_else(|p| p.into_inner());
+        let mut n = 0;
+        for e in seen.values_mut() {
+            n += e.unacknowledged();
+            e.acknowledged = e.count - e.rejected;
+        }
+        n
     }
 
     /// Unsafe statements seen, by kind.
@@ -466,6 +489,44 @@ impl Capture {
             Some(a) => holders(sessions, &a),
             None => Vec::new(),
         }
+    }
+
+    /// Client sessions on the source that are not the proxy's: their writes
+    /// would not be captured.
+    pub async fn bypassing(&self, sessions: &Registry) -> Result<Vec<(i32, String)>, String> {
+        let client = self.control_client().await.map_err(|e| e.to_string())?;
+        let ours: Vec<i32> = sessions
+            .snapshot()
+            .iter()
+            .map(|s| s.backend_pid())
+            .filter(|p| *p != 0)
+            .collect();
+        let rows = client
+            .query(
+                "SELECT pid, coalesce(usename, ''), coalesce(datname, ''), coalesce(application_name, ''), \
+                        coalesce(client_addr::text, 'local') \
+                 FROM pg_stat_activity \
+                 WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() \
+                   AND NOT (pid = ANY($1)) AND coalesce(application_name, '') NOT LIKE 'switchyard %' \
+                 ORDER BY pid",
+                &[&ours],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let pid: i32 = row.get(0);
+                let desc = format!(
+                    "user {} database {} application '{}' from {}",
+                    row.get::<_, String>(1),
+                    row.get::<_, String>(2),
+                    row.get::<_, String>(3),
+                    row.get::<_, String>(4)
+                );
+                (pid, desc)
+            })
+            .collect())
     }
 
     /// A connection to the source for pg_stat_activity: on the captured

@@ -124,11 +124,8 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, permi
         return;
     }
     // New logins follow the route: the database that serves now.
-    let first_route = shared.router.current();
-    let src = first_route
-        .destination
-        .config(&shared.config)
-        .unwrap_or(&shared.config.source);
+    let (epoch, destination) = shared.router.current().for_login();
+    let src = destination.config(&shared.config).unwrap_or(&shared.config.source);
     let (db_user, db_name, password) = backend::login_identity(&shared.config, src, &user, &database);
     if let Some(message) = shared.capture.refusal_for(db_name) {
         return refuse(&shared, &mut client, Refusal::fatal("57P03", message)).await;
@@ -173,7 +170,6 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, permi
     let client_key = be.key;
     route_cancel(&shared, client_key, src, &be);
     info.set_state(Shown::Relay(state::Phase::Idle));
-    let epoch = first_route.epoch;
     info.set_backend(epoch, moving::addr_of(src), be.key.0, shared.router.now_micros(), false);
     tracing::debug!(session = info.id, %peer, user = %user, database = %database, backend_pid = be.key.0, "session started");
     let input = InputGuard::new(permit.budget().clone(), shared.config.limits.message_timeout());
@@ -182,7 +178,7 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, permi
         database: database.clone(),
         params: params.clone(),
     };
-    let mut relay = relay::Relay::new(&shared, &info, input, login, &be, epoch, first_route.destination);
+    let mut relay = relay::Relay::new(&shared, &info, input, login, &be, epoch, destination);
     relay.started_at(moving::addr_of(src));
     let ended = serve(&shared, &mut client, relay, be, client_key).await;
     shared.cancel.remove(client_key);

@@ -52,6 +52,9 @@ pub enum Step {
     Open,
     /// Sessions switch at their next boundary.
     Go,
+    /// The order was called off before the switch: sessions stay on their
+    /// backend and close the one they opened for it.
+    Cancelled,
 }
 
 /// What a session that cannot move (a temp table, a session advisory lock,
@@ -82,6 +85,17 @@ pub struct Route {
     pub pinned: PinnedPolicy,
     /// When pinned sessions give up waiting (with [`PinnedPolicy::Close`]).
     pub deadline: Option<Instant>,
+    /// Where a new login goes, and the epoch it starts at: the destination
+    /// once the order says go, the old one until then (a login during the
+    /// open step must not reach a database before the switch).
+    pub serving: (u64, Destination),
+}
+
+impl Route {
+    /// The epoch and database a new login starts on.
+    pub fn for_login(&self) -> (u64, Destination) {
+        self.serving
+    }
 }
 
 /// The shared route, with what [`reconnect`] needs to wait on sessions.
@@ -111,6 +125,7 @@ impl Router {
             step: Step::Go,
             pinned: PinnedPolicy::Stay,
             deadline: None,
+            serving: (0, Destination::Source),
         });
         Router {
             tx,
@@ -184,6 +199,8 @@ pub struct MoveReport {
     pub open_ms: f64,
     /// Time from the route flip to the last session moved.
     pub move_ms: f64,
+    /// The sessions counted in `closed`, with why each was closed.
+    pub closed_why: Vec<(u64, String)>,
 }
 
 /// Why a move order could not run.
@@ -200,15 +217,6 @@ pub enum MoveError {
     Interrupted(String),
 }
 
-/// Clears [`Router::busy`] however the order ends.
-struct Exclusive<'a>(&'a Router);
-
-impl Drop for Exclusive<'_> {
-    fn drop(&mut self) {
-        self.0.busy.store(false, SeqCst);
-    }
-}
-
 /// Whether a registered session is a client session with a backend (not
 /// the console, not one still logging in).
 fn is_client(shared: &Shared, s: &SessionInfo) -> bool {
@@ -223,94 +231,195 @@ fn is_client(shared: &Shared, s: &SessionInfo) -> bool {
 /// backend open.
 pub async fn reconnect(shared: &Arc<Shared>, req: MoveRequest) -> Result<MoveReport, MoveError> {
     let shared = shared.clone();
-    match tokio::spawn(async move { run_order(&shared, req).await }).await {
+    let run = async move {
+        let timeout = req.timeout;
+        let order = Order::open(&shared, req, timeout / 2).await?;
+        Ok(order.go().await)
+    };
+    match tokio::spawn(run).await {
         Ok(r) => r,
         Err(e) => Err(MoveError::Interrupted(e.to_string())),
     }
 }
 
-async fn run_order(shared: &Shared, req: MoveRequest) -> Result<MoveReport, MoveError> {
-    let router = &shared.router;
-    if req.to.config(&shared.config).is_none() {
-        return Err(MoveError::NoTarget);
+/// A move order past its first step: every session has opened (or tried
+/// to open) its next backend, and none has switched. [`Order::go`] flips
+/// the route; dropping the order without going cancels it, and every
+/// session closes the backend it opened for it.
+#[derive(Debug)]
+pub struct Order {
+    shared: Arc<Shared>,
+    route: Route,
+    sessions: Vec<Arc<SessionInfo>>,
+    report: MoveReport,
+    /// Where sessions were before the order.
+    from: Destination,
+    gone: bool,
+}
+
+impl Order {
+    /// Publishes a move order to `req.to` and waits, at most `open_for`,
+    /// until every client session has opened its next backend. The switch
+    /// waits until `req.timeout` from now.
+    pub async fn open(shared: &Arc<Shared>, req: MoveRequest, open_for: Duration) -> Result<Order, MoveError> {
+        let router = &shared.router;
+        if req.to.config(&shared.config).is_none() {
+            return Err(MoveError::NoTarget);
+        }
+        if router.busy.swap(true, SeqCst) {
+            return Err(MoveError::Busy);
+        }
+        let started = Instant::now();
+        let before = router.current();
+        let pinned = req.pinned.unwrap_or(if before.destination == req.to {
+            PinnedPolicy::Stay
+        } else {
+            PinnedPolicy::Close
+        });
+        let epoch = before.epoch + 1;
+        let route = Route {
+            epoch,
+            destination: req.to,
+            step: Step::Open,
+            pinned,
+            deadline: Some(started + req.timeout),
+            serving: before.serving,
+        };
+        let sessions: Vec<Arc<SessionInfo>> = shared
+            .sessions
+            .snapshot()
+            .into_iter()
+            .filter(|s| is_client(shared, s))
+            .collect();
+        let report = MoveReport {
+            epoch,
+            sessions: sessions.len(),
+            ..MoveReport::default()
+        };
+        router.publish(route.clone());
+        let order = Order {
+            shared: shared.clone(),
+            route,
+            sessions,
+            report,
+            from: before.destination,
+            gone: false,
+        };
+        wait_until(router, started + open_for, || order.all_opened()).await;
+        let mut order = order;
+        order.report.open_ms = started.elapsed().as_secs_f64() * 1e3;
+        Ok(order)
     }
-    if router.busy.swap(true, SeqCst) {
-        return Err(MoveError::Busy);
-    }
-    let _exclusive = Exclusive(router);
-    let started = Instant::now();
-    let deadline = started + req.timeout;
-    let before = router.current();
-    let pinned = req.pinned.unwrap_or(if before.destination == req.to {
-        PinnedPolicy::Stay
-    } else {
-        PinnedPolicy::Close
-    });
-    let epoch = before.epoch + 1;
-    let mut route = Route {
-        epoch,
-        destination: req.to,
-        step: Step::Open,
-        pinned,
-        deadline: Some(deadline),
-    };
-    let sessions: Vec<Arc<SessionInfo>> = shared
-        .sessions
-        .snapshot()
-        .into_iter()
-        .filter(|s| is_client(shared, s))
-        .collect();
-    let mut report = MoveReport {
-        epoch,
-        sessions: sessions.len(),
-        ..MoveReport::default()
-    };
-    router.publish(route.clone());
-    // Half the time at most for opening: the switch needs the rest.
-    let open_by = started + req.timeout / 2;
-    wait_until(router, open_by, || {
-        sessions
+
+    fn all_opened(&self) -> bool {
+        let epoch = self.route.epoch;
+        self.sessions
             .iter()
             .all(|s| s.is_closed() || s.route_epoch() >= epoch || (s.seen_epoch() >= epoch && s.move_state().opened()))
-    })
-    .await;
-    report.open_ms = started.elapsed().as_secs_f64() * 1e3;
-    let go = router.now_micros();
-    route.step = Step::Go;
-    router.publish(route);
-    // Pinned sessions close themselves at the deadline: a moment more lets
-    // the report count them.
-    let settle = match pinned {
-        PinnedPolicy::Stay => Duration::ZERO,
-        PinnedPolicy::Close => Duration::from_secs(1),
-    };
-    wait_until(router, deadline + settle, || {
-        sessions.iter().all(|s| {
-            s.is_closed()
-                || s.route_epoch() >= epoch
-                || matches!(s.move_state(), MoveState::Failed | MoveState::Pinned) && pinned == PinnedPolicy::Stay
+    }
+
+    /// Sessions whose next backend could not be opened, with why.
+    pub fn failed_to_open(&self) -> Vec<(u64, String)> {
+        let epoch = self.route.epoch;
+        self.sessions
+            .iter()
+            .filter(|s| !s.is_closed() && s.route_epoch() < epoch)
+            .filter(|s| s.seen_epoch() < epoch || matches!(s.move_state(), MoveState::Opening | MoveState::Failed))
+            .map(|s| {
+                let why = match s.move_state() {
+                    MoveState::Failed => s
+                        .move_error()
+                        .unwrap_or_else(|| "the backend could not be opened".to_owned()),
+                    _ => "its next backend was not open in time".to_owned(),
+                };
+                (s.id, why)
+            })
+            .collect()
+    }
+
+    /// Pinned sessions are closed from `when` on rather than waited for.
+    pub fn close_pinned_at(&mut self, when: Instant) {
+        self.route.deadline = Some(when);
+    }
+
+    /// What the order did so far.
+    pub fn report(&self) -> &MoveReport {
+        &self.report
+    }
+
+    /// Flips the route: every session switches at its next boundary. Waits
+    /// until the order's deadline for them, and reports.
+    pub async fn go(mut self) -> MoveReport {
+        self.gone = true;
+        let router = &self.shared.router;
+        let epoch = self.route.epoch;
+        let pinned = self.route.pinned;
+        let deadline = self.route.deadline.unwrap_or_else(Instant::now);
+        // Sessions that logged in since the order opened move too.
+        let shared = self.shared.clone();
+        self.sessions = shared
+            .sessions
+            .snapshot()
+            .into_iter()
+            .filter(|s| is_client(&shared, s))
+            .collect();
+        self.report.sessions = self.sessions.len();
+        let go = router.now_micros();
+        self.route.step = Step::Go;
+        self.route.serving = (epoch, self.route.destination);
+        router.publish(self.route.clone());
+        // Pinned sessions close themselves at the deadline: a moment more lets
+        // the report count them.
+        let settle = match pinned {
+            PinnedPolicy::Stay => Duration::ZERO,
+            PinnedPolicy::Close => Duration::from_secs(1),
+        };
+        let sessions = &self.sessions;
+        wait_until(router, deadline + settle, || {
+            sessions.iter().all(|s| {
+                s.is_closed()
+                    || s.route_epoch() >= epoch
+                    || matches!(s.move_state(), MoveState::Failed | MoveState::Pinned) && pinned == PinnedPolicy::Stay
+            })
         })
-    })
-    .await;
-    let mut last = go;
-    for s in &sessions {
-        if s.route_epoch() >= epoch {
-            report.moved += 1;
-            last = last.max(s.moved_at_micros());
-        } else if s.is_closed() && s.move_error().is_some() {
-            report.closed += 1;
-        } else if s.is_closed() {
-            report.left += 1;
-        } else {
-            match s.move_state() {
-                MoveState::Pinned => report.pinned += 1,
-                MoveState::Failed => report.failed += 1,
-                _ => report.waiting += 1,
+        .await;
+        let mut report = std::mem::take(&mut self.report);
+        let mut last = go;
+        for s in sessions {
+            if s.route_epoch() >= epoch {
+                report.moved += 1;
+                last = last.max(s.moved_at_micros());
+            } else if let Some(why) = s.move_error().filter(|_| s.is_closed()) {
+                report.closed += 1;
+                report.closed_why.push((s.id, why));
+            } else if s.is_closed() {
+                report.left += 1;
+            } else {
+                match s.move_state() {
+                    MoveState::Pinned => report.pinned += 1,
+                    MoveState::Failed => report.failed += 1,
+                    _ => report.waiting += 1,
+                }
             }
         }
+        report.move_ms = last.saturating_sub(go) as f64 / 1e3;
+        report
     }
-    report.move_ms = last.saturating_sub(go) as f64 / 1e3;
-    Ok(report)
+}
+
+impl Drop for Order {
+    fn drop(&mut self) {
+        if !self.gone {
+            // Cancelled before the switch: sessions stay where they are and
+            // close what they opened for it.
+            let mut route = self.route.clone();
+            route.step = Step::Cancelled;
+            route.destination = self.from;
+            route.serving = (route.epoch, self.from);
+            self.shared.router.publish(route);
+        }
+        self.shared.router.busy.store(false, SeqCst);
+    }
 }
 
 /// Waits until `done()` or `deadline`, re-checking whenever a session

@@ -28,6 +28,7 @@ const MARKER_CAPTURE_STOP: u8 = 2;
 const MARKER_BARRIER: u8 = 3;
 const MARKER_SETTLED: u8 = 4;
 const MARKER_CAPTURE_RESUME: u8 = 5;
+const MARKER_FREEZE: u8 = 6;
 
 /// The key column values of one row, in PostgreSQL text format, in the order
 /// of the table's key columns; `None` is SQL NULL.
@@ -118,6 +119,13 @@ pub enum Marker {
         /// The commit record's position.
         commit: Lsn,
     },
+    /// A cutover froze traffic: every session was at a transaction
+    /// boundary when it was written, so every commit logged before it has
+    /// ended on the source (committed or rolled back), settled or not.
+    Freeze {
+        /// When, in Unix microseconds.
+        time_micros: i64,
+    },
 }
 
 impl Record {
@@ -158,6 +166,7 @@ impl Record {
                     Marker::Barrier { time_micros } => (MARKER_BARRIER, time_micros),
                     Marker::Settled { commit } => (MARKER_SETTLED, commit.0 as i64),
                     Marker::CaptureResume { time_micros } => (MARKER_CAPTURE_RESUME, time_micros),
+                    Marker::Freeze { time_micros } => (MARKER_FREEZE, time_micros),
                 };
                 buf.push(tag);
                 put_i64(buf, time);
@@ -219,6 +228,7 @@ impl LogEntry {
                     MARKER_CAPTURE_STOP => Marker::CaptureStop { time_micros },
                     MARKER_BARRIER => Marker::Barrier { time_micros },
                     MARKER_CAPTURE_RESUME => Marker::CaptureResume { time_micros },
+                    MARKER_FREEZE => Marker::Freeze { time_micros },
                     MARKER_SETTLED => Marker::Settled {
                         commit: Lsn(time_micros as u64),
                     },

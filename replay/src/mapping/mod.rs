@@ -19,6 +19,7 @@
 //! key column by name (so a deleted source row's target row can be found).
 
 mod resolve;
+pub(crate) mod rows;
 
 use serde::Deserialize;
 use std::collections::BTreeMap;

@@ -49,6 +49,18 @@ impl Relay<'_> {
             self.order = None;
             return;
         }
+        if route.step == Step::Cancelled {
+            // Called off before the switch: the session stays, and what it
+            // opened for the order is closed.
+            self.order = None;
+            self.opening = None;
+            if let Some((_, be)) = self.opened.take() {
+                moving::retire(be.conn);
+            }
+            self.epoch = route.epoch;
+            self.info.saw_order(route.epoch, MoveState::Current);
+            return;
+        }
         if self.order.as_ref().is_some_and(|o| o.epoch != route.epoch) {
             // A newer order replaces the one not yet carried out.
             self.order = None;

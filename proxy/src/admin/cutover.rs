@@ -1,0 +1,256 @@
+//! `CUTOVER [DRY RUN] [options]`, `ABORT` and `SHOW CUTOVER`. The cutover
+//! runs in the control layer on its own task; the console starts it,
+//! streams each step as a NOTICE while it runs, and renders the report.
+
+use super::{parse_duration, AdminCommand, AdminError, Reply, ResultSet};
+use crate::config::{Fence, OnDrainTimeout, VerifyMode};
+use crate::control::cutover::{CutoverOptions, Report, State, Step, StepRecord};
+use crate::server::Shared;
+use crate::wire::backend::{self as bmsg, Severity};
+use std::sync::Arc;
+
+/// What `CUTOVER` was asked, before the config's defaults are applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CutoverArgs {
+    /// Only preflight.
+    pub dry_run: bool,
+    /// Options named on the command, as `(name, value)`.
+    pub set: Vec<(String, String)>,
+}
+
+const USAGE: &str = "usage: CUTOVER [DRY RUN] [MAX_LAG <duration>] [DRAIN_TIMEOUT <duration>] \
+[ON_DRAIN_TIMEOUT abort|cancel] [VERIFY none|synced|sample] [VERIFY_SAMPLE <rows>] [MAX_PAUSE <duration>] \
+[OPEN_TIMEOUT <duration>] [FENCE none|read-only|terminate-bypass] [ALLOW_BYPASS] [ALLOW_UNMAPPED_SEQUENCES]";
+
+/// Options that take a value.
+const VALUED: [&str; 8] = [
+    "MAX_LAG",
+    "DRAIN_TIMEOUT",
+    "ON_DRAIN_TIMEOUT",
+    "VERIFY",
+    "VERIFY_SAMPLE",
+    "MAX_PAUSE",
+    "OPEN_TIMEOUT",
+    "FENCE",
+];
+
+/// Parses the words after `CUTOVER`.
+pub(super) fn parse(words: &[&str]) -> Result<AdminCommand, AdminError> {
+    let mut args = CutoverArgs::default();
+    let mut i = 0;
+    if words.len() >= 2 && words[0].eq_ignore_ascii_case("DRY") && words[1].eq_ignore_ascii_case("RUN") {
+        args.dry_run = true;
+        i = 2;
+    }
+    while i < words.len() {
+        let name = words[i].to_ascii_uppercase();
+        if name == "ALLOW_BYPASS" || name == "ALLOW_UNMAPPED_SEQUENCES" {
+            args.set.push((name, "true".to_owned()));
+            i += 1;
+            continue;
+        }
+        if !VALUED.contains(&name.as_str()) {
+            return Err(AdminError::Syntax(format!(
+                "unknown CUTOVER option \"{}\"; {USAGE}",
+                words[i]
+            )));
+        }
+        let Some(value) = words.get(i + 1) else {
+            return Err(AdminError::Syntax(format!(
+                "CUTOVER option {name} needs a value; {USAGE}"
+            )));
+        };
+        args.set.push((name, value.trim_matches('\'').to_owned()));
+        i += 2;
+    }
+    // Checked now, so that a typo fails before anything runs.
+    options(&crate::config::CutoverConfig::default(), &args)?;
+    Ok(AdminCommand::Cutover(args))
+}
+
+/// The options of a cutover: the config's, overridden by the command's.
+pub fn options(config: &crate::config::CutoverConfig, args: &CutoverArgs) -> Result<CutoverOptions, AdminError> {
+    let mut o = CutoverOptions::from_config(config);
+    let bad = |name: &str, value: &str, what: &str| {
+        AdminError::InvalidParameter(format!("CUTOVER {name} takes {what}, not \"{value}\""))
+    };
+    let duration = |name: &str, value: &str| {
+        parse_duration(value)
+            .filter(|d| !d.is_zero() && *d <= super::MAX_PAUSE)
+            .ok_or_else(|| {
+                bad(
+                    name,
+                    value,
+                    "a duration above 0 and at most 1 hour, such as 5s or 500ms",
+                )
+            })
+    };
+    for (name, value) in &args.set {
+        match name.as_str() {
+            "MAX_LAG" => o.max_lag = duration(name, value)?,
+            "DRAIN_TIMEOUT" => o.drain_timeout = duration(name, value)?,
+            "MAX_PAUSE" => o.max_pause = duration(name, value)?,
+            "OPEN_TIMEOUT" => o.open_timeout = duration(name, value)?,
+            "ON_DRAIN_TIMEOUT" => {
+                o.on_drain_timeout = match value.to_ascii_lowercase().as_str() {
+                    "abort" => OnDrainTimeout::Abort,
+                    "cancel" => OnDrainTimeout::Cancel,
+                    _ => return Err(bad(name, value, "abort or cancel")),
+                }
+            }
+            "VERIFY" => {
+                o.verify = match value.to_ascii_lowercase().as_str() {
+                    "none" => VerifyMode::None,
+                    "synced" => VerifyMode::Synced,
+                    "sample" => VerifyMode::Sample,
+                    _ => return Err(bad(name, value, "none, synced or sample")),
+                }
+            }
+            "VERIFY_SAMPLE" => {
+                o.verify_sample = value
+                    .parse()
+                    .ok()
+                    .filter(|n| *n <= 1_000_000)
+                    .ok_or_else(|| bad(name, value, "a number of rows up to 1000000"))?
+            }
+            "FENCE" => {
+                o.fence = match value.to_ascii_lowercase().as_str() {
+                    "none" => Fence::None,
+                    "read-only" => Fence::ReadOnly,
+                    "terminate-bypass" => Fence::TerminateBypass,
+                    _ => return Err(bad(name, value, "none, read-only or terminate-bypass")),
+                }
+            }
+            "ALLOW_BYPASS" => o.allow_bypass = true,
+            "ALLOW_UNMAPPED_SEQUENCES" => o.allow_unmapped_sequences = true,
+            _ => return Err(AdminError::Syntax(USAGE.to_owned())),
+        }
+    }
+    if o.drain_timeout >= o.max_pause {
+        return Err(AdminError::InvalidParameter(format!(
+            "DRAIN_TIMEOUT ({} ms) must be below MAX_PAUSE ({} ms): the drain is part of the pause",
+            o.drain_timeout.as_millis(),
+            o.max_pause.as_millis()
+        )));
+    }
+    Ok(o)
+}
+
+/// Runs a cutover, writing a NOTICE to `client` (when there is one) as
+/// each step starts and ends, and answers with the report (or an error
+/// when it was called off).
+pub(super) async fn execute(
+    shared: &Arc<Shared>,
+    args: &CutoverArgs,
+    mut client: Option<&mut crate::net::Conn>,
+) -> Result<Reply, AdminError> {
+    let options = options(&shared.config.cutover, args)?;
+    let mut rx = shared
+        .cutover
+        .start(shared, options, args.dry_run)
+        .map_err(|e| AdminError::State(e.to_string()))?;
+    let mut told: Vec<(Step, bool)> = Vec::new();
+    let mut connected = true;
+    let report = loop {
+        let report = rx.borrow_and_update().clone();
+        if let Some(r) = &report {
+            let mut out = bytes::BytesMut::new();
+            for s in &r.steps {
+                let done = s.ms.is_some();
+                if told.contains(&(s.step, done)) {
+                    continue;
+                }
+                told.push((s.step, done));
+                bmsg::error_response(&mut out, Severity::Notice, "00000", &step_line(s));
+            }
+            if let Some(c) = client.as_mut().filter(|_| connected && !out.is_empty()) {
+                // A console client that left does not stop the cutover.
+                c.queue(&out);
+                connected = c.flush().await.is_ok();
+            }
+            if r.state.finished() {
+                break report;
+            }
+        }
+        if rx.changed().await.is_err() {
+            break rx.borrow().clone();
+        }
+    };
+    let Some(report) = report else {
+        return Err(AdminError::State("the cutover ended without a report".to_owned()));
+    };
+    match &report.state {
+        State::Aborted { step, reason } => Err(AdminError::State(format!(
+            "cutover aborted at {}: {reason}; traffic stays on the source, nothing was lost, capture and catch-up go on",
+            step.name()
+        ))),
+        _ => Ok(Reply::Rows(render(&report))),
+    }
+}
+
+/// `ABORT`: calls the running cutover off (before its flip).
+pub(super) fn abort(shared: &Arc<Shared>) -> Result<Reply, AdminError> {
+    if !shared.cutover.abort("ABORT on the console") {
+        return Err(AdminError::State("no cutover is running".to_owned()));
+    }
+    Ok(Reply::Done("ABORT".to_owned()))
+}
+
+/// `SHOW CUTOVER`: the current or last cutover.
+pub(super) fn show(shared: &Arc<Shared>) -> Reply {
+    match shared.cutover.last() {
+        Some(r) => Reply::Rows(render(&r)),
+        None => {
+            let mut rs = ResultSet::new(&["field", "value"]);
+            rs.row(["state", "idle"]);
+            rs.row(["note", "no cutover has run since the proxy started"]);
+            Reply::Rows(rs)
+        }
+    }
+}
+
+fn step_line(s: &StepRecord) -> String {
+    match s.ms {
+        None => format!("cutover: {} ...", s.step.name()),
+        Some(ms) => format!("cutover: {} {:.1} ms: {}", s.step.name(), ms, s.detail),
+    }
+}
+
+fn render(r: &Report) -> ResultSet {
+    let mut rs = ResultSet::new(&["field", "value"]);
+    rs.row(["id".to_owned(), r.id.to_string()]);
+    rs.row(["dry_run".to_owned(), r.dry_run.to_string()]);
+    rs.row(["state".to_owned(), r.state.name()]);
+    if let State::Aborted { reason, .. } = &r.state {
+        rs.row(["reason".to_owned(), reason.clone()]);
+    }
+    rs.row(["started".to_owned(), crate::admin::show::rfc3339(r.started)]);
+    rs.row(["options".to_owned(), r.options.describe()]);
+    rs.row([
+        "pause_ms".to_owned(),
+        r.pause_ms.map(|p| format!("{p:.1}")).unwrap_or_default(),
+    ]);
+    rs.row(["sessions".to_owned(), r.sessions.to_string()]);
+    rs.row(["sessions_moved".to_owned(), r.sessions_moved.to_string()]);
+    rs.row(["sessions_closed".to_owned(), r.sessions_closed.len().to_string()]);
+    for why in &r.sessions_closed {
+        rs.row(["closed".to_owned(), why.clone()]);
+    }
+    rs.row(["keys_synced".to_owned(), r.keys_synced.to_string()]);
+    rs.row(["rows_verified".to_owned(), r.rows_verified.to_string()]);
+    rs.row(["sequences_set".to_owned(), r.sequences_set.to_string()]);
+    rs.row([
+        "freeze_lsn".to_owned(),
+        r.freeze_lsn.map(|l| l.to_string()).unwrap_or_default(),
+    ]);
+    for s in &r.steps {
+        let took =
+            s.ms.map(|m| format!("{m:.1} ms"))
+                .unwrap_or_else(|| "running".to_owned());
+        rs.row([
+            format!("step.{}", s.step.name()),
+            format!("at {:.1} ms, {took}: {}", s.at_ms, s.detail),
+        ]);
+    }
+    rs
+}

@@ -1,0 +1,124 @@
+//! `switchyard cutover`: runs `CUTOVER` on a proxy's console, printing each
+//! step as the proxy reports it, and exits with a code per outcome.
+
+use super::ConsoleArgs;
+use clap::Args;
+
+/// Exit code: traffic is on the target (or, with --dry-run, everything is ready).
+pub const EXIT_DONE: i32 = 0;
+/// Exit code: the console could not be reached, or another error.
+pub const EXIT_ERROR: i32 = 1;
+/// Exit code: called off at preflight; nothing was frozen.
+pub const EXIT_PREFLIGHT: i32 = 3;
+/// Exit code: called off after the freeze; the gate reopened on the source.
+pub const EXIT_ABORTED: i32 = 4;
+
+/// `switchyard cutover` options; each defaults to the proxy's `[cutover]` config.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  switchyard cutover --dry-run          check everything, freeze nothing
+  switchyard cutover                    cut over with the [cutover] defaults
+  switchyard cutover --drain-timeout 2s --on-drain-timeout cancel --max-pause 5s
+
+Exit codes: 0 done (or dry run ready), 1 error (console unreachable...),
+3 refused at preflight (nothing frozen), 4 aborted after the freeze (traffic
+stays on the source, nothing lost).")]
+pub struct CutoverArgs {
+    /// How to reach the console.
+    #[command(flatten)]
+    pub console: ConsoleArgs,
+    /// Run the preflight only (targets opened and released, nothing frozen).
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Largest catch-up lag to start with, e.g. 1s.
+    #[arg(long)]
+    pub max_lag: Option<String>,
+    /// How long open transactions may take to finish once frozen, e.g. 5s.
+    #[arg(long)]
+    pub drain_timeout: Option<String>,
+    /// abort (default) or cancel the transactions still open at the drain timeout.
+    #[arg(long, value_parser = ["abort", "cancel"])]
+    pub on_drain_timeout: Option<String>,
+    /// What the freeze compares: none, synced or sample.
+    #[arg(long, value_parser = ["none", "synced", "sample"])]
+    pub verify: Option<String>,
+    /// Earlier rows compared with --verify sample.
+    #[arg(long)]
+    pub verify_sample: Option<usize>,
+    /// Longest the gate may stay closed before the flip, e.g. 10s.
+    #[arg(long)]
+    pub max_pause: Option<String>,
+    /// How long opening the target backends may take, e.g. 10s.
+    #[arg(long)]
+    pub open_timeout: Option<String>,
+    /// What is done to the old source: none, read-only or terminate-bypass.
+    #[arg(long, value_parser = ["none", "read-only", "terminate-bypass"])]
+    pub fence: Option<String>,
+    /// Go ahead although sessions bypass the proxy on the source.
+    #[arg(long)]
+    pub allow_bypass: bool,
+    /// Go ahead although some source sequences have no target counterpart.
+    #[arg(long)]
+    pub allow_unmapped_sequences: bool,
+}
+
+impl CutoverArgs {
+    /// The console command.
+    pub fn command(&self) -> String {
+        let mut cmd = String::from("CUTOVER");
+        if self.dry_run {
+            cmd.push_str(" DRY RUN");
+        }
+        let valued = [
+            ("MAX_LAG", self.max_lag.clone()),
+            ("DRAIN_TIMEOUT", self.drain_timeout.clone()),
+            ("ON_DRAIN_TIMEOUT", self.on_drain_timeout.clone()),
+            ("VERIFY", self.verify.clone()),
+            ("VERIFY_SAMPLE", self.verify_sample.map(|n| n.to_string())),
+            ("MAX_PAUSE", self.max_pause.clone()),
+            ("OPEN_TIMEOUT", self.open_timeout.clone()),
+            ("FENCE", self.fence.clone()),
+        ];
+        for (name, value) in valued {
+            if let Some(v) = value {
+                cmd.push_str(&format!(
+                    " {name} {}",
+                    v.split_whitespace().collect::<Vec<_>>().join("")
+                ));
+            }
+        }
+        if self.allow_bypass {
+            cmd.push_str(" ALLOW_BYPASS");
+        }
+        if self.allow_unmapped_sequences {
+            cmd.push_str(" ALLOW_UNMAPPED_SEQUENCES");
+        }
+        cmd
+    }
+}
+
+/// Runs the cutover, printing each step to stdout as it happens; returns
+/// the exit code.
+pub async fn run(args: &CutoverArgs) -> i32 {
+    let command = args.command();
+    let printed = super::console_streaming(&args.console, &command, |notice| println!("{notice}")).await;
+    match printed {
+        Ok((header, rows)) => {
+            print!("{}", super::render_table(&header, &rows));
+            EXIT_DONE
+        }
+        Err(super::ConsoleError::Unreachable(e)) => {
+            eprintln!("switchyard: {e}");
+            EXIT_ERROR
+        }
+        Err(super::ConsoleError::Refused(message)) => {
+            eprintln!("switchyard: {message}");
+            // Which step it stopped at decides the code.
+            match super::console_map(&args.console, "SHOW CUTOVER").await {
+                Ok(m) if m.get("state").is_some_and(|s| s == "aborted at preflight") => EXIT_PREFLIGHT,
+                Ok(m) if m.get("state").is_some_and(|s| s.starts_with("aborted at")) => EXIT_ABORTED,
+                _ => EXIT_ERROR,
+            }
+        }
+    }
+}

@@ -64,6 +64,9 @@ pub(super) struct Tx {
     pub(super) seq: u32,
     /// When the schedule wanted it to start (its start, without a rate).
     pub(super) due_us: u64,
+    /// When its BEGIN was sent: later than due when the client was still
+    /// busy with an earlier transaction.
+    pub(super) start_us: u64,
     pub(super) end_us: u64,
     pub(super) outcome: Outcome,
 }
@@ -73,6 +76,12 @@ impl Tx {
     /// (pgbench's latency under `-R` is measured the same way).
     pub(super) fn latency_us(&self) -> u64 {
         self.end_us.saturating_sub(self.due_us)
+    }
+
+    /// From BEGIN sent to COMMIT answered: the transaction itself, without
+    /// the queueing behind the client's earlier ones.
+    pub(super) fn service_us(&self) -> u64 {
+        self.end_us.saturating_sub(self.start_us)
     }
 }
 
@@ -264,6 +273,7 @@ impl ClientJob {
                 break;
             }
             tokio::time::sleep_until(due.into()).await;
+            let start_us = micros(self.zero.elapsed());
             let keys = Keys::draw(&mut rng, self.spec.scale);
             let outcome = match transaction(&client, &keys, &tag(self.index, seq)).await {
                 Ok(()) => Outcome::Committed,
@@ -276,6 +286,7 @@ impl ClientJob {
                 client: self.index,
                 seq,
                 due_us: micros(due - self.zero),
+                start_us,
                 end_us: micros(self.zero.elapsed()),
                 outcome,
             });

@@ -107,7 +107,7 @@ pub struct Args {
     #[arg(long, default_value_t = 20.0)]
     seconds: f64,
     /// Client sessions (pgbench -c).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 16)]
     clients: usize,
     /// pgbench scale factor (100,000 accounts each).
     #[arg(long, default_value_t = 10)]
@@ -190,8 +190,8 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         let (recipe, recipe_points) = recipe.unwrap_or_else(|| (empty_phase(), Vec::new()));
         panels.push(plot::Panel {
             title: format!("{rate} TPS, {} clients", args.clients).replace("max TPS", "max rate"),
-            ours_span: ours.switch.command_ms / 1000.0,
-            recipe_span: recipe.switch.command_ms / 1000.0,
+            ours_span: ours.switch.pause_ms.unwrap_or(0.0) / 1000.0,
+            recipe_span: recipe.switch.pause_ms.unwrap_or(0.0) / 1000.0,
             ours: ours_points,
             recipe: recipe_points,
         });
@@ -240,14 +240,17 @@ fn empty_phase() -> Phase {
         error_messages: Vec::new(),
         reconnects: 0,
         clients_lost: 0,
+        loadavg_at_start: None,
         unknown_outcome: 0,
         timeline_50ms: Vec::new(),
+        per_second: Vec::new(),
     }
 }
 
 /// One run through switchyard; also the software versions of its clusters.
 async fn measure_ours(args: &Args, rate: Rate, runtime: &LoadRuntime) -> Result<(Phase, Vec<(f64, f64)>, Software)> {
     println!("  switchyard: source, target, capture, clone, catch-up");
+    let loadavg = Machine::probe().loadavg_at_start;
     let stack = Ours::setup(args.scale, args.catchup_workers).await?;
     let software = Software::probe(&stack.source);
     let outcome = async {
@@ -261,7 +264,7 @@ async fn measure_ours(args: &Args, rate: Rate, runtime: &LoadRuntime) -> Result<
         let recorded = running.finish(args.spec(rate).duration, FINISH_GRACE).await?;
         // Where the writes went last: the target after a flip, else the source.
         let last = if switch.done { &stack.target } else { &stack.source };
-        finish_phase(args, &stack.source, last, switch, recorded).await
+        finish_phase(args, loadavg, &stack.source, last, switch, recorded).await
     }
     .await;
     let hint = stack.log_hint();
@@ -274,6 +277,7 @@ async fn measure_ours(args: &Args, rate: Rate, runtime: &LoadRuntime) -> Result<
 /// One run with the usual recipe.
 async fn measure_recipe(args: &Args, rate: Rate, runtime: &LoadRuntime) -> Result<(Phase, Vec<(f64, f64)>)> {
     println!("  recipe: logical source, target, subscription, PgBouncer (transaction pooling)");
+    let loadavg = Machine::probe().loadavg_at_start;
     let stack = Recipe::setup(args.scale, args.clients + 4).await?;
     let outcome = async {
         let running = runtime.start(&args.spec(rate), &stack.endpoint(), DB).await?;
@@ -282,7 +286,7 @@ async fn measure_recipe(args: &Args, rate: Rate, runtime: &LoadRuntime) -> Resul
         println!("    recipe: {} (pause {:?} ms)", switch.state, switch.pause_ms);
         let recorded = running.finish(args.spec(rate).duration, FINISH_GRACE).await?;
         let last = if switch.done { &stack.target } else { &stack.source };
-        finish_phase(args, &stack.source, last, switch, recorded).await
+        finish_phase(args, loadavg, &stack.source, last, switch, recorded).await
     }
     .await;
     let hint = stack.log_hint();
@@ -295,6 +299,7 @@ async fn measure_recipe(args: &Args, rate: Rate, runtime: &LoadRuntime) -> Resul
 /// The check of the data and the clients' figures, once the load is done.
 async fn finish_phase(
     args: &Args,
+    loadavg_at_start: Option<[f64; 3]>,
     source: &Cluster,
     last: &Cluster,
     switch: Switch,
@@ -304,9 +309,10 @@ async fn finish_phase(
     let dst = last.connect(DB).await.context("connecting to the target")?;
     let verdict = verify::verify(&src, &dst, &recorded.txs).await?;
     let clients = stats::client_stats(&recorded.txs, switch.sent_us, switch.answered_us, args.seconds);
-    let points = stats::plot_points(&recorded.txs, switch.sent_us);
+    let points = stats::plot_points(&recorded.txs, switch.pause_started_us);
     let phase = Phase {
         timeline_50ms: stats::timeline(&points, 50.0),
+        per_second: stats::per_second(&recorded.txs),
         unknown_outcome: recorded.txs.iter().filter(|t| t.outcome == Outcome::Unknown).count() as u64,
         switch,
         clients,
@@ -315,18 +321,22 @@ async fn finish_phase(
         error_messages: recorded.error_messages,
         reconnects: recorded.reconnects,
         clients_lost: recorded.clients_lost,
+        loadavg_at_start,
     };
     Ok((phase, points))
 }
 
 fn report_phase(name: &str, p: &Phase) {
     println!(
-        "    {name}: {:.0} TPS, max stall {:.1} ms, p99 {:.1} ms in the window (baseline p99 {:.1} ms), \
-         {} errors, {} rows differing, {} of {} committed missing",
+        "    {name}: {:.0} TPS; in the window: max stall {:.1} ms, p99 {:.1} ms (before: p99 {:.1} ms), \
+         from the schedule max {:.1} ms (before: p99 {:.1} ms); {} errors, {} rows differing, \
+         {} of {} committed missing",
         p.clients.achieved_tps,
         p.clients.max_stall_ms,
         p.clients.p99_ms,
         p.clients.baseline_p99_ms,
+        p.clients.max_latency_ms,
+        p.clients.baseline_p99_latency_ms,
         p.errors,
         p.verdict.rows_differing + p.verdict.invariant_violations,
         p.verdict.committed_missing,

@@ -131,7 +131,10 @@ impl Ours {
                     switch.timed(sent, answered);
                     switch.state = format!("error: {text}");
                     switch.error = Some(text.clone());
-                    if console.client.is_closed() || attempt == CUTOVER_ATTEMPTS {
+                    // Only a refusal before the freeze is worth another
+                    // try; an abort later is the figure to report.
+                    let refused = text.contains("aborted at preflight");
+                    if !refused || console.client.is_closed() || attempt == CUTOVER_ATTEMPTS {
                         break;
                     }
                     switch.refusals.push(text);
@@ -164,8 +167,11 @@ fn read_answer(switch: &mut Switch, messages: &[SimpleQueryMessage]) -> Result<(
             continue;
         };
         if let Some(name) = key.strip_prefix("step.") {
-            if let Some(ms) = leading_number(value) {
+            if let Some(ms) = step_ms(value) {
                 steps.0.push((name.to_owned(), ms));
+            }
+            if let (true, Some(at)) = (name == "freeze", step_at_ms(value)) {
+                switch.pause_started(switch.sent_us + (at * 1000.0) as u64);
             }
         } else if key == "state" {
             state = Some(value.to_owned());
@@ -182,6 +188,22 @@ fn read_answer(switch: &mut Switch, messages: &[SimpleQueryMessage]) -> Result<(
     switch.state = state;
     switch.steps_ms = steps;
     Ok(())
+}
+
+/// A step row's duration: `at 3.2 ms, 12.5 ms: detail` (when the step
+/// started after the cutover began, how long it took); `None` for a step
+/// still `running`.
+fn step_ms(value: &str) -> Option<f64> {
+    let took = match value.strip_prefix("at ") {
+        Some(rest) => rest.split_once(", ")?.1,
+        None => value,
+    };
+    leading_number(took)
+}
+
+/// When a step started, ms after the cutover began: `at 3.2 ms, ...`.
+fn step_at_ms(value: &str) -> Option<f64> {
+    leading_number(value.strip_prefix("at ")?)
 }
 
 /// The number a value starts with: `12.5`, `12.5 ms`.
@@ -303,5 +325,9 @@ mod tests {
         assert_eq!(leading_number("12.5"), Some(12.5));
         assert_eq!(leading_number("3 ms"), Some(3.0));
         assert_eq!(leading_number("n/a"), None);
+        assert_eq!(step_ms("at 3.2 ms, 12.5 ms: 40 keys"), Some(12.5));
+        assert_eq!(step_ms("at 3.2 ms, running: "), None);
+        assert_eq!(step_ms("7.0 ms"), Some(7.0));
+        assert_eq!(step_at_ms("at 361.5 ms, 6.9 ms: every session"), Some(361.5));
     }
 }

@@ -1,7 +1,8 @@
 //! The PNG: client latency over time around the cutover, one panel per
 //! rate, switchyard's transactions and the recipe's on one time axis (zero
-//! is when each cutover's first command was sent), the span each cutover
-//! took shaded behind them. Text is drawn with a font compiled into the
+//! is when each started to hold clients: the proxy's gate closing,
+//! PgBouncer's PAUSE), each pause shaded behind them. A point is one
+//! transaction at its due time, its latency counted from then. Text is drawn with a font compiled into the
 //! binary, so no system font library is needed.
 
 use super::stats::{PLOT_AFTER_S, PLOT_BEFORE_S};
@@ -30,8 +31,7 @@ pub(super) struct Panel {
     /// (seconds from the cutover command, latency ms) per transaction.
     pub(super) ours: Vec<(f64, f64)>,
     pub(super) recipe: Vec<(f64, f64)>,
-    /// The span from the first command sent to the last answered, seconds
-    /// from the command.
+    /// The pause, seconds.
     pub(super) ours_span: f64,
     pub(super) recipe_span: f64,
 }
@@ -64,8 +64,8 @@ fn draw_panel(area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>, p: 
         .map_err(|e| anyhow!("{e}"))?;
     chart
         .configure_mesh()
-        .x_desc("seconds from the cutover's first command (CUTOVER; PgBouncer's PAUSE)")
-        .y_desc("transaction latency, ms")
+        .x_desc("seconds from the start of the pause (switchyard: gate closed; recipe: PAUSE sent)")
+        .y_desc("latency from the schedule, ms")
         .label_style((FONT, 14))
         .draw()
         .map_err(|e| anyhow!("{e}"))?;

@@ -29,6 +29,11 @@ pub(super) struct Phase {
     /// The largest latency per 50 ms from 2 s before the command to 3 s
     /// after it, ms (0: no transaction due in that bin).
     pub(super) timeline_50ms: Vec<f64>,
+    /// The machine's 1-, 5- and 15-minute load averages when the phase's
+    /// setup began: other work on the machine shows in every figure.
+    pub(super) loadavg_at_start: Option<[f64; 3]>,
+    /// The whole run second by second.
+    pub(super) per_second: Vec<super::stats::Second>,
 }
 
 impl Phase {

@@ -31,16 +31,27 @@ pub(super) struct ClientStats {
     pub(super) achieved_tps: f64,
     /// Transactions that overlap the cutover window.
     pub(super) window_transactions: u64,
-    /// The longest transaction latency in the window (due to end), ms.
+    /// The longest transaction in the window from BEGIN sent to COMMIT
+    /// answered, ms: the longest any client was held (a BEGIN that meets
+    /// the closed gate waits in it).
     pub(super) max_stall_ms: f64,
+    /// Percentiles of the same BEGIN-to-COMMIT time in the window
+    /// (hdrhistogram, three significant digits).
     pub(super) p50_ms: f64,
     pub(super) p99_ms: f64,
+    /// From each transaction's due time on the schedule to its COMMIT's
+    /// answer (pgbench -R's latency): adds the queueing behind a client's
+    /// earlier transactions, so it also shows a client that could not keep
+    /// to the schedule at all.
+    pub(super) max_latency_ms: f64,
+    pub(super) p99_latency_ms: f64,
     /// The longest time in the window in which no client committed, ms.
     pub(super) max_commit_gap_ms: f64,
     /// The same clients before the window (after a 1 s warm-up).
     pub(super) baseline_p50_ms: f64,
     pub(super) baseline_p99_ms: f64,
     pub(super) baseline_max_ms: f64,
+    pub(super) baseline_p99_latency_ms: f64,
 }
 
 /// Figures of `txs` for the cutover command sent at `sent_us` and answered
@@ -54,29 +65,42 @@ pub(super) fn client_stats(txs: &[Tx], sent_us: u64, answered_us: u64, seconds: 
         .iter()
         .filter(|t| t.due_us >= WARMUP_US && t.end_us < from)
         .collect();
-    let (w, b) = (histogram(&window), histogram(&baseline));
+    let (w, b) = (service(&window), service(&baseline));
+    let (wl, bl) = (latency(&window), latency(&baseline));
     let committed = txs.iter().filter(|t| t.outcome == Outcome::Committed).count() as u64;
     ClientStats {
         transactions: txs.len() as u64,
         committed,
         achieved_tps: round(committed as f64 / seconds.max(1e-9), 1),
         window_transactions: window.len() as u64,
-        max_stall_ms: ms(w.max()),
+        max_stall_ms: ms(window.iter().map(|t| t.service_us()).max().unwrap_or(0)),
         p50_ms: ms(w.value_at_quantile(0.5)),
         p99_ms: ms(w.value_at_quantile(0.99)),
+        max_latency_ms: ms(window.iter().map(|t| t.latency_us()).max().unwrap_or(0)),
+        p99_latency_ms: ms(wl.value_at_quantile(0.99)),
         max_commit_gap_ms: ms(max_gap(&window, from, to)),
         baseline_p50_ms: ms(b.value_at_quantile(0.5)),
         baseline_p99_ms: ms(b.value_at_quantile(0.99)),
-        baseline_max_ms: ms(b.max()),
+        baseline_max_ms: ms(baseline.iter().map(|t| t.service_us()).max().unwrap_or(0)),
+        baseline_p99_latency_ms: ms(bl.value_at_quantile(0.99)),
     }
 }
 
-/// Latencies in microseconds; empty for no transactions.
-fn histogram(txs: &[&Tx]) -> Histogram<u64> {
+/// Latencies (due to end) in microseconds; empty for no transactions.
+fn latency(txs: &[&Tx]) -> Histogram<u64> {
+    record(txs.iter().map(|t| t.latency_us()))
+}
+
+/// BEGIN-to-COMMIT times in microseconds.
+fn service(txs: &[&Tx]) -> Histogram<u64> {
+    record(txs.iter().map(|t| t.service_us()))
+}
+
+fn record(values: impl Iterator<Item = u64>) -> Histogram<u64> {
     // Three significant digits up to an hour: far beyond any run.
     let mut h = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("static histogram bounds are valid");
-    for t in txs {
-        h.saturating_record(t.latency_us().max(1));
+    for v in values {
+        h.saturating_record(v.max(1));
     }
     h
 }
@@ -99,12 +123,43 @@ fn ms(us: u64) -> f64 {
     round(us as f64 / 1000.0, 3)
 }
 
-/// The plot's points: (seconds from the cutover command to the transaction's
-/// due time, latency in ms) for every transaction due in the plot's span.
-pub(super) fn plot_points(txs: &[Tx], sent_us: u64) -> Vec<(f64, f64)> {
-    let sent = sent_us as f64 / 1e6;
+/// One second of the run as the clients saw it.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct Second {
+    /// Seconds since the run's start (transactions due in it).
+    pub(super) second: u64,
+    pub(super) committed: u64,
+    pub(super) p50_ms: f64,
+    pub(super) max_ms: f64,
+}
+
+/// Per second of the run by due time: commits and latency, which shows
+/// whether the clients kept to the schedule.
+pub(super) fn per_second(txs: &[Tx]) -> Vec<Second> {
+    let mut by: std::collections::BTreeMap<u64, Vec<&Tx>> = std::collections::BTreeMap::new();
+    for t in txs {
+        by.entry(t.due_us / 1_000_000).or_default().push(t);
+    }
+    by.into_iter()
+        .map(|(second, txs)| {
+            let h = latency(&txs);
+            Second {
+                second,
+                committed: txs.iter().filter(|t| t.outcome == Outcome::Committed).count() as u64,
+                p50_ms: ms(h.value_at_quantile(0.5)),
+                max_ms: ms(txs.iter().map(|t| t.latency_us()).max().unwrap_or(0)),
+            }
+        })
+        .collect()
+}
+
+/// The plot's points: (seconds from the pause's start to the transaction's
+/// due time, latency from due in ms) for every transaction due in the
+/// plot's span.
+pub(super) fn plot_points(txs: &[Tx], pause_us: u64) -> Vec<(f64, f64)> {
+    let zero = pause_us as f64 / 1e6;
     txs.iter()
-        .map(|t| (t.due_us as f64 / 1e6 - sent, t.latency_us() as f64 / 1000.0))
+        .map(|t| (t.due_us as f64 / 1e6 - zero, t.latency_us() as f64 / 1000.0))
         .filter(|(x, _)| (-PLOT_BEFORE_S..=PLOT_AFTER_S).contains(x))
         .collect()
 }
@@ -132,6 +187,8 @@ mod tests {
             client: 0,
             seq: 0,
             due_us: due_ms * 1000,
+            // Started 1 ms late: queued behind the client's previous one.
+            start_us: due_ms * 1000 + 1000,
             end_us: (due_ms + latency_ms) * 1000,
             outcome: Outcome::Committed,
         }
@@ -144,8 +201,9 @@ mod tests {
         let txs = vec![tx(1500, 300), tx(4000, 2), tx(5000, 80), tx(5100, 3), tx(9000, 2)];
         let s = client_stats(&txs, 5_000_000, 5_100_000, 10.0);
         assert_eq!(s.window_transactions, 3);
-        assert_eq!(s.max_stall_ms, 80.0);
-        assert_eq!(s.baseline_max_ms, 300.0);
+        assert_eq!(s.max_stall_ms, 79.0);
+        assert_eq!(s.max_latency_ms, 80.0);
+        assert_eq!(s.baseline_max_ms, 299.0);
         assert_eq!(s.committed, 5);
         // Nothing committed from 4.002 s to 5.080 s.
         assert_eq!(s.max_commit_gap_ms, 1078.0);

@@ -45,9 +45,14 @@ pub(super) struct Switch {
     pub(super) sent_us: u64,
     #[serde(skip)]
     pub(super) answered_us: u64,
-    /// The same two instants in ms, for the JSON.
+    /// When clients started to be held: the proxy's freeze (the gate
+    /// closing), or PgBouncer's PAUSE sent; µs on the load's clock.
+    #[serde(skip)]
+    pub(super) pause_started_us: u64,
+    /// The same instants in ms, for the JSON.
     pub(super) sent_at_ms: f64,
     pub(super) answered_at_ms: f64,
+    pub(super) pause_started_at_ms: f64,
     /// From the first command sent to the last answered, ms.
     pub(super) command_ms: f64,
     /// How long clients were held: the proxy's gate closed to reopened, or
@@ -69,6 +74,13 @@ impl Switch {
         self.sent_at_ms = round(sent_us as f64 / 1000.0, 3);
         self.answered_at_ms = round(self.answered_us as f64 / 1000.0, 3);
         self.command_ms = round((self.answered_us - sent_us) as f64 / 1000.0, 3);
+        self.pause_started(sent_us);
+    }
+
+    /// Sets when the clients started to be held.
+    pub(super) fn pause_started(&mut self, at_us: u64) {
+        self.pause_started_us = at_us;
+        self.pause_started_at_ms = round(at_us as f64 / 1000.0, 3);
     }
 }
 

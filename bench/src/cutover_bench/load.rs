@@ -250,7 +250,7 @@ struct ClientJob {
 }
 
 impl ClientJob {
-    /// Runs transactions until the schedule ends. With a rate, each client
+    /// Runs transactions until the run's end. With a rate, each client
     /// takes every n-th slot of an evenly spaced schedule (offset by its
     /// index), and a transaction due while the previous one still runs
     /// starts as soon as it ends, late, as pgbench does under `-R`.
@@ -269,7 +269,9 @@ impl ClientJob {
                 (Some(iv), Some(off)) => self.zero + off + iv * seq,
                 _ => Instant::now(),
             };
-            if due >= end {
+            // A client behind its schedule stops at the end too, as pgbench
+            // -T does: what it did not get to shows in the achieved rate.
+            if due >= end || Instant::now() >= end {
                 break;
             }
             tokio::time::sleep_until(due.into()).await;

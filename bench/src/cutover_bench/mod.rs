@@ -308,7 +308,13 @@ async fn finish_phase(
     let src = source.connect(DB).await.context("connecting to the source")?;
     let dst = last.connect(DB).await.context("connecting to the target")?;
     let verdict = verify::verify(&src, &dst, &recorded.txs).await?;
-    let clients = stats::client_stats(&recorded.txs, switch.sent_us, switch.answered_us, args.seconds);
+    let pause_us = switch.pause_ms.map_or(0, |p| (p * 1000.0) as u64);
+    let span = stats::Span {
+        sent_us: switch.sent_us,
+        answered_us: switch.answered_us,
+        pause_end_us: switch.pause_started_us + pause_us,
+    };
+    let clients = stats::client_stats(&recorded.txs, span, args.seconds);
     let points = stats::plot_points(&recorded.txs, switch.pause_started_us);
     let phase = Phase {
         timeline_50ms: stats::timeline(&points, 50.0),

@@ -68,6 +68,10 @@ pub(super) struct RunReport {
     pub(super) recipe_errors: u64,
     pub(super) recipe_rows_differing: u64,
     pub(super) recipe_committed_missing: u64,
+    /// The floor the pause is held against: the drain of the transactions
+    /// in flight (freeze), one final sync and the flip (freeze + final_sync
+    /// + flip), ms.
+    pub(super) limit_ms: Option<f64>,
     /// recipe_max_stall_ms / max_stall_ms.
     pub(super) stall_ratio: f64,
     /// The bound on max_stall_ms at this rate, if it sets one.
@@ -95,6 +99,7 @@ impl RunReport {
             achieved_tps: ours.clients.achieved_tps,
             pause_ms: ours.switch.pause_ms,
             steps_ms: ours.switch.steps_ms.clone(),
+            limit_ms: limit(&ours.switch.steps_ms),
             max_stall_ms: ours.clients.max_stall_ms,
             p99_ms: ours.clients.p99_ms,
             errors: ours.errors_total(),
@@ -120,6 +125,12 @@ impl RunReport {
     pub(super) fn rate_label(&self) -> String {
         self.rate_tps.map_or_else(|| "max".to_owned(), |r| r.to_string())
     }
+}
+
+/// freeze + final_sync + flip, when all three ran.
+fn limit(steps: &Steps) -> Option<f64> {
+    let get = |name: &str| steps.0.iter().find(|(n, _)| n == name).map(|(_, ms)| *ms);
+    Some(round(get("freeze")? + get("final_sync")? + get("flip")?, 1))
 }
 
 /// How the runs were made.
@@ -160,6 +171,7 @@ pub(super) fn table(runs: &[RunReport]) -> Table {
         "rate",
         "tps",
         "pause ms",
+        "limit ms",
         "max stall ms",
         "p99 ms",
         "errors",
@@ -178,6 +190,7 @@ pub(super) fn table(runs: &[RunReport]) -> Table {
             r.rate_label(),
             format!("{:.0}/{:.0}", r.achieved_tps, r.recipe_achieved_tps),
             opt(r.pause_ms),
+            opt(r.limit_ms),
             format!("{:.1}", r.max_stall_ms),
             format!("{:.1}", r.p99_ms),
             r.errors.to_string(),

@@ -47,6 +47,10 @@ pub(super) struct ClientStats {
     pub(super) p99_latency_ms: f64,
     /// The longest time in the window in which no client committed, ms.
     pub(super) max_commit_gap_ms: f64,
+    /// The longest BEGIN-to-COMMIT time of the transactions begun in the
+    /// second after the pause ended: what the switch left cold (fresh
+    /// backends' caches, a backlog of held transactions), ms.
+    pub(super) after_pause_max_ms: f64,
     /// The same clients before the window (after a 1 s warm-up).
     pub(super) baseline_p50_ms: f64,
     pub(super) baseline_p99_ms: f64,
@@ -54,9 +58,20 @@ pub(super) struct ClientStats {
     pub(super) baseline_p99_latency_ms: f64,
 }
 
-/// Figures of `txs` for the cutover command sent at `sent_us` and answered
-/// at `answered_us`, over a run of `seconds`.
-pub(super) fn client_stats(txs: &[Tx], sent_us: u64, answered_us: u64, seconds: f64) -> ClientStats {
+/// When a cutover began and ended, and when its pause did, µs on the
+/// load's clock.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Span {
+    pub(super) sent_us: u64,
+    pub(super) answered_us: u64,
+    pub(super) pause_end_us: u64,
+}
+
+/// Figures of `txs` around the cutover `span`, over a run of `seconds`.
+pub(super) fn client_stats(txs: &[Tx], span: Span, seconds: f64) -> ClientStats {
+    let Span {
+        sent_us, answered_us, ..
+    } = span;
     let from = sent_us.saturating_sub(WINDOW_MARGIN_US);
     let to = answered_us.saturating_add(WINDOW_MARGIN_US);
     let in_window = |t: &&Tx| t.end_us >= from && t.due_us <= to;
@@ -79,6 +94,12 @@ pub(super) fn client_stats(txs: &[Tx], sent_us: u64, answered_us: u64, seconds: 
         max_latency_ms: ms(window.iter().map(|t| t.latency_us()).max().unwrap_or(0)),
         p99_latency_ms: ms(wl.value_at_quantile(0.99)),
         max_commit_gap_ms: ms(max_gap(&window, from, to)),
+        after_pause_max_ms: ms(txs
+            .iter()
+            .filter(|t| (span.pause_end_us..span.pause_end_us + 1_000_000).contains(&t.start_us))
+            .map(|t| t.service_us())
+            .max()
+            .unwrap_or(0)),
         baseline_p50_ms: ms(b.value_at_quantile(0.5)),
         baseline_p99_ms: ms(b.value_at_quantile(0.99)),
         baseline_max_ms: ms(baseline.iter().map(|t| t.service_us()).max().unwrap_or(0)),
@@ -199,7 +220,12 @@ mod tests {
         // A cutover sent at 5 s, answered at 5.1 s; one transaction queued
         // 80 ms behind it, one slow one long before it.
         let txs = vec![tx(1500, 300), tx(4000, 2), tx(5000, 80), tx(5100, 3), tx(9000, 2)];
-        let s = client_stats(&txs, 5_000_000, 5_100_000, 10.0);
+        let span = Span {
+            sent_us: 5_000_000,
+            answered_us: 5_100_000,
+            pause_end_us: 5_090_000,
+        };
+        let s = client_stats(&txs, span, 10.0);
         assert_eq!(s.window_transactions, 3);
         assert_eq!(s.max_stall_ms, 79.0);
         assert_eq!(s.max_latency_ms, 80.0);
@@ -207,6 +233,8 @@ mod tests {
         assert_eq!(s.committed, 5);
         // Nothing committed from 4.002 s to 5.080 s.
         assert_eq!(s.max_commit_gap_ms, 1078.0);
+        // Begun after the pause: the one due at 5.1 s.
+        assert_eq!(s.after_pause_max_ms, 2.0);
     }
 
     #[test]

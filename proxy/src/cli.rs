@@ -59,9 +59,9 @@ pub enum Command {
         /// How to reach the console.
         #[command(flatten)]
         console: ConsoleArgs,
-        /// `source` (default) or `target`.
-        #[arg(long, default_value = "source", value_parser = ["source", "target"])]
-        to: String,
+        /// `source` or `target`; the database serving now by default.
+        #[arg(long, value_parser = ["source", "target"])]
+        to: Option<String>,
         /// How long to wait for sessions to reach a boundary, e.g. 30s.
         #[arg(long)]
         timeout: Option<String>,
@@ -233,8 +233,8 @@ pub async fn console_map(
 pub enum ConsoleError {
     /// The console could not be reached or the connection broke.
     Unreachable(String),
-    /// The command ran and failed, with the console's message.
-    Refused(String),
+    /// The command ran and failed, with the console's SQLSTATE and message.
+    Refused(String, String),
 }
 
 /// Runs one console command, handing each NOTICE to `on_notice` as it
@@ -262,7 +262,7 @@ pub async fn console_streaming(
     drop(client);
     let _ = task.await;
     let messages = messages.map_err(|e| match e.as_db_error() {
-        Some(d) => ConsoleError::Refused(d.message().to_owned()),
+        Some(d) => ConsoleError::Refused(d.code().code().to_owned(), d.message().to_owned()),
         None => ConsoleError::Unreachable(e.to_string()),
     })?;
     let mut header: Vec<String> = Vec::new();

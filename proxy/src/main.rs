@@ -98,7 +98,10 @@ async fn run(cli: Cli) -> i32 {
             timeout,
             force,
         } => {
-            let mut cmd = format!("RECONNECT TO {to}");
+            let mut cmd = match to {
+                Some(to) => format!("RECONNECT TO {to}"),
+                None => "RECONNECT".to_owned(),
+            };
             if let Some(t) = timeout {
                 cmd.push_str(&format!(" TIMEOUT {t}"));
             }
@@ -149,7 +152,7 @@ async fn verify(console: &cli::ConsoleArgs, tables: &[String], rows_per_range: O
                 0
             }
         }
-        Err(cli::ConsoleError::Unreachable(e) | cli::ConsoleError::Refused(e)) => {
+        Err(cli::ConsoleError::Unreachable(e) | cli::ConsoleError::Refused(_, e)) => {
             eprintln!("switchyard: {e}");
             1
         }

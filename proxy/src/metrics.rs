@@ -77,6 +77,15 @@ impl Metrics {
             (counter("switchyard_accept_failures_total"), |s| {
                 s.accept_failures.load(Relaxed)
             }),
+            (counter("switchyard_sessions_moved_total"), |s| {
+                s.sessions_moved.load(Relaxed)
+            }),
+            (counter("switchyard_cutovers_done_total"), |s| {
+                s.cutovers_done.load(Relaxed)
+            }),
+            (counter("switchyard_cutovers_aborted_total"), |s| {
+                s.cutovers_aborted.load(Relaxed)
+            }),
         ];
         let open = recorder.register_gauge(&Key::from_name("switchyard_client_connections"), &META);
         Metrics {

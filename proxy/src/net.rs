@@ -32,6 +32,8 @@ pub trait Socket: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     fn try_write_half(w: &Self::Write<'_>, buf: &[u8]) -> io::Result<usize>;
     /// Sets socket options once connected.
     fn configure(&self) {}
+    /// Reads what has arrived, without waiting (`WouldBlock` when nothing has).
+    fn try_read_now(&self, buf: &mut [u8]) -> io::Result<usize>;
 }
 
 impl Socket for TcpStream {
@@ -48,6 +50,9 @@ impl Socket for TcpStream {
         // every pipelined batch.
         let _ = self.set_nodelay(true);
     }
+    fn try_read_now(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.try_read(buf)
+    }
 }
 
 impl Socket for UnixStream {
@@ -59,6 +64,9 @@ impl Socket for UnixStream {
     fn try_write_half(w: &Self::Write<'_>, buf: &[u8]) -> io::Result<usize> {
         w.try_write(buf)
     }
+    fn try_read_now(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.try_read(buf)
+    }
 }
 
 /// A connection to a database: TCP, or a Unix socket when the configured
@@ -68,6 +76,16 @@ pub enum ServerConn {
     Tcp(Conn<TcpStream>),
     /// Over a Unix-domain socket.
     Unix(Conn<UnixStream>),
+}
+
+impl ServerConn {
+    /// See [`Conn::idle_and_open`].
+    pub fn idle_and_open(&self) -> bool {
+        match self {
+            ServerConn::Tcp(c) => c.idle_and_open(),
+            ServerConn::Unix(c) => c.idle_and_open(),
+        }
+    }
 }
 
 /// Whether a host names a Unix-socket directory rather than a machine.
@@ -254,6 +272,14 @@ pub struct Conn<S: Socket = TcpStream> {
 }
 
 impl<S: Socket> Conn<S> {
+    /// Whether an idle connection is still usable: nothing arrived on it
+    /// and its peer has not closed it. A backend that was terminated sends
+    /// its FATAL and closes; anything arriving unasked means the same.
+    pub fn idle_and_open(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read_now(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
     /// Wraps a connected socket; `limit` bounds the size of one message read.
     pub fn new(stream: S, limit: usize) -> Conn<S> {
         stream.configure();

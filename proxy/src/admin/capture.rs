@@ -7,6 +7,13 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 pub(super) async fn start(shared: &Arc<Shared>, database: Option<&str>) -> Result<Reply, AdminError> {
+    if shared.router.current().for_login().1 == crate::session::route::Destination::Target {
+        return Err(AdminError::State(
+            "traffic is on [target] since a cutover, and capture reads [source]: for another migration, name that \
+             database as [source] in the config (and the next one as [target]) and restart the proxy"
+                .to_owned(),
+        ));
+    }
     shared
         .capture
         .start(&shared.sessions, database)

@@ -63,13 +63,27 @@ pub(super) fn parse(words: &[&str]) -> Result<AdminCommand, AdminError> {
         args.set.push((name, value.trim_matches('\'').to_owned()));
         i += 2;
     }
-    // Checked now, so that a typo fails before anything runs.
-    options(&crate::config::CutoverConfig::default(), &args)?;
+    // Each value checked now, so that a typo fails before anything runs;
+    // how they fit together is checked against the config at execute.
+    build(&crate::config::CutoverConfig::default(), &args)?;
     Ok(AdminCommand::Cutover(args))
 }
 
-/// The options of a cutover: the config's, overridden by the command's.
+/// The options of a cutover: the config's, overridden by the command's,
+/// checked to fit together.
 pub fn options(config: &crate::config::CutoverConfig, args: &CutoverArgs) -> Result<CutoverOptions, AdminError> {
+    let o = build(config, args)?;
+    if o.drain_timeout >= o.max_pause {
+        return Err(AdminError::InvalidParameter(format!(
+            "DRAIN_TIMEOUT ({} ms) must be below MAX_PAUSE ({} ms): the drain is part of the pause",
+            o.drain_timeout.as_millis(),
+            o.max_pause.as_millis()
+        )));
+    }
+    Ok(o)
+}
+
+fn build(config: &crate::config::CutoverConfig, args: &CutoverArgs) -> Result<CutoverOptions, AdminError> {
     let mut o = CutoverOptions::from_config(config);
     let bad = |name: &str, value: &str, what: &str| {
         AdminError::InvalidParameter(format!("CUTOVER {name} takes {what}, not \"{value}\""))
@@ -126,13 +140,6 @@ pub fn options(config: &crate::config::CutoverConfig, args: &CutoverArgs) -> Res
             _ => return Err(AdminError::Syntax(USAGE.to_owned())),
         }
     }
-    if o.drain_timeout >= o.max_pause {
-        return Err(AdminError::InvalidParameter(format!(
-            "DRAIN_TIMEOUT ({} ms) must be below MAX_PAUSE ({} ms): the drain is part of the pause",
-            o.drain_timeout.as_millis(),
-            o.max_pause.as_millis()
-        )));
-    }
     Ok(o)
 }
 
@@ -148,7 +155,7 @@ pub(super) async fn execute(
     let mut rx = shared
         .cutover
         .start(shared, options, args.dry_run)
-        .map_err(|e| AdminError::State(e.to_string()))?;
+        .map_err(|e| AdminError::InUse(e.to_string()))?;
     let mut told: Vec<(Step, bool)> = Vec::new();
     let mut connected = true;
     let report = loop {
@@ -180,20 +187,27 @@ pub(super) async fn execute(
         return Err(AdminError::State("the cutover ended without a report".to_owned()));
     };
     match &report.state {
-        State::Aborted { step, reason } => Err(AdminError::State(format!(
-            "cutover aborted at {}: {reason}; traffic stays on the source, nothing was lost, capture and catch-up go on",
-            step.name()
-        ))),
+        State::Aborted { step, reason } => Err(AdminError::CutoverAborted {
+            at_preflight: *step == Step::Preflight,
+            message: format!(
+                "cutover aborted at {}: {reason}; traffic stays on the source, nothing was lost, capture and catch-up go on",
+                step.name()
+            ),
+        }),
         _ => Ok(Reply::Rows(render(&report))),
     }
 }
 
 /// `ABORT`: calls the running cutover off (before its flip).
 pub(super) fn abort(shared: &Arc<Shared>) -> Result<Reply, AdminError> {
-    if !shared.cutover.abort("ABORT on the console") {
-        return Err(AdminError::State("no cutover is running".to_owned()));
+    use crate::control::cutover::AbortOutcome;
+    match shared.cutover.abort("ABORT on the console") {
+        AbortOutcome::Asked => Ok(Reply::Done("ABORT".to_owned())),
+        AbortOutcome::NotRunning => Err(AdminError::State("no cutover is running".to_owned())),
+        AbortOutcome::TooLate => Err(AdminError::State(
+            "the cutover is past its flip and finishes on the target (SHOW CUTOVER follows it)".to_owned(),
+        )),
     }
-    Ok(Reply::Done("ABORT".to_owned()))
 }
 
 /// `SHOW CUTOVER`: the current or last cutover.
@@ -253,4 +267,68 @@ fn render(r: &Report) -> ResultSet {
         ]);
     }
     rs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::CutoverConfig;
+    use std::time::Duration;
+
+    fn parsed(text: &str) -> Result<(bool, CutoverOptions), AdminError> {
+        parsed_with(&CutoverConfig::default(), text)
+    }
+
+    fn parsed_with(config: &CutoverConfig, text: &str) -> Result<(bool, CutoverOptions), AdminError> {
+        match AdminCommand::parse(text)? {
+            AdminCommand::Cutover(args) => Ok((args.dry_run, options(config, &args)?)),
+            other => panic!("{text} parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_drain_is_checked_against_the_configured_pause() {
+        let config = CutoverConfig {
+            max_pause_ms: 60_000,
+            ..CutoverConfig::default()
+        };
+        let (_, o) = parsed_with(&config, "CUTOVER DRAIN_TIMEOUT 15s").unwrap();
+        assert_eq!(o.drain_timeout, Duration::from_secs(15));
+        let config = CutoverConfig {
+            drain_timeout_ms: 1_000,
+            ..CutoverConfig::default()
+        };
+        assert!(parsed_with(&config, "CUTOVER MAX_PAUSE 3s").is_ok());
+        assert!(parsed_with(&config, "CUTOVER MAX_PAUSE 1s").is_err());
+    }
+
+    #[test]
+    fn options_override_the_config_and_bad_ones_say_what_is_expected() {
+        let (dry, o) = parsed("CUTOVER").unwrap();
+        assert!(!dry);
+        assert_eq!(o, CutoverOptions::from_config(&CutoverConfig::default()));
+        let (dry, o) = parsed(
+            "cutover dry run drain_timeout 2s on_drain_timeout cancel verify synced max_pause '5s' fence read-only allow_bypass",
+        )
+        .unwrap();
+        assert!(dry);
+        assert_eq!(o.drain_timeout, Duration::from_secs(2));
+        assert_eq!(o.on_drain_timeout, OnDrainTimeout::Cancel);
+        assert_eq!(o.verify, VerifyMode::Synced);
+        assert_eq!(o.max_pause, Duration::from_secs(5));
+        assert_eq!(o.fence, Fence::ReadOnly);
+        assert!(o.allow_bypass);
+        for (bad, says) in [
+            ("CUTOVER NOW", "unknown CUTOVER option"),
+            ("CUTOVER DRAIN_TIMEOUT", "needs a value"),
+            ("CUTOVER DRAIN_TIMEOUT soon", "a duration"),
+            ("CUTOVER ON_DRAIN_TIMEOUT wait", "abort or cancel"),
+            ("CUTOVER VERIFY all", "none, synced or sample"),
+            ("CUTOVER DRAIN_TIMEOUT 20s", "below MAX_PAUSE"),
+            ("CUTOVER VERIFY_SAMPLE lots", "a number of rows"),
+        ] {
+            let e = parsed(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
 }

@@ -80,8 +80,8 @@ pub enum AdminCommand {
     /// `RECONNECT [TO source|target] [TIMEOUT d] [FORCE]`: move every
     /// client session to a fresh backend at its next boundary.
     Reconnect {
-        /// Where to.
-        to: crate::session::route::Destination,
+        /// Where to; the database serving now when not named.
+        to: Option<crate::session::route::Destination>,
         /// How long to wait for the sessions.
         timeout: Duration,
         /// Moving to another database than the current one was confirmed.
@@ -119,6 +119,19 @@ pub enum AdminError {
     /// past an hour).
     #[error("{0}")]
     InvalidParameter(String),
+    /// Something else runs that this command would interfere with (a
+    /// second CUTOVER).
+    #[error("{0}")]
+    InUse(String),
+    /// A cutover was called off: at preflight (nothing was frozen) or after
+    /// the freeze (the gate reopened on the source).
+    #[error("{message}")]
+    CutoverAborted {
+        /// Whether it stopped at preflight.
+        at_preflight: bool,
+        /// What happened.
+        message: String,
+    },
 }
 
 impl AdminError {
@@ -128,6 +141,12 @@ impl AdminError {
             AdminError::Unknown(_) | AdminError::Syntax(_) => "42601",
             AdminError::State(_) => "55000",
             AdminError::InvalidParameter(_) => "22023",
+            AdminError::InUse(_) => "55006",
+            // The CLI's exit code tells the two apart by these.
+            AdminError::CutoverAborted { at_preflight: true, .. } => "55000",
+            AdminError::CutoverAborted {
+                at_preflight: false, ..
+            } => "57014",
         }
     }
 }

@@ -15,7 +15,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub(super) fn parse(words: &[&str]) -> Result<AdminCommand, AdminError> {
     let usage =
         || AdminError::Syntax("usage: RECONNECT [TO source|target] [TIMEOUT <duration, e.g. 30s>] [FORCE]".to_owned());
-    let mut to = Destination::Source;
+    let mut to = None;
     let mut timeout = DEFAULT_TIMEOUT;
     let mut force = false;
     let mut i = 0;
@@ -23,8 +23,8 @@ pub(super) fn parse(words: &[&str]) -> Result<AdminCommand, AdminError> {
         match words[i].to_ascii_uppercase().as_str() {
             "TO" => {
                 to = match words.get(i + 1).map(|w| w.to_ascii_lowercase()).as_deref() {
-                    Some("source") => Destination::Source,
-                    Some("target") => Destination::Target,
+                    Some("source") => Some(Destination::Source),
+                    Some("target") => Some(Destination::Target),
                     _ => return Err(usage()),
                 };
                 i += 2;
@@ -53,10 +53,12 @@ pub(super) fn parse(words: &[&str]) -> Result<AdminCommand, AdminError> {
 /// Runs the move and renders its report.
 pub(super) async fn execute(
     shared: &std::sync::Arc<Shared>,
-    to: Destination,
+    to: Option<Destination>,
     timeout: Duration,
     force: bool,
 ) -> Result<Reply, AdminError> {
+    // By default, fresh backends of the database serving now.
+    let to = to.unwrap_or_else(|| shared.router.current().for_login().1);
     if to != shared.router.current().destination && !force {
         return Err(AdminError::State(format!(
             "RECONNECT TO {} moves the applications to another database without syncing it: writes made since \

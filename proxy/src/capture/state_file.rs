@@ -85,12 +85,18 @@ pub fn read(dir: &Path) -> Result<Option<CaptureRecord>, StateFileError> {
 
 /// Writes `record` into `dir` atomically (see the module doc).
 pub fn write(dir: &Path, record: &CaptureRecord) -> Result<(), StateFileError> {
-    let path = dir.join(FILE_NAME);
-    let tmp = dir.join(format!("{FILE_NAME}.tmp"));
     let text = toml::to_string(record).map_err(|e| StateFileError::Parse {
-        path: path.clone(),
+        path: dir.join(FILE_NAME),
         message: e.to_string(),
     })?;
+    write_atomic(dir, FILE_NAME, &text)
+}
+
+/// Writes `text` as `dir/name` atomically: a crash leaves the old file or
+/// the new one.
+pub fn write_atomic(dir: &Path, name: &str, text: &str) -> Result<(), StateFileError> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
     let mut f = std::fs::File::create(&tmp).map_err(io("create", &tmp))?;
     f.write_all(text.as_bytes()).map_err(io("write", &tmp))?;
     f.sync_all().map_err(io("fsync", &tmp))?;

@@ -111,12 +111,12 @@ pub async fn run(args: &CutoverArgs) -> i32 {
             eprintln!("switchyard: {e}");
             EXIT_ERROR
         }
-        Err(super::ConsoleError::Refused(message)) => {
+        Err(super::ConsoleError::Refused(code, message)) => {
             eprintln!("switchyard: {message}");
-            // Which step it stopped at decides the code.
-            match super::console_map(&args.console, "SHOW CUTOVER").await {
-                Ok(m) if m.get("state").is_some_and(|s| s == "aborted at preflight") => EXIT_PREFLIGHT,
-                Ok(m) if m.get("state").is_some_and(|s| s.starts_with("aborted at")) => EXIT_ABORTED,
+            // The console says which outcome by its SQLSTATE.
+            match code.as_str() {
+                "55000" => EXIT_PREFLIGHT,
+                "57014" => EXIT_ABORTED,
                 _ => EXIT_ERROR,
             }
         }

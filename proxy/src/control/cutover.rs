@@ -191,9 +191,46 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct Cutovers {
     report: watch::Sender<Option<Report>>,
-    /// Set while one runs: sending a reason asks it to abort.
-    abort: Mutex<Option<watch::Sender<Option<String>>>>,
+    /// Set while one runs: sending a reason asks it to abort; `None` inside
+    /// once it is past the point of no return (its flip).
+    abort: Mutex<Option<Option<watch::Sender<Option<String>>>>>,
     next_id: AtomicU64,
+}
+
+/// What ABORT found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AbortOutcome {
+    /// The running cutover was asked to abort.
+    Asked,
+    /// None runs.
+    NotRunning,
+    /// It is past its flip: it finishes on the target.
+    TooLate,
+}
+
+/// Clears the running slot however the cutover task ends (a panic too),
+/// publishing an abort if it ended without saying how.
+struct Finished {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        let c = &self.shared.cutover;
+        *lock(&c.abort) = None;
+        let last = c.report.borrow().clone();
+        if let Some(mut r) = last.filter(|r| !r.state.finished()) {
+            let step = match r.state {
+                State::Running(s) => s,
+                _ => Step::Preflight,
+            };
+            r.state = State::Aborted {
+                step,
+                reason: "the cutover task ended abnormally; see the proxy's log".to_owned(),
+            };
+            c.report.send_replace(Some(r));
+        }
+    }
 }
 
 impl Default for Cutovers {
@@ -220,29 +257,43 @@ impl Cutovers {
             return Err(StartError::Running);
         }
         let (abort_tx, abort_rx) = watch::channel(None);
-        *abort = Some(abort_tx);
+        *abort = Some(Some(abort_tx));
         let id = self.next_id.fetch_add(1, Relaxed);
         let report = Report::new(id, dry_run, options);
         self.report.send_replace(Some(report.clone()));
         let rx = self.report.subscribe();
         let shared = shared.clone();
         tokio::spawn(async move {
+            let _finished = Finished { shared: shared.clone() };
             run::Run::new(shared.clone(), report, abort_rx).go().await;
-            *lock(&shared.cutover.abort) = None;
         });
         Ok(rx)
     }
 
-    /// Asks the running cutover to abort; `false` when none runs. A
-    /// cutover past the start of its flip finishes it regardless.
-    pub fn abort(&self, reason: &str) -> bool {
+    /// Asks the running cutover to abort. A cutover past the start of its
+    /// flip finishes it regardless, and says so.
+    pub fn abort(&self, reason: &str) -> AbortOutcome {
         match &*lock(&self.abort) {
-            Some(tx) => {
+            Some(Some(tx)) => {
                 tx.send_replace(Some(reason.to_owned()));
-                true
+                AbortOutcome::Asked
             }
-            None => false,
+            Some(None) => AbortOutcome::TooLate,
+            None => AbortOutcome::NotRunning,
         }
+    }
+
+    /// The point of no return: from now on ABORT is refused. Returns the
+    /// abort reason given before it, if any (then the cutover must abort).
+    pub(crate) fn past_flip(&self, abort: &watch::Receiver<Option<String>>) -> Option<String> {
+        let mut slot = lock(&self.abort);
+        let reason = abort.borrow().clone();
+        if reason.is_none() {
+            if let Some(inner) = slot.as_mut() {
+                *inner = None;
+            }
+        }
+        reason
     }
 
     /// Whether one runs now.

@@ -4,4 +4,5 @@
 //! reports.
 
 pub mod cutover;
+pub mod route_file;
 pub mod verify;

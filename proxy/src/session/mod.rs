@@ -124,7 +124,9 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, permi
         return;
     }
     // New logins follow the route: the database that serves now.
-    let (epoch, destination) = shared.router.current().for_login();
+    // Sessions of other databases than the migrated one stay on the source.
+    let (_, source_db, _) = backend::login_identity(&shared.config, &shared.config.source, &user, &database);
+    let (epoch, destination) = shared.router.current().for_login_to(source_db);
     let src = destination.config(&shared.config).unwrap_or(&shared.config.source);
     let (db_user, db_name, password) = backend::login_identity(&shared.config, src, &user, &database);
     if let Some(message) = shared.capture.refusal_for(db_name) {

@@ -385,6 +385,16 @@ impl<'a> Relay<'a> {
                 break;
             }
             if !self.busy.is_busy() && self.state.at_boundary() {
+                // The latest route and shutdown, not what the loop last
+                // polled: a session released by the gate while the route
+                // flips (or the proxy stops) must not start on the old
+                // backend.
+                if *self.shared.shutdown.borrow() {
+                    self.shutting_down = true;
+                }
+                if self.route.has_changed().unwrap_or(false) {
+                    self.on_route();
+                }
                 if self.shutting_down {
                     end = Some(Ended::Shutdown);
                     break;

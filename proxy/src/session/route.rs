@@ -89,12 +89,31 @@ pub struct Route {
     /// once the order says go, the old one until then (a login during the
     /// open step must not reach a database before the switch).
     pub serving: (u64, Destination),
+    /// The one database the route concerns when it leads to another server
+    /// (the migrated one): sessions of other databases stay on the source.
+    pub database: Option<String>,
 }
 
 impl Route {
     /// The epoch and database a new login starts on.
     pub fn for_login(&self) -> (u64, Destination) {
         self.serving
+    }
+
+    /// Where a login to `database` (as named on the source) goes.
+    pub fn for_login_to(&self, database: &str) -> (u64, Destination) {
+        match &self.database {
+            Some(d) if d != database => (self.serving.0, Destination::Source),
+            _ => self.serving,
+        }
+    }
+
+    /// Whether the route concerns a session whose backend is on `database`.
+    pub fn concerns(&self, database: Option<&str>) -> bool {
+        match &self.database {
+            Some(d) => database == Some(d.as_str()),
+            None => true,
+        }
     }
 }
 
@@ -119,13 +138,20 @@ impl Default for Router {
 impl Router {
     /// A route to the source at epoch 0.
     pub fn new() -> Router {
+        Router::starting_at(Destination::Source, None)
+    }
+
+    /// A route to `destination` at epoch 0, for sessions of `database`
+    /// (all when `None`).
+    pub fn starting_at(destination: Destination, database: Option<String>) -> Router {
         let (tx, _) = watch::channel(Route {
             epoch: 0,
-            destination: Destination::Source,
+            destination,
             step: Step::Go,
             pinned: PinnedPolicy::Stay,
             deadline: None,
-            serving: (0, Destination::Source),
+            serving: (0, destination),
+            database,
         });
         Router {
             tx,
@@ -284,12 +310,18 @@ impl Order {
             pinned,
             deadline: Some(started + req.timeout),
             serving: before.serving,
+            // Another server holds only the migrated database.
+            database: if req.to == Destination::Source {
+                None
+            } else {
+                shared.config.capture_database().map(str::to_owned)
+            },
         };
         let sessions: Vec<Arc<SessionInfo>> = shared
             .sessions
             .snapshot()
             .into_iter()
-            .filter(|s| is_client(shared, s))
+            .filter(|s| is_client(shared, s) && route.concerns(s.backend_database()))
             .collect();
         let report = MoveReport {
             epoch,
@@ -357,11 +389,12 @@ impl Order {
         let deadline = self.route.deadline.unwrap_or_else(Instant::now);
         // Sessions that logged in since the order opened move too.
         let shared = self.shared.clone();
+        let route = &self.route;
         self.sessions = shared
             .sessions
             .snapshot()
             .into_iter()
-            .filter(|s| is_client(&shared, s))
+            .filter(|s| is_client(&shared, s) && route.concerns(s.backend_database()))
             .collect();
         self.report.sessions = self.sessions.len();
         let go = router.now_micros();

@@ -38,13 +38,13 @@ pub(super) async fn apply(shared: &Shared, source: &Client, fence: Fence) -> Res
                 ))
                 .await
                 .map_err(|e| format!("cannot make database {database} read-only: {}", db(e)))?;
-            let n = terminate(source, &database, &ours, false).await.map_err(db)?;
+            let n = terminate(source, &database, &ours).await.map_err(db)?;
             Ok(Some(format!(
                 "the source database {database} now starts sessions read-only; {n} other session(s) terminated"
             )))
         }
         Fence::TerminateBypass => {
-            let n = terminate(source, &database, &ours, true).await.map_err(db)?;
+            let n = terminate(source, &database, &ours).await.map_err(db)?;
             Ok(Some(format!(
                 "{n} session(s) bypassing the proxy on the source terminated"
             )))
@@ -53,21 +53,16 @@ pub(super) async fn apply(shared: &Shared, source: &Client, fence: Fence) -> Res
 }
 
 /// Terminates the client sessions on `database` that are not the proxy's
-/// (nor the control role's); returns how many.
-async fn terminate(
-    source: &Client,
-    database: &str,
-    ours: &[i32],
-    bypass_only: bool,
-) -> Result<i64, tokio_postgres::Error> {
+/// (its sessions' backends, its own connections); returns how many. Not
+/// by role: the applications may use the control role too.
+async fn terminate(source: &Client, database: &str, ours: &[i32]) -> Result<i64, tokio_postgres::Error> {
     let ours = ours.to_vec();
     let row = source
         .query_one(
             "SELECT count(pg_catalog.pg_terminate_backend(pid)) FROM pg_catalog.pg_stat_activity \
              WHERE backend_type = 'client backend' AND datname = $1 AND pid <> pg_catalog.pg_backend_pid() \
-               AND usename <> current_user AND NOT (pid = ANY($2)) \
-               AND ($3 = false OR coalesce(application_name, '') NOT LIKE 'switchyard %')",
-            &[&database, &ours, &bypass_only],
+               AND NOT (pid = ANY($2)) AND coalesce(application_name, '') NOT LIKE 'switchyard %'",
+            &[&database, &ours],
         )
         .await?;
     Ok(row.get(0))

@@ -192,7 +192,20 @@ impl Run {
             }
             self.end(format!("{rows} row(s) equal on both sides"));
         }
-        if let Some(reason) = self.abort.borrow().clone() {
+        // A proxy started again must not send the applications back: the
+        // route is recorded before the flip, and a cutover that cannot
+        // record it does not flip. (Should the proxy stop between the two,
+        // the target is in sync and the source was not written since the
+        // freeze.)
+        if let Some(target) = &self.shared.config.target {
+            crate::control::route_file::record(&self.shared.config, target).map_err(|e| {
+                self.fail(format!(
+                    "cannot record that traffic moves to the target ({e}); a restarted proxy would send it back"
+                ))
+            })?;
+        }
+        if let Some(reason) = self.shared.cutover.past_flip(&self.abort) {
+            crate::control::route_file::forget(&self.shared.config);
             return Err(self.fail(format!("aborted: {reason}")));
         }
 
@@ -223,9 +236,15 @@ impl Run {
             moved.closed,
             moved.waiting + moved.failed + moved.pinned
         );
-        // Sessions on the target must not adopt the source's capture.
-        if let Err(e) = self.shared.capture.stop().await {
+        // Sessions on the target must not adopt the source's capture, and
+        // nothing may copy a source row over a target write once the gate
+        // opens: capture and catch-up stop first.
+        let (capture, catchup) = tokio::join!(self.shared.capture.stop(), self.shared.catchup.stop());
+        if let Err(e) = capture {
             detail.push_str(&format!("; capture: {e}"));
+        }
+        if let Err(e) = catchup {
+            detail.push_str(&format!("; catch-up: {e}"));
         }
         self.end(detail);
 
@@ -234,10 +253,6 @@ impl Run {
         let pause = frozen.elapsed();
         self.report.pause_ms = Some(ms(pause));
         let mut detail = format!("the gate is open on the target; the pause was {:.1} ms", ms(pause));
-        // Nothing new reaches the log: catch-up has no more to apply.
-        if let Err(e) = self.shared.catchup.stop().await {
-            detail.push_str(&format!("; catch-up: {e}"));
-        }
         match fence::apply(&self.shared, &source, self.report.options.fence).await {
             Ok(Some(done)) => detail.push_str(&format!("; {done}")),
             Ok(None) => {}
@@ -256,6 +271,20 @@ impl Run {
         let options = self.report.options.clone();
         if config.target.is_none() {
             return Err(self.fail("no [target] is configured: add one to the config file".to_owned()));
+        }
+        if shared.router.current().for_login().1 == Destination::Target {
+            return Err(self.fail(
+                "traffic is already on [target] since a cutover; for another migration, name that database as \
+                 [source] in the config (and the next one as [target]) and restart the proxy"
+                    .to_owned(),
+            ));
+        }
+        if options.fence == crate::config::Fence::ReadOnly && config.capture.user.is_none() {
+            return Err(self.fail(
+                "fence read-only exempts the proxy's control role, which is source.user here, likely the \
+                 applications' role too: set capture.user to a role of its own (or fence none / terminate-bypass)"
+                    .to_owned(),
+            ));
         }
         if shared.gate.is_closed() {
             return Err(self.fail("the gate is closed (a PAUSE is in force); RESUME first".to_owned()));
@@ -413,9 +442,14 @@ impl Run {
                 }
                 let pids: Vec<i32> = who.iter().map(|s| s.backend_pid()).collect();
                 tracing::warn!(sessions = %describe(&who), "cancelling what still runs at the drain timeout");
-                for key in self.shared.cancel.keys_on(&pids) {
-                    self.shared.cancel.cancel(key, Duration::from_secs(2)).await;
-                }
+                let cancel = &self.shared.cancel;
+                let all = futures_util::future::join_all(
+                    cancel
+                        .keys_on(&pids)
+                        .into_iter()
+                        .map(|key| cancel.cancel(key, Duration::from_secs(2))),
+                );
+                self.within(limit, all).await?;
             }
             Err(e) => return Err(self.fail(format!("{e}"))),
         }
@@ -426,7 +460,8 @@ impl Run {
         match self.within(limit, second).await? {
             Ok(()) => Ok(()),
             Err(GateError::DrainTimeout { busy, .. }) => Err(self.fail(format!(
-                "{busy} session(s) still in a transaction after their statements were cancelled, at the pause limit: {}",
+                "{busy} session(s) still in a transaction at the pause limit after the running statements were \
+                 cancelled (a session idle in its transaction has nothing to cancel): {}",
                 describe(&busy_sessions(&self.shared))
             ))),
             Err(e) => Err(self.fail(format!("{e}"))),
@@ -521,7 +556,11 @@ async fn wait_confirmed(shared: &Shared, status: &ReplayStatus, lsn: Lsn) -> Res
         }
         // A replayer that restarts by itself resumes from its confirmed
         // position; one that was stopped does not come back.
-        if shared.catchup.status().is_none() {
+        if !shared
+            .catchup
+            .status()
+            .is_some_and(|s| std::ptr::eq(Arc::as_ptr(&s), status))
+        {
             let view = shared.catchup.view();
             return Err(format!(
                 "catch-up stopped during the final sync{}",

@@ -49,9 +49,10 @@ impl Relay<'_> {
             self.order = None;
             return;
         }
-        if route.step == Step::Cancelled {
-            // Called off before the switch: the session stays, and what it
-            // opened for the order is closed.
+        if route.step == Step::Cancelled || !route.concerns(self.info.backend_database()) {
+            // Called off before the switch, or an order for another
+            // database's sessions: the session stays, and what it opened
+            // for the order is closed.
             self.order = None;
             self.opening = None;
             if let Some((_, be)) = self.opened.take() {
@@ -280,6 +281,19 @@ impl Relay<'_> {
                 Some((e, wait)) if e == order.epoch => wait.await,
                 _ => moving::open_with(&self.shared.config, &order, &self.login).await,
             },
+        };
+        let opened = match opened {
+            // Opened ahead and gone since (terminated, a network cut): a
+            // fresh one is opened now rather than failing the move.
+            Ok(be) if !be.conn.idle_and_open() => {
+                tracing::info!(
+                    session = self.info.id,
+                    "the backend opened ahead was closed; opening another"
+                );
+                moving::retire(be.conn);
+                moving::open_with(&self.shared.config, &order, &self.login).await
+            }
+            other => other,
         };
         let mut be = match opened {
             Ok(be) => be,

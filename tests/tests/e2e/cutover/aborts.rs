@@ -294,3 +294,92 @@ async fn the_proxy_shutting_down_mid_freeze_reopens_on_the_source() -> Result<()
     ensure!(s.len() == t.len(), "source {} rows, target {}", s.len(), t.len());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_backends_lost_while_frozen_are_opened_again_at_the_flip() -> Result<()> {
+    let cut = ready(|_| {}).await?;
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        let c = cut.proxy.connect("postgres").await?;
+        c.batch_execute("SET application_name = 'kept'").await?;
+        idle.push(c);
+    }
+    let holder = cut.proxy.connect("postgres").await?;
+    holder
+        .batch_execute("BEGIN; UPDATE item SET label = 'last' WHERE id = 11")
+        .await?;
+    let running = {
+        let console = cut.proxy.pg_config("switchyard");
+        tokio::spawn(async move {
+            let (c, _notices) = crate::support::connect_listening(&console).await?;
+            Ok::<_, anyhow::Error>(crate::support::table(&c, "CUTOVER DRAIN_TIMEOUT 8s").await)
+        })
+    };
+    frozen(&cut).await?;
+    // Every backend the sessions opened ahead on the target is killed.
+    let target = cut.target.connect("postgres").await?;
+    let killed = target
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() \
+               AND coalesce(application_name, '') NOT LIKE 'switchyard %'",
+            &[],
+        )
+        .await?
+        .get::<_, i64>(0);
+    ensure!(killed >= 4, "only {killed} target backends were open");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    holder.batch_execute("COMMIT").await?;
+    let answer = tokio::time::timeout(Duration::from_secs(20), running).await???;
+    let report = answer.map_err(|e| anyhow::anyhow!("{e}"))?.map();
+    ensure!(
+        report["state"] == "done" && report["sessions_closed"] == "0",
+        "{report:?}"
+    );
+    for c in idle.iter().chain([&holder]) {
+        let row = c
+            .query_one(&format!("SELECT {PORT}, current_setting('application_name')"), &[])
+            .await?;
+        ensure!(
+            row.get::<_, i32>(0) == cut.target.port() as i32,
+            "a session is not on the target"
+        );
+    }
+    let row = idle[0]
+        .query_one("SELECT current_setting('application_name')", &[])
+        .await?;
+    ensure!(row.get::<_, String>(0) == "kept", "the setting was lost");
+    let label = table(&target, "SELECT label FROM item WHERE id = 11").await?;
+    ensure!(label.rows[0][0].as_deref() == Some("last"), "{label:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_of_other_databases_stay_on_the_source() -> Result<()> {
+    let cut = ready(|_| {}).await?;
+    cut.source
+        .connect("postgres")
+        .await?
+        .batch_execute("CREATE DATABASE reports")
+        .await?;
+    let reports = cut.proxy.connect("reports").await?;
+    let app = cut.proxy.connect("postgres").await?;
+    let outcome = cut.cutover("").await?;
+    let report = outcome.done()?;
+    ensure!(
+        report["sessions"] == "1" && report["sessions_moved"] == "1",
+        "{report:?}"
+    );
+    let source_port = cut.source.port() as i32;
+    for (c, want, what) in [
+        (&reports, source_port, "the reports session"),
+        (&app, cut.target.port() as i32, "the migrated database's session"),
+    ] {
+        let port: i32 = c.query_one(&format!("SELECT {PORT}"), &[]).await?.get(0);
+        ensure!(port == want, "{what} is on port {port}");
+    }
+    let again = cut.proxy.connect("reports").await?;
+    let port: i32 = again.query_one(&format!("SELECT {PORT}"), &[]).await?.get(0);
+    ensure!(port == source_port, "a new reports session went to port {port}");
+    Ok(())
+}

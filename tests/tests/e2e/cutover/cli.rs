@@ -125,6 +125,25 @@ async fn verify_and_cutover_from_psql_and_the_cli() -> Result<()> {
     let out = switchyard(&cut, &["cutover", "--dry-run"]).await?;
     let shown = text(&out);
     ensure!(out.status.code() == Some(3), "{shown}");
-    ensure!(shown.contains("capture is not on"), "{shown}");
+    ensure!(shown.contains("already on [target]"), "{shown}");
+    let refused = cut.admin.simple_query("CAPTURE START").await;
+    ensure!(
+        refused.is_err(),
+        "CAPTURE START of the old source was accepted after the cutover"
+    );
+
+    // A proxy started again with the same config sends new sessions to the
+    // target, not back to the old source.
+    let again = switchyard_tests::TestProxy::start_with(cut.config.clone())
+        .await?
+        .with_login(cut.source.superuser(), None);
+    let c = again.connect("postgres").await?;
+    let port: i32 = c.query_one("SELECT current_setting('port')::int", &[]).await?.get(0);
+    ensure!(
+        port == cut.target.port() as i32,
+        "a restarted proxy routed to port {port}"
+    );
+    let status = crate::support::status(&crate::support::admin(&again).await?).await?;
+    ensure!(status["route"] == "target", "{status:?}");
     Ok(())
 }

@@ -7,6 +7,7 @@
 mod aborts;
 mod cli;
 mod cycle;
+mod upgrade;
 
 use crate::support::{admin, connect_listening, table, trusting_config, PROMPT};
 use anyhow::{ensure, Context, Result};
@@ -23,6 +24,8 @@ pub struct Cut {
     pub proxy: TestProxy,
     pub admin: Client,
     pub dir: tempfile::TempDir,
+    /// The proxy's config, to start another proxy like it.
+    pub config: Config,
 }
 
 /// What one `CUTOVER` printed and answered.
@@ -57,6 +60,18 @@ impl Cut {
     /// `mapping` as catch-up's mapping file; `edit` adjusts the config.
     pub async fn start(schema: &str, mapping: &str, edit: impl FnOnce(&mut Config)) -> Result<Cut> {
         let (source, target) = tokio::try_join!(Cluster::start(), Cluster::start())?;
+        Cut::start_with(source, target, schema, mapping, edit).await
+    }
+
+    /// As [`Cut::start`], on servers already started (e.g. a target of
+    /// another major version).
+    pub async fn start_with(
+        source: Cluster,
+        target: Cluster,
+        schema: &str,
+        mapping: &str,
+        edit: impl FnOnce(&mut Config),
+    ) -> Result<Cut> {
         source.connect("postgres").await?.batch_execute(schema).await?;
         let dir = tempfile::tempdir()?;
         let mapping_path = dir.path().join("mapping.toml");
@@ -75,7 +90,7 @@ impl Cut {
         config.catchup.mapping = Some(mapping_path);
         config.catchup.workers = 2;
         edit(&mut config);
-        let proxy = TestProxy::start_with(config)
+        let proxy = TestProxy::start_with(config.clone())
             .await?
             .with_login(source.superuser(), None)
             .with_binaries(source.binaries().clone());
@@ -86,6 +101,7 @@ impl Cut {
             proxy,
             admin,
             dir,
+            config,
         })
     }
 
@@ -144,18 +160,31 @@ impl Cut {
             .simple_query("CATCHUP START")
             .await
             .context("CATCHUP START")?;
-        self.caught_up(Duration::from_secs(60)).await
+        self.nearly_caught_up(Duration::from_secs(60)).await
     }
 
-    /// Waits until catch-up has applied everything logged so far (lag under
-    /// 200 ms is enough while writes go on).
+    /// Waits until catch-up has applied everything logged so far.
     pub async fn caught_up(&self, limit: Duration) -> Result<()> {
+        self.wait_lag(limit, true).await
+    }
+
+    /// Waits until catch-up lags less than 200 ms (writes going on).
+    pub async fn nearly_caught_up(&self, limit: Duration) -> Result<()> {
+        self.wait_lag(limit, false).await
+    }
+
+    async fn wait_lag(&self, limit: Duration, quiet: bool) -> Result<()> {
         let deadline = Instant::now() + limit;
         loop {
             let lag = table(&self.admin, "SHOW LAG").await?.map();
             ensure!(lag.get("state").map(String::as_str) == Some("running"), "{lag:?}");
             let seconds: f64 = lag.get("lag_seconds").and_then(|s| s.parse().ok()).unwrap_or(f64::MAX);
-            if seconds < 0.2 && lag.get("commits_applied").is_some_and(|c| c != "0") {
+            // With writes going on, a lag under 200 ms; when they have
+            // stopped, everything logged applied.
+            let all_applied = ["positions_behind", "commits_pending", "keys_pending"]
+                .iter()
+                .all(|k| lag.get(*k).map(String::as_str) == Some("0"));
+            if seconds < 0.2 && lag.get("commits_applied").is_some_and(|c| c != "0") && (all_applied || !quiet) {
                 return Ok(());
             }
             ensure!(Instant::now() < deadline, "catch-up did not catch up: {lag:?}");

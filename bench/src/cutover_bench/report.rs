@@ -7,7 +7,7 @@ use super::verify::Verdict;
 use crate::report::{ratio, round, Machine, Software, Table};
 use serde::Serialize;
 
-/// The targets the issue sets, at 1,000 TPS and at the maximum rate.
+/// The targets the cutover is held to, at 1,000 TPS and at the maximum rate.
 pub(super) const TARGET_STALL_MS_AT_1000: f64 = 50.0;
 pub(super) const TARGET_STALL_MS_AT_MAX: f64 = 150.0;
 pub(super) const TARGET_RATIO_AT_1000: f64 = 10.0;
@@ -74,7 +74,7 @@ pub(super) struct RunReport {
     pub(super) limit_ms: Option<f64>,
     /// recipe_max_stall_ms / max_stall_ms.
     pub(super) stall_ratio: f64,
-    /// The issue's bound on max_stall_ms at this rate, if it sets one.
+    /// The bound on max_stall_ms at this rate, if there is one.
     pub(super) target_max_stall_ms: Option<f64>,
     /// Every target for this rate met (no bound: 0 errors, 0 rows
     /// differing, nothing missing).

@@ -5,6 +5,7 @@
 mod capture_bench;
 mod capturing;
 mod catchup_bench;
+mod cutover_bench;
 mod demo;
 mod move_bench;
 mod pgbench;
@@ -46,6 +47,12 @@ enum Command {
     /// with and without prepared statements: the proxy's move time and each
     /// client's first query on its new backend against its queries before.
     Move(move_bench::Args),
+    /// Cutover: pgbench's TPC-B-like load at 500, 1,000 and 2,000 TPS and
+    /// at the maximum rate, with a cutover from source to target halfway:
+    /// switchyard's CUTOVER and the usual recipe (logical replication and
+    /// PgBouncer PAUSE/RELOAD/RESUME) in the same run; client stalls, the
+    /// pause and its steps, and a check of the target.
+    Cutover(cutover_bench::Args),
     /// Start a sample database behind the proxy and print how to connect;
     /// runs until Ctrl-C.
     Demo(demo::Args),
@@ -76,6 +83,7 @@ fn main() -> ExitCode {
             Command::Capture(args) => capture_bench::run(args).await,
             Command::Catchup(args) => catchup_bench::run(args).await,
             Command::Move(args) => move_bench::run(args).await,
+            Command::Cutover(args) => cutover_bench::run(args).await,
             Command::Demo(args) => demo::run(args).await,
         }
     });

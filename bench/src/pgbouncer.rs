@@ -14,16 +14,16 @@ use switchyard_tests::{free_port, Binaries, Endpoint};
 use tempfile::TempDir;
 
 /// Where Debian's package installs it; otherwise `pgbouncer` on `PATH`.
-const DEBIAN_PGBOUNCER: &str = "/usr/sbin/pgbouncer";
+pub(crate) const DEBIAN_PGBOUNCER: &str = "/usr/sbin/pgbouncer";
 
 /// How long PgBouncer may take to accept connections.
-const READY_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long it may take to exit after SIGTERM before it is killed.
-const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Free ports tried: the port is released before PgBouncer binds it.
-const PORT_ATTEMPTS: usize = 5;
+pub(crate) const PORT_ATTEMPTS: usize = 5;
 
 /// How PgBouncer reaches the database and how many connections it pools.
 #[derive(Debug, Clone)]
@@ -121,7 +121,7 @@ impl Drop for PgBouncer {
 }
 
 /// Polls until `port` accepts a connection or the process exits.
-fn wait_ready(child: &mut Child, port: u16) -> Result<()> {
+pub(crate) fn wait_ready(child: &mut Child, port: u16) -> Result<()> {
     let started = Instant::now();
     loop {
         if let Some(status) = child.try_wait().context("checking on PgBouncer")? {
@@ -138,7 +138,7 @@ fn wait_ready(child: &mut Child, port: u16) -> Result<()> {
 }
 
 /// SIGTERM (PgBouncer's immediate shutdown), then SIGKILL if it lingers.
-fn terminate(child: &mut Child) {
+pub(crate) fn terminate(child: &mut Child) {
     if let Ok(Some(_)) = child.try_wait() {
         return;
     }
@@ -162,7 +162,7 @@ pub fn version() -> Option<String> {
     text.lines().next().map(str::to_owned)
 }
 
-fn program() -> PathBuf {
+pub(crate) fn program() -> PathBuf {
     let debian = PathBuf::from(DEBIAN_PGBOUNCER);
     if debian.is_file() {
         debian
@@ -203,7 +203,7 @@ fn ini_text(s: &Settings, dir: &Path, port: u16) -> String {
 }
 
 /// Runs PgBouncer in the foreground; it logs to stderr, which goes to `log`.
-fn spawn(ini: &Path, log: &Path, cwd: &Path, owner: Owner) -> Result<Child> {
+pub(crate) fn spawn(ini: &Path, log: &Path, cwd: &Path, owner: Owner) -> Result<Child> {
     let log_file = File::create(log).context("creating PgBouncer's log")?;
     let mut cmd = Command::new(program());
     cmd.arg(ini)
@@ -220,7 +220,7 @@ fn spawn(ini: &Path, log: &Path, cwd: &Path, owner: Owner) -> Result<Child> {
 
 /// Who PgBouncer runs as.
 #[derive(Debug, Clone, Copy)]
-enum Owner {
+pub(crate) enum Owner {
     /// The current user, who is not root.
     Myself,
     /// We are root; PgBouncer runs as the `postgres` system user.
@@ -228,7 +228,7 @@ enum Owner {
 }
 
 impl Owner {
-    fn detect() -> Result<Owner> {
+    pub(crate) fn detect() -> Result<Owner> {
         if !nix::unistd::geteuid().is_root() {
             return Ok(Owner::Myself);
         }
@@ -241,7 +241,7 @@ impl Owner {
         })
     }
 
-    fn give(self, path: &Path) -> Result<()> {
+    pub(crate) fn give(self, path: &Path) -> Result<()> {
         if let Owner::Postgres { uid, gid } = self {
             std::os::unix::fs::chown(path, Some(uid), Some(gid))
                 .with_context(|| format!("giving {} to the postgres user", path.display()))?;
@@ -250,7 +250,7 @@ impl Owner {
     }
 }
 
-fn write_owned(path: &Path, text: &str, owner: Owner) -> Result<()> {
+pub(crate) fn write_owned(path: &Path, text: &str, owner: Owner) -> Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
     owner.give(path)
 }

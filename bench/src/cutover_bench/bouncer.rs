@@ -6,28 +6,13 @@
 //! (PgBouncer refuses to run as root), stopped on drop. The Debian package
 //! is installed when it is missing and we are root.
 
-use crate::pgbouncer;
+use crate::pgbouncer::{self, spawn, terminate, wait_ready, write_owned, Owner, PORT_ATTEMPTS};
 use anyhow::{bail, Context, Result};
-use std::fs::File;
-use std::net::{Ipv4Addr, TcpStream};
-use std::os::unix::process::CommandExt;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 use switchyard_tests::{free_port, Binaries, Endpoint};
 use tempfile::TempDir;
-
-/// Where Debian's package installs it; otherwise `pgbouncer` on `PATH`.
-const DEBIAN_PGBOUNCER: &str = "/usr/sbin/pgbouncer";
-
-/// How long PgBouncer may take to accept connections.
-const READY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long it may take to exit after SIGTERM before it is killed.
-const STOP_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Free ports tried: the port is released before PgBouncer binds it.
-const PORT_ATTEMPTS: usize = 5;
 
 /// Where PgBouncer's one database entry points.
 #[derive(Debug, Clone)]
@@ -199,101 +184,4 @@ impl Settings {
             max_clients = self.pool_size + 20,
         )
     }
-}
-
-/// Polls until `port` accepts a connection or the process exits.
-fn wait_ready(child: &mut Child, port: u16) -> Result<()> {
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().context("checking on PgBouncer")? {
-            bail!("PgBouncer exited ({status})");
-        }
-        if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
-            return Ok(());
-        }
-        if started.elapsed() > READY_TIMEOUT {
-            bail!("PgBouncer accepted no connection within {READY_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// SIGTERM (PgBouncer's immediate shutdown), then SIGKILL if it lingers.
-fn terminate(child: &mut Child) {
-    if let Ok(Some(_)) = child.try_wait() {
-        return;
-    }
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    let started = Instant::now();
-    while started.elapsed() < STOP_TIMEOUT {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-fn program() -> PathBuf {
-    let debian = PathBuf::from(DEBIAN_PGBOUNCER);
-    if debian.is_file() {
-        debian
-    } else {
-        PathBuf::from("pgbouncer")
-    }
-}
-
-/// Runs PgBouncer in the foreground; it logs to stderr, which goes to `log`.
-fn spawn(ini: &Path, log: &Path, cwd: &Path, owner: Owner) -> Result<Child> {
-    let log_file = File::create(log).context("creating PgBouncer's log")?;
-    let mut cmd = Command::new(program());
-    cmd.arg(ini)
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone().context("duplicating the log handle")?)
-        .stderr(log_file);
-    if let Owner::Postgres { uid, gid } = owner {
-        // std drops supplementary groups itself when root changes uid.
-        cmd.uid(uid).gid(gid);
-    }
-    cmd.spawn().with_context(|| format!("starting {}", program().display()))
-}
-
-/// Who PgBouncer runs as.
-#[derive(Debug, Clone, Copy)]
-enum Owner {
-    /// The current user, who is not root.
-    Myself,
-    /// We are root; PgBouncer runs as the `postgres` system user.
-    Postgres { uid: u32, gid: u32 },
-}
-
-impl Owner {
-    fn detect() -> Result<Owner> {
-        if !nix::unistd::geteuid().is_root() {
-            return Ok(Owner::Myself);
-        }
-        let user = nix::unistd::User::from_name("postgres")
-            .context("looking up the postgres user")?
-            .context("running as root and there is no `postgres` user to run PgBouncer as")?;
-        Ok(Owner::Postgres {
-            uid: user.uid.as_raw(),
-            gid: user.gid.as_raw(),
-        })
-    }
-
-    fn give(self, path: &Path) -> Result<()> {
-        if let Owner::Postgres { uid, gid } = self {
-            std::os::unix::fs::chown(path, Some(uid), Some(gid))
-                .with_context(|| format!("giving {} to the postgres user", path.display()))?;
-        }
-        Ok(())
-    }
-}
-
-fn write_owned(path: &Path, text: &str, owner: Owner) -> Result<()> {
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
-    owner.give(path)
 }

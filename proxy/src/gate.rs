@@ -96,9 +96,10 @@ impl Gate {
             if !self.closed.load(SeqCst) {
                 return;
             }
-            self.held.fetch_add(1, SeqCst);
+            // Counted while waiting, also when the caller stops waiting
+            // (a select that takes another branch drops this future).
+            let _held = Held::new(&self.held);
             opened.await;
-            self.held.fetch_sub(1, SeqCst);
         }
     }
 
@@ -142,6 +143,22 @@ impl Gate {
     /// How many times the gate has been closed.
     pub fn generation(&self) -> u64 {
         self.generation.load(SeqCst)
+    }
+}
+
+/// One session counted in [`Gate::held`] while it lives.
+struct Held<'a>(&'a AtomicUsize);
+
+impl<'a> Held<'a> {
+    fn new(count: &'a AtomicUsize) -> Held<'a> {
+        count.fetch_add(1, SeqCst);
+        Held(count)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
     }
 }
 
@@ -317,6 +334,17 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_stops_waiting_is_no_longer_counted_as_held() {
+        let gate = Gate::new();
+        let _guard = gate.close(Duration::from_secs(1)).await.unwrap();
+        for _ in 0..3 {
+            let r = tokio::time::timeout(Duration::from_millis(10), gate.wait_open()).await;
+            assert!(r.is_err(), "the gate is closed");
+        }
+        assert_eq!(gate.held(), 0);
     }
 
     #[tokio::test]

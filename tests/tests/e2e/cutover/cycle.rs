@@ -130,20 +130,8 @@ async fn client_load(mut c: Client, me: usize, source_port: i32, stop: Arc<Atomi
                     } else {
                         format!("DELETE FROM pair WHERE a = {a} AND b = '{b}' RETURNING {PORT}")
                     };
-                    let port = match table(&c, &sql).await?.rows.first() {
-                        Some(r) => r[0].as_deref().unwrap_or("0").parse()?,
-                        // Nothing changed: ask where it ran.
-                        None => c.query_one(&format!("SELECT {PORT}"), &[]).await?.get(0),
-                    };
-                    for (set, counts) in [(&mut j.pairs, true), (&mut j.pairs_source, port == source_port)] {
-                        if counts {
-                            if insert {
-                                set.insert((a, b.clone()));
-                            } else {
-                                set.remove(&(a, b.clone()));
-                            }
-                        }
-                    }
+                    let port = super::write_port(&c, &sql).await?;
+                    super::track(&mut j.pairs, &mut j.pairs_source, (a, b), insert, port == source_port);
                     j.ports.push(port);
                 }
                 _ => {

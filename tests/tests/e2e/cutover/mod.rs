@@ -202,3 +202,31 @@ impl Cut {
 
 /// The port of the server a statement ran on: which database committed it.
 pub const PORT: &str = "current_setting('port')::int";
+
+/// Runs a simple-query write ending in `RETURNING {PORT}` and says which
+/// server ran it (asked again when the write changed no row).
+pub async fn write_port(c: &Client, sql: &str) -> Result<i32> {
+    Ok(match table(c, sql).await?.rows.first() {
+        Some(r) => r[0].as_deref().unwrap_or("0").parse()?,
+        None => c.query_one(&format!("SELECT {PORT}"), &[]).await?.get(0),
+    })
+}
+
+/// Records a committed insert (or delete) of `key` in the set of what all
+/// servers hold and, when the source committed it, in the source's.
+pub fn track<K: Ord + Clone>(
+    all: &mut std::collections::BTreeSet<K>,
+    source: &mut std::collections::BTreeSet<K>,
+    key: K,
+    insert: bool,
+    on_source: bool,
+) {
+    let sets = if on_source { vec![all, source] } else { vec![all] };
+    for set in sets {
+        if insert {
+            set.insert(key.clone());
+        } else {
+            set.remove(&key);
+        }
+    }
+}

@@ -124,20 +124,14 @@ pub async fn client_load(mut c: Client, me: usize, source_port: i32, stop: Arc<A
                     } else {
                         format!("DELETE FROM label WHERE account = {id} AND name = '{name}' RETURNING {PORT}")
                     };
-                    let port = match table(&c, &sql).await?.rows.first() {
-                        Some(r) => r[0].as_deref().unwrap_or("0").parse()?,
-                        // Nothing changed: ask where it ran.
-                        None => c.query_one(&format!("SELECT {PORT}"), &[]).await?.get(0),
-                    };
-                    for (set, counts) in [(&mut j.labels, true), (&mut j.labels_source, port == source_port)] {
-                        if counts {
-                            if insert {
-                                set.insert((id, name.clone()));
-                            } else {
-                                set.remove(&(id, name.clone()));
-                            }
-                        }
-                    }
+                    let port = crate::cutover::write_port(&c, &sql).await?;
+                    crate::cutover::track(
+                        &mut j.labels,
+                        &mut j.labels_source,
+                        (id, name),
+                        insert,
+                        port == source_port,
+                    );
                     j.ports.push(port);
                 }
                 3 => {

@@ -460,6 +460,44 @@ impl Capture {
     /// resume, gives it up.
     pub async fn stop(&self) -> Result<(), CaptureError> {
         let _op = self.op.lock().await;
+        self.stop_locked().await
+    }
+
+    /// CAPTURE STOP in two parts: sessions stop adopting capture when this
+    /// returns (what the cutover's flip needs before the gate reopens);
+    /// the returned future removes the record and logs the stop, and may
+    /// run after.
+    pub async fn stop_adopting(&self) -> impl std::future::Future<Output = Result<(), CaptureError>> + '_ {
+        let op = self.op.lock().await;
+        let active = self.active.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(a) = &active {
+            self.epoch.fetch_add(1, SeqCst);
+            let _ = a.stop.send(true);
+            *self.retired.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::downgrade(a));
+        }
+        async move {
+            let _op = op;
+            let Some(active) = active else {
+                return Err(CaptureError::State("capture is not on"));
+            };
+            self.finish_stop(&active).await
+        }
+    }
+
+    async fn finish_stop(&self, active: &Arc<Active>) -> Result<(), CaptureError> {
+        let cleared = clear_record(&self.config.log_dir).await;
+        let marked = active
+            .log()
+            .append(Record::Marker(Marker::CaptureStop {
+                time_micros: unix_micros(SystemTime::now()),
+            }))
+            .await
+            .map_err(|e| CaptureError::Log(e.to_string()));
+        tracing::info!(epoch = active.epoch, "capture stopped");
+        cleared.and(marked.map(|_| ()))
+    }
+
+    async fn stop_locked(&self) -> Result<(), CaptureError> {
         let Some(active) = self.active.lock().unwrap_or_else(|p| p.into_inner()).take() else {
             let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner()).take();
             let Some(p) = pending else {
@@ -471,16 +509,7 @@ impl Capture {
         self.epoch.fetch_add(1, SeqCst);
         let _ = active.stop.send(true);
         *self.retired.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::downgrade(&active));
-        let cleared = clear_record(&self.config.log_dir).await;
-        let marked = active
-            .log()
-            .append(Record::Marker(Marker::CaptureStop {
-                time_micros: unix_micros(SystemTime::now()),
-            }))
-            .await
-            .map_err(|e| CaptureError::Log(e.to_string()));
-        tracing::info!(epoch = active.epoch, "capture stopped");
-        cleared.and(marked.map(|_| ()))
+        self.finish_stop(&active).await
     }
 
     /// Sessions whose open transaction began before the current capture.

@@ -228,7 +228,7 @@ impl Run {
             .iter()
             .map(|(id, why)| format!("session {id}: {why}"))
             .collect();
-        let mut detail = format!(
+        let detail = format!(
             "{} of {} session(s) moved in {:.1} ms, {} closed, {} still to move at their boundary",
             moved.moved,
             moved.sessions,
@@ -242,9 +242,8 @@ impl Run {
         // (everything up to the freeze marker is applied; it stops fully
         // after the reopen).
         self.shared.catchup.request_stop();
-        if let Err(e) = self.shared.capture.stop().await {
-            detail.push_str(&format!("; capture: {e}"));
-        }
+        let shared = self.shared.clone();
+        let capture_stopped = shared.capture.stop_adopting().await;
         self.end(detail);
 
         self.begin(Step::Reopen);
@@ -252,6 +251,9 @@ impl Run {
         let pause = frozen.elapsed();
         self.report.pause_ms = Some(ms(pause));
         let mut detail = format!("the gate is open on the target; the pause was {:.1} ms", ms(pause));
+        if let Err(e) = capture_stopped.await {
+            detail.push_str(&format!("; capture: {e}"));
+        }
         if let Err(e) = self.shared.catchup.stop().await {
             detail.push_str(&format!("; catch-up: {e}"));
         }

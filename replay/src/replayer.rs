@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::types::Type;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 /// Why replay stopped.
 #[derive(Debug, Error)]
@@ -582,16 +582,9 @@ fn qualified(table: &str) -> QualifiedName {
 }
 
 async fn connect(config: &tokio_postgres::Config, what: &str) -> Result<Client, ReplayError> {
-    let (client, conn) = config
-        .connect(NoTls)
+    crate::connect(config, "replay")
         .await
-        .map_err(db(format!("connect to the {what}")))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "replay connection ended");
-        }
-    });
-    Ok(client)
+        .map_err(db(format!("connect to the {what}")))
 }
 
 struct Worker {

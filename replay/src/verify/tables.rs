@@ -10,7 +10,7 @@ use crate::mapping::rows::{type_of, KeyText};
 use crate::mapping::TableMap;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::{Duration, Instant};
-use tokio_postgres::{Client, NoTls, Row};
+use tokio_postgres::{Client, Row};
 
 /// Settings that change how values print: the target session takes the
 /// source session's, so both sides print a value alike. `lc_monetary` is
@@ -98,16 +98,9 @@ fn tables_to_verify<'a>(mapped: Mapped<'a>, options: &VerifyOptions) -> Result<V
 }
 
 async fn connect(config: &tokio_postgres::Config, what: &str) -> Result<Client, VerifyError> {
-    let (client, conn) = config
-        .connect(NoTls)
+    crate::connect(config, "verify")
         .await
-        .map_err(db(format!("connect to the {what}")))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "verify connection ended");
-        }
-    });
-    Ok(client)
+        .map_err(db(format!("connect to the {what}")))
 }
 
 /// Gives the target session the source session's output settings.

@@ -379,7 +379,7 @@ pub async fn run(
                 Record::Commit(c) => {
                     commits.push((entry.lsn.0, c.commit_time_micros));
                     for t in &c.tables {
-                        if mapping.table(&qualified(&t.table)).is_none() {
+                        if mapping.table(&QualifiedName::from_logged(&t.table)).is_none() {
                             return Err(ReplayError::Unmapped(t.table.clone()));
                         }
                     }
@@ -573,14 +573,6 @@ fn worker_of(table: &str, key: &KeyText, workers: usize) -> usize {
     (h.finish() % workers as u64) as usize
 }
 
-/// `schema.table` as the log writes it.
-fn qualified(table: &str) -> QualifiedName {
-    match table.split_once('.') {
-        Some((s, t)) => QualifiedName::new(s, t),
-        None => QualifiedName::new("public", table),
-    }
-}
-
 async fn connect(config: &tokio_postgres::Config, what: &str) -> Result<Client, ReplayError> {
     crate::connect(config, "replay")
         .await
@@ -668,8 +660,11 @@ impl Worker {
         tx.batch_execute(LOCAL_SETTINGS)
             .await
             .map_err(db("set session_replication_role on the target"))?;
-        let mut queue: Vec<(QualifiedName, BTreeSet<KeyText>)> =
-            batch.keys.iter().map(|(t, k)| (qualified(t), k.clone())).collect();
+        let mut queue: Vec<(QualifiedName, BTreeSet<KeyText>)> = batch
+            .keys
+            .iter()
+            .map(|(t, k)| (QualifiedName::from_logged(t), k.clone()))
+            .collect();
         let mut rows = 0u64;
         let mut rounds = 0;
         while let Some((table, keys)) = queue.pop() {

@@ -22,10 +22,7 @@ pub async fn run(
         options.rows_per_range = n.max(1);
     }
     for t in tables {
-        let name = match t.split_once('.') {
-            Some((s, n)) => QualifiedName::new(s, n),
-            None => QualifiedName::new("public", t.as_str()),
-        };
+        let name = QualifiedName::from_logged(t);
         if plan.mapping.table(&name).is_none() {
             return Err(format!(
                 "table {name} is not in the mapping (or not on the source); name a source table as schema.table"

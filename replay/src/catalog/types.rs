@@ -24,6 +24,15 @@ impl QualifiedName {
         }
     }
 
+    /// A table named as the capture log writes it, `schema.table` (or a
+    /// bare `table`, in `public`), unquoted.
+    pub fn from_logged(table: &str) -> QualifiedName {
+        match table.split_once('.') {
+            Some((s, t)) => QualifiedName::new(s, t),
+            None => QualifiedName::new("public", table),
+        }
+    }
+
     /// `schema.name` quoted for SQL, following `quote_ident` rules.
     pub fn qualified(&self) -> String {
         quote_qualified(&self.schema, &self.name)

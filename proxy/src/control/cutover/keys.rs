@@ -74,14 +74,6 @@ pub(super) fn sample(dir: &Path, upto: Lsn, n: usize) -> Result<TableKeys, LogEr
     Ok(keys)
 }
 
-/// A table name as the log writes it (`schema.table`).
-pub(super) fn qualified(table: &str) -> switchyard_replay::catalog::QualifiedName {
-    match table.split_once('.') {
-        Some((s, t)) => switchyard_replay::catalog::QualifiedName::new(s, t),
-        None => switchyard_replay::catalog::QualifiedName::new("public", table),
-    }
-}
-
 /// Adds `more` to `keys`.
 pub(super) fn merge(keys: &mut TableKeys, more: TableKeys) {
     for (table, k) in more {

@@ -585,7 +585,7 @@ async fn verify_keys(
 ) -> Result<(u64, Vec<String>), String> {
     let keys: BTreeMap<QualifiedName, Vec<Key>> = keys
         .iter()
-        .map(|(table, k)| (keys::qualified(table), k.iter().cloned().collect()))
+        .map(|(table, k)| (QualifiedName::from_logged(table), k.iter().cloned().collect()))
         .collect();
     let report = switchyard_replay::verify::verify_keys(source, target, mapped, &keys)
         .await

@@ -245,7 +245,7 @@ pub enum MoveError {
 
 /// Whether a registered session is a client session with a backend (not
 /// the console, not one still logging in).
-fn is_client(shared: &Shared, s: &SessionInfo) -> bool {
+pub(crate) fn is_client(shared: &Shared, s: &SessionInfo) -> bool {
     s.database != shared.config.admin_database && s.backend_pid() != 0
 }
 

@@ -633,7 +633,7 @@ fn busy_sessions(shared: &Shared) -> Vec<Arc<crate::registry::SessionInfo>> {
         .sessions
         .snapshot()
         .into_iter()
-        .filter(|s| s.database != shared.config.admin_database && s.backend_pid() != 0)
+        .filter(|s| crate::session::route::is_client(shared, s))
         .filter(|s| {
             !matches!(
                 s.state(),

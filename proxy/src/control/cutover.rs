@@ -306,11 +306,6 @@ impl Cutovers {
         self.report.borrow().clone()
     }
 
-    /// Watches the current or last cutover.
-    pub fn subscribe(&self) -> watch::Receiver<Option<Report>> {
-        self.report.subscribe()
-    }
-
     fn publish(&self, report: &Report) {
         self.report.send_replace(Some(report.clone()));
     }

@@ -8,7 +8,6 @@ use crate::capture::state_file::{self, StateFileError};
 use crate::config::{Config, DatabaseConfig};
 use crate::session::route::Destination;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
 
 /// The file's name inside the capture log directory.
 pub const FILE_NAME: &str = "route.state";
@@ -87,9 +86,4 @@ pub fn starting_route(config: &Config) -> Result<Destination, String> {
 /// Removes the record (a cutover called off after writing it).
 pub fn forget(config: &Config) {
     let _ = std::fs::remove_file(config.capture.log_dir.join(FILE_NAME));
-}
-
-/// Whether a record exists in `dir`.
-pub fn exists(dir: &Path) -> bool {
-    dir.join(FILE_NAME).exists()
 }

@@ -475,36 +475,34 @@ impl Run {
     /// Runs `fut` unless the DBA aborts, the proxy shuts down, or `limit`
     /// (the pause limit) passes first.
     async fn within<T>(&self, limit: Instant, fut: impl Future<Output = T>) -> Result<T, Failure> {
+        let passed = format!(
+            "the gate would stay closed longer than max_pause ({} ms)",
+            self.report.options.max_pause.as_millis()
+        );
+        self.race(limit, passed, fut).await
+    }
+
+    /// [`Self::within`] for preflight, bounded by the open timeout.
+    async fn within_open<T>(&self, fut: impl Future<Output = T>) -> Result<T, Failure> {
+        let limit = Instant::now() + self.report.options.open_timeout;
+        let passed = "a preflight check took longer than open_timeout".to_owned();
+        self.race(limit, passed, fut).await
+    }
+
+    /// Runs `fut` unless the DBA aborts, the proxy shuts down, or `limit`
+    /// passes first (failing with `passed`).
+    async fn race<T>(&self, limit: Instant, passed: String, fut: impl Future<Output = T>) -> Result<T, Failure> {
         let mut shutdown = self.shared.shutdown.clone();
         let mut abort = self.abort.clone();
         tokio::select! {
             r = fut => Ok(r),
-            _ = tokio::time::sleep_until(limit.into()) => Err(self.fail(format!(
-                "the gate would stay closed longer than max_pause ({} ms)",
-                self.report.options.max_pause.as_millis()
-            ))),
+            _ = tokio::time::sleep_until(limit.into()) => Err(self.fail(passed)),
             r = abort.wait_for(|a| a.is_some()) => {
                 let reason = r.map(|a| a.clone().unwrap_or_default()).unwrap_or_default();
                 Err(self.fail(format!("aborted: {reason}")))
             }
             _ = shutdown.wait_for(|down| *down) => Err(self.fail("the proxy is shutting down".to_owned())),
         }
-    }
-
-    /// [`Self::within`] for preflight, bounded by the open timeout.
-    async fn within_open<T>(&self, fut: impl Future<Output = T>) -> Result<T, Failure> {
-        let limit = Instant::now() + self.report.options.open_timeout;
-        let r = self.within(limit, fut).await;
-        r.map_err(|f| Failure {
-            reason: f.reason.replace(
-                &format!(
-                    "the gate would stay closed longer than max_pause ({} ms)",
-                    self.report.options.max_pause.as_millis()
-                ),
-                "a preflight check took longer than open_timeout",
-            ),
-            ..f
-        })
     }
 
     fn fail(&self, reason: String) -> Failure {

@@ -632,6 +632,12 @@ impl Config {
         if self.capture.log_dir.as_os_str().is_empty() {
             return Err(invalid("capture.log_dir", "must name a directory".into()));
         }
+        if self.target_log_dir() == self.capture.log_dir {
+            return Err(invalid(
+                "cutover.target_log_dir",
+                "is capture.log_dir: capture on the target after a cutover needs a directory of its own".into(),
+            ));
+        }
         for kind in self.capture.policies.keys() {
             if !crate::capture::UNSAFE_KINDS.contains(&kind.as_str()) {
                 return Err(invalid(
@@ -685,6 +691,15 @@ impl Config {
     /// else `source.database`. Never guessed from a user name.
     pub fn capture_database(&self) -> Option<&str> {
         self.capture.database.as_deref().or(self.source.database.as_deref())
+    }
+
+    /// Where capture on the target writes its log after a cutover:
+    /// `cutover.target_log_dir`, else `target` inside `capture.log_dir`.
+    pub fn target_log_dir(&self) -> std::path::PathBuf {
+        self.cutover
+            .target_log_dir
+            .clone()
+            .unwrap_or_else(|| self.capture.log_dir.join("target"))
     }
 
     /// The proxy's own connection to the source (catalog, pg_stat_activity,

@@ -4,6 +4,7 @@
 //! except those atomic stores.
 
 use crate::session::effects::Pin;
+use crate::session::route::Destination;
 use crate::session::state::Phase;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -79,9 +80,12 @@ pub struct SessionInfo {
     pub connected_at: SystemTime,
     state: AtomicU8,
     backend_pid: AtomicI32,
-    /// The database the session's backend is connected to (the client's,
-    /// or `source.database`); unset for the admin console.
+    /// The database the session's backend is connected to, as `[source]`
+    /// names it (the client's, or `source.database`), wherever the backend
+    /// is; unset for the admin console.
     backend_database: std::sync::OnceLock<String>,
+    /// Whether the backend is on `[target]` (else on `[source]`).
+    on_target: std::sync::atomic::AtomicBool,
     queries: AtomicU64,
     statements: AtomicU32,
     settings: AtomicU32,
@@ -193,9 +197,10 @@ impl SessionInfo {
         self.move_state.store(s.code(), SeqCst);
     }
 
-    /// The session is on a backend opened under `epoch` at `host:port`
-    /// since `at` (router microseconds); `moved` counts a move.
-    pub fn set_backend(&self, epoch: u64, addr: String, pid: i32, at: u64, moved: bool) {
+    /// The session is on a backend opened under `epoch` on `server` at
+    /// `host:port` since `at` (router microseconds); `moved` counts a move.
+    pub fn set_backend(&self, epoch: u64, server: Destination, addr: String, pid: i32, at: u64, moved: bool) {
+        self.on_target.store(server == Destination::Target, SeqCst);
         *lock(&self.backend_addr) = addr;
         self.backend_pid.store(pid, Relaxed);
         self.moved_at.store(at, SeqCst);
@@ -275,9 +280,19 @@ impl SessionInfo {
         let _ = self.backend_database.set(database.to_owned());
     }
 
-    /// The database the session's backend is connected to, once it has one.
+    /// The database the session's backend is connected to, as `[source]`
+    /// names it, once it has one.
     pub fn backend_database(&self) -> Option<&str> {
         self.backend_database.get().map(String::as_str)
+    }
+
+    /// The server the session's backend is on.
+    pub fn backend_server(&self) -> Destination {
+        if self.on_target.load(SeqCst) {
+            Destination::Target
+        } else {
+            Destination::Source
+        }
     }
 
     /// Records the backend's pid.
@@ -360,6 +375,7 @@ impl Registry {
             state: AtomicU8::new(0),
             backend_pid: AtomicI32::new(0),
             backend_database: std::sync::OnceLock::new(),
+            on_target: std::sync::atomic::AtomicBool::new(false),
             queries: AtomicU64::new(0),
             statements: AtomicU32::new(0),
             settings: AtomicU32::new(0),

@@ -155,7 +155,7 @@ impl Proxy {
                     .flatten(),
             ),
             cutover: crate::control::cutover::Cutovers::default(),
-            capture: crate::capture::control::Capture::new(&config),
+            capture: crate::capture::control::Capture::new(&config, destination),
             catchup: crate::catchup::Catchup::default(),
             local_addr: addr,
             config,

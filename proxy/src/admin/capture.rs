@@ -7,13 +7,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 pub(super) async fn start(shared: &Arc<Shared>, database: Option<&str>) -> Result<Reply, AdminError> {
-    if shared.router.current().for_login().1 == crate::session::route::Destination::Target {
-        return Err(AdminError::State(
-            "traffic is on [target] since a cutover, and capture reads [source]: for another migration, name that \
-             database as [source] in the config (and the next one as [target]) and restart the proxy"
-                .to_owned(),
-        ));
-    }
     shared
         .capture
         .start(&shared.sessions, database)
@@ -50,11 +43,13 @@ pub(super) fn ack(shared: &Arc<Shared>) -> Result<Reply, AdminError> {
 pub(super) async fn show(shared: &Arc<Shared>) -> Result<Reply, AdminError> {
     let mut r = ResultSet::new(&["key", "value"]);
     let config = shared.capture.config();
+    let place = shared.capture.place();
     let active = match shared.capture.state() {
         CaptureState::On(a) => a,
         CaptureState::Off => {
             r.row(["state", "off"]);
-            r.row(["log_dir".to_string(), config.log_dir.display().to_string()]);
+            r.row(["server", place.server.name()]);
+            r.row(["log_dir".to_string(), place.dir.display().to_string()]);
             r.row(["read_only_functions".to_string(), config.read_only_functions.join(", ")]);
             return Ok(Reply::Rows(r));
         }
@@ -67,7 +62,8 @@ pub(super) async fn show(shared: &Arc<Shared>) -> Result<Reply, AdminError> {
                 "sessions of this database are refused: CAPTURE START resumes the capture, CAPTURE STOP gives it up"
                     .to_string(),
             ]);
-            r.row(["log_dir".to_string(), config.log_dir.display().to_string()]);
+            r.row(["server", place.server.name()]);
+            r.row(["log_dir".to_string(), place.dir.display().to_string()]);
             return Ok(Reply::Rows(r));
         }
     };
@@ -79,6 +75,7 @@ pub(super) async fn show(shared: &Arc<Shared>) -> Result<Reply, AdminError> {
         (None, None) => "waiting for barrier".to_string(),
     };
     r.row(["state".to_string(), state]);
+    r.row(["server", active.server.name()]);
     if let Some(f) = active.failure() {
         r.row(["failed_at".to_string(), super::show::rfc3339(f.since)]);
         r.row([
@@ -119,7 +116,7 @@ pub(super) async fn show(shared: &Arc<Shared>) -> Result<Reply, AdminError> {
             ),
         ]);
     }
-    r.row(["log_dir".to_string(), config.log_dir.display().to_string()]);
+    r.row(["log_dir".to_string(), active.config.log_dir.display().to_string()]);
     r.row([
         "durability".to_string(),
         format!("{:?}", config.durability).to_lowercase(),

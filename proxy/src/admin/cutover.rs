@@ -20,10 +20,11 @@ pub struct CutoverArgs {
 
 const USAGE: &str = "usage: CUTOVER [DRY RUN] [MAX_LAG <duration>] [DRAIN_TIMEOUT <duration>] \
 [ON_DRAIN_TIMEOUT abort|cancel] [VERIFY none|synced|sample] [VERIFY_SAMPLE <rows>] [MAX_PAUSE <duration>] \
-[OPEN_TIMEOUT <duration>] [FENCE none|read-only|terminate-bypass] [ALLOW_BYPASS] [ALLOW_UNMAPPED_SEQUENCES]";
+[OPEN_TIMEOUT <duration>] [FENCE none|read-only|terminate-bypass] [CAPTURE_ON_TARGET on|off] [ALLOW_BYPASS] \
+[ALLOW_UNMAPPED_SEQUENCES]";
 
 /// Options that take a value.
-const VALUED: [&str; 8] = [
+const VALUED: [&str; 9] = [
     "MAX_LAG",
     "DRAIN_TIMEOUT",
     "ON_DRAIN_TIMEOUT",
@@ -32,6 +33,7 @@ const VALUED: [&str; 8] = [
     "MAX_PAUSE",
     "OPEN_TIMEOUT",
     "FENCE",
+    "CAPTURE_ON_TARGET",
 ];
 
 /// Parses the words after `CUTOVER`.
@@ -133,6 +135,13 @@ fn build(config: &crate::config::CutoverConfig, args: &CutoverArgs) -> Result<Cu
                     "read-only" => Fence::ReadOnly,
                     "terminate-bypass" => Fence::TerminateBypass,
                     _ => return Err(bad(name, value, "none, read-only or terminate-bypass")),
+                }
+            }
+            "CAPTURE_ON_TARGET" => {
+                o.capture_on_target = match value.to_ascii_lowercase().as_str() {
+                    "on" | "true" => true,
+                    "off" | "false" => false,
+                    _ => return Err(bad(name, value, "on or off")),
                 }
             }
             "ALLOW_BYPASS" => o.allow_bypass = true,
@@ -257,6 +266,13 @@ fn render(r: &Report) -> ResultSet {
         "freeze_lsn".to_owned(),
         r.freeze_lsn.map(|l| l.to_string()).unwrap_or_default(),
     ]);
+    rs.row([
+        "capture_on_target".to_owned(),
+        r.capture_on_target.clone().unwrap_or_default(),
+    ]);
+    for e in &r.reverse_mapping_errors {
+        rs.row(["reverse_mapping_error".to_owned(), e.clone()]);
+    }
     for s in &r.steps {
         let took =
             s.ms.map(|m| format!("{m:.1} ms"))

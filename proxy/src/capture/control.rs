@@ -22,7 +22,9 @@ use switchyard_replay::log::{Durability, LogError, LogOptions, LogWriter, LogWri
 use thiserror::Error;
 use tokio::sync::watch;
 
+mod begin;
 mod resume;
+pub use begin::{Marked, Parts, Place};
 pub use resume::{CaptureState, ResumePending};
 
 /// Why capture could not start or stop.
@@ -31,17 +33,19 @@ pub enum CaptureError {
     /// START while on, or STOP while off.
     #[error("{0}")]
     State(&'static str),
-    /// The control connection to the source failed.
-    #[error("cannot connect to the source to read its catalog: {0}")]
-    Connect(String),
+    /// The control connection to the captured server failed.
+    #[error("cannot connect to the {0} to read its catalog: {1}")]
+    Connect(&'static str, String),
     /// Reading the catalog failed.
-    #[error("cannot read the source catalog: {0}")]
-    Catalog(String),
+    #[error("cannot read the {0}'s catalog: {1}")]
+    Catalog(&'static str, String),
     /// The capture log could not be opened or written.
     #[error("capture log: {0}")]
     Log(String),
     /// The control connection has no user.
-    #[error("no user to read the source catalog with: set capture.user (or source.user) in the config")]
+    #[error(
+        "no user to read the catalog with: set capture.user (or source.user; target.user for the target) in the config"
+    )]
     NoUser,
     /// No database is named to capture.
     #[error("no database to capture: name it (CAPTURE START <database>, or capture.database in the config)")]
@@ -111,8 +115,11 @@ pub struct Active {
     pub epoch: u64,
     /// When CAPTURE START ran (before any restart of the proxy).
     pub started: SystemTime,
-    /// The one database captured.
+    /// The one database captured, as `[source]` names it.
     pub database: String,
+    /// The server whose sessions it covers: `[source]`, or `[target]`
+    /// after a cutover.
+    pub server: crate::session::route::Destination,
     /// The log commits are appended to; replaced when a failed log is
     /// writable again.
     log: RwLock<LogWriterHandle>,
@@ -122,7 +129,8 @@ pub struct Active {
     record: Mutex<CaptureRecord>,
     /// The source catalog, refreshed in the background.
     pub catalog: Arc<CatalogCache>,
-    /// The capture settings in force.
+    /// The capture settings in force; `log_dir` is the directory this
+    /// capture writes to (`cutover.target_log_dir` on the target).
     pub config: CaptureConfig,
     /// `config.read_only_functions`, as catalog names.
     pub read_only: HashSet<QualifiedName>,
@@ -196,9 +204,10 @@ impl Active {
         self.record.lock().unwrap_or_else(|p| p.into_inner()).resumes
     }
 
-    /// Whether a session with this backend database is captured.
+    /// Whether a session is captured: its backend is on the captured
+    /// database of the captured server.
     pub fn covers(&self, session: &SessionInfo) -> bool {
-        session.backend_database() == Some(self.database.as_str())
+        session.backend_server() == self.server && session.backend_database() == Some(self.database.as_str())
     }
 
     /// When the barrier was reached, if it has been.
@@ -261,6 +270,8 @@ pub struct Capture {
     /// The proxy's config, for control connections to the captured database.
     proxy: crate::config::Config,
     epoch: AtomicU64,
+    /// Where capture runs now; the cutover's flip moves it to the target.
+    place: Mutex<Place>,
     active: Mutex<Option<Arc<Active>>>,
     /// The previous capture, until every session has let go of it.
     retired: Mutex<Option<Weak<Active>>>,
@@ -269,12 +280,13 @@ pub struct Capture {
 }
 
 impl Capture {
-    /// Capture, off.
-    pub fn new(config: &crate::config::Config) -> Capture {
+    /// Capture, off, on the server traffic goes to.
+    pub fn new(config: &crate::config::Config, serving: crate::session::route::Destination) -> Capture {
         Capture {
             config: config.capture.clone(),
             proxy: config.clone(),
             epoch: AtomicU64::new(0),
+            place: Mutex::new(Place::serving(config, serving)),
             active: Mutex::new(None),
             retired: Mutex::new(None),
             pending: Mutex::new(None),
@@ -301,6 +313,11 @@ impl Capture {
     /// The capture settings.
     pub fn config(&self) -> &CaptureConfig {
         &self.config
+    }
+
+    /// Where capture runs (or would run, when off).
+    pub fn place(&self) -> Place {
+        self.place.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// CAPTURE START [database]: reads the source catalog, opens the log,
@@ -337,113 +354,6 @@ impl Capture {
         self.begin(sessions, database.to_owned(), None).await
     }
 
-    /// Switches capture on (new, or `resume` of a recorded one).
-    async fn begin(
-        &self,
-        sessions: &Arc<Registry>,
-        database: String,
-        resume: Option<CaptureRecord>,
-    ) -> Result<Arc<Active>, CaptureError> {
-        // Sessions let go of a stopped capture at their next boundary; while
-        // one still holds it, its log writer stays open and is reused (two
-        // writers must never share a directory).
-        let retired = self.retired.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let reuse = retired.and_then(|w| w.upgrade()).map(|old| old.log());
-        let client = self.control_client_on(&database).await?;
-        let catalog = CatalogCache::load(&client)
-            .await
-            .map_err(|e| CaptureError::Catalog(e.to_string()))?;
-        let catalog = Arc::new(catalog);
-        let (read_only, read_only_unknown) = read_only_functions(&self.config, &catalog.current());
-        let dir = self.config.log_dir.clone();
-        let log = match reuse {
-            Some(log) => log,
-            None => open_log(dir.clone(), self.log_options()).await?,
-        };
-        let now = SystemTime::now();
-        let marker = match resume {
-            Some(_) => Marker::CaptureResume {
-                time_micros: unix_micros(now),
-            },
-            None => Marker::CaptureStart {
-                time_micros: unix_micros(now),
-            },
-        };
-        let lsn = log
-            .append(Record::Marker(marker))
-            .await
-            .map_err(|e| CaptureError::Log(e.to_string()))?;
-        let epoch = self.epoch.load(SeqCst).max(resume.as_ref().map_or(0, |r| r.epoch)) + 1;
-        let record = match &resume {
-            Some(r) => CaptureRecord {
-                epoch,
-                resumes: r.resumes + 1,
-                ..r.clone()
-            },
-            None => CaptureRecord {
-                database: database.clone(),
-                epoch,
-                start_lsn: lsn.0,
-                started_micros: unix_micros(now),
-                barrier_micros: None,
-                resumes: 0,
-            },
-        };
-        write_record(&dir, &record).await?;
-        let barrier = OnceLock::new();
-        if let Some(t) = record.barrier_micros {
-            let _ = barrier.set(from_micros(t));
-        }
-        let (stop, stopped) = watch::channel(false);
-        let active = Arc::new(Active {
-            epoch,
-            started: from_micros(record.started_micros),
-            database,
-            log: RwLock::new(log),
-            failure: Mutex::new(None),
-            record: Mutex::new(record),
-            catalog: catalog.clone(),
-            config: self.config.clone(),
-            read_only,
-            read_only_unknown,
-            barrier,
-            unsafe_seen: Mutex::new(BTreeMap::new()),
-            commits: AtomicU64::new(0),
-            keys: AtomicU64::new(0),
-            late: AtomicU64::new(0),
-            stop,
-        });
-        *self.active.lock().unwrap_or_else(|p| p.into_inner()) = Some(active.clone());
-        self.epoch.store(epoch, SeqCst);
-        tracing::info!(epoch, database = %active.database, resumed = resume.is_some(), log_dir = %self.config.log_dir.display(), "capture started");
-
-        let every = Duration::from_millis(self.config.catalog_refresh_ms);
-        let mut until_stop = stopped.clone();
-        let pg = self
-            .proxy
-            .source_control_on("switchyard capture", &active.database)
-            .ok();
-        tokio::spawn(async move {
-            let stop = async move {
-                let _ = until_stop.wait_for(|s| *s).await;
-            };
-            let connect = || connect_control(pg.clone());
-            catalog.serve(client, connect, every, stop).await;
-        });
-        tokio::spawn(watch_barrier(
-            Arc::downgrade(&active),
-            sessions.clone(),
-            stopped.clone(),
-        ));
-        tokio::spawn(super::log_health::watch_log(
-            Arc::downgrade(&active),
-            dir,
-            self.log_options(),
-            stopped,
-        ));
-        Ok(active)
-    }
-
     fn log_options(&self) -> LogOptions {
         LogOptions {
             durability: match self.config.durability {
@@ -463,29 +373,20 @@ impl Capture {
         self.stop_locked().await
     }
 
-    /// CAPTURE STOP in two parts: sessions stop adopting capture when this
-    /// returns (what the cutover's flip needs before the gate reopens);
-    /// the returned future removes the record and logs the stop, and may
-    /// run after.
-    pub async fn stop_adopting(&self) -> impl std::future::Future<Output = Result<(), CaptureError>> + '_ {
-        let op = self.op.lock().await;
+    /// Takes the capture that is on off: sessions stop adopting it at their
+    /// next transaction. The caller holds `op`.
+    fn retire_current(&self) -> Option<Arc<Active>> {
         let active = self.active.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(a) = &active {
             self.epoch.fetch_add(1, SeqCst);
             let _ = a.stop.send(true);
             *self.retired.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::downgrade(a));
         }
-        async move {
-            let _op = op;
-            let Some(active) = active else {
-                return Err(CaptureError::State("capture is not on"));
-            };
-            self.finish_stop(&active).await
-        }
+        active
     }
 
     async fn finish_stop(&self, active: &Arc<Active>) -> Result<(), CaptureError> {
-        let cleared = clear_record(&self.config.log_dir).await;
+        let cleared = clear_record(&active.config.log_dir).await;
         let marked = active
             .log()
             .append(Record::Marker(Marker::CaptureStop {
@@ -504,11 +405,9 @@ impl Capture {
                 return Err(CaptureError::State("capture is not on"));
             };
             tracing::warn!(database = %p.record.database, "capture pending resume given up by CAPTURE STOP");
-            return clear_record(&self.config.log_dir).await;
+            return clear_record(&self.place().dir).await;
         };
-        self.epoch.fetch_add(1, SeqCst);
-        let _ = active.stop.send(true);
-        *self.retired.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::downgrade(&active));
+        self.retire_current();
         self.finish_stop(&active).await
     }
 
@@ -520,8 +419,8 @@ impl Capture {
         }
     }
 
-    /// Client sessions on the source that are not the proxy's: their writes
-    /// would not be captured.
+    /// Client sessions on the captured server that are not the proxy's:
+    /// their writes would not be captured.
     pub async fn bypassing(&self, sessions: &Registry) -> Result<Vec<(i32, String)>, String> {
         let client = self.control_client().await.map_err(|e| e.to_string())?;
         let ours: Vec<i32> = sessions
@@ -558,8 +457,8 @@ impl Capture {
             .collect())
     }
 
-    /// A connection to the source for pg_stat_activity: on the captured
-    /// database (any database shows the whole cluster's activity).
+    /// A connection to the captured server for pg_stat_activity: on the
+    /// captured database (any database shows the whole cluster's activity).
     pub async fn control_client(&self) -> Result<tokio_postgres::Client, CaptureError> {
         let database = match self.state() {
             CaptureState::On(a) => a.database.clone(),
@@ -570,16 +469,34 @@ impl Capture {
                 .ok_or(CaptureError::NoDatabase)?
                 .to_owned(),
         };
-        self.control_client_on(&database).await
+        self.control_client_at(self.place().server, &database).await
     }
 
-    /// A connection to `database` on the source.
-    async fn control_client_on(&self, database: &str) -> Result<tokio_postgres::Client, CaptureError> {
-        let pg = self
-            .proxy
-            .source_control_on("switchyard capture", database)
-            .map_err(|_| CaptureError::NoUser)?;
-        connect_control(Some(pg)).await.map_err(CaptureError::Connect)
+    /// A connection to `database` (as `[source]` names it) on `server`.
+    async fn control_client_at(
+        &self,
+        server: crate::session::route::Destination,
+        database: &str,
+    ) -> Result<tokio_postgres::Client, CaptureError> {
+        let pg = self.control_config_at(server, database)?;
+        connect_control(Some(pg))
+            .await
+            .map_err(|e| CaptureError::Connect(server.name(), e))
+    }
+
+    /// The settings of [`Capture::control_client_at`]'s connection.
+    fn control_config_at(
+        &self,
+        server: crate::session::route::Destination,
+        database: &str,
+    ) -> Result<tokio_postgres::Config, CaptureError> {
+        let application = "switchyard capture";
+        match server {
+            crate::session::route::Destination::Source => self.proxy.source_control_on(application, database),
+            // The target's database is the one the route moves sessions to.
+            crate::session::route::Destination::Target => self.proxy.target_connection(application),
+        }
+        .map_err(|_| CaptureError::NoUser)
     }
 }
 

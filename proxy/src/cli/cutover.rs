@@ -54,6 +54,9 @@ pub struct CutoverArgs {
     /// What is done to the old source: none, read-only or terminate-bypass.
     #[arg(long, value_parser = ["none", "read-only", "terminate-bypass"])]
     pub fence: Option<String>,
+    /// Start capture on the target at the flip (for a rollback): on or off.
+    #[arg(long, value_parser = ["on", "off"])]
+    pub capture_on_target: Option<String>,
     /// Go ahead although sessions bypass the proxy on the source.
     #[arg(long)]
     pub allow_bypass: bool,
@@ -78,6 +81,7 @@ impl CutoverArgs {
             ("MAX_PAUSE", self.max_pause.clone()),
             ("OPEN_TIMEOUT", self.open_timeout.clone()),
             ("FENCE", self.fence.clone()),
+            ("CAPTURE_ON_TARGET", self.capture_on_target.clone()),
         ];
         for (name, value) in valued {
             if let Some(v) = value {

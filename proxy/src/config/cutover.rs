@@ -114,6 +114,14 @@ pub struct CutoverConfig {
     /// allowed (left alone) rather than stopping the cutover. Default false.
     #[serde(default)]
     pub allow_unmapped_sequences: bool,
+    /// Capture starts on the target at the flip, so that every write after
+    /// it is logged for a rollback. Default true.
+    #[serde(default = "default_true")]
+    pub capture_on_target: bool,
+    /// Where capture on the target writes its log. Default: a `target`
+    /// directory inside `capture.log_dir`.
+    #[serde(default)]
+    pub target_log_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for CutoverConfig {
@@ -128,6 +136,8 @@ impl Default for CutoverConfig {
             open_timeout_ms: default_open_timeout_ms(),
             fence: default_fence(),
             allow_unmapped_sequences: false,
+            capture_on_target: true,
+            target_log_dir: None,
         }
     }
 }
@@ -180,6 +190,10 @@ impl CutoverConfig {
     pub fn open_timeout(&self) -> Duration {
         Duration::from_millis(self.open_timeout_ms)
     }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_max_lag_ms() -> u64 {

@@ -156,6 +156,12 @@ pub struct Report {
     pub sequences_set: usize,
     /// The freeze marker's log position.
     pub freeze_lsn: Option<u64>,
+    /// Capture on the target after the flip: where it logs, or why it is
+    /// off.
+    pub capture_on_target: Option<String>,
+    /// Tables the reverse mapping cannot rebuild source rows for (a
+    /// rollback would need them), as `table: why`.
+    pub reverse_mapping_errors: Vec<String>,
 }
 
 impl Report {
@@ -175,6 +181,8 @@ impl Report {
             rows_verified: 0,
             sequences_set: 0,
             freeze_lsn: None,
+            capture_on_target: None,
+            reverse_mapping_errors: Vec::new(),
         }
     }
 }

@@ -130,11 +130,12 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, permi
     let (epoch, destination) = shared.router.current().for_login_to(source_db);
     let src = destination.config(&shared.config).unwrap_or(&shared.config.source);
     let (db_user, db_name, password) = backend::login_identity(&shared.config, src, &user, &database);
-    if let Some(message) = shared.capture.refusal_for(db_name) {
+    if let Some(message) = shared.capture.refusal_for(source_db) {
         return refuse(&shared, &mut client, Refusal::fatal("57P03", message)).await;
     }
-    // Capture concerns one database: the one this backend is opened on.
-    info.set_backend_database(db_name);
+    // Capture and the route concern one database, as [source] names it,
+    // wherever its backend is.
+    info.set_backend_database(source_db);
     let opened = backend::connect(
         src,
         db_user,
@@ -173,7 +174,14 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, permi
     let client_key = be.key;
     route_cancel(&shared, client_key, src, &be);
     info.set_state(Shown::Relay(state::Phase::Idle));
-    info.set_backend(epoch, moving::addr_of(src), be.key.0, shared.router.now_micros(), false);
+    info.set_backend(
+        epoch,
+        destination,
+        moving::addr_of(src),
+        be.key.0,
+        shared.router.now_micros(),
+        false,
+    );
     tracing::debug!(session = info.id, %peer, user = %user, database = %database, backend_pid = be.key.0, "session started");
     let input = InputGuard::new(permit.budget().clone(), shared.config.limits.message_timeout());
     let login = moving::Login {
@@ -230,7 +238,14 @@ async fn serve(
                 moving::retire(old.conn);
                 route_cancel(shared, client_key, db, &be);
                 relay.moved_to(epoch, be.key.0, moving::addr_of(db));
-                info.set_backend(epoch, moving::addr_of(db), be.key.0, shared.router.now_micros(), true);
+                info.set_backend(
+                    epoch,
+                    destination,
+                    moving::addr_of(db),
+                    be.key.0,
+                    shared.router.now_micros(),
+                    true,
+                );
                 Stats::bump(&stats.sessions_moved);
                 shared.router.notify();
                 tracing::debug!(session = info.id, epoch, backend_pid = be.key.0, "session moved");

@@ -64,7 +64,7 @@ impl Capture {
     /// the log directory records as on. If that fails, the capture is left
     /// pending (see [`Capture::refusal_for`]) and the error returned.
     pub async fn resume_recorded(&self, sessions: &Arc<Registry>) -> Result<Option<Arc<Active>>, CaptureError> {
-        let dir = self.config.log_dir.clone();
+        let dir = self.place().dir;
         let read = tokio::task::spawn_blocking(move || state_file::read(&dir))
             .await
             .map_err(|e| CaptureError::Log(e.to_string()))?;

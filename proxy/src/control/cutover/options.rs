@@ -27,6 +27,8 @@ pub struct CutoverOptions {
     pub allow_bypass: bool,
     /// Source sequences with no target counterpart are left alone.
     pub allow_unmapped_sequences: bool,
+    /// Capture starts on the target at the flip.
+    pub capture_on_target: bool,
 }
 
 impl CutoverOptions {
@@ -43,6 +45,7 @@ impl CutoverOptions {
             fence: c.fence,
             allow_bypass: false,
             allow_unmapped_sequences: c.allow_unmapped_sequences,
+            capture_on_target: c.capture_on_target,
         }
     }
 
@@ -50,7 +53,7 @@ impl CutoverOptions {
     pub fn describe(&self) -> String {
         format!(
             "max_lag {} ms, drain_timeout {} ms, on_drain_timeout {}, verify {} (sample {}), max_pause {} ms, \
-             fence {}, allow_bypass {}",
+             fence {}, allow_bypass {}, capture_on_target {}",
             self.max_lag.as_millis(),
             self.drain_timeout.as_millis(),
             self.on_drain_timeout.name(),
@@ -58,7 +61,8 @@ impl CutoverOptions {
             self.verify_sample,
             self.max_pause.as_millis(),
             self.fence.name(),
-            self.allow_bypass
+            self.allow_bypass,
+            if self.capture_on_target { "on" } else { "off" }
         )
     }
 }

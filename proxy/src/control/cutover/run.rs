@@ -47,6 +47,8 @@ struct Ready {
     active: Arc<Active>,
     status: Arc<ReplayStatus>,
     order: Order,
+    /// Capture on the target, gathered (none when the options leave it off).
+    target_capture: Option<crate::capture::control::Parts>,
 }
 
 pub(super) struct Run {
@@ -119,11 +121,12 @@ impl Run {
             return Ok(());
         }
         self.end(format!(
-            "{} session(s) opened their target backend in {:.1} ms; {} sequence(s) mapped; {} sample key(s)",
+            "{} session(s) opened their target backend in {:.1} ms; {} sequence(s) mapped; {} sample key(s); {}",
             ready.order.report().sessions,
             ready.order.report().open_ms,
             ready.sequences.sequences().len(),
-            keys::count(&ready.sample)
+            keys::count(&ready.sample),
+            capture_on_target_plan(&ready, &self.report)
         ));
 
         self.begin(Step::Freeze);
@@ -192,6 +195,23 @@ impl Run {
             }
             self.end(format!("{rows} row(s) equal on both sides"));
         }
+        // Capture on the target is in its log directory's record before the
+        // route is: a proxy restarted after the flip resumes it before
+        // admitting anyone. (Called off from here, the record stays
+        // behind, unread: the capture directory in use is the source's.)
+        let mut ready = ready;
+        let marked = match ready.target_capture.take() {
+            Some(parts) => {
+                let mark = self.shared.capture.mark_on_target(parts);
+                Some(self.within(limit, mark).await?.map_err(|e| {
+                    self.fail(format!(
+                        "cannot start capture on the target ({e}); CAPTURE_ON_TARGET off cuts over without it \
+                         (a rollback then has no log to replay)"
+                    ))
+                })?)
+            }
+            None => None,
+        };
         // A proxy started again must not send the applications back: the
         // route is recorded before the flip, and a cutover that cannot
         // record it does not flip. (Should the proxy stop between the two,
@@ -238,12 +258,17 @@ impl Run {
         );
         // Sessions on the target must not adopt the source's capture, and
         // nothing may copy a source row over a target write once the gate
-        // opens: capture stops, and catch-up is told to read no further
-        // (everything up to the freeze marker is applied; it stops fully
-        // after the reopen).
+        // opens: capture moves to the target (every session is at a
+        // boundary, so its barrier is reached at once), and catch-up is told
+        // to read no further (everything up to the freeze marker is applied;
+        // it stops fully after the reopen).
         self.shared.catchup.request_stop();
         let shared = self.shared.clone();
-        let capture_stopped = shared.capture.stop_adopting().await;
+        let (on_target, capture_stopped) = shared.capture.hand_over(&shared.sessions, marked).await;
+        self.report.capture_on_target = Some(match &on_target {
+            Some(a) => format!("on, logging to {}", a.config.log_dir.display()),
+            None => "off (CAPTURE START starts it on the target)".to_owned(),
+        });
         self.end(detail);
 
         self.begin(Step::Reopen);
@@ -411,6 +436,19 @@ impl Run {
                 list.join("; ")
             )));
         }
+        let target_capture = if options.capture_on_target {
+            let gather = shared.capture.prepare_on_target();
+            let parts = self.within_open(gather).await?.map_err(|e| {
+                self.fail(format!(
+                    "capture on the target cannot start: {e}; fix that, or CAPTURE_ON_TARGET off to cut over \
+                     without it (a rollback then has no log to replay)"
+                ))
+            })?;
+            Some(parts)
+        } else {
+            None
+        };
+        self.report.reverse_mapping_errors = plan.mapping.reverse_errors().iter().map(|e| e.to_string()).collect();
         if let Some(reason) = self.abort.borrow().clone() {
             return Err(self.fail(format!("aborted: {reason}")));
         }
@@ -425,6 +463,7 @@ impl Run {
             active,
             status,
             order,
+            target_capture,
         })
     }
 
@@ -547,6 +586,21 @@ impl Run {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+/// What preflight found about capture on the target, for its step's line.
+fn capture_on_target_plan(ready: &Ready, report: &Report) -> String {
+    let Some(parts) = &ready.target_capture else {
+        return "capture on the target: off".to_owned();
+    };
+    let mut line = format!("capture on the target ready (log in {})", parts.place().dir.display());
+    if !report.reverse_mapping_errors.is_empty() {
+        line.push_str(&format!(
+            "; the reverse mapping cannot rebuild source rows for a rollback: {}",
+            report.reverse_mapping_errors.join("; ")
+        ));
+    }
+    line
 }
 
 /// Waits until the replayer has applied everything up to `lsn`; fails if

@@ -126,24 +126,31 @@ async fn verify_and_cutover_from_psql_and_the_cli() -> Result<()> {
     let shown = text(&out);
     ensure!(out.status.code() == Some(3), "{shown}");
     ensure!(shown.contains("already on [target]"), "{shown}");
-    let refused = cut.admin.simple_query("CAPTURE START").await;
-    ensure!(
-        refused.is_err(),
-        "CAPTURE START of the old source was accepted after the cutover"
-    );
+    // Capture went on with the flip, on the target.
+    let capture = table(&cut.admin, "SHOW CAPTURE").await?.map();
+    ensure!(capture["state"] == "on" && capture["server"] == "target", "{capture:?}");
 
     // A proxy started again with the same config sends new sessions to the
-    // target, not back to the old source.
-    let again = switchyard_tests::TestProxy::start_with(cut.config.clone())
+    // target, not back to the old source, and captures there.
+    let Cut {
+        proxy,
+        admin,
+        config,
+        target,
+        ..
+    } = cut;
+    drop((admin, app));
+    proxy.shutdown().await;
+    let again = switchyard_tests::TestProxy::start_with(config)
         .await?
-        .with_login(cut.source.superuser(), None);
+        .with_login(target.superuser(), None);
     let c = again.connect("postgres").await?;
     let port: i32 = c.query_one("SELECT current_setting('port')::int", &[]).await?.get(0);
-    ensure!(
-        port == cut.target.port() as i32,
-        "a restarted proxy routed to port {port}"
-    );
-    let status = crate::support::status(&crate::support::admin(&again).await?).await?;
+    ensure!(port == target.port() as i32, "a restarted proxy routed to port {port}");
+    let admin = crate::support::admin(&again).await?;
+    let status = crate::support::status(&admin).await?;
     ensure!(status["route"] == "target", "{status:?}");
+    let capture = table(&admin, "SHOW CAPTURE").await?.map();
+    ensure!(capture["state"] == "on" && capture["server"] == "target", "{capture:?}");
     Ok(())
 }

@@ -7,6 +7,7 @@
 mod aborts;
 mod cli;
 mod cycle;
+mod on_target;
 mod upgrade;
 
 use crate::support::{admin, connect_listening, table, trusting_config, PROMPT};

@@ -399,7 +399,7 @@ impl Capture {
     }
 
     async fn stop_locked(&self) -> Result<(), CaptureError> {
-        let Some(active) = self.active.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+        let Some(active) = self.retire_current() else {
             let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner()).take();
             let Some(p) = pending else {
                 return Err(CaptureError::State("capture is not on"));
@@ -407,7 +407,6 @@ impl Capture {
             tracing::warn!(database = %p.record.database, "capture pending resume given up by CAPTURE STOP");
             return clear_record(&self.place().dir).await;
         };
-        self.retire_current();
         self.finish_stop(&active).await
     }
 

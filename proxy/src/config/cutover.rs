@@ -13,7 +13,8 @@ pub enum OnDrainTimeout {
     Abort,
     /// Cancel their running statements (the clients get 57014, as from
     /// pg_cancel_backend) and go on once they have ended their
-    /// transactions.
+    /// transactions; a second later, terminate the backends of those still
+    /// in one (idle in it, or not rolling back): 57P01, rolled back.
     Cancel,
 }
 

@@ -35,6 +35,10 @@ struct Failure {
     reason: String,
 }
 
+/// With `ON_DRAIN_TIMEOUT cancel`, how long after the cancel the sessions
+/// still in a transaction are terminated.
+const TERMINATE_AFTER: Duration = Duration::from_secs(1);
+
 /// What preflight prepared for the freeze.
 struct Ready {
     source: Client,
@@ -133,7 +137,7 @@ impl Run {
         let closed = self.shared.gate.close_now().map_err(|e| self.fail(format!("{e}")))?;
         let frozen = Instant::now();
         let limit = frozen + self.report.options.max_pause;
-        self.drain(&closed, limit).await?;
+        self.drain(&closed, limit, &ready.source).await?;
         self.end(format!(
             "every session at a transaction boundary after {:.1} ms",
             ms(frozen.elapsed())
@@ -469,7 +473,7 @@ impl Run {
 
     /// Waits for the sessions to drain; at the drain timeout, aborts or
     /// cancels what still runs, as the options say.
-    async fn drain(&mut self, closed: &Closed, limit: Instant) -> Result<(), Failure> {
+    async fn drain(&mut self, closed: &Closed, limit: Instant, source: &Client) -> Result<(), Failure> {
         let options = self.report.options.clone();
         let first = closed.drain(options.drain_timeout);
         match self.within(limit, first).await? {
@@ -497,14 +501,37 @@ impl Run {
             Err(e) => return Err(self.fail(format!("{e}"))),
         }
         // Cancelled statements end their transactions once the clients roll
-        // back; the pause limit bounds the wait.
+        // back, which takes them a round trip.
+        let grace = TERMINATE_AFTER.min(limit.saturating_duration_since(Instant::now()));
+        match self.within(limit, closed.drain(grace)).await? {
+            Ok(()) => return Ok(()),
+            Err(GateError::DrainTimeout { .. }) => {}
+            Err(e) => return Err(self.fail(format!("{e}"))),
+        }
+        // A session idle in its transaction has nothing to cancel, and a
+        // client may not roll back: their backends are terminated, as
+        // PostgreSQL's idle_in_transaction_session_timeout would. The
+        // transaction is rolled back and the client told so (57P01); it
+        // committed nothing, so nothing is lost.
+        let who = busy_sessions(&self.shared);
+        let pids: Vec<i32> = who.iter().map(|s| s.backend_pid()).filter(|p| *p != 0).collect();
+        tracing::warn!(sessions = %describe(&who), "terminating sessions still in a transaction after the cancel");
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&pids];
+        let terminate = source.execute("SELECT pg_terminate_backend(p) FROM unnest($1::int[]) p", &params);
+        if let Err(e) = self.within(limit, terminate).await? {
+            return Err(self.fail(format!(
+                "cannot end the transactions still open after the cancel ({}): {}",
+                e.as_db_error()
+                    .map_or_else(|| e.to_string(), |d| d.message().to_owned()),
+                describe(&who)
+            )));
+        }
         let rest = limit.saturating_duration_since(Instant::now());
-        let second = closed.drain(rest);
-        match self.within(limit, second).await? {
+        match self.within(limit, closed.drain(rest)).await? {
             Ok(()) => Ok(()),
             Err(GateError::DrainTimeout { busy, .. }) => Err(self.fail(format!(
-                "{busy} session(s) still in a transaction at the pause limit after the running statements were \
-                 cancelled (a session idle in its transaction has nothing to cancel): {}",
+                "{busy} session(s) still in a transaction at the pause limit after their statements were cancelled \
+                 and their backends terminated: {}",
                 describe(&busy_sessions(&self.shared))
             ))),
             Err(e) => Err(self.fail(format!("{e}"))),

@@ -173,7 +173,7 @@ async fn drain_timeout_abort_and_a_corrupt_row_each_call_it_off() -> Result<()> 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_long_statement_is_cancelled_with_on_drain_timeout_cancel() -> Result<()> {
+async fn on_drain_timeout_cancel_cancels_a_long_statement_and_ends_an_idle_transaction() -> Result<()> {
     let cut = ready(|_| {}).await?;
     let app = cut.proxy.connect("postgres").await?;
     let mut long = cut.proxy.connect("postgres").await?;
@@ -183,12 +183,32 @@ async fn a_long_statement_is_cancelled_with_on_drain_timeout_cancel() -> Result<
         drop(tx);
         Ok::<_, anyhow::Error>((r, long))
     });
+    // And one idle in its transaction: nothing runs to cancel, so its
+    // backend is terminated and its transaction rolled back.
+    let idle = cut.proxy.connect("postgres").await?;
+    idle.batch_execute("BEGIN; UPDATE item SET label = 'never committed' WHERE id = 7")
+        .await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let outcome = cut.cutover("DRAIN_TIMEOUT 300ms ON_DRAIN_TIMEOUT cancel").await?;
     let report = outcome.done()?;
     ensure!(report["state"] == "done", "{report:?}");
     let (r, long) = tokio::time::timeout(Duration::from_secs(5), sleeper).await???;
     expect_sqlstate(r, "57014")?;
+    let ended = idle.batch_execute("COMMIT").await;
+    ensure!(ended.is_err(), "the idle transaction's session survived the drain");
+    for c in [&cut.source, &cut.target] {
+        let label: String = c
+            .connect("postgres")
+            .await?
+            .query_one("SELECT label FROM item WHERE id = 7", &[])
+            .await?
+            .get(0);
+        ensure!(
+            label == "item 7",
+            "the terminated transaction's write is on port {}: {label}",
+            c.port()
+        );
+    }
     // The cancelled session goes on, on the target.
     let port: i32 = long.query_one(&format!("SELECT {PORT}"), &[]).await?.get(0);
     ensure!(port == cut.target.port() as i32, "{port}");

@@ -3,9 +3,11 @@
 //! running proxy's admin console, as psql would.
 
 pub mod cutover;
+pub mod status;
 
 pub use cutover::CutoverArgs;
 
+use crate::admin::AdminCommand;
 use crate::config::Config;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -14,9 +16,28 @@ use std::path::PathBuf;
 #[derive(Debug, Parser)]
 #[command(name = "switchyard", version, about, long_about = None)]
 pub struct Cli {
+    /// How log lines are written to stderr: text (plain, coloured only on
+    /// a terminal) or json (one object per line, each field its own key).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "SWITCHYARD_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// JSON lines.
+    Json,
 }
 
 /// Subcommands.
@@ -153,9 +174,10 @@ pub struct CloneArgs {
     /// Seconds between progress lines when stderr is not a terminal.
     #[arg(long, default_value_t = 5)]
     pub progress_every: u64,
-    /// How to reach the proxy's admin console (to see the barrier).
+    /// How to reach the proxy's admin console (to see the barrier); the
+    /// config's listen address and admin user by default.
     #[command(flatten)]
-    pub console: ConsoleArgs,
+    pub console: ConsoleAddr,
 }
 
 /// `switchyard catchup ...`.
@@ -185,28 +207,100 @@ pub enum CatchupCommand {
     },
 }
 
-/// Where the admin console is and who to log in as.
+/// Where the admin console is and who to log in as: the flags, else the
+/// config file's `listen`, admin user and `admin_database`, else the
+/// defaults (127.0.0.1:6432, `admin`, `switchyard`).
 #[derive(Debug, Clone, Args)]
 pub struct ConsoleArgs {
-    /// Proxy host.
-    #[arg(long, default_value = "127.0.0.1", env = "SWITCHYARD_HOST")]
-    pub host: String,
-    /// Proxy port.
-    #[arg(long, default_value_t = 6432, env = "SWITCHYARD_PORT")]
-    pub port: u16,
-    /// Admin user.
-    #[arg(long, short = 'U', default_value = "admin", env = "SWITCHYARD_USER")]
-    pub user: String,
-    /// Admin password (or set PGPASSWORD).
+    /// The proxy's TOML config, to read the console's address and admin
+    /// login from.
+    #[arg(short, long, value_name = "FILE", env = "SWITCHYARD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The address and login, overriding the config.
+    #[command(flatten)]
+    pub addr: ConsoleAddr,
+}
+
+/// The console's address and login as given on the command line.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ConsoleAddr {
+    /// Proxy host [default: the config's listen address, else 127.0.0.1].
+    #[arg(long, env = "SWITCHYARD_HOST")]
+    pub host: Option<String>,
+    /// Proxy port [default: the config's listen port, else 6432].
+    #[arg(long, env = "SWITCHYARD_PORT")]
+    pub port: Option<u16>,
+    /// Admin user [default: the config's first user with admin = true, else admin].
+    #[arg(long, short = 'U', env = "SWITCHYARD_USER")]
+    pub user: Option<String>,
+    /// Admin password (or set PGPASSWORD) [default: that user's password in
+    /// the config, when it is not stored as a hash].
     #[arg(long, env = "PGPASSWORD", hide_env_values = true)]
     pub password: Option<String>,
-    /// Name of the admin database.
-    #[arg(long, default_value = "switchyard")]
+    /// Name of the admin database [default: the config's admin_database, else switchyard].
+    #[arg(long)]
+    pub admin_database: Option<String>,
+}
+
+/// The console to speak to, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Console {
+    /// Proxy host.
+    pub host: String,
+    /// Proxy port.
+    pub port: u16,
+    /// Admin user.
+    pub user: String,
+    /// Its password, if one is needed.
+    pub password: Option<String>,
+    /// The admin database.
     pub admin_database: String,
 }
 
+impl ConsoleArgs {
+    /// The console these arguments name, reading the config file if given.
+    pub fn console(&self) -> Result<Console, crate::config::ConfigError> {
+        let config = self.config.as_deref().map(Config::load).transpose()?;
+        Ok(self.addr.resolve(config.as_ref()))
+    }
+}
+
+impl ConsoleAddr {
+    /// The console: these flags, else what `config` says, else the defaults.
+    pub fn resolve(&self, config: Option<&Config>) -> Console {
+        let listen = config.map(|c| c.listen);
+        let host = self.host.clone().unwrap_or_else(|| match listen.map(|a| a.ip()) {
+            // A wildcard listen address is reached on loopback.
+            Some(ip) if ip.is_unspecified() && ip.is_ipv6() => "::1".to_owned(),
+            Some(ip) if !ip.is_unspecified() => ip.to_string(),
+            _ => "127.0.0.1".to_owned(),
+        });
+        let admin = config.and_then(|c| c.users.iter().find(|u| u.admin));
+        let user = self
+            .user
+            .clone()
+            .or_else(|| admin.map(|u| u.name.clone()))
+            .unwrap_or_else(|| "admin".to_owned());
+        let stored = config
+            .and_then(|c| c.user(&user))
+            .and_then(|u| u.password.clone())
+            .filter(|p| !crate::config::is_md5_hash(p) && !p.starts_with("SCRAM-SHA-256$"));
+        Console {
+            host,
+            port: self.port.or(listen.map(|a| a.port())).unwrap_or(6432),
+            user,
+            password: self.password.clone().or(stored),
+            admin_database: self
+                .admin_database
+                .clone()
+                .or_else(|| config.map(|c| c.admin_database.clone()))
+                .unwrap_or_else(|| "switchyard".to_owned()),
+        }
+    }
+}
+
 /// Runs one console command and returns its rows as a printable table.
-pub async fn console(args: &ConsoleArgs, command: &str) -> anyhow::Result<String> {
+pub async fn console(args: &Console, command: &AdminCommand) -> anyhow::Result<String> {
     let (header, rows) = console_rows(args, command).await?;
     Ok(render_table(&header, &rows))
 }
@@ -214,8 +308,8 @@ pub async fn console(args: &ConsoleArgs, command: &str) -> anyhow::Result<String
 /// Runs a console command answering `key | value` rows (SHOW CAPTURE,
 /// SHOW LAG) and returns them as a map.
 pub async fn console_map(
-    args: &ConsoleArgs,
-    command: &str,
+    args: &Console,
+    command: &AdminCommand,
 ) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
     let (_, rows) = console_rows(args, command).await?;
     Ok(rows
@@ -240,8 +334,8 @@ pub enum ConsoleError {
 /// Runs one console command, handing each NOTICE to `on_notice` as it
 /// arrives, and returns the column names and rows of its reply.
 pub async fn console_streaming(
-    args: &ConsoleArgs,
-    command: &str,
+    args: &Console,
+    command: &AdminCommand,
     mut on_notice: impl FnMut(&str) + Send + 'static,
 ) -> Result<(Vec<String>, Vec<Vec<String>>), ConsoleError> {
     use tokio_postgres::{AsyncMessage, SimpleQueryMessage};
@@ -258,7 +352,7 @@ pub async fn console_streaming(
             }
         }
     });
-    let messages = client.simple_query(command).await;
+    let messages = client.simple_query(&command.to_string()).await;
     drop(client);
     let _ = task.await;
     let messages = messages.map_err(|e| match e.as_db_error() {
@@ -281,7 +375,7 @@ pub async fn console_streaming(
     Ok((header, rows))
 }
 
-fn console_config(args: &ConsoleArgs) -> tokio_postgres::Config {
+fn console_config(args: &Console) -> tokio_postgres::Config {
     let mut cfg = tokio_postgres::Config::new();
     cfg.host(&args.host)
         .port(args.port)
@@ -294,7 +388,7 @@ fn console_config(args: &ConsoleArgs) -> tokio_postgres::Config {
     cfg
 }
 
-fn unreachable(args: &ConsoleArgs, e: &tokio_postgres::Error) -> String {
+fn unreachable(args: &Console, e: &tokio_postgres::Error) -> String {
     format!(
         "cannot reach the admin console at {}:{} as {}: {e}",
         args.host, args.port, args.user
@@ -303,7 +397,7 @@ fn unreachable(args: &ConsoleArgs, e: &tokio_postgres::Error) -> String {
 
 /// Runs one console command and returns its column names and rows
 /// (NOTICEs go to stderr).
-pub async fn console_rows(args: &ConsoleArgs, command: &str) -> anyhow::Result<(Vec<String>, Vec<Vec<String>>)> {
+pub async fn console_rows(args: &Console, command: &AdminCommand) -> anyhow::Result<(Vec<String>, Vec<Vec<String>>)> {
     console_streaming(args, command, |notice| eprintln!("{notice}"))
         .await
         .map_err(|e| match e {
@@ -362,12 +456,63 @@ pub enum CaptureAction {
 
 impl CaptureAction {
     /// The console command; `database` goes with `start` only.
-    pub fn command(self, database: Option<&str>) -> String {
-        match (self, database) {
-            (CaptureAction::Start, Some(db)) => format!("CAPTURE START \"{}\"", db.replace('"', "\"\"")),
-            (CaptureAction::Start, None) => "CAPTURE START".into(),
-            (CaptureAction::Stop, _) => "CAPTURE STOP".into(),
-            (CaptureAction::Show, _) => "SHOW CAPTURE".into(),
+    pub fn command(self, database: Option<&str>) -> AdminCommand {
+        match self {
+            CaptureAction::Start => AdminCommand::CaptureStart {
+                database: database.map(str::to_owned),
+            },
+            CaptureAction::Stop => AdminCommand::CaptureStop,
+            CaptureAction::Show => AdminCommand::ShowCapture,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_console_comes_from_the_flags_then_the_config_then_the_defaults() {
+        let config = Config::parse(
+            r#"
+            listen = "0.0.0.0:7000"
+            admin_database = "console"
+            [source]
+            host = "127.0.0.1"
+            [[users]]
+            name = "app"
+            password = "x"
+            [[users]]
+            name = "dba"
+            password = "secret"
+            admin = true
+            "#,
+            "test",
+        )
+        .unwrap();
+        let none = ConsoleAddr::default();
+        assert_eq!(
+            none.resolve(Some(&config)),
+            Console {
+                host: "127.0.0.1".into(),
+                port: 7000,
+                user: "dba".into(),
+                password: Some("secret".into()),
+                admin_database: "console".into(),
+            }
+        );
+        let flags = ConsoleAddr {
+            host: Some("10.0.0.5".into()),
+            port: Some(6500),
+            user: Some("other".into()),
+            password: None,
+            admin_database: None,
+        };
+        let c = flags.resolve(Some(&config));
+        assert_eq!((c.host.as_str(), c.port, c.user.as_str()), ("10.0.0.5", 6500, "other"));
+        assert_eq!(c.password, None, "another user's password is not borrowed");
+        let d = none.resolve(None);
+        assert_eq!((d.host.as_str(), d.port, d.user.as_str()), ("127.0.0.1", 6432, "admin"));
+        assert_eq!(d.admin_database, "switchyard");
     }
 }

@@ -10,7 +10,7 @@
 //! barrier works as well (a cloud snapshot, say): the command is a
 //! convenience, not a requirement.
 
-use crate::cli::ConsoleArgs;
+use crate::cli::Console;
 use crate::config::Config;
 use crate::progress::Progress;
 use anyhow::{anyhow, bail, Context, Result};
@@ -50,7 +50,7 @@ pub struct CloneOptions {
 }
 
 /// Runs the clone; progress goes to stderr, the summary to stdout.
-pub async fn run(config: &Config, options: &CloneOptions, console: &ConsoleArgs) -> Result<()> {
+pub async fn run(config: &Config, options: &CloneOptions, console: &Console) -> Result<()> {
     let bin = Binaries::find()?;
     let source_pg = config.source_control("switchyard clone")?;
     let source = connect(&source_pg, "source").await?;
@@ -75,12 +75,12 @@ pub async fn run(config: &Config, options: &CloneOptions, console: &ConsoleArgs)
 }
 
 /// Polls SHOW CAPTURE until the barrier has passed.
-async fn wait_for_barrier(console: &ConsoleArgs, timeout: Duration) -> Result<()> {
+async fn wait_for_barrier(console: &Console, timeout: Duration) -> Result<()> {
     // A timeout too large to add (a typo like 1e20s) means no deadline.
     let deadline = Instant::now().checked_add(timeout);
     let mut told = false;
     loop {
-        let capture = crate::cli::console_map(console, "SHOW CAPTURE")
+        let capture = crate::cli::console_map(console, &crate::admin::AdminCommand::ShowCapture)
             .await
             .context("cannot read SHOW CAPTURE from the proxy")?;
         let state = capture.get("state").map(String::as_str).unwrap_or("off");

@@ -2,19 +2,26 @@
 
 use clap::Parser;
 use std::time::Duration;
+use switchyard_proxy::admin::AdminCommand;
 use switchyard_proxy::cli::{self, CatchupCommand, Cli, CloneArgs, Command};
 use switchyard_proxy::clone::{self, CloneOptions};
+use switchyard_proxy::session::route::Destination;
 use switchyard_proxy::Proxy;
 
 fn main() {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        cli::LogFormat::Json => logs.json().flatten_event(true).init(),
+        // Colour codes only for a terminal: a log file gets plain text.
+        cli::LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
     let threads = match &cli.command {
         Command::Proxy { threads, .. } => *threads,
         _ => 1,
@@ -81,48 +88,72 @@ async fn run(cli: Cli) -> i32 {
                 2
             }
         },
-        Command::Status(console) => print(cli::console(&console, "SHOW STATUS").await),
+        Command::Status(console) => with_console(&console, |c| async move { cli::status::run(&c).await }).await,
         Command::Pause { console, timeout } => {
             // The command's console session ends at once, so the pause must
             // outlive it (bounded by its timeout).
-            let cmd = match timeout {
-                Some(t) => format!("PAUSE {t} DETACHED"),
-                None => "PAUSE DETACHED".into(),
+            let timeout = match timeout
+                .as_deref()
+                .map(|t| (t, switchyard_proxy::admin::parse_duration(t)))
+            {
+                None => None,
+                Some((_, Some(d))) => Some(d),
+                Some((t, None)) => {
+                    eprintln!("switchyard: --timeout takes a duration such as 10s or 500ms, not {t:?}");
+                    return 2;
+                }
             };
-            print(cli::console(&console, &cmd).await)
+            let cmd = AdminCommand::Pause {
+                timeout,
+                hold: switchyard_proxy::admin::PauseHold::Detached,
+            };
+            run_command(&console, cmd).await
         }
-        Command::Resume(console) => print(cli::console(&console, "RESUME").await),
+        Command::Resume(console) => run_command(&console, AdminCommand::Resume).await,
         Command::Reconnect {
             console,
             to,
             timeout,
             force,
         } => {
-            let mut cmd = match to {
-                Some(to) => format!("RECONNECT TO {to}"),
-                None => "RECONNECT".to_owned(),
+            let timeout = match timeout.as_deref() {
+                None => switchyard_proxy::admin::RECONNECT_TIMEOUT,
+                Some(t) => match switchyard_proxy::admin::parse_duration(t) {
+                    Some(d) => d,
+                    None => {
+                        eprintln!("switchyard: --timeout takes a duration such as 30s or 500ms, not {t:?}");
+                        return 2;
+                    }
+                },
             };
-            if let Some(t) = timeout {
-                cmd.push_str(&format!(" TIMEOUT {t}"));
-            }
-            if force {
-                cmd.push_str(" FORCE");
-            }
-            print(cli::console(&console, &cmd).await)
+            let to = to.as_deref().map(|t| match t {
+                "target" => Destination::Target,
+                _ => Destination::Source,
+            });
+            run_command(&console, AdminCommand::Reconnect { to, timeout, force }).await
         }
         Command::Capture {
             action,
             database,
             console,
-        } => print(cli::console(&console, &action.command(database.as_deref())).await),
-        Command::Admin { console, command } => print(cli::console(&console, &command).await),
+        } => run_command(&console, action.command(database.as_deref())).await,
+        Command::Admin { console, command } => match AdminCommand::parse(command.trim().trim_end_matches(';')) {
+            Ok(cmd) => run_command(&console, cmd).await,
+            Err(e) => {
+                eprintln!("switchyard: {e}");
+                2
+            }
+        },
         Command::Cutover(args) => cli::cutover::run(&args).await,
         Command::Verify {
             console,
             tables,
             rows_per_range,
-        } => verify(&console, &tables, rows_per_range).await,
-        Command::Lag(console) => print(cli::console(&console, "SHOW LAG").await),
+        } => {
+            let args = switchyard_proxy::admin::VerifyArgs { tables, rows_per_range };
+            with_console(&console, |c| async move { verify(&c, args).await }).await
+        }
+        Command::Lag(console) => run_command(&console, AdminCommand::ShowLag).await,
         Command::Catchup { action } => catchup(action).await,
         Command::Clone(args) => clone(args).await,
     }
@@ -131,15 +162,8 @@ async fn run(cli: Cli) -> i32 {
 /// Exit code of `switchyard verify` when some rows differ.
 const EXIT_DIFFERS: i32 = 5;
 
-async fn verify(console: &cli::ConsoleArgs, tables: &[String], rows_per_range: Option<usize>) -> i32 {
-    let mut cmd = String::from("VERIFY");
-    for t in tables {
-        cmd.push(' ');
-        cmd.push_str(t);
-    }
-    if let Some(n) = rows_per_range {
-        cmd.push_str(&format!(" ROWS_PER_RANGE {n}"));
-    }
+async fn verify(console: &cli::Console, args: switchyard_proxy::admin::VerifyArgs) -> i32 {
+    let cmd = AdminCommand::Verify(args);
     match cli::console_streaming(console, &cmd, |notice| println!("{notice}")).await {
         Ok((header, rows)) => {
             print!("{}", cli::render_table(&header, &rows));
@@ -159,6 +183,27 @@ async fn verify(console: &cli::ConsoleArgs, tables: &[String], rows_per_range: O
     }
 }
 
+/// Resolves the console (reading the config file if one is named) and runs
+/// `f` with it; exit code 2 when the config cannot be read.
+async fn with_console<F, Fut>(args: &cli::ConsoleArgs, f: F) -> i32
+where
+    F: FnOnce(cli::Console) -> Fut,
+    Fut: std::future::Future<Output = i32>,
+{
+    match args.console() {
+        Ok(c) => f(c).await,
+        Err(e) => {
+            eprintln!("switchyard: {e}");
+            2
+        }
+    }
+}
+
+/// Runs one console command and prints its rows.
+async fn run_command(args: &cli::ConsoleArgs, command: AdminCommand) -> i32 {
+    with_console(args, |c| async move { print(cli::console(&c, &command).await) }).await
+}
+
 fn print(r: anyhow::Result<String>) -> i32 {
     match r {
         Ok(s) => {
@@ -174,9 +219,9 @@ fn print(r: anyhow::Result<String>) -> i32 {
 
 async fn catchup(action: CatchupCommand) -> i32 {
     let (console, command) = match action {
-        CatchupCommand::Start(c) => (c, "CATCHUP START"),
-        CatchupCommand::Stop(c) => (c, "CATCHUP STOP"),
-        CatchupCommand::Show(c) => (c, "SHOW LAG"),
+        CatchupCommand::Start(c) => (c, AdminCommand::CatchupStart),
+        CatchupCommand::Stop(c) => (c, AdminCommand::CatchupStop),
+        CatchupCommand::Show(c) => (c, AdminCommand::ShowLag),
         CatchupCommand::Run {
             config,
             until_caught_up,
@@ -203,7 +248,7 @@ async fn catchup(action: CatchupCommand) -> i32 {
             };
         }
     };
-    print(cli::console(&console, command).await)
+    run_command(&console, command).await
 }
 
 async fn clone(args: CloneArgs) -> i32 {
@@ -230,7 +275,8 @@ async fn clone(args: CloneArgs) -> i32 {
         barrier_timeout,
         progress_every: Duration::from_secs(args.progress_every.max(1)),
     };
-    match clone::run(&config, &options, &args.console).await {
+    let console = args.console.resolve(Some(&config));
+    match clone::run(&config, &options, &console).await {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("switchyard: clone: {e:#}");

@@ -36,6 +36,11 @@ const VALUED: [&str; 9] = [
     "CAPTURE_ON_TARGET",
 ];
 
+/// Whether an option takes no value.
+pub(super) fn is_flag(name: &str) -> bool {
+    name == "ALLOW_BYPASS" || name == "ALLOW_UNMAPPED_SEQUENCES"
+}
+
 /// Parses the words after `CUTOVER`.
 pub(super) fn parse(words: &[&str]) -> Result<AdminCommand, AdminError> {
     let mut args = CutoverArgs::default();
@@ -46,7 +51,7 @@ pub(super) fn parse(words: &[&str]) -> Result<AdminCommand, AdminError> {
     }
     while i < words.len() {
         let name = words[i].to_ascii_uppercase();
-        if name == "ALLOW_BYPASS" || name == "ALLOW_UNMAPPED_SEQUENCES" {
+        if is_flag(&name) {
             args.set.push((name, "true".to_owned()));
             i += 1;
             continue;

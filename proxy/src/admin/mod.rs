@@ -10,7 +10,12 @@ mod reconnect;
 mod result;
 mod resume;
 mod show;
+mod text;
 mod verify;
+
+pub use cutover::CutoverArgs as CutoverCommandArgs;
+pub use reconnect::DEFAULT_TIMEOUT as RECONNECT_TIMEOUT;
+pub use verify::VerifyArgs;
 
 pub use result::{Reply, ResultSet};
 
@@ -223,9 +228,19 @@ impl AdminCommand {
             ["PAUSE", ..] => parse_pause(&words[1..]),
             ["RESUME"] => Ok(AdminCommand::Resume),
             ["CAPTURE", "START"] => Ok(AdminCommand::CaptureStart { database: None }),
-            ["CAPTURE", "START", _] => Ok(AdminCommand::CaptureStart {
-                database: Some(unquote_ident(words[2])),
-            }),
+            ["CAPTURE", "START", ..] => {
+                // The rest of the text is one name: a quoted one may hold spaces.
+                let at = words[2].as_ptr() as usize - text.as_ptr() as usize;
+                let name = text[at..].trim_end();
+                if !name.starts_with('"') && name.contains(char::is_whitespace) {
+                    return Err(AdminError::Syntax(
+                        "usage: CAPTURE START [database] (double-quote a name with spaces)".to_owned(),
+                    ));
+                }
+                Ok(AdminCommand::CaptureStart {
+                    database: Some(unquote_ident(name)),
+                })
+            }
             ["CAPTURE", "STOP"] => Ok(AdminCommand::CaptureStop),
             ["SHOW", "CAPTURE"] => Ok(AdminCommand::ShowCapture),
             ["CATCHUP", "START"] => Ok(AdminCommand::CatchupStart),

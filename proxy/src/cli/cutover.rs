@@ -2,6 +2,7 @@
 //! step as the proxy reports it, and exits with a code per outcome.
 
 use super::ConsoleArgs;
+use crate::admin::AdminCommand;
 use clap::Args;
 
 /// Exit code: traffic is on the target (or, with --dry-run, everything is ready).
@@ -67,11 +68,7 @@ pub struct CutoverArgs {
 
 impl CutoverArgs {
     /// The console command.
-    pub fn command(&self) -> String {
-        let mut cmd = String::from("CUTOVER");
-        if self.dry_run {
-            cmd.push_str(" DRY RUN");
-        }
+    pub fn command(&self) -> AdminCommand {
         let valued = [
             ("MAX_LAG", self.max_lag.clone()),
             ("DRAIN_TIMEOUT", self.drain_timeout.clone()),
@@ -83,29 +80,37 @@ impl CutoverArgs {
             ("FENCE", self.fence.clone()),
             ("CAPTURE_ON_TARGET", self.capture_on_target.clone()),
         ];
-        for (name, value) in valued {
-            if let Some(v) = value {
-                cmd.push_str(&format!(
-                    " {name} {}",
-                    v.split_whitespace().collect::<Vec<_>>().join("")
-                ));
+        let mut set: Vec<(String, String)> = valued
+            .into_iter()
+            .filter_map(|(name, value)| Some((name.to_owned(), value?)))
+            .collect();
+        for (name, on) in [
+            ("ALLOW_BYPASS", self.allow_bypass),
+            ("ALLOW_UNMAPPED_SEQUENCES", self.allow_unmapped_sequences),
+        ] {
+            if on {
+                set.push((name.to_owned(), "true".to_owned()));
             }
         }
-        if self.allow_bypass {
-            cmd.push_str(" ALLOW_BYPASS");
-        }
-        if self.allow_unmapped_sequences {
-            cmd.push_str(" ALLOW_UNMAPPED_SEQUENCES");
-        }
-        cmd
+        AdminCommand::Cutover(crate::admin::CutoverCommandArgs {
+            dry_run: self.dry_run,
+            set,
+        })
     }
 }
 
 /// Runs the cutover, printing each step to stdout as it happens; returns
 /// the exit code.
 pub async fn run(args: &CutoverArgs) -> i32 {
+    let console = match args.console.console() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("switchyard: {e}");
+            return EXIT_ERROR;
+        }
+    };
     let command = args.command();
-    let printed = super::console_streaming(&args.console, &command, |notice| println!("{notice}")).await;
+    let printed = super::console_streaming(&console, &command, |notice| println!("{notice}")).await;
     match printed {
         Ok((header, rows)) => {
             print!("{}", super::render_table(&header, &rows));

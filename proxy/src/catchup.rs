@@ -112,9 +112,7 @@ async fn load_catalog(pg: &tokio_postgres::Config, what: &str) -> Result<Catalog
         .await
         .map_err(|e| CatchupError::Database {
             what: format!("cannot connect to the {what}"),
-            message: e
-                .as_db_error()
-                .map_or_else(|| e.to_string(), |d| d.message().to_owned()),
+            message: crate::db_message(&e),
         })?;
     let task = tokio::spawn(conn);
     let catalog = Catalog::load(&client).await.map_err(|e| describe(&e));

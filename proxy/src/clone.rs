@@ -528,8 +528,7 @@ async fn connect(pg: &tokio_postgres::Config, what: &str) -> Result<Client> {
         anyhow!(
             "cannot connect to the {what} as {}: {}",
             pg.get_user().unwrap_or("?"),
-            e.as_db_error()
-                .map_or_else(|| e.to_string(), |d| d.message().to_owned())
+            crate::db_message(&e)
         )
     })?;
     tokio::spawn(async move {

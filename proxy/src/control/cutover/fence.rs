@@ -23,10 +23,7 @@ pub(super) async fn apply(shared: &Shared, source: &Client, fence: Fence) -> Res
         .map(|s| s.backend_pid())
         .filter(|p| *p != 0)
         .collect();
-    let db = |e: tokio_postgres::Error| {
-        e.as_db_error()
-            .map_or_else(|| e.to_string(), |d| d.message().to_owned())
-    };
+    let db = |e: tokio_postgres::Error| crate::db_message(&e);
     match fence {
         Fence::None => Ok(None),
         Fence::ReadOnly => {

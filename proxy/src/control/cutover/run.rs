@@ -521,8 +521,7 @@ impl Run {
         if let Err(e) = self.within(limit, terminate).await? {
             return Err(self.fail(format!(
                 "cannot end the transactions still open after the cancel ({}): {}",
-                e.as_db_error()
-                    .map_or_else(|| e.to_string(), |d| d.message().to_owned()),
+                crate::db_message(&e),
                 describe(&who)
             )));
         }
@@ -693,13 +692,10 @@ async fn connect_both(config: &crate::config::Config) -> Result<(Client, Client)
 }
 
 async fn connect(pg: &tokio_postgres::Config, what: &str) -> Result<Client, String> {
-    let (client, conn) = pg.connect(tokio_postgres::NoTls).await.map_err(|e| {
-        format!(
-            "cannot connect to the {what}: {}",
-            e.as_db_error()
-                .map_or_else(|| e.to_string(), |d| d.message().to_owned())
-        )
-    })?;
+    let (client, conn) = pg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| format!("cannot connect to the {what}: {}", crate::db_message(&e)))?;
     tokio::spawn(async move {
         let _ = conn.await;
     });

@@ -147,6 +147,27 @@ fn application_writes(txs: &[crate::oracle::WalTx]) -> KeySet {
     })
 }
 
+/// Runs `insert` (one row, with an `id` key) through the proxy and checks
+/// it ran on the target and its key is in the target's log under `table`.
+async fn logged_on_target(
+    c: &Client,
+    insert: &str,
+    table: &str,
+    target_port: i32,
+    dir: &std::path::Path,
+) -> Result<()> {
+    let row = c
+        .query_one(&format!("{insert} RETURNING id::text, {PORT}"), &[])
+        .await?;
+    let (id, port): (String, i32) = (row.get(0), row.get(1));
+    ensure!(port == target_port, "it ran on port {port}");
+    ensure!(
+        logged_keys(dir)?.contains(&(table.to_owned(), vec![Some(id)])),
+        "it is not in the target's log"
+    );
+    Ok(())
+}
+
 /// SHOW CAPTURE, as a map.
 async fn capture(admin: &Client) -> Result<std::collections::BTreeMap<String, String>> {
     Ok(table(admin, "SHOW CAPTURE").await?.map())
@@ -250,20 +271,10 @@ async fn every_write_after_the_flip_is_captured_on_the_target_also_after_a_resta
         "{shown:?}"
     );
     let c = again.connect("postgres").await?;
-    let row = c
-        .query_one(
-            &format!("INSERT INTO memos (body) VALUES ('after the restart') RETURNING id, {PORT}"),
-            &[],
-        )
-        .await?;
-    let (id, port): (i64, i32) = (row.get(0), row.get(1));
-    ensure!(port == target_port, "the restarted proxy wrote on port {port}");
-    let logged = logged_keys(&target_dir)?;
-    ensure!(
-        logged.contains(&("public.memos".to_owned(), vec![Some(id.to_string())])),
-        "a write after the restart is not in the target's log"
-    );
-    Ok(())
+    let insert = "INSERT INTO memos (body) VALUES ('after the restart')";
+    logged_on_target(&c, insert, "public.memos", target_port, &target_dir)
+        .await
+        .context("a write after the restart")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -374,18 +385,8 @@ async fn a_target_log_that_cannot_be_written_calls_it_off_and_off_leaves_capture
         ensure!(Instant::now() < deadline, "no barrier on the target: {shown:?}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let row = app
-        .query_one(
-            &format!("INSERT INTO items (label) VALUES ('on target') RETURNING id, {PORT}"),
-            &[],
-        )
-        .await?;
-    let (id, port): (i32, i32) = (row.get(0), row.get(1));
-    ensure!(port == target_port, "after the cutover a write ran on port {port}");
-    let logged = logged_keys(&target_dir)?;
-    ensure!(
-        logged.contains(&("public.items".to_owned(), vec![Some(id.to_string())])),
-        "a write after CAPTURE START on the target is not in its log"
-    );
-    Ok(())
+    let insert = "INSERT INTO items (label) VALUES ('on target')";
+    logged_on_target(&app, insert, "public.items", target_port, &target_dir)
+        .await
+        .context("a write after CAPTURE START on the target")
 }

@@ -1,13 +1,14 @@
 //! The proxy's configuration: a TOML file read by [`Config::load`] and checked
 //! by [`Config::validate`]. Every error names the key at fault.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 use thiserror::Error;
 
 mod cutover;
+mod effective;
 
 pub use cutover::{CutoverConfig, Fence, OnDrainTimeout, VerifyMode};
 
@@ -41,7 +42,7 @@ pub enum ConfigError {
 }
 
 /// How a client (or the proxy, towards a database) proves who it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AuthMethod {
     /// No password.
@@ -65,7 +66,7 @@ impl AuthMethod {
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Address clients connect to. Default `127.0.0.1:6432`.
@@ -104,7 +105,7 @@ pub struct Config {
 }
 
 /// Catch-up replay (key sync) from the capture log to the target.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CatchupConfig {
     /// Migration mapping file (TOML); absent: same tables and columns by name.
@@ -135,7 +136,7 @@ fn default_batch_keys() -> usize {
 }
 
 /// A database the proxy connects to.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// Host name or IP address.
@@ -153,7 +154,7 @@ pub struct DatabaseConfig {
 }
 
 /// Client authentication.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// `trust`, `md5` or `scram-sha-256` (default). With `trust` any user name
@@ -171,7 +172,7 @@ impl Default for AuthConfig {
 }
 
 /// A user known to the proxy.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     /// User name.
@@ -187,7 +188,7 @@ pub struct UserConfig {
 }
 
 /// Limits and timeouts.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Largest message accepted from a client, in bytes. Default 64 MiB.
@@ -279,7 +280,7 @@ impl Limits {
 pub const MAX_TIMEOUT_MS: u64 = 86_400_000;
 
 /// Prometheus endpoint.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Address of the HTTP endpoint serving `/metrics`; off when absent.
@@ -287,7 +288,7 @@ pub struct MetricsConfig {
 }
 
 /// What capture does with a statement it cannot capture.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum UnsafePolicy {
     /// The client gets an error (SQLSTATE 0A000) and the statement does not run.
@@ -307,7 +308,7 @@ impl UnsafePolicy {
 }
 
 /// How far a capture-log write must get before a commit is let through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DurabilityConfig {
     /// write(2) returned: survives a proxy crash.
@@ -318,7 +319,7 @@ pub enum DurabilityConfig {
 
 /// Write capture: where the log goes and what to do with statements that
 /// cannot be captured.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CaptureConfig {
     /// Directory of the capture log's segment files. Default `switchyard-log`.

@@ -103,7 +103,7 @@ pub(super) async fn show(shared: &Arc<Shared>) -> Result<Reply, AdminError> {
         .sessions
         .snapshot()
         .into_iter()
-        .filter(|s| s.backend_database().is_some() && !active.covers(s))
+        .filter(|s| s.backend_database().is_some_and(|d| d != active.database))
         .collect();
     r.row(["other_database_sessions".to_string(), others.len().to_string()]);
     for s in &others {

@@ -7,13 +7,11 @@ use std::sync::Arc;
 pub(super) async fn start(shared: &Arc<Shared>) -> Result<Reply, AdminError> {
     // Source rows copied onto the target now would overwrite the writes
     // the applications make there.
-    if shared.router.current().for_login().1 == crate::session::route::Destination::Target {
-        return Err(AdminError::State(
-            "traffic is on [target] since a cutover: catch-up from [source] would overwrite its writes; for \
-             another migration, name that database as [source] in the config (and the next one as [target]) \
-             and restart the proxy"
-                .to_owned(),
-        ));
+    if shared.router.on_target() {
+        return Err(AdminError::State(format!(
+            "traffic is on [target] since a cutover: catch-up from [source] would overwrite its writes; {}",
+            crate::session::route::NEXT_MIGRATION
+        )));
     }
     shared
         .catchup

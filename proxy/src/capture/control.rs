@@ -70,6 +70,13 @@ pub enum CaptureError {
         /// The one the config names.
         configured: String,
     },
+    /// Capture on the target would log to the directory capture on the
+    /// source logs to (after a config rotation, say).
+    #[error(
+        "capture on the target would log to {}, where capture on the source logs: set cutover.target_log_dir to another directory",
+        .0.display()
+    )]
+    SameDirectory(std::path::PathBuf),
     /// The capture-state file could not be written or removed.
     #[error(transparent)]
     StateFile(#[from] state_file::StateFileError),
@@ -422,9 +429,11 @@ impl Capture {
     /// their writes would not be captured.
     pub async fn bypassing(&self, sessions: &Registry) -> Result<Vec<(i32, String)>, String> {
         let client = self.control_client().await.map_err(|e| e.to_string())?;
+        let server = self.place().server;
         let ours: Vec<i32> = sessions
             .snapshot()
             .iter()
+            .filter(|s| s.backend_server() == server)
             .map(|s| s.backend_pid())
             .filter(|p| *p != 0)
             .collect();

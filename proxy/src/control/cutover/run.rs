@@ -582,14 +582,17 @@ impl Run {
     async fn race<T>(&self, limit: Instant, passed: String, fut: impl Future<Output = T>) -> Result<T, Failure> {
         let mut shutdown = self.shared.shutdown.clone();
         let mut abort = self.abort.clone();
+        // Biased: the shutdown reopens the gate, which ends a drain with an
+        // error of its own; the cause is named first.
         tokio::select! {
-            r = fut => Ok(r),
-            _ = tokio::time::sleep_until(limit.into()) => Err(self.fail(passed)),
+            biased;
+            _ = shutdown.wait_for(|down| *down) => Err(self.fail("the proxy is shutting down".to_owned())),
             r = abort.wait_for(|a| a.is_some()) => {
                 let reason = r.map(|a| a.clone().unwrap_or_default()).unwrap_or_default();
                 Err(self.fail(format!("aborted: {reason}")))
             }
-            _ = shutdown.wait_for(|down| *down) => Err(self.fail("the proxy is shutting down".to_owned())),
+            _ = tokio::time::sleep_until(limit.into()) => Err(self.fail(passed)),
+            r = fut => Ok(r),
         }
     }
 

@@ -108,6 +108,8 @@ pub struct ReplayStatus {
     /// Catch-up lag of each confirmed commit: from its commit on the source
     /// (as the proxy logged it) to its batch committing on the target, µs.
     lag: Mutex<Histogram<u64>>,
+    /// The same over the last minute.
+    recent: Mutex<crate::lag_window::RecentLag>,
 }
 
 impl Default for ReplayStatus {
@@ -121,6 +123,7 @@ impl Default for ReplayStatus {
             at_log_end: AtomicBool::new(false),
             unconfirmed: Mutex::new(VecDeque::new()),
             lag: Mutex::new(Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")),
+            recent: Mutex::new(crate::lag_window::RecentLag::default()),
         }
     }
 }
@@ -150,6 +153,15 @@ pub struct LagReport {
     pub lag_max_ms: f64,
     /// Commits measured.
     pub commits_applied: u64,
+    /// Per-commit catch-up lag over the last minute
+    /// ([`crate::lag_window::WINDOW_SECS`]), 50th percentile, milliseconds.
+    pub recent_lag_p50_ms: f64,
+    /// 99th percentile over the last minute, milliseconds.
+    pub recent_lag_p99_ms: f64,
+    /// Largest over the last minute, milliseconds.
+    pub recent_lag_max_ms: f64,
+    /// Commits measured over the last minute.
+    pub recent_commits_applied: u64,
     /// Everything in the log when last looked at is applied.
     pub caught_up: bool,
 }
@@ -167,18 +179,22 @@ impl ReplayStatus {
         let now = unix_micros_now();
         let mut pending = lock(&self.unconfirmed);
         let mut lag = lock(&self.lag);
+        let mut recent = lock(&self.recent);
         while let Some(&(lsn, commit)) = pending.front() {
             if lsn > upto {
                 break;
             }
             pending.pop_front();
-            lag.saturating_record((now - commit).max(1) as u64);
+            let took = (now - commit).max(1) as u64;
+            lag.saturating_record(took);
+            recent.record(now, took);
         }
     }
 
     /// Forgets the lag measured so far (e.g. after a warm-up).
     pub fn reset_lag(&self) {
         lock(&self.lag).reset();
+        lock(&self.recent).reset();
     }
 
     /// The per-commit lag histogram, µs.
@@ -194,6 +210,7 @@ impl ReplayStatus {
             (pending.len() as u64, pending.front().map(|&(_, c)| c))
         };
         let lag = lock(&self.lag);
+        let recent = lock(&self.recent).merged(now);
         let ms = |v: u64| v as f64 / 1000.0;
         let read_lsn = self.read_lsn.load(Relaxed);
         let confirmed_lsn = self.confirmed_lsn.load(Relaxed);
@@ -214,6 +231,10 @@ impl ReplayStatus {
             lag_p99_ms: ms(lag.value_at_quantile(0.99)),
             lag_max_ms: ms(lag.max()),
             commits_applied: lag.len(),
+            recent_lag_p50_ms: ms(recent.value_at_quantile(0.5)),
+            recent_lag_p99_ms: ms(recent.value_at_quantile(0.99)),
+            recent_lag_max_ms: ms(recent.max()),
+            recent_commits_applied: recent.len(),
         }
     }
 }

@@ -62,10 +62,14 @@ pub(super) fn show(shared: &Arc<Shared>) -> Reply {
         ("lag_seconds", format!("{:.3}", r.lag_seconds)),
         ("rows_applied", r.rows_applied.to_string()),
         ("batches", r.batches.to_string()),
-        ("commits_applied", r.commits_applied.to_string()),
-        ("lag_p50_ms", format!("{:.1}", r.lag_p50_ms)),
-        ("lag_p99_ms", format!("{:.1}", r.lag_p99_ms)),
-        ("lag_max_ms", format!("{:.1}", r.lag_max_ms)),
+        ("since_start.commits_applied", r.commits_applied.to_string()),
+        ("since_start.lag_p50_ms", format!("{:.1}", r.lag_p50_ms)),
+        ("since_start.lag_p99_ms", format!("{:.1}", r.lag_p99_ms)),
+        ("since_start.lag_max_ms", format!("{:.1}", r.lag_max_ms)),
+        ("last_60s.commits_applied", r.recent_commits_applied.to_string()),
+        ("last_60s.lag_p50_ms", format!("{:.1}", r.recent_lag_p50_ms)),
+        ("last_60s.lag_p99_ms", format!("{:.1}", r.recent_lag_p99_ms)),
+        ("last_60s.lag_max_ms", format!("{:.1}", r.recent_lag_max_ms)),
     ] {
         t.row([k.to_string(), v]);
     }

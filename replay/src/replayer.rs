@@ -268,6 +268,19 @@ async fn reset_positions(target: &Client, resume: Lsn, workers: usize) -> Result
         .map_err(db("reset the workers' positions"))
 }
 
+/// Holds the whole capture log at `log_dir` for the replayer onto `target`
+/// before it first runs (a copy just made, which replays from the start):
+/// without it, retention could delete what that replayer will need once
+/// another replayer has confirmed. Returns the hold's name.
+pub fn hold_log_for_new_copy(
+    log_dir: &std::path::Path,
+    target: &tokio_postgres::Config,
+) -> Result<String, ReplayError> {
+    let hold = hold::LogHold::new(log_dir.to_path_buf(), target);
+    hold.write_blocking(Lsn(0))?;
+    Ok(hold.name().to_owned())
+}
+
 /// One replayer per target: a session advisory lock held on the control
 /// connection for the replayer's life (a crashed one's goes with its
 /// connection; a few seconds are allowed for the server to notice).
@@ -365,7 +378,16 @@ pub async fn run(
     let mut aborts: Vec<_> = handles.iter().map(|h| h.abort_handle()).collect();
     aborts.push(keeper.abort_handle());
     let _workers = AbortOnDrop(aborts);
-    let mut reader = LogReader::open(&options.log_dir, resume.next())?;
+    let mut reader = match LogReader::open(&options.log_dir, resume.next()) {
+        Ok(reader) => reader,
+        Err(e @ crate::log::LogError::LsnUnavailable { .. }) => {
+            // What this replayer needs is gone: its hold would only stop
+            // the log from being trimmed, for nothing.
+            hold.release().await;
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     // Commits read whose COMMIT may not be answered yet: their rows are read
     // from the source only once settled (see `Marker::Settled`).
     let mut waiting: BTreeMap<u64, Unsettled> = BTreeMap::new();

@@ -6,7 +6,7 @@
 //! onto the same target share it, as they share the target's position table.
 
 use super::ReplayError;
-use crate::log::{hold_name, write_hold, LogError, Lsn};
+use crate::log::{hold_name, remove_hold, write_hold, LogError, Lsn};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -38,6 +38,16 @@ impl LogHold {
             name: hold_name(&format!("replayer-{db}@{host}:{port}")),
             description: format!("catch-up onto database {db} at {host}:{port}"),
         }
+    }
+
+    /// The hold's name.
+    pub(super) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// [`LogHold::write`] on the calling thread.
+    pub(super) fn write_blocking(&self, confirmed: Lsn) -> Result<(), LogError> {
+        write_hold(&self.dir, &self.name, confirmed, &self.description)
     }
 
     /// Records that every record up to `confirmed` is committed on the target.
@@ -77,6 +87,15 @@ impl LogHold {
                 }
                 Err(_) => {}
             }
+        }
+    }
+
+    /// Removes the hold (the records it would keep are gone already).
+    pub(super) async fn release(&self) {
+        let hold = self.clone();
+        let removed = tokio::task::spawn_blocking(move || remove_hold(&hold.dir, &hold.name)).await;
+        if let Ok(Err(e)) = removed {
+            tracing::warn!(error = %e, hold = %self.name, "cannot remove the replayer's hold on the capture log");
         }
     }
 

@@ -242,6 +242,7 @@ async fn logical_clone_then_catchup_in_the_proxy_and_standalone() -> Result<()> 
         "dump: done",
         "restore: done",
         "cloned 2 tables",
+        "held from its start for this copy's catch-up",
     ] {
         ensure!(shown.contains(expected), "no {expected:?} in\n{shown}");
     }

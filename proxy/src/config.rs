@@ -317,6 +317,19 @@ pub enum DurabilityConfig {
     Fsync,
 }
 
+/// What happens to capture-log segments that every replayer has confirmed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Retention {
+    /// Delete segments wholly below every hold in the log directory (each
+    /// replayer's committed position, a cutover's freeze marker), keeping the
+    /// newest `retain_records`; with no hold at all, nothing is deleted.
+    #[default]
+    Confirmed,
+    /// Keep the whole log.
+    Keep,
+}
+
 /// Write capture: where the log goes and what to do with statements that
 /// cannot be captured.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -328,6 +341,24 @@ pub struct CaptureConfig {
     /// `write` (default) or `fsync`.
     #[serde(default = "default_durability")]
     pub durability: DurabilityConfig,
+    /// A segment file is closed and a new one started once it would pass
+    /// this size, bytes; retention deletes whole segments. Default 64 MiB.
+    #[serde(default = "default_segment_bytes")]
+    pub segment_bytes: u64,
+    /// `confirmed` (default): delete segments every replayer has confirmed;
+    /// `keep`: keep the whole log.
+    #[serde(default)]
+    pub retention: Retention,
+    /// The newest records that retention always keeps, whatever the
+    /// replayers confirmed. Default 200000: the cutover's verify samples
+    /// keys from the last 200,000 records.
+    #[serde(default = "default_retain_records")]
+    pub retain_records: u64,
+    /// Warn (proxy log, SHOW CAPTURE, metric) when the filesystem holding
+    /// the log has fewer free bytes than this; 0 turns the warning off.
+    /// Default 1 GiB.
+    #[serde(default = "default_disk_warn_free_bytes")]
+    pub disk_warn_free_bytes: u64,
     /// Default policy for unsafe statements: `reject` (default) or `warn`.
     #[serde(default = "default_policy")]
     pub policy: UnsafePolicy,
@@ -361,6 +392,10 @@ impl Default for CaptureConfig {
         CaptureConfig {
             log_dir: default_log_dir(),
             durability: default_durability(),
+            segment_bytes: default_segment_bytes(),
+            retention: Retention::default(),
+            retain_records: default_retain_records(),
+            disk_warn_free_bytes: default_disk_warn_free_bytes(),
             policy: default_policy(),
             policies: Default::default(),
             catalog_refresh_ms: default_catalog_refresh_ms(),
@@ -394,6 +429,18 @@ fn default_log_dir() -> std::path::PathBuf {
 }
 fn default_durability() -> DurabilityConfig {
     DurabilityConfig::Write
+}
+/// The smallest `capture.segment_bytes` accepted (a few records' worth).
+pub const MIN_SEGMENT_BYTES: u64 = 4096;
+
+fn default_segment_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_retain_records() -> u64 {
+    200_000
+}
+fn default_disk_warn_free_bytes() -> u64 {
+    1024 * 1024 * 1024
 }
 fn default_policy() -> UnsafePolicy {
     UnsafePolicy::Reject
@@ -483,6 +530,15 @@ impl Config {
                 format!(
                     "is the admin console's name `{}`; set admin_database to another name",
                     self.admin_database
+                ),
+            ));
+        }
+        if self.capture.segment_bytes < MIN_SEGMENT_BYTES {
+            return Err(invalid(
+                "capture.segment_bytes",
+                format!(
+                    "{} is too small: a segment must hold at least {MIN_SEGMENT_BYTES} bytes",
+                    self.capture.segment_bytes
                 ),
             ));
         }
@@ -806,6 +862,31 @@ mod tests {
         assert_eq!(c.listen, default_listen());
         assert_eq!(c.source.port, 5432);
         assert_eq!(c.limits.max_message_bytes, 64 << 20);
+    }
+
+    #[test]
+    fn retention_settings_have_defaults_and_are_checked() {
+        let base = "[source]\nhost = \"db1\"\n[auth]\nmethod = \"trust\"\n";
+        let c = Config::parse(base, "t").unwrap();
+        assert_eq!(c.capture.retention, Retention::Confirmed);
+        assert_eq!(c.capture.retain_records, 200_000);
+        assert_eq!(c.capture.segment_bytes, 64 << 20);
+        assert_eq!(c.capture.disk_warn_free_bytes, 1 << 30);
+        let c = Config::parse(
+            &format!("{base}[capture]\nretention = \"keep\"\nretain_records = 10\nsegment_bytes = 65536\ndisk_warn_free_bytes = 0\n"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.capture.retention, Retention::Keep);
+        assert_eq!((c.capture.retain_records, c.capture.segment_bytes), (10, 65536));
+        let err = Config::parse(&format!("{base}[capture]\nsegment_bytes = 100\n"), "t")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("capture.segment_bytes"), "{err}");
+        let err = Config::parse(&format!("{base}[capture]\nretention = \"forever\"\n"), "t")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("confirmed") && err.contains("keep"), "{err}");
     }
 
     #[test]

@@ -14,7 +14,9 @@
 //! `session_replication_role = replica` and follow foreign keys themselves:
 //! children of a deleted parent are re-synced, so ON DELETE CASCADE / SET
 //! NULL converge. A restart resumes after the lowest confirmed position
-//! (re-applying a key is harmless: rows are re-read, not replayed).
+//! (re-applying a key is harmless: rows are re-read, not replayed). That
+//! position is also kept as the replayer's hold in the log directory (see
+//! `hold`), so that capture deletes only segments it will never read again.
 
 use crate::catalog::{Catalog, FkAction, QualifiedName};
 use crate::log::{LogReader, Lsn, Marker, Record};
@@ -31,6 +33,8 @@ use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::types::Type;
 use tokio_postgres::Client;
+
+mod hold;
 
 /// Why replay stopped.
 #[derive(Debug, Error)]
@@ -285,6 +289,19 @@ async fn reset_positions(target: &Client, resume: Lsn, workers: usize) -> Result
         .map_err(db("reset the workers' positions"))
 }
 
+/// Holds the whole capture log at `log_dir` for the replayer onto `target`
+/// before it first runs (a copy just made, which replays from the start):
+/// without it, retention could delete what that replayer will need once
+/// another replayer has confirmed. Returns the hold's name.
+pub fn hold_log_for_new_copy(
+    log_dir: &std::path::Path,
+    target: &tokio_postgres::Config,
+) -> Result<String, ReplayError> {
+    let hold = hold::LogHold::new(log_dir.to_path_buf(), target);
+    hold.write_blocking(Lsn(0))?;
+    Ok(hold.name().to_owned())
+}
+
 /// One replayer per target: a session advisory lock held on the control
 /// connection for the replayer's life (a crashed one's goes with its
 /// connection; a few seconds are allowed for the server to notice).
@@ -343,6 +360,10 @@ pub async fn run(
     let resume = prepare_target(&control).await?;
     let workers = options.workers.max(1);
     reset_positions(&control, resume, workers).await?;
+    // The hold goes before the first read, so that the proxy's capture
+    // keeps every segment from `resume` on from here.
+    let hold = hold::LogHold::new(options.log_dir.clone(), &target);
+    hold.write(resume).await?;
     status.confirmed_lsn.store(resume.0, Relaxed);
     status.read_lsn.store(resume.0, Relaxed);
     // A status carried over from an earlier run: what it had in flight is
@@ -353,6 +374,9 @@ pub async fn run(
     let mut senders = Vec::with_capacity(workers);
     let mut handles = Vec::with_capacity(workers);
     let confirmed: Arc<Vec<AtomicU64>> = Arc::new((0..workers).map(|_| AtomicU64::new(resume.0)).collect());
+    // What each worker committed on the target with its position (behind
+    // `confirmed` while idle positions are only in memory).
+    let committed: Arc<Vec<AtomicU64>> = Arc::new((0..workers).map(|_| AtomicU64::new(resume.0)).collect());
     for w in 0..workers {
         let (tx, rx) = mpsc::channel::<Batch>(4);
         senders.push(tx);
@@ -365,13 +389,26 @@ pub async fn run(
             target_catalog: target_catalog.clone(),
             status: status.clone(),
             confirmed: confirmed.clone(),
+            committed: committed.clone(),
         };
         handles.push(tokio::spawn(worker.run(rx)));
     }
+    let keeper = tokio::spawn(hold.clone().keep(committed.clone(), resume));
     // Dropping this future (an aborted task) stops the workers with it, so
     // a restarted replayer never overlaps with the old one's batches.
-    let _workers = AbortOnDrop(handles.iter().map(|h| h.abort_handle()).collect());
-    let mut reader = LogReader::open(&options.log_dir, resume.next())?;
+    let mut aborts: Vec<_> = handles.iter().map(|h| h.abort_handle()).collect();
+    aborts.push(keeper.abort_handle());
+    let _workers = AbortOnDrop(aborts);
+    let mut reader = match LogReader::open(&options.log_dir, resume.next()) {
+        Ok(reader) => reader,
+        Err(e @ crate::log::LogError::LsnUnavailable { .. }) => {
+            // What this replayer needs is gone: its hold would only stop
+            // the log from being trimmed, for nothing.
+            hold.release().await;
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     // Commits read whose COMMIT may not be answered yet: their rows are read
     // from the source only once settled (see `Marker::Settled`).
     let mut waiting: BTreeMap<u64, Unsettled> = BTreeMap::new();
@@ -510,7 +547,8 @@ pub async fn run(
             Err(_) => return Err(ReplayError::Worker(w)),
         }
     }
-    Ok(())
+    keeper.abort();
+    hold.finish(&committed).await
 }
 
 async fn join_failure(handles: Vec<tokio::task::JoinHandle<Result<(), ReplayError>>>, w: usize) -> ReplayError {
@@ -609,6 +647,7 @@ struct Worker {
     target_catalog: Arc<Catalog>,
     status: Arc<ReplayStatus>,
     confirmed: Arc<Vec<AtomicU64>>,
+    committed: Arc<Vec<AtomicU64>>,
 }
 
 impl Worker {
@@ -642,7 +681,10 @@ impl Worker {
             let mut attempt = 0u64;
             loop {
                 match self.apply(&batch).await {
-                    Ok(()) => break,
+                    Ok(()) => {
+                        self.committed[self.id].store(batch.upto.0, Relaxed);
+                        break;
+                    }
                     Err(ReplayError::Db { source, .. })
                         if attempt < 1_000
                             && source.code().is_some_and(|c| {

@@ -153,6 +153,8 @@ pub struct Active {
     /// Transactions whose keys were logged only after their commit (a path
     /// capture did not hold); should stay 0.
     pub late: AtomicU64,
+    /// The log directory as retention last saw it (size, holds, disk).
+    log_watch: super::retention::LogWatch,
     stop: watch::Sender<bool>,
 }
 
@@ -204,6 +206,12 @@ impl Active {
         let e = self.log().failure()?;
         self.log_failed(&e);
         self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The log's size, oldest position, holds and disk space, as of the
+    /// last retention pass (once a second).
+    pub fn log_watch(&self) -> &super::retention::LogWatch {
+        &self.log_watch
     }
 
     /// How many times a restarted proxy resumed this capture.
@@ -367,6 +375,7 @@ impl Capture {
                 DurabilityConfig::Write => Durability::Write,
                 DurabilityConfig::Fsync => Durability::Fsync,
             },
+            segment_size: self.config.segment_bytes,
             ..LogOptions::default()
         }
     }

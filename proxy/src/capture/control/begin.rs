@@ -188,6 +188,7 @@ impl Capture {
             commits: AtomicU64::new(0),
             keys: AtomicU64::new(0),
             late: AtomicU64::new(0),
+            log_watch: Default::default(),
             stop,
         });
         *self.place.lock().unwrap_or_else(|p| p.into_inner()) = parts.place.clone();
@@ -216,6 +217,11 @@ impl Capture {
         tokio::spawn(watch_barrier(
             Arc::downgrade(&active),
             sessions.clone(),
+            stopped.clone(),
+        ));
+        tokio::spawn(crate::capture::retention::watch_log_dir(
+            Arc::downgrade(&active),
+            parts.place.dir.clone(),
             stopped.clone(),
         ));
         tokio::spawn(crate::capture::log_health::watch_log(

@@ -256,6 +256,7 @@ impl Run {
         // From here on the cutover finishes whatever happens: the target is
         // in sync and the source is no longer written.
         self.begin(Step::Flip);
+        let source_log_dir = ready.active.config.log_dir.clone();
         let Ready {
             source,
             mut order,
@@ -303,6 +304,7 @@ impl Run {
         if let Err(e) = capture_stopped.await {
             detail.push_str(&format!("; capture: {e}"));
         }
+        detail.push_str(&self.hold_from_freeze(source_log_dir).await);
         if let Err(e) = self.shared.catchup.stop().await {
             detail.push_str(&format!("; catch-up: {e}"));
         }
@@ -316,6 +318,28 @@ impl Run {
         }
         self.end(detail);
         Ok(())
+    }
+
+    /// After the flip: the source's log is kept from the freeze marker on
+    /// (a hold named after this cutover) until the DBA removes the hold, so
+    /// that what a rollback may need is not deleted if capture runs there
+    /// again. Returns a note for the step's detail.
+    async fn hold_from_freeze(&self, dir: std::path::PathBuf) -> String {
+        let Some(freeze) = self.report.freeze_lsn else {
+            return String::new();
+        };
+        let name = format!("cutover-{}", self.report.id);
+        let what = format!("cutover {}: its freeze marker and everything after it", self.report.id);
+        let hold = name.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            switchyard_replay::log::write_hold(&dir, &hold, Lsn(freeze.saturating_sub(1)), &what)
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => format!("; the source's capture log is kept from the freeze marker on (hold {name})"),
+            Ok(Err(e)) => format!("; cannot hold the source's capture log from the freeze marker: {e}"),
+            Err(e) => format!("; cannot hold the source's capture log from the freeze marker: {e}"),
+        }
     }
 
     async fn preflight(&mut self) -> Result<Ready, Failure> {

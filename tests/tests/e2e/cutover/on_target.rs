@@ -247,6 +247,17 @@ async fn every_write_after_the_flip_is_captured_on_the_target_also_after_a_resta
         .take(10)
         .collect();
     ensure!(leaked.is_empty(), "target writes in the source's log: {leaked:?}");
+    // The source's log is held from the freeze marker on; nothing holds the
+    // target's, so none of it is deleted until a replayer confirms it.
+    let holds = switchyard_replay::log::read_holds(&cut.config.capture.log_dir)?;
+    ensure!(
+        holds
+            .iter()
+            .any(|h| h.name.starts_with("cutover-") && h.confirmed.0 > 0),
+        "no cutover hold in the source's log: {holds:?}"
+    );
+    let target_holds = switchyard_replay::log::read_holds(&target_dir)?;
+    ensure!(target_holds.is_empty(), "{target_holds:?}");
     oracle.drop_slot(&direct).await?;
 
     // A proxy started again resumes capture on the target before

@@ -318,7 +318,7 @@ pub enum DurabilityConfig {
 }
 
 /// What happens to capture-log segments that every replayer has confirmed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Retention {
     /// Delete segments wholly below every hold in the log directory (each

@@ -71,9 +71,10 @@ struct Steps {
 }
 
 impl Steps {
-    fn start(&mut self, name: &str) {
-        println!("\n[{}] {name}", self.done.len() + 1);
-        self.current = Some((name.to_owned(), Instant::now()));
+    /// Starts step `label` (its name in the report), printing what it does.
+    fn start(&mut self, label: &str, what: &str) {
+        println!("\n[{}] {what}", self.done.len() + 1);
+        self.current = Some((label.to_owned(), Instant::now()));
     }
 
     fn end(&mut self, detail: &str) {
@@ -108,7 +109,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         .unwrap_or_else(|| std::env::temp_dir().join("switchyard-demo.png"));
     let mut steps = Steps::default();
 
-    steps.start("starting two PostgreSQL servers: the source and the target");
+    steps.start("servers", "starting two PostgreSQL servers: the source and the target");
     let (source, target) = stack::start_clusters().await?;
     steps.end(&format!(
         "source on port {}, target on port {}",
@@ -116,14 +117,17 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         target.port()
     ));
 
-    steps.start("loading the sample shop into the source");
+    steps.start("sample data", "loading the sample shop into the source");
     stack::load_sample(&source).await?;
     steps.end(&format!(
         "database {DB}: {CUSTOMERS} customers, {PRODUCTS} products, {ORDERS} orders"
     ));
 
     let (work, config_path) = stack::work_dir()?;
-    let result = migrate(&args, &mut steps, &source, &target, work.path(), &config_path, &plot).await;
+    let result = tokio::select! {
+        r = migrate(&args, &mut steps, &source, &target, work.path(), &config_path, &plot) => r,
+        signal = interrupted() => Err(anyhow::anyhow!("{signal}: the demo stops where it was")),
+    };
     println!("\nstopping the servers and removing their files...");
     drop((source, target));
     drop(work);
@@ -151,7 +155,7 @@ async fn migrate(
     config_path: &std::path::Path,
     plot_path: &std::path::Path,
 ) -> Result<bool> {
-    steps.start("starting the proxy in front of the source");
+    steps.start("proxy", "starting the proxy in front of the source");
     let proxy = stack::start_proxy(args.port, |port| stack::config(source, target, port, work))?;
     let port = proxy.addr().port();
     let config = stack::config(source, target, port, work)?;
@@ -164,7 +168,7 @@ async fn migrate(
         config_path.display()
     ));
 
-    steps.start("starting the application's load through the proxy");
+    steps.start("load started", "starting the application's load through the proxy");
     let runtime = LoadRuntime::new()?;
     let spec = Spec {
         clients: args.clients,
@@ -179,13 +183,16 @@ async fn migrate(
 
     // The load runs from here to the end, whatever fails in between.
     let before = async {
-        steps.start("CAPTURE START: logging the key of every committed write");
+        steps.start("capture", "CAPTURE START: logging the key of every committed write");
         let console = crate::capturing::Console::connect(&admin, &config.admin_database).await?;
         let barrier = crate::capturing::start_capture(&console).await?;
         console.close().await;
         steps.end(&format!("barrier passed after {:.0} ms", barrier.as_secs_f64() * 1e3));
 
-        steps.start("cloning the source into the target (switchyard clone: pg_dump, pg_restore)");
+        steps.start(
+            "clone",
+            "cloning the source into the target (switchyard clone: pg_dump, pg_restore)",
+        );
         let options = CloneOptions {
             method: Method::Logical,
             jobs: 2,
@@ -198,7 +205,7 @@ async fn migrate(
         switchyard_proxy::clone::run(&config, &options, &stack::cli_console(&proxy, &config)).await?;
         steps.end("");
 
-        steps.start("migrating the target (the source keeps taking the load)");
+        steps.start("migration", "migrating the target (the source keeps taking the load)");
         let client = target.connect(DB).await.context("connecting to the target")?;
         for (what, sql) in MIGRATION {
             let at = Instant::now();
@@ -212,12 +219,18 @@ async fn migrate(
         steps.end("");
 
         let console = LiveConsole::connect(&admin, &config.admin_database).await?;
-        steps.start("CATCHUP START: replaying the logged keys onto the target through the mapping");
+        steps.start(
+            "catch-up",
+            "CATCHUP START: replaying the logged keys onto the target through the mapping",
+        );
         console.rows("CATCHUP START").await?;
         let lag = wait_caught_up(&console).await?;
         steps.end(&lag);
 
-        steps.start("VERIFY: every table, source through the mapping against target, online");
+        steps.start(
+            "verify",
+            "VERIFY: every table, source through the mapping against target, online",
+        );
         let verify_rows = verify(&console).await?;
         steps.end(&format!("{verify_rows} rows checked, none differing"));
         console.close().await;
@@ -241,7 +254,7 @@ async fn migrate(
         None => wait_for_enter(&proxy, source, target, &config, config_path).await?,
     }
 
-    steps.start("CUTOVER on the admin console");
+    steps.start("cutover", "CUTOVER on the admin console");
     let zero = running.zero;
     let cut = cutover::run(&admin, &config.admin_database, || {
         u64::try_from(zero.elapsed().as_micros()).unwrap_or(u64::MAX)
@@ -258,14 +271,17 @@ async fn migrate(
     steps.end(&format!("pause {:.1} ms", cut.pause_ms));
 
     let after = Duration::from_secs(args.seconds.unwrap_or(INTERACTIVE_AFTER.as_secs()));
-    steps.start("the load goes on, on the target");
+    steps.start("load on the target", "the load goes on, on the target");
     tokio::time::sleep(after).await;
     let recorded = running.finish().await?;
     drop(runtime);
     proxy.stop();
     steps.end(&format!("{} s", after.as_secs()));
 
-    steps.start("checking the target: tables against the source at the flip, committed transactions, sequences");
+    steps.start(
+        "check",
+        "checking the target: tables against the source at the flip, committed transactions, sequences",
+    );
     let checked = check::check(source, target, &recorded.txs, cut.sent_us, cut.answered_us).await?;
     steps.end(&format!(
         "{} rows equal, {} written since the flip, {} problems",
@@ -386,10 +402,32 @@ async fn wait_for_enter(
         dst_user = target.superuser(),
         config = config_path.display(),
     );
-    let mut line = String::new();
-    let read = tokio::task::spawn_blocking(move || std::io::stdin().read_line(&mut line).map(|_| ()));
-    read.await
+    // A thread of its own, not the runtime's blocking pool: a runtime
+    // waits for its blocking tasks when it shuts down, and an interrupted
+    // demo must not wait for a line that never comes.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("demo-enter".to_owned())
+        .spawn(move || {
+            let mut line = String::new();
+            let _ = tx.send(std::io::stdin().read_line(&mut line).map(|_| ()));
+        })
+        .context("starting the thread that waits for Enter")?;
+    rx.await
         .context("waiting for Enter")?
         .context("reading standard input")?;
     Ok(())
+}
+
+/// Waits for Ctrl-C or SIGTERM, so that the servers are stopped and their
+/// files removed on the way out; never returns if neither can be watched.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "Ctrl-C",
+        _ = term.recv() => "SIGTERM",
+    }
 }

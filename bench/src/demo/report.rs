@@ -96,8 +96,10 @@ pub(super) struct Summary<'a> {
 pub(super) fn print(s: &Summary<'_>) {
     println!("\n=== switchyard demo: report ===\n\nsteps:");
     for (name, took) in s.steps {
-        println!("  {:<44} {:>8.2} s", name, took.as_secs_f64());
+        println!("  {:<20} {:>8.2} s", name, took.as_secs_f64());
     }
+    let total: Duration = s.steps.iter().map(|(_, t)| *t).sum();
+    println!("  {:<20} {:>8.2} s", "total", total.as_secs_f64());
     println!("\ncutover steps (inside CUTOVER):");
     for (name, value) in &s.cutover.steps {
         println!("  {name:<12} {value}");

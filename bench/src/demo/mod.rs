@@ -256,10 +256,15 @@ async fn migrate(
 
     steps.start("cutover", "CUTOVER on the admin console");
     let zero = running.zero;
-    let cut = cutover::run(&admin, &config.admin_database, || {
-        u64::try_from(zero.elapsed().as_micros()).unwrap_or(u64::MAX)
-    })
-    .await;
+    let now_us = || u64::try_from(zero.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let mut cut = cutover::run(&admin, &config.admin_database, now_us).await;
+    // Interactively, a refusal (a psql session left open on the source,
+    // say) is worth another try once the DBA has seen why.
+    while let (Err(e), None) = (&cut, args.seconds) {
+        println!("    the cutover did not finish: {e:#}\n    traffic stays on the source; press Enter to try again, Ctrl-C to stop.");
+        read_enter().await?;
+        cut = cutover::run(&admin, &config.admin_database, now_us).await;
+    }
     let cut = match cut {
         Ok(c) => c,
         Err(e) => {
@@ -402,6 +407,11 @@ async fn wait_for_enter(
         dst_user = target.superuser(),
         config = config_path.display(),
     );
+    read_enter().await
+}
+
+/// Waits for a line on standard input (or its end).
+async fn read_enter() -> Result<()> {
     // A thread of its own, not the runtime's blocking pool: a runtime
     // waits for its blocking tasks when it shuts down, and an interrupted
     // demo must not wait for a line that never comes.

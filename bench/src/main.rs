@@ -53,8 +53,11 @@ enum Command {
     /// PgBouncer PAUSE/RELOAD/RESUME) in the same run; client stalls, the
     /// pause and its steps, and a check of the target.
     Cutover(cutover_bench::Args),
-    /// Start a sample database behind the proxy and print how to connect;
-    /// runs until Ctrl-C.
+    /// A whole migration in one command: two throwaway servers, a sample
+    /// shop behind the proxy under load, capture, clone, a migration on the
+    /// target, catch-up, VERIFY and CUTOVER, then a check of the target and
+    /// a report. Interactive (waits for Enter before the cutover) unless
+    /// `--seconds` is given.
     Demo(demo::Args),
 }
 

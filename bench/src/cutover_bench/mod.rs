@@ -17,7 +17,7 @@
 mod bouncer;
 mod load;
 mod ours;
-mod plot;
+pub(crate) mod plot;
 mod recipe;
 mod report;
 mod stats;

@@ -26,18 +26,18 @@ const OURS: RGBColor = RGBColor(31, 119, 180);
 const RECIPE: RGBColor = RGBColor(214, 39, 40);
 
 /// One rate's panel.
-pub(super) struct Panel {
-    pub(super) title: String,
+pub(crate) struct Panel {
+    pub(crate) title: String,
     /// (seconds from the cutover command, latency ms) per transaction.
-    pub(super) ours: Vec<(f64, f64)>,
-    pub(super) recipe: Vec<(f64, f64)>,
+    pub(crate) ours: Vec<(f64, f64)>,
+    pub(crate) recipe: Vec<(f64, f64)>,
     /// The pause, seconds.
-    pub(super) ours_span: f64,
-    pub(super) recipe_span: f64,
+    pub(crate) ours_span: f64,
+    pub(crate) recipe_span: f64,
 }
 
 /// Draws `panels` into a PNG at `path`, creating its directory.
-pub(super) fn draw(path: &Path, panels: &[Panel]) -> Result<()> {
+pub(crate) fn draw(path: &Path, panels: &[Panel]) -> Result<()> {
     register_font()?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -82,6 +82,10 @@ fn draw_panel(area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>, p: 
         ("switchyard CUTOVER", &p.ours, OURS),
     ];
     for (label, points, color) in series {
+        // A run of one side only (the demo's) leaves the other empty.
+        if points.is_empty() {
+            continue;
+        }
         chart
             .draw_series(
                 points

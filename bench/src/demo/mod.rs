@@ -100,8 +100,8 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     }
     switchyard_tests::Binaries::locate().context(
         "the demo runs two PostgreSQL 15 servers: install the Debian package postgresql-15 \
-         (apt-get install postgresql-15), or put the bin directory of PostgreSQL 15 installed elsewhere \
-         first on PATH (it needs initdb, pg_ctl, postgres, pg_dump and pg_restore)",
+         (apt-get install postgresql-15), or set SWITCHYARD_PG_BINDIR to the bin directory of a \
+         PostgreSQL installed elsewhere (it needs initdb, pg_ctl, postgres, pg_dump and pg_restore)",
     )?;
     let plot = args
         .plot

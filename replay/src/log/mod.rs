@@ -22,6 +22,7 @@
 //! truncates it; an invalid frame followed by valid data is corruption and a
 //! hard error.
 
+mod bell;
 mod codec;
 mod error;
 mod frame;
@@ -37,6 +38,7 @@ mod tests;
 
 use std::fmt;
 
+pub use bell::LogBell;
 pub use codec::DecodeError;
 pub use error::{Corruption, InvalidRecord, LogError};
 pub use frame::{BadFrame, MAX_PAYLOAD_LEN};

@@ -411,7 +411,7 @@ pub async fn run_standalone(
 /// One line of progress.
 pub fn describe(r: &LagReport) -> String {
     format!(
-        "{} confirmed {} / read {} · {} commit(s), {} key(s) pending · lag {:.3}s · {} rows applied · lag p50 {:.1} ms p99 {:.1} ms",
+        "{} confirmed {} / read {} · {} commit(s), {} key(s) pending · lag {:.3}s · {} rows applied · lag over the last minute p50 {:.1} ms p99 {:.1} ms",
         if r.caught_up { "caught up:" } else { "catching up:" },
         r.confirmed_lsn,
         r.read_lsn,
@@ -419,7 +419,7 @@ pub fn describe(r: &LagReport) -> String {
         r.keys_pending,
         r.lag_seconds,
         r.rows_applied,
-        r.lag_p50_ms,
-        r.lag_p99_ms
+        r.recent_lag_p50_ms,
+        r.recent_lag_p99_ms
     )
 }

@@ -44,6 +44,9 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the proxy in the foreground until SIGTERM or SIGINT.
+    #[command(after_help = "Examples:
+  switchyard proxy --config switchyard.toml
+  RUST_LOG=debug switchyard --log-format json proxy --config switchyard.toml --threads 2")]
     Proxy {
         /// The TOML config file.
         #[arg(short, long, value_name = "FILE")]
@@ -53,15 +56,23 @@ pub enum Command {
         threads: usize,
     },
     /// Check a config file and print what it resolves to.
+    #[command(after_help = "Examples:
+  switchyard check-config --config switchyard.toml     every setting in force, exit code 2 on an error")]
     CheckConfig {
         /// The TOML config file.
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
     /// Show a running proxy's status (SHOW STATUS).
+    #[command(after_help = "Examples:
+  switchyard status --config switchyard.toml
+  switchyard status --host 10.0.0.5 --port 6432 -U admin")]
     Status(ConsoleArgs),
     /// Hold every session at its next transaction boundary (PAUSE ...
     /// DETACHED: the pause outlives this command, until RESUME or the timeout).
+    #[command(after_help = "Examples:
+  switchyard pause --config switchyard.toml --timeout 30s
+  switchyard resume --config switchyard.toml")]
     Pause {
         /// How to reach the console.
         #[command(flatten)]
@@ -72,10 +83,14 @@ pub enum Command {
         timeout: Option<String>,
     },
     /// Reopen the gate after a pause (RESUME).
+    #[command(after_help = "Examples:
+  switchyard resume --config switchyard.toml")]
     Resume(ConsoleArgs),
     /// Move every client session to a fresh backend at its next transaction
     /// boundary, without the clients reconnecting (RECONNECT), e.g. after
     /// the database restarted: `switchyard reconnect --timeout 30s`.
+    #[command(after_help = "Examples:
+  switchyard reconnect --config switchyard.toml --timeout 30s   after the database restarted")]
     Reconnect {
         /// How to reach the console.
         #[command(flatten)]
@@ -92,6 +107,10 @@ pub enum Command {
         force: bool,
     },
     /// Write capture: `start`, `stop` or `show` (CAPTURE START | CAPTURE STOP | SHOW CAPTURE).
+    #[command(after_help = "Examples:
+  switchyard capture start --config switchyard.toml
+  switchyard capture show --config switchyard.toml
+  switchyard capture stop --config switchyard.toml")]
     Capture {
         /// start, stop or show.
         #[arg(value_enum)]
@@ -105,15 +124,24 @@ pub enum Command {
     },
     /// Copy the source to the target once the capture barrier has passed:
     /// pg_dump/pg_restore (logical, the default) or pg_basebackup (physical).
+    #[command(after_help = "Examples:
+  switchyard clone --config switchyard.toml                    pg_dump | pg_restore into [target]
+  switchyard clone --config switchyard.toml --jobs 8 --no-owner
+  switchyard clone --config switchyard.toml --method physical --dir /var/lib/postgresql/clone")]
     Clone(CloneArgs),
     /// Catch-up replay onto the target: `start`, `stop`, `show` in a running
     /// proxy, or `run` standalone in the foreground.
+    #[command(after_help = "Examples:
+  switchyard catchup start --config switchyard.toml
+  switchyard catchup run --config switchyard.toml --until-caught-up")]
     Catchup {
         /// What to do.
         #[command(subcommand)]
         action: CatchupCommand,
     },
     /// Show catch-up progress and lag (SHOW LAG).
+    #[command(after_help = "Examples:
+  switchyard lag --config switchyard.toml")]
     Lag(ConsoleArgs),
     /// Move all traffic to the target: preflight, freeze, final sync,
     /// sequences, verify, flip, reopen (CUTOVER); each step is printed as
@@ -135,6 +163,9 @@ pub enum Command {
         rows_per_range: Option<usize>,
     },
     /// Run any admin console command, e.g. `switchyard admin "SHOW SESSIONS"`.
+    #[command(after_help = "Examples:
+  switchyard admin --config switchyard.toml 'SHOW SESSIONS'
+  switchyard admin --config switchyard.toml 'CAPTURE ACK'")]
     Admin {
         /// How to reach the console.
         #[command(flatten)]
@@ -470,6 +501,29 @@ impl CaptureAction {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_subcommand_has_help_with_examples() {
+        use clap::CommandFactory;
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+                let name = format!("{path} {}", sub.get_name());
+                // A group's examples cover its subcommands.
+                let own = sub
+                    .get_after_help()
+                    .is_some_and(|h| h.to_string().contains("Examples:"));
+                if sub.get_about().is_none() || (!own && !sub.has_subcommands()) {
+                    missing.push(name.clone());
+                }
+                if !own {
+                    walk(sub, &name, missing);
+                }
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "switchyard", &mut missing);
+        assert!(missing.is_empty(), "no help with examples: {missing:?}");
+    }
 
     #[test]
     fn the_console_comes_from_the_flags_then_the_config_then_the_defaults() {

@@ -68,9 +68,29 @@ pub async fn run(config: &Config, options: &CloneOptions, console: &Console) -> 
         );
     }
     wait_for_barrier(console, options.barrier_timeout).await?;
+    hold_log_for_copy(config);
     match options.method {
         Method::Logical => logical(config, options, &bin, &source_pg, &source, source_version).await,
         Method::Physical => physical(options, &bin, &source_pg, &source, source_version, tool_version).await,
+    }
+}
+
+/// The copy about to be made replays the capture log from its start: hold
+/// the whole log for it (the hold of its replayer, which then moves it on),
+/// so that retention does not delete what it needs while another replayer
+/// confirms. A log directory not on this machine is only warned about.
+fn hold_log_for_copy(config: &Config) {
+    let Ok(target) = config.target_connection("switchyard clone") else {
+        return;
+    };
+    match switchyard_replay::replayer::hold_log_for_new_copy(&config.capture.log_dir, &target) {
+        Ok(name) => eprintln!(
+            "the capture log in {} is held from its start for this copy's catch-up (hold {name})",
+            config.capture.log_dir.display()
+        ),
+        Err(e) => eprintln!(
+            "warning: cannot hold the capture log for this copy ({e}); start its catch-up before another replayer              confirms, or set capture.retention = \"keep\""
+        ),
     }
 }
 

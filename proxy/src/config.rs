@@ -1,13 +1,14 @@
 //! The proxy's configuration: a TOML file read by [`Config::load`] and checked
 //! by [`Config::validate`]. Every error names the key at fault.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 use thiserror::Error;
 
 mod cutover;
+mod effective;
 
 pub use cutover::{CutoverConfig, Fence, OnDrainTimeout, VerifyMode};
 
@@ -41,7 +42,7 @@ pub enum ConfigError {
 }
 
 /// How a client (or the proxy, towards a database) proves who it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AuthMethod {
     /// No password.
@@ -65,7 +66,7 @@ impl AuthMethod {
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Address clients connect to. Default `127.0.0.1:6432`.
@@ -104,7 +105,7 @@ pub struct Config {
 }
 
 /// Catch-up replay (key sync) from the capture log to the target.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CatchupConfig {
     /// Migration mapping file (TOML); absent: same tables and columns by name.
@@ -135,7 +136,7 @@ fn default_batch_keys() -> usize {
 }
 
 /// A database the proxy connects to.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// Host name or IP address.
@@ -153,7 +154,7 @@ pub struct DatabaseConfig {
 }
 
 /// Client authentication.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// `trust`, `md5` or `scram-sha-256` (default). With `trust` any user name
@@ -171,7 +172,7 @@ impl Default for AuthConfig {
 }
 
 /// A user known to the proxy.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     /// User name.
@@ -187,7 +188,7 @@ pub struct UserConfig {
 }
 
 /// Limits and timeouts.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Largest message accepted from a client, in bytes. Default 64 MiB.
@@ -279,7 +280,7 @@ impl Limits {
 pub const MAX_TIMEOUT_MS: u64 = 86_400_000;
 
 /// Prometheus endpoint.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Address of the HTTP endpoint serving `/metrics`; off when absent.
@@ -287,7 +288,7 @@ pub struct MetricsConfig {
 }
 
 /// What capture does with a statement it cannot capture.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum UnsafePolicy {
     /// The client gets an error (SQLSTATE 0A000) and the statement does not run.
@@ -307,7 +308,7 @@ impl UnsafePolicy {
 }
 
 /// How far a capture-log write must get before a commit is let through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DurabilityConfig {
     /// write(2) returned: survives a proxy crash.
@@ -316,9 +317,22 @@ pub enum DurabilityConfig {
     Fsync,
 }
 
+/// What happens to capture-log segments that every replayer has confirmed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Retention {
+    /// Delete segments wholly below every hold in the log directory (each
+    /// replayer's committed position, a cutover's freeze marker), keeping the
+    /// newest `retain_records`; with no hold at all, nothing is deleted.
+    #[default]
+    Confirmed,
+    /// Keep the whole log.
+    Keep,
+}
+
 /// Write capture: where the log goes and what to do with statements that
 /// cannot be captured.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CaptureConfig {
     /// Directory of the capture log's segment files. Default `switchyard-log`.
@@ -327,6 +341,24 @@ pub struct CaptureConfig {
     /// `write` (default) or `fsync`.
     #[serde(default = "default_durability")]
     pub durability: DurabilityConfig,
+    /// A segment file is closed and a new one started once it would pass
+    /// this size, bytes; retention deletes whole segments. Default 64 MiB.
+    #[serde(default = "default_segment_bytes")]
+    pub segment_bytes: u64,
+    /// `confirmed` (default): delete segments every replayer has confirmed;
+    /// `keep`: keep the whole log.
+    #[serde(default)]
+    pub retention: Retention,
+    /// The newest records that retention always keeps, whatever the
+    /// replayers confirmed. Default 200000: the cutover's verify samples
+    /// keys from the last 200,000 records.
+    #[serde(default = "default_retain_records")]
+    pub retain_records: u64,
+    /// Warn (proxy log, SHOW CAPTURE, metric) when the filesystem holding
+    /// the log has fewer free bytes than this; 0 turns the warning off.
+    /// Default 1 GiB.
+    #[serde(default = "default_disk_warn_free_bytes")]
+    pub disk_warn_free_bytes: u64,
     /// Default policy for unsafe statements: `reject` (default) or `warn`.
     #[serde(default = "default_policy")]
     pub policy: UnsafePolicy,
@@ -360,6 +392,10 @@ impl Default for CaptureConfig {
         CaptureConfig {
             log_dir: default_log_dir(),
             durability: default_durability(),
+            segment_bytes: default_segment_bytes(),
+            retention: Retention::default(),
+            retain_records: default_retain_records(),
+            disk_warn_free_bytes: default_disk_warn_free_bytes(),
             policy: default_policy(),
             policies: Default::default(),
             catalog_refresh_ms: default_catalog_refresh_ms(),
@@ -393,6 +429,18 @@ fn default_log_dir() -> std::path::PathBuf {
 }
 fn default_durability() -> DurabilityConfig {
     DurabilityConfig::Write
+}
+/// The smallest `capture.segment_bytes` accepted (a few records' worth).
+pub const MIN_SEGMENT_BYTES: u64 = 4096;
+
+fn default_segment_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_retain_records() -> u64 {
+    200_000
+}
+fn default_disk_warn_free_bytes() -> u64 {
+    1024 * 1024 * 1024
 }
 fn default_policy() -> UnsafePolicy {
     UnsafePolicy::Reject
@@ -482,6 +530,15 @@ impl Config {
                 format!(
                     "is the admin console's name `{}`; set admin_database to another name",
                     self.admin_database
+                ),
+            ));
+        }
+        if self.capture.segment_bytes < MIN_SEGMENT_BYTES {
+            return Err(invalid(
+                "capture.segment_bytes",
+                format!(
+                    "{} is too small: a segment must hold at least {MIN_SEGMENT_BYTES} bytes",
+                    self.capture.segment_bytes
                 ),
             ));
         }
@@ -805,6 +862,31 @@ mod tests {
         assert_eq!(c.listen, default_listen());
         assert_eq!(c.source.port, 5432);
         assert_eq!(c.limits.max_message_bytes, 64 << 20);
+    }
+
+    #[test]
+    fn retention_settings_have_defaults_and_are_checked() {
+        let base = "[source]\nhost = \"db1\"\n[auth]\nmethod = \"trust\"\n";
+        let c = Config::parse(base, "t").unwrap();
+        assert_eq!(c.capture.retention, Retention::Confirmed);
+        assert_eq!(c.capture.retain_records, 200_000);
+        assert_eq!(c.capture.segment_bytes, 64 << 20);
+        assert_eq!(c.capture.disk_warn_free_bytes, 1 << 30);
+        let c = Config::parse(
+            &format!("{base}[capture]\nretention = \"keep\"\nretain_records = 10\nsegment_bytes = 65536\ndisk_warn_free_bytes = 0\n"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.capture.retention, Retention::Keep);
+        assert_eq!((c.capture.retain_records, c.capture.segment_bytes), (10, 65536));
+        let err = Config::parse(&format!("{base}[capture]\nsegment_bytes = 100\n"), "t")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("capture.segment_bytes"), "{err}");
+        let err = Config::parse(&format!("{base}[capture]\nretention = \"forever\"\n"), "t")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("confirmed") && err.contains("keep"), "{err}");
     }
 
     #[test]

@@ -72,15 +72,12 @@ async fn run(cli: Cli) -> i32 {
         }
         Command::CheckConfig { config } => match cli::load_config(&config) {
             Ok(c) => {
-                println!("{}: OK", config.display());
-                println!(
-                    "listen {} -> source {}:{}; {} user(s); auth {}",
-                    c.listen,
-                    c.source.host,
-                    c.source.port,
-                    c.users.len(),
-                    c.auth.method.name()
-                );
+                println!("{}: OK; the settings in force (passwords hidden):", config.display());
+                let rows = c.effective();
+                let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+                for (k, v) in rows {
+                    println!("  {k:width$}  {v}");
+                }
                 0
             }
             Err(e) => {

@@ -6,6 +6,7 @@
 //! the latency histogram's buckets are read off the same HDR histogram that
 //! `SHOW STATS` uses, so the hot path pays for one histogram, not two.
 
+use crate::capture::retention::LogView;
 use crate::catchup::LagView;
 use crate::server::Shared;
 use crate::stats::Stats;
@@ -96,8 +97,9 @@ impl Metrics {
         }
     }
 
-    /// The text exposition of every metric, current as of now.
-    pub fn render(&self, stats: &Stats, catchup: Option<&LagView>) -> String {
+    /// The text exposition of every metric, current as of now; the capture
+    /// log's when capture is on.
+    pub fn render(&self, stats: &Stats, catchup: Option<&LagView>, capture_log: Option<&LogView>) -> String {
         for (counter, read) in &self.counters {
             counter.absolute(read(stats));
         }
@@ -107,6 +109,9 @@ impl Metrics {
         render_latency(&mut text, stats);
         if let Some(view) = catchup {
             render_catchup(&mut text, view);
+        }
+        if let Some(view) = capture_log {
+            render_capture_log(&mut text, view);
         }
         text
     }
@@ -183,6 +188,54 @@ fn render_catchup(out: &mut String, view: &LagView) {
     }
 }
 
+/// The capture log on disk, retention and the disk's free space.
+fn render_capture_log(out: &mut String, view: &LogView) {
+    use std::fmt::Write;
+    let disk_free = view.disk.map_or(f64::NAN, |d| d.free_bytes as f64);
+    for (name, kind, help, value) in [
+        (
+            "switchyard_capture_log_size_bytes",
+            "gauge",
+            "Bytes of the capture log's segment files on disk.",
+            view.space.bytes as f64,
+        ),
+        (
+            "switchyard_capture_log_segments",
+            "gauge",
+            "Segment files of the capture log.",
+            view.space.segments as f64,
+        ),
+        (
+            "switchyard_capture_log_oldest_lsn",
+            "gauge",
+            "The oldest capture-log position still kept.",
+            view.space.oldest.map_or(0.0, |l| l.0 as f64),
+        ),
+        (
+            "switchyard_capture_log_deleted_segments_total",
+            "counter",
+            "Segments deleted by retention since capture started.",
+            view.deleted_segments as f64,
+        ),
+        (
+            "switchyard_capture_log_disk_free_bytes",
+            "gauge",
+            "Free bytes of the filesystem holding the capture log.",
+            disk_free,
+        ),
+        (
+            "switchyard_capture_log_disk_low",
+            "gauge",
+            "1 while that free space is below capture.disk_warn_free_bytes.",
+            if view.disk_low { 1.0 } else { 0.0 },
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        let _ = writeln!(out, "{name} {value}");
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
@@ -230,7 +283,8 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 return;
             }
             let lag = shared.catchup.view();
-            let body = shared.metrics.render(&shared.stats, Some(&lag));
+            let log = shared.capture.current().map(|a| a.log_watch().view());
+            let body = shared.metrics.render(&shared.stats, Some(&lag), log.as_ref());
             let head = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                 body.len()
@@ -256,7 +310,7 @@ mod tests {
         local.record(200).unwrap(); // 0.2 ms
         local.record(3_000).unwrap(); // 3 ms
         stats.merge_latency(&mut local);
-        let text = Metrics::new().render(&stats, None);
+        let text = Metrics::new().render(&stats, None, None);
         assert!(text.contains("switchyard_queries_total 2"), "{text}");
         assert!(
             text.contains("switchyard_query_duration_seconds_bucket{le=\"0.0001\"} 0"),
@@ -271,5 +325,35 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("switchyard_query_duration_seconds_count 2"), "{text}");
+        assert!(!text.contains("switchyard_capture_log"), "{text}");
+    }
+
+    #[test]
+    fn renders_the_capture_log_and_a_low_disk() {
+        let view = LogView {
+            space: switchyard_replay::log::LogSpace {
+                segments: 3,
+                bytes: 12_345,
+                oldest: Some(switchyard_replay::Lsn(77)),
+            },
+            deleted_segments: 5,
+            disk: Some(crate::capture::retention::DiskSpace {
+                free_bytes: 1000,
+                total_bytes: 5000,
+            }),
+            disk_low: true,
+            ..LogView::default()
+        };
+        let text = Metrics::new().render(&Stats::default(), None, Some(&view));
+        for line in [
+            "switchyard_capture_log_size_bytes 12345",
+            "switchyard_capture_log_segments 3",
+            "switchyard_capture_log_oldest_lsn 77",
+            "switchyard_capture_log_deleted_segments_total 5",
+            "switchyard_capture_log_disk_free_bytes 1000",
+            "switchyard_capture_log_disk_low 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing from {text}");
+        }
     }
 }

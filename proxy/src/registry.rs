@@ -107,6 +107,8 @@ pub struct SessionInfo {
     /// Why the last move failed or the session was closed by one.
     move_error: Mutex<Option<String>>,
     closed: std::sync::atomic::AtomicBool,
+    /// Asked to end its open transaction (see [`SessionInfo::end_transaction`]).
+    end_tx: tokio::sync::Notify,
 }
 
 /// Where a session stands with the route's latest move order.
@@ -235,6 +237,21 @@ impl SessionInfo {
     /// Why the last move failed, if it did.
     pub fn move_error(&self) -> Option<String> {
         lock(&self.move_error).clone()
+    }
+
+    /// Asks the session to end its open transaction: once nothing of it
+    /// is in flight on the backend, the session closes that backend (the
+    /// database rolls the transaction back) and tells its client so
+    /// (57P01). A session at a boundary by then goes on. The cutover's
+    /// `ON_DRAIN_TIMEOUT cancel` uses it for transactions its cancel did
+    /// not end.
+    pub fn end_transaction(&self) {
+        self.end_tx.notify_one();
+    }
+
+    /// Resolves once [`SessionInfo::end_transaction`] is asked.
+    pub(crate) async fn transaction_end_asked(&self) {
+        self.end_tx.notified().await
     }
 
     /// Whether the session has ended.
@@ -390,6 +407,7 @@ impl Registry {
             backend_addr: Mutex::new(String::new()),
             move_error: Mutex::new(None),
             closed: std::sync::atomic::AtomicBool::new(false),
+            end_tx: tokio::sync::Notify::new(),
         });
         self.lock().insert(id, info.clone());
         Registered {

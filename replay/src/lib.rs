@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod catalog;
+pub mod lag_window;
 pub mod log;
 pub mod mapping;
 pub mod replayer;

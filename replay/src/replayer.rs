@@ -14,7 +14,9 @@
 //! `session_replication_role = replica` and follow foreign keys themselves:
 //! children of a deleted parent are re-synced, so ON DELETE CASCADE / SET
 //! NULL converge. A restart resumes after the lowest confirmed position
-//! (re-applying a key is harmless: rows are re-read, not replayed).
+//! (re-applying a key is harmless: rows are re-read, not replayed). That
+//! position is also kept as the replayer's hold in the log directory (see
+//! `hold`), so that capture deletes only segments it will never read again.
 
 use crate::catalog::{Catalog, FkAction, QualifiedName};
 use crate::log::{LogBell, LogReader, Lsn, Marker, Record};
@@ -32,6 +34,8 @@ use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::types::Type;
 use tokio_postgres::Client;
+
+mod hold;
 
 /// Why replay stopped.
 #[derive(Debug, Error)]
@@ -116,6 +120,8 @@ pub struct ReplayStatus {
     lag: Mutex<Histogram<u64>>,
     /// Woken each time `confirmed_lsn` moves.
     confirmed_moved: tokio::sync::Notify,
+    /// The same over the last minute.
+    recent: Mutex<crate::lag_window::RecentLag>,
 }
 
 impl Default for ReplayStatus {
@@ -130,6 +136,7 @@ impl Default for ReplayStatus {
             unconfirmed: Mutex::new(VecDeque::new()),
             lag: Mutex::new(Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")),
             confirmed_moved: tokio::sync::Notify::new(),
+            recent: Mutex::new(crate::lag_window::RecentLag::default()),
         }
     }
 }
@@ -159,6 +166,15 @@ pub struct LagReport {
     pub lag_max_ms: f64,
     /// Commits measured.
     pub commits_applied: u64,
+    /// Per-commit catch-up lag over the last minute
+    /// ([`crate::lag_window::WINDOW_SECS`]), 50th percentile, milliseconds.
+    pub recent_lag_p50_ms: f64,
+    /// 99th percentile over the last minute, milliseconds.
+    pub recent_lag_p99_ms: f64,
+    /// Largest over the last minute, milliseconds.
+    pub recent_lag_max_ms: f64,
+    /// Commits measured over the last minute.
+    pub recent_commits_applied: u64,
     /// Everything in the log when last looked at is applied.
     pub caught_up: bool,
 }
@@ -176,12 +192,15 @@ impl ReplayStatus {
         let now = unix_micros_now();
         let mut pending = lock(&self.unconfirmed);
         let mut lag = lock(&self.lag);
+        let mut recent = lock(&self.recent);
         while let Some(&(lsn, commit)) = pending.front() {
             if lsn > upto {
                 break;
             }
             pending.pop_front();
-            lag.saturating_record((now - commit).max(1) as u64);
+            let took = (now - commit).max(1) as u64;
+            lag.saturating_record(took);
+            recent.record(now, took);
         }
     }
 
@@ -206,6 +225,7 @@ impl ReplayStatus {
     /// Forgets the lag measured so far (e.g. after a warm-up).
     pub fn reset_lag(&self) {
         lock(&self.lag).reset();
+        lock(&self.recent).reset();
     }
 
     /// The per-commit lag histogram, µs.
@@ -221,6 +241,7 @@ impl ReplayStatus {
             (pending.len() as u64, pending.front().map(|&(_, c)| c))
         };
         let lag = lock(&self.lag);
+        let recent = lock(&self.recent).merged(now);
         let ms = |v: u64| v as f64 / 1000.0;
         let read_lsn = self.read_lsn.load(Relaxed);
         let confirmed_lsn = self.confirmed_lsn.load(Relaxed);
@@ -241,6 +262,10 @@ impl ReplayStatus {
             lag_p99_ms: ms(lag.value_at_quantile(0.99)),
             lag_max_ms: ms(lag.max()),
             commits_applied: lag.len(),
+            recent_lag_p50_ms: ms(recent.value_at_quantile(0.5)),
+            recent_lag_p99_ms: ms(recent.value_at_quantile(0.99)),
+            recent_lag_max_ms: ms(recent.max()),
+            recent_commits_applied: recent.len(),
         }
     }
 }
@@ -289,6 +314,19 @@ async fn reset_positions(target: &Client, resume: Lsn, workers: usize) -> Result
         ))
         .await
         .map_err(db("reset the workers' positions"))
+}
+
+/// Holds the whole capture log at `log_dir` for the replayer onto `target`
+/// before it first runs (a copy just made, which replays from the start):
+/// without it, retention could delete what that replayer will need once
+/// another replayer has confirmed. Returns the hold's name.
+pub fn hold_log_for_new_copy(
+    log_dir: &std::path::Path,
+    target: &tokio_postgres::Config,
+) -> Result<String, ReplayError> {
+    let hold = hold::LogHold::new(log_dir.to_path_buf(), target);
+    hold.write_blocking(Lsn(0))?;
+    Ok(hold.name().to_owned())
 }
 
 /// One replayer per target: a session advisory lock held on the control
@@ -349,6 +387,10 @@ pub async fn run(
     let resume = prepare_target(&control).await?;
     let workers = options.workers.max(1);
     reset_positions(&control, resume, workers).await?;
+    // The hold goes before the first read, so that the proxy's capture
+    // keeps every segment from `resume` on from here.
+    let hold = hold::LogHold::new(options.log_dir.clone(), &target);
+    hold.write(resume).await?;
     status.confirmed_lsn.store(resume.0, Relaxed);
     status.read_lsn.store(resume.0, Relaxed);
     // A status carried over from an earlier run: what it had in flight is
@@ -359,6 +401,9 @@ pub async fn run(
     let mut senders = Vec::with_capacity(workers);
     let mut handles = Vec::with_capacity(workers);
     let confirmed: Arc<Vec<AtomicU64>> = Arc::new((0..workers).map(|_| AtomicU64::new(resume.0)).collect());
+    // What each worker committed on the target with its position (behind
+    // `confirmed` while idle positions are only in memory).
+    let committed: Arc<Vec<AtomicU64>> = Arc::new((0..workers).map(|_| AtomicU64::new(resume.0)).collect());
     for w in 0..workers {
         let (tx, rx) = mpsc::channel::<Batch>(4);
         senders.push(tx);
@@ -371,13 +416,26 @@ pub async fn run(
             target_catalog: target_catalog.clone(),
             status: status.clone(),
             confirmed: confirmed.clone(),
+            committed: committed.clone(),
         };
         handles.push(tokio::spawn(worker.run(rx)));
     }
+    let keeper = tokio::spawn(hold.clone().keep(committed.clone(), resume));
     // Dropping this future (an aborted task) stops the workers with it, so
     // a restarted replayer never overlaps with the old one's batches.
-    let _workers = AbortOnDrop(handles.iter().map(|h| h.abort_handle()).collect());
-    let mut reader = LogReader::open(&options.log_dir, resume.next())?;
+    let mut aborts: Vec<_> = handles.iter().map(|h| h.abort_handle()).collect();
+    aborts.push(keeper.abort_handle());
+    let _workers = AbortOnDrop(aborts);
+    let mut reader = match LogReader::open(&options.log_dir, resume.next()) {
+        Ok(reader) => reader,
+        Err(e @ crate::log::LogError::LsnUnavailable { .. }) => {
+            // What this replayer needs is gone: its hold would only stop
+            // the log from being trimmed, for nothing.
+            hold.release().await;
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     // Commits read whose COMMIT may not be answered yet: their rows are read
     // from the source only once settled (see `Marker::Settled`).
     let mut waiting: BTreeMap<u64, Unsettled> = BTreeMap::new();
@@ -538,7 +596,8 @@ pub async fn run(
             Err(_) => return Err(ReplayError::Worker(w)),
         }
     }
-    Ok(())
+    keeper.abort();
+    hold.finish(&committed).await
 }
 
 async fn join_failure(handles: Vec<tokio::task::JoinHandle<Result<(), ReplayError>>>, w: usize) -> ReplayError {
@@ -640,6 +699,7 @@ struct Worker {
     target_catalog: Arc<Catalog>,
     status: Arc<ReplayStatus>,
     confirmed: Arc<Vec<AtomicU64>>,
+    committed: Arc<Vec<AtomicU64>>,
 }
 
 impl Worker {
@@ -673,7 +733,10 @@ impl Worker {
             let mut attempt = 0u64;
             loop {
                 match self.apply(&batch).await {
-                    Ok(()) => break,
+                    Ok(()) => {
+                        self.committed[self.id].store(batch.upto.0, Relaxed);
+                        break;
+                    }
                     Err(ReplayError::Db { source, .. })
                         if attempt < 1_000
                             && source.code().is_some_and(|c| {

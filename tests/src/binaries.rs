@@ -1,5 +1,6 @@
-//! Finding the PostgreSQL programs: the default 15 ones (`pg_config
-//! --bindir`, then `PATH`, then Debian's `/usr/lib/postgresql/15/bin`), and
+//! Finding the PostgreSQL programs: the default 15 ones
+//! (`$SWITCHYARD_PG_BINDIR`, then `pg_config --bindir`, then `PATH`, then
+//! Debian's `/usr/lib/postgresql/15/bin`), and
 //! the server programs of another major version for upgrade tests.
 
 use crate::Error;
@@ -114,6 +115,13 @@ impl Binaries {
 
 /// Tries the candidate directories; on failure returns the list it tried.
 fn search() -> Result<PathBuf, String> {
+    // A directory named outright wins, whatever its version.
+    if let Some(dir) = std::env::var_os(BINDIR_VAR).map(PathBuf::from) {
+        if has_server(&dir) {
+            return Ok(dir);
+        }
+        tracing::warn!(bindir = %dir.display(), "{BINDIR_VAR} lacks initdb, pg_ctl or postgres; searching elsewhere");
+    }
     let candidates = candidates();
     let complete: Vec<&PathBuf> = candidates.iter().filter(|d| has_server(d)).collect();
     if let Some(dir) = complete
@@ -138,9 +146,15 @@ fn search() -> Result<PathBuf, String> {
     })
 }
 
+/// Names the directory to use before any other is tried.
+const BINDIR_VAR: &str = "SWITCHYARD_PG_BINDIR";
+
 /// The directories to try, in order of preference, without duplicates.
 fn candidates() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
+    if let Some(dir) = std::env::var_os(BINDIR_VAR) {
+        dirs.push(PathBuf::from(dir));
+    }
     if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
         if out.status.success() {
             let dir = String::from_utf8_lossy(&out.stdout).trim().to_owned();

@@ -11,7 +11,9 @@ pub enum Error {
     /// No directory with `initdb`, `pg_ctl` and `postgres` was found.
     #[error(
         "PostgreSQL 15 server binaries not found; install the Debian package postgresql-15 \
-         (looked in: {searched})"
+         (`apt-get install postgresql-15`), or set SWITCHYARD_PG_BINDIR to a directory holding \
+         initdb, pg_ctl and postgres, e.g. /opt/switchyard/postgresql/17/bin after \
+         `bash tests/versions/setup.sh` (looked in: {searched})"
     )]
     BinariesNotFound {
         /// The directories that were tried, comma-separated.

@@ -2,6 +2,8 @@
 
 use super::{AdminError, Reply, ResultSet};
 use crate::capture::control::CaptureState;
+use crate::capture::retention::LogView;
+use crate::config::Retention;
 use crate::server::Shared;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -50,6 +52,15 @@ pub(super) async fn show(shared: &Arc<Shared>) -> Result<Reply, AdminError> {
             r.row(["state", "off"]);
             r.row(["server", place.server.name()]);
             r.row(["log_dir".to_string(), place.dir.display().to_string()]);
+            // Nothing is deleted while capture is off; the log is still measured.
+            if let Ok(space) = switchyard_replay::log::log_space(&place.dir) {
+                r.row(["log_size_bytes".to_string(), space.bytes.to_string()]);
+                r.row(["log_segments".to_string(), space.segments.to_string()]);
+                r.row([
+                    "log_oldest_lsn".to_string(),
+                    space.oldest.map(|l| l.to_string()).unwrap_or_default(),
+                ]);
+            }
             r.row(["read_only_functions".to_string(), config.read_only_functions.join(", ")]);
             return Ok(Reply::Rows(r));
         }
@@ -103,7 +114,7 @@ pub(super) async fn show(shared: &Arc<Shared>) -> Result<Reply, AdminError> {
         .sessions
         .snapshot()
         .into_iter()
-        .filter(|s| s.backend_database().is_some() && !active.covers(s))
+        .filter(|s| s.backend_database().is_some_and(|d| d != active.database))
         .collect();
     r.row(["other_database_sessions".to_string(), others.len().to_string()]);
     for s in &others {
@@ -136,6 +147,7 @@ pub(super) async fn show(shared: &Arc<Shared>) -> Result<Reply, AdminError> {
         "last_lsn".to_string(),
         stats.last_lsn.map(|l| l.to_string()).unwrap_or_default(),
     ]);
+    log_dir_rows(&mut r, config, &active.log_watch().view());
     r.row([
         "transactions_captured".to_string(),
         active.commits.load(Relaxed).to_string(),
@@ -169,6 +181,67 @@ pub(super) async fn show(shared: &Arc<Shared>) -> Result<Reply, AdminError> {
         Err(e) => r.row(["bypassing_sessions".to_string(), format!("unknown: {e}")]),
     }
     Ok(Reply::Rows(r))
+}
+
+/// The log on disk, retention and the disk's free space, as of the last
+/// retention pass.
+fn log_dir_rows(r: &mut ResultSet, config: &crate::config::CaptureConfig, view: &LogView) {
+    r.row(["log_size_bytes".to_string(), view.space.bytes.to_string()]);
+    r.row(["log_segments".to_string(), view.space.segments.to_string()]);
+    r.row([
+        "log_oldest_lsn".to_string(),
+        view.space.oldest.map(|l| l.to_string()).unwrap_or_default(),
+    ]);
+    let retention = match config.retention {
+        Retention::Confirmed => format!(
+            "confirmed: segments every hold is past are deleted, keeping the newest {} records",
+            config.retain_records
+        ),
+        Retention::Keep => "keep: the whole log is kept".to_owned(),
+    };
+    r.row(["retention".to_string(), retention]);
+    let first_kept = match (config.retention, view.first_kept, view.holds.is_empty()) {
+        (Retention::Keep, _, _) => "everything (retention keep)".to_owned(),
+        (_, _, true) => "everything (no replayer holds the log yet)".to_owned(),
+        (_, Some(l), false) => l.to_string(),
+        (_, None, false) => String::new(),
+    };
+    r.row(["log_first_kept".to_string(), first_kept]);
+    r.row(["log_deleted_segments".to_string(), view.deleted_segments.to_string()]);
+    r.row(["log_deleted_bytes".to_string(), view.deleted_bytes.to_string()]);
+    r.row(["log_holds".to_string(), view.holds.len().to_string()]);
+    for h in &view.holds {
+        let what = match &h.unreadable {
+            Some(e) => format!("unreadable ({e}): holds the whole log until fixed or removed"),
+            None => format!(
+                "confirmed {} ({}), updated {}",
+                h.confirmed,
+                h.description,
+                super::show::rfc3339(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_micros(h.updated_micros.max(0) as u64)
+                )
+            ),
+        };
+        r.row([format!("hold.{}", h.name), what]);
+    }
+    if let Some(e) = &view.error {
+        r.row(["retention_error".to_string(), e.clone()]);
+    }
+    match view.disk {
+        Some(d) => {
+            r.row(["disk_free_bytes".to_string(), d.free_bytes.to_string()]);
+            r.row(["disk_total_bytes".to_string(), d.total_bytes.to_string()]);
+        }
+        None => r.row(["disk_free_bytes".to_string(), String::new()]),
+    }
+    r.row([
+        "disk_warn_free_bytes".to_string(),
+        config.disk_warn_free_bytes.to_string(),
+    ]);
+    r.row([
+        "disk_warning".to_string(),
+        view.disk_warning(config.disk_warn_free_bytes).unwrap_or_default(),
+    ]);
 }
 
 /// The source catalog's health and counters.

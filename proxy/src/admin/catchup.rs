@@ -7,13 +7,11 @@ use std::sync::Arc;
 pub(super) async fn start(shared: &Arc<Shared>) -> Result<Reply, AdminError> {
     // Source rows copied onto the target now would overwrite the writes
     // the applications make there.
-    if shared.router.current().for_login().1 == crate::session::route::Destination::Target {
-        return Err(AdminError::State(
-            "traffic is on [target] since a cutover: catch-up from [source] would overwrite its writes; for \
-             another migration, name that database as [source] in the config (and the next one as [target]) \
-             and restart the proxy"
-                .to_owned(),
-        ));
+    if shared.router.on_target() {
+        return Err(AdminError::State(format!(
+            "traffic is on [target] since a cutover: catch-up from [source] would overwrite its writes; {}",
+            crate::session::route::NEXT_MIGRATION
+        )));
     }
     shared
         .catchup
@@ -64,10 +62,14 @@ pub(super) fn show(shared: &Arc<Shared>) -> Reply {
         ("lag_seconds", format!("{:.3}", r.lag_seconds)),
         ("rows_applied", r.rows_applied.to_string()),
         ("batches", r.batches.to_string()),
-        ("commits_applied", r.commits_applied.to_string()),
-        ("lag_p50_ms", format!("{:.1}", r.lag_p50_ms)),
-        ("lag_p99_ms", format!("{:.1}", r.lag_p99_ms)),
-        ("lag_max_ms", format!("{:.1}", r.lag_max_ms)),
+        ("since_start.commits_applied", r.commits_applied.to_string()),
+        ("since_start.lag_p50_ms", format!("{:.1}", r.lag_p50_ms)),
+        ("since_start.lag_p99_ms", format!("{:.1}", r.lag_p99_ms)),
+        ("since_start.lag_max_ms", format!("{:.1}", r.lag_max_ms)),
+        ("last_60s.commits_applied", r.recent_commits_applied.to_string()),
+        ("last_60s.lag_p50_ms", format!("{:.1}", r.recent_lag_p50_ms)),
+        ("last_60s.lag_p99_ms", format!("{:.1}", r.recent_lag_p99_ms)),
+        ("last_60s.lag_max_ms", format!("{:.1}", r.recent_lag_max_ms)),
     ] {
         t.row([k.to_string(), v]);
     }

@@ -275,6 +275,9 @@ fn render(r: &Report) -> ResultSet {
         "capture_on_target".to_owned(),
         r.capture_on_target.clone().unwrap_or_default(),
     ]);
+    for e in &r.target_direct_sessions {
+        rs.row(["target_direct_session".to_owned(), e.clone()]);
+    }
     for e in &r.reverse_mapping_errors {
         rs.row(["reverse_mapping_error".to_owned(), e.clone()]);
     }

@@ -168,49 +168,15 @@ pub(super) fn stats(shared: &Shared) -> Reply {
 }
 
 pub(super) fn config(shared: &Shared) -> Reply {
-    let c = &shared.config;
     let mut r = ResultSet::new(&["key", "value"]);
-    let opt = |v: &Option<String>, absent: &str| v.clone().unwrap_or_else(|| absent.to_string());
-    let rows: Vec<(&str, String)> = vec![
-        ("listen", shared.local_addr.to_string()),
-        ("admin_database", c.admin_database.clone()),
-        ("source.host", c.source.host.clone()),
-        ("source.port", c.source.port.to_string()),
-        ("source.database", opt(&c.source.database, "(client's)")),
-        ("source.user", opt(&c.source.user, "(client's)")),
-        (
-            "source.password",
-            if c.source.password.is_some() {
-                "(set)"
-            } else {
-                "(unset)"
-            }
-            .into(),
-        ),
-        ("auth.method", c.auth.method.name().to_string()),
-        (
-            "users",
-            c.users.iter().map(|u| u.name.as_str()).collect::<Vec<_>>().join(", "),
-        ),
-        ("limits.max_message_bytes", c.limits.max_message_bytes.to_string()),
-        ("limits.max_clients", c.limits.max_clients.to_string()),
-        ("limits.admin_reserve", c.limits.admin_reserve.to_string()),
-        ("limits.message_timeout_ms", c.limits.message_timeout_ms.to_string()),
-        (
-            "limits.client_buffer_budget_bytes",
-            c.limits.client_buffer_budget_bytes.to_string(),
-        ),
-        ("limits.startup_timeout_ms", c.limits.startup_timeout_ms.to_string()),
-        ("limits.connect_timeout_ms", c.limits.connect_timeout_ms.to_string()),
-        ("limits.shutdown_timeout_ms", c.limits.shutdown_timeout_ms.to_string()),
-        ("limits.pause_timeout_ms", c.limits.pause_timeout_ms.to_string()),
-        (
-            "metrics.listen",
-            c.metrics.listen.map_or("(off)".to_string(), |a| a.to_string()),
-        ),
-    ];
-    for (k, v) in rows {
-        r.row([k.to_string(), v]);
+    for (k, v) in shared.config.effective() {
+        // The address bound, should the config ask for port 0.
+        let v = if k == "listen" {
+            shared.local_addr.to_string()
+        } else {
+            v
+        };
+        r.row([k, v]);
     }
     Reply::Rows(r)
 }

@@ -70,6 +70,13 @@ pub enum CaptureError {
         /// The one the config names.
         configured: String,
     },
+    /// Capture on the target would log to the directory capture on the
+    /// source logs to (after a config rotation, say).
+    #[error(
+        "capture on the target would log to {}, where capture on the source logs: set cutover.target_log_dir to another directory",
+        .0.display()
+    )]
+    SameDirectory(std::path::PathBuf),
     /// The capture-state file could not be written or removed.
     #[error(transparent)]
     StateFile(#[from] state_file::StateFileError),
@@ -146,6 +153,8 @@ pub struct Active {
     /// Transactions whose keys were logged only after their commit (a path
     /// capture did not hold); should stay 0.
     pub late: AtomicU64,
+    /// The log directory as retention last saw it (size, holds, disk).
+    log_watch: super::retention::LogWatch,
     stop: watch::Sender<bool>,
 }
 
@@ -197,6 +206,12 @@ impl Active {
         let e = self.log().failure()?;
         self.log_failed(&e);
         self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The log's size, oldest position, holds and disk space, as of the
+    /// last retention pass (once a second).
+    pub fn log_watch(&self) -> &super::retention::LogWatch {
+        &self.log_watch
     }
 
     /// How many times a restarted proxy resumed this capture.
@@ -369,6 +384,7 @@ impl Capture {
                 DurabilityConfig::Write => Durability::Write,
                 DurabilityConfig::Fsync => Durability::Fsync,
             },
+            segment_size: self.config.segment_bytes,
             ..LogOptions::default()
         }
     }
@@ -431,9 +447,11 @@ impl Capture {
     /// their writes would not be captured.
     pub async fn bypassing(&self, sessions: &Registry) -> Result<Vec<(i32, String)>, String> {
         let client = self.control_client().await.map_err(|e| e.to_string())?;
+        let server = self.place().server;
         let ours: Vec<i32> = sessions
             .snapshot()
             .iter()
+            .filter(|s| s.backend_server() == server)
             .map(|s| s.backend_pid())
             .filter(|p| *p != 0)
             .collect();

@@ -19,6 +19,7 @@ mod lex;
 mod log_health;
 mod parse;
 mod resolve;
+pub mod retention;
 pub mod rows;
 pub(crate) mod session;
 mod splice;

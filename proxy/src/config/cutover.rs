@@ -1,12 +1,12 @@
 //! `[cutover]`: the defaults a `CUTOVER` runs with; each can be overridden
 //! on the command.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// What the cutover does with transactions still open when the drain
 /// timeout passes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum OnDrainTimeout {
     /// Call the cutover off: the gate reopens on the source.
@@ -29,7 +29,7 @@ impl OnDrainTimeout {
 }
 
 /// How much the cutover compares inside the freeze.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum VerifyMode {
     /// Nothing (not recommended: a VERIFY beforehand is then the only evidence).
@@ -52,7 +52,7 @@ impl VerifyMode {
 }
 
 /// How the old source is kept from being written after the flip.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Fence {
     /// Nothing: only the proxy stops writing to it.
@@ -79,7 +79,7 @@ impl Fence {
 }
 
 /// The `[cutover]` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CutoverConfig {
     /// Catch-up lag (age of the oldest commit not yet applied) above which

@@ -162,6 +162,10 @@ pub struct Report {
     /// Tables the reverse mapping cannot rebuild source rows for (a
     /// rollback would need them), as `table: why`.
     pub reverse_mapping_errors: Vec<String>,
+    /// Sessions connected to the target directly (not through the proxy)
+    /// at preflight: what they write after the flip escapes capture on the
+    /// target, so a rollback would miss it.
+    pub target_direct_sessions: Vec<String>,
 }
 
 impl Report {
@@ -183,6 +187,7 @@ impl Report {
             freeze_lsn: None,
             capture_on_target: None,
             reverse_mapping_errors: Vec::new(),
+            target_direct_sessions: Vec::new(),
         }
     }
 }

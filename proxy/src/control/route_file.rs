@@ -24,6 +24,10 @@ pub struct RouteRecord {
     pub database: Option<String>,
     /// When the flip happened, Unix microseconds.
     pub flipped_micros: i64,
+    /// Where capture on the target logs (`cutover.target_log_dir` at the
+    /// flip); absent in records written before it was kept.
+    #[serde(default)]
+    pub capture_dir: Option<std::path::PathBuf>,
 }
 
 impl RouteRecord {
@@ -39,6 +43,7 @@ pub fn record(config: &Config, target: &DatabaseConfig) -> Result<(), StateFileE
         port: target.port,
         database: target.database.clone(),
         flipped_micros: crate::capture::control::unix_micros(std::time::SystemTime::now()),
+        capture_dir: Some(config.target_log_dir()),
     };
     let dir = &config.capture.log_dir;
     std::fs::create_dir_all(dir).map_err(|source| StateFileError::Io {
@@ -68,9 +73,36 @@ pub fn starting_route(config: &Config) -> Result<Destination, String> {
         )
     })?;
     if config.target.as_ref().is_some_and(|t| rec.names(t)) {
-        return Ok(Destination::Target);
+        match &rec.capture_dir {
+            Some(dir) if *dir != config.target_log_dir() => {
+                return Err(format!(
+                    "capture on the target logs to {} since the cutover, but cutover.target_log_dir is now {}; \
+                     set it back to {} so that capture resumes there",
+                    dir.display(),
+                    config.target_log_dir().display(),
+                    dir.display()
+                ))
+            }
+            _ => return Ok(Destination::Target),
+        }
     }
     if rec.names(&config.source) {
+        // The config was rotated (the cutover's target named [source]):
+        // capture on it, started at the flip, must resume from its
+        // directory, or its writes go unlogged.
+        if let Some(dir) = rec.capture_dir.as_ref().filter(|d| **d != config.capture.log_dir) {
+            if let Ok(Some(capture)) = state_file::read(dir) {
+                return Err(format!(
+                    "capture on database {} runs since the cutover and logs to {}: set capture.log_dir to {} so \
+                     that it resumes (and cutover.target_log_dir elsewhere for the next migration), or, if that \
+                     log is no longer needed, remove {}",
+                    capture.database,
+                    dir.display(),
+                    dir.display(),
+                    dir.join(state_file::FILE_NAME).display()
+                ));
+            }
+        }
         return Ok(Destination::Source);
     }
     Err(format!(
@@ -86,4 +118,77 @@ pub fn starting_route(config: &Config) -> Result<Destination, String> {
 /// Removes the record (a cutover called off after writing it).
 pub fn forget(config: &Config) {
     let _ = std::fs::remove_file(config.capture.log_dir.join(FILE_NAME));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::state_file::CaptureRecord;
+
+    fn config(log_dir: &std::path::Path, source: &str, target: &str, extra: &str) -> Config {
+        let text = format!(
+            "[source]\nhost = \"{source}\"\ndatabase = \"shop\"\nuser = \"app\"\n\
+             [target]\nhost = \"{target}\"\ndatabase = \"shop\"\n\
+             [capture]\nlog_dir = \"{}\"\n{extra}[auth]\nmethod = \"trust\"\n",
+            log_dir.display()
+        );
+        Config::parse(&text, "test").unwrap()
+    }
+
+    fn capture_record(dir: &std::path::Path) {
+        std::fs::create_dir_all(dir).unwrap();
+        let record = CaptureRecord {
+            database: "shop".into(),
+            epoch: 1,
+            start_lsn: 0,
+            started_micros: 0,
+            barrier_micros: None,
+            resumes: 0,
+        };
+        state_file::write(dir, &record).unwrap();
+    }
+
+    #[test]
+    fn a_recorded_flip_sends_logins_to_the_target_from_the_directory_capture_logs_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(dir.path(), "db1", "db2", "");
+        assert_eq!(starting_route(&c).unwrap(), Destination::Source);
+        record(&c, c.target.as_ref().unwrap()).unwrap();
+        assert_eq!(starting_route(&c).unwrap(), Destination::Target);
+
+        // Moving the target's log directory since would lose capture on it.
+        let moved = format!(
+            "[cutover]\ntarget_log_dir = \"{}\"\n",
+            dir.path().join("elsewhere").display()
+        );
+        let c2 = config(dir.path(), "db1", "db2", &moved);
+        let err = starting_route(&c2).unwrap_err();
+        assert!(
+            err.contains("set it back to") && err.contains("target_log_dir"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_rotated_config_must_point_capture_at_the_log_capture_on_the_new_source_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(dir.path(), "db1", "db2", "");
+        record(&c, c.target.as_ref().unwrap()).unwrap();
+        let target_dir = c.target_log_dir();
+
+        // The old target named [source], the next database [target].
+        let rotated = config(dir.path(), "db2", "db3", "");
+        assert_eq!(starting_route(&rotated).unwrap(), Destination::Source);
+        capture_record(&target_dir);
+        let err = starting_route(&rotated).unwrap_err();
+        assert!(
+            err.contains(&format!("set capture.log_dir to {}", target_dir.display())),
+            "{err}"
+        );
+
+        // Pointed there, capture resumes from it (that directory holds no
+        // route record: traffic is where the config says).
+        let pointed = config(&target_dir, "db2", "db3", "");
+        assert_eq!(starting_route(&pointed).unwrap(), Destination::Source);
+    }
 }

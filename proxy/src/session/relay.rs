@@ -59,6 +59,8 @@ pub(crate) enum Ended {
     /// The route asks the session to move, and it is at a boundary with
     /// nothing in flight.
     Move,
+    /// Asked to end its open transaction, with nothing of it in flight.
+    TransactionClosed,
 }
 
 /// How a session ended abnormally.
@@ -120,6 +122,8 @@ pub(crate) struct Relay<'a> {
     /// read buffer).
     held: bool,
     shutting_down: bool,
+    /// Asked to end its open transaction (see `SessionInfo::end_transaction`).
+    ending_tx: bool,
     latency: Histogram<u64>,
     last_merge: Instant,
     /// The last message forwarded to the client was an error.
@@ -186,6 +190,7 @@ impl<'a> Relay<'a> {
             busy: Busy::new(shared.gate.clone()),
             held: false,
             shutting_down: false,
+            ending_tx: false,
             latency: latency_histogram(),
             last_merge: Instant::now(),
             last_was_error: false,
@@ -214,6 +219,7 @@ impl<'a> Relay<'a> {
         let shutdown_changed = shutdown.changed();
         tokio::pin!(shutdown_changed);
         let gate = self.shared.gate.clone();
+        let info = self.info.clone();
         let mut client = client.parts();
         let mut server = server.parts();
         self.on_route();
@@ -343,6 +349,20 @@ impl<'a> Relay<'a> {
                 _ = sleep_until(pinned_deadline), if pinned_deadline.is_some() => {
                     // Pinned past the order's deadline: the move decides.
                     self.pinned_at = None;
+                }
+                () = info.transaction_end_asked(), if !self.ending_tx => {
+                    self.ending_tx = true;
+                }
+            }
+            if self.ending_tx {
+                let conv = self.state.conversation();
+                if self.state.at_boundary() {
+                    // It ended by itself.
+                    self.ending_tx = false;
+                } else if conv.is_empty() && !conv.unsynced() {
+                    // Nothing of it is in flight (a COMMIT sent is waited
+                    // for): closing the backend rolls it back.
+                    return Ok(Ended::TransactionClosed);
                 }
             }
             if self.shutting_down && self.state.at_boundary() && client.wbuf.is_empty() {

@@ -71,6 +71,12 @@ pub enum PinnedPolicy {
     Close,
 }
 
+/// What to do for another migration once a cutover moved traffic to
+/// `[target]`.
+pub const NEXT_MIGRATION: &str = "for another migration, name that database as [source] in the config (and the \
+     next one as [target]), set capture.log_dir to the current cutover.target_log_dir (capture on it resumes \
+     there), and restart the proxy";
+
 /// The route every session follows.
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -164,6 +170,11 @@ impl Router {
     /// The route now.
     pub fn current(&self) -> Route {
         self.tx.borrow().clone()
+    }
+
+    /// Whether a cutover moved new logins to `[target]`.
+    pub fn on_target(&self) -> bool {
+        self.tx.borrow().serving.1 == Destination::Target
     }
 
     /// A receiver that wakes on every route change.

@@ -52,8 +52,15 @@ pub enum LogError {
         /// The log directory.
         dir: PathBuf,
     },
-    /// The requested position is older than the oldest segment kept.
-    #[error("capture log position {requested} was removed; the oldest kept is {oldest}")]
+    /// The requested position is older than the oldest segment kept: the
+    /// records were deleted by retention (or by hand).
+    #[error(
+        "capture log position {requested} is no longer in the log: the oldest position kept is {oldest} \
+         (older segments were deleted once every replayer holding the log had confirmed them). \
+         A replayer that needs them cannot catch up from this log: re-clone the target from a new capture \
+         (CAPTURE STOP, an empty log directory, CAPTURE START, switchyard clone) and start catch-up again; \
+         capture.retention = \"keep\" keeps the whole log"
+    )]
     LsnUnavailable {
         /// The position asked for.
         requested: Lsn,

@@ -21,6 +21,11 @@
 //! a torn record at the end of the newest segment: opening the writer
 //! truncates it; an invalid frame followed by valid data is corruption and a
 //! hard error.
+//!
+//! Readers that must not lose records keep a hold in `holds/` (see
+//! `retention`); segments wholly below every hold and outside the window of
+//! newest records kept may be deleted. A reader asked for a deleted position
+//! gets [`LogError::LsnUnavailable`], never a silent skip.
 
 mod bell;
 mod codec;
@@ -29,6 +34,7 @@ mod frame;
 mod reader;
 mod record;
 mod recovery;
+mod retention;
 mod segment;
 mod writer;
 mod writer_thread;
@@ -45,6 +51,10 @@ pub use frame::{BadFrame, MAX_PAYLOAD_LEN};
 pub use reader::LogReader;
 pub use record::{CommitRecord, Key, LogEntry, Marker, Record, TableKeys};
 pub use recovery::RecoveryReport;
+pub use retention::{
+    apply_retention, first_kept, hold_name, log_space, read_holds, remove_hold, write_hold, Hold, LogSpace,
+    RetentionPass, HOLDS_DIR,
+};
 pub use segment::{list_segments, remove_segments_before, segments_before, SegmentInfo};
 pub use writer::{Durability, LogOptions, LogStats, LogWriter, LogWriterHandle};
 

@@ -75,7 +75,7 @@ impl LogReader {
                 Some(c) => c,
                 None => match Cursor::open(&self.dir, self.next_lsn)? {
                     Some(c) => self.cursor.insert(c),
-                    None => return Ok(None),
+                    None => return self.missing_segment(),
                 },
             };
             let offset = cursor.offset();
@@ -150,6 +150,28 @@ impl LogReader {
                 }
                 Step::Bad(bad) => return self.bad_frame(bad, offset),
             }
+        }
+    }
+
+    /// The segment holding the next position is not there: "not yet" while
+    /// the log has not reached it, an error once segments after it exist
+    /// and it was deleted (never a silent wait for records that are gone).
+    fn missing_segment(&self) -> Result<Option<LogEntry>, LogError> {
+        let segments = list_segments(&self.dir)?;
+        match segments.iter().find(|s| s.first_lsn > self.next_lsn) {
+            Some(_) if segments[0].first_lsn > self.next_lsn => Err(LogError::LsnUnavailable {
+                requested: self.position(),
+                oldest: segments[0].first_lsn,
+            }),
+            Some(later) => Err(LogError::Corrupt {
+                path: later.path.clone(),
+                offset: 0,
+                reason: Corruption::LsnMismatch {
+                    expected: self.next_lsn,
+                    found: later.first_lsn,
+                },
+            }),
+            None => Ok(None),
         }
     }
 

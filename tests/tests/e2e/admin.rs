@@ -136,6 +136,11 @@ async fn config_and_help(admin: &Client, source_port: u16) -> Result<()> {
     assert_eq!(c["admin_database"], "switchyard");
     assert_eq!(c["auth.method"], "trust");
     assert_eq!(c["source.password"], "(unset)");
+    // Every section, with what unset settings resolve to.
+    assert_eq!(c["catchup.workers"], "4");
+    assert_eq!(c["cutover.on_drain_timeout"], "abort");
+    assert!(c.contains_key("capture.database"), "{c:?}");
+    assert!(c["cutover.target_log_dir"].contains("target"), "{c:?}");
 
     for help in ["SHOW HELP", "help"] {
         let t = table(admin, help).await?;

@@ -1,7 +1,8 @@
 //! A standalone catch-up process (`switchyard catchup run`) killed with
 //! SIGKILL at random moments while it applies batches, and started again
-//! each time: the confirmed position only moves forward, and once the
-//! source is quiet the last run leaves the target equal to the source.
+//! each time: the confirmed position only moves forward, the replayer's
+//! hold on the capture log never runs ahead of it, and once the source is
+//! quiet the last run leaves the target equal to the source.
 
 use crate::capture::Fixture;
 use crate::capture_kill::switchyard_binary;
@@ -65,6 +66,18 @@ async fn killed_catchup_process_resumes_without_divergence() -> Result<()> {
         child.wait().await?;
         let now = position(&target).await?;
         ensure!(now >= last, "the confirmed position went back from {last} to {now}");
+        // The hold in the log directory never claims more than the target
+        // committed: a restart resumes from the table, so the log must
+        // still have everything after it.
+        // (A run killed before its first read has written none, nor
+        // committed anything.)
+        match replayer_hold(&f)? {
+            Some(held) => ensure!(
+                held <= now,
+                "the replayer's hold {held} is ahead of its committed position {now}"
+            ),
+            None => ensure!(now == 0, "position {now} committed without a hold on the log"),
+        }
         if now > last {
             advanced += 1;
         }
@@ -76,6 +89,21 @@ async fn killed_catchup_process_resumes_without_divergence() -> Result<()> {
     }
     let out = catchup_run(&config).await?;
     ensure!(out.status.success(), "{}", text(&out));
-    ensure!(position(&target).await? >= last);
+    let end = position(&target).await?;
+    ensure!(end >= last);
+    ensure!(
+        replayer_hold(&f)? == Some(end),
+        "the finished run's hold is not its final position {end}"
+    );
     assert_same(&source, &target).await
+}
+
+/// The confirmed position of the replayer's hold in the fixture's log, if
+/// it wrote one.
+fn replayer_hold(f: &Fixture) -> Result<Option<i64>> {
+    let holds = switchyard_replay::log::read_holds(f.log_path())?;
+    ensure!(holds.len() <= 1, "expected one hold, found {holds:?}");
+    let Some(hold) = holds.first() else { return Ok(None) };
+    ensure!(hold.name.starts_with("replayer-target@"), "{holds:?}");
+    Ok(Some(hold.confirmed.0 as i64))
 }

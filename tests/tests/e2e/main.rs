@@ -30,6 +30,7 @@ mod moves;
 mod notify;
 mod oracle;
 mod protocol;
+mod retention;
 mod sequences;
 mod startup;
 mod support;

@@ -8,8 +8,8 @@
 //! read.
 
 use super::{
-    connect_control, from_micros, open_log, read_only_functions, unix_micros, watch_barrier, write_record, Active,
-    Capture, CaptureError,
+    clear_record, connect_control, from_micros, open_log, read_only_functions, unix_micros, watch_barrier,
+    write_record, Active, Capture, CaptureError,
 };
 use crate::capture::state_file::CaptureRecord;
 use crate::registry::Registry;
@@ -189,6 +189,7 @@ impl Capture {
             commits: AtomicU64::new(0),
             keys: AtomicU64::new(0),
             late: AtomicU64::new(0),
+            log_watch: Default::default(),
             stop,
         });
         *self.place.lock().unwrap_or_else(|p| p.into_inner()) = parts.place.clone();
@@ -217,6 +218,11 @@ impl Capture {
         tokio::spawn(watch_barrier(
             Arc::downgrade(&active),
             sessions.clone(),
+            stopped.clone(),
+        ));
+        tokio::spawn(crate::capture::retention::watch_log_dir(
+            Arc::downgrade(&active),
+            parts.place.dir.clone(),
             stopped.clone(),
         ));
         tokio::spawn(crate::capture::log_health::watch_log(
@@ -251,6 +257,15 @@ impl Capture {
             .ok_or(CaptureError::NoDatabase)?
             .to_owned();
         let place = Place::serving(&self.proxy, Destination::Target);
+        if place.dir == self.place().dir {
+            return Err(CaptureError::SameDirectory(place.dir));
+        }
+        // Traffic is on the source, so a record there is a cutover's that
+        // was called off before its flip: that capture never ran.
+        if stale_record(&place.dir).await {
+            tracing::warn!(log_dir = %place.dir.display(), "removing the record of a capture on the target that never ran");
+            clear_record(&place.dir).await?;
+        }
         self.gather(place, database).await
     }
 
@@ -259,6 +274,23 @@ impl Capture {
     /// the flip resumes it before admitting anyone.
     pub async fn mark_on_target(&self, parts: Parts) -> Result<Marked, CaptureError> {
         self.mark(parts, None).await
+    }
+
+    /// A cutover called off after [`Capture::mark_on_target`]: the start
+    /// written is undone (a stop marker in that log, the record removed),
+    /// so that no later start resumes a capture that never ran.
+    pub async fn unmark(&self, marked: Marked) -> Result<(), CaptureError> {
+        let Marked { parts, .. } = marked;
+        let stopped = parts
+            .log
+            .append(Record::Marker(Marker::CaptureStop {
+                time_micros: unix_micros(SystemTime::now()),
+            }))
+            .await
+            .map_err(|e| CaptureError::Log(e.to_string()));
+        let cleared = clear_record(&parts.place.dir).await;
+        tracing::info!(log_dir = %parts.place.dir.display(), "capture on the target called off with the cutover");
+        cleared.and(stopped.map(|_| ()))
     }
 
     /// The cutover's flip: sessions stop adopting the capture of the
@@ -277,14 +309,30 @@ impl Capture {
         let op = self.op.lock().await;
         let previous = self.retire_current();
         *self.place.lock().unwrap_or_else(|p| p.into_inner()) = Place::serving(&self.proxy, Destination::Target);
+        let off = next.is_none().then(|| self.place().dir);
         let started = next.map(|m| self.install(sessions, m));
         let finish = async move {
             let _op = op;
-            match previous {
+            // Left off: no record of an earlier cutover's may resume it.
+            let cleared = match off {
+                Some(dir) if stale_record(&dir).await => clear_record(&dir).await,
+                _ => Ok(()),
+            };
+            let stopped = match previous {
                 Some(p) => self.finish_stop(&p).await,
                 None => Ok(()),
-            }
+            };
+            stopped.and(cleared)
         };
         (started, finish)
     }
+}
+
+/// Whether `dir` holds a capture record (one that cannot be read counts:
+/// clearing it is what the caller wants either way).
+async fn stale_record(dir: &std::path::Path) -> bool {
+    let d = dir.to_owned();
+    tokio::task::spawn_blocking(move || !matches!(crate::capture::state_file::read(&d), Ok(None)))
+        .await
+        .unwrap_or(false)
 }

@@ -3,6 +3,7 @@
 
 use crate::config::Fence;
 use crate::server::Shared;
+use crate::session::route::Destination;
 use tokio_postgres::Client;
 
 /// Applies `fence` through `source`, the proxy's control connection.
@@ -20,6 +21,7 @@ pub(super) async fn apply(shared: &Shared, source: &Client, fence: Fence) -> Res
         .sessions
         .snapshot()
         .iter()
+        .filter(|s| s.backend_server() == Destination::Source)
         .map(|s| s.backend_pid())
         .filter(|p| *p != 0)
         .collect();

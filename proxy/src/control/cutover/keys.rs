@@ -40,11 +40,11 @@ pub(super) fn sample(dir: &Path, upto: Lsn, n: usize) -> Result<TableKeys, LogEr
         return Ok(TableKeys::new());
     }
     let from = Lsn(upto.0.saturating_sub(SAMPLE_WINDOW).max(1));
-    // A log whose oldest segments were removed starts later: read from
-    // its start instead.
+    // A log whose oldest segments were deleted (retention keeping fewer
+    // records than the window) starts later: sample from its oldest record.
     let mut reader = match LogReader::open(dir, from) {
-        Ok(r) => r,
-        Err(_) => LogReader::open(dir, Lsn::FIRST)?,
+        Err(LogError::LsnUnavailable { oldest, .. }) => LogReader::open(dir, oldest)?,
+        other => other?,
     };
     let mut rng = rand::rng();
     let mut seen = 0u64;

@@ -34,7 +34,7 @@ struct Failure {
 }
 
 /// With `ON_DRAIN_TIMEOUT cancel`, how long after the cancel the sessions
-/// still in a transaction are terminated.
+/// still in a transaction are asked to end it (their client hears 57P01).
 const TERMINATE_AFTER: Duration = Duration::from_secs(1);
 
 /// What preflight prepared for the freeze.
@@ -135,7 +135,7 @@ impl Run {
         let closed = self.shared.gate.close_now().map_err(|e| self.fail(format!("{e}")))?;
         let frozen = Instant::now();
         let limit = frozen + self.report.options.max_pause;
-        self.drain(&closed, limit, &ready.source).await?;
+        self.drain(&closed, limit).await?;
         self.end(format!(
             "every session at a transaction boundary after {:.1} ms",
             ms(frozen.elapsed())
@@ -145,18 +145,31 @@ impl Run {
 
         // Capture on the target is in its log directory's record before the
         // route is: a proxy restarted after the flip resumes it before
-        // admitting anyone. (Called off from here, the record stays
-        // behind, unread: the capture directory in use is the source's.)
+        // admitting anyone. The mark runs on its own task, so that a
+        // cutover called off meanwhile can wait for it and undo it.
         let mut ready = ready;
         let marked = match ready.target_capture.take() {
             Some(parts) => {
-                let mark = self.shared.capture.mark_on_target(parts);
-                Some(self.within(limit, mark).await?.map_err(|e| {
-                    self.fail(format!(
-                        "cannot start capture on the target ({e}); CAPTURE_ON_TARGET off cuts over without it \
-                         (a rollback then has no log to replay)"
-                    ))
-                })?)
+                let shared = self.shared.clone();
+                let mut mark = tokio::spawn(async move { shared.capture.mark_on_target(parts).await });
+                let done = match self.within(limit, &mut mark).await {
+                    Ok(done) => done,
+                    Err(failure) => {
+                        if let Ok(Ok(m)) = mark.await {
+                            self.unmark(m).await;
+                        }
+                        return Err(failure);
+                    }
+                };
+                let marked = done
+                    .map_err(|e| self.fail(format!("starting capture on the target failed: {e}")))?
+                    .map_err(|e| {
+                        self.fail(format!(
+                            "cannot start capture on the target ({e}); CAPTURE_ON_TARGET off cuts over without it \
+                             (a rollback then has no log to replay)"
+                        ))
+                    })?;
+                Some(marked)
             }
             None => None,
         };
@@ -166,20 +179,28 @@ impl Run {
         // the target is in sync and the source was not written since the
         // freeze.)
         if let Some(target) = &self.shared.config.target {
-            crate::control::route_file::record(&self.shared.config, target).map_err(|e| {
-                self.fail(format!(
+            if let Err(e) = crate::control::route_file::record(&self.shared.config, target) {
+                let failure = self.fail(format!(
                     "cannot record that traffic moves to the target ({e}); a restarted proxy would send it back"
-                ))
-            })?;
+                ));
+                if let Some(m) = marked {
+                    self.unmark(m).await;
+                }
+                return Err(failure);
+            }
         }
         if let Some(reason) = self.shared.cutover.past_flip(&self.abort) {
             crate::control::route_file::forget(&self.shared.config);
+            if let Some(m) = marked {
+                self.unmark(m).await;
+            }
             return Err(self.fail(format!("aborted: {reason}")));
         }
 
         // From here on the cutover finishes whatever happens: the target is
         // in sync and the source is no longer written.
         self.begin(Step::Flip);
+        let source_log_dir = ready.active.config.log_dir.clone();
         let Ready {
             source,
             mut order,
@@ -227,6 +248,7 @@ impl Run {
         if let Err(e) = capture_stopped.await {
             detail.push_str(&format!("; capture: {e}"));
         }
+        detail.push_str(&self.hold_from_freeze(source_log_dir).await);
         if let Err(e) = self.shared.catchup.stop().await {
             detail.push_str(&format!("; catch-up: {e}"));
         }
@@ -242,6 +264,28 @@ impl Run {
         Ok(())
     }
 
+    /// After the flip: the source's log is kept from the freeze marker on
+    /// (a hold named after this cutover) until the DBA removes the hold, so
+    /// that what a rollback may need is not deleted if capture runs there
+    /// again. Returns a note for the step's detail.
+    async fn hold_from_freeze(&self, dir: std::path::PathBuf) -> String {
+        let Some(freeze) = self.report.freeze_lsn else {
+            return String::new();
+        };
+        let name = format!("cutover-{}", self.report.id);
+        let what = format!("cutover {}: its freeze marker and everything after it", self.report.id);
+        let hold = name.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            switchyard_replay::log::write_hold(&dir, &hold, Lsn(freeze.saturating_sub(1)), &what)
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => format!("; the source's capture log is kept from the freeze marker on (hold {name})"),
+            Ok(Err(e)) => format!("; cannot hold the source's capture log from the freeze marker: {e}"),
+            Err(e) => format!("; cannot hold the source's capture log from the freeze marker: {e}"),
+        }
+    }
+
     async fn preflight(&mut self) -> Result<Ready, Failure> {
         let shared = self.shared.clone();
         let config = &shared.config;
@@ -249,12 +293,11 @@ impl Run {
         if config.target.is_none() {
             return Err(self.fail("no [target] is configured: add one to the config file".to_owned()));
         }
-        if shared.router.current().for_login().1 == Destination::Target {
-            return Err(self.fail(
-                "traffic is already on [target] since a cutover; for another migration, name that database as \
-                 [source] in the config (and the next one as [target]) and restart the proxy"
-                    .to_owned(),
-            ));
+        if shared.router.on_target() {
+            return Err(self.fail(format!(
+                "traffic is already on [target] since a cutover; {}",
+                crate::session::route::NEXT_MIGRATION
+            )));
         }
         if options.fence == crate::config::Fence::ReadOnly && config.capture.user.is_none() {
             return Err(self.fail(
@@ -334,6 +377,16 @@ impl Run {
                 bypass.len(),
                 list.join(", ")
             )));
+        }
+        {
+            let direct = self
+                .within_open(direct_sessions(&target))
+                .await?
+                .map_err(|e| self.fail(format!("cannot list the sessions on the target: {e}")))?;
+            if !direct.is_empty() {
+                tracing::warn!(sessions = %direct.join("; "), "sessions connected to the target directly: their writes after the flip escape capture on the target");
+            }
+            self.report.target_direct_sessions = direct;
         }
         let sequences = self
             .within_open(SequencePlan::prepare(&source, &target, &plan.mapping))
@@ -417,7 +470,7 @@ impl Run {
 
     /// Waits for the sessions to drain; at the drain timeout, aborts or
     /// cancels what still runs, as the options say.
-    async fn drain(&mut self, closed: &Closed, limit: Instant, source: &Client) -> Result<(), Failure> {
+    async fn drain(&mut self, closed: &Closed, limit: Instant) -> Result<(), Failure> {
         let options = self.report.options.clone();
         let first = closed.drain(options.drain_timeout);
         match self.within(limit, first).await? {
@@ -453,28 +506,22 @@ impl Run {
             Err(e) => return Err(self.fail(format!("{e}"))),
         }
         // A session idle in its transaction has nothing to cancel, and a
-        // client may not roll back: their backends are terminated, as
-        // PostgreSQL's idle_in_transaction_session_timeout would. The
-        // transaction is rolled back and the client told so (57P01); it
-        // committed nothing, so nothing is lost.
+        // client may not roll back: each such session closes its backend
+        // (the transaction rolls back, as PostgreSQL's
+        // idle_in_transaction_session_timeout would) and tells its client
+        // so with 57P01. It committed nothing, so nothing is lost. A
+        // session whose COMMIT is in flight finishes it first.
         let who = busy_sessions(&self.shared);
-        let pids: Vec<i32> = who.iter().map(|s| s.backend_pid()).filter(|p| *p != 0).collect();
-        tracing::warn!(sessions = %describe(&who), "terminating sessions still in a transaction after the cancel");
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&pids];
-        let terminate = source.execute("SELECT pg_terminate_backend(p) FROM unnest($1::int[]) p", &params);
-        if let Err(e) = self.within(limit, terminate).await? {
-            return Err(self.fail(format!(
-                "cannot end the transactions still open after the cancel ({}): {}",
-                crate::db_message(&e),
-                describe(&who)
-            )));
+        tracing::warn!(sessions = %describe(&who), "ending the transactions still open after the cancel");
+        for s in &who {
+            s.end_transaction();
         }
         let rest = limit.saturating_duration_since(Instant::now());
         match self.within(limit, closed.drain(rest)).await? {
             Ok(()) => Ok(()),
             Err(GateError::DrainTimeout { busy, .. }) => Err(self.fail(format!(
                 "{busy} session(s) still in a transaction at the pause limit after their statements were cancelled \
-                 and their backends terminated: {}",
+                 and their transactions asked to end: {}",
                 describe(&busy_sessions(&self.shared))
             ))),
             Err(e) => Err(self.fail(format!("{e}"))),
@@ -503,14 +550,27 @@ impl Run {
     async fn race<T>(&self, limit: Instant, passed: String, fut: impl Future<Output = T>) -> Result<T, Failure> {
         let mut shutdown = self.shared.shutdown.clone();
         let mut abort = self.abort.clone();
+        // Biased: the shutdown reopens the gate, which ends a drain with an
+        // error of its own; the cause is named first.
         tokio::select! {
-            r = fut => Ok(r),
-            _ = tokio::time::sleep_until(limit.into()) => Err(self.fail(passed)),
+            biased;
+            _ = shutdown.wait_for(|down| *down) => Err(self.fail("the proxy is shutting down".to_owned())),
             r = abort.wait_for(|a| a.is_some()) => {
                 let reason = r.map(|a| a.clone().unwrap_or_default()).unwrap_or_default();
                 Err(self.fail(format!("aborted: {reason}")))
             }
-            _ = shutdown.wait_for(|down| *down) => Err(self.fail("the proxy is shutting down".to_owned())),
+            _ = tokio::time::sleep_until(limit.into()) => Err(self.fail(passed)),
+            r = fut => Ok(r),
+        }
+    }
+
+    /// Undoes the start of capture on the target for a cutover called off
+    /// before its flip. A failure here is logged: the record it leaves is
+    /// removed by the next cutover's preflight, and a restarted proxy
+    /// whose route is on the source never reads it.
+    async fn unmark(&self, marked: crate::capture::control::Marked) {
+        if let Err(e) = self.shared.capture.unmark(marked).await {
+            tracing::warn!(error = %e, "undoing the start of capture on the target failed");
         }
     }
 
@@ -560,10 +620,17 @@ fn ms(d: Duration) -> f64 {
 
 /// What preflight found about capture on the target, for its step's line.
 fn capture_on_target_plan(ready: &Ready, report: &Report) -> String {
-    let Some(parts) = &ready.target_capture else {
-        return "capture on the target: off".to_owned();
+    let mut line = match &ready.target_capture {
+        Some(parts) => format!("capture on the target ready (log in {})", parts.place().dir.display()),
+        None => "capture on the target: off".to_owned(),
     };
-    let mut line = format!("capture on the target ready (log in {})", parts.place().dir.display());
+    if !report.target_direct_sessions.is_empty() {
+        line.push_str(&format!(
+            "; {} session(s) connected to the target directly, whose writes after the flip no capture logs: {}",
+            report.target_direct_sessions.len(),
+            report.target_direct_sessions.join("; ")
+        ));
+    }
     if !report.reverse_mapping_errors.is_empty() {
         line.push_str(&format!(
             "; the reverse mapping cannot rebuild source rows for a rollback: {}",
@@ -598,6 +665,37 @@ async fn wait_confirmed(shared: &Shared, status: &ReplayStatus, lsn: Lsn) -> Res
 
 /// How often the final sync looks whether catch-up is still running.
 const CATCHUP_CHECK_EVERY: Duration = Duration::from_millis(20);
+
+/// Client sessions on the target's server that are not the proxy's (its
+/// sessions have no backend there yet; its own connections name themselves
+/// `switchyard ...`), as descriptions.
+async fn direct_sessions(target: &Client) -> Result<Vec<String>, String> {
+    let rows = target
+        .query(
+            "SELECT pid, coalesce(usename, ''), coalesce(datname, ''), coalesce(application_name, ''), \
+                    coalesce(client_addr::text, 'local') \
+             FROM pg_catalog.pg_stat_activity \
+             WHERE backend_type = 'client backend' AND pid <> pg_catalog.pg_backend_pid() \
+               AND coalesce(application_name, '') NOT LIKE 'switchyard %' \
+             ORDER BY pid",
+            &[],
+        )
+        .await
+        .map_err(|e| crate::db_message(&e))?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            format!(
+                "pid {} (user {} database {} application '{}' from {})",
+                row.get::<_, i32>(0),
+                row.get::<_, String>(1),
+                row.get::<_, String>(2),
+                row.get::<_, String>(3),
+                row.get::<_, String>(4)
+            )
+        })
+        .collect())
+}
 
 async fn connect_both(config: &crate::config::Config) -> Result<(Client, Client), String> {
     let source = config.source_control("switchyard cutover").map_err(|e| e.to_string())?;

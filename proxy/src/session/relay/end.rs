@@ -63,6 +63,16 @@ impl Relay<'_> {
                 );
                 let _ = tokio::time::timeout(Duration::from_secs(1), client.close()).await;
             }
+            Ok(Ended::TransactionClosed) => {
+                bmsg::error_response(
+                    client.wbuf(),
+                    Severity::Fatal,
+                    "57P01",
+                    "terminating connection: its transaction was still open when the cutover's drain timeout \
+                     passed (ON_DRAIN_TIMEOUT cancel); the transaction was rolled back, reconnect and retry it",
+                );
+                let _ = tokio::time::timeout(Duration::from_secs(1), client.close()).await;
+            }
             _ => {
                 let _ = tokio::time::timeout(Duration::from_secs(1), client.close()).await;
             }

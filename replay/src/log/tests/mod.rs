@@ -2,6 +2,7 @@
 
 mod codec;
 mod recovery;
+mod retention;
 mod roundtrip;
 mod writer;
 

@@ -183,9 +183,11 @@ async fn on_drain_timeout_cancel_cancels_a_long_statement_and_ends_an_idle_trans
         drop(tx);
         Ok::<_, anyhow::Error>((r, long))
     });
-    // And one idle in its transaction: nothing runs to cancel, so its
-    // backend is terminated and its transaction rolled back.
-    let idle = cut.proxy.connect("postgres").await?;
+    // And one idle in its transaction: nothing runs to cancel, so the
+    // proxy ends it (its backend closed, its transaction rolled back) and
+    // tells the client why.
+    let (idle, idle_conn) = cut.proxy.pg_config("postgres").connect(tokio_postgres::NoTls).await?;
+    let idle_conn = tokio::spawn(idle_conn);
     idle.batch_execute("BEGIN; UPDATE item SET label = 'never committed' WHERE id = 7")
         .await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -196,6 +198,9 @@ async fn on_drain_timeout_cancel_cancels_a_long_statement_and_ends_an_idle_trans
     expect_sqlstate(r, "57014")?;
     let ended = idle.batch_execute("COMMIT").await;
     ensure!(ended.is_err(), "the idle transaction's session survived the drain");
+    // The proxy's word reaches the connection while it is idle.
+    let heard = tokio::time::timeout(Duration::from_secs(5), idle_conn).await??;
+    expect_sqlstate(heard, "57P01")?;
     for c in [&cut.source, &cut.target] {
         let label: String = c
             .connect("postgres")

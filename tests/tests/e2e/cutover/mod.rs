@@ -163,7 +163,10 @@ impl Cut {
             let all_applied = ["positions_behind", "commits_pending", "keys_pending"]
                 .iter()
                 .all(|k| lag.get(*k).map(String::as_str) == Some("0"));
-            if seconds < 0.2 && lag.get("commits_applied").is_some_and(|c| c != "0") && (all_applied || !quiet) {
+            if seconds < 0.2
+                && lag.get("since_start.commits_applied").is_some_and(|c| c != "0")
+                && (all_applied || !quiet)
+            {
                 return Ok(());
             }
             ensure!(Instant::now() < deadline, "catch-up did not catch up: {lag:?}");

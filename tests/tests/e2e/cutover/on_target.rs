@@ -247,6 +247,17 @@ async fn every_write_after_the_flip_is_captured_on_the_target_also_after_a_resta
         .take(10)
         .collect();
     ensure!(leaked.is_empty(), "target writes in the source's log: {leaked:?}");
+    // The source's log is held from the freeze marker on; nothing holds the
+    // target's, so none of it is deleted until a replayer confirms it.
+    let holds = switchyard_replay::log::read_holds(&cut.config.capture.log_dir)?;
+    ensure!(
+        holds
+            .iter()
+            .any(|h| h.name.starts_with("cutover-") && h.confirmed.0 > 0),
+        "no cutover hold in the source's log: {holds:?}"
+    );
+    let target_holds = switchyard_replay::log::read_holds(&target_dir)?;
+    ensure!(target_holds.is_empty(), "{target_holds:?}");
     oracle.drop_slot(&direct).await?;
 
     // A proxy started again resumes capture on the target before
@@ -389,4 +400,69 @@ async fn a_target_log_that_cannot_be_written_calls_it_off_and_off_leaves_capture
     logged_on_target(&app, insert, "public.items", target_port, &target_dir)
         .await
         .context("a write after CAPTURE START on the target")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cutover_called_off_after_capture_on_the_target_was_recorded_leaves_no_capture_to_resume() -> Result<()> {
+    let cut = Cut::start(SCHEMA, "", |_| {}).await?;
+    let target_dir = cut.config.target_log_dir();
+    cut.capture().await?;
+    let app = cut.proxy.connect("postgres").await?;
+    app.batch_execute("UPDATE items SET qty = qty + 1 WHERE id <= 10")
+        .await?;
+    cut.clone_and_migrate("").await?;
+
+    // The route cannot be recorded (a directory where its temporary file
+    // goes): the cutover is called off after capture on the target was
+    // recorded, and that record is undone.
+    let blocker = cut.config.capture.log_dir.join("route.state.tmp");
+    std::fs::create_dir_all(blocker.join("x"))?;
+    let outcome = cut.cutover("").await?;
+    let why = outcome.refused()?;
+    ensure!(why.contains("cannot record that traffic moves"), "{why}");
+    ensure!(
+        !target_dir.join("capture.state").exists(),
+        "the called-off cutover left capture on the target recorded"
+    );
+    std::fs::remove_dir_all(&blocker)?;
+
+    // A cutover with capture on the target off, then a restart: capture
+    // stays off (nothing of the called-off one resumes).
+    // A session connected to the target directly is reported: its writes
+    // after the flip would escape capture there.
+    let direct = cut.target.connect("postgres").await?;
+    let direct_pid: i32 = direct.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
+    cut.caught_up(Duration::from_secs(30)).await?;
+    let report = cut.cutover("CAPTURE_ON_TARGET off").await?.done()?.clone();
+    ensure!(report["capture_on_target"].starts_with("off"), "{report:?}");
+    ensure!(
+        report
+            .get("target_direct_session")
+            .is_some_and(|s| s.starts_with(&format!("pid {direct_pid} "))),
+        "{report:?}"
+    );
+    drop(direct);
+    let Cut {
+        proxy,
+        admin,
+        config,
+        target,
+        source: _source,
+        dir: _dir,
+    } = cut;
+    drop((admin, app));
+    proxy.shutdown().await;
+    let again = TestProxy::start_with(config.clone())
+        .await?
+        .with_login(target.superuser(), None);
+    let admin = crate::support::admin(&again).await?;
+    let shown = capture(&admin).await?;
+    ensure!(
+        shown["state"] == "off" && shown["server"] == "target",
+        "after the restart: {shown:?}"
+    );
+    let c = again.connect("postgres").await?;
+    let port: i32 = c.query_one(&format!("SELECT {PORT}"), &[]).await?.get(0);
+    ensure!(port == target.port() as i32, "{port}");
+    Ok(())
 }

@@ -86,7 +86,7 @@ pub(super) const STATEMENT_NAMES: [&str; STATEMENTS] = [
     "update_tellers",
     "update_branches",
     "insert_history",
-    "end",
+    "commit",
 ];
 
 impl Tx {

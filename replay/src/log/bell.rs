@@ -55,7 +55,7 @@ mod tests {
             (at, rx)
         });
         bell.ring(7);
-        let (at, mut rx) = waiter.await.expect("the waiter ran");
+        let (at, rx) = waiter.await.expect("the waiter ran");
         assert_eq!(at, 7);
         bell.ring(5);
         assert!(!rx.has_changed().expect("the bell lives"));

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 use switchyard_replay::catalog::Catalog;
+use switchyard_replay::log::LogBell;
 use switchyard_replay::mapping::{Mapping, MappingError, Resolved};
 use switchyard_replay::replayer::{self, LagReport, ReplayError, ReplayOptions, ReplayStatus};
 use thiserror::Error;
@@ -60,6 +61,12 @@ impl Plan {
     /// Reads both catalogs and resolves the mapping. Fails, naming table and
     /// column, when the mapping does not fit.
     pub async fn prepare(config: &Config) -> Result<Plan, CatchupError> {
+        Plan::prepare_with(config, None).await
+    }
+
+    /// [`Plan::prepare`] for a replayer woken by `bell` when the log is
+    /// written (the proxy's own capture), instead of polling it.
+    pub async fn prepare_with(config: &Config, bell: Option<LogBell>) -> Result<Plan, CatchupError> {
         let source = config.source_control("switchyard catchup")?;
         let target = config.target_connection("switchyard catchup")?;
         let source_catalog = load_catalog(&source, "source").await?;
@@ -81,6 +88,7 @@ impl Plan {
                 log_dir: config.capture.log_dir.clone(),
                 workers: config.catchup.workers,
                 batch_keys: config.catchup.batch_keys,
+                bell,
                 ..ReplayOptions::default()
             },
         })
@@ -162,6 +170,7 @@ struct Retry {
 /// `stop`.
 async fn supervise(
     config: Config,
+    bell: Option<LogBell>,
     plan: Plan,
     status: Arc<ReplayStatus>,
     mut stop: watch::Receiver<bool>,
@@ -173,7 +182,7 @@ async fn supervise(
         let started = std::time::Instant::now();
         let outcome = match plan.take() {
             Some(p) => p.run(status.clone(), stop.clone()).await.map_err(|e| e.to_string()),
-            None => match Plan::prepare(&config).await {
+            None => match Plan::prepare_with(&config, bell.clone()).await {
                 Ok(p) => p.run(status.clone(), stop.clone()).await.map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             },
@@ -218,17 +227,26 @@ pub struct LagView {
 impl Catchup {
     /// CATCHUP START: checks the mapping and starts the replayer in the
     /// background; it resumes from the position confirmed on the target.
-    pub async fn start(&self, config: &Config) -> Result<(), CatchupError> {
+    /// With `bell` (rung when the capture log is written) it wakes on new
+    /// records instead of polling for them.
+    pub async fn start(&self, config: &Config, bell: Option<LogBell>) -> Result<(), CatchupError> {
         let _op = self.op.lock().await;
         self.reap();
         if matches!(*lock(&self.state), State::Running(_)) {
             return Err(CatchupError::State("catch-up is already running"));
         }
-        let plan = Plan::prepare(config).await?;
+        let plan = Plan::prepare_with(config, bell.clone()).await?;
         let status = Arc::new(ReplayStatus::default());
         let (stop, stop_rx) = watch::channel(false);
         let retry = Arc::new(Retry::default());
-        let task = tokio::spawn(supervise(config.clone(), plan, status.clone(), stop_rx, retry.clone()));
+        let task = tokio::spawn(supervise(
+            config.clone(),
+            bell,
+            plan,
+            status.clone(),
+            stop_rx,
+            retry.clone(),
+        ));
         tracing::info!(workers = config.catchup.workers, "catch-up started");
         *lock(&self.state) = State::Running(Running {
             status,

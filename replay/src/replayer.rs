@@ -19,9 +19,10 @@
 //! `hold`), so that capture deletes only segments it will never read again.
 
 use crate::catalog::{Catalog, FkAction, QualifiedName};
-use crate::log::{LogReader, Lsn, Marker, Record};
+use crate::log::{LogBell, LogReader, Lsn, Marker, Record};
 use crate::mapping::rows::{key_arrays, key_match, q, read_by_keys_sql, text_arrays, type_of, unnest_keys, KeyText};
 use crate::mapping::{ColumnSource, Resolved, TableMap};
+use futures_util::future::try_join_all;
 use hdrhistogram::Histogram;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -77,8 +78,12 @@ pub struct ReplayOptions {
     pub workers: usize,
     /// Keys per batch (per dispatch), at most.
     pub batch_keys: usize,
-    /// How long to wait when the log has nothing new.
+    /// How long to wait when the log has nothing new (without a bell).
     pub idle: Duration,
+    /// Rung by the log's writer when records are written (a writer in the
+    /// same process): the replayer then waits for it rather than polling
+    /// every `idle`, and reads a new record as soon as it is written.
+    pub bell: Option<LogBell>,
 }
 
 impl Default for ReplayOptions {
@@ -88,6 +93,7 @@ impl Default for ReplayOptions {
             workers: 4,
             batch_keys: 5_000,
             idle: Duration::from_millis(2),
+            bell: None,
         }
     }
 }
@@ -112,6 +118,8 @@ pub struct ReplayStatus {
     /// Catch-up lag of each confirmed commit: from its commit on the source
     /// (as the proxy logged it) to its batch committing on the target, µs.
     lag: Mutex<Histogram<u64>>,
+    /// Woken each time `confirmed_lsn` moves.
+    confirmed_moved: tokio::sync::Notify,
     /// The same over the last minute.
     recent: Mutex<crate::lag_window::RecentLag>,
 }
@@ -127,6 +135,7 @@ impl Default for ReplayStatus {
             at_log_end: AtomicBool::new(false),
             unconfirmed: Mutex::new(VecDeque::new()),
             lag: Mutex::new(Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")),
+            confirmed_moved: tokio::sync::Notify::new(),
             recent: Mutex::new(crate::lag_window::RecentLag::default()),
         }
     }
@@ -192,6 +201,24 @@ impl ReplayStatus {
             let took = (now - commit).max(1) as u64;
             lag.saturating_record(took);
             recent.record(now, took);
+        }
+    }
+
+    /// Waits until everything up to `lsn` is confirmed (true), or at most
+    /// `timeout` (false): woken as the position moves, not polling it.
+    pub async fn confirmed_by(&self, lsn: Lsn, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let moved = self.confirmed_moved.notified();
+            tokio::pin!(moved);
+            moved.as_mut().enable();
+            if self.confirmed_lsn.load(Relaxed) >= lsn.0 {
+                return true;
+            }
+            tokio::select! {
+                _ = moved => {}
+                _ = tokio::time::sleep_until(deadline) => return self.confirmed_lsn.load(Relaxed) >= lsn.0,
+            }
         }
     }
 
@@ -416,9 +443,21 @@ pub async fn run(
     let mut dispatched_upto = resume;
     let checker = connect(&source, "source").await?;
     let mut last_check = Instant::now();
+    let mut bell = options.bell.as_ref().map(LogBell::subscribe);
+    // With a bell, the poll is only a safety net (a record written by a
+    // writer that does not ring it).
+    let idle = match bell {
+        Some(_) => options.idle.max(BELL_FALLBACK_POLL),
+        None => options.idle,
+    };
     loop {
         if *stop.borrow() {
             break;
+        }
+        // Seen before reading: a ring from here on means records the
+        // reads below may have missed.
+        if let Some(b) = bell.as_mut() {
+            b.borrow_and_update();
         }
         let mut per: Vec<Batch> = (0..workers)
             .map(|_| Batch {
@@ -522,8 +561,18 @@ pub async fn run(
                     drop(senders);
                     return Err(join_failure(handles, w).await);
                 }
+                let rung = async {
+                    let alive = match bell.as_mut() {
+                        Some(b) => b.changed().await.is_ok(),
+                        None => false,
+                    };
+                    if !alive {
+                        std::future::pending::<()>().await;
+                    }
+                };
                 tokio::select! {
-                    _ = tokio::time::sleep(options.idle) => {}
+                    _ = tokio::time::sleep(idle) => {}
+                    _ = rung => {}
                     _ = stop.changed() => {}
                 }
             }
@@ -564,6 +613,9 @@ async fn join_failure(handles: Vec<tokio::task::JoinHandle<Result<(), ReplayErro
 /// and a lock wait short enough that a deadlock between workers costs
 /// little (the batch is retried).
 const LOCAL_SETTINGS: &str = "SET LOCAL session_replication_role = replica; SET LOCAL lock_timeout = '100ms'";
+
+/// How often the log is looked at when a bell says when it grows.
+const BELL_FALLBACK_POLL: Duration = Duration::from_millis(50);
 
 /// How often a worker with nothing to apply records its position anyway.
 const PERSIST_IDLE_POSITION: Duration = Duration::from_secs(1);
@@ -714,21 +766,55 @@ impl Worker {
         let min = self.confirmed.iter().map(|c| c.load(Relaxed)).min().unwrap_or(0);
         if self.status.confirmed_lsn.fetch_max(min, Relaxed) < min {
             self.status.confirm(min);
+            self.status.confirmed_moved.notify_waiters();
         }
     }
 
     /// One batch in one target transaction, with the position.
     async fn apply(&mut self, batch: &Batch) -> Result<(), ReplayError> {
         let tx = self.target.transaction().await.map_err(db("begin on the target"))?;
-        tx.batch_execute(LOCAL_SETTINGS)
-            .await
-            .map_err(db("set session_replication_role on the target"))?;
-        let mut queue: Vec<(QualifiedName, BTreeSet<KeyText>)> = batch
-            .keys
-            .iter()
-            .map(|(t, k)| (QualifiedName::from_logged(t), k.clone()))
-            .collect();
-        let mut rows = 0u64;
+        let mut queue: Vec<(QualifiedName, BTreeSet<KeyText>)> = Vec::new();
+        let mut plain: Vec<(TableMap, &BTreeSet<KeyText>)> = Vec::new();
+        for (t, k) in &batch.keys {
+            let table = QualifiedName::from_logged(t);
+            if k.is_empty() {
+                continue;
+            }
+            if reached_by_followed_keys(&self.source_catalog, &table) {
+                queue.push((table, k.clone()));
+            } else {
+                let map = self
+                    .mapping
+                    .table(&table)
+                    .ok_or_else(|| ReplayError::Unmapped(table.to_string()))?;
+                plain.push((map.clone(), k));
+            }
+        }
+        // Tables that no followed foreign key reaches take no key locks and
+        // lead to no other table: every one's source read goes out at once
+        // (pipelined on the source connection, beside the settings on the
+        // target), then every one's writes, instead of a round trip or two
+        // per table.
+        let settings = async {
+            tx.batch_execute(LOCAL_SETTINGS)
+                .await
+                .map_err(db("set session_replication_role on the target"))
+        };
+        let reads = try_join_all(
+            plain
+                .iter()
+                .map(|(map, keys)| read_rows(&self.source, map, &self.source_catalog, keys, &[])),
+        );
+        let (settings, found) = futures_util::future::join(settings, reads).await;
+        settings?;
+        let found = found?;
+        let writes = try_join_all(
+            plain
+                .iter()
+                .zip(&found)
+                .map(|((map, keys), found)| write_rows(&tx, map, &self.target_catalog, keys, found)),
+        );
+        let mut rows: u64 = writes.await?.iter().map(|(touched, _)| touched).sum();
         let mut rounds = 0;
         while let Some((table, keys)) = queue.pop() {
             if keys.is_empty() {
@@ -892,21 +978,7 @@ async fn sync_keys(
         lock_keys(target, &held, &map.target).await?;
     }
     let parents = cascading_parents(source_catalog, &map.source);
-    let arrays = key_arrays(keys, width);
-    // After the mapped values and the key, the parent keys each row
-    // references, as the parent's key text.
-    let parents_out = parents
-        .iter()
-        .flat_map(|(_, cols)| cols.iter().map(|(c, ty)| format!("s.{}::{ty}::text", q(c))));
-    let select = read_by_keys_sql(map, source_catalog, parents_out);
-    let params = text_arrays(&arrays);
-    let read = || async {
-        source
-            .query_typed(&select, &params)
-            .await
-            .map_err(db(format!("read {} from the source", map.source)))
-    };
-    let mut found = read().await?;
+    let mut found = read_rows(source, map, source_catalog, keys, &parents).await?;
     // A row read here may reference a parent another worker is syncing right
     // now: if that parent was deleted on the source (cascading to this row),
     // the other worker looks for the parent's children on the target before
@@ -926,11 +998,46 @@ async fn sync_keys(
         }
         lock_keys(target, &wanted, &map.target).await?;
         held.extend(wanted);
-        found = read().await?;
+        found = read_rows(source, map, source_catalog, keys, &parents).await?;
     }
+    write_rows(target, map, target_catalog, keys, &found).await
+}
+
+/// The source rows of `keys`: the mapped values, the key, then the keys of
+/// the `parents` each row references (as the parent's key text).
+async fn read_rows(
+    source: &Client,
+    map: &TableMap,
+    source_catalog: &Catalog,
+    keys: &BTreeSet<KeyText>,
+    parents: &[ParentRef],
+) -> Result<Vec<tokio_postgres::Row>, ReplayError> {
+    let arrays = key_arrays(keys, map.source_key.len());
+    let parents_out = parents
+        .iter()
+        .flat_map(|(_, cols)| cols.iter().map(|(c, ty)| format!("s.{}::{ty}::text", q(c))));
+    let select = read_by_keys_sql(map, source_catalog, parents_out);
+    source
+        .query_typed(&select, &text_arrays(&arrays))
+        .await
+        .map_err(db(format!("read {} from the source", map.source)))
+}
+
+/// Applies what the source holds of `keys` (`found`, as [`read_rows`]
+/// returns it) to the target: upserts the rows found, deletes the other
+/// keys. Returns the rows touched and the keys deleted.
+async fn write_rows(
+    target: &tokio_postgres::Transaction<'_>,
+    map: &TableMap,
+    target_catalog: &Catalog,
+    keys: &BTreeSet<KeyText>,
+    found: &[tokio_postgres::Row],
+) -> Result<(u64, BTreeSet<KeyText>), ReplayError> {
+    let width = map.source_key.len();
+    let ncols = map.columns.len();
     let mut present: BTreeSet<KeyText> = BTreeSet::new();
     let mut cols: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(found.len()); ncols];
-    for row in &found {
+    for row in found {
         for (i, c) in cols.iter_mut().enumerate() {
             c.push(row.get::<_, Option<String>>(i));
         }

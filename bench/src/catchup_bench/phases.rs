@@ -90,6 +90,7 @@ impl ReplayRuntime {
             workers,
             batch_keys: setup.batch_keys,
             idle: IDLE,
+            bell: None,
         };
         let task = runtime.spawn(replayer::run(
             setup.source.clone(),

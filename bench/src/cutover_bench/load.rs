@@ -69,7 +69,25 @@ pub(super) struct Tx {
     pub(super) start_us: u64,
     pub(super) end_us: u64,
     pub(super) outcome: Outcome,
+    /// When each statement of the script was answered, µs after the
+    /// transaction's start (0 for one not run): where a held transaction
+    /// spent its time.
+    pub(super) answered_us: [u32; STATEMENTS],
 }
+
+/// Statements of the script: BEGIN, its five statements, END.
+pub(super) const STATEMENTS: usize = 7;
+
+/// Their names, for the per-transaction log.
+pub(super) const STATEMENT_NAMES: [&str; STATEMENTS] = [
+    "begin",
+    "update_accounts",
+    "select_accounts",
+    "update_tellers",
+    "update_branches",
+    "insert_history",
+    "commit",
+];
 
 impl Tx {
     /// From due to end: what a client on a schedule waits, queueing included
@@ -275,9 +293,11 @@ impl ClientJob {
                 break;
             }
             tokio::time::sleep_until(due.into()).await;
-            let start_us = micros(self.zero.elapsed());
+            let started = Instant::now();
+            let start_us = micros(started - self.zero);
             let keys = Keys::draw(&mut rng, self.spec.scale);
-            let outcome = match transaction(&client, &keys, &tag(self.index, seq)).await {
+            let mut answered_us = [0u32; STATEMENTS];
+            let outcome = match transaction(&client, &keys, &tag(self.index, seq), started, &mut answered_us).await {
                 Ok(()) => Outcome::Committed,
                 Err(e) => {
                     record.error(e.message);
@@ -291,6 +311,7 @@ impl ClientJob {
                 start_us,
                 end_us: micros(self.zero.elapsed()),
                 outcome,
+                answered_us,
             });
             seq += 1;
             if client.is_closed() {
@@ -353,8 +374,15 @@ struct TxError {
 /// pgbench's TPC-B-like script, statement by statement, with the tag in
 /// the history row's filler. On a failure before COMMIT the transaction is
 /// rolled back; a connection lost while COMMIT was outstanding leaves the
-/// outcome unknown.
-async fn transaction(client: &Client, k: &Keys, tag: &str) -> Result<(), TxError> {
+/// outcome unknown. Each statement's answer is timed into `answered`, µs
+/// after `started`.
+async fn transaction(
+    client: &Client,
+    k: &Keys,
+    tag: &str,
+    started: Instant,
+    answered: &mut [u32; STATEMENTS],
+) -> Result<(), TxError> {
     let body = [
         "BEGIN".to_owned(),
         format!(
@@ -376,8 +404,11 @@ async fn transaction(client: &Client, k: &Keys, tag: &str) -> Result<(), TxError
             k.tid, k.bid, k.aid, k.delta
         ),
     ];
-    for sql in &body {
-        if let Err(e) = client.simple_query(sql).await {
+    let since = |at: Instant| u32::try_from(micros(at - started)).unwrap_or(u32::MAX);
+    for (i, sql) in body.iter().enumerate() {
+        let result = client.simple_query(sql).await;
+        answered[i] = since(Instant::now());
+        if let Err(e) = result {
             if !client.is_closed() {
                 let _ = client.simple_query("ROLLBACK").await;
             }
@@ -387,7 +418,9 @@ async fn transaction(client: &Client, k: &Keys, tag: &str) -> Result<(), TxError
             });
         }
     }
-    match client.simple_query("END").await {
+    let result = client.simple_query("END").await;
+    answered[STATEMENTS - 1] = since(Instant::now());
+    match result {
         Ok(_) => Ok(()),
         Err(e) => Err(TxError {
             // A database error answered the COMMIT: it did not commit. No

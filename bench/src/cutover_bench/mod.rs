@@ -22,6 +22,7 @@ mod recipe;
 mod report;
 mod stats;
 mod switch;
+mod txlog;
 mod verify;
 
 use crate::capturing::add_history_key;
@@ -131,6 +132,10 @@ pub struct Args {
     /// The PNG plot.
     #[arg(long, value_name = "PATH", default_value = DEFAULT_PLOT)]
     plot: PathBuf,
+    /// Also write a CSV of every transaction in each cutover window: its
+    /// times relative to the pause's start and each statement's duration.
+    #[arg(long, value_name = "PATH")]
+    tx_log: Option<PathBuf>,
 }
 
 impl Args {
@@ -170,6 +175,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let mut runs = Vec::new();
     let mut panels = Vec::new();
     let mut software = None;
+    let mut tx_log = txlog::TxLog::default();
     for (i, &rate) in args.rates.iter().enumerate() {
         println!(
             "\nrate {rate}: {} clients, {} s, cutover at {} s",
@@ -180,12 +186,12 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         let recipe_first = i % 2 == 0 && !args.skip_recipe;
         let mut recipe = None;
         if recipe_first {
-            recipe = Some(measure_recipe(&args, rate, &runtime).await?);
+            recipe = Some(measure_recipe(&args, rate, &runtime, &mut tx_log).await?);
         }
-        let (ours, ours_points, cluster_software) = measure_ours(&args, rate, &runtime).await?;
+        let (ours, ours_points, cluster_software) = measure_ours(&args, rate, &runtime, &mut tx_log).await?;
         software.get_or_insert(cluster_software);
         if !recipe_first && !args.skip_recipe {
-            recipe = Some(measure_recipe(&args, rate, &runtime).await?);
+            recipe = Some(measure_recipe(&args, rate, &runtime, &mut tx_log).await?);
         }
         let (recipe, recipe_points) = recipe.unwrap_or_else(|| (empty_phase(), Vec::new()));
         panels.push(plot::Panel {
@@ -217,6 +223,10 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     println!("wrote {}", args.out.display());
     plot::draw(&args.plot, &panels)?;
     println!("wrote {}", args.plot.display());
+    if let Some(path) = &args.tx_log {
+        tx_log.write(path)?;
+        println!("wrote {}", path.display());
+    }
     if !all_targets_met {
         eprintln!(
             "switchyard-bench: a cutover run missed its target; see {}",
@@ -248,7 +258,12 @@ fn empty_phase() -> Phase {
 }
 
 /// One run through switchyard; also the software versions of its clusters.
-async fn measure_ours(args: &Args, rate: Rate, runtime: &LoadRuntime) -> Result<(Phase, Vec<(f64, f64)>, Software)> {
+async fn measure_ours(
+    args: &Args,
+    rate: Rate,
+    runtime: &LoadRuntime,
+    tx_log: &mut txlog::TxLog,
+) -> Result<(Phase, Vec<(f64, f64)>, Software)> {
     println!("  switchyard: source, target, capture, clone, catch-up");
     let loadavg = Machine::probe().loadavg_at_start;
     let stack = Ours::setup(args.scale, args.catchup_workers).await?;
@@ -264,6 +279,7 @@ async fn measure_ours(args: &Args, rate: Rate, runtime: &LoadRuntime) -> Result<
         let recorded = running.finish(args.spec(rate).duration, FINISH_GRACE).await?;
         // Where the writes went last: the target after a flip, else the source.
         let last = if switch.done { &stack.target } else { &stack.source };
+        tx_log.add("switchyard", &rate.to_string(), &recorded.txs, &switch);
         finish_phase(args, loadavg, &stack.source, last, switch, recorded).await
     }
     .await;
@@ -275,7 +291,12 @@ async fn measure_ours(args: &Args, rate: Rate, runtime: &LoadRuntime) -> Result<
 }
 
 /// One run with the usual recipe.
-async fn measure_recipe(args: &Args, rate: Rate, runtime: &LoadRuntime) -> Result<(Phase, Vec<(f64, f64)>)> {
+async fn measure_recipe(
+    args: &Args,
+    rate: Rate,
+    runtime: &LoadRuntime,
+    tx_log: &mut txlog::TxLog,
+) -> Result<(Phase, Vec<(f64, f64)>)> {
     println!("  recipe: logical source, target, subscription, PgBouncer (transaction pooling)");
     let loadavg = Machine::probe().loadavg_at_start;
     let stack = Recipe::setup(args.scale, args.clients + 4).await?;
@@ -286,6 +307,7 @@ async fn measure_recipe(args: &Args, rate: Rate, runtime: &LoadRuntime) -> Resul
         println!("    recipe: {} (pause {:?} ms)", switch.state, switch.pause_ms);
         let recorded = running.finish(args.spec(rate).duration, FINISH_GRACE).await?;
         let last = if switch.done { &stack.target } else { &stack.source };
+        tx_log.add("recipe", &rate.to_string(), &recorded.txs, &switch);
         finish_phase(args, loadavg, &stack.source, last, switch, recorded).await
     }
     .await;

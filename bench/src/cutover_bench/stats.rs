@@ -212,6 +212,7 @@ mod tests {
             start_us: due_ms * 1000 + 1000,
             end_us: (due_ms + latency_ms) * 1000,
             outcome: Outcome::Committed,
+            answered_us: [0; super::super::load::STATEMENTS],
         }
     }
 

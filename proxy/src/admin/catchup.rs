@@ -15,7 +15,7 @@ pub(super) async fn start(shared: &Arc<Shared>) -> Result<Reply, AdminError> {
     }
     shared
         .catchup
-        .start(&shared.config)
+        .start(&shared.config, Some(shared.capture.bell()))
         .await
         .map_err(|e| AdminError::State(e.to_string()))?;
     Ok(Reply::Done("CATCHUP START".into()))

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use switchyard_replay::catalog::{Catalog, CatalogCache, QualifiedName};
-use switchyard_replay::log::{Durability, LogError, LogOptions, LogWriter, LogWriterHandle, Marker, Record};
+use switchyard_replay::log::{Durability, LogBell, LogError, LogOptions, LogWriter, LogWriterHandle, Marker, Record};
 use thiserror::Error;
 use tokio::sync::watch;
 
@@ -292,9 +292,17 @@ pub struct Capture {
     retired: Mutex<Option<Weak<Active>>>,
     pending: Mutex<Option<ResumePending>>,
     op: tokio::sync::Mutex<()>,
+    /// Rung whenever a capture log of this proxy is written: catch-up,
+    /// tailing the log, wakes on it instead of polling.
+    bell: LogBell,
 }
 
 impl Capture {
+    /// The bell every capture log of this proxy rings when written.
+    pub fn bell(&self) -> LogBell {
+        self.bell.clone()
+    }
+
     /// Capture, off, on the server traffic goes to.
     pub fn new(config: &crate::config::Config, serving: crate::session::route::Destination) -> Capture {
         Capture {
@@ -306,6 +314,7 @@ impl Capture {
             retired: Mutex::new(None),
             pending: Mutex::new(None),
             op: tokio::sync::Mutex::new(()),
+            bell: LogBell::new(),
         }
     }
 

@@ -42,6 +42,7 @@ pub(crate) async fn watch_log(
 /// writes a resume marker with it; on success it replaces the failed one.
 async fn reopen(a: &Active, dir: &std::path::Path, options: &LogOptions) -> Result<(), String> {
     let old = a.log();
+    let bell = old.bell();
     let (d, o) = (dir.to_owned(), options.clone());
     let opened = tokio::task::spawn_blocking(move || {
         // Closing a failed writer only releases its lock; other clones then
@@ -52,6 +53,9 @@ async fn reopen(a: &Active, dir: &std::path::Path, options: &LogOptions) -> Resu
     .await
     .map_err(|e| e.to_string())?
     .map_err(|e| e.to_string())?;
+    if let Some(bell) = bell {
+        opened.ring_on_write(bell);
+    }
     let marker = Record::Marker(Marker::CaptureResume {
         time_micros: unix_micros(SystemTime::now()),
     });

@@ -363,6 +363,56 @@ async fn run<S: Socket>(
         .unwrap_or_else(|_| Err(format!("no answer within {} s", STEP_TIMEOUT.as_secs())))
 }
 
+/// How long warming a backend opened ahead may take.
+const WARM_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Tables (the largest, by pages) whose catalog entries a backend opened
+/// ahead loads, at most.
+const WARM_TABLES: usize = 64;
+
+/// Plans a query over each of the database's largest tables (in one DO
+/// block, one transaction, a table the role may not read skipped), which
+/// loads their catalog entries and their indexes' into the backend's
+/// caches without reading a row.
+fn warm_sql() -> String {
+    format!(
+        "DO $sy_warm$ DECLARE r record; BEGIN \
+         FOR r IN SELECT c.oid::pg_catalog.regclass AS t FROM pg_catalog.pg_class c \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'switchyard') \
+         AND n.nspname NOT LIKE 'pg\\_%' ORDER BY c.relpages DESC LIMIT {WARM_TABLES} LOOP \
+         BEGIN EXECUTE pg_catalog.format('SELECT 1 FROM %s LIMIT 0', r.t); \
+         EXCEPTION WHEN OTHERS THEN NULL; END; END LOOP; END $sy_warm$"
+    )
+}
+
+/// Warms a backend opened ahead of a move: a fresh backend builds its
+/// catalog caches on its first statements, a few milliseconds of CPU per
+/// table, and at a cutover every held session runs its first statements on
+/// its new backend at the same moment. Best effort: an error from the
+/// server leaves the backend idle as it was; false means the backend did
+/// not answer in time (or the connection broke) and must not be used.
+pub(crate) async fn warm(conn: &mut ServerConn) -> bool {
+    match conn {
+        ServerConn::Tcp(c) => warm_on(c).await,
+        ServerConn::Unix(c) => warm_on(c).await,
+    }
+}
+
+async fn warm_on<S: Socket>(conn: &mut Conn<S>) -> bool {
+    conn.queue(&frontend::query(&warm_sql()));
+    let work = async {
+        conn.flush().await.ok()?;
+        loop {
+            let frame = conn.read_message().await.ok()??;
+            if BackendMessage::of(&frame).tag() == btag::READY_FOR_QUERY {
+                return Some(());
+            }
+        }
+    };
+    matches!(tokio::time::timeout(WARM_TIMEOUT, work).await, Ok(Some(())))
+}
+
 /// Opens a backend for the session on the route's destination.
 pub(crate) async fn open_with(config: &crate::config::Config, route: &Route, login: &Login) -> Result<Backend, String> {
     let Some(db) = route.destination.config(config) else {

@@ -27,6 +27,7 @@
 //! newest records kept may be deleted. A reader asked for a deleted position
 //! gets [`LogError::LsnUnavailable`], never a silent skip.
 
+mod bell;
 mod codec;
 mod error;
 mod frame;
@@ -43,6 +44,7 @@ mod tests;
 
 use std::fmt;
 
+pub use bell::LogBell;
 pub use codec::DecodeError;
 pub use error::{Corruption, InvalidRecord, LogError};
 pub use frame::{BadFrame, MAX_PAYLOAD_LEN};

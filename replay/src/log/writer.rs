@@ -24,7 +24,7 @@ use super::frame::MAX_PAYLOAD_LEN;
 use super::recovery::{recover, RecoveryReport};
 use super::segment::lock_dir;
 use super::writer_thread::{Request, WriterThread};
-use super::{Lsn, Record};
+use super::{LogBell, Lsn, Record};
 
 /// When an append is acknowledged.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,6 +113,8 @@ pub(crate) struct Shared {
     pub(crate) last_lsn: AtomicU64,
     /// The first error the writer met; set once, never cleared.
     pub(crate) failure: OnceLock<Arc<LogError>>,
+    /// Rung after each batch reaches the log.
+    pub(crate) bell: OnceLock<LogBell>,
     closed: AtomicBool,
 }
 
@@ -279,6 +281,20 @@ impl LogWriterHandle {
             fsyncs: s.fsyncs.load(Ordering::Relaxed),
             last_lsn: (last > 0).then_some(Lsn(last)),
         }
+    }
+
+    /// Rings `bell` after every batch written from now on (and once now,
+    /// with the last position already in the log), so that a reader of
+    /// this log in the same process wakes when it grows. A handle has one
+    /// bell; later calls are ignored.
+    pub fn ring_on_write(&self, bell: LogBell) {
+        let bell = self.inner.shared.bell.get_or_init(|| bell);
+        bell.ring(self.inner.shared.last_lsn.load(Ordering::Acquire));
+    }
+
+    /// The bell this handle rings, if [`Self::ring_on_write`] gave it one.
+    pub fn bell(&self) -> Option<LogBell> {
+        self.inner.shared.bell.get().cloned()
     }
 
     /// What recovery found when the log was opened.

@@ -200,6 +200,9 @@ impl WriterThread {
                     // A waiter that went away still had its record logged.
                     let _ = ack.send(Ok(lsn));
                 }
+                if let Some(bell) = self.shared.bell.get() {
+                    bell.ring(last);
+                }
             }
             Err(e) => self.fail(e),
         }

@@ -71,47 +71,83 @@ pub async fn verify_keys(
     keys: &BTreeMap<QualifiedName, Vec<Key>>,
 ) -> Result<KeysReport, VerifyError> {
     let started = Instant::now();
-    let mut plans = Vec::new();
-    for (table, keys) in keys {
-        let map = mapped
-            .mapping
-            .table(table)
-            .ok_or_else(|| VerifyError::Unmapped(table.to_string()))?;
-        let width = map.source_key.len();
-        if let Some(bad) = keys.iter().find(|k| k.len() != width) {
-            return Err(VerifyError::KeyWidth {
-                table: table.to_string(),
-                expected: width,
-                got: bad.len(),
-                columns: map.source_key.join(", "),
-            });
-        }
-        let keys: Vec<Key> = keys.iter().cloned().collect::<BTreeSet<_>>().into_iter().collect();
-        if !keys.is_empty() {
-            plans.push(Plan::new(map, mapped, keys));
-        }
-    }
-    let read = try_join_all(plans.iter().map(|p| p.read_source(source))).await?;
-    let compared = try_join_all(
-        plans
-            .iter()
-            .zip(read)
-            .map(|(p, rows)| p.compare_on_target(target, rows)),
-    )
-    .await?;
-    let mut report = KeysReport::default();
-    for (plan, mismatches) in plans.iter().zip(compared) {
-        report.tables.insert(
-            plan.map.source.clone(),
-            TableKeysReport {
-                target: plan.map.target.clone(),
-                keys_checked: plan.keys.len() as u64,
-                mismatches,
-            },
-        );
-    }
+    let check = KeysCheck::new(mapped, keys)?;
+    let read = check.read_source(source).await?;
+    let mut report = check.compare(target, read).await?;
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// [`verify_keys`] in its two halves, for a caller that can read the source
+/// side before the target is ready to be compared (the cutover reads it
+/// while the final sync runs: the frozen source no longer changes).
+pub struct KeysCheck<'a> {
+    plans: Vec<Plan<'a>>,
+}
+
+/// The source side of a [`KeysCheck`]: per table, the mapped values of the
+/// keys found, by key position.
+pub struct SourceRows(Vec<BTreeMap<usize, Vec<Option<String>>>>);
+
+impl<'a> KeysCheck<'a> {
+    /// The statements for `keys` (as in [`verify_keys`]); fails on a table
+    /// the mapping does not know or a key of the wrong width.
+    pub fn new(mapped: Mapped<'a>, keys: &BTreeMap<QualifiedName, Vec<Key>>) -> Result<KeysCheck<'a>, VerifyError> {
+        let mut plans = Vec::new();
+        for (table, keys) in keys {
+            let map = mapped
+                .mapping
+                .table(table)
+                .ok_or_else(|| VerifyError::Unmapped(table.to_string()))?;
+            let width = map.source_key.len();
+            if let Some(bad) = keys.iter().find(|k| k.len() != width) {
+                return Err(VerifyError::KeyWidth {
+                    table: table.to_string(),
+                    expected: width,
+                    got: bad.len(),
+                    columns: map.source_key.join(", "),
+                });
+            }
+            let keys: Vec<Key> = keys.iter().cloned().collect::<BTreeSet<_>>().into_iter().collect();
+            if !keys.is_empty() {
+                plans.push(Plan::new(map, mapped, keys));
+            }
+        }
+        Ok(KeysCheck { plans })
+    }
+
+    /// Reads every table's keys from the source, all queries sent at once
+    /// (one round trip).
+    pub async fn read_source(&self, source: &Client) -> Result<SourceRows, VerifyError> {
+        let read = try_join_all(self.plans.iter().map(|p| p.read_source(source))).await?;
+        Ok(SourceRows(read))
+    }
+
+    /// Compares what the source held (`read`) with the target, every
+    /// table's comparison sent at once (one round trip).
+    pub async fn compare(&self, target: &Client, read: SourceRows) -> Result<KeysReport, VerifyError> {
+        let started = Instant::now();
+        let compared = try_join_all(
+            self.plans
+                .iter()
+                .zip(read.0)
+                .map(|(p, rows)| p.compare_on_target(target, rows)),
+        )
+        .await?;
+        let mut report = KeysReport::default();
+        for (plan, mismatches) in self.plans.iter().zip(compared) {
+            report.tables.insert(
+                plan.map.source.clone(),
+                TableKeysReport {
+                    target: plan.map.target.clone(),
+                    keys_checked: plan.keys.len() as u64,
+                    mismatches,
+                },
+            );
+        }
+        report.elapsed = started.elapsed();
+        Ok(report)
+    }
 }
 
 /// One table's keys and statements.

@@ -48,7 +48,7 @@ mod report;
 mod sql;
 mod tables;
 
-pub use keys::{verify_keys, KeysReport, TableKeysReport};
+pub use keys::{verify_keys, KeysCheck, KeysReport, SourceRows, TableKeysReport};
 pub use report::{Progress, ProgressEvent, TableReport, VerifyOptions, VerifyReport};
 pub use tables::verify_tables;
 

@@ -101,6 +101,7 @@ async fn catchup_converges_through_clone_and_migration() -> Result<()> {
         workers: 3,
         batch_keys: 500,
         idle: Duration::from_millis(2),
+        bell: None,
     };
     let replay = tokio::spawn(replayer::run(
         f.cluster.pg_config(f.cluster.superuser(), "postgres"),

@@ -505,6 +505,7 @@ async fn verify_runs_online_during_catch_up_and_is_clean_once_caught_up() -> Res
             workers: 2,
             batch_keys: 500,
             idle: Duration::from_millis(2),
+            bell: None,
         },
         status.clone(),
         stop,

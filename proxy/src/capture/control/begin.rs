@@ -103,6 +103,7 @@ impl Capture {
             Some(log) => log,
             None => open_log(place.dir.clone(), self.log_options()).await?,
         };
+        log.ring_on_write(self.bell());
         Ok(Parts {
             place,
             database,

@@ -12,22 +12,20 @@ use crate::gate::{Closed, GateError};
 use crate::registry::Shown;
 use crate::server::Shared;
 use crate::session::route::{Destination, MoveRequest, Order, PinnedPolicy};
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use switchyard_replay::catalog::QualifiedName;
-use switchyard_replay::log::Key;
-use switchyard_replay::log::{Lsn, Marker, Record};
+use switchyard_replay::log::Lsn;
 use switchyard_replay::mapping::Resolved;
 use switchyard_replay::replayer::ReplayStatus;
 use switchyard_replay::sequences::SequencePlan;
-use switchyard_replay::verify::Mapped;
 use tokio::sync::watch;
 use tokio_postgres::Client;
 
 use super::fence;
+
+mod final_pass;
 
 /// Why a step failed.
 struct Failure {
@@ -143,62 +141,8 @@ impl Run {
             ms(frozen.elapsed())
         ));
 
-        self.begin(Step::FinalSync);
-        let before = ready.status.confirmed_lsn.load(Relaxed);
-        let freeze = Record::Marker(Marker::Freeze {
-            time_micros: crate::capture::control::unix_micros(std::time::SystemTime::now()),
-        });
-        let append = ready.active.log().append(freeze);
-        let lsn = self
-            .within(limit, append)
-            .await?
-            .map_err(|e| self.fail(format!("cannot write the freeze marker to the capture log: {e}")))?;
-        self.report.freeze_lsn = Some(lsn.0);
-        let confirmed = wait_confirmed(&self.shared, &ready.status, lsn);
-        self.within(limit, confirmed).await?.map_err(|e| self.fail(e))?;
-        let dir = ready.active.config.log_dir.clone();
-        let (synced, logged) = tokio::task::spawn_blocking(move || keys::between(&dir, Lsn(before), lsn))
-            .await
-            .map_err(|e| self.fail(format!("reading the final keys failed: {e}")))?
-            .map_err(|e| self.fail(format!("cannot read the capture log: {e}")))?;
-        self.report.keys_synced = keys::count(&synced);
-        self.end(format!(
-            "the replayer confirmed the freeze marker at {lsn}: {logged} key(s) logged since position {before}, {} distinct",
-            self.report.keys_synced
-        ));
+        self.final_pass(&ready, limit).await?;
 
-        self.begin(Step::Sequences);
-        let sync = ready.sequences.sync(&ready.source, &ready.target);
-        let seq = self.within(limit, sync).await?.map_err(|e| self.fail(format!("{e}")))?;
-        self.report.sequences_set = seq.set.len();
-        self.end(format!("{} sequence(s) set on the target", seq.set.len()));
-
-        self.begin(Step::Verify);
-        let mut compare = synced;
-        if self.report.options.verify == VerifyMode::Sample {
-            keys::merge(&mut compare, ready.sample.clone());
-        }
-        if self.report.options.verify == VerifyMode::None {
-            self.end("skipped (verify none)".to_owned());
-        } else {
-            let mapped = Mapped {
-                mapping: &ready.mapping,
-                source: &ready.source_catalog,
-                target: &ready.target_catalog,
-            };
-            let verify = verify_keys(&ready.source, &ready.target, mapped, &compare);
-            let (rows, differing) = self.within(limit, verify).await?.map_err(|e| self.fail(e))?;
-            self.report.rows_verified = rows;
-            if !differing.is_empty() {
-                return Err(self.fail(format!(
-                    "{} row(s) differ between the source and the target: {}; the target is not in sync, so \
-                     traffic stays on the source (VERIFY compares whole tables and lists the differences)",
-                    differing.len(),
-                    differing.iter().take(10).cloned().collect::<Vec<_>>().join(", ")
-                )));
-            }
-            self.end(format!("{rows} row(s) equal on both sides"));
-        }
         // Capture on the target is in its log directory's record before the
         // route is: a proxy restarted after the flip resumes it before
         // admitting anyone. The mark runs on its own task, so that a
@@ -696,11 +640,11 @@ fn capture_on_target_plan(ready: &Ready, report: &Report) -> String {
     line
 }
 
-/// Waits until the replayer has applied everything up to `lsn`; fails if
-/// catch-up stops meanwhile.
+/// Waits until the replayer has applied everything up to `lsn` (woken as
+/// its confirmed position moves); fails if catch-up stops meanwhile.
 async fn wait_confirmed(shared: &Shared, status: &ReplayStatus, lsn: Lsn) -> Result<(), String> {
     loop {
-        if status.confirmed_lsn.load(Relaxed) >= lsn.0 {
+        if status.confirmed_by(lsn, CATCHUP_CHECK_EVERY).await {
             return Ok(());
         }
         // A replayer that restarts by itself resumes from its confirmed
@@ -716,37 +660,11 @@ async fn wait_confirmed(shared: &Shared, status: &ReplayStatus, lsn: Lsn) -> Res
                 view.error.map(|e| format!(": {e}")).unwrap_or_default()
             ));
         }
-        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
-/// Compares `keys` through the mapping: rows compared, and the keys that
-/// differ (as `table key: how`).
-async fn verify_keys(
-    source: &Client,
-    target: &Client,
-    mapped: Mapped<'_>,
-    keys: &TableKeys,
-) -> Result<(u64, Vec<String>), String> {
-    let keys: BTreeMap<QualifiedName, Vec<Key>> = keys
-        .iter()
-        .map(|(table, k)| (QualifiedName::from_logged(table), k.iter().cloned().collect()))
-        .collect();
-    let report = switchyard_replay::verify::verify_keys(source, target, mapped, &keys)
-        .await
-        .map_err(|e| e.to_string())?;
-    let differing = report
-        .tables
-        .iter()
-        .flat_map(|(table, t)| {
-            t.mismatches.iter().map(move |m| {
-                let key: Vec<&str> = m.key.iter().map(|v| v.as_deref().unwrap_or("NULL")).collect();
-                format!("{table} ({}): {}", key.join(", "), m.kind)
-            })
-        })
-        .collect();
-    Ok((report.keys_checked(), differing))
-}
+/// How often the final sync looks whether catch-up is still running.
+const CATCHUP_CHECK_EVERY: Duration = Duration::from_millis(20);
 
 /// Client sessions on the target's server that are not the proxy's (its
 /// sessions have no backend there yet; its own connections name themselves

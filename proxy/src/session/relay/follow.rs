@@ -85,8 +85,16 @@ impl Relay<'_> {
         let route2 = route.clone();
         let shared = self.shared.clone();
         let epoch = route.epoch;
-        // Opened on its own task: the relay goes on meanwhile.
-        let task = tokio::spawn(async move { moving::open_with(&shared.config, &route2, &login).await });
+        // Opened (and warmed) on its own task: the relay goes on meanwhile.
+        let task = tokio::spawn(async move {
+            let mut be = moving::open_with(&shared.config, &route2, &login).await?;
+            if !moving::warm(&mut be.conn).await {
+                // Its answer may still be on the way: never hand it over.
+                moving::retire(be.conn);
+                be = moving::open_with(&shared.config, &route2, &login).await?;
+            }
+            Ok(be)
+        });
         self.opening = Some((
             epoch,
             Box::pin(async move {

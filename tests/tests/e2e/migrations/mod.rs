@@ -223,6 +223,7 @@ impl Replay {
             workers,
             batch_keys,
             idle: Duration::from_millis(2),
+            bell: None,
         };
         let task = tokio::spawn(replayer::run(
             config("postgres"),

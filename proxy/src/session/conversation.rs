@@ -220,6 +220,9 @@ pub struct Conversation<T> {
     copy_in: bool,
     /// Extended-protocol requests were sent since the last Sync.
     unsynced: bool,
+    /// An extended-protocol request failed and no Sync has been sent since:
+    /// the server skips every message it reads until the next Sync.
+    skipping: bool,
     /// A request whose answer the proxy goes on with messages of its own
     /// not sent yet (see [`Conversation::park`]).
     parked: Option<Entry<T>>,
@@ -239,6 +242,7 @@ impl<T> Conversation<T> {
             next_id: 1,
             copy_in: false,
             unsynced: false,
+            skipping: false,
             parked: None,
         }
     }
@@ -248,6 +252,7 @@ impl<T> Conversation<T> {
     pub fn push(&mut self, origin: Origin, request: Request, data: T) -> Option<EntryId> {
         if request == Request::Sync {
             self.unsynced = false;
+            self.skipping = false;
             if self.copy_in {
                 return None;
             }
@@ -301,6 +306,13 @@ impl<T> Conversation<T> {
     /// Whether extended-protocol requests were sent since the last Sync.
     pub fn unsynced(&self) -> bool {
         self.unsynced
+    }
+
+    /// Whether the server skips what is sent now, up to the next Sync: an
+    /// extended-protocol request failed and no Sync was sent after it. A
+    /// request made now is never answered, so nothing may wait for one.
+    pub fn skipping_to_sync(&self) -> bool {
+        self.skipping
     }
 
     /// Whether the server reads COPY data from the client.
@@ -446,6 +458,10 @@ impl<T> Conversation<T> {
         while self.front().is_some_and(|e| !e.request.ends_with_ready()) {
             dropped.extend(self.pop());
         }
+        // A Sync already sent ends the skip; without one, what is sent
+        // next is skipped too.
+        let synced = self.entries().any(|e| e.request == Request::Sync);
+        self.skipping = !synced;
         Answer {
             to: done.as_ref().map(Entry::head),
             done,

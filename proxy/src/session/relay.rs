@@ -426,6 +426,17 @@ impl<'a> Relay<'a> {
                     break;
                 }
                 self.adopt_capture(server)?;
+                if self.capture.as_ref().is_some_and(SessionCapture::has_work) {
+                    // Capture's own first request (the probe of what names
+                    // resolve through) goes ahead of the batch, a
+                    // re-prepare included: behind a re-prepare that fails,
+                    // the server would skip it to the client's Sync, and
+                    // capture, waiting for its answer, would hold that
+                    // Sync forever.
+                    server.wbuf.extend_from_slice(&client.rbuf[from..off]);
+                    from = off;
+                    self.run_capture_work(server)?;
+                }
             }
             if matches!(msg.tag(), ftag::BIND | ftag::DESCRIBE) {
                 match self.prepare_ahead(msg, server, &client.rbuf[from..off])? {

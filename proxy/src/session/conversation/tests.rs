@@ -87,6 +87,38 @@ fn an_error_mid_batch_skips_to_the_sync() {
 }
 
 #[test]
+fn after_an_error_with_no_sync_sent_the_server_skips_what_comes_next() {
+    let mut c = Conv::new();
+    // A Sync sent behind the failing request ends the skip: what follows
+    // it is answered.
+    client(&mut c, Request::Parse, "parse");
+    client(&mut c, Request::Sync, "sync");
+    assert_eq!(c.on_server(btag::ERROR_RESPONSE).done.map(|e| e.data), Some("parse"));
+    assert!(!c.skipping_to_sync(), "the Sync sent ends it");
+    assert_eq!(done(&mut c, btag::READY_FOR_QUERY), "sync");
+
+    // The failing request is the last sent (a re-prepare ahead of a
+    // client's Bind, its Describe and a Flush): nothing sent now is
+    // answered until the next Sync.
+    client(&mut c, Request::Parse, "reprepare");
+    client(&mut c, Request::Describe, "recheck");
+    let a = c.on_server(btag::ERROR_RESPONSE);
+    assert_eq!(a.done.map(|e| e.data), Some("reprepare"));
+    assert_eq!(a.dropped.iter().map(|e| e.data).collect::<Vec<_>>(), ["recheck"]);
+    assert!(c.skipping_to_sync());
+    client(&mut c, Request::Bind, "bind");
+    assert!(c.skipping_to_sync(), "a Bind does not end it");
+    client(&mut c, Request::Sync, "client sync");
+    assert!(!c.skipping_to_sync(), "the client's Sync does");
+    assert_eq!(
+        c.on_server(btag::READY_FOR_QUERY).dropped.len(),
+        1,
+        "the Bind was skipped"
+    );
+    assert!(c.is_empty());
+}
+
+#[test]
 fn syncs_pipelined_before_copy_in_response_get_no_answer() {
     // Execute, Sync, (data), CopyDone, Sync, all before the server answers.
     let mut c = Conv::new();

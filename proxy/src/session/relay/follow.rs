@@ -155,6 +155,14 @@ impl Relay<'_> {
         server: &mut Parts<'_, S>,
         before: &[u8],
     ) -> Result<Ahead, RelayError> {
+        if self.state.conversation().skipping_to_sync() {
+            // An earlier message of the batch failed (the re-prepare of
+            // this very statement, say): the server skips this message, and
+            // would skip a re-prepare sent ahead of it, whose re-check the
+            // message would then wait for forever. Forwarded as it is; the
+            // statement is prepared again at its next use after the Sync.
+            return Ok(Ahead::Nothing);
+        }
         let name = match msg.tag() {
             ftag::BIND => msg.bind()?.statement,
             _ => match msg.target()? {

@@ -5,7 +5,9 @@
 //! starts or does not: a proxy restarted after the flip resumes it, a
 //! target log directory that cannot be written calls the cutover off
 //! (before the freeze, and after it), and `CAPTURE_ON_TARGET off` leaves
-//! it to a later `CAPTURE START`, which captures on the target.
+//! it to a later `CAPTURE START`, which captures on the target. Statements
+//! prepared before the flip fail (their table renamed) or run and are
+//! captured on the target, and the session goes on either way.
 
 use super::{Cut, PORT};
 use crate::oracle::{logged_keys, written_keys, KeySet, WalOracle};
@@ -465,4 +467,55 @@ async fn a_cutover_called_off_after_capture_on_the_target_was_recorded_leaves_no
     let port: i32 = c.query_one(&format!("SELECT {PORT}"), &[]).await?.get(0);
     ensure!(port == target.port() as i32, "{port}");
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_prepared_before_the_flip_fail_or_run_on_the_target_without_hanging() -> Result<()> {
+    let cut = Cut::start(SCHEMA, MAPPING, |_| {}).await?;
+    let target_port = cut.target.port() as i32;
+    cut.capture().await?;
+    let c = cut.proxy.connect("postgres").await?;
+    // Prepared (and described) on the source with capture on: the insert
+    // names a table the migration renames, the update one it keeps.
+    let gone = c
+        .prepare(&format!("INSERT INTO notes (body) VALUES ($1) RETURNING id, {PORT}"))
+        .await?;
+    let kept = c
+        .prepare(&format!(
+            "UPDATE items SET qty = qty + 1 WHERE id = $1 RETURNING id, {PORT}"
+        ))
+        .await?;
+    let before: i32 = c.query_one(&kept, &[&3i32]).await?.get(1);
+    ensure!(before != target_port, "the update ran on the target before the flip");
+    cut.clone_and_migrate(MIGRATION).await?;
+    cut.cutover("").await?.done()?;
+
+    // Re-preparing the insert on the target fails: the client gets the
+    // error (not a session that stops answering) and goes on.
+    let failed = within("the insert", c.query_one(&gone, &[&"after the flip"])).await?;
+    let e = failed
+        .err()
+        .context("an insert into a table the target does not have succeeded")?;
+    ensure!(
+        crate::support::sqlstate(&e) == Some("42P01"),
+        "expected 42P01 (undefined table), got {e:?}"
+    );
+    // The update re-prepares there, and its key is in the target's log.
+    let row = within("the update", c.query_one(&kept, &[&5i32])).await??;
+    let (id, port): (i32, i32) = (row.get(0), row.get(1));
+    ensure!(
+        (id, port) == (5, target_port),
+        "the update returned {id} from port {port}"
+    );
+    ensure!(
+        logged_keys(&cut.config.target_log_dir())?.contains(&("public.items".to_owned(), vec![Some("5".to_owned())])),
+        "the update on the target is not in its capture log"
+    );
+    let insert = "INSERT INTO memos (body) VALUES ('on the target')";
+    logged_on_target(&c, insert, "public.memos", target_port, &cut.config.target_log_dir()).await
+}
+
+/// `f`, failing the test after 30 s instead of hanging it.
+async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> Result<T> {
+    crate::support::within(Duration::from_secs(30), what, f).await
 }

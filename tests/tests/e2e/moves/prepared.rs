@@ -463,3 +463,110 @@ async fn a_reprepare_skipped_after_an_error_is_made_at_the_next_use() -> Result<
     assert_eq!(first_column(&reply), some(&["item 9"]));
     Ok(())
 }
+
+/// `notes(id, body)` on the source database only: a statement prepared on
+/// it cannot be re-prepared on the target.
+async fn notes_on_the_source_only(cluster: &switchyard_tests::Cluster) -> Result<()> {
+    cluster
+        .connect(DB)
+        .await?
+        .batch_execute("create table notes (id bigserial primary key, body text)")
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_that_cannot_be_reprepared_fails_its_bind_and_the_session_goes_on() -> Result<()> {
+    init_tracing();
+    let (cluster, proxy) = start_with_target().await?;
+    notes_on_the_source_only(&cluster).await?;
+    let client = proxy.connect(DB).await?;
+    let admin = admin(&proxy).await?;
+    // Described when prepared: after the move its types are re-checked
+    // before the client's Bind goes on.
+    let stmt = client
+        .prepare("insert into notes (body) values ('after the move') returning id")
+        .await?;
+    let report = move_to_target(&admin, "5s").await?;
+    ensure!(report["moved"] == "1", "{report:?}");
+
+    // The re-prepare fails (no such table there): the server then skips the
+    // batch to its Sync, so the Bind must not wait for the re-check.
+    let result = within(
+        Duration::from_secs(20),
+        "a Bind after a failed re-prepare",
+        client.query_one(&stmt, &[]),
+    )
+    .await?;
+    let message = expect_sqlstate(result, "42P01")?;
+    ensure!(message.contains("notes"), "{message}");
+    // The session goes on, on the target.
+    let db: String = within(
+        Duration::from_secs(20),
+        "a query after it",
+        client.query_one("select current_database()::text", &[]),
+    )
+    .await??
+    .get(0);
+    assert_eq!(db, TARGET_DB);
+    // Tried again at the next use (the server may know the table by then).
+    cluster
+        .connect(TARGET_DB)
+        .await?
+        .batch_execute("create table notes (id bigserial primary key, body text)")
+        .await?;
+    let id: i64 = within(
+        Duration::from_secs(20),
+        "the statement once the table exists",
+        client.query_one(&stmt, &[]),
+    )
+    .await??
+    .get(0);
+    let stored: String = cluster
+        .connect(TARGET_DB)
+        .await?
+        .query_one("select body from notes where id = $1", &[&id])
+        .await?
+        .get(0);
+    assert_eq!(stored, "after the move");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_describe_whose_reprepare_fails_gets_the_error_and_ready() -> Result<()> {
+    init_tracing();
+    let (cluster, proxy) = start_with_target().await?;
+    notes_on_the_source_only(&cluster).await?;
+    let admin = admin(&proxy).await?;
+    let mut raw = RawConn::start(proxy.addr(), "postgres", DB).await?;
+    let mut batch = parse_msg("ins", "insert into notes (body) values ('x') returning id");
+    batch.extend(describe_statement_msg("ins"));
+    batch.extend(sync_msg());
+    raw.send(&batch).await?;
+    assert_eq!(tags(&raw.until_ready().await?), "1tTZ");
+    let report = move_to_target(&admin, "5s").await?;
+    ensure!(report["moved"] == "1", "{report:?}");
+
+    // Describe, then Bind/Execute of the same statement, in one batch.
+    let mut batch = describe_statement_msg("ins");
+    batch.extend(bind_msg("ins"));
+    batch.extend(execute_msg());
+    batch.extend(sync_msg());
+    raw.send(&batch).await?;
+    let reply = within(Duration::from_secs(20), "the batch's answer", raw.until_ready()).await??;
+    assert_eq!(tags(&reply), "EZ", "{reply:?}");
+    let code = reply.iter().find(|m| m.tag == b'E').and_then(|m| m.code());
+    assert_eq!(code.as_deref(), Some("42P01"), "{reply:?}");
+    // The next batch is answered as usual.
+    raw.send(&query_msg("select current_database()")).await?;
+    let reply = within(Duration::from_secs(20), "a query after it", raw.until_ready()).await??;
+    assert_eq!(first_column(&reply), some(&[TARGET_DB]));
+    Ok(())
+}
+
+/// Describe of statement `name`.
+fn describe_statement_msg(name: &str) -> Vec<u8> {
+    let mut body = vec![b'S'];
+    body.extend(crate::support::cstr(name));
+    crate::support::frontend(b'D', &body)
+}

@@ -8,8 +8,10 @@ use std::time::Duration;
 use thiserror::Error;
 
 mod cutover;
+mod tls;
 
 pub use cutover::{CutoverConfig, Fence, OnDrainTimeout, VerifyMode};
+pub use tls::{ClientTls, TlsConfig};
 
 /// Configuration errors. Exit code 2 in the binary.
 #[derive(Debug, Error)]
@@ -101,6 +103,9 @@ pub struct Config {
     /// Cutover defaults.
     #[serde(default)]
     pub cutover: CutoverConfig,
+    /// TLS with clients; absent: clients that ask for it are told 'N' and
+    /// go on in clear text (or give up, if they require it).
+    pub tls: Option<TlsConfig>,
 }
 
 /// Catch-up replay (key sync) from the capture log to the target.
@@ -647,6 +652,9 @@ impl Config {
             }
         }
         self.cutover.validate()?;
+        if let Some(tls) = &self.tls {
+            tls.load()?;
+        }
         Ok(())
     }
 
@@ -678,6 +686,7 @@ impl Config {
             target: None,
             catchup: CatchupConfig::default(),
             cutover: CutoverConfig::default(),
+            tls: None,
         }
     }
 

@@ -81,6 +81,15 @@ async fn run(cli: Cli) -> i32 {
                     c.users.len(),
                     c.auth.method.name()
                 );
+                match &c.tls {
+                    Some(t) => println!(
+                        "tls: certificate {}, key {}, clients {}",
+                        t.cert.display(),
+                        t.key.display(),
+                        t.clients.name()
+                    ),
+                    None => println!("tls: off (clients asking for it are told 'N')"),
+                }
                 0
             }
             Err(e) => {

@@ -9,10 +9,15 @@ use crate::stats::Stats;
 use crate::wire::{startup, Frame, WireError};
 use bytes::{Buf, Bytes, BytesMut};
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
+
+pub mod tls;
+
+pub use tls::{ServerTls, Stream};
 
 /// A stream socket the proxy speaks the protocol over: TCP, or a Unix-domain
 /// socket for a database on the same machine (much cheaper per message than
@@ -72,8 +77,8 @@ impl Socket for UnixStream {
 /// A connection to a database: TCP, or a Unix socket when the configured
 /// host is a directory (as with libpq: `/var/run/postgresql`).
 pub enum ServerConn {
-    /// Over TCP.
-    Tcp(Conn<TcpStream>),
+    /// Over TCP, with TLS when the database's `sslmode` asked for it.
+    Tcp(Conn<Stream>),
     /// Over a Unix-domain socket.
     Unix(Conn<UnixStream>),
 }
@@ -109,7 +114,7 @@ pub async fn connect(host: &str, port: u16, timeout: Duration, limit: usize) -> 
             )))
         } else {
             Ok(ServerConn::Tcp(Conn::new(
-                TcpStream::connect((host, port)).await?,
+                Stream::plain(TcpStream::connect((host, port)).await?),
                 limit,
             )))
         }
@@ -263,8 +268,42 @@ pub async fn write_some<W: AsyncWrite + Unpin>(write: &mut W, wbuf: &mut BytesMu
     Ok(n)
 }
 
+impl Conn<Stream> {
+    /// Starts TLS as the server, after answering a client's SSLRequest
+    /// with 'S'. Nothing may be buffered: what a client sent before the
+    /// handshake was not encrypted.
+    pub async fn accept_tls(&mut self, config: Arc<rustls::ServerConfig>) -> io::Result<()> {
+        debug_assert!(self.rbuf.is_empty() && self.wbuf.is_empty());
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let tls = acceptor.accept(self.stream.tcp_mut()).await?;
+        let (_, session) = tls.into_inner();
+        self.stream.start(rustls::Connection::Server(session));
+        Ok(())
+    }
+
+    /// Starts TLS as the client, after the database answered our
+    /// SSLRequest with 'S'.
+    pub async fn connect_tls(
+        &mut self,
+        config: Arc<rustls::ClientConfig>,
+        name: rustls::pki_types::ServerName<'static>,
+    ) -> io::Result<()> {
+        debug_assert!(self.rbuf.is_empty() && self.wbuf.is_empty());
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let tls = connector.connect(name, self.stream.tcp_mut()).await?;
+        let (_, session) = tls.into_inner();
+        self.stream.start(rustls::Connection::Client(session));
+        Ok(())
+    }
+
+    /// Whether TLS is on.
+    pub fn is_tls(&self) -> bool {
+        self.stream.is_tls()
+    }
+}
+
 /// A socket with its buffers.
-pub struct Conn<S: Socket = TcpStream> {
+pub struct Conn<S: Socket = Stream> {
     stream: S,
     rbuf: BytesMut,
     wbuf: BytesMut,

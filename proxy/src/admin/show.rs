@@ -208,6 +208,19 @@ pub(super) fn config(shared: &Shared) -> Reply {
             "metrics.listen",
             c.metrics.listen.map_or("(off)".to_string(), |a| a.to_string()),
         ),
+        // Paths only: the key's contents never leave the file.
+        (
+            "tls.cert",
+            c.tls.as_ref().map_or("(off)".into(), |t| t.cert.display().to_string()),
+        ),
+        (
+            "tls.key",
+            c.tls.as_ref().map_or("(off)".into(), |t| t.key.display().to_string()),
+        ),
+        (
+            "tls.clients",
+            c.tls.as_ref().map_or("(off)".into(), |t| t.clients.name().to_string()),
+        ),
     ];
     for (k, v) in rows {
         r.row([k.to_string(), v]);

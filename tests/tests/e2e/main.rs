@@ -33,6 +33,7 @@ mod protocol;
 mod sequences;
 mod startup;
 mod support;
+mod tls;
 mod tools;
 mod types;
 mod verify;

@@ -134,6 +134,7 @@ fn start_proxy(cluster: &Cluster, port: u16, work: &Path) -> Result<ProxyThread>
             database: Some(TARGET_DB.to_owned()),
             user: None,
             password: None,
+            ..Default::default()
         });
         Ok(config)
     };

@@ -81,6 +81,14 @@ async fn run(cli: Cli) -> i32 {
                     c.users.len(),
                     c.auth.method.name()
                 );
+                let db_tls = |d: &switchyard_proxy::DatabaseConfig| match &d.sslrootcert {
+                    Some(r) => format!("sslmode {}, sslrootcert {r}", d.sslmode.name()),
+                    None => format!("sslmode {}", d.sslmode.name()),
+                };
+                println!("source tls: {}", db_tls(&c.source));
+                if let Some(t) = &c.target {
+                    println!("target tls: {}", db_tls(t));
+                }
                 match &c.tls {
                     Some(t) => println!(
                         "tls: certificate {}, key {}, clients {}",

@@ -300,6 +300,34 @@ impl Conn<Stream> {
     pub fn is_tls(&self) -> bool {
         self.stream.is_tls()
     }
+
+    /// Sends an SSLRequest and reads the database's one-byte answer (`S`
+    /// or `N`). Bytes after an `S`, before the handshake, were not
+    /// encrypted and are refused (as libpq does since CVE-2021-23222).
+    pub async fn ssl_answer(&mut self) -> io::Result<u8> {
+        let mut request = 8i32.to_be_bytes().to_vec();
+        request.extend(startup::SSL_REQUEST.to_be_bytes());
+        self.send(&request).await?;
+        while self.rbuf.is_empty() {
+            if self.fill().await? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the database closed the connection after SSLRequest",
+                ));
+            }
+        }
+        let answer = self.rbuf[0];
+        if answer == b'S' && self.rbuf.len() > 1 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the database sent unencrypted data after agreeing to TLS",
+            ));
+        }
+        if matches!(answer, b'S' | b'N') {
+            self.rbuf.advance(1);
+        }
+        Ok(answer)
+    }
 }
 
 /// A socket with its buffers.

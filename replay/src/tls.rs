@@ -358,6 +358,24 @@ impl Dsn {
     }
 }
 
+impl From<tokio_postgres::Config> for Dsn {
+    fn from(pg: tokio_postgres::Config) -> Dsn {
+        Dsn::plain(pg)
+    }
+}
+
+impl From<&tokio_postgres::Config> for Dsn {
+    fn from(pg: &tokio_postgres::Config) -> Dsn {
+        Dsn::plain(pg.clone())
+    }
+}
+
+impl From<&Dsn> for Dsn {
+    fn from(dsn: &Dsn) -> Dsn {
+        dsn.clone()
+    }
+}
+
 fn spawn<F>(conn: F, label: &'static str)
 where
     F: std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,

@@ -179,7 +179,10 @@ impl ClusterBuilder {
     }
 
     /// Uses this `pg_hba.conf` instead of the testkit's (one method for
-    /// every connection over the socket and 127.0.0.1).
+    /// every connection over the socket and 127.0.0.1). The testkit's own
+    /// connections, and [`Cluster::connect`] and [`Cluster::endpoint`]'s,
+    /// then go through the Unix socket (the file must let the superuser in
+    /// with `local` lines); [`Cluster::host`] is still `127.0.0.1`.
     pub fn pg_hba(mut self, contents: impl Into<String>) -> Self {
         self.hba = Some(contents.into());
         self

@@ -187,6 +187,20 @@ pub(super) fn config(shared: &Shared) -> Reply {
             }
             .into(),
         ),
+        ("source.sslmode", c.source.sslmode.name().to_string()),
+        ("source.sslrootcert", opt(&c.source.sslrootcert, "(unset)")),
+        (
+            "target.sslmode",
+            c.target
+                .as_ref()
+                .map_or("(no target)".into(), |t| t.sslmode.name().to_string()),
+        ),
+        (
+            "target.sslrootcert",
+            c.target
+                .as_ref()
+                .map_or("(no target)".into(), |t| opt(&t.sslrootcert, "(unset)")),
+        ),
         ("auth.method", c.auth.method.name().to_string()),
         (
             "users",

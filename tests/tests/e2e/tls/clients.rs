@@ -4,7 +4,7 @@
 
 use super::Pki;
 use crate::support::{expect_sqlstate, sqlstate, within, RawConn, PROMPT};
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use std::time::Duration;
 use switchyard_proxy::config::{ClientTls, TlsConfig};
 use switchyard_proxy::Config;
@@ -176,7 +176,7 @@ async fn tls_required_refuses_clear_text_clients() -> Result<()> {
 
     // tokio-postgres without TLS.
     let refused = proxy.connect("postgres").await;
-    let error = refused.err().expect("a clear-text client was let in");
+    let error = refused.err().context("a clear-text client was let in")?;
     assert_eq!(sqlstate(&error), Some("28000"), "{error}");
     let message = error.as_db_error().map(|d| d.message().to_owned()).unwrap_or_default();
     assert!(message.contains("sslmode=require"), "{message}");

@@ -3,6 +3,7 @@
 //! made at test time by a throwaway CA.
 
 mod clients;
+mod databases;
 
 use anyhow::Result;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};

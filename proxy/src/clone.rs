@@ -602,8 +602,8 @@ impl Binaries {
             .ok_or_else(|| anyhow!("cannot read the version of {tool} from {text:?}"))
     }
 
-    /// `tool` with connection options from `dsn` (password through the
-    /// environment, never the command line).
+    /// `tool` with connection options from `dsn` (password and TLS settings
+    /// through the environment, never the command line).
     fn command(&self, tool: &str, dsn: &Dsn) -> tokio::process::Command {
         let pg = &dsn.pg;
         let mut cmd = tokio::process::Command::new(self.path(tool));
@@ -630,6 +630,10 @@ impl Binaries {
             None => cmd.env_remove("PGPASSWORD"),
         };
         cmd.env("PGAPPNAME", "switchyard clone");
+        cmd.env_remove("PGSSLROOTCERT");
+        for (k, v) in dsn.tls.libpq_env() {
+            cmd.env(k, v);
+        }
         cmd
     }
 }

@@ -135,7 +135,7 @@ pub(crate) async fn catchup_run(config: &Path) -> Result<Output> {
 
 /// Polls SHOW LAG until everything logged is applied; the state must be
 /// `running` (or `also`) meanwhile.
-async fn caught_up(console: &Client, also: &str) -> Result<std::collections::BTreeMap<String, String>> {
+pub(crate) async fn caught_up(console: &Client, also: &str) -> Result<std::collections::BTreeMap<String, String>> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let lag = table(console, "SHOW LAG").await?.map();

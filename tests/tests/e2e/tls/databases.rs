@@ -1,11 +1,16 @@
 //! The proxy to its databases over TLS: `sslmode = "verify-full"` against a
 //! server with `ssl = on` that refuses clear text, a wrong CA refused with
-//! a clear error, and `prefer` falling back to clear text.
+//! a clear error, `prefer` falling back to clear text, and capture, clone
+//! and catch-up against databases that only accept `hostssl`, compared row
+//! for row.
 
 use super::Pki;
+use crate::capture::Fixture;
+use crate::clone::{assert_same, caught_up, load, text, SCHEMA};
 use crate::support::{sqlstate, trusting_config};
 use anyhow::{ensure, Context, Result};
-use switchyard_proxy::Config;
+use std::time::Duration;
+use switchyard_proxy::{Config, DatabaseConfig};
 use switchyard_replay::SslMode;
 use switchyard_tests::{init_tracing, Cluster, ClusterBuilder, TestProxy};
 
@@ -135,6 +140,116 @@ async fn tls_prefer_falls_back_to_clear_text() -> Result<()> {
         message.contains("does not accept TLS") && message.contains("sslmode = require"),
         "{message}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_capture_clone_and_catchup_over_hostssl_only() -> Result<()> {
+    init_tracing();
+    let pki = Pki::new("switchyard test CA")?;
+    let cluster = ssl_cluster(&pki)
+        .setting("wal_level", "logical")
+        .setting("max_replication_slots", "4")
+        .start()
+        .await?;
+    let port = cluster.port();
+    let ca = pki.ca_path().display().to_string();
+    let f = Fixture::configured(cluster, |c| {
+        c.source.sslmode = SslMode::VerifyFull;
+        c.source.sslrootcert = Some(ca.clone());
+        c.target = Some(DatabaseConfig {
+            host: "127.0.0.1".into(),
+            port,
+            database: Some("target".into()),
+            password: Some(PASSWORD.into()),
+            sslmode: SslMode::VerifyFull,
+            sslrootcert: Some(ca.clone()),
+            ..Default::default()
+        });
+        c.catchup.workers = 2;
+    })
+    .await?;
+    let source = f.cluster.connect("postgres").await?;
+    source.batch_execute(SCHEMA).await?;
+    source.batch_execute("CREATE DATABASE target").await?;
+    // Capture reads the source's catalog over a TLS control connection.
+    f.capture_start().await?;
+
+    let work = tempfile::tempdir()?;
+    let config = work.path().join("switchyard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[source]\nhost = \"127.0.0.1\"\nport = {port}\npassword = \"{PASSWORD}\"\n\
+             sslmode = \"verify-full\"\nsslrootcert = \"{ca}\"\n\n[auth]\nmethod = \"trust\"\n\n\
+             [capture]\nlog_dir = \"{}\"\nuser = \"{}\"\ndatabase = \"postgres\"\n\n\
+             [target]\nhost = \"127.0.0.1\"\nport = {port}\ndatabase = \"target\"\npassword = \"{PASSWORD}\"\n\
+             sslmode = \"verify-full\"\nsslrootcert = \"{ca}\"\n",
+            f.log_path().display(),
+            f.cluster.superuser()
+        ),
+    )?;
+    let check = std::process::Command::new(crate::capture_kill::switchyard_binary()?)
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()?;
+    let shown = text(&check);
+    ensure!(check.status.success(), "{shown}");
+    ensure!(
+        shown.contains("source tls: sslmode verify-full, sslrootcert")
+            && shown.contains("target tls: sslmode verify-full"),
+        "{shown}"
+    );
+
+    // Writes through the proxy (its backends over TLS) while the clone runs.
+    let mut writers = Vec::new();
+    for w in 0..2u64 {
+        let c = f.proxy.connect("postgres").await?;
+        writers.push(tokio::spawn(load(c, 31 + w, 600)));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let dump = work.path().join("dump");
+    // The environment says clear text, which this server refuses: the clone
+    // must hand pg_dump and pg_restore the config's settings instead.
+    let mut cmd = tokio::process::Command::new(crate::capture_kill::switchyard_binary()?);
+    cmd.args(["clone", "--config"])
+        .arg(&config)
+        .args(["--jobs", "2", "--no-owner", "--dir"])
+        .arg(&dump)
+        .args(["--host", "127.0.0.1", "--port"])
+        .arg(f.proxy.port().to_string())
+        .args(["-U", f.cluster.superuser()])
+        .env("PGSSLMODE", "disable")
+        .env("PGSSLROOTCERT", "/nonexistent/root.crt")
+        .env_remove("PGPASSWORD")
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
+        .await
+        .context("switchyard clone did not finish in 120 s")??;
+    let shown = text(&out);
+    ensure!(out.status.success() && shown.contains("cloned 2 tables"), "{shown}");
+
+    let console = crate::support::admin(&f.proxy).await?;
+    console.simple_query("CATCHUP START").await?;
+    for w in writers {
+        w.await??;
+    }
+    caught_up(&console, "").await?;
+    let target = f.cluster.connect("target").await?;
+    assert_same(&source, &target).await?;
+
+    // Every TCP connection the database saw was encrypted (the others are
+    // refused by pg_hba), and some were the proxy's own.
+    let proxy_tls: i64 = source
+        .query_one(
+            "select count(*) from pg_stat_activity a join pg_stat_ssl s using (pid) \
+             where s.ssl and a.application_name like 'switchyard%'",
+            &[],
+        )
+        .await?
+        .get(0);
+    ensure!(proxy_tls > 0, "no encrypted control connection of the proxy");
+    console.simple_query("CATCHUP STOP").await?;
     Ok(())
 }
 

@@ -44,9 +44,9 @@ pub enum CatchupError {
 #[derive(Debug)]
 pub struct Plan {
     /// Source connection (reads current rows).
-    pub source: tokio_postgres::Config,
+    pub source: switchyard_replay::Dsn,
     /// Target connection (applies them).
-    pub target: tokio_postgres::Config,
+    pub target: switchyard_replay::Dsn,
     /// The mapping, resolved against both catalogs.
     pub mapping: Arc<Resolved>,
     /// Source catalog.
@@ -110,23 +110,16 @@ impl Plan {
     }
 }
 
-async fn load_catalog(pg: &tokio_postgres::Config, what: &str) -> Result<Catalog, CatchupError> {
+async fn load_catalog(pg: &switchyard_replay::Dsn, what: &str) -> Result<Catalog, CatchupError> {
     let describe = |e: &dyn std::fmt::Display| CatchupError::Database {
         what: format!("cannot read the {what} catalog"),
         message: e.to_string(),
     };
-    let (client, conn) = pg
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| CatchupError::Database {
-            what: format!("cannot connect to the {what}"),
-            message: crate::db_message(&e),
-        })?;
-    let task = tokio::spawn(conn);
-    let catalog = Catalog::load(&client).await.map_err(|e| describe(&e));
-    drop(client);
-    let _ = task.await;
-    catalog
+    let client = pg.connect("catalog").await.map_err(|e| CatchupError::Database {
+        what: format!("cannot connect to the {what}"),
+        message: crate::db_message(&e),
+    })?;
+    Catalog::load(&client).await.map_err(|e| describe(&e))
 }
 
 /// The proxy's catch-up: off, running, or stopped by an error.

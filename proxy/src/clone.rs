@@ -17,6 +17,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
+use switchyard_replay::Dsn;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio_postgres::Client;
 
@@ -83,7 +84,7 @@ fn hold_log_for_copy(config: &Config) {
     let Ok(target) = config.target_connection("switchyard clone") else {
         return;
     };
-    match switchyard_replay::replayer::hold_log_for_new_copy(&config.capture.log_dir, &target) {
+    match switchyard_replay::replayer::hold_log_for_new_copy(&config.capture.log_dir, &target.pg) {
         Ok(name) => eprintln!(
             "the capture log in {} is held from its start for this copy's catch-up (hold {name})",
             config.capture.log_dir.display()
@@ -147,7 +148,7 @@ async fn logical(
     config: &Config,
     options: &CloneOptions,
     bin: &Binaries,
-    source_pg: &tokio_postgres::Config,
+    source_pg: &Dsn,
     source: &Client,
     source_version: i32,
 ) -> Result<()> {
@@ -212,7 +213,7 @@ async fn logical(
     if options.no_owner {
         restore.args(["--no-owner", "--no-acl"]);
     }
-    restore.arg(format!("--dbname={}", target_pg.get_dbname().unwrap_or("postgres")));
+    restore.arg(format!("--dbname={}", target_pg.pg.get_dbname().unwrap_or("postgres")));
     restore.arg(&options.dir);
     let mut progress = Progress::new("restore", total_bytes, true, options.progress_every);
     let done = run_tracking(restore, "pg_restore", &tables, &mut progress).await?;
@@ -225,7 +226,7 @@ async fn logical(
         "cloned {} tables ({}) from snapshot {snapshot} into {}; next: run your migration on the target, then `switchyard catchup start`",
         tables.len(),
         human_bytes(total_bytes),
-        target_pg.get_dbname().unwrap_or("the target")
+        target_pg.pg.get_dbname().unwrap_or("the target")
     );
     Ok(())
 }
@@ -233,7 +234,7 @@ async fn logical(
 async fn physical(
     options: &CloneOptions,
     bin: &Binaries,
-    source_pg: &tokio_postgres::Config,
+    source_pg: &Dsn,
     source: &Client,
     source_version: i32,
     tool_version: i32,
@@ -255,7 +256,7 @@ async fn physical(
     if !can {
         bail!(
             "user {} may not take a base backup: it needs the REPLICATION attribute (ALTER ROLE ... REPLICATION) and a `replication` line in pg_hba.conf; or use --method logical, which needs neither",
-            source_pg.get_user().unwrap_or("?")
+            source_pg.pg.get_user().unwrap_or("?")
         );
     }
     if !is_new_or_empty(&options.dir) {
@@ -543,20 +544,14 @@ async fn server_version(c: &Client) -> Result<i32> {
     v.parse().map_err(|_| anyhow!("unexpected server_version_num {v:?}"))
 }
 
-async fn connect(pg: &tokio_postgres::Config, what: &str) -> Result<Client> {
-    let (client, conn) = pg.connect(tokio_postgres::NoTls).await.map_err(|e| {
+async fn connect(pg: &Dsn, what: &str) -> Result<Client> {
+    pg.connect("clone").await.map_err(|e| {
         anyhow!(
             "cannot connect to the {what} as {}: {}",
-            pg.get_user().unwrap_or("?"),
+            pg.user().unwrap_or("?"),
             crate::db_message(&e)
         )
-    })?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "clone connection ended");
-        }
-    });
-    Ok(client)
+    })
 }
 
 /// Bytes as KiB, MiB or GiB.
@@ -627,9 +622,10 @@ impl Binaries {
             .ok_or_else(|| anyhow!("cannot read the version of {tool} from {text:?}"))
     }
 
-    /// `tool` with connection options from `pg` (password through the
-    /// environment, never the command line).
-    fn command(&self, tool: &str, pg: &tokio_postgres::Config) -> tokio::process::Command {
+    /// `tool` with connection options from `dsn` (password and TLS settings
+    /// through the environment, never the command line).
+    fn command(&self, tool: &str, dsn: &Dsn) -> tokio::process::Command {
+        let pg = &dsn.pg;
         let mut cmd = tokio::process::Command::new(self.path(tool));
         if let Some(host) = pg.get_hosts().first() {
             match host {
@@ -654,6 +650,10 @@ impl Binaries {
             None => cmd.env_remove("PGPASSWORD"),
         };
         cmd.env("PGAPPNAME", "switchyard clone");
+        cmd.env_remove("PGSSLROOTCERT");
+        for (k, v) in dsn.tls.libpq_env() {
+            cmd.env(k, v);
+        }
         cmd
     }
 }

@@ -5,12 +5,15 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
+use switchyard_replay::{DbTls, Dsn, SslMode, TlsError};
 use thiserror::Error;
 
 mod cutover;
 mod effective;
+mod tls;
 
 pub use cutover::{CutoverConfig, Fence, OnDrainTimeout, VerifyMode};
+pub use tls::{ClientTls, TlsConfig};
 
 /// Configuration errors. Exit code 2 in the binary.
 #[derive(Debug, Error)]
@@ -102,6 +105,9 @@ pub struct Config {
     /// Cutover defaults.
     #[serde(default)]
     pub cutover: CutoverConfig,
+    /// TLS with clients; absent: clients that ask for it are told 'N' and
+    /// go on in clear text (or give up, if they require it).
+    pub tls: Option<TlsConfig>,
 }
 
 /// Catch-up replay (key sync) from the capture log to the target.
@@ -136,7 +142,7 @@ fn default_batch_keys() -> usize {
 }
 
 /// A database the proxy connects to.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// Host name or IP address.
@@ -151,6 +157,59 @@ pub struct DatabaseConfig {
     /// Password the proxy uses (for md5 or SCRAM); when absent, the client
     /// user's configured password if it is in clear text.
     pub password: Option<String>,
+    /// TLS towards this database, as libpq's `sslmode`: `disable`,
+    /// `prefer` (default: TLS if the database accepts it), `require`,
+    /// `verify-ca` or `verify-full`. For the sessions' backends, the
+    /// proxy's own connections, and clone's pg_dump / pg_restore.
+    #[serde(default)]
+    pub sslmode: SslMode,
+    /// The CA certificates (PEM) the database's certificate must be signed
+    /// by, or `"system"` for the system's trusted roots; needed by
+    /// `verify-ca` and `verify-full`, and checked with `prefer` and
+    /// `require` too when set (as libpq does).
+    pub sslrootcert: Option<String>,
+    /// The TLS settings once loaded (by [`Config::validate`] or the first
+    /// connection); leave it empty.
+    #[serde(skip)]
+    pub loaded_tls: std::sync::OnceLock<DbTls>,
+}
+
+impl DatabaseConfig {
+    /// The TLS settings, loaded (root certificates read) on first use.
+    /// Over a Unix-domain socket there is no TLS, as with libpq.
+    pub fn tls(&self) -> Result<&DbTls, TlsError> {
+        if let Some(t) = self.loaded_tls.get() {
+            return Ok(t);
+        }
+        let tls = if crate::net::is_socket_dir(&self.host) {
+            DbTls::disabled()
+        } else {
+            DbTls::new(self.sslmode, self.sslrootcert.as_deref())?
+        };
+        Ok(self.loaded_tls.get_or_init(|| tls))
+    }
+
+    /// Checks the TLS settings; `section` names it in errors.
+    fn validate_tls(&self, section: &str) -> Result<(), ConfigError> {
+        if crate::net::is_socket_dir(&self.host) && self.sslmode.requires_tls() {
+            return Err(ConfigError::Invalid {
+                key: format!("{section}.sslmode"),
+                message: format!(
+                    "\"{}\" asks for TLS, which is not used over a Unix-domain socket ({} is a socket directory): \
+                     connect over TCP (a host name or address) or set sslmode = \"disable\"",
+                    self.sslmode.name(),
+                    self.host
+                ),
+            });
+        }
+        self.tls().map(drop).map_err(|e| ConfigError::Invalid {
+            key: match e {
+                TlsError::NeedsRoots { .. } => format!("{section}.sslmode"),
+                _ => format!("{section}.sslrootcert"),
+            },
+            message: e.to_string(),
+        })
+    }
 }
 
 /// Client authentication.
@@ -704,6 +763,13 @@ impl Config {
             }
         }
         self.cutover.validate()?;
+        self.source.validate_tls("source")?;
+        if let Some(target) = &self.target {
+            target.validate_tls("target")?;
+        }
+        if let Some(tls) = &self.tls {
+            tls.load()?;
+        }
         Ok(())
     }
 
@@ -721,9 +787,7 @@ impl Config {
             source: DatabaseConfig {
                 host: host.to_owned(),
                 port,
-                database: None,
-                user: None,
-                password: None,
+                ..DatabaseConfig::default()
             },
             auth: AuthConfig {
                 method: AuthMethod::Trust,
@@ -735,6 +799,7 @@ impl Config {
             target: None,
             catchup: CatchupConfig::default(),
             cutover: CutoverConfig::default(),
+            tls: None,
         }
     }
 
@@ -763,7 +828,7 @@ impl Config {
     /// catch-up reads, clone): `source` host and port with the `capture`
     /// user and password (each defaulting to `source`'s), on the captured
     /// database ([`Config::capture_database`]).
-    pub fn source_control(&self, application: &str) -> Result<tokio_postgres::Config, ConfigError> {
+    pub fn source_control(&self, application: &str) -> Result<Dsn, ConfigError> {
         let database = self.capture_database().ok_or_else(|| ConfigError::Invalid {
             key: "capture.database".into(),
             message: "no database named to capture: set capture.database (or source.database)".into(),
@@ -772,25 +837,25 @@ impl Config {
     }
 
     /// [`Config::source_control`] on `database`.
-    pub fn source_control_on(&self, application: &str, database: &str) -> Result<tokio_postgres::Config, ConfigError> {
+    pub fn source_control_on(&self, application: &str, database: &str) -> Result<Dsn, ConfigError> {
         let user = self.control_user().ok_or_else(|| ConfigError::Invalid {
             key: "capture.user".into(),
             message: "no user for the proxy's own source connections: set capture.user (or source.user)".into(),
         })?;
         let password = self.capture.password.as_deref().or(self.source.password.as_deref());
-        Ok(pg_config(
+        pg_config(
             &self.source,
             user,
             password,
             database,
             application,
             self.limits.connect_timeout(),
-        ))
+        )
     }
 
     /// The connection to the target: `[target]`, with user and database
     /// defaulting to the source control connection's.
-    pub fn target_connection(&self, application: &str) -> Result<tokio_postgres::Config, ConfigError> {
+    pub fn target_connection(&self, application: &str) -> Result<Dsn, ConfigError> {
         let target = self.target.as_ref().ok_or_else(|| ConfigError::Invalid {
             key: "target".into(),
             message: "no [target] section: name the database to migrate to (host, port, database, user)".into(),
@@ -811,14 +876,14 @@ impl Config {
                 key: "target.database".into(),
                 message: "no database named on the target: set target.database (or capture.database)".into(),
             })?;
-        Ok(pg_config(
+        pg_config(
             target,
             user,
             target.password.as_deref(),
             database,
             application,
             self.limits.connect_timeout(),
-        ))
+        )
     }
 }
 
@@ -829,7 +894,7 @@ fn pg_config(
     database: &str,
     application: &str,
     connect_timeout: Duration,
-) -> tokio_postgres::Config {
+) -> Result<Dsn, ConfigError> {
     let mut pg = tokio_postgres::Config::new();
     pg.user(user)
         .dbname(database)
@@ -844,7 +909,13 @@ fn pg_config(
         pg.host(&db.host);
     }
     pg.connect_timeout(connect_timeout);
-    pg
+    // Validation loaded the settings already; a config that skipped it
+    // gets the same error here.
+    let tls = db.tls().map_err(|e| ConfigError::Invalid {
+        key: "sslrootcert".into(),
+        message: e.to_string(),
+    })?;
+    Ok(Dsn::new(pg, tls.clone()))
 }
 
 /// Whether a stored password is an md5 hash (`md5` + 32 hex digits).
@@ -897,8 +968,8 @@ mod tests {
         assert!(err.contains("[target]"), "{err}");
         let c = Config::parse(&format!("{base}[target]\nhost = \"db2\"\n"), "t").unwrap();
         let pg = c.target_connection("t").unwrap();
-        assert_eq!(pg.get_user(), Some("app"));
-        assert_eq!(pg.get_dbname(), Some("shop"));
+        assert_eq!(pg.pg.get_user(), Some("app"));
+        assert_eq!(pg.pg.get_dbname(), Some("shop"));
         assert_eq!(c.catchup.workers, 4);
         let same = format!("{base}[target]\nhost = \"db1\"\ndatabase = \"shop\"\n");
         let err = Config::parse(&same, "t").unwrap_err().to_string();
@@ -949,7 +1020,7 @@ mod tests {
         let err = c.source_control("t").unwrap_err().to_string();
         assert!(err.contains("capture.database"), "{err}");
         let c = Config::parse(&format!("{base}[capture]\ndatabase = \"shop\"\n"), "t").unwrap();
-        assert_eq!(c.source_control("t").unwrap().get_dbname(), Some("shop"));
+        assert_eq!(c.source_control("t").unwrap().pg.get_dbname(), Some("shop"));
         let both =
             "[source]\nhost = \"db1\"\ndatabase = \"a\"\n[auth]\nmethod = \"trust\"\n[capture]\ndatabase = \"b\"\n";
         let err = Config::parse(both, "t").unwrap_err().to_string();

@@ -9,10 +9,15 @@ use crate::stats::Stats;
 use crate::wire::{startup, Frame, WireError};
 use bytes::{Buf, Bytes, BytesMut};
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
+
+pub mod tls;
+
+pub use tls::{ServerTls, Stream};
 
 /// A stream socket the proxy speaks the protocol over: TCP, or a Unix-domain
 /// socket for a database on the same machine (much cheaper per message than
@@ -72,8 +77,8 @@ impl Socket for UnixStream {
 /// A connection to a database: TCP, or a Unix socket when the configured
 /// host is a directory (as with libpq: `/var/run/postgresql`).
 pub enum ServerConn {
-    /// Over TCP.
-    Tcp(Conn<TcpStream>),
+    /// Over TCP, with TLS when the database's `sslmode` asked for it.
+    Tcp(Conn<Stream>),
     /// Over a Unix-domain socket.
     Unix(Conn<UnixStream>),
 }
@@ -109,7 +114,7 @@ pub async fn connect(host: &str, port: u16, timeout: Duration, limit: usize) -> 
             )))
         } else {
             Ok(ServerConn::Tcp(Conn::new(
-                TcpStream::connect((host, port)).await?,
+                Stream::plain(TcpStream::connect((host, port)).await?),
                 limit,
             )))
         }
@@ -263,8 +268,70 @@ pub async fn write_some<W: AsyncWrite + Unpin>(write: &mut W, wbuf: &mut BytesMu
     Ok(n)
 }
 
+impl Conn<Stream> {
+    /// Starts TLS as the server, after answering a client's SSLRequest
+    /// with 'S'. Nothing may be buffered: what a client sent before the
+    /// handshake was not encrypted.
+    pub async fn accept_tls(&mut self, config: Arc<rustls::ServerConfig>) -> io::Result<()> {
+        debug_assert!(self.rbuf.is_empty() && self.wbuf.is_empty());
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let tls = acceptor.accept(self.stream.tcp_mut()).await?;
+        let (_, session) = tls.into_inner();
+        self.stream.start(rustls::Connection::Server(session));
+        Ok(())
+    }
+
+    /// Starts TLS as the client, after the database answered our
+    /// SSLRequest with 'S'.
+    pub async fn connect_tls(
+        &mut self,
+        config: Arc<rustls::ClientConfig>,
+        name: rustls::pki_types::ServerName<'static>,
+    ) -> io::Result<()> {
+        debug_assert!(self.rbuf.is_empty() && self.wbuf.is_empty());
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let tls = connector.connect(name, self.stream.tcp_mut()).await?;
+        let (_, session) = tls.into_inner();
+        self.stream.start(rustls::Connection::Client(session));
+        Ok(())
+    }
+
+    /// Whether TLS is on.
+    pub fn is_tls(&self) -> bool {
+        self.stream.is_tls()
+    }
+
+    /// Sends an SSLRequest and reads the database's one-byte answer (`S`
+    /// or `N`). Bytes after an `S`, before the handshake, were not
+    /// encrypted and are refused (as libpq does since CVE-2021-23222).
+    pub async fn ssl_answer(&mut self) -> io::Result<u8> {
+        let mut request = 8i32.to_be_bytes().to_vec();
+        request.extend(startup::SSL_REQUEST.to_be_bytes());
+        self.send(&request).await?;
+        while self.rbuf.is_empty() {
+            if self.fill().await? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the database closed the connection after SSLRequest",
+                ));
+            }
+        }
+        let answer = self.rbuf[0];
+        if answer == b'S' && self.rbuf.len() > 1 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the database sent unencrypted data after agreeing to TLS",
+            ));
+        }
+        if matches!(answer, b'S' | b'N') {
+            self.rbuf.advance(1);
+        }
+        Ok(answer)
+    }
+}
+
 /// A socket with its buffers.
-pub struct Conn<S: Socket = TcpStream> {
+pub struct Conn<S: Socket = Stream> {
     stream: S,
     rbuf: BytesMut,
     wbuf: BytesMut,

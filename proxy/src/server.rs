@@ -35,6 +35,9 @@ pub enum StartError {
     /// A cutover recorded a database the config does not name.
     #[error("{0}")]
     Route(String),
+    /// The TLS certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::config::ConfigError),
     /// The metrics address could not be bound.
     #[error("cannot listen for metrics on {addr}: {source}")]
     MetricsBind {
@@ -100,6 +103,8 @@ pub struct Shared {
     pub router: crate::session::route::Router,
     /// The cutover controller.
     pub cutover: crate::control::cutover::Cutovers,
+    /// TLS with clients (`[tls]`), loaded at start.
+    pub tls: Option<crate::net::ServerTls>,
 }
 
 impl Shared {
@@ -137,8 +142,10 @@ impl Proxy {
         if destination == crate::session::route::Destination::Target {
             tracing::warn!("a cutover moved traffic to [target]: new sessions go there");
         }
+        let tls = config.tls.as_ref().map(|t| t.load()).transpose()?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
+            tls,
             users: Users::new(&config),
             gate: Gate::new(),
             cancel: CancelMap::new(),

@@ -373,8 +373,8 @@ struct Batch {
 /// Runs catch-up until `stop` turns true (finishing the batch in hand).
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
-    source: tokio_postgres::Config,
-    target: tokio_postgres::Config,
+    source: impl Into<crate::Dsn>,
+    target: impl Into<crate::Dsn>,
     mapping: Arc<Resolved>,
     source_catalog: Arc<Catalog>,
     target_catalog: Arc<Catalog>,
@@ -382,6 +382,7 @@ pub async fn run(
     status: Arc<ReplayStatus>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), ReplayError> {
+    let (source, target): (crate::Dsn, crate::Dsn) = (source.into(), target.into());
     let control = connect(&target, "target").await?;
     lock_target(&control).await?;
     let resume = prepare_target(&control).await?;
@@ -389,7 +390,7 @@ pub async fn run(
     reset_positions(&control, resume, workers).await?;
     // The hold goes before the first read, so that the proxy's capture
     // keeps every segment from `resume` on from here.
-    let hold = hold::LogHold::new(options.log_dir.clone(), &target);
+    let hold = hold::LogHold::new(options.log_dir.clone(), &target.pg);
     hold.write(resume).await?;
     status.confirmed_lsn.store(resume.0, Relaxed);
     status.read_lsn.store(resume.0, Relaxed);
@@ -684,8 +685,9 @@ fn worker_of(table: &str, key: &KeyText, workers: usize) -> usize {
     (h.finish() % workers as u64) as usize
 }
 
-async fn connect(config: &tokio_postgres::Config, what: &str) -> Result<Client, ReplayError> {
-    crate::connect(config, "replay")
+async fn connect(config: &crate::Dsn, what: &str) -> Result<Client, ReplayError> {
+    config
+        .connect("replay")
         .await
         .map_err(db(format!("connect to the {what}")))
 }

@@ -73,6 +73,10 @@ pub struct ClusterBuilder {
     pub(crate) databases: Vec<(String, Option<String>)>,
     /// The programs to run; `None` is [`Binaries::locate`]'s.
     pub(crate) binaries: Option<Binaries>,
+    /// Files written into the data directory (name, contents, mode).
+    pub(crate) files: Vec<(String, Vec<u8>, u32)>,
+    /// `pg_hba.conf` in place of the testkit's.
+    pub(crate) hba: Option<String>,
 }
 
 impl Default for ClusterBuilder {
@@ -84,6 +88,8 @@ impl Default for ClusterBuilder {
             users: Vec::new(),
             databases: Vec::new(),
             binaries: None,
+            files: Vec::new(),
+            hba: None,
         }
     }
 }
@@ -153,6 +159,35 @@ impl ClusterBuilder {
         self
     }
 
+    /// Writes a file into the data directory before the server starts,
+    /// owned by the server's user with `mode` (e.g. `0o600` for the key
+    /// that `ssl_key_file` names: PostgreSQL refuses a key others can read).
+    /// `name` is relative to the data directory.
+    pub fn file(mut self, name: impl Into<String>, contents: impl Into<Vec<u8>>, mode: u32) -> Self {
+        self.files.push((name.into(), contents.into(), mode));
+        self
+    }
+
+    /// Serves TLS with this certificate and key (PEM): writes them into the
+    /// data directory and sets `ssl = on`.
+    pub fn ssl(self, cert_pem: impl Into<Vec<u8>>, key_pem: impl Into<Vec<u8>>) -> Self {
+        self.file("server.crt", cert_pem, 0o644)
+            .file("server.key", key_pem, 0o600)
+            .setting("ssl", "on")
+            .setting("ssl_cert_file", "server.crt")
+            .setting("ssl_key_file", "server.key")
+    }
+
+    /// Uses this `pg_hba.conf` instead of the testkit's (one method for
+    /// every connection over the socket and 127.0.0.1). The testkit's own
+    /// connections, and [`Cluster::connect`] and [`Cluster::endpoint`]'s,
+    /// then go through the Unix socket (the file must let the superuser in
+    /// with `local` lines); [`Cluster::host`] is still `127.0.0.1`.
+    pub fn pg_hba(mut self, contents: impl Into<String>) -> Self {
+        self.hba = Some(contents.into());
+        self
+    }
+
     /// Runs the cluster with these programs, e.g. another major version's
     /// from [`Binaries::version`]; by default [`Binaries::locate`]'s.
     pub fn binaries(mut self, binaries: Binaries) -> Self {
@@ -214,9 +249,12 @@ fn launch(builder: ClusterBuilder, copy: Option<TempDir>) -> Result<(Cluster, Cl
 
     if fresh {
         initdb(&ctl, &builder)?;
-        std::fs::write(ctl.data_dir.join("pg_hba.conf"), hba(&builder.auth))
-            .map_err(Error::io("writing pg_hba.conf"))?;
+        let hba_text = builder.hba.clone().unwrap_or_else(|| hba(&builder.auth));
+        std::fs::write(ctl.data_dir.join("pg_hba.conf"), hba_text).map_err(Error::io("writing pg_hba.conf"))?;
         include_settings_file(&ctl.data_dir)?;
+    }
+    for (name, contents, mode) in &builder.files {
+        write_owned(&ctl, &ctl.data_dir.join(name), contents, *mode)?;
     }
 
     let mut attempt = 0;
@@ -251,6 +289,15 @@ fn launch(builder: ClusterBuilder, copy: Option<TempDir>) -> Result<(Cluster, Cl
             tail: tail(&log, 40),
         });
     }
+}
+
+/// Writes `path` for the server's user, with `mode`.
+fn write_owned(ctl: &Ctl, path: &Path, contents: &[u8], mode: u32) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    let what = format!("writing {}", path.display());
+    std::fs::write(path, contents).map_err(Error::io(what.clone()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(Error::io(what))?;
+    ctl.give(path)
 }
 
 /// `initdb` with trust (our own `pg_hba.conf` replaces its file) and the

@@ -118,6 +118,9 @@ pub struct Cluster {
     /// Known passwords by user, the superuser's included.
     passwords: Vec<(String, String)>,
     running: AtomicBool,
+    /// Whether the testkit's own connections go through the Unix socket
+    /// (a cluster with its own `pg_hba.conf`, which may refuse TCP).
+    via_socket: bool,
 }
 
 impl Cluster {
@@ -145,6 +148,7 @@ impl Cluster {
             auth: builder.auth.clone(),
             passwords,
             running: AtomicBool::new(true),
+            via_socket: builder.hba.is_some(),
         }
     }
 
@@ -251,7 +255,11 @@ impl Cluster {
     /// gave it (if any).
     pub fn endpoint_as(&self, user: &str) -> Endpoint {
         Endpoint {
-            host: HOST.to_owned(),
+            host: if self.via_socket {
+                self.socket_dir().display().to_string()
+            } else {
+                HOST.to_owned()
+            },
             port: self.port,
             user: user.to_owned(),
             password: self.password(user).map(str::to_owned),

@@ -64,6 +64,7 @@ impl Ours {
             database: Some(DB.to_owned()),
             user: Some(target.superuser().to_owned()),
             password: None,
+            ..Default::default()
         });
         config.catchup.workers = catchup_workers;
         let admin_database = config.admin_database.clone();

@@ -67,6 +67,7 @@ pub(super) fn config(source: &Cluster, target: &Cluster, port: u16, work: &Path)
         database: Some(DB.to_owned()),
         user: Some(target.superuser().to_owned()),
         password: None,
+        ..Default::default()
     });
     let mapping = work.join("mapping.toml");
     std::fs::write(&mapping, MAPPING).context("writing the migration's mapping file")?;

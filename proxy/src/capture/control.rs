@@ -515,7 +515,7 @@ impl Capture {
         &self,
         server: crate::session::route::Destination,
         database: &str,
-    ) -> Result<tokio_postgres::Config, CaptureError> {
+    ) -> Result<switchyard_replay::Dsn, CaptureError> {
         let application = "switchyard capture";
         match server {
             crate::session::route::Destination::Source => self.proxy.source_control_on(application, database),
@@ -527,15 +527,9 @@ impl Capture {
 }
 
 /// Opens a control connection (none configured: an error saying so).
-async fn connect_control(pg: Option<tokio_postgres::Config>) -> Result<tokio_postgres::Client, String> {
+async fn connect_control(pg: Option<switchyard_replay::Dsn>) -> Result<tokio_postgres::Client, String> {
     let pg = pg.ok_or_else(|| CaptureError::NoUser.to_string())?;
-    let (client, conn) = pg.connect(tokio_postgres::NoTls).await.map_err(|e| e.to_string())?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "capture control connection ended");
-        }
-    });
-    Ok(client)
+    pg.connect("capture control").await.map_err(|e| e.to_string())
 }
 
 /// Fails when CAPTURE START named another database than `named`.

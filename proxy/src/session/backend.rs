@@ -4,7 +4,7 @@
 
 use crate::auth::{login, LoginError};
 use crate::config::{is_md5_hash, Config, DatabaseConfig};
-use crate::net::{self, Conn, ReadError, ServerConn, Socket};
+use crate::net::{self, Conn, ReadError, ServerConn, Socket, Stream};
 use crate::wire::backend::{tag as btag, BackendMessage, TxStatus};
 use crate::wire::{startup, Frame};
 use std::time::Duration;
@@ -32,6 +32,14 @@ pub enum ConnectError {
         addr: String,
         /// The timeout.
         ms: u64,
+    },
+    /// TLS could not be set up as `sslmode` asks.
+    #[error("cannot use TLS with the database at {addr}: {message}")]
+    Tls {
+        /// host:port.
+        addr: String,
+        /// What failed, with the settings used.
+        message: String,
     },
     /// Login failed.
     #[error(transparent)]
@@ -107,7 +115,10 @@ pub async fn connect(
     let startup = startup::startup_message([("user", user), ("database", database)].into_iter().chain(forwarded));
     let handshake = async {
         match &mut conn {
-            ServerConn::Tcp(c) => handshake(c, &startup, user, password).await,
+            ServerConn::Tcp(c) => {
+                start_tls(c, db, &addr).await?;
+                handshake(c, &startup, user, password).await
+            }
             ServerConn::Unix(c) => handshake(c, &startup, user, password).await,
         }
     };
@@ -129,6 +140,40 @@ pub async fn connect(
 }
 
 type Handshake = ((i32, i32), Vec<Frame>, TxStatus);
+
+/// Asks the database for TLS as its `sslmode` says (libpq's semantics:
+/// `prefer` goes on in clear text when the database answers 'N', the
+/// others refuse), and runs the handshake.
+async fn start_tls(conn: &mut Conn<Stream>, db: &DatabaseConfig, addr: &str) -> Result<(), ConnectError> {
+    let fail = |message: String| ConnectError::Tls {
+        addr: addr.to_owned(),
+        message,
+    };
+    let tls = db.tls().map_err(|e| fail(e.to_string()))?;
+    let Some(config) = tls.client_config() else {
+        return Ok(());
+    };
+    let answer = conn
+        .ssl_answer()
+        .await
+        .map_err(|e| fail(format!("{e} ({})", tls.describe())))?;
+    match answer {
+        b'S' => {}
+        b'N' if !tls.mode().requires_tls() => return Ok(()),
+        b'N' => {
+            return Err(fail(format!(
+                "the database does not accept TLS (it answered 'N' to SSLRequest), and {} requires it: \
+                 turn ssl on at the database, or lower sslmode",
+                tls.describe()
+            )))
+        }
+        other => return Err(fail(format!("unexpected answer {:?} to SSLRequest", char::from(other)))),
+    }
+    let name = switchyard_replay::tls::server_name(&db.host).map_err(|e| fail(e.to_string()))?;
+    conn.connect_tls(config.clone(), name)
+        .await
+        .map_err(|e| fail(format!("TLS handshake failed: {e} ({})", tls.describe())))
+}
 
 /// Sends the StartupMessage, logs in, and reads up to the first ReadyForQuery.
 async fn handshake<S: Socket>(

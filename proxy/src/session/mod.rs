@@ -83,7 +83,10 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, permi
     Stats::bump(&stats.connections_total);
     Stats::bump(&stats.connections_open);
     let _open = OpenGuard(stats.clone());
-    let mut client = Conn::new(socket, shared.config.limits.max_message_bytes);
+    let mut client = Conn::new(
+        crate::net::Stream::plain(socket),
+        shared.config.limits.max_message_bytes,
+    );
     let Some((version, params)) = startup_phase(&shared, &mut client, peer).await else {
         return;
     };

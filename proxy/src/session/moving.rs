@@ -25,12 +25,12 @@
 use super::backend::{self, Backend};
 use super::effects::{skip_space_and_comments, statements, Pin, Touched};
 use super::route::Route;
+use crate::net::Stream;
 use crate::net::{Conn, ReadError, ServerConn, Socket};
 use crate::wire::backend::{self as bmsg, tag as btag, BackendMessage};
 use crate::wire::frontend;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
-use tokio::net::TcpStream;
 
 /// How long one step of a move (probe, replay, handover) may take.
 pub(super) const STEP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -68,7 +68,7 @@ impl Probed {
 /// Messages from a backend during a move that belong to the client.
 pub(super) struct Relayed<'a> {
     /// The client's write buffer.
-    pub client: &'a mut Conn<TcpStream>,
+    pub client: &'a mut Conn<Stream>,
     /// The pid the client was given at startup, and the current backend's:
     /// a notification the session's own backend sends carries the former.
     pub client_pid: i32,

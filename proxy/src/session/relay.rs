@@ -22,6 +22,7 @@ mod follow;
 use crate::capture::session::{ClientAction, SessionCapture, StatementNote};
 use crate::gate::Busy;
 use crate::input::{InputError, InputGuard};
+use crate::net::Stream;
 use crate::net::{self, Conn, Parts, Socket};
 use crate::registry::MoveState;
 use crate::registry::{SessionInfo, Shown};
@@ -38,7 +39,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard_replay::log::{LogWriterHandle, Lsn};
 use thiserror::Error;
-use tokio::net::TcpStream;
 
 /// Stop reading from one side while this much is queued for the other.
 const HIGH_WATER: usize = 256 * 1024;
@@ -205,11 +205,7 @@ impl<'a> Relay<'a> {
         }
     }
 
-    async fn relay<S: Socket>(
-        &mut self,
-        client: &mut Conn<TcpStream>,
-        server: &mut Conn<S>,
-    ) -> Result<Ended, RelayError> {
+    async fn relay<S: Socket>(&mut self, client: &mut Conn<Stream>, server: &mut Conn<S>) -> Result<Ended, RelayError> {
         let mut shutdown = self.shared.shutdown.clone();
         if *shutdown.borrow() {
             return Ok(Ended::Shutdown);
@@ -380,7 +376,7 @@ impl<'a> Relay<'a> {
     /// front of the read buffer.
     fn from_client<S: Socket>(
         &mut self,
-        client: &mut Parts<'_, TcpStream>,
+        client: &mut Parts<'_, Stream>,
         server: &mut Parts<'_, S>,
     ) -> Result<Option<Ended>, RelayError> {
         let now = Instant::now();

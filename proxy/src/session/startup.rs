@@ -1,4 +1,4 @@
-//! The startup phase of a client connection: SSL/GSSENC refusal,
+//! The startup phase of a client connection: TLS (or its refusal), GSSENC refusal,
 //! CancelRequest routing, the StartupMessage, protocol negotiation,
 //! authentication and the slot check, each bounded by
 //! `limits.startup_timeout_ms`; and refusing a connection with an error.
@@ -136,35 +136,42 @@ enum StartupEnd {
     Legacy(String),
 }
 
-/// Which encryption requests were declined so far: PostgreSQL answers one
-/// SSLRequest and one GSSENCRequest, in either order, and treats a repeat as
-/// an unsupported protocol.
+/// Which encryption requests were answered so far: PostgreSQL answers one
+/// SSLRequest and one GSSENCRequest, in either order, and treats a repeat
+/// (or any request once TLS is on) as an unsupported protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Declined {
+enum Answered {
     Neither,
     Ssl,
     Gss,
     Both,
 }
 
-impl Declined {
-    /// The state after declining `packet`, or `None` if it was declined before.
-    fn and(self, packet: &StartupPacket) -> Option<Declined> {
+impl Answered {
+    /// The state after answering `packet`, or `None` if it was answered before.
+    fn and(self, packet: &StartupPacket) -> Option<Answered> {
         match (self, packet) {
-            (Declined::Neither, StartupPacket::SslRequest) => Some(Declined::Ssl),
-            (Declined::Neither, StartupPacket::GssEncRequest) => Some(Declined::Gss),
-            (Declined::Gss, StartupPacket::SslRequest) | (Declined::Ssl, StartupPacket::GssEncRequest) => {
-                Some(Declined::Both)
+            (Answered::Neither, StartupPacket::SslRequest) => Some(Answered::Ssl),
+            (Answered::Neither, StartupPacket::GssEncRequest) => Some(Answered::Gss),
+            (Answered::Gss, StartupPacket::SslRequest) | (Answered::Ssl, StartupPacket::GssEncRequest) => {
+                Some(Answered::Both)
             }
             _ => None,
         }
     }
 }
 
-/// Reads startup packets until a StartupMessage: answers SSL/GSSENC
-/// requests with 'N' (once each) and serves a CancelRequest (returning `None`).
+/// What a client is told when `[tls] clients = "require"` and it did not
+/// ask for TLS.
+const TLS_REQUIRED: &str =
+    "switchyard accepts only TLS (SSL) connections here: connect with sslmode=require (or verify-ca / verify-full)";
+
+/// Reads startup packets until a StartupMessage: answers an SSLRequest with
+/// 'S' and a TLS handshake when `[tls]` is configured, else 'N'; answers a
+/// GSSENCRequest with 'N'; serves a CancelRequest (returning `None`), in
+/// clear text or over TLS.
 async fn read_startup(shared: &Shared, client: &mut Conn) -> Result<Option<Startup>, StartupEnd> {
-    let mut declined = Declined::Neither;
+    let mut answered = Answered::Neither;
     loop {
         let packet = match client.read_startup().await {
             Ok(Some(p)) => p,
@@ -176,7 +183,7 @@ async fn read_startup(shared: &Shared, client: &mut Conn) -> Result<Option<Start
         let parsed = StartupPacket::parse(&packet);
         match parsed {
             Ok(p @ (StartupPacket::SslRequest | StartupPacket::GssEncRequest)) => {
-                let Some(next) = declined.and(&p) else {
+                let Some(next) = answered.and(&p) else {
                     let code = match p {
                         StartupPacket::SslRequest => startup::SSL_REQUEST,
                         _ => startup::GSSENC_REQUEST,
@@ -184,23 +191,44 @@ async fn read_startup(shared: &Shared, client: &mut Conn) -> Result<Option<Start
                     let message = startup::unsupported_protocol_message(code);
                     return Err(StartupEnd::Refuse(Refusal::protocol("0A000", message)));
                 };
-                declined = next;
-                // No TLS or GSS encryption here: 'N' makes the client go on in
-                // clear text (or give up if it requires encryption).
+                answered = next;
+                let tls = match p {
+                    StartupPacket::SslRequest => shared.tls.as_ref(),
+                    _ => None,
+                };
                 if client.buffered() > 0 {
                     // Bytes sent before the answer cannot be trusted (a TLS
                     // downgrade probe); PostgreSQL answers, then refuses.
-                    client.queue(b"N");
                     let what = match p {
                         StartupPacket::SslRequest => "SSL request",
                         _ => "GSSAPI encryption request",
                     };
+                    if tls.is_some() {
+                        // A client that expects a handshake could not read
+                        // an error in clear text.
+                        return Err(StartupEnd::Silent("received unencrypted data after SSL request"));
+                    }
+                    client.queue(b"N");
                     let r = Refusal::fatal("08P01", format!("received unencrypted data after {what}"));
                     return Err(StartupEnd::Refuse(r));
                 }
-                if client.send(b"N").await.is_err() {
+                let Some(tls) = tls else {
+                    // No TLS or GSS encryption here: 'N' makes the client go
+                    // on in clear text (or give up if it requires encryption).
+                    if client.send(b"N").await.is_err() {
+                        return Ok(None);
+                    }
+                    continue;
+                };
+                if client.send(b"S").await.is_err() {
                     return Ok(None);
                 }
+                if let Err(e) = client.accept_tls(tls.config.clone()).await {
+                    tracing::info!(error = %e, "TLS handshake with a client failed");
+                    return Err(StartupEnd::Silent("TLS handshake failed"));
+                }
+                // Once TLS is on, no more negotiation (as PostgreSQL).
+                answered = Answered::Both;
             }
             Ok(StartupPacket::Cancel { pid, key }) => {
                 shared
@@ -215,6 +243,11 @@ async fn read_startup(shared: &Shared, client: &mut Conn) -> Result<Option<Start
                     return Err(StartupEnd::Legacy(message));
                 }
                 return Err(StartupEnd::Refuse(Refusal::protocol("0A000", message)));
+            }
+            Ok(StartupPacket::Startup { .. })
+                if shared.tls.as_ref().is_some_and(|t| t.required) && !client.is_tls() =>
+            {
+                return Err(StartupEnd::Refuse(Refusal::fatal("28000", TLS_REQUIRED)));
             }
             Ok(StartupPacket::Startup { version, params }) => return Ok(Some((version, params))),
             Err(e) => {

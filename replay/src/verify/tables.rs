@@ -29,8 +29,8 @@ const OUTPUT_SETTINGS: [&str; 5] = [
 /// on its own, so a range catch-up has not applied yet differs at first and
 /// is re-checked; what still differs after the re-checks is reported.
 pub async fn verify_tables<F>(
-    source: &tokio_postgres::Config,
-    target: &tokio_postgres::Config,
+    source: impl Into<crate::Dsn>,
+    target: impl Into<crate::Dsn>,
     mapped: Mapped<'_>,
     options: &VerifyOptions,
     mut progress: F,
@@ -40,8 +40,8 @@ where
 {
     let started = Instant::now();
     let maps = tables_to_verify(mapped, options)?;
-    let source = connect(source, "source").await?;
-    let target = connect(target, "target").await?;
+    let source = connect(&source.into(), "source").await?;
+    let target = connect(&target.into(), "target").await?;
     align_output(&source, &target).await?;
     let on_source = types_on_source(&source, mapped, &maps).await?;
     let mut run = Run {
@@ -97,8 +97,9 @@ fn tables_to_verify<'a>(mapped: Mapped<'a>, options: &VerifyOptions) -> Result<V
         .collect())
 }
 
-async fn connect(config: &tokio_postgres::Config, what: &str) -> Result<Client, VerifyError> {
-    crate::connect(config, "verify")
+async fn connect(config: &crate::Dsn, what: &str) -> Result<Client, VerifyError> {
+    config
+        .connect("verify")
         .await
         .map_err(db(format!("connect to the {what}")))
 }

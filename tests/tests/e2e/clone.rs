@@ -177,6 +177,7 @@ async fn logical_clone_then_catchup_in_the_proxy_and_standalone() -> Result<()> 
             database: Some("target".into()),
             user: None,
             password: None,
+            ..Default::default()
         });
         c.catchup.workers = 2;
         c.metrics.listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));

@@ -34,6 +34,7 @@ mod retention;
 mod sequences;
 mod startup;
 mod support;
+mod tls;
 mod tools;
 mod types;
 mod verify;

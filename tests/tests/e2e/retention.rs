@@ -58,6 +58,7 @@ async fn confirmed_segments_are_deleted_and_a_stopped_replayer_keeps_its_own() -
             database: Some("target".into()),
             user: None,
             password: None,
+            ..Default::default()
         });
         c.catchup.workers = 2;
         c.capture.segment_bytes = 8 * 1024;

@@ -707,15 +707,10 @@ async fn connect_both(config: &crate::config::Config) -> Result<(Client, Client)
     Ok((s, t))
 }
 
-async fn connect(pg: &tokio_postgres::Config, what: &str) -> Result<Client, String> {
-    let (client, conn) = pg
-        .connect(tokio_postgres::NoTls)
+async fn connect(pg: &switchyard_replay::Dsn, what: &str) -> Result<Client, String> {
+    pg.connect("cutover")
         .await
-        .map_err(|e| format!("cannot connect to the {what}: {}", crate::db_message(&e)))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
+        .map_err(|e| format!("cannot connect to the {what}: {}", crate::db_message(&e)))
 }
 
 /// Client sessions not at a transaction boundary.

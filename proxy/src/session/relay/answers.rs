@@ -6,6 +6,7 @@
 
 use super::{follow, Relay, RelayError, MERGE_EVERY};
 use crate::capture::session::ServerAction;
+use crate::net::Stream;
 use crate::net::{Parts, Socket};
 use crate::registry::Shown;
 use crate::session::conversation::Origin;
@@ -17,14 +18,13 @@ use crate::wire::Header;
 use bytes::Buf;
 use follow::same_types;
 use std::time::Instant;
-use tokio::net::TcpStream;
 
 impl Relay<'_> {
     /// Forwards every whole server message buffered.
     pub(super) fn from_server<S: Socket>(
         &mut self,
         server: &mut Parts<'_, S>,
-        client: &mut Parts<'_, TcpStream>,
+        client: &mut Parts<'_, Stream>,
     ) -> Result<(), RelayError> {
         let now = Instant::now();
         let mut ready = false;

@@ -2,18 +2,18 @@
 //! database is left.
 
 use super::{Ended, Relay, RelayError};
+use crate::net::Stream;
 use crate::net::{Conn, Socket};
 use crate::stats::Stats;
 use crate::wire::backend::{self as bmsg, Severity};
 use crate::wire::frontend;
 use std::time::Duration;
-use tokio::net::TcpStream;
 
 impl Relay<'_> {
     /// Relays until the session ends or must move ([`Ended::Move`]).
     pub(crate) async fn run<S: Socket>(
         &mut self,
-        client: &mut Conn<TcpStream>,
+        client: &mut Conn<Stream>,
         server: &mut Conn<S>,
     ) -> Result<Ended, RelayError> {
         self.relay(client, server).await
@@ -23,7 +23,7 @@ impl Relay<'_> {
     /// client why where it should hear, and leaves the database politely.
     pub(crate) async fn finish<S: Socket>(
         &mut self,
-        client: &mut Conn<TcpStream>,
+        client: &mut Conn<Stream>,
         server: &mut Conn<S>,
         result: &Result<Ended, RelayError>,
     ) {

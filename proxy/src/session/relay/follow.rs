@@ -4,6 +4,7 @@
 //! each statement ahead of its first use.
 
 use super::{Relay, RelayError};
+use crate::net::Stream;
 use crate::net::{Parts, Socket};
 use crate::registry::MoveState;
 use crate::session::moving;
@@ -13,7 +14,6 @@ use crate::wire::frontend::{tag as ftag, FrontendMessage, TargetKind};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::net::TcpStream;
 
 /// What happened ahead of a client's Bind or Describe.
 pub(super) enum Ahead {
@@ -241,7 +241,7 @@ impl Relay<'_> {
     /// `moving.rs`); `old` is left as it was unless the move succeeds.
     pub(crate) async fn relocate<S: Socket>(
         &mut self,
-        client: &mut crate::net::Conn<TcpStream>,
+        client: &mut crate::net::Conn<Stream>,
         old: &mut crate::net::Conn<S>,
     ) -> Moved {
         let Some(order) = self.order.clone() else {

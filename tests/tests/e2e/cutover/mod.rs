@@ -87,6 +87,7 @@ impl Cut {
             database: Some("postgres".into()),
             user: Some(target.superuser().to_owned()),
             password: None,
+            ..Default::default()
         });
         config.catchup.mapping = Some(mapping_path);
         config.catchup.workers = 2;

@@ -50,6 +50,7 @@ pub async fn start_with_target() -> Result<(Cluster, TestProxy)> {
         database: Some(TARGET_DB.to_owned()),
         user: None,
         password: None,
+        ..Default::default()
     });
     let proxy = TestProxy::start_with(config)
         .await?

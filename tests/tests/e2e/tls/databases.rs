@@ -196,8 +196,15 @@ async fn tls_capture_clone_and_catchup_over_hostssl_only() -> Result<()> {
     let shown = text(&check);
     ensure!(check.status.success(), "{shown}");
     ensure!(
-        shown.contains("source tls: sslmode verify-full, sslrootcert")
-            && shown.contains("target tls: sslmode verify-full"),
+        shown
+            .lines()
+            .any(|l| l.split_whitespace().eq(["source.sslmode", "verify-full"]))
+            && shown
+                .lines()
+                .any(|l| l.trim_start().starts_with("source.sslrootcert ") && l.ends_with("ca.pem"))
+            && shown
+                .lines()
+                .any(|l| l.split_whitespace().eq(["target.sslmode", "verify-full"])),
         "{shown}"
     );
 

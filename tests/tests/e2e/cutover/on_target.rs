@@ -170,6 +170,27 @@ async fn logged_on_target(
     Ok(())
 }
 
+/// Stops the cutover's proxy and starts another with its config: the new
+/// proxy, its console, the target, and what must outlive the test (the
+/// source and the work directory).
+async fn restart(cut: Cut) -> Result<(TestProxy, Client, Cluster, (Cluster, tempfile::TempDir))> {
+    let Cut {
+        proxy,
+        admin,
+        config,
+        target,
+        source,
+        dir,
+    } = cut;
+    drop(admin);
+    proxy.shutdown().await;
+    let again = TestProxy::start_with(config)
+        .await?
+        .with_login(target.superuser(), None);
+    let admin = crate::support::admin(&again).await?;
+    Ok((again, admin, target, (source, dir)))
+}
+
 /// SHOW CAPTURE, as a map.
 async fn capture(admin: &Client) -> Result<std::collections::BTreeMap<String, String>> {
     Ok(table(admin, "SHOW CAPTURE").await?.map())
@@ -264,20 +285,7 @@ async fn every_write_after_the_flip_is_captured_on_the_target_also_after_a_resta
 
     // A proxy started again resumes capture on the target before
     // admitting anyone, and goes on logging there.
-    let Cut {
-        proxy,
-        admin,
-        config,
-        target,
-        source: _source,
-        dir: _dir,
-    } = cut;
-    drop(admin);
-    proxy.shutdown().await;
-    let again = TestProxy::start_with(config.clone())
-        .await?
-        .with_login(target.superuser(), None);
-    let admin = crate::support::admin(&again).await?;
+    let (again, admin, _target, _kept) = restart(cut).await?;
     let shown = capture(&admin).await?;
     ensure!(
         shown["state"] == "on" && shown["server"] == "target" && shown["resumes"] == "1",
@@ -444,20 +452,8 @@ async fn a_cutover_called_off_after_capture_on_the_target_was_recorded_leaves_no
         "{report:?}"
     );
     drop(direct);
-    let Cut {
-        proxy,
-        admin,
-        config,
-        target,
-        source: _source,
-        dir: _dir,
-    } = cut;
-    drop((admin, app));
-    proxy.shutdown().await;
-    let again = TestProxy::start_with(config.clone())
-        .await?
-        .with_login(target.superuser(), None);
-    let admin = crate::support::admin(&again).await?;
+    drop(app);
+    let (again, admin, target, _kept) = restart(cut).await?;
     let shown = capture(&admin).await?;
     ensure!(
         shown["state"] == "off" && shown["server"] == "target",

@@ -455,32 +455,7 @@ impl Capture {
             .map(|s| s.backend_pid())
             .filter(|p| *p != 0)
             .collect();
-        let rows = client
-            .query(
-                "SELECT pid, coalesce(usename, ''), coalesce(datname, ''), coalesce(application_name, ''), \
-                        coalesce(client_addr::text, 'local') \
-                 FROM pg_stat_activity \
-                 WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() \
-                   AND NOT (pid = ANY($1)) AND coalesce(application_name, '') NOT LIKE 'switchyard %' \
-                 ORDER BY pid",
-                &[&ours],
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(rows
-            .iter()
-            .map(|row| {
-                let pid: i32 = row.get(0);
-                let desc = format!(
-                    "user {} database {} application '{}' from {}",
-                    row.get::<_, String>(1),
-                    row.get::<_, String>(2),
-                    row.get::<_, String>(3),
-                    row.get::<_, String>(4)
-                );
-                (pid, desc)
-            })
-            .collect())
+        foreign_sessions(&client, &ours).await.map_err(|e| e.to_string())
     }
 
     /// A connection to the captured server for pg_stat_activity: on the
@@ -558,6 +533,39 @@ async fn clear_record(dir: &std::path::Path) -> Result<(), CaptureError> {
         .await
         .map_err(|e| CaptureError::Log(e.to_string()))?
         .map_err(CaptureError::from)
+}
+
+/// The client sessions on `client`'s server that are neither the proxy's
+/// (`ours`: its sessions' backends there) nor its own connections (their
+/// `application_name` starts `switchyard `), as `(pid, description)`.
+pub(crate) async fn foreign_sessions(
+    client: &tokio_postgres::Client,
+    ours: &[i32],
+) -> Result<Vec<(i32, String)>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT pid, coalesce(usename, ''), coalesce(datname, ''), coalesce(application_name, ''), \
+                    coalesce(client_addr::text, 'local') \
+             FROM pg_catalog.pg_stat_activity \
+             WHERE backend_type = 'client backend' AND pid <> pg_catalog.pg_backend_pid() \
+               AND NOT (pid = ANY($1)) AND coalesce(application_name, '') NOT LIKE 'switchyard %' \
+             ORDER BY pid",
+            &[&ours],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let desc = format!(
+                "user {} database {} application '{}' from {}",
+                row.get::<_, String>(1),
+                row.get::<_, String>(2),
+                row.get::<_, String>(3),
+                row.get::<_, String>(4)
+            );
+            (row.get(0), desc)
+        })
+        .collect())
 }
 
 /// A time from Unix microseconds.

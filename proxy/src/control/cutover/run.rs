@@ -670,30 +670,12 @@ const CATCHUP_CHECK_EVERY: Duration = Duration::from_millis(20);
 /// sessions have no backend there yet; its own connections name themselves
 /// `switchyard ...`), as descriptions.
 async fn direct_sessions(target: &Client) -> Result<Vec<String>, String> {
-    let rows = target
-        .query(
-            "SELECT pid, coalesce(usename, ''), coalesce(datname, ''), coalesce(application_name, ''), \
-                    coalesce(client_addr::text, 'local') \
-             FROM pg_catalog.pg_stat_activity \
-             WHERE backend_type = 'client backend' AND pid <> pg_catalog.pg_backend_pid() \
-               AND coalesce(application_name, '') NOT LIKE 'switchyard %' \
-             ORDER BY pid",
-            &[],
-        )
+    let found = crate::capture::control::foreign_sessions(target, &[])
         .await
         .map_err(|e| crate::db_message(&e))?;
-    Ok(rows
-        .iter()
-        .map(|row| {
-            format!(
-                "pid {} (user {} database {} application '{}' from {})",
-                row.get::<_, i32>(0),
-                row.get::<_, String>(1),
-                row.get::<_, String>(2),
-                row.get::<_, String>(3),
-                row.get::<_, String>(4)
-            )
-        })
+    Ok(found
+        .into_iter()
+        .map(|(pid, desc)| format!("pid {pid} ({desc})"))
         .collect())
 }
 

@@ -60,10 +60,17 @@ use server::Deferred;
 const REJECT_CODE: &str = "0A000";
 
 /// What the session's unqualified names resolve through, asked of the
-/// server when capture starts for it.
-const PROBE_SQL: &str = "SELECT pg_catalog.current_setting('search_path'), \
-     (SELECT s.reset_val FROM pg_catalog.pg_settings s WHERE s.name = 'search_path'), \
-     session_user::text, current_user::text";
+/// server when capture starts for it: the search_path in force and the
+/// users (one row), then the value RESET restores (a second row), read by
+/// setting the default for the rest of the query's implicit transaction
+/// only. (`pg_settings` has that value too, but reading the view builds
+/// every setting's row: over a millisecond of the server's CPU per
+/// session, which a cutover pays for every session at the same moment.)
+/// Sent at a transaction boundary, so the implicit transaction is the
+/// query's own and nothing of it outlives the query, even on an error.
+const PROBE_SQL: &str = "SELECT pg_catalog.current_setting('search_path'), session_user::text, current_user::text; \
+     SET LOCAL search_path TO DEFAULT; \
+     SELECT pg_catalog.current_setting('search_path')";
 
 /// What the relay does with a client message.
 #[derive(Debug)]
@@ -275,9 +282,13 @@ enum Expect {
     DescribeStatement {
         tap: Option<Arc<Tap>>,
     },
-    /// The probe of the session's search_path and user: its row is read,
-    /// everything up to its ReadyForQuery dropped.
-    Probe,
+    /// The probe of the session's search_path and user: its two rows are
+    /// read (the first is kept here until the second comes), everything up
+    /// to its ReadyForQuery dropped.
+    Probe {
+        /// The search_path in force, session_user and current_user.
+        first: Option<[String; 3]>,
+    },
     /// Describe of a portal.
     DescribePortal {
         tap: Option<Arc<Tap>>,
@@ -403,7 +414,7 @@ impl SessionCapture {
         // ask once, ahead of the first statement captured.
         work.push_back(Work::Send(Outgoing {
             bytes: rows::query(PROBE_SQL),
-            own: vec![(Request::Query, Note(Expect::Probe))],
+            own: vec![(Request::Query, Note(Expect::Probe { first: None }))],
         }));
         SessionCapture {
             active,
@@ -447,7 +458,7 @@ impl SessionCapture {
             || self.notes.values().any(|e| {
                 matches!(
                     e,
-                    Expect::Probe
+                    Expect::Probe { .. }
                         | Expect::Query {
                             end: QueryEnd::Part | QueryEnd::Wrapped,
                             ..

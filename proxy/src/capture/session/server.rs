@@ -167,16 +167,26 @@ impl SessionCapture {
             } else {
                 ServerAction::Forward
             }),
-            Expect::Probe => {
+            Expect::Probe { first } => {
                 if tag == btag::DATA_ROW {
-                    let (values, _) = rows::split_data_row(msg.body(), 4, false)?;
-                    if let [Some(path), Some(reset), Some(session_user), Some(current_user)] = values.as_slice() {
-                        self.paths.learned(
-                            parse_search_path(path),
-                            parse_search_path(reset),
-                            session_user.clone(),
-                            current_user.clone(),
-                        );
+                    match first.take() {
+                        None => {
+                            let (values, _) = rows::split_data_row(msg.body(), 3, false)?;
+                            if let [Some(path), Some(session_user), Some(current_user)] = values.as_slice() {
+                                *first = Some([path.clone(), session_user.clone(), current_user.clone()]);
+                            }
+                        }
+                        Some([path, session_user, current_user]) => {
+                            let (values, _) = rows::split_data_row(msg.body(), 1, false)?;
+                            if let [Some(reset)] = values.as_slice() {
+                                self.paths.learned(
+                                    parse_search_path(&path),
+                                    parse_search_path(reset),
+                                    session_user,
+                                    current_user,
+                                );
+                            }
+                        }
                     }
                 }
                 Ok(ServerAction::Drop)
@@ -314,7 +324,7 @@ impl SessionCapture {
             }
             Some(Expect::Injected | Expect::WrapEnd | Expect::Failed) => ServerAction::Forward,
             // Cannot fail short of a broken server; the client never asked.
-            Some(Expect::Probe) => ServerAction::Drop,
+            Some(Expect::Probe { .. }) => ServerAction::Drop,
             _ => {
                 // Extended protocol: the conversation skipped to the Sync.
                 if done {
@@ -334,7 +344,7 @@ impl SessionCapture {
             self.flush_sent = false;
         }
         let action = match expect {
-            Some(Expect::Injected | Expect::Probe) => ServerAction::Drop,
+            Some(Expect::Injected | Expect::Probe { .. }) => ServerAction::Drop,
             Some(Expect::Query {
                 end: QueryEnd::Part,
                 error,

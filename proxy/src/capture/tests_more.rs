@@ -233,9 +233,13 @@ fn read_only_cte_before_a_write_is_capturable() {
 }
 
 /// Forms sqlparser 0.63 rejects; each must go through the token fallback.
+/// A fallback case: the SQL, what it writes, the table, the key column
+/// asked for, two flags of the write, the columns spliced in.
+type FallbackCase<'a> = (&'a str, WriteKind, QualName, Option<&'a str>, bool, bool, &'a [&'a str]);
+
 #[test]
 fn fallback_writes() {
-    let cases: &[(&str, WriteKind, QualName, Option<&str>, bool, bool, &[&str])] = &[
+    let cases: &[FallbackCase] = &[
         (
             "INSERT INTO t (id, v) VALUES (1, 2) ON CONFLICT (id) WHERE v > 0 DO UPDATE SET v = excluded.v WHERE t.v < 5",
             WriteKind::Insert, QualName::bare("t"), None, false, true, &["v"],

@@ -222,7 +222,7 @@ impl<'a> Relay<'a> {
         if self.move_hold {
             // Moved with client messages already read: they go to the new backend.
             self.move_hold = false;
-            if let Some(end) = self.from_client(&mut client, &mut server)? {
+            if let Some(end) = self.forward_client(&mut client, &mut server)? {
                 return Ok(end);
             }
         }
@@ -251,7 +251,7 @@ impl<'a> Relay<'a> {
                     }
                     self.input.received(n);
                     self.shared.stats.bytes_from_clients.fetch_add(n as u64, Relaxed);
-                    if let Some(end) = self.from_client(&mut client, &mut server)? {
+                    if let Some(end) = self.forward_client(&mut client, &mut server)? {
                         return Ok(end);
                     }
                 }
@@ -261,9 +261,9 @@ impl<'a> Relay<'a> {
                         return Ok(Ended::ServerClosed);
                     }
                     let rechecking = self.state.rechecking();
-                    self.from_server(&mut server, &mut client)?;
+                    self.forward_server(&mut server, &mut client)?;
                     if self.capture_hold || (rechecking && !self.state.rechecking()) {
-                        if let Some(end) = self.from_client(&mut client, &mut server)? {
+                        if let Some(end) = self.forward_client(&mut client, &mut server)? {
                             return Ok(end);
                         }
                     }
@@ -284,7 +284,7 @@ impl<'a> Relay<'a> {
                         }
                     }
                     self.run_capture_work(&mut server)?;
-                    if let Some(end) = self.from_client(&mut client, &mut server)? {
+                    if let Some(end) = self.forward_client(&mut client, &mut server)? {
                         return Ok(end);
                     }
                 }
@@ -294,7 +294,7 @@ impl<'a> Relay<'a> {
                         cap.looked_up();
                     }
                     self.run_capture_work(&mut server)?;
-                    if let Some(end) = self.from_client(&mut client, &mut server)? {
+                    if let Some(end) = self.forward_client(&mut client, &mut server)? {
                         return Ok(end);
                     }
                 }
@@ -305,7 +305,7 @@ impl<'a> Relay<'a> {
                     r?;
                 }
                 _ = gate.wait_open(), if self.held => {
-                    if let Some(end) = self.from_client(&mut client, &mut server)? {
+                    if let Some(end) = self.forward_client(&mut client, &mut server)? {
                         return Ok(end);
                     }
                 }
@@ -322,7 +322,7 @@ impl<'a> Relay<'a> {
                         self.on_route();
                         if self.move_hold && !self.move_due() {
                             self.move_hold = false;
-                            if let Some(end) = self.from_client(&mut client, &mut server)? {
+                            if let Some(end) = self.forward_client(&mut client, &mut server)? {
                                 return Ok(end);
                             }
                         }
@@ -374,7 +374,7 @@ impl<'a> Relay<'a> {
     /// Forwards every whole client message buffered, stopping at a closed
     /// gate (or a commit capture holds): the held message stays at the
     /// front of the read buffer.
-    fn from_client<S: Socket>(
+    fn forward_client<S: Socket>(
         &mut self,
         client: &mut Parts<'_, Stream>,
         server: &mut Parts<'_, S>,

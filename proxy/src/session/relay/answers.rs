@@ -21,7 +21,7 @@ use std::time::Instant;
 
 impl Relay<'_> {
     /// Forwards every whole server message buffered.
-    pub(super) fn from_server<S: Socket>(
+    pub(super) fn forward_server<S: Socket>(
         &mut self,
         server: &mut Parts<'_, S>,
         client: &mut Parts<'_, Stream>,

@@ -355,4 +355,117 @@ mod tests {
             assert!(e.contains(says), "{bad}: {e}");
         }
     }
+
+    fn rows(rs: &ResultSet) -> Vec<(String, String)> {
+        rs.rows
+            .iter()
+            .map(|r| (r[0].clone().unwrap_or_default(), r[1].clone().unwrap_or_default()))
+            .collect()
+    }
+
+    fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
+        expected.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    /// The rows psql shows for a cutover, every optional row included:
+    /// scripts and the CLI read them by these names and formats.
+    #[test]
+    fn the_report_rows_are_named_and_formatted_as_psql_shows_them() {
+        let options = CutoverOptions::from_config(&CutoverConfig::default());
+        let report = Report {
+            id: 3,
+            dry_run: false,
+            options: options.clone(),
+            started: std::time::UNIX_EPOCH + Duration::from_secs(1_795_000_000),
+            state: State::Aborted {
+                step: Step::Freeze,
+                reason: "2 transactions still open: session 7".to_owned(),
+            },
+            steps: vec![
+                StepRecord {
+                    step: Step::Preflight,
+                    at_ms: 0.04,
+                    ms: Some(12.25),
+                    detail: "ready: 4 sessions".to_owned(),
+                },
+                StepRecord {
+                    step: Step::Freeze,
+                    at_ms: 12.3,
+                    ms: None,
+                    detail: "draining: 2 open".to_owned(),
+                },
+            ],
+            pause_ms: Some(38.25),
+            sessions: 4,
+            sessions_moved: 2,
+            sessions_closed: vec!["session 9: temp table".to_owned(), "session 10: cursor".to_owned()],
+            keys_synced: 17,
+            rows_verified: 250,
+            sequences_set: 1,
+            freeze_lsn: Some(1234),
+            capture_on_target: Some("on, logging to /var/log/x".to_owned()),
+            reverse_mapping_errors: vec!["public.t: no key".to_owned()],
+            target_direct_sessions: vec!["pid 77 (app@db)".to_owned()],
+        };
+        let describe = options.describe();
+        assert_eq!(
+            rows(&render(&report)),
+            pairs(&[
+                ("id", "3"),
+                ("dry_run", "false"),
+                ("state", "aborted at freeze"),
+                ("reason", "2 transactions still open: session 7"),
+                ("started", "2026-11-18 11:06:40+00"),
+                ("options", &describe),
+                ("pause_ms", "38.2"),
+                ("sessions", "4"),
+                ("sessions_moved", "2"),
+                ("sessions_closed", "2"),
+                ("closed", "session 9: temp table"),
+                ("closed", "session 10: cursor"),
+                ("keys_synced", "17"),
+                ("rows_verified", "250"),
+                ("sequences_set", "1"),
+                ("freeze_lsn", "1234"),
+                ("capture_on_target", "on, logging to /var/log/x"),
+                ("target_direct_session", "pid 77 (app@db)"),
+                ("reverse_mapping_error", "public.t: no key"),
+                ("step.preflight", "at 0.0 ms, 12.2 ms: ready: 4 sessions"),
+                ("step.freeze", "at 12.3 ms, running: draining: 2 open"),
+            ])
+        );
+        let done = Report {
+            state: State::Ready,
+            dry_run: true,
+            steps: Vec::new(),
+            pause_ms: None,
+            sessions_closed: Vec::new(),
+            freeze_lsn: None,
+            capture_on_target: None,
+            reverse_mapping_errors: Vec::new(),
+            target_direct_sessions: Vec::new(),
+            ..report
+        };
+        assert_eq!(
+            rows(&render(&done)),
+            pairs(&[
+                ("id", "3"),
+                ("dry_run", "true"),
+                ("state", "dry run: ready"),
+                ("started", "2026-11-18 11:06:40+00"),
+                ("options", &describe),
+                ("pause_ms", ""),
+                ("sessions", "4"),
+                ("sessions_moved", "2"),
+                ("sessions_closed", "0"),
+                ("keys_synced", "17"),
+                ("rows_verified", "250"),
+                ("sequences_set", "1"),
+                ("freeze_lsn", ""),
+                ("capture_on_target", ""),
+            ])
+        );
+        assert_eq!(render(&done).columns, ["field", "value"]);
+        assert_eq!(render(&done).tag, "SHOW");
+    }
 }

@@ -148,3 +148,89 @@ fn render(report: &VerifyReport) -> ResultSet {
     };
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_replay::catalog::QualifiedName;
+    use switchyard_replay::verify::{Mismatch, MismatchKind, TableReport};
+
+    fn table(name: &str, differing: Vec<Mismatch>, total: u64) -> TableReport {
+        TableReport {
+            source: QualifiedName::new("public", name),
+            target: QualifiedName::new("app", name),
+            rows_checked: 3000,
+            target_rows: 2999,
+            ranges: 6,
+            ranges_rechecked: 1,
+            ranges_compared: 1,
+            differing,
+            differing_total: total,
+            columns: vec!["id".to_owned(), "qty".to_owned()],
+            compared_as_text: vec!["tags".to_owned(), "doc".to_owned()],
+            not_compared: vec!["created".to_owned()],
+            elapsed: Duration::from_micros(41_600),
+        }
+    }
+
+    /// One row per table, named and formatted as psql shows it; the tag
+    /// says whether anything differs.
+    #[test]
+    fn the_rows_are_named_and_formatted_as_psql_shows_them() {
+        let differing = vec![
+            Mismatch {
+                key: vec![Some("1234".to_owned())],
+                kind: MismatchKind::Differs,
+            },
+            Mismatch {
+                key: vec![None, Some("b".to_owned())],
+                kind: MismatchKind::MissingOnTarget,
+            },
+        ];
+        let report = VerifyReport {
+            tables: vec![table("item", differing, 2), table("tag", Vec::new(), 0)],
+            elapsed: Duration::from_millis(90),
+        };
+        let rs = render(&report);
+        assert_eq!(
+            rs.columns,
+            [
+                "table",
+                "target",
+                "rows_checked",
+                "target_rows",
+                "ranges",
+                "ranges_rechecked",
+                "differing",
+                "differing_keys",
+                "compared_as_text",
+                "not_compared",
+                "ms",
+            ]
+        );
+        let row = |i: usize| -> Vec<String> { rs.rows[i].iter().map(|v| v.clone().unwrap_or_default()).collect() };
+        assert_eq!(
+            row(0),
+            [
+                "public.item",
+                "app.item",
+                "3000",
+                "2999",
+                "6",
+                "1",
+                "2",
+                "(1234) differs; (NULL, b) missing on the target",
+                "tags, doc",
+                "created",
+                "42",
+            ]
+        );
+        assert_eq!(row(1)[6..8], ["0", ""]);
+        assert_eq!(rs.tag, "VERIFY DIFFERS");
+        let clean = VerifyReport {
+            tables: vec![table("tag", Vec::new(), 0)],
+            elapsed: Duration::ZERO,
+        };
+        assert_eq!(render(&clean).tag, "VERIFY");
+    }
+}

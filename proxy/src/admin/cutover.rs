@@ -2,6 +2,7 @@
 //! runs in the control layer on its own task; the console starts it,
 //! streams each step as a NOTICE while it runs, and renders the report.
 
+use super::reply::{ConsoleReply, CutoverReply, ShowCutoverReply, StepLine};
 use super::{parse_duration, AdminCommand, AdminError, Reply, ResultSet};
 use crate::config::{Fence, OnDrainTimeout, VerifyMode};
 use crate::control::cutover::{CutoverOptions, Report, State, Step, StepRecord};
@@ -226,15 +227,11 @@ pub(super) fn abort(shared: &Arc<Shared>) -> Result<Reply, AdminError> {
 
 /// `SHOW CUTOVER`: the current or last cutover.
 pub(super) fn show(shared: &Arc<Shared>) -> Reply {
-    match shared.cutover.last() {
-        Some(r) => Reply::Rows(render(&r)),
-        None => {
-            let mut rs = ResultSet::new(&["field", "value"]);
-            rs.row(["state", "idle"]);
-            rs.row(["note", "no cutover has run since the proxy started"]);
-            Reply::Rows(rs)
-        }
-    }
+    let shown = match shared.cutover.last() {
+        Some(r) => ShowCutoverReply::Last(Box::new(reply(&r))),
+        None => ShowCutoverReply::Idle,
+    };
+    Reply::Rows(shown.to_rows())
 }
 
 fn step_line(s: &StepRecord) -> String {
@@ -245,52 +242,44 @@ fn step_line(s: &StepRecord) -> String {
 }
 
 fn render(r: &Report) -> ResultSet {
-    let mut rs = ResultSet::new(&["field", "value"]);
-    rs.row(["id".to_owned(), r.id.to_string()]);
-    rs.row(["dry_run".to_owned(), r.dry_run.to_string()]);
-    rs.row(["state".to_owned(), r.state.name()]);
-    if let State::Aborted { reason, .. } = &r.state {
-        rs.row(["reason".to_owned(), reason.clone()]);
+    reply(r).to_rows()
+}
+
+/// The report as the console answers it.
+fn reply(r: &Report) -> CutoverReply {
+    CutoverReply {
+        id: r.id,
+        dry_run: r.dry_run,
+        state: r.state.name(),
+        reason: match &r.state {
+            State::Aborted { reason, .. } => Some(reason.clone()),
+            _ => None,
+        },
+        started: crate::admin::show::rfc3339(r.started),
+        options: r.options.describe(),
+        pause_ms: r.pause_ms,
+        sessions: r.sessions as u64,
+        sessions_moved: r.sessions_moved as u64,
+        sessions_closed: r.sessions_closed.len() as u64,
+        closed: r.sessions_closed.clone(),
+        keys_synced: r.keys_synced,
+        rows_verified: r.rows_verified,
+        sequences_set: r.sequences_set as u64,
+        freeze_lsn: r.freeze_lsn,
+        capture_on_target: r.capture_on_target.clone(),
+        target_direct_sessions: r.target_direct_sessions.clone(),
+        reverse_mapping_errors: r.reverse_mapping_errors.clone(),
+        steps: r
+            .steps
+            .iter()
+            .map(|s| StepLine {
+                step: s.step.name().to_owned(),
+                at_ms: s.at_ms,
+                took_ms: s.ms,
+                detail: s.detail.clone(),
+            })
+            .collect(),
     }
-    rs.row(["started".to_owned(), crate::admin::show::rfc3339(r.started)]);
-    rs.row(["options".to_owned(), r.options.describe()]);
-    rs.row([
-        "pause_ms".to_owned(),
-        r.pause_ms.map(|p| format!("{p:.1}")).unwrap_or_default(),
-    ]);
-    rs.row(["sessions".to_owned(), r.sessions.to_string()]);
-    rs.row(["sessions_moved".to_owned(), r.sessions_moved.to_string()]);
-    rs.row(["sessions_closed".to_owned(), r.sessions_closed.len().to_string()]);
-    for why in &r.sessions_closed {
-        rs.row(["closed".to_owned(), why.clone()]);
-    }
-    rs.row(["keys_synced".to_owned(), r.keys_synced.to_string()]);
-    rs.row(["rows_verified".to_owned(), r.rows_verified.to_string()]);
-    rs.row(["sequences_set".to_owned(), r.sequences_set.to_string()]);
-    rs.row([
-        "freeze_lsn".to_owned(),
-        r.freeze_lsn.map(|l| l.to_string()).unwrap_or_default(),
-    ]);
-    rs.row([
-        "capture_on_target".to_owned(),
-        r.capture_on_target.clone().unwrap_or_default(),
-    ]);
-    for e in &r.target_direct_sessions {
-        rs.row(["target_direct_session".to_owned(), e.clone()]);
-    }
-    for e in &r.reverse_mapping_errors {
-        rs.row(["reverse_mapping_error".to_owned(), e.clone()]);
-    }
-    for s in &r.steps {
-        let took =
-            s.ms.map(|m| format!("{m:.1} ms"))
-                .unwrap_or_else(|| "running".to_owned());
-        rs.row([
-            format!("step.{}", s.step.name()),
-            format!("at {:.1} ms, {took}: {}", s.at_ms, s.detail),
-        ]);
-    }
-    rs
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! against the mapped target, online. Progress reaches the client as
 //! NOTICEs; the answer has one row per table.
 
+use super::reply::{ConsoleReply, VerifyReply, VerifyTable};
 use super::{AdminCommand, AdminError, Reply, ResultSet};
 use crate::server::Shared;
 use crate::wire::backend::{self as bmsg, Severity};
@@ -105,48 +106,39 @@ pub(super) async fn execute(
 }
 
 fn render(report: &VerifyReport) -> ResultSet {
-    let mut r = ResultSet::new(&[
-        "table",
-        "target",
-        "rows_checked",
-        "target_rows",
-        "ranges",
-        "ranges_rechecked",
-        "differing",
-        "differing_keys",
-        "compared_as_text",
-        "not_compared",
-        "ms",
-    ]);
-    for t in &report.tables {
-        let keys: Vec<String> = t
-            .differing
-            .iter()
-            .map(|m| {
-                let k: Vec<&str> = m.key.iter().map(|v| v.as_deref().unwrap_or("NULL")).collect();
-                format!("({}) {}", k.join(", "), m.kind)
-            })
-            .collect();
-        r.row([
-            t.source.to_string(),
-            t.target.to_string(),
-            t.rows_checked.to_string(),
-            t.target_rows.to_string(),
-            t.ranges.to_string(),
-            t.ranges_rechecked.to_string(),
-            t.differing_total.to_string(),
-            keys.join("; "),
-            t.compared_as_text.join(", "),
-            t.not_compared.join(", "),
-            format!("{:.0}", t.elapsed.as_secs_f64() * 1e3),
-        ]);
-    }
-    r.tag = if report.is_clean() {
-        "VERIFY".into()
-    } else {
-        "VERIFY DIFFERS".into()
-    };
-    r
+    reply(report).to_rows()
+}
+
+/// The report as the console answers it.
+fn reply(report: &VerifyReport) -> VerifyReply {
+    let tables = report
+        .tables
+        .iter()
+        .map(|t| {
+            let keys: Vec<String> = t
+                .differing
+                .iter()
+                .map(|m| {
+                    let k: Vec<&str> = m.key.iter().map(|v| v.as_deref().unwrap_or("NULL")).collect();
+                    format!("({}) {}", k.join(", "), m.kind)
+                })
+                .collect();
+            VerifyTable {
+                table: t.source.to_string(),
+                target: t.target.to_string(),
+                rows_checked: t.rows_checked,
+                target_rows: t.target_rows,
+                ranges: t.ranges,
+                ranges_rechecked: t.ranges_rechecked,
+                differing: t.differing_total,
+                differing_keys: keys.join("; "),
+                compared_as_text: t.compared_as_text.join(", "),
+                not_compared: t.not_compared.join(", "),
+                ms: t.elapsed.as_secs_f64() * 1e3,
+            }
+        })
+        .collect();
+    VerifyReply { tables }
 }
 
 #[cfg(test)]

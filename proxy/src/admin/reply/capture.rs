@@ -483,11 +483,12 @@ impl CaptureReply {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::super::testing::{fails_naming, round_trip, with_extra_row, without};
+pub(crate) mod samples {
+    //! Replies as tests build them.
+
     use super::*;
 
-    fn on() -> CaptureOn {
+    pub(crate) fn capture_on() -> CaptureOn {
         CaptureOn {
             phase: CapturePhase::On,
             server: Destination::Source,
@@ -552,7 +553,7 @@ mod tests {
         }
     }
 
-    fn failed() -> CaptureOn {
+    pub(crate) fn capture_failed() -> CaptureOn {
         CaptureOn {
             phase: CapturePhase::Failed {
                 error: "disk full: no space left".to_owned(),
@@ -564,11 +565,11 @@ mod tests {
             read_only_functions_unknown: None,
             last_lsn: None,
             bypassing: Bypassing::Unknown("connection refused".to_owned()),
-            ..on()
+            ..capture_on()
         }
     }
 
-    fn off() -> CaptureOff {
+    pub(crate) fn capture_off() -> CaptureOff {
         CaptureOff {
             server: Destination::Target,
             log_dir: "capture-log".to_owned(),
@@ -580,6 +581,13 @@ mod tests {
             read_only_functions: String::new(),
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{fails_naming, round_trip, with_extra_row, without};
+    use super::samples::*;
+    use super::*;
 
     fn pairs(reply: &CaptureReply) -> Vec<(String, String)> {
         ReplyRows::from(&reply.to_rows())
@@ -591,7 +599,7 @@ mod tests {
 
     #[test]
     fn rows_are_as_psql_shows_them() {
-        let keys: Vec<String> = pairs(&CaptureReply::On(Box::new(on())))
+        let keys: Vec<String> = pairs(&CaptureReply::On(Box::new(capture_on())))
             .into_iter()
             .map(|(k, _)| k)
             .collect();
@@ -644,7 +652,7 @@ mod tests {
                 "bypass.pid.5150",
             ]
         );
-        let failed = pairs(&CaptureReply::On(Box::new(failed())));
+        let failed = pairs(&CaptureReply::On(Box::new(capture_failed())));
         assert_eq!(failed[0].1, "failed: disk full: no space left");
         assert_eq!(failed[2].0, "failed_at");
         assert_eq!(failed[3], ("action".to_owned(), FAILED_ACTION.to_owned()));
@@ -665,7 +673,7 @@ mod tests {
         let keys: Vec<&str> = pending.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["state", "failed_at", "database", "action", "server", "log_dir"]);
         assert_eq!(pending[0].1, "resume pending: log unreadable");
-        let off = pairs(&CaptureReply::Off(off()));
+        let off = pairs(&CaptureReply::Off(capture_off()));
         let keys: Vec<&str> = off.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(
             keys,
@@ -683,20 +691,23 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        round_trip(&CaptureReply::On(Box::new(on())));
-        round_trip(&CaptureReply::On(Box::new(failed())));
+        round_trip(&CaptureReply::On(Box::new(capture_on())));
+        round_trip(&CaptureReply::On(Box::new(capture_failed())));
         round_trip(&CaptureReply::On(Box::new(CaptureOn {
             phase: CapturePhase::WaitingForBarrier,
             log: LogDirFacts {
                 disk: None,
                 retention_error: None,
                 disk_warning: Some("only 1 GB free".to_owned()),
-                ..on().log
+                ..capture_on().log
             },
-            ..on()
+            ..capture_on()
         })));
-        round_trip(&CaptureReply::Off(off()));
-        round_trip(&CaptureReply::Off(CaptureOff { space: None, ..off() }));
+        round_trip(&CaptureReply::Off(capture_off()));
+        round_trip(&CaptureReply::Off(CaptureOff {
+            space: None,
+            ..capture_off()
+        }));
         round_trip(&CaptureReply::ResumePending(ResumePending {
             error: "log unreadable: bad checksum".to_owned(),
             failed_at: "2026-11-18 11:07:00+00".to_owned(),
@@ -708,7 +719,7 @@ mod tests {
 
     #[test]
     fn extra_rows_and_missing_optional_rows_decode_missing_required_ones_do_not() {
-        let reply = CaptureReply::On(Box::new(on()));
+        let reply = CaptureReply::On(Box::new(capture_on()));
         assert_eq!(CaptureReply::from_rows(&with_extra_row(&reply)), Ok(reply.clone()));
         let CaptureReply::On(quiet) = CaptureReply::from_rows(&without(&reply, "retention_error")).unwrap() else {
             panic!("not on");
@@ -717,7 +728,7 @@ mod tests {
         fails_naming::<CaptureReply>(&without(&reply, "keys_captured"), "keys_captured");
         fails_naming::<CaptureReply>(&without(&reply, "disk_total_bytes"), "disk_total_bytes");
         fails_naming::<CaptureReply>(
-            &without(&CaptureReply::On(Box::new(failed())), "failed_at"),
+            &without(&CaptureReply::On(Box::new(capture_failed())), "failed_at"),
             "failed_at",
         );
         let e = CaptureReply::from_rows(&without(&reply, "state")).unwrap_err();
@@ -726,11 +737,11 @@ mod tests {
 
     #[test]
     fn an_unknown_state_or_a_bad_id_is_named() {
-        let mut rows = ReplyRows::from(&CaptureReply::On(Box::new(on())).to_rows());
+        let mut rows = ReplyRows::from(&CaptureReply::On(Box::new(capture_on())).to_rows());
         rows.rows[0][1] = "sleeping".to_owned();
         let e = CaptureReply::from_rows(&rows).unwrap_err().to_string();
         assert!(e.contains("\"state\" is \"sleeping\""), "{e}");
-        let mut rows = ReplyRows::from(&CaptureReply::On(Box::new(on())).to_rows());
+        let mut rows = ReplyRows::from(&CaptureReply::On(Box::new(capture_on())).to_rows());
         let held = rows
             .rows
             .iter_mut()
@@ -743,11 +754,11 @@ mod tests {
 
     #[test]
     fn the_state_is_named_as_shown() {
-        assert_eq!(CaptureReply::On(Box::new(on())).state(), "on");
+        assert_eq!(CaptureReply::On(Box::new(capture_on())).state(), "on");
         assert_eq!(
-            CaptureReply::On(Box::new(failed())).state(),
+            CaptureReply::On(Box::new(capture_failed())).state(),
             "failed: disk full: no space left"
         );
-        assert_eq!(CaptureReply::Off(off()).state(), "off");
+        assert_eq!(CaptureReply::Off(capture_off()).state(), "off");
     }
 }

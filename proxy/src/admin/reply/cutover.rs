@@ -211,11 +211,12 @@ impl ConsoleReply for ShowCutoverReply {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::super::testing::{fails_naming, round_trip, with_extra_row, without};
+pub(crate) mod samples {
+    //! Replies as tests build them.
+
     use super::*;
 
-    fn aborted() -> CutoverReply {
+    pub(crate) fn cutover_aborted() -> CutoverReply {
         CutoverReply {
             id: 3,
             dry_run: false,
@@ -252,7 +253,7 @@ mod tests {
         }
     }
 
-    fn ready() -> CutoverReply {
+    pub(crate) fn cutover_ready() -> CutoverReply {
         CutoverReply {
             dry_run: true,
             state: "dry run: ready".to_owned(),
@@ -265,13 +266,20 @@ mod tests {
             target_direct_sessions: Vec::new(),
             reverse_mapping_errors: Vec::new(),
             steps: Vec::new(),
-            ..aborted()
+            ..cutover_aborted()
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{fails_naming, round_trip, with_extra_row, without};
+    use super::samples::*;
+    use super::*;
 
     #[test]
     fn steps_read_back_with_colons_in_their_detail() {
-        let rows = ReplyRows::from(&aborted().to_rows());
+        let rows = ReplyRows::from(&cutover_aborted().to_rows());
         let step = rows.rows.iter().find(|r| r[0] == "step.preflight").unwrap();
         assert_eq!(step[1], "at 0.0 ms, 12.2 ms: ready: 4 sessions: all idle");
         let step = rows.rows.iter().find(|r| r[0] == "step.freeze").unwrap();
@@ -280,11 +288,11 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        round_trip(&aborted());
-        round_trip(&ready());
+        round_trip(&cutover_aborted());
+        round_trip(&cutover_ready());
         round_trip(&ShowCutoverReply::Idle);
-        round_trip(&ShowCutoverReply::Last(Box::new(aborted())));
-        round_trip(&ShowCutoverReply::Last(Box::new(ready())));
+        round_trip(&ShowCutoverReply::Last(Box::new(cutover_aborted())));
+        round_trip(&ShowCutoverReply::Last(Box::new(cutover_ready())));
     }
 
     #[test]
@@ -302,7 +310,7 @@ mod tests {
 
     #[test]
     fn extra_rows_and_missing_optional_rows_decode_missing_required_ones_do_not() {
-        let reply = aborted();
+        let reply = cutover_aborted();
         assert_eq!(CutoverReply::from_rows(&with_extra_row(&reply)), Ok(reply.clone()));
         let no_reason = CutoverReply::from_rows(&without(&reply, "reason")).unwrap();
         assert_eq!(no_reason.reason, None);
@@ -315,7 +323,7 @@ mod tests {
 
     #[test]
     fn a_step_that_does_not_read_is_named() {
-        let mut rows = ReplyRows::from(&aborted().to_rows());
+        let mut rows = ReplyRows::from(&cutover_aborted().to_rows());
         let step = rows.rows.iter_mut().find(|r| r[0] == "step.freeze").unwrap();
         step[1] = "soon".to_owned();
         let e = CutoverReply::from_rows(&rows).unwrap_err().to_string();

@@ -127,11 +127,12 @@ impl ConsoleReply for LagReply {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::super::testing::{fails_naming, round_trip, with_extra_row, without};
+pub(crate) mod samples {
+    //! Replies as tests build them.
+
     use super::*;
 
-    fn off() -> LagReply {
+    pub(crate) fn lag_off() -> LagReply {
         LagReply {
             state: CatchupPhase::Off,
             error: None,
@@ -151,7 +152,7 @@ mod tests {
         }
     }
 
-    fn retrying() -> LagReply {
+    pub(crate) fn lag_retrying() -> LagReply {
         LagReply {
             state: CatchupPhase::Retrying,
             error: Some("connection refused".to_owned()),
@@ -180,10 +181,17 @@ mod tests {
             },
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{fails_naming, round_trip, with_extra_row, without};
+    use super::samples::*;
+    use super::*;
 
     #[test]
     fn rows_are_as_psql_shows_them() {
-        let rows = ReplyRows::from(&retrying().to_rows());
+        let rows = ReplyRows::from(&lag_retrying().to_rows());
         let pairs: Vec<(&str, &str)> = rows.rows.iter().map(|r| (r[0].as_str(), r[1].as_str())).collect();
         assert_eq!(
             pairs,
@@ -211,25 +219,25 @@ mod tests {
                 ("last_60s.lag_max_ms", "11.0"),
             ]
         );
-        let rows = ReplyRows::from(&off().to_rows());
+        let rows = ReplyRows::from(&lag_off().to_rows());
         assert_eq!(rows.rows[0], ["state", "off"]);
         assert_eq!(rows.rows[1], ["started_at", ""]);
     }
 
     #[test]
     fn round_trips() {
-        round_trip(&off());
-        round_trip(&retrying());
+        round_trip(&lag_off());
+        round_trip(&lag_retrying());
         round_trip(&LagReply {
             state: CatchupPhase::Failed,
             restarts: 0,
-            ..retrying()
+            ..lag_retrying()
         });
     }
 
     #[test]
     fn extra_rows_and_missing_optional_rows_decode_missing_required_ones_do_not() {
-        let reply = retrying();
+        let reply = lag_retrying();
         assert_eq!(LagReply::from_rows(&with_extra_row(&reply)), Ok(reply.clone()));
         let mut rows = ReplyRows::from(&reply.to_rows());
         rows.rows.retain(|r| r[0] != "error" && r[0] != "restarts");
@@ -237,6 +245,6 @@ mod tests {
         assert_eq!((quiet.error, quiet.restarts), (None, 0));
         fails_naming::<LagReply>(&without(&reply, "lag_seconds"), "lag_seconds");
         fails_naming::<LagReply>(&without(&reply, "last_60s.lag_p99_ms"), "last_60s.lag_p99_ms");
-        fails_naming::<LagReply>(&without(&off(), "started_at"), "started_at");
+        fails_naming::<LagReply>(&without(&lag_off(), "started_at"), "started_at");
     }
 }

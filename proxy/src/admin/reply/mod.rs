@@ -326,6 +326,15 @@ pub(crate) fn fixed(value: f64, decimals: usize) -> String {
     format!("{value:.decimals$}")
 }
 
+/// Replies as tests build them.
+#[cfg(test)]
+pub(crate) mod samples {
+    pub(crate) use super::capture::samples::*;
+    pub(crate) use super::cutover::samples::*;
+    pub(crate) use super::lag::samples::*;
+    pub(crate) use super::status::samples::*;
+}
+
 #[cfg(test)]
 pub(crate) mod testing {
     //! What every reply's tests check.

@@ -191,11 +191,12 @@ impl ConsoleReply for StatusReply {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::super::testing::{fails_naming, round_trip, with_extra_row, without};
+pub(crate) mod samples {
+    //! Replies as tests build them.
+
     use super::*;
 
-    fn serving() -> StatusReply {
+    pub(crate) fn status_serving() -> StatusReply {
         StatusReply {
             state: GateState::Serving,
             sessions: 12,
@@ -211,7 +212,7 @@ mod tests {
         }
     }
 
-    fn paused_and_moving() -> StatusReply {
+    pub(crate) fn status_frozen() -> StatusReply {
         StatusReply {
             state: GateState::Frozen,
             pause: Some(PauseClock {
@@ -226,13 +227,20 @@ mod tests {
                 state: "frozen (draining)".to_owned(),
                 pause_ms: Some(38.2),
             }),
-            ..serving()
+            ..status_serving()
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{fails_naming, round_trip, with_extra_row, without};
+    use super::samples::*;
+    use super::*;
 
     #[test]
     fn rows_are_as_psql_shows_them() {
-        let rows = ReplyRows::from(&paused_and_moving().to_rows());
+        let rows = ReplyRows::from(&status_frozen().to_rows());
         let pairs: Vec<(&str, &str)> = rows.rows.iter().map(|r| (r[0].as_str(), r[1].as_str())).collect();
         assert_eq!(
             pairs,
@@ -252,7 +260,7 @@ mod tests {
                 ("started_at", "2026-11-18 11:06:40+00"),
             ]
         );
-        let rows = ReplyRows::from(&serving().to_rows());
+        let rows = ReplyRows::from(&status_serving().to_rows());
         assert!(rows.rows.contains(&vec!["cutover".to_owned(), "idle".to_owned()]));
         assert!(!rows
             .rows
@@ -263,7 +271,7 @@ mod tests {
                 state: "preflight".to_owned(),
                 pause_ms: None,
             }),
-            ..serving()
+            ..status_serving()
         };
         let rows = ReplyRows::from(&no_pause.to_rows());
         assert!(rows.rows.contains(&vec!["cutover_pause_ms".to_owned(), String::new()]));
@@ -271,21 +279,21 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        round_trip(&serving());
-        round_trip(&paused_and_moving());
+        round_trip(&status_serving());
+        round_trip(&status_frozen());
         round_trip(&StatusReply {
             state: GateState::Paused,
             cutover: Some(StatusCutover {
                 state: "aborted at freeze".to_owned(),
                 pause_ms: None,
             }),
-            ..serving()
+            ..status_serving()
         });
     }
 
     #[test]
     fn extra_rows_and_missing_optional_rows_decode_missing_required_ones_do_not() {
-        let reply = paused_and_moving();
+        let reply = status_frozen();
         assert_eq!(StatusReply::from_rows(&with_extra_row(&reply)), Ok(reply.clone()));
         let pending = without(&reply, "route_pending");
         assert_eq!(StatusReply::from_rows(&pending).map(|s| s.route_pending), Ok(None));
@@ -296,14 +304,14 @@ mod tests {
 
     #[test]
     fn values_that_do_not_read_say_what_was_expected() {
-        let mut rows = ReplyRows::from(&serving().to_rows());
+        let mut rows = ReplyRows::from(&status_serving().to_rows());
         rows.rows[0][1] = "sleeping".to_owned();
         let e = StatusReply::from_rows(&rows).unwrap_err().to_string();
         assert!(
             e.contains("SHOW STATUS") && e.contains("\"state\" is \"sleeping\""),
             "{e}"
         );
-        let mut rows = ReplyRows::from(&serving().to_rows());
+        let mut rows = ReplyRows::from(&status_serving().to_rows());
         rows.rows[1][1] = "many".to_owned();
         let e = StatusReply::from_rows(&rows).unwrap_err().to_string();
         assert!(e.contains("\"sessions\" is \"many\", not a whole number"), "{e}");

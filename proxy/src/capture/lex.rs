@@ -154,9 +154,7 @@ pub(crate) fn split_statements(toks: &[Tok]) -> Vec<&[Tok]> {
                 continue;
             }
             Token::Word(_) if paren == 0 && is_create_routine(&toks[start..i]) => {
-                if t.is_kw("BEGIN") {
-                    begin_depth += 1;
-                } else if t.is_kw("CASE") && begin_depth >= 1 {
+                if t.is_kw("BEGIN") || (t.is_kw("CASE") && begin_depth >= 1) {
                     begin_depth += 1;
                 } else if t.is_kw("END") && begin_depth > 0 {
                     begin_depth -= 1;

@@ -232,10 +232,14 @@ fn read_only_cte_before_a_write_is_capturable() {
     assert_eq!(one("WITH x AS (SELECT 1) SELECT * FROM x FOR UPDATE"), reads(&[]));
 }
 
+/// A fallback case: the statement, and the write it must read as: kind,
+/// table, alias, RETURNING, ON CONFLICT, assigned columns.
+type FallbackCase<'a> = (&'a str, WriteKind, QualName, Option<&'a str>, bool, bool, &'a [&'a str]);
+
 /// Forms sqlparser 0.63 rejects; each must go through the token fallback.
 #[test]
 fn fallback_writes() {
-    let cases: &[(&str, WriteKind, QualName, Option<&str>, bool, bool, &[&str])] = &[
+    let cases: &[FallbackCase] = &[
         (
             "INSERT INTO t (id, v) VALUES (1, 2) ON CONFLICT (id) WHERE v > 0 DO UPDATE SET v = excluded.v WHERE t.v < 5",
             WriteKind::Insert, QualName::bare("t"), None, false, true, &["v"],

@@ -374,6 +374,8 @@ impl<'a> Relay<'a> {
     /// Forwards every whole client message buffered, stopping at a closed
     /// gate (or a commit capture holds): the held message stays at the
     /// front of the read buffer.
+    // Named for where the messages come from; not a conversion.
+    #[allow(clippy::wrong_self_convention)]
     fn from_client<S: Socket>(
         &mut self,
         client: &mut Parts<'_, Stream>,

@@ -149,7 +149,7 @@ async fn catchup_converges_through_clone_and_migration() -> Result<()> {
         ("SELECT * FROM child ORDER BY id", "SELECT * FROM child ORDER BY id"),
     ] {
         let (a, b) = (rows(&direct, src_sql).await?, rows(&target, dst_sql).await?);
-        ensure!(a.len() > 0 || dst_sql.contains("child"), "no rows in {src_sql}");
+        ensure!(!a.is_empty() || dst_sql.contains("child"), "no rows in {src_sql}");
         if a != b {
             let diff: Vec<_> = a.iter().filter(|r| !b.contains(r)).take(5).collect();
             let extra: Vec<_> = b.iter().filter(|r| !a.contains(r)).take(5).collect();

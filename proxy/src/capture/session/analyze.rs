@@ -413,7 +413,7 @@ mod tests {
         let sql = "BEGIN; INSERT INTO t VALUES (1); COMMIT";
         let at = sql.find("; COMMIT").unwrap();
         assert_eq!(
-            apply_splices(sql[..at + 2].as_bytes(), 0, &[(at, " RETURNING id".into())]),
+            apply_splices(&sql.as_bytes()[..at + 2], 0, &[(at, " RETURNING id".into())]),
             b"BEGIN; INSERT INTO t VALUES (1) RETURNING id; "
         );
         assert_eq!(apply_splices(sql.as_bytes(), at + 2, &[]), b"COMMIT");

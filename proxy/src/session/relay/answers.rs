@@ -21,6 +21,8 @@ use std::time::Instant;
 
 impl Relay<'_> {
     /// Forwards every whole server message buffered.
+    // Named for where the messages come from; not a conversion.
+    #[allow(clippy::wrong_self_convention)]
     pub(super) fn from_server<S: Socket>(
         &mut self,
         server: &mut Parts<'_, S>,

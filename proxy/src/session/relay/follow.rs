@@ -382,7 +382,7 @@ impl Relay<'_> {
     /// The session now runs on a backend opened under `epoch` with pid
     /// `pid`: capture restarts there at the next transaction.
     pub(crate) fn moved_to(&mut self, epoch: u64, pid: i32, addr: String) {
-        let previous = (!self.backend_addr.is_empty()).then(|| (self.backend_addr.as_str(), self.own_pid));
+        let previous = (!self.backend_addr.is_empty()).then_some((self.backend_addr.as_str(), self.own_pid));
         self.shared.cancel.moved(previous, &addr, pid, self.client_pid);
         self.backend_addr = addr;
         self.epoch = epoch;

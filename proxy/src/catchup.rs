@@ -201,12 +201,54 @@ async fn supervise(
     }
 }
 
+/// Whether catch-up runs, as `SHOW LAG` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatchupPhase {
+    /// Not started, or stopped.
+    Off,
+    /// Replaying.
+    Running,
+    /// It stopped by itself and is started again.
+    Retrying,
+    /// It stopped and is not started again.
+    Failed,
+}
+
+impl CatchupPhase {
+    /// The name on the console.
+    pub fn name(self) -> &'static str {
+        match self {
+            CatchupPhase::Off => "off",
+            CatchupPhase::Running => "running",
+            CatchupPhase::Retrying => "retrying",
+            CatchupPhase::Failed => "failed",
+        }
+    }
+
+    /// The phase the console calls `name`.
+    pub fn from_name(name: &str) -> Option<CatchupPhase> {
+        [
+            CatchupPhase::Off,
+            CatchupPhase::Running,
+            CatchupPhase::Retrying,
+            CatchupPhase::Failed,
+        ]
+        .into_iter()
+        .find(|p| p.name() == name)
+    }
+}
+
+impl std::fmt::Display for CatchupPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// What `SHOW LAG` shows.
 #[derive(Debug, Clone)]
 pub struct LagView {
-    /// `off`, `running`, `retrying` (it stopped by itself and is started
-    /// again) or `failed`.
-    pub state: &'static str,
+    /// Whether it runs.
+    pub state: CatchupPhase,
     /// Why it failed, or last stopped.
     pub error: Option<String>,
     /// Times it was started again after stopping by itself.
@@ -314,7 +356,7 @@ impl Catchup {
         self.reap();
         match &*lock(&self.state) {
             State::Off => LagView {
-                state: "off",
+                state: CatchupPhase::Off,
                 error: None,
                 restarts: 0,
                 started: None,
@@ -326,7 +368,11 @@ impl Catchup {
                 // Retrying until a run has caught up again.
                 let retrying = error.is_some() && !report.caught_up;
                 LagView {
-                    state: if retrying { "retrying" } else { "running" },
+                    state: if retrying {
+                        CatchupPhase::Retrying
+                    } else {
+                        CatchupPhase::Running
+                    },
                     error,
                     restarts: r.retry.restarts.load(Relaxed),
                     started: Some(r.started),
@@ -334,7 +380,7 @@ impl Catchup {
                 }
             }
             State::Failed { error, status } => LagView {
-                state: "failed",
+                state: CatchupPhase::Failed,
                 error: Some(error.clone()),
                 restarts: 0,
                 started: None,

@@ -4,9 +4,11 @@
 
 pub mod cutover;
 pub mod status;
+pub mod verify;
 
 pub use cutover::CutoverArgs;
 
+use crate::admin::reply::{ConsoleReply, ReplyRows};
 use crate::admin::AdminCommand;
 use crate::config::Config;
 use clap::{Args, Parser, Subcommand};
@@ -332,25 +334,14 @@ impl ConsoleAddr {
 
 /// Runs one console command and returns its rows as a printable table.
 pub async fn console(args: &Console, command: &AdminCommand) -> anyhow::Result<String> {
-    let (header, rows) = console_rows(args, command).await?;
-    Ok(render_table(&header, &rows))
+    Ok(render_rows(&console_rows(args, command).await?))
 }
 
-/// Runs a console command answering `key | value` rows (SHOW CAPTURE,
-/// SHOW LAG) and returns them as a map.
-pub async fn console_map(
-    args: &Console,
-    command: &AdminCommand,
-) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
-    let (_, rows) = console_rows(args, command).await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|mut r| {
-            let v = r.pop()?;
-            let k = r.pop()?;
-            Some((k, v))
-        })
-        .collect())
+/// Runs a console command and decodes its typed reply (SHOW STATUS, SHOW
+/// CAPTURE, SHOW LAG, SHOW CUTOVER).
+pub async fn console_reply<T: ConsoleReply>(args: &Console, command: &AdminCommand) -> anyhow::Result<T> {
+    let rows = console_rows(args, command).await?;
+    Ok(T::from_rows(&rows)?)
 }
 
 /// Why a streamed console command failed.
@@ -368,7 +359,7 @@ pub async fn console_streaming(
     args: &Console,
     command: &AdminCommand,
     mut on_notice: impl FnMut(&str) + Send + 'static,
-) -> Result<(Vec<String>, Vec<Vec<String>>), ConsoleError> {
+) -> Result<ReplyRows, ConsoleError> {
     use tokio_postgres::{AsyncMessage, SimpleQueryMessage};
     let (client, mut conn) = console_config(args)
         .connect(tokio_postgres::NoTls)
@@ -390,20 +381,21 @@ pub async fn console_streaming(
         Some(d) => ConsoleError::Refused(d.code().code().to_owned(), d.message().to_owned()),
         None => ConsoleError::Unreachable(e.to_string()),
     })?;
-    let mut header: Vec<String> = Vec::new();
-    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut reply = ReplyRows::default();
     for m in messages {
         match m {
             SimpleQueryMessage::RowDescription(cols) => {
-                header = cols.iter().map(|c| c.name().to_string()).collect();
+                reply.columns = cols.iter().map(|c| c.name().to_string()).collect();
             }
             SimpleQueryMessage::Row(r) => {
-                rows.push((0..r.len()).map(|i| r.get(i).unwrap_or("").to_string()).collect());
+                reply
+                    .rows
+                    .push((0..r.len()).map(|i| r.get(i).unwrap_or("").to_string()).collect());
             }
             _ => {}
         }
     }
-    Ok((header, rows))
+    Ok(reply)
 }
 
 fn console_config(args: &Console) -> tokio_postgres::Config {
@@ -428,12 +420,17 @@ fn unreachable(args: &Console, e: &tokio_postgres::Error) -> String {
 
 /// Runs one console command and returns its column names and rows
 /// (NOTICEs go to stderr).
-pub async fn console_rows(args: &Console, command: &AdminCommand) -> anyhow::Result<(Vec<String>, Vec<Vec<String>>)> {
+pub async fn console_rows(args: &Console, command: &AdminCommand) -> anyhow::Result<ReplyRows> {
     console_streaming(args, command, |notice| eprintln!("{notice}"))
         .await
         .map_err(|e| match e {
             ConsoleError::Unreachable(m) | ConsoleError::Refused(_, m) => anyhow::anyhow!("{m}"),
         })
+}
+
+/// Formats a reply's rows as an aligned text table.
+pub fn render_rows(reply: &ReplyRows) -> String {
+    render_table(&reply.columns, &reply.rows)
 }
 
 /// Formats rows as an aligned text table.

@@ -10,6 +10,7 @@
 //! barrier works as well (a cloud snapshot, say): the command is a
 //! convenience, not a requirement.
 
+use crate::admin::reply::{CapturePhase, CaptureReply};
 use crate::cli::Console;
 use crate::config::Config;
 use crate::progress::Progress;
@@ -101,39 +102,39 @@ async fn wait_for_barrier(console: &Console, timeout: Duration) -> Result<()> {
     let deadline = Instant::now().checked_add(timeout);
     let mut told = false;
     loop {
-        let capture = crate::cli::console_map(console, &crate::admin::AdminCommand::ShowCapture)
+        let capture: CaptureReply = crate::cli::console_reply(console, &crate::admin::AdminCommand::ShowCapture)
             .await
             .context("cannot read SHOW CAPTURE from the proxy")?;
-        let state = capture.get("state").map(String::as_str).unwrap_or("off");
-        match state {
-            "on" => {
+        let holding = match &capture {
+            CaptureReply::Off(_) => bail!(
+                "capture is off: run `switchyard capture start` first (a copy taken without capture would miss the writes made while it runs)"
+            ),
+            CaptureReply::On(on) if on.phase == CapturePhase::On => {
                 eprintln!(
                     "capture barrier passed at {}; every write committed from here on is in the capture log",
-                    capture.get("barrier_at").map(String::as_str).unwrap_or("?")
+                    on.barrier_at.as_deref().unwrap_or("?")
                 );
                 return Ok(());
             }
-            "off" => bail!(
-                "capture is off: run `switchyard capture start` first (a copy taken without capture would miss the writes made while it runs)"
-            ),
-            _ => {
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    bail!(
-                        "the capture barrier did not pass within {:?}: {} session(s) still hold a transaction begun before CAPTURE START (see SHOW CAPTURE)",
-                        timeout,
-                        capture.get("sessions_holding_barrier").map(String::as_str).unwrap_or("?")
-                    );
-                }
-                if !told {
-                    eprintln!(
-                        "waiting for the capture barrier: {} session(s) hold a transaction begun before CAPTURE START",
-                        capture.get("sessions_holding_barrier").map(String::as_str).unwrap_or("?")
-                    );
-                    told = true;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            // Waiting for the barrier, or a log that cannot be written (capture
+            // goes on by itself once it can).
+            CaptureReply::On(on) => on.sessions_holding_barrier.to_string(),
+            // Until CAPTURE START resumes it, or the timeout.
+            CaptureReply::ResumePending(_) => "?".to_owned(),
+        };
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            bail!(
+                "the capture barrier did not pass within {:?}: {holding} session(s) still hold a transaction begun before CAPTURE START (see SHOW CAPTURE)",
+                timeout
+            );
         }
+        if !told {
+            eprintln!(
+                "waiting for the capture barrier: {holding} session(s) hold a transaction begun before CAPTURE START"
+            );
+            told = true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -148,35 +148,11 @@ async fn run(cli: Cli) -> i32 {
             rows_per_range,
         } => {
             let args = switchyard_proxy::admin::VerifyArgs { tables, rows_per_range };
-            with_console(&console, |c| async move { verify(&c, args).await }).await
+            with_console(&console, |c| async move { cli::verify::run(&c, args).await }).await
         }
         Command::Lag(console) => run_command(&console, AdminCommand::ShowLag).await,
         Command::Catchup { action } => catchup(action).await,
         Command::Clone(args) => clone(args).await,
-    }
-}
-
-/// Exit code of `switchyard verify` when some rows differ.
-const EXIT_DIFFERS: i32 = 5;
-
-async fn verify(console: &cli::Console, args: switchyard_proxy::admin::VerifyArgs) -> i32 {
-    let cmd = AdminCommand::Verify(args);
-    match cli::console_streaming(console, &cmd, |notice| println!("{notice}")).await {
-        Ok((header, rows)) => {
-            print!("{}", cli::render_table(&header, &rows));
-            let at = header.iter().position(|h| h == "differing");
-            let differing: u64 = rows.iter().filter_map(|r| r.get(at?)?.parse::<u64>().ok()).sum();
-            if differing > 0 {
-                eprintln!("switchyard: {differing} row(s) differ between the source and the target");
-                EXIT_DIFFERS
-            } else {
-                0
-            }
-        }
-        Err(cli::ConsoleError::Unreachable(e) | cli::ConsoleError::Refused(_, e)) => {
-            eprintln!("switchyard: {e}");
-            1
-        }
     }
 }
 

@@ -136,7 +136,11 @@ fn render_latency(out: &mut String, stats: &Stats) {
 fn render_catchup(out: &mut String, view: &LagView) {
     use std::fmt::Write;
     let r = &view.report;
-    let running = if view.state == "running" { 1.0 } else { 0.0 };
+    let running = if view.state == crate::catchup::CatchupPhase::Running {
+        1.0
+    } else {
+        0.0
+    };
     for (name, kind, help, value) in [
         ("switchyard_catchup_running", "gauge", "1 while catch-up runs.", running),
         (

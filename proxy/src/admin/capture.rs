@@ -1,5 +1,10 @@
 //! `CAPTURE START`, `CAPTURE STOP`, `CAPTURE ACK` and `SHOW CAPTURE`.
 
+use super::reply::{
+    Bypassing, CaptureOff, CaptureOn, CapturePhase, CaptureReply, CatalogFacts, ConsoleReply, DiskSpace, Entry,
+    LogDirFacts, LogSpace, ResumePending,
+};
+use super::show::rfc3339;
 use super::{AdminError, Reply, ResultSet};
 use crate::capture::control::CaptureState;
 use crate::capture::retention::LogView;
@@ -43,155 +48,132 @@ pub(super) fn ack(shared: &Arc<Shared>) -> Result<Reply, AdminError> {
 /// session holding the barrier back, and the source sessions that bypass the
 /// proxy.
 pub(super) async fn show(shared: &Arc<Shared>) -> Result<Reply, AdminError> {
-    let mut r = ResultSet::new(&["key", "value"]);
     let config = shared.capture.config();
     let place = shared.capture.place();
     let active = match shared.capture.state() {
         CaptureState::On(a) => a,
         CaptureState::Off => {
-            r.row(["state", "off"]);
-            r.row(["server", place.server.name()]);
-            r.row(["log_dir".to_string(), place.dir.display().to_string()]);
             // Nothing is deleted while capture is off; the log is still measured.
-            if let Ok(space) = switchyard_replay::log::log_space(&place.dir) {
-                r.row(["log_size_bytes".to_string(), space.bytes.to_string()]);
-                r.row(["log_segments".to_string(), space.segments.to_string()]);
-                r.row([
-                    "log_oldest_lsn".to_string(),
-                    space.oldest.map(|l| l.to_string()).unwrap_or_default(),
-                ]);
-            }
-            r.row(["read_only_functions".to_string(), config.read_only_functions.join(", ")]);
-            return Ok(Reply::Rows(r));
+            let space = switchyard_replay::log::log_space(&place.dir)
+                .ok()
+                .map(|s| log_space(&s));
+            let off = CaptureReply::Off(CaptureOff {
+                server: place.server,
+                log_dir: place.dir.display().to_string(),
+                space,
+                read_only_functions: config.read_only_functions.join(", "),
+            });
+            return Ok(Reply::Rows(off.to_rows()));
         }
         CaptureState::ResumePending(p) => {
-            r.row(["state".to_string(), format!("resume pending: {}", p.error)]);
-            r.row(["failed_at".to_string(), super::show::rfc3339(p.since)]);
-            r.row(["database".to_string(), p.record.database.clone()]);
-            r.row([
-                "action".to_string(),
-                "sessions of this database are refused: CAPTURE START resumes the capture, CAPTURE STOP gives it up"
-                    .to_string(),
-            ]);
-            r.row(["server", place.server.name()]);
-            r.row(["log_dir".to_string(), place.dir.display().to_string()]);
-            return Ok(Reply::Rows(r));
+            let pending = CaptureReply::ResumePending(ResumePending {
+                error: p.error.to_string(),
+                failed_at: rfc3339(p.since),
+                database: p.record.database.clone(),
+                server: place.server,
+                log_dir: place.dir.display().to_string(),
+            });
+            return Ok(Reply::Rows(pending.to_rows()));
         }
     };
-    let log = active.log();
-    let stats = log.stats();
-    let state = match (active.failure(), active.barrier()) {
-        (Some(f), _) => format!("failed: {}", f.error),
-        (None, Some(_)) => "on".to_string(),
-        (None, None) => "waiting for barrier".to_string(),
+    let stats = active.log().stats();
+    let phase = match (active.failure(), active.barrier()) {
+        (Some(f), _) => CapturePhase::Failed {
+            error: f.error.to_string(),
+            failed_at: rfc3339(f.since),
+        },
+        (None, Some(_)) => CapturePhase::On,
+        (None, None) => CapturePhase::WaitingForBarrier,
     };
-    r.row(["state".to_string(), state]);
-    r.row(["server", active.server.name()]);
-    if let Some(f) = active.failure() {
-        r.row(["failed_at".to_string(), super::show::rfc3339(f.since)]);
-        r.row([
-            "action".to_string(),
-            "commits that wrote are refused (58030) while the log cannot be written; it is probed every second and capture goes on by itself once it can"
-                .to_string(),
-        ]);
-    }
-    r.row(["database".to_string(), active.database.clone()]);
-    r.row(["started_at".to_string(), super::show::rfc3339(active.started)]);
-    r.row(["resumes".to_string(), active.resumes().to_string()]);
-    r.row([
-        "barrier_at".to_string(),
-        active.barrier().map(super::show::rfc3339).unwrap_or_default(),
-    ]);
     let holders = shared.capture.holders(&shared.sessions);
-    r.row(["sessions_holding_barrier".to_string(), holders.len().to_string()]);
-    for h in &holders {
-        r.row([
-            format!("holding_barrier.session.{}", h.session),
-            format!("user {} backend pid {}", h.user, h.backend_pid),
-        ]);
-    }
     let others: Vec<_> = shared
         .sessions
         .snapshot()
         .into_iter()
         .filter(|s| s.backend_database().is_some_and(|d| d != active.database))
         .collect();
-    r.row(["other_database_sessions".to_string(), others.len().to_string()]);
-    for s in &others {
-        r.row([
-            format!("other_database.session.{}", s.id),
-            format!(
-                "user {} database {} (relayed, not captured, not moved at cutover)",
-                s.user,
-                s.backend_database().unwrap_or_default()
-            ),
-        ]);
-    }
-    r.row(["log_dir".to_string(), active.config.log_dir.display().to_string()]);
-    r.row([
-        "durability".to_string(),
-        format!("{:?}", config.durability).to_lowercase(),
-    ]);
-    r.row(["policy".to_string(), config.policy.name().to_string()]);
-    r.row(["read_only_functions".to_string(), config.read_only_functions.join(", ")]);
-    if !active.read_only_unknown.is_empty() {
-        // Listed but not in the catalog: a typo leaves the real function refused.
-        r.row([
-            "read_only_functions_unknown".to_string(),
-            active.read_only_unknown.join(", "),
-        ]);
-    }
-    r.row(["log_records".to_string(), stats.records.to_string()]);
-    r.row(["log_bytes".to_string(), stats.bytes.to_string()]);
-    r.row([
-        "last_lsn".to_string(),
-        stats.last_lsn.map(|l| l.to_string()).unwrap_or_default(),
-    ]);
-    log_dir_rows(&mut r, config, &active.log_watch().view());
-    r.row([
-        "transactions_captured".to_string(),
-        active.commits.load(Relaxed).to_string(),
-    ]);
-    r.row(["keys_captured".to_string(), active.keys.load(Relaxed).to_string()]);
-    r.row(["late_logged".to_string(), active.late.load(Relaxed).to_string()]);
-    catalog_rows(&mut r, &active.catalog);
     let unsafe_seen = active.unsafe_seen();
-    let total: u64 = unsafe_seen.values().map(|u| u.count).sum();
-    r.row(["unsafe_statements".to_string(), total.to_string()]);
-    for (kind, u) in unsafe_seen {
-        let policy = config.policy_for(kind).name();
-        r.row([
-            format!("unsafe.{kind}"),
-            format!(
-                "{} seen, {} rejected ({policy}), {} unacknowledged; last: {}",
-                u.count,
-                u.rejected,
-                u.unacknowledged(),
-                u.last
-            ),
-        ]);
+    let bypassing = match shared.capture.bypassing(&shared.sessions).await {
+        Ok(rows) => Bypassing::Found {
+            count: rows.len() as u64,
+            sessions: rows.into_iter().map(|(pid, what)| Entry::new(pid, what)).collect(),
+        },
+        Err(e) => Bypassing::Unknown(e),
+    };
+    let on = CaptureOn {
+        phase,
+        server: active.server,
+        database: active.database.clone(),
+        started_at: rfc3339(active.started),
+        resumes: active.resumes(),
+        barrier_at: active.barrier().map(rfc3339),
+        sessions_holding_barrier: holders.len() as u64,
+        holding_barrier: holders
+            .iter()
+            .map(|h| Entry::new(h.session, format!("user {} backend pid {}", h.user, h.backend_pid)))
+            .collect(),
+        other_database_sessions: others.len() as u64,
+        other_database: others
+            .iter()
+            .map(|s| {
+                Entry::new(
+                    s.id,
+                    format!(
+                        "user {} database {} (relayed, not captured, not moved at cutover)",
+                        s.user,
+                        s.backend_database().unwrap_or_default()
+                    ),
+                )
+            })
+            .collect(),
+        log_dir: active.config.log_dir.display().to_string(),
+        durability: format!("{:?}", config.durability).to_lowercase(),
+        policy: config.policy.name().to_string(),
+        read_only_functions: config.read_only_functions.join(", "),
+        // Listed but not in the catalog: a typo leaves the real function refused.
+        read_only_functions_unknown: (!active.read_only_unknown.is_empty())
+            .then(|| active.read_only_unknown.join(", ")),
+        log_records: stats.records,
+        log_bytes: stats.bytes,
+        last_lsn: stats.last_lsn.map(|l| l.0),
+        log: log_dir_facts(config, &active.log_watch().view()),
+        transactions_captured: active.commits.load(Relaxed),
+        keys_captured: active.keys.load(Relaxed),
+        late_logged: active.late.load(Relaxed),
+        catalog: catalog_facts(&active.catalog),
+        unsafe_statements: unsafe_seen.values().map(|u| u.count).sum(),
+        unsafe_kinds: unsafe_seen
+            .iter()
+            .map(|(kind, u)| {
+                let policy = config.policy_for(kind).name();
+                Entry::new(
+                    kind.to_string(),
+                    format!(
+                        "{} seen, {} rejected ({policy}), {} unacknowledged; last: {}",
+                        u.count,
+                        u.rejected,
+                        u.unacknowledged(),
+                        u.last
+                    ),
+                )
+            })
+            .collect(),
+        bypassing,
+    };
+    Ok(Reply::Rows(CaptureReply::On(Box::new(on)).to_rows()))
+}
+
+fn log_space(space: &switchyard_replay::log::LogSpace) -> LogSpace {
+    LogSpace {
+        bytes: space.bytes,
+        segments: space.segments as u64,
+        oldest_lsn: space.oldest.map(|l| l.0),
     }
-    match shared.capture.bypassing(&shared.sessions).await {
-        Ok(rows) => {
-            r.row(["bypassing_sessions".to_string(), rows.len().to_string()]);
-            for b in rows {
-                r.row([format!("bypass.pid.{}", b.0), b.1]);
-            }
-        }
-        Err(e) => r.row(["bypassing_sessions".to_string(), format!("unknown: {e}")]),
-    }
-    Ok(Reply::Rows(r))
 }
 
 /// The log on disk, retention and the disk's free space, as of the last
 /// retention pass.
-fn log_dir_rows(r: &mut ResultSet, config: &crate::config::CaptureConfig, view: &LogView) {
-    r.row(["log_size_bytes".to_string(), view.space.bytes.to_string()]);
-    r.row(["log_segments".to_string(), view.space.segments.to_string()]);
-    r.row([
-        "log_oldest_lsn".to_string(),
-        view.space.oldest.map(|l| l.to_string()).unwrap_or_default(),
-    ]);
+fn log_dir_facts(config: &crate::config::CaptureConfig, view: &LogView) -> LogDirFacts {
     let retention = match config.retention {
         Retention::Confirmed => format!(
             "confirmed: segments every hold is past are deleted, keeping the newest {} records",
@@ -199,53 +181,48 @@ fn log_dir_rows(r: &mut ResultSet, config: &crate::config::CaptureConfig, view: 
         ),
         Retention::Keep => "keep: the whole log is kept".to_owned(),
     };
-    r.row(["retention".to_string(), retention]);
     let first_kept = match (config.retention, view.first_kept, view.holds.is_empty()) {
         (Retention::Keep, _, _) => "everything (retention keep)".to_owned(),
         (_, _, true) => "everything (no replayer holds the log yet)".to_owned(),
         (_, Some(l), false) => l.to_string(),
         (_, None, false) => String::new(),
     };
-    r.row(["log_first_kept".to_string(), first_kept]);
-    r.row(["log_deleted_segments".to_string(), view.deleted_segments.to_string()]);
-    r.row(["log_deleted_bytes".to_string(), view.deleted_bytes.to_string()]);
-    r.row(["log_holds".to_string(), view.holds.len().to_string()]);
-    for h in &view.holds {
-        let what = match &h.unreadable {
-            Some(e) => format!("unreadable ({e}): holds the whole log until fixed or removed"),
-            None => format!(
-                "confirmed {} ({}), updated {}",
-                h.confirmed,
-                h.description,
-                super::show::rfc3339(
-                    std::time::UNIX_EPOCH + std::time::Duration::from_micros(h.updated_micros.max(0) as u64)
-                )
-            ),
-        };
-        r.row([format!("hold.{}", h.name), what]);
+    let hold = view
+        .holds
+        .iter()
+        .map(|h| {
+            let what = match &h.unreadable {
+                Some(e) => format!("unreadable ({e}): holds the whole log until fixed or removed"),
+                None => format!(
+                    "confirmed {} ({}), updated {}",
+                    h.confirmed,
+                    h.description,
+                    rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_micros(h.updated_micros.max(0) as u64))
+                ),
+            };
+            Entry::new(h.name.clone(), what)
+        })
+        .collect();
+    LogDirFacts {
+        space: log_space(&view.space),
+        retention,
+        first_kept,
+        deleted_segments: view.deleted_segments,
+        deleted_bytes: view.deleted_bytes,
+        holds: view.holds.len() as u64,
+        hold,
+        retention_error: view.error.clone(),
+        disk: view.disk.map(|d| DiskSpace {
+            free_bytes: d.free_bytes,
+            total_bytes: d.total_bytes,
+        }),
+        disk_warn_free_bytes: config.disk_warn_free_bytes,
+        disk_warning: view.disk_warning(config.disk_warn_free_bytes),
     }
-    if let Some(e) = &view.error {
-        r.row(["retention_error".to_string(), e.clone()]);
-    }
-    match view.disk {
-        Some(d) => {
-            r.row(["disk_free_bytes".to_string(), d.free_bytes.to_string()]);
-            r.row(["disk_total_bytes".to_string(), d.total_bytes.to_string()]);
-        }
-        None => r.row(["disk_free_bytes".to_string(), String::new()]),
-    }
-    r.row([
-        "disk_warn_free_bytes".to_string(),
-        config.disk_warn_free_bytes.to_string(),
-    ]);
-    r.row([
-        "disk_warning".to_string(),
-        view.disk_warning(config.disk_warn_free_bytes).unwrap_or_default(),
-    ]);
 }
 
 /// The source catalog's health and counters.
-fn catalog_rows(r: &mut ResultSet, catalog: &switchyard_replay::catalog::CatalogCache) {
+fn catalog_facts(catalog: &switchyard_replay::catalog::CatalogCache) -> CatalogFacts {
     use switchyard_replay::catalog::CatalogHealth;
     let health = match catalog.health() {
         CatalogHealth::Ok { loaded_at } => {
@@ -255,16 +232,18 @@ fn catalog_rows(r: &mut ResultSet, catalog: &switchyard_replay::catalog::Catalog
             format!("ok, loaded {} s ago", age.as_secs())
         }
         CatalogHealth::Failing { since, error } => {
-            format!("refresh failing since {}: {error}", super::show::rfc3339(since))
+            format!("refresh failing since {}: {error}", rfc3339(since))
         }
         CatalogHealth::Reconnecting { since, error } => {
-            format!("reconnecting since {}: {error}", super::show::rfc3339(since))
+            format!("reconnecting since {}: {error}", rfc3339(since))
         }
     };
     let stats = catalog.stats();
-    r.row(["catalog".to_string(), health]);
-    r.row(["catalog_refreshes".to_string(), stats.refreshes.to_string()]);
-    r.row(["catalog_failures".to_string(), stats.failures.to_string()]);
-    r.row(["catalog_reconnects".to_string(), stats.reconnects.to_string()]);
-    r.row(["catalog_lookups".to_string(), stats.lookups.to_string()]);
+    CatalogFacts {
+        health,
+        refreshes: stats.refreshes,
+        failures: stats.failures,
+        reconnects: stats.reconnects,
+        lookups: stats.lookups,
+    }
 }

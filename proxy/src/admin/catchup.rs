@@ -1,6 +1,7 @@
 //! `CATCHUP START`, `CATCHUP STOP` and `SHOW LAG`.
 
-use super::{AdminError, Reply, ResultSet};
+use super::reply::{ConsoleReply, LagReply, LagWindow};
+use super::{AdminError, Reply};
 use crate::server::Shared;
 use std::sync::Arc;
 
@@ -40,38 +41,32 @@ pub(super) fn show(shared: &Arc<Shared>) -> Reply {
         .current()
         .and_then(|a| a.log().stats().last_lsn)
         .map_or(r.read_lsn, |l| l.0.max(r.read_lsn));
-    let mut t = ResultSet::new(&["key", "value"]);
-    t.row(["state", view.state]);
-    if let Some(e) = &view.error {
-        t.row(["error", e.as_str()]);
-    }
-    if view.restarts > 0 {
-        t.row(["restarts".to_string(), view.restarts.to_string()]);
-    }
-    t.row([
-        "started_at".to_string(),
-        view.started.map(super::show::rfc3339).unwrap_or_default(),
-    ]);
-    for (k, v) in [
-        ("log_end_lsn", log_end.to_string()),
-        ("read_lsn", r.read_lsn.to_string()),
-        ("confirmed_lsn", r.confirmed_lsn.to_string()),
-        ("positions_behind", log_end.saturating_sub(r.confirmed_lsn).to_string()),
-        ("commits_pending", r.commits_pending.to_string()),
-        ("keys_pending", r.keys_pending.to_string()),
-        ("lag_seconds", format!("{:.3}", r.lag_seconds)),
-        ("rows_applied", r.rows_applied.to_string()),
-        ("batches", r.batches.to_string()),
-        ("since_start.commits_applied", r.commits_applied.to_string()),
-        ("since_start.lag_p50_ms", format!("{:.1}", r.lag_p50_ms)),
-        ("since_start.lag_p99_ms", format!("{:.1}", r.lag_p99_ms)),
-        ("since_start.lag_max_ms", format!("{:.1}", r.lag_max_ms)),
-        ("last_60s.commits_applied", r.recent_commits_applied.to_string()),
-        ("last_60s.lag_p50_ms", format!("{:.1}", r.recent_lag_p50_ms)),
-        ("last_60s.lag_p99_ms", format!("{:.1}", r.recent_lag_p99_ms)),
-        ("last_60s.lag_max_ms", format!("{:.1}", r.recent_lag_max_ms)),
-    ] {
-        t.row([k.to_string(), v]);
-    }
-    Reply::Rows(t)
+    let reply = LagReply {
+        state: view.state,
+        error: view.error.clone(),
+        restarts: view.restarts,
+        started_at: view.started.map(super::show::rfc3339),
+        log_end_lsn: log_end,
+        read_lsn: r.read_lsn,
+        confirmed_lsn: r.confirmed_lsn,
+        positions_behind: log_end.saturating_sub(r.confirmed_lsn),
+        commits_pending: r.commits_pending,
+        keys_pending: r.keys_pending,
+        lag_seconds: r.lag_seconds,
+        rows_applied: r.rows_applied,
+        batches: r.batches,
+        since_start: LagWindow {
+            commits_applied: r.commits_applied,
+            lag_p50_ms: r.lag_p50_ms,
+            lag_p99_ms: r.lag_p99_ms,
+            lag_max_ms: r.lag_max_ms,
+        },
+        last_60s: LagWindow {
+            commits_applied: r.recent_commits_applied,
+            lag_p50_ms: r.recent_lag_p50_ms,
+            lag_p99_ms: r.recent_lag_p99_ms,
+            lag_max_ms: r.recent_lag_max_ms,
+        },
+    };
+    Reply::Rows(reply.to_rows())
 }

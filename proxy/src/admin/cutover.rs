@@ -2,6 +2,7 @@
 //! runs in the control layer on its own task; the console starts it,
 //! streams each step as a NOTICE while it runs, and renders the report.
 
+use super::reply::{ConsoleReply, CutoverReply, ShowCutoverReply, StepLine};
 use super::{parse_duration, AdminCommand, AdminError, Reply, ResultSet};
 use crate::config::{Fence, OnDrainTimeout, VerifyMode};
 use crate::control::cutover::{CutoverOptions, Report, State, Step, StepRecord};
@@ -226,15 +227,11 @@ pub(super) fn abort(shared: &Arc<Shared>) -> Result<Reply, AdminError> {
 
 /// `SHOW CUTOVER`: the current or last cutover.
 pub(super) fn show(shared: &Arc<Shared>) -> Reply {
-    match shared.cutover.last() {
-        Some(r) => Reply::Rows(render(&r)),
-        None => {
-            let mut rs = ResultSet::new(&["field", "value"]);
-            rs.row(["state", "idle"]);
-            rs.row(["note", "no cutover has run since the proxy started"]);
-            Reply::Rows(rs)
-        }
-    }
+    let shown = match shared.cutover.last() {
+        Some(r) => ShowCutoverReply::Last(Box::new(reply(&r))),
+        None => ShowCutoverReply::Idle,
+    };
+    Reply::Rows(shown.to_rows())
 }
 
 fn step_line(s: &StepRecord) -> String {
@@ -245,52 +242,44 @@ fn step_line(s: &StepRecord) -> String {
 }
 
 fn render(r: &Report) -> ResultSet {
-    let mut rs = ResultSet::new(&["field", "value"]);
-    rs.row(["id".to_owned(), r.id.to_string()]);
-    rs.row(["dry_run".to_owned(), r.dry_run.to_string()]);
-    rs.row(["state".to_owned(), r.state.name()]);
-    if let State::Aborted { reason, .. } = &r.state {
-        rs.row(["reason".to_owned(), reason.clone()]);
+    reply(r).to_rows()
+}
+
+/// The report as the console answers it.
+fn reply(r: &Report) -> CutoverReply {
+    CutoverReply {
+        id: r.id,
+        dry_run: r.dry_run,
+        state: r.state.name(),
+        reason: match &r.state {
+            State::Aborted { reason, .. } => Some(reason.clone()),
+            _ => None,
+        },
+        started: crate::admin::show::rfc3339(r.started),
+        options: r.options.describe(),
+        pause_ms: r.pause_ms,
+        sessions: r.sessions as u64,
+        sessions_moved: r.sessions_moved as u64,
+        sessions_closed: r.sessions_closed.len() as u64,
+        closed: r.sessions_closed.clone(),
+        keys_synced: r.keys_synced,
+        rows_verified: r.rows_verified,
+        sequences_set: r.sequences_set as u64,
+        freeze_lsn: r.freeze_lsn,
+        capture_on_target: r.capture_on_target.clone(),
+        target_direct_sessions: r.target_direct_sessions.clone(),
+        reverse_mapping_errors: r.reverse_mapping_errors.clone(),
+        steps: r
+            .steps
+            .iter()
+            .map(|s| StepLine {
+                step: s.step.name().to_owned(),
+                at_ms: s.at_ms,
+                took_ms: s.ms,
+                detail: s.detail.clone(),
+            })
+            .collect(),
     }
-    rs.row(["started".to_owned(), crate::admin::show::rfc3339(r.started)]);
-    rs.row(["options".to_owned(), r.options.describe()]);
-    rs.row([
-        "pause_ms".to_owned(),
-        r.pause_ms.map(|p| format!("{p:.1}")).unwrap_or_default(),
-    ]);
-    rs.row(["sessions".to_owned(), r.sessions.to_string()]);
-    rs.row(["sessions_moved".to_owned(), r.sessions_moved.to_string()]);
-    rs.row(["sessions_closed".to_owned(), r.sessions_closed.len().to_string()]);
-    for why in &r.sessions_closed {
-        rs.row(["closed".to_owned(), why.clone()]);
-    }
-    rs.row(["keys_synced".to_owned(), r.keys_synced.to_string()]);
-    rs.row(["rows_verified".to_owned(), r.rows_verified.to_string()]);
-    rs.row(["sequences_set".to_owned(), r.sequences_set.to_string()]);
-    rs.row([
-        "freeze_lsn".to_owned(),
-        r.freeze_lsn.map(|l| l.to_string()).unwrap_or_default(),
-    ]);
-    rs.row([
-        "capture_on_target".to_owned(),
-        r.capture_on_target.clone().unwrap_or_default(),
-    ]);
-    for e in &r.target_direct_sessions {
-        rs.row(["target_direct_session".to_owned(), e.clone()]);
-    }
-    for e in &r.reverse_mapping_errors {
-        rs.row(["reverse_mapping_error".to_owned(), e.clone()]);
-    }
-    for s in &r.steps {
-        let took =
-            s.ms.map(|m| format!("{m:.1} ms"))
-                .unwrap_or_else(|| "running".to_owned());
-        rs.row([
-            format!("step.{}", s.step.name()),
-            format!("at {:.1} ms, {took}: {}", s.at_ms, s.detail),
-        ]);
-    }
-    rs
 }
 
 #[cfg(test)]
@@ -354,5 +343,118 @@ mod tests {
             let e = parsed(bad).unwrap_err().to_string();
             assert!(e.contains(says), "{bad}: {e}");
         }
+    }
+
+    fn rows(rs: &ResultSet) -> Vec<(String, String)> {
+        rs.rows
+            .iter()
+            .map(|r| (r[0].clone().unwrap_or_default(), r[1].clone().unwrap_or_default()))
+            .collect()
+    }
+
+    fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
+        expected.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    /// The rows psql shows for a cutover, every optional row included:
+    /// scripts and the CLI read them by these names and formats.
+    #[test]
+    fn the_report_rows_are_named_and_formatted_as_psql_shows_them() {
+        let options = CutoverOptions::from_config(&CutoverConfig::default());
+        let report = Report {
+            id: 3,
+            dry_run: false,
+            options: options.clone(),
+            started: std::time::UNIX_EPOCH + Duration::from_secs(1_795_000_000),
+            state: State::Aborted {
+                step: Step::Freeze,
+                reason: "2 transactions still open: session 7".to_owned(),
+            },
+            steps: vec![
+                StepRecord {
+                    step: Step::Preflight,
+                    at_ms: 0.04,
+                    ms: Some(12.25),
+                    detail: "ready: 4 sessions".to_owned(),
+                },
+                StepRecord {
+                    step: Step::Freeze,
+                    at_ms: 12.3,
+                    ms: None,
+                    detail: "draining: 2 open".to_owned(),
+                },
+            ],
+            pause_ms: Some(38.25),
+            sessions: 4,
+            sessions_moved: 2,
+            sessions_closed: vec!["session 9: temp table".to_owned(), "session 10: cursor".to_owned()],
+            keys_synced: 17,
+            rows_verified: 250,
+            sequences_set: 1,
+            freeze_lsn: Some(1234),
+            capture_on_target: Some("on, logging to /var/log/x".to_owned()),
+            reverse_mapping_errors: vec!["public.t: no key".to_owned()],
+            target_direct_sessions: vec!["pid 77 (app@db)".to_owned()],
+        };
+        let describe = options.describe();
+        assert_eq!(
+            rows(&render(&report)),
+            pairs(&[
+                ("id", "3"),
+                ("dry_run", "false"),
+                ("state", "aborted at freeze"),
+                ("reason", "2 transactions still open: session 7"),
+                ("started", "2026-11-18 11:06:40+00"),
+                ("options", &describe),
+                ("pause_ms", "38.2"),
+                ("sessions", "4"),
+                ("sessions_moved", "2"),
+                ("sessions_closed", "2"),
+                ("closed", "session 9: temp table"),
+                ("closed", "session 10: cursor"),
+                ("keys_synced", "17"),
+                ("rows_verified", "250"),
+                ("sequences_set", "1"),
+                ("freeze_lsn", "1234"),
+                ("capture_on_target", "on, logging to /var/log/x"),
+                ("target_direct_session", "pid 77 (app@db)"),
+                ("reverse_mapping_error", "public.t: no key"),
+                ("step.preflight", "at 0.0 ms, 12.2 ms: ready: 4 sessions"),
+                ("step.freeze", "at 12.3 ms, running: draining: 2 open"),
+            ])
+        );
+        let done = Report {
+            state: State::Ready,
+            dry_run: true,
+            steps: Vec::new(),
+            pause_ms: None,
+            sessions_closed: Vec::new(),
+            freeze_lsn: None,
+            capture_on_target: None,
+            reverse_mapping_errors: Vec::new(),
+            target_direct_sessions: Vec::new(),
+            ..report
+        };
+        assert_eq!(
+            rows(&render(&done)),
+            pairs(&[
+                ("id", "3"),
+                ("dry_run", "true"),
+                ("state", "dry run: ready"),
+                ("started", "2026-11-18 11:06:40+00"),
+                ("options", &describe),
+                ("pause_ms", ""),
+                ("sessions", "4"),
+                ("sessions_moved", "2"),
+                ("sessions_closed", "0"),
+                ("keys_synced", "17"),
+                ("rows_verified", "250"),
+                ("sequences_set", "1"),
+                ("freeze_lsn", ""),
+                ("capture_on_target", ""),
+            ])
+        );
+        assert_eq!(render(&done).columns, ["field", "value"]);
+        assert_eq!(render(&done).tag, "SHOW");
     }
 }

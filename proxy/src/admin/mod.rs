@@ -7,6 +7,7 @@ mod catchup;
 mod cutover;
 mod pause;
 mod reconnect;
+pub mod reply;
 mod result;
 mod resume;
 mod show;

@@ -1,9 +1,10 @@
 //! The SHOW commands: VERSION, STATUS, SESSIONS, STATS, CONFIG, HELP.
 
+use super::reply::{ConsoleReply, GateState, PauseClock, RoutePending, StatusCutover, StatusReply};
 use super::{Reply, ResultSet};
 use crate::server::Shared;
 use crate::stats::Stats;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The proxy's version string.
 pub const VERSION: &str = concat!("switchyard ", env!("CARGO_PKG_VERSION"));
@@ -39,51 +40,39 @@ pub(super) fn status(shared: &Shared) -> Reply {
     let gate = &shared.gate;
     let pause = *shared.pause.lock().unwrap_or_else(|p| p.into_inner());
     let now = Instant::now();
-    let mut r = ResultSet::new(&["key", "value"]);
     let cutover = shared.cutover.last();
     let frozen = shared.cutover.running() && gate.is_closed();
     let state = match (gate.is_closed(), frozen) {
-        (true, true) => "frozen (cutover)",
-        (true, false) => "paused",
-        _ => "serving",
+        (true, true) => GateState::Frozen,
+        (true, false) => GateState::Paused,
+        _ => GateState::Serving,
     };
-    r.row(["state", state]);
-    r.row(["sessions".to_string(), shared.sessions.len().to_string()]);
-    r.row(["busy_sessions".to_string(), gate.busy().to_string()]);
-    r.row(["held_sessions".to_string(), gate.held().to_string()]);
-    if let (Some(p), true) = (pause, gate.is_closed()) {
-        r.row(["paused_for_ms".to_string(), (now - p.since).as_millis().to_string()]);
-        r.row([
-            "resumes_in_ms".to_string(),
-            p.until.saturating_duration_since(now).as_millis().to_string(),
-        ]);
-    }
+    let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     let route = shared.router.current();
     let (epoch, serving) = route.for_login();
-    r.row(["route".to_string(), serving.name().to_string()]);
-    r.row(["route_epoch".to_string(), epoch.to_string()]);
-    if route.epoch != epoch {
-        r.row([
-            "route_pending".to_string(),
-            format!("{} (epoch {}, backends opening)", route.destination.name(), route.epoch),
-        ]);
-    }
-    match &cutover {
-        Some(c) => {
-            r.row(["cutover".to_string(), c.state.name()]);
-            r.row([
-                "cutover_pause_ms".to_string(),
-                c.pause_ms.map(|p| format!("{p:.1}")).unwrap_or_default(),
-            ]);
-        }
-        None => r.row(["cutover", "idle"]),
-    }
-    r.row([
-        "sessions_moved".to_string(),
-        Stats::get(&shared.stats.sessions_moved).to_string(),
-    ]);
-    r.row(["started_at".to_string(), rfc3339(shared.started_at)]);
-    Reply::Rows(r)
+    let reply = StatusReply {
+        state,
+        sessions: shared.sessions.len() as u64,
+        busy_sessions: gate.busy() as u64,
+        held_sessions: gate.held() as u64,
+        pause: pause.filter(|_| gate.is_closed()).map(|p| PauseClock {
+            paused_for_ms: millis(now - p.since),
+            resumes_in_ms: millis(p.until.saturating_duration_since(now)),
+        }),
+        route: serving,
+        route_epoch: epoch,
+        route_pending: (route.epoch != epoch).then_some(RoutePending {
+            destination: route.destination,
+            epoch: route.epoch,
+        }),
+        cutover: cutover.map(|c| StatusCutover {
+            state: c.state.name(),
+            pause_ms: c.pause_ms,
+        }),
+        sessions_moved: Stats::get(&shared.stats.sessions_moved),
+        started_at: rfc3339(shared.started_at),
+    };
+    Reply::Rows(reply.to_rows())
 }
 
 pub(super) fn sessions(shared: &Shared) -> Reply {
@@ -212,7 +201,6 @@ pub(super) fn help() -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn formats_timestamps() {

@@ -2,6 +2,7 @@
 //! against the mapped target, online. Progress reaches the client as
 //! NOTICEs; the answer has one row per table.
 
+use super::reply::{ConsoleReply, VerifyReply, VerifyTable};
 use super::{AdminCommand, AdminError, Reply, ResultSet};
 use crate::server::Shared;
 use crate::wire::backend::{self as bmsg, Severity};
@@ -105,46 +106,123 @@ pub(super) async fn execute(
 }
 
 fn render(report: &VerifyReport) -> ResultSet {
-    let mut r = ResultSet::new(&[
-        "table",
-        "target",
-        "rows_checked",
-        "target_rows",
-        "ranges",
-        "ranges_rechecked",
-        "differing",
-        "differing_keys",
-        "compared_as_text",
-        "not_compared",
-        "ms",
-    ]);
-    for t in &report.tables {
-        let keys: Vec<String> = t
-            .differing
-            .iter()
-            .map(|m| {
-                let k: Vec<&str> = m.key.iter().map(|v| v.as_deref().unwrap_or("NULL")).collect();
-                format!("({}) {}", k.join(", "), m.kind)
-            })
-            .collect();
-        r.row([
-            t.source.to_string(),
-            t.target.to_string(),
-            t.rows_checked.to_string(),
-            t.target_rows.to_string(),
-            t.ranges.to_string(),
-            t.ranges_rechecked.to_string(),
-            t.differing_total.to_string(),
-            keys.join("; "),
-            t.compared_as_text.join(", "),
-            t.not_compared.join(", "),
-            format!("{:.0}", t.elapsed.as_secs_f64() * 1e3),
-        ]);
+    reply(report).to_rows()
+}
+
+/// The report as the console answers it.
+fn reply(report: &VerifyReport) -> VerifyReply {
+    let tables = report
+        .tables
+        .iter()
+        .map(|t| {
+            let keys: Vec<String> = t
+                .differing
+                .iter()
+                .map(|m| {
+                    let k: Vec<&str> = m.key.iter().map(|v| v.as_deref().unwrap_or("NULL")).collect();
+                    format!("({}) {}", k.join(", "), m.kind)
+                })
+                .collect();
+            VerifyTable {
+                table: t.source.to_string(),
+                target: t.target.to_string(),
+                rows_checked: t.rows_checked,
+                target_rows: t.target_rows,
+                ranges: t.ranges,
+                ranges_rechecked: t.ranges_rechecked,
+                differing: t.differing_total,
+                differing_keys: keys.join("; "),
+                compared_as_text: t.compared_as_text.join(", "),
+                not_compared: t.not_compared.join(", "),
+                ms: t.elapsed.as_secs_f64() * 1e3,
+            }
+        })
+        .collect();
+    VerifyReply { tables }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_replay::catalog::QualifiedName;
+    use switchyard_replay::verify::{Mismatch, MismatchKind, TableReport};
+
+    fn table(name: &str, differing: Vec<Mismatch>, total: u64) -> TableReport {
+        TableReport {
+            source: QualifiedName::new("public", name),
+            target: QualifiedName::new("app", name),
+            rows_checked: 3000,
+            target_rows: 2999,
+            ranges: 6,
+            ranges_rechecked: 1,
+            ranges_compared: 1,
+            differing,
+            differing_total: total,
+            columns: vec!["id".to_owned(), "qty".to_owned()],
+            compared_as_text: vec!["tags".to_owned(), "doc".to_owned()],
+            not_compared: vec!["created".to_owned()],
+            elapsed: Duration::from_micros(41_600),
+        }
     }
-    r.tag = if report.is_clean() {
-        "VERIFY".into()
-    } else {
-        "VERIFY DIFFERS".into()
-    };
-    r
+
+    /// One row per table, named and formatted as psql shows it; the tag
+    /// says whether anything differs.
+    #[test]
+    fn the_rows_are_named_and_formatted_as_psql_shows_them() {
+        let differing = vec![
+            Mismatch {
+                key: vec![Some("1234".to_owned())],
+                kind: MismatchKind::Differs,
+            },
+            Mismatch {
+                key: vec![None, Some("b".to_owned())],
+                kind: MismatchKind::MissingOnTarget,
+            },
+        ];
+        let report = VerifyReport {
+            tables: vec![table("item", differing, 2), table("tag", Vec::new(), 0)],
+            elapsed: Duration::from_millis(90),
+        };
+        let rs = render(&report);
+        assert_eq!(
+            rs.columns,
+            [
+                "table",
+                "target",
+                "rows_checked",
+                "target_rows",
+                "ranges",
+                "ranges_rechecked",
+                "differing",
+                "differing_keys",
+                "compared_as_text",
+                "not_compared",
+                "ms",
+            ]
+        );
+        let row = |i: usize| -> Vec<String> { rs.rows[i].iter().map(|v| v.clone().unwrap_or_default()).collect() };
+        assert_eq!(
+            row(0),
+            [
+                "public.item",
+                "app.item",
+                "3000",
+                "2999",
+                "6",
+                "1",
+                "2",
+                "(1234) differs; (NULL, b) missing on the target",
+                "tags, doc",
+                "created",
+                "42",
+            ]
+        );
+        assert_eq!(row(1)[6..8], ["0", ""]);
+        assert_eq!(rs.tag, "VERIFY DIFFERS");
+        let clean = VerifyReport {
+            tables: vec![table("tag", Vec::new(), 0)],
+            elapsed: Duration::ZERO,
+        };
+        assert_eq!(render(&clean).tag, "VERIFY");
+    }
 }

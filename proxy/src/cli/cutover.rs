@@ -2,6 +2,7 @@
 //! step as the proxy reports it, and exits with a code per outcome.
 
 use super::ConsoleArgs;
+use crate::admin::reply::{ConsoleReply, CutoverReply};
 use crate::admin::AdminCommand;
 use clap::Args;
 
@@ -112,8 +113,14 @@ pub async fn run(args: &CutoverArgs) -> i32 {
     let command = args.command();
     let printed = super::console_streaming(&console, &command, |notice| println!("{notice}")).await;
     match printed {
-        Ok((header, rows)) => {
-            print!("{}", super::render_table(&header, &rows));
+        Ok(rows) => {
+            print!("{}", super::render_rows(&rows));
+            // The console answers with rows only when traffic is on the
+            // target, or a dry run found everything ready; it refuses otherwise.
+            match CutoverReply::from_rows(&rows) {
+                Ok(report) => println!("{}", outcome(&report)),
+                Err(e) => eprintln!("switchyard: {e}"),
+            }
             EXIT_DONE
         }
         Err(super::ConsoleError::Unreachable(e)) => {
@@ -129,5 +136,50 @@ pub async fn run(args: &CutoverArgs) -> i32 {
                 _ => EXIT_ERROR,
             }
         }
+    }
+}
+
+/// The closing line: what the cutover did.
+fn outcome(report: &CutoverReply) -> String {
+    if report.dry_run {
+        return format!(
+            "dry run {}: ready to cut over, nothing was frozen ({} session(s))",
+            report.id, report.sessions
+        );
+    }
+    let pause = report
+        .pause_ms
+        .map(|p| format!(" after a pause of {p:.1} ms"))
+        .unwrap_or_default();
+    let mut line = format!(
+        "cutover {}: traffic is on the target{pause}; {} of {} session(s) moved",
+        report.id, report.sessions_moved, report.sessions
+    );
+    if report.sessions_closed > 0 {
+        line.push_str(&format!(", {} closed", report.sessions_closed));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::reply::samples::{cutover_aborted, cutover_ready};
+
+    #[test]
+    fn the_outcome_says_where_traffic_is() {
+        assert_eq!(
+            outcome(&cutover_ready()),
+            "dry run 3: ready to cut over, nothing was frozen (4 session(s))"
+        );
+        let done = CutoverReply {
+            state: "done".to_owned(),
+            reason: None,
+            ..cutover_aborted()
+        };
+        assert_eq!(
+            outcome(&done),
+            "cutover 3: traffic is on the target after a pause of 38.2 ms; 2 of 4 session(s) moved, 2 closed"
+        );
     }
 }

@@ -36,6 +36,13 @@ impl Destination {
         }
     }
 
+    /// The destination the console calls `name`.
+    pub fn from_name(name: &str) -> Option<Destination> {
+        [Destination::Source, Destination::Target]
+            .into_iter()
+            .find(|d| d.name() == name)
+    }
+
     /// Its connection settings, if configured.
     pub fn config(self, config: &Config) -> Option<&DatabaseConfig> {
         match self {

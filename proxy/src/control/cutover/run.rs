@@ -328,7 +328,7 @@ impl Run {
         let Some(status) = shared
             .catchup
             .status()
-            .filter(|_| view.state == "running" || view.report.caught_up)
+            .filter(|_| view.state == crate::catchup::CatchupPhase::Running || view.report.caught_up)
         else {
             return Err(self.fail(format!(
                 "catch-up is {}{}: CATCHUP START, and cut over once SHOW LAG shows it caught up",

@@ -129,6 +129,19 @@ async fn verify_and_cutover_from_psql_and_the_cli() -> Result<()> {
     // Capture went on with the flip, on the target.
     let capture = table(&cut.admin, "SHOW CAPTURE").await?.map();
     ensure!(capture["state"] == "on" && capture["server"] == "target", "{capture:?}");
+    // `switchyard status` reads SHOW STATUS, SHOW CAPTURE, SHOW LAG and
+    // SHOW CUTOVER as this proxy sends them; the last cutover is the dry
+    // run just refused.
+    let out = switchyard(&cut, &["status"]).await?;
+    let shown = text(&out);
+    ensure!(out.status.code() == Some(0), "{shown}");
+    for line in [
+        "proxy     serving, traffic to the target",
+        "capture   on on the target (database postgres)",
+        "cutover   aborted at preflight: traffic is already on [target]",
+    ] {
+        ensure!(shown.contains(line), "no {line:?} in\n{shown}");
+    }
 
     // A proxy started again with the same config sends new sessions to the
     // target, not back to the old source, and captures there.

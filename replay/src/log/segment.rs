@@ -39,7 +39,7 @@ pub(crate) fn parse_segment_name(name: &str) -> Option<Lsn> {
 }
 
 /// Lists the segments of a log directory, oldest first. Other files are
-/// ignored.
+/// ignored, and so is a segment deleted while the directory is read.
 pub fn list_segments(dir: impl AsRef<Path>) -> Result<Vec<SegmentInfo>, LogError> {
     let dir = dir.as_ref();
     let mut out = Vec::new();
@@ -49,7 +49,13 @@ pub fn list_segments(dir: impl AsRef<Path>) -> Result<Vec<SegmentInfo>, LogError
             continue;
         };
         let path = entry.path();
-        let size = entry.metadata().map_err(LogError::io("stat", &path))?.len();
+        let size = match entry.metadata() {
+            Ok(meta) => meta.len(),
+            // Deleted since the directory was read (retention runs
+            // concurrently with readers): listed as it is now, without it.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(LogError::io("stat", &path)(e)),
+        };
         out.push(SegmentInfo { first_lsn, path, size });
     }
     out.sort_by_key(|s| s.first_lsn);

@@ -175,3 +175,39 @@ fn a_reader_below_the_cut_gets_an_error_naming_the_oldest_position_kept() {
     // At the cut, reading works.
     assert_eq!(read_all(dir.path(), cut).len() as u64, 301 - cut.0);
 }
+
+#[test]
+fn listing_while_segments_are_deleted_never_fails() {
+    // Retention deletes segments while readers list the directory; a file
+    // gone between the listing and its stat is not an error.
+    let dir = tempfile::tempdir().unwrap();
+    let names: Vec<std::path::PathBuf> = (1..=64u64)
+        .map(|i| dir.path().join(format!("{:020}.seg", i * 100)))
+        .collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let names = names.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut rounds = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && rounds < 20_000 {
+                for n in &names {
+                    std::fs::write(n, b"x").unwrap();
+                }
+                for n in &names {
+                    std::fs::remove_file(n).unwrap();
+                }
+                rounds += 1;
+            }
+        })
+    };
+    let mut seen = 0usize;
+    for _ in 0..2_000 {
+        let listed = list_segments(dir.path()).expect("listing while segments are deleted");
+        assert!(listed.windows(2).all(|w| w[0].first_lsn < w[1].first_lsn));
+        seen += listed.len();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    churn.join().unwrap();
+    assert!(seen > 0, "the listings saw none of the churned segments");
+}

@@ -141,17 +141,27 @@ impl Run {
             ms(frozen.elapsed())
         ));
 
-        self.final_pass(&ready, limit).await?;
-
         // Capture on the target is in its log directory's record before the
         // route is: a proxy restarted after the flip resumes it before
-        // admitting anyone. The mark runs on its own task, so that a
-        // cutover called off meanwhile can wait for it and undo it.
+        // admitting anyone. The mark is written on its own task while the
+        // final pass runs (every session is at a boundary from here on), so
+        // that its write is off the pause's path, and a cutover called off
+        // meanwhile waits for it and undoes it.
         let mut ready = ready;
-        let marked = match ready.target_capture.take() {
-            Some(parts) => {
-                let shared = self.shared.clone();
-                let mut mark = tokio::spawn(async move { shared.capture.mark_on_target(parts).await });
+        let mark = ready.target_capture.take().map(|parts| {
+            let shared = self.shared.clone();
+            tokio::spawn(async move { shared.capture.mark_on_target(parts).await })
+        });
+        if let Err(failure) = self.final_pass(&ready, limit).await {
+            if let Some(mark) = mark {
+                if let Ok(Ok(m)) = mark.await {
+                    self.unmark(m).await;
+                }
+            }
+            return Err(failure);
+        }
+        let marked = match mark {
+            Some(mut mark) => {
                 let done = match self.within(limit, &mut mark).await {
                     Ok(done) => done,
                     Err(failure) => {

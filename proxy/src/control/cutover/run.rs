@@ -505,7 +505,7 @@ impl Run {
                 );
                 self.within(limit, all).await?;
             }
-            Err(e) => return Err(self.fail(format!("{e}"))),
+            Err(e) => return Err(self.gate_failed(e)),
         }
         // Cancelled statements end their transactions once the clients roll
         // back, which takes them a round trip.
@@ -513,7 +513,7 @@ impl Run {
         match self.within(limit, closed.drain(grace)).await? {
             Ok(()) => return Ok(()),
             Err(GateError::DrainTimeout { .. }) => {}
-            Err(e) => return Err(self.fail(format!("{e}"))),
+            Err(e) => return Err(self.gate_failed(e)),
         }
         // A session idle in its transaction has nothing to cancel, and a
         // client may not roll back: each such session closes its backend
@@ -534,8 +534,18 @@ impl Run {
                  and their transactions asked to end: {}",
                 describe(&busy_sessions(&self.shared))
             ))),
-            Err(e) => Err(self.fail(format!("{e}"))),
+            Err(e) => Err(self.gate_failed(e)),
         }
+    }
+
+    /// A drain the gate ended. The proxy's shutdown reopens the gate: a
+    /// drain woken by that in the same poll that found the shutdown not
+    /// yet sent still names the shutdown as the cause.
+    fn gate_failed(&self, e: GateError) -> Failure {
+        if e == GateError::Aborted && *self.shared.shutdown.borrow() {
+            return self.fail("the proxy is shutting down".to_owned());
+        }
+        self.fail(format!("{e}"))
     }
 
     /// Runs `fut` unless the DBA aborts, the proxy shuts down, or `limit`

@@ -863,8 +863,49 @@ fn moving<'a>(proxies: &[&TestProxy], known: &'a [Known]) -> Moving<'a> {
 /// psycopg2's differences through the proxy, each justified.
 const PSYCOPG2_KNOWN: &[Known] = &[];
 
+/// Why a notification's pid may differ from the notifier's startup pid.
+const PID_IN_NOTIFICATION: &str = "compares a notification's sender pid with the pid the notifier's connection was \
+             given at startup (BackendKeyData); a notifier that moved in between sends from its \
+             new backend, whose pid the notification carries (documented: the client keeps its \
+             startup key, the server names the backend the session is on now)";
+
 /// psycopg2's further differences when its sessions move, each justified.
 const PSYCOPG2_KNOWN_MOVING: &[Known] = &[
+    Known {
+        test: "tests.test_notify.NotifiesTests.test_notifies_received_on_poll",
+        why: Why::Moved(PID_IN_NOTIFICATION),
+    },
+    Known {
+        test: "tests.test_notify.NotifiesTests.test_notifies_received_on_execute",
+        why: Why::Moved(PID_IN_NOTIFICATION),
+    },
+    Known {
+        test: "tests.test_notify.NotifiesTests.test_notifies_received_on_commit",
+        why: Why::Moved(PID_IN_NOTIFICATION),
+    },
+    Known {
+        test: "tests.test_notify.NotifiesTests.test_notifies_received_on_rollback",
+        why: Why::Moved(PID_IN_NOTIFICATION),
+    },
+    Known {
+        test: "tests.test_notify.NotifiesTests.test_notifies_received_on_reset",
+        why: Why::Moved(PID_IN_NOTIFICATION),
+    },
+    Known {
+        test: "tests.test_notify.NotifiesTests.test_notify_attributes",
+        why: Why::Moved(PID_IN_NOTIFICATION),
+    },
+    Known {
+        test: "tests.test_notify.NotifiesTests.test_notify_payload",
+        why: Why::Moved(PID_IN_NOTIFICATION),
+    },
+    Known {
+        test: "tests.test_connection.ConnectionTests.test_backend_pid",
+        why: Why::Moved(
+            "compares the connection's startup pid (BackendKeyData) with pg_backend_pid(); a \
+             session that moved in between is on another backend (documented)",
+        ),
+    },
     Known {
         test: "tests.test_cursor.CursorTests.test_external_close_async",
         why: Why::Moved(
@@ -1060,7 +1101,43 @@ async fn asyncpg_suite_with_capture_on() -> Result<()> {
 }
 
 /// asyncpg's further differences when its sessions move, each justified.
-const ASYNCPG_KNOWN_MOVING: &[Known] = &[];
+const ASYNCPG_KNOWN_MOVING: &[Known] = &[
+    Known {
+        test: "tests.test_listeners.TestListeners.test_listen_01",
+        why: Why::Moved(PID_IN_NOTIFICATION),
+    },
+    Known {
+        test: "tests.test_listeners.TestListeners.test_listen_02",
+        why: Why::Moved(PID_IN_NOTIFICATION),
+    },
+    Known {
+        test: "tests.test_listeners.TestListeners.test_listen_notletters",
+        why: Why::Moved(PID_IN_NOTIFICATION),
+    },
+    Known {
+        test: "tests.test_execute.TestExecuteScript.test_execute_script_interrupted_by_server",
+        why: Why::Moved(
+            "terminates the session's backend by the pid pg_backend_pid() gave it and expects \
+             the running script to fail; a move between the two is on a new backend, so the \
+             kill hits the backend the session left and the script rightly runs on",
+        ),
+    },
+    Known {
+        test: "tests.test_pool.TestPool.test_pool_min_size_restored_after_idle_connection_loss",
+        why: Why::Moved(
+            "terminates the pooled connection's backend by the pid of its BackendKeyData \
+             (get_server_pid()) and waits for the connection to close; a connection that moved \
+             is on another backend, so the kill hits the one it left and it rightly stays open",
+        ),
+    },
+    Known {
+        test: "tests.test_pool.TestPool.test_pool_remote_close",
+        why: Why::Moved(
+            "terminates a pooled connection's backend by the pid pg_backend_pid() gave it; a \
+             move between the two is on a new backend, so the kill hits the one it left",
+        ),
+    },
+];
 
 /// asyncpg's differences through the proxy, each justified.
 const ASYNCPG_KNOWN: &[Known] = &[

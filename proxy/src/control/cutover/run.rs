@@ -255,12 +255,19 @@ impl Run {
         let pause = frozen.elapsed();
         self.report.pause_ms = Some(ms(pause));
         let mut detail = format!("the gate is open on the target; the pause was {:.1} ms", ms(pause));
-        if let Err(e) = capture_stopped.await {
-            detail.push_str(&format!("; capture: {e}"));
+        // What follows runs with traffic flowing again; each part's time is
+        // in the detail, since it competes with the first queries on the
+        // target.
+        let part = Instant::now();
+        match capture_stopped.await {
+            Ok(()) => detail.push_str(&format!("; the source's capture stopped in {:.1} ms", ms(part.elapsed()))),
+            Err(e) => detail.push_str(&format!("; capture: {e}")),
         }
         detail.push_str(&self.hold_from_freeze(source_log_dir).await);
-        if let Err(e) = self.shared.catchup.stop().await {
-            detail.push_str(&format!("; catch-up: {e}"));
+        let part = Instant::now();
+        match self.shared.catchup.stop().await {
+            Ok(_) => detail.push_str(&format!("; catch-up stopped in {:.1} ms", ms(part.elapsed()))),
+            Err(e) => detail.push_str(&format!("; catch-up: {e}")),
         }
         match fence::apply(&self.shared, &source, self.report.options.fence).await {
             Ok(Some(done)) => detail.push_str(&format!("; {done}")),

@@ -260,7 +260,10 @@ impl Run {
         // target.
         let part = Instant::now();
         match capture_stopped.await {
-            Ok(()) => detail.push_str(&format!("; the source's capture stopped in {:.1} ms", ms(part.elapsed()))),
+            Ok(()) => detail.push_str(&format!(
+                "; the source's capture stopped in {:.1} ms",
+                ms(part.elapsed())
+            )),
             Err(e) => detail.push_str(&format!("; capture: {e}")),
         }
         detail.push_str(&self.hold_from_freeze(source_log_dir).await);

@@ -232,11 +232,11 @@ fn read_only_cte_before_a_write_is_capturable() {
     assert_eq!(one("WITH x AS (SELECT 1) SELECT * FROM x FOR UPDATE"), reads(&[]));
 }
 
-/// Forms sqlparser 0.63 rejects; each must go through the token fallback.
 /// A fallback case: the SQL, what it writes, the table, the key column
 /// asked for, two flags of the write, the columns spliced in.
 type FallbackCase<'a> = (&'a str, WriteKind, QualName, Option<&'a str>, bool, bool, &'a [&'a str]);
 
+/// Forms sqlparser 0.63 rejects; each must go through the token fallback.
 #[test]
 fn fallback_writes() {
     let cases: &[FallbackCase] = &[

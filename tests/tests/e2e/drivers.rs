@@ -863,6 +863,18 @@ fn moving<'a>(proxies: &[&TestProxy], known: &'a [Known]) -> Moving<'a> {
 /// psycopg2's differences through the proxy, each justified.
 const PSYCOPG2_KNOWN: &[Known] = &[];
 
+/// Why a backend pid read before a move may differ from the one after
+/// (documented: the client keeps its startup key, the server names the
+/// backend the session is on now). Shared by every suite's moving run.
+const PID_AT_STARTUP: &str = "compares the pid the connection got at startup (BackendKeyData) with \
+             pg_backend_pid(); a session that moved in between is on another backend";
+
+/// Why a kill by a pid read before a move may miss the session.
+const KILL_BY_EARLIER_PID: &str = "terminates a session's backend by a pid read earlier (pg_backend_pid(), or \
+             the BackendKeyData's: get_server_pid(), processID) and expects its connection or \
+             query to end; a move in between puts the session on a new backend, so the kill hits \
+             the backend it left and the session rightly goes on";
+
 /// Why a notification's pid may differ from the notifier's startup pid.
 const PID_IN_NOTIFICATION: &str = "compares a notification's sender pid with the pid the notifier's connection was \
              given at startup (BackendKeyData); a notifier that moved in between sends from its \
@@ -901,28 +913,15 @@ const PSYCOPG2_KNOWN_MOVING: &[Known] = &[
     },
     Known {
         test: "tests.test_connection.ConnectionTests.test_backend_pid",
-        why: Why::Moved(
-            "compares the connection's startup pid (BackendKeyData) with pg_backend_pid(); a \
-             session that moved in between is on another backend (documented)",
-        ),
+        why: Why::Moved(PID_AT_STARTUP),
     },
     Known {
         test: "tests.test_cursor.CursorTests.test_external_close_async",
-        why: Why::Moved(
-            "terminates the victim connection's backend by the pid pg_backend_pid() gave it \
-         and expects the connection to be closed; a move between the two is on a new \
-         backend (documented: the pid changes with a move), so the kill hits the backend \
-         the session left and the connection rightly stays open",
-        ),
+        why: Why::Moved(KILL_BY_EARLIER_PID),
     },
     Known {
         test: "tests.test_cursor.CursorTests.test_external_close_sync",
-        why: Why::Moved(
-            "terminates the victim connection's backend by the pid pg_backend_pid() gave it \
-         and expects the connection to be closed; a move between the two is on a new \
-         backend (documented: the pid changes with a move), so the kill hits the backend \
-         the session left and the connection rightly stays open",
-        ),
+        why: Why::Moved(KILL_BY_EARLIER_PID),
     },
 ];
 
@@ -1116,26 +1115,15 @@ const ASYNCPG_KNOWN_MOVING: &[Known] = &[
     },
     Known {
         test: "tests.test_execute.TestExecuteScript.test_execute_script_interrupted_by_server",
-        why: Why::Moved(
-            "terminates the session's backend by the pid pg_backend_pid() gave it and expects \
-             the running script to fail; a move between the two is on a new backend, so the \
-             kill hits the backend the session left and the script rightly runs on",
-        ),
+        why: Why::Moved(KILL_BY_EARLIER_PID),
     },
     Known {
         test: "tests.test_pool.TestPool.test_pool_min_size_restored_after_idle_connection_loss",
-        why: Why::Moved(
-            "terminates the pooled connection's backend by the pid of its BackendKeyData \
-             (get_server_pid()) and waits for the connection to close; a connection that moved \
-             is on another backend, so the kill hits the one it left and it rightly stays open",
-        ),
+        why: Why::Moved(KILL_BY_EARLIER_PID),
     },
     Known {
         test: "tests.test_pool.TestPool.test_pool_remote_close",
-        why: Why::Moved(
-            "terminates a pooled connection's backend by the pid pg_backend_pid() gave it; a \
-             move between the two is on a new backend, so the kill hits the one it left",
-        ),
+        why: Why::Moved(KILL_BY_EARLIER_PID),
     },
 ];
 
@@ -1309,18 +1297,11 @@ const NODE_KNOWN: &[Known] = &[];
 const NODE_KNOWN_MOVING: &[Known] = &[
     Known {
         test: "startup reports the backend and its parameters",
-        why: Why::Moved(
-            "compares the pid of the client's BackendKeyData with pg_backend_pid(); a session \
-             that moved between its startup and the query is on another backend (documented: \
-             the client keeps its startup key, pg_backend_pid() names the backend it is on now)",
-        ),
+        why: Why::Moved(PID_AT_STARTUP),
     },
     Known {
         test: "LISTEN/NOTIFY between sessions",
-        why: Why::Moved(
-            "compares a notification's sender pid with the notifier's BackendKeyData pid; a \
-             notifier that moved sends from its new backend, whose pid the notification carries",
-        ),
+        why: Why::Moved(PID_IN_NOTIFICATION),
     },
     Known {
         test: "pg_cancel_backend from another session",
@@ -1333,12 +1314,7 @@ const NODE_KNOWN_MOVING: &[Known] = &[
     },
     Known {
         test: "terminated backend surfaces as an error",
-        why: Why::Moved(
-            "terminates the backend by the pid of the client's BackendKeyData; a session that \
-             moved is on another backend by then (documented: the client keeps its startup key, \
-             pg_backend_pid() and pg_terminate_backend() see the new backend's pid), so the kill \
-             hits the backend it left and its next query rightly succeeds",
-        ),
+        why: Why::Moved(KILL_BY_EARLIER_PID),
     },
     Known {
         test: "pool: concurrent queries across several connections",

@@ -5,7 +5,7 @@
 set -eu
 cd "$(dirname "$0")/.."
 out=${1:-target/dist}
-cargo build --release --locked -p switchyard-proxy
+cargo build --release --locked -p switchyard
 mkdir -p "$out"
 cp target/release/switchyard "$out/switchyard"
 "$out/switchyard" --version

@@ -2,22 +2,11 @@
 //! hands each scenario to its module; every scenario prints a table and
 //! writes its numbers to a JSON file under `bench/results/`.
 
-mod capture_bench;
-mod capturing;
-mod catchup_bench;
-mod cutover_bench;
-mod demo;
-mod move_bench;
-mod pgbench;
-mod pgbouncer;
-mod proxy_bench;
-mod proxy_thread;
-mod report;
-
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
+use switchyard_bench::{capture_bench, catchup_bench, cutover_bench, move_bench, proxy_bench};
 
-/// switchyard's benchmarks and demo, run against throwaway PostgreSQL 15
+/// switchyard's benchmarks, run against throwaway PostgreSQL 15
 /// clusters started by the testkit.
 #[derive(Debug, Parser)]
 #[command(name = "switchyard-bench", version, about, long_about = None)]
@@ -53,12 +42,6 @@ enum Command {
     /// PgBouncer PAUSE/RELOAD/RESUME) in the same run; client stalls, the
     /// pause and its steps, and a check of the target.
     Cutover(cutover_bench::Args),
-    /// A whole migration in one command: two throwaway servers, a sample
-    /// shop behind the proxy under load, capture, clone, a migration on the
-    /// target, catch-up, VERIFY and CUTOVER, then a check of the target and
-    /// a report. Interactive (waits for Enter before the cutover) unless
-    /// `--seconds` is given.
-    Demo(demo::Args),
 }
 
 fn main() -> ExitCode {
@@ -87,7 +70,6 @@ fn main() -> ExitCode {
             Command::Catchup(args) => catchup_bench::run(args).await,
             Command::Move(args) => move_bench::run(args).await,
             Command::Cutover(args) => cutover_bench::run(args).await,
-            Command::Demo(args) => demo::run(args).await,
         }
     });
     match result {

@@ -1,6 +1,7 @@
-//! The `switchyard` command line: `proxy` runs the proxy; `check-config`
-//! validates a file; `status`, `pause`, `resume` and `admin` speak to a
-//! running proxy's admin console, as psql would.
+//! The `switchyard` command line's subcommands (the binary, in the
+//! `switchyard` package, adds `demo`): `proxy` runs the proxy;
+//! `check-config` validates a file; `status`, `pause`, `resume` and `admin`
+//! speak to a running proxy's admin console, as psql would.
 
 pub mod cutover;
 pub mod status;
@@ -11,27 +12,8 @@ pub use cutover::CutoverArgs;
 use crate::admin::reply::{ConsoleReply, ReplyRows};
 use crate::admin::AdminCommand;
 use crate::config::Config;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Subcommand};
 use std::path::PathBuf;
-
-/// switchyard: a PostgreSQL proxy for zero-downtime migrations.
-#[derive(Debug, Parser)]
-#[command(name = "switchyard", version, about, long_about = None)]
-pub struct Cli {
-    /// How log lines are written to stderr: text (plain, coloured only on
-    /// a terminal) or json (one object per line, each field its own key).
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        default_value = "text",
-        env = "SWITCHYARD_LOG_FORMAT"
-    )]
-    pub log_format: LogFormat,
-    /// What to do.
-    #[command(subcommand)]
-    pub command: Command,
-}
 
 /// `--log-format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -498,29 +480,6 @@ impl CaptureAction {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_subcommand_has_help_with_examples() {
-        use clap::CommandFactory;
-        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
-            for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
-                let name = format!("{path} {}", sub.get_name());
-                // A group's examples cover its subcommands.
-                let own = sub
-                    .get_after_help()
-                    .is_some_and(|h| h.to_string().contains("Examples:"));
-                if sub.get_about().is_none() || (!own && !sub.has_subcommands()) {
-                    missing.push(name.clone());
-                }
-                if !own {
-                    walk(sub, &name, missing);
-                }
-            }
-        }
-        let mut missing = Vec::new();
-        walk(&Cli::command(), "switchyard", &mut missing);
-        assert!(missing.is_empty(), "no help with examples: {missing:?}");
-    }
 
     #[test]
     fn the_console_comes_from_the_flags_then_the_config_then_the_defaults() {

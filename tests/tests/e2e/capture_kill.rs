@@ -25,7 +25,7 @@ pub(crate) fn switchyard_binary() -> Result<PathBuf> {
             let bin = dir.join("switchyard");
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let status = Command::new(cargo)
-                .args(["build", "-q", "-p", "switchyard-proxy", "--bin", "switchyard"])
+                .args(["build", "-q", "-p", "switchyard", "--bin", "switchyard"])
                 .status()
                 .map_err(|e| e.to_string())?;
             if !status.success() || !bin.exists() {

@@ -1,17 +1,63 @@
-//! The `switchyard` binary: parses the command line and calls the library.
+//! The `switchyard` binary: parses the command line and calls the library
+//! (the proxy and its commands) or the demo.
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use std::time::Duration;
 use switchyard_proxy::admin::AdminCommand;
-use switchyard_proxy::cli::{self, CatchupCommand, Cli, CloneArgs, Command};
+use switchyard_proxy::cli::{self, CatchupCommand, CloneArgs, Command};
 use switchyard_proxy::clone::{self, CloneOptions};
 use switchyard_proxy::session::route::Destination;
 use switchyard_proxy::Proxy;
 
+/// switchyard: a PostgreSQL proxy for zero-downtime migrations.
+#[derive(Debug, Parser)]
+#[command(name = "switchyard", version, about, long_about = None)]
+struct Cli {
+    /// How log lines are written to stderr: text (plain, coloured only on
+    /// a terminal) or json (one object per line, each field its own key).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "SWITCHYARD_LOG_FORMAT"
+    )]
+    log_format: cli::LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    command: TopCommand,
+}
+
+/// The subcommands: the demo, then the proxy and its tools.
+#[derive(Debug, Subcommand)]
+enum TopCommand {
+    /// A whole migration in one command, on two throwaway PostgreSQL servers
+    ///
+    /// A sample shop behind the proxy under load, capture, clone, a
+    /// migration on the target, catch-up, VERIFY and CUTOVER, then a check
+    /// of the target and a report. Waits for Enter before the cutover
+    /// unless `--seconds` is given.
+    #[command(after_help = "Examples:
+  switchyard demo                       stop before the cutover to look around with psql
+  switchyard demo --seconds 5           run it all; exit 0 only if it checked out
+  switchyard demo --seconds 5 --port 0  the same, the proxy on a free port
+
+Needs PostgreSQL 15's server programs (Debian: apt-get install postgresql-15),
+or SWITCHYARD_PG_BINDIR naming the bin directory of a PostgreSQL elsewhere.")]
+    Demo(switchyard_bench::demo::Args),
+    #[command(flatten)]
+    Proxy(Box<Command>),
+}
+
 fn main() {
     let cli = Cli::parse();
+    // The demo prints its own steps; the proxy it runs logs warnings only.
+    let default_filter = match cli.command {
+        TopCommand::Demo(_) => "warn",
+        TopCommand::Proxy(_) => "info",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -23,7 +69,10 @@ fn main() {
             .init(),
     }
     let threads = match &cli.command {
-        Command::Proxy { threads, .. } => *threads,
+        TopCommand::Proxy(command) => match **command {
+            Command::Proxy { threads, .. } => threads,
+            _ => 1,
+        },
         _ => 1,
     };
     // One thread serves best on small machines: no cross-thread wake-ups,
@@ -42,11 +91,29 @@ fn main() {
             std::process::exit(1);
         }
     };
-    std::process::exit(runtime.block_on(run(cli)));
+    let code = runtime.block_on(async move {
+        match cli.command {
+            TopCommand::Demo(args) => demo(args).await,
+            TopCommand::Proxy(command) => run(*command).await,
+        }
+    });
+    std::process::exit(code);
 }
 
-async fn run(cli: Cli) -> i32 {
-    match cli.command {
+/// `switchyard demo`: 0 when the migration checked out, 1 otherwise.
+async fn demo(args: switchyard_bench::demo::Args) -> i32 {
+    match switchyard_bench::demo::run(args).await {
+        Ok(true) => 0,
+        Ok(false) => 1,
+        Err(e) => {
+            eprintln!("switchyard demo: {e:#}");
+            1
+        }
+    }
+}
+
+async fn run(command: Command) -> i32 {
+    match command {
         Command::Proxy { config, .. } => {
             let config = match cli::load_config(&config) {
                 Ok(c) => c,
@@ -255,5 +322,33 @@ async fn clone(args: CloneArgs) -> i32 {
             eprintln!("switchyard: clone: {e:#}");
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_subcommand_has_help_with_examples() {
+        use clap::CommandFactory;
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+                let name = format!("{path} {}", sub.get_name());
+                // A group's examples cover its subcommands.
+                let own = sub
+                    .get_after_help()
+                    .is_some_and(|h| h.to_string().contains("Examples:"));
+                if sub.get_about().is_none() || (!own && !sub.has_subcommands()) {
+                    missing.push(name.clone());
+                }
+                if !own {
+                    walk(sub, &name, missing);
+                }
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "switchyard", &mut missing);
+        assert!(missing.is_empty(), "no help with examples: {missing:?}");
     }
 }

@@ -1,4 +1,4 @@
-//! The demo end to end: `switchyard-bench demo --seconds 3 --port 0` runs
+//! The demo end to end: `switchyard demo --seconds 3 --port 0` runs
 //! the whole migration on two real PostgreSQL servers by itself, exits 0,
 //! and its report shows no client error, a pause and rows verified; the
 //! latency plot is a PNG.
@@ -19,11 +19,11 @@ fn figure(report: &str, label: &str) -> Option<f64> {
 fn demo_runs_the_whole_migration_by_itself() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let plot = dir.path().join("demo.png");
-    let out = Command::new(env!("CARGO_BIN_EXE_switchyard-bench"))
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(["demo", "--seconds", "3", "--port", "0", "--plot"])
         .arg(&plot)
         .output()
-        .expect("running switchyard-bench demo");
+        .expect("running switchyard demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -88,6 +88,7 @@ impl Plan {
                 log_dir: config.capture.log_dir.clone(),
                 workers: config.catchup.workers,
                 batch_keys: config.catchup.batch_keys,
+                batch_every: std::time::Duration::from_millis(config.catchup.batch_interval_ms),
                 bell,
                 ..ReplayOptions::default()
             },

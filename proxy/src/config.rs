@@ -122,6 +122,12 @@ pub struct CatchupConfig {
     /// Keys read from the log per dispatch, at most. Default 5000.
     #[serde(default = "default_batch_keys")]
     pub batch_keys: usize,
+    /// Milliseconds keys gather after a batch before the next is sent to
+    /// the workers (unless `batch_keys` are in hand): each worker commits
+    /// about once per interval rather than once per source commit, for at
+    /// most this much more lag. 0: a batch per wake-up. Default 10.
+    #[serde(default = "default_batch_interval_ms")]
+    pub batch_interval_ms: u64,
 }
 
 impl Default for CatchupConfig {
@@ -130,6 +136,7 @@ impl Default for CatchupConfig {
             mapping: None,
             workers: default_catchup_workers(),
             batch_keys: default_batch_keys(),
+            batch_interval_ms: default_batch_interval_ms(),
         }
     }
 }
@@ -139,6 +146,9 @@ fn default_catchup_workers() -> usize {
 }
 fn default_batch_keys() -> usize {
     5_000
+}
+fn default_batch_interval_ms() -> u64 {
+    10
 }
 
 /// A database the proxy connects to.
@@ -730,6 +740,12 @@ impl Config {
             if v == 0 {
                 return Err(invalid(key, "must be above 0".into()));
             }
+        }
+        if self.catchup.batch_interval_ms > 1_000 {
+            return Err(invalid(
+                "catchup.batch_interval_ms",
+                "must be from 0 to 1000 (milliseconds of extra lag at most)".into(),
+            ));
         }
         if let (Some(c), Some(s)) = (&self.capture.database, &self.source.database) {
             if c != s {

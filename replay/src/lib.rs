@@ -5,6 +5,7 @@
 
 pub mod catalog;
 pub mod lag_window;
+pub mod linger;
 pub mod log;
 pub mod mapping;
 pub mod replayer;

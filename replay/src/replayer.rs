@@ -80,6 +80,11 @@ pub struct ReplayOptions {
     pub batch_keys: usize,
     /// How long to wait when the log has nothing new (without a bell).
     pub idle: Duration,
+    /// How long keys gather after a dispatch before the next one (unless
+    /// `batch_keys` are in hand, or a freeze marker was read): each worker
+    /// then commits about once per interval, not once per source commit,
+    /// for at most this much more lag.
+    pub batch_every: Duration,
     /// Rung by the log's writer when records are written (a writer in the
     /// same process): the replayer then waits for it rather than polling
     /// every `idle`, and reads a new record as soon as it is written.
@@ -93,6 +98,7 @@ impl Default for ReplayOptions {
             workers: 4,
             batch_keys: 5_000,
             idle: Duration::from_millis(2),
+            batch_every: Duration::from_millis(10),
             bell: None,
         }
     }
@@ -451,6 +457,15 @@ pub async fn run(
         Some(_) => options.idle.max(BELL_FALLBACK_POLL),
         None => options.idle,
     };
+    // Keys read and not yet dispatched: they gather for up to
+    // `batch_every` after the last dispatch, so that the workers commit a
+    // batch per interval rather than per source commit.
+    let mut per = empty_batches(workers);
+    let mut n = 0usize;
+    let mut next_dispatch = Instant::now();
+    // After a freeze marker every dispatch goes at once: the cutover's
+    // final sync waits for it.
+    let mut eager_until: Option<Instant> = None;
     loop {
         if *stop.borrow() {
             break;
@@ -460,13 +475,6 @@ pub async fn run(
         if let Some(b) = bell.as_mut() {
             b.borrow_and_update();
         }
-        let mut per: Vec<Batch> = (0..workers)
-            .map(|_| Batch {
-                upto: Lsn(0),
-                keys: BTreeMap::new(),
-            })
-            .collect();
-        let mut n = 0usize;
         let mut commits: Vec<(u64, i64)> = Vec::new();
         let mut read_any = false;
         while n < options.batch_keys {
@@ -518,6 +526,7 @@ pub async fn run(
                         u.since = overdue;
                     }
                     last_check = overdue;
+                    eager_until = Some(Instant::now() + EAGER_AFTER_FREEZE);
                 }
                 Record::Marker(_) => {}
             }
@@ -555,9 +564,16 @@ pub async fn run(
             status.read_lsn.store(read_upto.0, Relaxed);
             status.read(&commits);
         }
-        if n == 0 && upto == dispatched_upto {
-            if !read_any {
-                status.at_log_end.store(true, Relaxed);
+        let nothing = n == 0 && upto == dispatched_upto;
+        let now = Instant::now();
+        let due = n >= options.batch_keys || now >= next_dispatch || eager_until.is_some_and(|e| now < e);
+        if nothing || !due {
+            // The log read to its end (or more is due before the dispatch):
+            // wait for a ring, the next dispatch, or the poll.
+            if !read_any || !due {
+                if nothing && !read_any {
+                    status.at_log_end.store(true, Relaxed);
+                }
                 if let Some(w) = handles.iter().position(|h| h.is_finished()) {
                     drop(senders);
                     return Err(join_failure(handles, w).await);
@@ -571,17 +587,27 @@ pub async fn run(
                         std::future::pending::<()>().await;
                     }
                 };
+                let wake = if nothing {
+                    now + idle
+                } else {
+                    next_dispatch.min(now + idle)
+                };
                 tokio::select! {
-                    _ = tokio::time::sleep(idle) => {}
+                    _ = tokio::time::sleep_until(wake.into()) => {}
                     _ = rung => {}
                     _ = stop.changed() => {}
                 }
             }
             continue;
         }
+        next_dispatch = now + options.batch_every;
         dispatched_upto = upto;
         status.keys_pending.fetch_add(n as u64, Relaxed);
-        for (w, mut b) in per.into_iter().enumerate() {
+        n = 0;
+        for (w, mut b) in std::mem::replace(&mut per, empty_batches(workers))
+            .into_iter()
+            .enumerate()
+        {
             b.upto = upto;
             if senders[w].send(b).await.is_err() {
                 // Close every queue first, so the healthy workers finish.
@@ -598,8 +624,24 @@ pub async fn run(
         }
     }
     keeper.abort();
+    crate::linger::close_later(checker);
     hold.finish(&committed).await
 }
+
+/// One empty batch per worker.
+fn empty_batches(workers: usize) -> Vec<Batch> {
+    (0..workers)
+        .map(|_| Batch {
+            upto: Lsn(0),
+            keys: BTreeMap::new(),
+        })
+        .collect()
+}
+
+/// How long after reading a freeze marker the replayer dispatches at once,
+/// without gathering keys for `batch_every`: the cutover's final sync waits
+/// on it (and on any commit settled just after the marker).
+const EAGER_AFTER_FREEZE: Duration = Duration::from_secs(1);
 
 async fn join_failure(handles: Vec<tokio::task::JoinHandle<Result<(), ReplayError>>>, w: usize) -> ReplayError {
     for h in handles {
@@ -705,7 +747,16 @@ struct Worker {
 }
 
 impl Worker {
-    async fn run(mut self, mut rx: mpsc::Receiver<Batch>) -> Result<(), ReplayError> {
+    async fn run(mut self, rx: mpsc::Receiver<Batch>) -> Result<(), ReplayError> {
+        let result = self.apply_batches(rx).await;
+        // Catch-up stops at a cutover's flip: the backends' exits wait
+        // until the sessions' first queries on the target are served.
+        crate::linger::close_later(self.source);
+        crate::linger::close_later(self.target);
+        result
+    }
+
+    async fn apply_batches(&mut self, mut rx: mpsc::Receiver<Batch>) -> Result<(), ReplayError> {
         let mut persisted = Instant::now();
         while let Some(mut batch) = rx.recv().await {
             let mut n: usize = batch.keys.values().map(BTreeSet::len).sum();

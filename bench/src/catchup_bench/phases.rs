@@ -91,6 +91,7 @@ impl ReplayRuntime {
             batch_keys: setup.batch_keys,
             idle: IDLE,
             bell: None,
+            ..ReplayOptions::default()
         };
         let task = runtime.spawn(replayer::run(
             setup.source.clone(),

@@ -467,6 +467,24 @@ impl SessionCapture {
             })
     }
 
+    /// Whether the only thing client messages wait for is the probe of the
+    /// session's search_path and user.
+    pub(crate) fn blocked_by_probe_only(&self) -> bool {
+        !self.logging
+            && self.lookup.is_none()
+            && self.plan.is_none()
+            && self.notes.values().any(|e| matches!(e, Expect::Probe { .. }))
+            && !self.notes.values().any(|e| {
+                matches!(
+                    e,
+                    Expect::Query {
+                        end: QueryEnd::Part | QueryEnd::Wrapped,
+                        ..
+                    }
+                )
+            })
+    }
+
     /// The relay opened entry `id` for a request capture sent on its own.
     pub(crate) fn noted(&mut self, id: EntryId, note: Note) {
         self.notes.insert(id, note.0);

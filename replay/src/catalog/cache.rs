@@ -329,7 +329,13 @@ impl CatalogCache {
                 continue;
             };
             let error = tokio::select! {
-                () = &mut shutdown => return,
+                () = &mut shutdown => {
+                    // Capture stops at a cutover's flip: see `linger`.
+                    if let Some(c) = client.take() {
+                        crate::linger::close_later(c);
+                    }
+                    return;
+                }
                 _ = ticks.tick() => {
                     // A shutdown during a load waits for it: dropping `load`
                     // midway would leave the connection inside its transaction.

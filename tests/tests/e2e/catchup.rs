@@ -102,6 +102,7 @@ async fn catchup_converges_through_clone_and_migration() -> Result<()> {
         batch_keys: 500,
         idle: Duration::from_millis(2),
         bell: None,
+        ..ReplayOptions::default()
     };
     let replay = tokio::spawn(replayer::run(
         f.cluster.pg_config(f.cluster.superuser(), "postgres"),
@@ -159,6 +160,96 @@ async fn catchup_converges_through_clone_and_migration() -> Result<()> {
                 b.len()
             );
         }
+    }
+    Ok(())
+}
+
+/// A live replayer gathers keys for `batch_every` between batches: writes
+/// that commit one by one on the source reach the target in far fewer
+/// target transactions, all of them. Once stopped, its connections close
+/// (a little later, not never).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_replayer_commits_a_batch_per_interval_not_per_source_commit() -> Result<()> {
+    const WRITES: i32 = 150;
+    let f = Fixture::start().await?;
+    let direct = f.cluster.connect("postgres").await?;
+    direct
+        .batch_execute("CREATE TABLE tick (id int PRIMARY KEY, v int NOT NULL)")
+        .await?;
+    direct.batch_execute("CREATE DATABASE target").await?;
+    f.capture_start().await?;
+    let target = f.clone_into("target").await?;
+    let (src_cat, dst_cat) = (Catalog::load(&direct).await?, Catalog::load(&target).await?);
+    let resolved = Mapping::default()
+        .resolve(&src_cat, &dst_cat)
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let status = Arc::new(ReplayStatus::default());
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let options = ReplayOptions {
+        log_dir: f.log_path(),
+        workers: 1,
+        batch_every: Duration::from_millis(100),
+        ..ReplayOptions::default()
+    };
+    let replay = tokio::spawn(replayer::run(
+        f.cluster.pg_config(f.cluster.superuser(), "postgres"),
+        f.cluster.pg_config(f.cluster.superuser(), "target"),
+        Arc::new(resolved),
+        Arc::new(src_cat),
+        Arc::new(dst_cat),
+        options,
+        status.clone(),
+        stop,
+    ));
+    // One autocommit write every 5 ms for about 0.75 s: a batch per
+    // commit would be 150 target transactions, one per 100 ms about 8.
+    let app = f.proxy.connect("postgres").await?;
+    for i in 0..WRITES {
+        app.execute("INSERT INTO tick VALUES ($1, $1 * 2)", &[&i]).await?;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let last: u64 = f.show_capture().await?.get("last_lsn").context("last_lsn")?.parse()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status.confirmed_lsn.load(Relaxed) < last {
+        ensure!(!replay.is_finished(), "the replayer stopped: {:?}", replay.await);
+        ensure!(Instant::now() < deadline, "catch-up did not finish");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let batches = status.batches.load(Relaxed);
+    stop_tx.send(true)?;
+    replay.await??;
+    let (a, b) = (
+        rows(&direct, "SELECT id, v FROM tick ORDER BY id").await?,
+        rows(&target, "SELECT id, v FROM tick ORDER BY id").await?,
+    );
+    ensure!(
+        a.len() == WRITES as usize && a == b,
+        "target {} rows of the source's {}",
+        b.len(),
+        a.len()
+    );
+    ensure!(
+        batches <= WRITES as u64 / 4,
+        "{batches} target transactions for {WRITES} source commits: keys were not gathered"
+    );
+    // Its connections to the target close after a short linger.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left: i64 = target
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = 'target' AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await?
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{left} replayer connection(s) still open 5 s after it stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
 }

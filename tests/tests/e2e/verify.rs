@@ -506,6 +506,7 @@ async fn verify_runs_online_during_catch_up_and_is_clean_once_caught_up() -> Res
             batch_keys: 500,
             idle: Duration::from_millis(2),
             bell: None,
+            ..ReplayOptions::default()
         },
         status.clone(),
         stop,

@@ -55,7 +55,11 @@ impl SessionCapture {
             }
             return Ok(ClientAction::Forward);
         }
-        if self.blocked() {
+        // A lone BEGIN needs no name resolved: it goes on behind the probe
+        // rather than a round trip later (after a cutover, every session's
+        // first message is one, all at once).
+        let opens_only = tag == ftag::QUERY && self.blocked_by_probe_only() && opens_transaction_only(msg.body());
+        if self.blocked() && !opens_only {
             return Ok(ClientAction::Hold);
         }
         self.sending.clear();
@@ -538,5 +542,66 @@ impl SessionCapture {
     /// [`Self::settled`], for planning a simple query.
     fn settled_for_plan(&mut self) -> bool {
         self.settled()
+    }
+}
+
+/// Whether a Query message's text is one BEGIN or START TRANSACTION with
+/// at most its modes (isolation level, READ ONLY, DEFERRABLE): a statement
+/// that names nothing the search_path resolves. Anything else (another
+/// statement after it, a comment, a quote) counts as not.
+pub(super) fn opens_transaction_only(body: &[u8]) -> bool {
+    let body = body.strip_suffix(&[0]).unwrap_or(body);
+    let Ok(text) = std::str::from_utf8(body) else {
+        return false;
+    };
+    let text = text.trim().trim_end_matches(|c: char| c == ';' || c.is_whitespace());
+    if !text
+        .chars()
+        .all(|c| c.is_ascii_alphabetic() || c == ',' || c == '_' || c.is_ascii_whitespace())
+    {
+        return false;
+    }
+    let mut words = text
+        .split(|c: char| c == ',' || c.is_ascii_whitespace())
+        .filter(|w| !w.is_empty());
+    match words.next() {
+        Some(w) if w.eq_ignore_ascii_case("begin") => true,
+        Some(w) if w.eq_ignore_ascii_case("start") => {
+            words.next().is_some_and(|t| t.eq_ignore_ascii_case("transaction"))
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::opens_transaction_only;
+
+    #[test]
+    fn only_a_lone_begin_passes_the_probe() {
+        for yes in [
+            &b"BEGIN\0"[..],
+            b"begin;\0",
+            b"  BEGIN TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY ; \0",
+            b"START TRANSACTION\0",
+            b"start transaction read write\0",
+            b"BEGIN WORK\0",
+        ] {
+            assert!(opens_transaction_only(yes), "{:?}", String::from_utf8_lossy(yes));
+        }
+        for no in [
+            &b"BEGIN; UPDATE t SET a = 1\0"[..],
+            b"BEGIN -- x\0",
+            b"BEGIN /* x */\0",
+            b"START\0",
+            b"UPDATE t SET a = 1\0",
+            b"SET search_path = x\0",
+            b"COMMIT\0",
+            b"BEGIN; SET search_path = x\0",
+            b"\0",
+            b"BEGIN\xff\0",
+        ] {
+            assert!(!opens_transaction_only(no), "{:?}", String::from_utf8_lossy(no));
+        }
     }
 }

@@ -213,6 +213,7 @@ impl Run {
         let source_log_dir = ready.active.config.log_dir.clone();
         let Ready {
             source,
+            target,
             mut order,
             status: _,
             ..
@@ -280,6 +281,10 @@ impl Run {
                 detail.push_str(&format!("; fencing the source failed: {e}"));
             }
         }
+        // Their backends' exits wait until the first queries on the target
+        // are served (see `linger`).
+        switchyard_replay::linger::close_later(source);
+        switchyard_replay::linger::close_later(target);
         self.end(detail);
         Ok(())
     }

@@ -224,6 +224,7 @@ impl Replay {
             batch_keys,
             idle: Duration::from_millis(2),
             bell: None,
+            ..ReplayOptions::default()
         };
         let task = tokio::spawn(replayer::run(
             config("postgres"),

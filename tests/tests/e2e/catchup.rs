@@ -72,6 +72,28 @@ async fn rows(c: &Client, sql: &str) -> Result<Vec<String>> {
         .collect())
 }
 
+/// The replayer from database `postgres` to `target` of the fixture's
+/// cluster, on a task of its own.
+fn spawn_replayer(
+    f: &Fixture,
+    resolved: switchyard_replay::mapping::Resolved,
+    (source, target): (Catalog, Catalog),
+    options: ReplayOptions,
+    status: Arc<ReplayStatus>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Result<(), replayer::ReplayError>> {
+    tokio::spawn(replayer::run(
+        f.cluster.pg_config(f.cluster.superuser(), "postgres"),
+        f.cluster.pg_config(f.cluster.superuser(), "target"),
+        Arc::new(resolved),
+        Arc::new(source),
+        Arc::new(target),
+        options,
+        status,
+        stop,
+    ))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catchup_converges_through_clone_and_migration() -> Result<()> {
     let f = Fixture::start().await?;
@@ -104,16 +126,7 @@ async fn catchup_converges_through_clone_and_migration() -> Result<()> {
         bell: None,
         ..ReplayOptions::default()
     };
-    let replay = tokio::spawn(replayer::run(
-        f.cluster.pg_config(f.cluster.superuser(), "postgres"),
-        f.cluster.pg_config(f.cluster.superuser(), "target"),
-        Arc::new(resolved),
-        Arc::new(src_cat),
-        Arc::new(dst_cat),
-        options,
-        status.clone(),
-        stop,
-    ));
+    let replay = spawn_replayer(&f, resolved, (src_cat, dst_cat), options, status.clone(), stop);
     for l in load {
         l.await??;
     }
@@ -191,16 +204,7 @@ async fn a_live_replayer_commits_a_batch_per_interval_not_per_source_commit() ->
         batch_every: Duration::from_millis(100),
         ..ReplayOptions::default()
     };
-    let replay = tokio::spawn(replayer::run(
-        f.cluster.pg_config(f.cluster.superuser(), "postgres"),
-        f.cluster.pg_config(f.cluster.superuser(), "target"),
-        Arc::new(resolved),
-        Arc::new(src_cat),
-        Arc::new(dst_cat),
-        options,
-        status.clone(),
-        stop,
-    ));
+    let replay = spawn_replayer(&f, resolved, (src_cat, dst_cat), options, status.clone(), stop);
     // One autocommit write every 5 ms for about 0.75 s: a batch per
     // commit would be 150 target transactions, one per 100 ms about 8.
     let app = f.proxy.connect("postgres").await?;

@@ -73,25 +73,35 @@ async fn rows(c: &Client, sql: &str) -> Result<Vec<String>> {
 }
 
 /// The replayer from database `postgres` to `target` of the fixture's
-/// cluster, on a task of its own.
-fn spawn_replayer(
+/// cluster through `mapping`, on a task of its own, with its status and
+/// the sender that stops it.
+async fn start_replayer(
     f: &Fixture,
-    resolved: switchyard_replay::mapping::Resolved,
-    (source, target): (Catalog, Catalog),
+    (source, target): (&Client, &Client),
+    mapping: Mapping,
     options: ReplayOptions,
-    status: Arc<ReplayStatus>,
-    stop: tokio::sync::watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<Result<(), replayer::ReplayError>> {
-    tokio::spawn(replayer::run(
+) -> Result<(
+    tokio::task::JoinHandle<Result<(), replayer::ReplayError>>,
+    Arc<ReplayStatus>,
+    tokio::sync::watch::Sender<bool>,
+)> {
+    let (src_cat, dst_cat) = (Catalog::load(source).await?, Catalog::load(target).await?);
+    let resolved = mapping
+        .resolve(&src_cat, &dst_cat)
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let status = Arc::new(ReplayStatus::default());
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(replayer::run(
         f.cluster.pg_config(f.cluster.superuser(), "postgres"),
         f.cluster.pg_config(f.cluster.superuser(), "target"),
         Arc::new(resolved),
-        Arc::new(source),
-        Arc::new(target),
+        Arc::new(src_cat),
+        Arc::new(dst_cat),
         options,
-        status,
+        status.clone(),
         stop,
-    ))
+    ));
+    Ok((task, status, stop_tx))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,13 +121,6 @@ async fn catchup_converges_through_clone_and_migration() -> Result<()> {
     let target = f.clone_into("target").await?;
     target.batch_execute(MIGRATION).await?;
 
-    let mapping = Mapping::parse(MAPPING, "mapping.toml")?;
-    let (src_cat, dst_cat) = (Catalog::load(&direct).await?, Catalog::load(&target).await?);
-    let resolved = mapping
-        .resolve(&src_cat, &dst_cat)
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let status = Arc::new(ReplayStatus::default());
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let options = ReplayOptions {
         log_dir: f.log_path(),
         workers: 3,
@@ -126,7 +129,8 @@ async fn catchup_converges_through_clone_and_migration() -> Result<()> {
         bell: None,
         ..ReplayOptions::default()
     };
-    let replay = spawn_replayer(&f, resolved, (src_cat, dst_cat), options, status.clone(), stop);
+    let mapping = Mapping::parse(MAPPING, "mapping.toml")?;
+    let (replay, status, stop_tx) = start_replayer(&f, (&direct, &target), mapping, options).await?;
     for l in load {
         l.await??;
     }
@@ -192,19 +196,13 @@ async fn a_live_replayer_commits_a_batch_per_interval_not_per_source_commit() ->
     direct.batch_execute("CREATE DATABASE target").await?;
     f.capture_start().await?;
     let target = f.clone_into("target").await?;
-    let (src_cat, dst_cat) = (Catalog::load(&direct).await?, Catalog::load(&target).await?);
-    let resolved = Mapping::default()
-        .resolve(&src_cat, &dst_cat)
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let status = Arc::new(ReplayStatus::default());
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let options = ReplayOptions {
         log_dir: f.log_path(),
         workers: 1,
         batch_every: Duration::from_millis(100),
         ..ReplayOptions::default()
     };
-    let replay = spawn_replayer(&f, resolved, (src_cat, dst_cat), options, status.clone(), stop);
+    let (replay, status, stop_tx) = start_replayer(&f, (&direct, &target), Mapping::default(), options).await?;
     // One autocommit write every 5 ms for about 0.75 s: a batch per
     // commit would be 150 target transactions, one per 100 ms about 8.
     let app = f.proxy.connect("postgres").await?;

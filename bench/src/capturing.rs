@@ -138,6 +138,16 @@ impl Console {
 
     /// Runs one console command and returns its rows as text.
     pub(crate) async fn query(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
+        Ok(self
+            .rows(sql)
+            .await?
+            .iter()
+            .map(|row| (0..row.len()).map(|i| row.get(i).map(str::to_owned)).collect())
+            .collect())
+    }
+
+    /// The rows `sql` returns, with their column names.
+    pub(crate) async fn rows(&self, sql: &str) -> Result<Vec<tokio_postgres::SimpleQueryRow>> {
         let messages = tokio::time::timeout(CONSOLE_TIMEOUT, self.client.simple_query(sql))
             .await
             .map_err(|_| {
@@ -148,9 +158,9 @@ impl Console {
             })?
             .with_context(|| format!("`{sql}` on the admin console"))?;
         Ok(messages
-            .iter()
+            .into_iter()
             .filter_map(|m| match m {
-                SimpleQueryMessage::Row(row) => Some((0..row.len()).map(|i| row.get(i).map(str::to_owned)).collect()),
+                SimpleQueryMessage::Row(row) => Some(row),
                 _ => None,
             })
             .collect())

@@ -438,26 +438,27 @@ async fn open_sessions(endpoint: &Endpoint, n: usize, prepared: bool, parallel: 
 /// RECONNECT on the console, and its row.
 async fn reconnect(console: &Console) -> Result<Moved> {
     let started = Instant::now();
-    let rows = console.query(&format!("RECONNECT TIMEOUT {RECONNECT_TIMEOUT}")).await?;
+    let rows = console.rows(&format!("RECONNECT TIMEOUT {RECONNECT_TIMEOUT}")).await?;
     let reconnect_ms = started.elapsed().as_secs_f64() * 1e3;
     let row = rows.first().context("RECONNECT returned no row")?;
-    let field = |i: usize| -> Result<&str> {
-        row.get(i)
-            .and_then(|v| v.as_deref())
-            .with_context(|| format!("RECONNECT's row has no column {i}: {row:?}"))
+    // By name: the row gains columns now and then.
+    let field = |name: &str| -> Result<&str> {
+        row.try_get(name)
+            .ok()
+            .flatten()
+            .with_context(|| format!("RECONNECT's row has no column {name}"))
     };
-    let count = |i: usize| -> Result<u64> { Ok(field(i)?.parse()?) };
-    let ms = |i: usize| -> Result<f64> { Ok(field(i)?.parse()?) };
-    // epoch, to, sessions, moved, waiting, pinned, closed, failed, open_ms, move_ms
+    let count = |name: &str| -> Result<u64> { Ok(field(name)?.parse()?) };
+    let ms = |name: &str| -> Result<f64> { Ok(field(name)?.parse()?) };
     Ok(Moved {
-        sessions: count(2)?,
-        moved: count(3)?,
-        waiting: count(4)?,
-        pinned: count(5)?,
-        closed: count(6)?,
-        failed: count(7)?,
-        open_ms: ms(8)?,
-        move_ms: ms(9)?,
+        sessions: count("sessions")?,
+        moved: count("moved")?,
+        waiting: count("waiting")?,
+        pinned: count("pinned")?,
+        closed: count("closed")?,
+        failed: count("failed")?,
+        open_ms: ms("open_ms")?,
+        move_ms: ms("move_ms")?,
         reconnect_ms: round(reconnect_ms, 2),
     })
 }

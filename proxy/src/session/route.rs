@@ -140,16 +140,7 @@ pub struct Router {
     busy: AtomicBool,
     /// The instant move times are measured from.
     base: Instant,
-    /// Backends being opened ahead of a move, at most [`OPENING_AT_ONCE`]
-    /// at a time.
-    opening: Arc<tokio::sync::Semaphore>,
 }
-
-/// Backends opened (and warmed) ahead of a move at the same time, at most:
-/// each one's startup and warm-up costs its server a few milliseconds of
-/// CPU, which a thousand opened at once would take from the sessions still
-/// running (and their row locks held meanwhile from the others).
-pub const OPENING_AT_ONCE: usize = 4;
 
 impl Default for Router {
     fn default() -> Self {
@@ -180,13 +171,7 @@ impl Router {
             changed: Notify::new(),
             busy: AtomicBool::new(false),
             base: Instant::now(),
-            opening: Arc::new(tokio::sync::Semaphore::new(OPENING_AT_ONCE)),
         }
-    }
-
-    /// A turn to open a backend ahead of a move (see [`OPENING_AT_ONCE`]).
-    pub(crate) async fn opening_turn(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        self.opening.clone().acquire_owned().await.ok()
     }
 
     /// The route now.

@@ -87,7 +87,6 @@ impl Relay<'_> {
         let epoch = route.epoch;
         // Opened (and warmed) on its own task: the relay goes on meanwhile.
         let task = tokio::spawn(async move {
-            let _turn = shared.router.opening_turn().await;
             let mut be = moving::open_with(&shared.config, &route2, &login).await?;
             if !moving::warm(&mut be.conn).await {
                 // Its answer may still be on the way: never hand it over.

@@ -452,29 +452,21 @@ impl SessionCapture {
 
     /// Whether client messages (other than COPY data) must wait.
     pub(crate) fn blocked(&self) -> bool {
-        self.logging
-            || self.lookup.is_some()
-            || self.plan.is_some()
-            || self.notes.values().any(|e| {
-                matches!(
-                    e,
-                    Expect::Probe { .. }
-                        | Expect::Query {
-                            end: QueryEnd::Part | QueryEnd::Wrapped,
-                            ..
-                        }
-                )
-            })
+        self.busy_with_own() || self.probing()
     }
 
     /// Whether the only thing client messages wait for is the probe of the
     /// session's search_path and user.
     pub(crate) fn blocked_by_probe_only(&self) -> bool {
-        !self.logging
-            && self.lookup.is_none()
-            && self.plan.is_none()
-            && self.notes.values().any(|e| matches!(e, Expect::Probe { .. }))
-            && !self.notes.values().any(|e| {
+        !self.busy_with_own() && self.probing()
+    }
+
+    /// A log append, a catalog lookup, or a query run in parts is under way.
+    fn busy_with_own(&self) -> bool {
+        self.logging
+            || self.lookup.is_some()
+            || self.plan.is_some()
+            || self.notes.values().any(|e| {
                 matches!(
                     e,
                     Expect::Query {
@@ -483,6 +475,11 @@ impl SessionCapture {
                     }
                 )
             })
+    }
+
+    /// The probe of the session's search_path and user is unanswered.
+    fn probing(&self) -> bool {
+        self.notes.values().any(|e| matches!(e, Expect::Probe { .. }))
     }
 
     /// The relay opened entry `id` for a request capture sent on its own.

@@ -8,7 +8,7 @@
 //! the new one, never a torn one. CAPTURE STOP removes it.
 
 use serde::{Deserialize, Serialize};
-use std::io::Write;
+use switchyard_replay::log::LogError;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -95,14 +95,14 @@ pub fn write(dir: &Path, record: &CaptureRecord) -> Result<(), StateFileError> {
 /// Writes `text` as `dir/name` atomically: a crash leaves the old file or
 /// the new one.
 pub fn write_atomic(dir: &Path, name: &str, text: &str) -> Result<(), StateFileError> {
-    let path = dir.join(name);
-    let tmp = dir.join(format!("{name}.tmp"));
-    let mut f = std::fs::File::create(&tmp).map_err(io("create", &tmp))?;
-    f.write_all(text.as_bytes()).map_err(io("write", &tmp))?;
-    f.sync_all().map_err(io("fsync", &tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, &path).map_err(io("rename", &path))?;
-    sync_dir(dir)
+    switchyard_replay::log::replace_file(dir, name, text.as_bytes()).map_err(|e| match e {
+        LogError::Io { op, path, source } => StateFileError::Io { op, path, source },
+        other => StateFileError::Io {
+            op: "write",
+            path: dir.join(name),
+            source: std::io::Error::other(other.to_string()),
+        },
+    })
 }
 
 /// Removes the record from `dir` (capture is off).
@@ -145,7 +145,8 @@ mod tests {
         };
         write(dir.path(), &rec2).unwrap();
         assert_eq!(read(dir.path()).unwrap(), Some(rec2));
-        assert!(!dir.path().join(format!("{FILE_NAME}.tmp")).exists());
+        let files = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(files, 1, "a temp file was left behind");
         clear(dir.path()).unwrap();
         assert_eq!(read(dir.path()).unwrap(), None);
         std::fs::write(dir.path().join(FILE_NAME), "database = 1").unwrap();

@@ -55,7 +55,7 @@ pub use retention::{
     apply_retention, first_kept, hold_name, log_space, read_holds, remove_hold, write_hold, Hold, LogSpace,
     RetentionPass, HOLDS_DIR,
 };
-pub use segment::{list_segments, remove_segments_before, segments_before, SegmentInfo};
+pub use segment::{list_segments, remove_segments_before, replace_file, segments_before, SegmentInfo};
 pub use writer::{Durability, LogOptions, LogStats, LogWriter, LogWriterHandle};
 
 /// A position in the capture log: the sequence number of one record.

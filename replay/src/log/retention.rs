@@ -10,14 +10,14 @@
 //! the old one, the directory fsynced), so a crash leaves the old position
 //! or the new one. A hold file that cannot be read holds everything.
 
-use std::fs::{self, File};
-use std::io::{ErrorKind, Write};
+use std::fs;
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::error::LogError;
-use super::segment::{list_segments, remove_segments_before, sync_dir, SegmentInfo};
+use super::segment::{list_segments, remove_segments_before, replace_file, sync_dir, SegmentInfo};
 use super::Lsn;
 
 /// The holds' directory inside a log directory.
@@ -90,13 +90,7 @@ pub fn write_hold(dir: impl AsRef<Path>, name: &str, confirmed: Lsn, description
         path: path.clone(),
         source: std::io::Error::new(ErrorKind::InvalidData, e),
     })?;
-    let tmp = holds.join(format!("{name}{HOLD_SUFFIX}.tmp"));
-    let mut f = File::create(&tmp).map_err(LogError::io("create", &tmp))?;
-    f.write_all(text.as_bytes()).map_err(LogError::io("write", &tmp))?;
-    f.sync_all().map_err(LogError::io("fsync", &tmp))?;
-    drop(f);
-    fs::rename(&tmp, &path).map_err(LogError::io("rename", &path))?;
-    sync_dir(&holds)
+    replace_file(&holds, &format!("{name}{HOLD_SUFFIX}"), text.as_bytes())
 }
 
 /// Removes the hold `name`; true if there was one.

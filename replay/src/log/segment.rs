@@ -2,9 +2,10 @@
 //! segments the replayer no longer needs.
 
 use std::fs::{self, File, OpenOptions};
-use std::io;
+use std::io::{self, Write};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use super::error::LogError;
 use super::Lsn;
@@ -95,6 +96,31 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), LogError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(LogError::io("fsync directory", dir))
+}
+
+/// Writes `bytes` as `dir/name` so that a crash leaves the old file or the
+/// new one, never a torn one: a temp file written and fsynced, renamed over
+/// the old file, the directory fsynced. Each call has a temp file of its
+/// own, so two writers of one file at once (a periodic write still in
+/// flight as the last one starts, two processes on one directory) never
+/// rename each other's; the last rename wins.
+pub fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), LogError> {
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, Relaxed);
+    let tmp = dir.join(format!("{name}.{}.{n}.tmp", std::process::id()));
+    let path = dir.join(name);
+    let written = File::create(&tmp)
+        .map_err(LogError::io("create", &tmp))
+        .and_then(|mut f| {
+            f.write_all(bytes).map_err(LogError::io("write", &tmp))?;
+            f.sync_all().map_err(LogError::io("fsync", &tmp))
+        })
+        .and_then(|()| fs::rename(&tmp, &path).map_err(LogError::io("rename", &path)));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written?;
+    sync_dir(dir)
 }
 
 /// Takes an exclusive `flock` on the directory's lock file; held while the

@@ -9,7 +9,7 @@ use super::ReplayError;
 use crate::log::{hold_name, remove_hold, write_hold, LogError, Lsn};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How often the hold is brought up to the committed position.
@@ -21,6 +21,10 @@ pub(super) struct LogHold {
     dir: PathBuf,
     name: String,
     description: String,
+    /// The highest position this run has written, locked for the length of
+    /// each write: the periodic write and the last one never overlap, and a
+    /// late one never puts the hold back.
+    written: Arc<Mutex<Lsn>>,
 }
 
 impl LogHold {
@@ -37,6 +41,7 @@ impl LogHold {
             dir,
             name: hold_name(&format!("replayer-{db}@{host}:{port}")),
             description: format!("catch-up onto database {db} at {host}:{port}"),
+            written: Arc::new(Mutex::new(Lsn(0))),
         }
     }
 
@@ -47,13 +52,19 @@ impl LogHold {
 
     /// [`LogHold::write`] on the calling thread.
     pub(super) fn write_blocking(&self, confirmed: Lsn) -> Result<(), LogError> {
-        write_hold(&self.dir, &self.name, confirmed, &self.description)
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        if confirmed < *written {
+            return Ok(());
+        }
+        write_hold(&self.dir, &self.name, confirmed, &self.description)?;
+        *written = confirmed;
+        Ok(())
     }
 
     /// Records that every record up to `confirmed` is committed on the target.
     pub(super) async fn write(&self, confirmed: Lsn) -> Result<(), ReplayError> {
         let hold = self.clone();
-        tokio::task::spawn_blocking(move || write_hold(&hold.dir, &hold.name, confirmed, &hold.description))
+        tokio::task::spawn_blocking(move || hold.write_blocking(confirmed))
             .await
             .unwrap_or_else(|e| {
                 Err(LogError::Io {
@@ -93,7 +104,12 @@ impl LogHold {
     /// Removes the hold (the records it would keep are gone already).
     pub(super) async fn release(&self) {
         let hold = self.clone();
-        let removed = tokio::task::spawn_blocking(move || remove_hold(&hold.dir, &hold.name)).await;
+        let removed = tokio::task::spawn_blocking(move || {
+            // After a periodic write still in flight, which would bring it back.
+            let _written = hold.written.lock().unwrap_or_else(|p| p.into_inner());
+            remove_hold(&hold.dir, &hold.name)
+        })
+        .await;
         if let Ok(Err(e)) = removed {
             tracing::warn!(error = %e, hold = %self.name, "cannot remove the replayer's hold on the capture log");
         }

@@ -42,6 +42,30 @@ fn holds_are_written_atomically_read_back_and_removed() {
 }
 
 #[test]
+fn writers_of_one_hold_at_once_never_fail_each_other() {
+    // A replayer's periodic write can still be in flight when its last one
+    // starts, and two processes may replay onto one target: each write must
+    // land whole, and none may take the other's temp file.
+    let dir = tempfile::tempdir().unwrap();
+    let name = hold_name("replayer-shop@127.0.0.1:5433");
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let (dir, name) = (dir.path(), name.as_str());
+            s.spawn(move || {
+                for i in 0..100u64 {
+                    write_hold(dir, name, Lsn(t * 1000 + i), "catch-up onto shop").unwrap();
+                }
+            });
+        }
+    });
+    let holds = read_holds(dir.path()).unwrap();
+    assert_eq!(holds.len(), 1, "{holds:?}");
+    assert!(holds[0].unreadable.is_none() && holds[0].confirmed.0 % 1000 == 99, "{holds:?}");
+    let files = std::fs::read_dir(dir.path().join(HOLDS_DIR)).unwrap().count();
+    assert_eq!(files, 1, "temp files left behind");
+}
+
+#[test]
 fn an_unreadable_hold_holds_everything() {
     let (dir, writer) = log_of(300);
     write_hold(dir.path(), "a", Lsn(250), "").unwrap();

@@ -198,6 +198,14 @@ impl Running {
         micros(self.zero.elapsed())
     }
 
+    /// The Unix time of the run's zero, µs.
+    pub(super) fn zero_unix_us(&self) -> u64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        micros(now.saturating_sub(self.zero.elapsed()))
+    }
+
     /// Waits for every client to finish its schedule; an error if one is
     /// still stuck `grace` after the schedule's end (a held gate that never
     /// reopened, say).

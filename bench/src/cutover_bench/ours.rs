@@ -110,7 +110,10 @@ impl Ours {
     /// with its NOTICEs; tried again after a refusal.
     pub(super) async fn cutover(&self, load: &Running, options: &str) -> Result<Switch> {
         let command = format!("CUTOVER {options}").trim().to_owned();
-        let mut switch = Switch::default();
+        let mut switch = Switch {
+            zero_unix_us: load.zero_unix_us(),
+            ..Switch::default()
+        };
         let mut console = NoticeConsole::connect(&self.endpoint, &self.admin_database).await?;
         for attempt in 1..=CUTOVER_ATTEMPTS {
             let sent = load.now_us();

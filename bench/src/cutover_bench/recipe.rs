@@ -86,7 +86,10 @@ impl Recipe {
         let console = console.context("connecting to PgBouncer's console")?;
         let source = self.source.connect(DB).await.context("connecting to the source")?;
         let target = self.target.connect(DB).await.context("connecting to the target")?;
-        let mut switch = Switch::default();
+        let mut switch = Switch {
+            zero_unix_us: load.zero_unix_us(),
+            ..Switch::default()
+        };
         let mut steps = Steps::default();
         let sent = load.now_us();
         let outcome = self

@@ -53,6 +53,12 @@ pub(super) struct Switch {
     pub(super) sent_at_ms: f64,
     pub(super) answered_at_ms: f64,
     pub(super) pause_started_at_ms: f64,
+    /// When clients started to be held, Unix time in ms: to line the run up
+    /// with a system-wide profile or a server's log.
+    pub(super) pause_started_unix_ms: f64,
+    /// The Unix time of the load's zero, µs.
+    #[serde(skip)]
+    pub(super) zero_unix_us: u64,
     /// From the first command sent to the last answered, ms.
     pub(super) command_ms: f64,
     /// How long clients were held: the proxy's gate closed to reopened, or
@@ -81,6 +87,7 @@ impl Switch {
     pub(super) fn pause_started(&mut self, at_us: u64) {
         self.pause_started_us = at_us;
         self.pause_started_at_ms = round(at_us as f64 / 1000.0, 3);
+        self.pause_started_unix_ms = round((self.zero_unix_us + at_us) as f64 / 1000.0, 3);
     }
 }
 

@@ -72,6 +72,7 @@ pub(super) async fn execute(
             to,
             timeout,
             pinned: None,
+            open_at_once: None,
         },
     )
     .await

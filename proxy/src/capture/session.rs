@@ -445,6 +445,13 @@ impl SessionCapture {
         }
     }
 
+    /// Takes over the statement shapes `previous` classified: a shape's
+    /// class depends on its text alone, not on the database, and at a
+    /// cutover every session adopts capture on the target at once.
+    pub(crate) fn keep_shapes_of(&mut self, previous: &mut SessionCapture) {
+        self.shapes = std::mem::take(&mut previous.shapes);
+    }
+
     /// The capture this session runs under.
     pub(crate) fn active(&self) -> &Arc<Active> {
         &self.active

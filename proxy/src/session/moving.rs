@@ -460,15 +460,14 @@ pub(super) fn startup_params(be: &Backend) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// How long a backend a session left stays open before it is closed: a
-/// backend's exit costs the server CPU, better spent, during a move of many
-/// sessions, on their first queries on the new backends.
-const RETIRE_AFTER: Duration = Duration::from_millis(500);
-
-/// Closes a backend the session no longer uses, without waiting for it.
+/// Closes a backend the session no longer uses, without waiting for it: a
+/// little later, and spaced from other closes (see `linger`), since its
+/// exit costs the server CPU that, during a move of many sessions, is
+/// better spent on their first queries on the new backends.
 pub(super) fn retire(conn: ServerConn) {
+    let slot = tokio::time::Instant::from_std(switchyard_replay::linger::close_slot());
     tokio::spawn(async move {
-        tokio::time::sleep(RETIRE_AFTER).await;
+        tokio::time::sleep_until(slot).await;
         let close = async move {
             match conn {
                 ServerConn::Tcp(mut c) => {

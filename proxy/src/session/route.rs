@@ -105,6 +105,9 @@ pub struct Route {
     /// The one database the route concerns when it leads to another server
     /// (the migrated one): sessions of other databases stay on the source.
     pub database: Option<String>,
+    /// When set, how many sessions open their next backend at once (each
+    /// holds a permit while it opens and warms it); all at once otherwise.
+    pub opening: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Route {
@@ -165,6 +168,7 @@ impl Router {
             deadline: None,
             serving: (0, destination),
             database,
+            opening: None,
         });
         Router {
             tx,
@@ -216,6 +220,10 @@ pub struct MoveRequest {
     /// What pinned sessions do; by default [`PinnedPolicy::Stay`] for the
     /// database sessions already use and [`PinnedPolicy::Close`] for another.
     pub pinned: Option<PinnedPolicy>,
+    /// How many sessions open their next backend at once; all at once when
+    /// `None`. Each backend's start and warm-up cost the server CPU, which a
+    /// busy database takes from the transactions running meanwhile.
+    pub open_at_once: Option<usize>,
 }
 
 /// What a move order achieved.
@@ -334,6 +342,9 @@ impl Order {
             } else {
                 shared.config.capture_database().map(str::to_owned)
             },
+            opening: req
+                .open_at_once
+                .map(|n| Arc::new(tokio::sync::Semaphore::new(n.max(1)))),
         };
         let sessions: Vec<Arc<SessionInfo>> = shared
             .sessions

@@ -356,32 +356,72 @@ impl Inner {
     }
 
     fn shutdown(&self) -> Result<(), LogError> {
+        self.start_shutdown().wait()
+    }
+
+    /// Stops taking appends; what is left to wait for is returned.
+    fn start_shutdown(&self) -> Closing {
         if let Some(inline) = &self.inline {
             self.shared.closed.store(true, Ordering::Release);
             self.permits.close();
             let state = inline.lock().unwrap_or_else(|p| p.into_inner()).take();
-            return state.map_or(Ok(()), WriterThread::finish);
+            return state.map_or(Closing::Done, Closing::Inline);
         }
         let Some(thread) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() else {
-            return Ok(());
+            return Closing::Done;
         };
         self.shared.closed.store(true, Ordering::Release);
         self.permits.close();
         // A slot is reserved for this request, and the thread only exits on
         // it, so the send neither blocks for long nor fails.
         let _ = self.tx.send(Request::Shutdown);
-        match thread.join() {
-            Ok(result) => result,
-            Err(_) => Err(LogError::WriterGone),
+        Closing::Thread(thread)
+    }
+}
+
+/// A writer shutting down: what it still has to do.
+enum Closing {
+    Done,
+    /// The caller's writer: its last sync.
+    Inline(WriterThread),
+    /// The writer thread, told to stop: its exit.
+    Thread(JoinHandle<Result<(), LogError>>),
+}
+
+impl Closing {
+    /// Waits for the shutdown to finish (blocks).
+    fn wait(self) -> Result<(), LogError> {
+        match self {
+            Closing::Done => Ok(()),
+            Closing::Inline(state) => state.finish(),
+            Closing::Thread(thread) => thread.join().unwrap_or(Err(LogError::WriterGone)),
         }
     }
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if let Err(error) = self.shutdown() {
-            tracing::error!(dir = %self.dir.display(), %error, "capture log writer shut down with an error");
+        let mut closing = self.start_shutdown();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            if let Err(error) = closing.wait() {
+                tracing::error!(dir = %self.dir.display(), %error, "capture log writer shut down with an error");
+            }
+            return;
+        };
+        // The last handle went on a runtime's thread (a session, a
+        // capture stopping): the final fdatasync or the thread's join would
+        // stall every task on it for milliseconds. Records still pending are
+        // written here, and the rest goes to a blocking thread (should the
+        // runtime stop before that runs, only the sync is skipped).
+        if let Closing::Inline(state) = &mut closing {
+            state.commit_batch();
         }
+        let dir = self.dir.clone();
+        runtime.spawn_blocking(move || {
+            if let Err(error) = closing.wait() {
+                tracing::error!(dir = %dir.display(), %error, "capture log writer shut down with an error");
+            }
+        });
     }
 }
 

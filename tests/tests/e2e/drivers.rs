@@ -334,6 +334,7 @@ impl Mover {
                         to: Destination::Source,
                         timeout: MOVE_TIMEOUT,
                         pinned: None,
+                        open_at_once: None,
                     };
                     match reconnect(shared, order).await {
                         Ok(report) => {

@@ -85,6 +85,17 @@ pub struct Marked {
 impl Capture {
     /// Gathers what a capture of `database` at `place` needs.
     pub(super) async fn gather(&self, place: Place, database: String) -> Result<Parts, CaptureError> {
+        self.gather_with(place, database, None).await
+    }
+
+    /// [`Capture::gather`], starting from `catalog` when one was just loaded
+    /// from the same database (a cutover's preflight has the target's).
+    async fn gather_with(
+        &self,
+        place: Place,
+        database: String,
+        catalog: Option<switchyard_replay::catalog::Catalog>,
+    ) -> Result<Parts, CaptureError> {
         // Sessions let go of a stopped capture at their next boundary; while
         // one still holds it, its log writer stays open and is reused (two
         // writers must never share a directory).
@@ -94,9 +105,12 @@ impl Capture {
             .filter(|old| old.config.log_dir == place.dir)
             .map(|old| old.log());
         let client = self.control_client_at(place.server, &database).await?;
-        let catalog = CatalogCache::load(&client)
-            .await
-            .map_err(|e| CaptureError::Catalog(place.server.name(), e.to_string()))?;
+        let catalog = match catalog {
+            Some(catalog) => CatalogCache::new(catalog),
+            None => CatalogCache::load(&client)
+                .await
+                .map_err(|e| CaptureError::Catalog(place.server.name(), e.to_string()))?,
+        };
         let catalog = Arc::new(catalog);
         let (read_only, read_only_unknown) = read_only_functions(&self.config, &catalog.current());
         let log = match reuse {
@@ -248,9 +262,14 @@ impl Capture {
     }
 
     /// Before a cutover's freeze: what capture on the target needs, so that
-    /// the flip costs no connection or catalog read. Fails when the target's
-    /// catalog cannot be read or its log directory cannot be written.
-    pub async fn prepare_on_target(&self) -> Result<Parts, CaptureError> {
+    /// the flip costs no connection or catalog read. `catalog` is the
+    /// target's, when the caller has just loaded it (it is read otherwise).
+    /// Fails when the target's catalog cannot be read or its log directory
+    /// cannot be written.
+    pub async fn prepare_on_target(
+        &self,
+        catalog: Option<switchyard_replay::catalog::Catalog>,
+    ) -> Result<Parts, CaptureError> {
         let database = self
             .proxy
             .capture_database()
@@ -266,7 +285,7 @@ impl Capture {
             tracing::warn!(log_dir = %place.dir.display(), "removing the record of a capture on the target that never ran");
             clear_record(&place.dir).await?;
         }
-        self.gather(place, database).await
+        self.gather_with(place, database, catalog).await
     }
 
     /// Just before a cutover records its flip: the start of capture on the

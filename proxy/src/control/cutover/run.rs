@@ -37,6 +37,15 @@ struct Failure {
 /// still in a transaction are asked to end it (their client hears 57P01).
 const TERMINATE_AFTER: Duration = Duration::from_secs(1);
 
+/// How many sessions open their target backend at once in preflight: a
+/// few, since every backend's start and warm-up takes CPU from the busy
+/// source's transactions (sixteen at once stalled them for 50-80 ms on
+/// two cores), and more with many sessions, so that about a hundred waves
+/// open them all well within the open timeout.
+fn open_at_once(sessions: usize) -> usize {
+    (sessions / 100).max(2)
+}
+
 /// What preflight prepared for the freeze.
 struct Ready {
     source: Client,
@@ -60,6 +69,9 @@ pub(super) struct Run {
     started: Instant,
     step: Step,
     step_started: Instant,
+    /// Preflight's parts so far, each with its time in ms, for its report.
+    parts: Vec<(&'static str, f64)>,
+    part_started: Instant,
 }
 
 impl Run {
@@ -71,6 +83,8 @@ impl Run {
             started: Instant::now(),
             step: Step::Preflight,
             step_started: Instant::now(),
+            parts: Vec::new(),
+            part_started: Instant::now(),
         }
     }
 
@@ -122,13 +136,16 @@ impl Run {
             ));
             return Ok(());
         }
+        let parts: Vec<String> = self.parts.iter().map(|(p, ms)| format!("{p} {ms:.1}")).collect();
         self.end(format!(
-            "{} session(s) opened their target backend in {:.1} ms; {} sequence(s) mapped; {} sample key(s); {}",
+            "{} session(s) opened their target backend in {:.1} ms; {} sequence(s) mapped; {} sample key(s); {}; \
+             ms spent on: {}",
             ready.order.report().sessions,
             ready.order.report().open_ms,
             ready.sequences.sequences().len(),
             keys::count(&ready.sample),
-            capture_on_target_plan(&ready, &self.report)
+            capture_on_target_plan(&ready, &self.report),
+            parts.join(", ")
         ));
 
         self.begin(Step::Freeze);
@@ -160,6 +177,7 @@ impl Run {
             }
             return Err(failure);
         }
+        let verified = Instant::now();
         let marked = match mark {
             Some(mut mark) => {
                 let done = match self.within(limit, &mut mark).await {
@@ -188,8 +206,17 @@ impl Run {
         // record it does not flip. (Should the proxy stop between the two,
         // the target is in sync and the source was not written since the
         // freeze.)
-        if let Some(target) = &self.shared.config.target {
-            if let Err(e) = crate::control::route_file::record(&self.shared.config, target) {
+        let mark_wait = verified.elapsed();
+        if self.shared.config.target.is_some() {
+            // On a blocking thread: its fsync must not stall the runtime's.
+            let shared = self.shared.clone();
+            let recorded = tokio::task::spawn_blocking(move || match &shared.config.target {
+                Some(target) => crate::control::route_file::record(&shared.config, target).map_err(|e| e.to_string()),
+                None => Ok(()),
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+            if let Err(e) = recorded {
                 let failure = self.fail(format!(
                     "cannot record that traffic moves to the target ({e}); a restarted proxy would send it back"
                 ));
@@ -199,6 +226,7 @@ impl Run {
                 return Err(failure);
             }
         }
+        let recorded = verified.elapsed().saturating_sub(mark_wait);
         if let Some(reason) = self.shared.cutover.past_flip(&self.abort) {
             crate::control::route_file::forget(&self.shared.config);
             if let Some(m) = marked {
@@ -229,12 +257,16 @@ impl Run {
             .map(|(id, why)| format!("session {id}: {why}"))
             .collect();
         let detail = format!(
-            "{} of {} session(s) moved in {:.1} ms, {} closed, {} still to move at their boundary",
+            "{} of {} session(s) moved in {:.1} ms, {} closed, {} still to move at their boundary; \
+             before it, {:.1} ms waiting for capture on the target's start to be recorded and {:.1} ms recording \
+             the route",
             moved.moved,
             moved.sessions,
             moved.move_ms,
             moved.closed,
-            moved.waiting + moved.failed + moved.pinned
+            moved.waiting + moved.failed + moved.pinned,
+            ms(mark_wait),
+            ms(recorded),
         );
         // Sessions on the target must not adopt the source's capture, and
         // nothing may copy a source row over a target write once the gate
@@ -382,14 +414,17 @@ impl Run {
                 unacked.join("; ")
             )));
         }
+        self.part_done("checks");
         let plan = self
             .within_open(crate::catchup::Plan::prepare(config))
             .await?
             .map_err(|e| self.fail(format!("{e}")))?;
+        self.part_done("catalogs and mapping");
         let (source, target) = self
             .within_open(connect_both(config))
             .await?
             .map_err(|e| self.fail(e))?;
+        self.part_done("connections");
         let bypass = self
             .within_open(shared.capture.bypassing(&shared.sessions))
             .await?
@@ -413,10 +448,12 @@ impl Run {
             }
             self.report.target_direct_sessions = direct;
         }
+        self.part_done("sessions on both");
         let sequences = self
             .within_open(SequencePlan::prepare(&source, &target, &plan.mapping))
             .await?
             .map_err(|e| self.fail(format!("{e}")))?;
+        self.part_done("sequences");
         if !sequences.unmapped().is_empty() && !options.allow_unmapped_sequences {
             return Err(self.fail(format!(
                 "source sequence(s) with no counterpart on the target: {}; create them on the target, or set \
@@ -440,15 +477,18 @@ impl Run {
         } else {
             TableKeys::new()
         };
+        self.part_done("sample");
         let request = MoveRequest {
             to: Destination::Target,
             // The flip sets its own deadline for pinned sessions.
             timeout: options.open_timeout * 2 + options.max_pause,
             pinned: Some(PinnedPolicy::Close),
+            open_at_once: Some(open_at_once(shared.sessions.snapshot().len())),
         };
         let order = Order::open(&shared, request, options.open_timeout)
             .await
             .map_err(|e| self.fail(format!("{e}")))?;
+        self.part_done("backends");
         let failed = order.failed_to_open();
         if !failed.is_empty() {
             let list: Vec<String> = failed
@@ -463,7 +503,8 @@ impl Run {
             )));
         }
         let target_capture = if options.capture_on_target {
-            let gather = shared.capture.prepare_on_target();
+            // The target's catalog was just loaded for the mapping.
+            let gather = shared.capture.prepare_on_target(Some((*plan.target_catalog).clone()));
             let parts = self.within_open(gather).await?.map_err(|e| {
                 self.fail(format!(
                     "capture on the target cannot start: {e}; fix that, or CAPTURE_ON_TARGET off to cut over \
@@ -474,6 +515,7 @@ impl Run {
         } else {
             None
         };
+        self.part_done("capture on the target");
         self.report.reverse_mapping_errors = plan.mapping.reverse_errors().iter().map(|e| e.to_string()).collect();
         if let Some(reason) = self.abort.borrow().clone() {
             return Err(self.fail(format!("aborted: {reason}")));
@@ -491,6 +533,13 @@ impl Run {
             order,
             target_capture,
         })
+    }
+
+    /// Records the preflight part that just ended.
+    fn part_done(&mut self, part: &'static str) {
+        let now = Instant::now();
+        self.parts.push((part, ms(now - self.part_started)));
+        self.part_started = now;
     }
 
     /// Waits for the sessions to drain; at the drain timeout, aborts or

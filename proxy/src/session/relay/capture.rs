@@ -61,16 +61,20 @@ impl Relay<'_> {
         if same {
             return Ok(());
         }
-        if let Some(old) = self.capture.take() {
+        let mut next = next.map(|a| {
+            let path = search_path_of(&self.state);
+            SessionCapture::new(a, self.info.id, self.info.backend_pid(), path, self.info.user.clone())
+        });
+        if let Some(mut old) = self.capture.take() {
+            if let Some(next) = &mut next {
+                next.keep_shapes_of(&mut old);
+            }
             if let Some(restore) = old.finish(self.state.statements_mut()) {
                 // No capture notes their answers: they are dropped.
                 self.send_own(server, restore);
             }
         }
-        self.capture = next.map(|a| {
-            let path = search_path_of(&self.state);
-            SessionCapture::new(a, self.info.id, self.info.backend_pid(), path, self.info.user.clone())
-        });
+        self.capture = next;
         Ok(())
     }
 

@@ -87,6 +87,10 @@ impl Relay<'_> {
         let epoch = route.epoch;
         // Opened (and warmed) on its own task: the relay goes on meanwhile.
         let task = tokio::spawn(async move {
+            let _turn = match &route2.opening {
+                Some(limit) => Some(limit.clone().acquire_owned().await),
+                None => None,
+            };
             let mut be = moving::open_with(&shared.config, &route2, &login).await?;
             if !moving::warm(&mut be.conn).await {
                 // Its answer may still be on the way: never hand it over.

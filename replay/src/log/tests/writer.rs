@@ -341,3 +341,42 @@ fn deferred_appends_go_out_with_the_next_write_or_a_flush() {
     assert_eq!(entries.len(), 6);
     assert_eq!(entries[5].record, settled(next.0));
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_last_handle_dropped_on_a_runtime_thread_loses_nothing_and_frees_the_directory() {
+    // Dropped on a runtime's only thread (a session letting go of a
+    // stopped capture), the writer finishes on a blocking thread; the
+    // deferred records are written all the same, and the directory can be
+    // opened again once it has.
+    for durability in [Durability::Write, Durability::Fsync] {
+        let dir = tempfile::tempdir().unwrap();
+        let options = LogOptions {
+            durability,
+            ..Default::default()
+        };
+        let writer = LogWriter::open(dir.path(), options.clone()).unwrap();
+        writer.append(tagged_commit(1, 0, 1)).await.unwrap();
+        writer.append_deferred(tagged_commit(1, 1, 2));
+        writer.append_deferred(tagged_commit(1, 2, 3));
+        drop(writer);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let reopened = loop {
+            match LogWriter::open(dir.path(), options.clone()) {
+                Err(LogError::Locked { .. }) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                other => break other.unwrap(),
+            }
+        };
+        assert_eq!(reopened.stats().last_lsn, Some(Lsn(3)), "{durability:?}");
+        let seqs: Vec<i64> = read_all(dir.path(), Lsn::FIRST)
+            .into_iter()
+            .map(|e| match e.record {
+                Record::Commit(c) => c.commit_time_micros,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(seqs, vec![0, 1, 2], "{durability:?}");
+        tokio::task::spawn_blocking(move || reopened.close()).await.unwrap().unwrap();
+    }
+}

@@ -29,6 +29,7 @@ async fn writes_across_moves_are_all_logged() -> Result<()> {
                 to: Destination::Source,
                 timeout: Duration::from_secs(10),
                 pinned: None,
+                open_at_once: None,
             },
         )
         .await?;

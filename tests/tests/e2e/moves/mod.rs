@@ -66,6 +66,7 @@ pub async fn move_within(proxy: &TestProxy, timeout: Duration) -> Result<MoveRep
         to: Destination::Source,
         timeout,
         pinned: None,
+        open_at_once: None,
     };
     let report = tokio::time::timeout(timeout + PROMPT, reconnect(proxy.proxy().shared(), request))
         .await

@@ -28,6 +28,7 @@ async fn a_terminated_backend_ends_its_session_during_moves() -> Result<()> {
                     to: Destination::Source,
                     timeout: Duration::from_secs(2),
                     pinned: None,
+                    open_at_once: None,
                 };
                 let _ = reconnect(&shared, request).await;
                 orders += 1;

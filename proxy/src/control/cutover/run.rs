@@ -520,7 +520,7 @@ impl Run {
         if let Some(reason) = self.abort.borrow().clone() {
             return Err(self.fail(format!("aborted: {reason}")));
         }
-        Ok(Ready {
+        let ready = Ready {
             source,
             target,
             mapping: plan.mapping,
@@ -532,7 +532,14 @@ impl Run {
             status,
             order,
             target_capture,
-        })
+        };
+        if options.verify != VerifyMode::None {
+            self.within_open(final_pass::rehearse_verify(&ready))
+                .await?
+                .map_err(|e| self.fail(format!("the verify cannot run: {e}")))?;
+            self.part_done("verify rehearsal");
+        }
+        Ok(ready)
     }
 
     /// Records the preflight part that just ended.

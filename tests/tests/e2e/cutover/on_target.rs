@@ -422,10 +422,10 @@ async fn a_cutover_called_off_after_capture_on_the_target_was_recorded_leaves_no
         .await?;
     cut.clone_and_migrate("").await?;
 
-    // The route cannot be recorded (a directory where its temporary file
+    // The route cannot be recorded (a directory, not empty, where its file
     // goes): the cutover is called off after capture on the target was
     // recorded, and that record is undone.
-    let blocker = cut.config.capture.log_dir.join("route.state.tmp");
+    let blocker = cut.config.capture.log_dir.join("route.state");
     std::fs::create_dir_all(blocker.join("x"))?;
     let outcome = cut.cutover("").await?;
     let why = outcome.refused()?;

@@ -107,6 +107,28 @@ impl Run {
     }
 }
 
+/// Runs the verify's statements once before the freeze, over the sample
+/// (not at all without one): the cutover's
+/// connections are fresh, and a backend's first run of a statement pays for
+/// loading its catalog entries, which would otherwise come out of the
+/// pause. A verify that cannot run fails here rather than in the pause.
+/// The rows compared change under load, so differences are not counted.
+pub(super) async fn rehearse_verify(ready: &Ready) -> Result<(), String> {
+    let keys = by_table(&ready.sample);
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mapped = Mapped {
+        mapping: &ready.mapping,
+        source: &ready.source_catalog,
+        target: &ready.target_catalog,
+    };
+    let check = KeysCheck::new(mapped, &keys).map_err(|e| e.to_string())?;
+    let rows = check.read_source(&ready.source).await.map_err(|e| e.to_string())?;
+    check.compare(&ready.target, rows).await.map_err(|e| e.to_string())?;
+    Ok(())
+}
+
 /// The keys logged after `before` up to the freeze marker at `lsn`, and,
 /// when `verify`, the source's rows of those keys (plus `sample`). The
 /// source is frozen, so these are the rows as the target must hold them

@@ -67,9 +67,22 @@ impl Plan {
     /// [`Plan::prepare`] for a replayer woken by `bell` when the log is
     /// written (the proxy's own capture), instead of polling it.
     pub async fn prepare_with(config: &Config, bell: Option<LogBell>) -> Result<Plan, CatchupError> {
+        Plan::prepare_from(config, bell, None).await
+    }
+
+    /// [`Plan::prepare_with`], with `source_catalog` as the source's catalog
+    /// when the caller has a fresh one (capture's), instead of reading it.
+    pub async fn prepare_from(
+        config: &Config,
+        bell: Option<LogBell>,
+        source_catalog: Option<Arc<Catalog>>,
+    ) -> Result<Plan, CatchupError> {
         let source = config.source_control("switchyard catchup")?;
         let target = config.target_connection("switchyard catchup")?;
-        let source_catalog = load_catalog(&source, "source").await?;
+        let source_catalog = match source_catalog {
+            Some(c) => c,
+            None => Arc::new(load_catalog(&source, "source").await?),
+        };
         let target_catalog = load_catalog(&target, "target").await?;
         let mapping = match &config.catchup.mapping {
             Some(path) => Mapping::load(path).map_err(CatchupError::MappingFile)?,
@@ -82,7 +95,7 @@ impl Plan {
             source,
             target,
             mapping: Arc::new(resolved),
-            source_catalog: Arc::new(source_catalog),
+            source_catalog,
             target_catalog: Arc::new(target_catalog),
             options: ReplayOptions {
                 log_dir: config.capture.log_dir.clone(),

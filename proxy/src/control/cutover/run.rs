@@ -415,8 +415,22 @@ impl Run {
             )));
         }
         self.part_done("checks");
+        // The source's catalog as capture keeps it (re-read every
+        // capture.catalog_refresh_ms): reading it again costs the busy
+        // source a few hundred ms of catalog queries at the highest rates.
+        // A snapshot older than two refreshes (its refreshes failing) is not
+        // trusted: the catalog is read then.
+        let fresh_for = Duration::from_millis(config.capture.catalog_refresh_ms.saturating_mul(2));
+        let snapshot = match active.catalog.health() {
+            switchyard_replay::catalog::CatalogHealth::Ok { loaded_at }
+                if loaded_at.elapsed().is_ok_and(|age| age <= fresh_for) =>
+            {
+                Some(active.catalog.current())
+            }
+            _ => None,
+        };
         let plan = self
-            .within_open(crate::catchup::Plan::prepare(config))
+            .within_open(crate::catchup::Plan::prepare_from(config, None, snapshot))
             .await?
             .map_err(|e| self.fail(format!("{e}")))?;
         self.part_done("catalogs and mapping");

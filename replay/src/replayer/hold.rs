@@ -21,10 +21,11 @@ pub(super) struct LogHold {
     dir: PathBuf,
     name: String,
     description: String,
-    /// The highest position this run has written, locked for the length of
-    /// each write: the periodic write and the last one never overlap, and a
-    /// late one never puts the hold back.
-    written: Arc<Mutex<Lsn>>,
+    /// The highest position this run has written (`None` once released),
+    /// locked for the length of each write: the periodic write and the last
+    /// one never overlap, a late one never puts the hold back, and none
+    /// brings back a released hold.
+    written: Arc<Mutex<Option<Lsn>>>,
 }
 
 impl LogHold {
@@ -41,7 +42,7 @@ impl LogHold {
             dir,
             name: hold_name(&format!("replayer-{db}@{host}:{port}")),
             description: format!("catch-up onto database {db} at {host}:{port}"),
-            written: Arc::new(Mutex::new(Lsn(0))),
+            written: Arc::new(Mutex::new(Some(Lsn(0)))),
         }
     }
 
@@ -53,11 +54,12 @@ impl LogHold {
     /// [`LogHold::write`] on the calling thread.
     pub(super) fn write_blocking(&self, confirmed: Lsn) -> Result<(), LogError> {
         let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        if confirmed < *written {
-            return Ok(());
+        match *written {
+            Some(w) if confirmed >= w => {}
+            _ => return Ok(()),
         }
         write_hold(&self.dir, &self.name, confirmed, &self.description)?;
-        *written = confirmed;
+        *written = Some(confirmed);
         Ok(())
     }
 
@@ -105,8 +107,10 @@ impl LogHold {
     pub(super) async fn release(&self) {
         let hold = self.clone();
         let removed = tokio::task::spawn_blocking(move || {
-            // After a periodic write still in flight, which would bring it back.
-            let _written = hold.written.lock().unwrap_or_else(|p| p.into_inner());
+            // After a periodic write still in flight, and before any later
+            // one, which would each bring it back.
+            let mut written = hold.written.lock().unwrap_or_else(|p| p.into_inner());
+            *written = None;
             remove_hold(&hold.dir, &hold.name)
         })
         .await;

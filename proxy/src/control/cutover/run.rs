@@ -40,10 +40,11 @@ const TERMINATE_AFTER: Duration = Duration::from_secs(1);
 /// How many sessions open their target backend at once in preflight: a
 /// few, since every backend's start and warm-up takes CPU from the busy
 /// source's transactions (sixteen at once stalled them for 50-80 ms on
-/// two cores), and more with many sessions, so that about a hundred waves
-/// open them all well within the open timeout.
+/// two cores), and more with more sessions, so that they all open in about
+/// 25 waves: well within the open timeout even when each open costs a
+/// distant target several round trips.
 fn open_at_once(sessions: usize) -> usize {
-    (sessions / 100).max(2)
+    sessions.div_ceil(25).max(2)
 }
 
 /// What preflight prepared for the freeze.

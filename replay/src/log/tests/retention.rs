@@ -44,8 +44,8 @@ fn holds_are_written_atomically_read_back_and_removed() {
 #[test]
 fn writers_of_one_hold_at_once_never_fail_each_other() {
     // A replayer's periodic write can still be in flight when its last one
-    // starts, and two processes may replay onto one target: each write must
-    // land whole, and none may take the other's temp file.
+    // starts (and a cutover's hold is written beside them): each write must
+    // land whole, and none may take another's temp file.
     let dir = tempfile::tempdir().unwrap();
     let name = hold_name("replayer-shop@127.0.0.1:5433");
     std::thread::scope(|s| {

@@ -69,6 +69,9 @@ mod tests {
         }
         // However many are queued, none waits past the spread.
         let last = (0..1000).fold(Instant::now(), |_, _| close_slot());
-        assert!(last <= Instant::now() + CLOSE_AFTER + SPREAD_AT_MOST + CLOSE_EVERY, "{last:?}");
+        assert!(
+            last <= Instant::now() + CLOSE_AFTER + SPREAD_AT_MOST + CLOSE_EVERY,
+            "{last:?}"
+        );
     }
 }

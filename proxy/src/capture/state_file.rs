@@ -8,8 +8,8 @@
 //! the new one, never a torn one. CAPTURE STOP removes it.
 
 use serde::{Deserialize, Serialize};
-use switchyard_replay::log::LogError;
 use std::path::{Path, PathBuf};
+use switchyard_replay::log::LogError;
 use thiserror::Error;
 
 /// The file's name inside the log directory.

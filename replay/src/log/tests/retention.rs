@@ -60,7 +60,10 @@ fn writers_of_one_hold_at_once_never_fail_each_other() {
     });
     let holds = read_holds(dir.path()).unwrap();
     assert_eq!(holds.len(), 1, "{holds:?}");
-    assert!(holds[0].unreadable.is_none() && holds[0].confirmed.0 % 1000 == 99, "{holds:?}");
+    assert!(
+        holds[0].unreadable.is_none() && holds[0].confirmed.0 % 1000 == 99,
+        "{holds:?}"
+    );
     let files = std::fs::read_dir(dir.path().join(HOLDS_DIR)).unwrap().count();
     assert_eq!(files, 1, "temp files left behind");
 }

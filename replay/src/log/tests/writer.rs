@@ -377,6 +377,9 @@ async fn the_last_handle_dropped_on_a_runtime_thread_loses_nothing_and_frees_the
             })
             .collect();
         assert_eq!(seqs, vec![0, 1, 2], "{durability:?}");
-        tokio::task::spawn_blocking(move || reopened.close()).await.unwrap().unwrap();
+        tokio::task::spawn_blocking(move || reopened.close())
+            .await
+            .unwrap()
+            .unwrap();
     }
 }

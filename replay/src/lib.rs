@@ -19,3 +19,16 @@ pub use log::{
     CommitRecord, Durability, Key, LogEntry, LogError, LogOptions, LogReader, LogStats, LogWriter, LogWriterHandle,
     Lsn, Marker, Record, TableKeys,
 };
+
+/// Aborts its tasks when dropped: tasks that must not outlive what started
+/// them (a replayer's workers, a session's backend opening).
+#[derive(Debug)]
+pub struct AbortOnDrop(pub Vec<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
+    }
+}

@@ -359,17 +359,6 @@ async fn lock_target(control: &Client) -> Result<(), ReplayError> {
     }
 }
 
-/// Aborts the workers when the replayer is dropped.
-struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        for h in &self.0 {
-            h.abort();
-        }
-    }
-}
-
 /// What a worker gets: keys per table, and the position they run up to.
 struct Batch {
     upto: Lsn,
@@ -432,7 +421,7 @@ pub async fn run(
     // a restarted replayer never overlaps with the old one's batches.
     let mut aborts: Vec<_> = handles.iter().map(|h| h.abort_handle()).collect();
     aborts.push(keeper.abort_handle());
-    let _workers = AbortOnDrop(aborts);
+    let _workers = crate::AbortOnDrop(aborts);
     let mut reader = match LogReader::open(&options.log_dir, resume.next()) {
         Ok(reader) => reader,
         Err(e @ crate::log::LogError::LsnUnavailable { .. }) => {

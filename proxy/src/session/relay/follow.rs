@@ -101,7 +101,7 @@ impl Relay<'_> {
         });
         // Given up on (the order called off, the session gone), the
         // opening stops too, even while it waits for its turn.
-        let abort = AbortOnDrop(task.abort_handle());
+        let abort = switchyard_replay::AbortOnDrop(vec![task.abort_handle()]);
         self.opening = Some((
             epoch,
             Box::pin(async move {
@@ -427,14 +427,5 @@ impl Relay<'_> {
     /// The session stays where it is for now.
     pub(crate) fn stayed(&mut self) {
         self.info.set_state(crate::registry::Shown::Relay(self.state.phase()));
-    }
-}
-
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }

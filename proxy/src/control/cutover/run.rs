@@ -208,12 +208,11 @@ impl Run {
         // the target is in sync and the source was not written since the
         // freeze.)
         let mark_wait = verified.elapsed();
-        if self.shared.config.target.is_some() {
+        if let Some(target) = self.shared.config.target.clone() {
             // On a blocking thread: its fsync must not stall the runtime's.
             let shared = self.shared.clone();
-            let recorded = tokio::task::spawn_blocking(move || match &shared.config.target {
-                Some(target) => crate::control::route_file::record(&shared.config, target).map_err(|e| e.to_string()),
-                None => Ok(()),
+            let recorded = tokio::task::spawn_blocking(move || {
+                crate::control::route_file::record(&shared.config, &target).map_err(|e| e.to_string())
             })
             .await
             .unwrap_or_else(|e| Err(e.to_string()));

@@ -334,6 +334,7 @@ async fn finish_phase(
     let span = stats::Span {
         sent_us: switch.sent_us,
         answered_us: switch.answered_us,
+        pause_start_us: switch.pause_started_us,
         pause_end_us: switch.pause_started_us + pause_us,
     };
     let clients = stats::client_stats(&recorded.txs, span, args.seconds);

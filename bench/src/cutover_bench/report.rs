@@ -53,6 +53,12 @@ pub(super) struct RunReport {
     pub(super) pause_ms: Option<f64>,
     pub(super) steps_ms: Steps,
     pub(super) max_stall_ms: f64,
+    /// The longest transaction that overlapped the pause.
+    pub(super) pause_held_max_ms: f64,
+    /// The longest transaction in a span as long as the window, right
+    /// before it (no cutover running): the machine's own stall over the
+    /// same exposure.
+    pub(super) before_window_max_ms: f64,
     pub(super) p99_ms: f64,
     pub(super) errors: u64,
     /// See verify.rs: rows of the target not equal to the source at the
@@ -101,6 +107,8 @@ impl RunReport {
             steps_ms: ours.switch.steps_ms.clone(),
             limit_ms: limit(&ours.switch.steps_ms),
             max_stall_ms: ours.clients.max_stall_ms,
+            pause_held_max_ms: ours.clients.pause_held_max_ms,
+            before_window_max_ms: ours.clients.before_window_max_ms,
             p99_ms: ours.clients.p99_ms,
             errors: ours.errors_total(),
             rows_differing: ours.verdict.rows_differing + ours.verdict.invariant_violations,
@@ -173,6 +181,8 @@ pub(super) fn table(runs: &[RunReport]) -> Table {
         "pause ms",
         "limit ms",
         "max stall ms",
+        "held ms",
+        "before ms",
         "p99 ms",
         "errors",
         "rows differing",
@@ -192,6 +202,8 @@ pub(super) fn table(runs: &[RunReport]) -> Table {
             opt(r.pause_ms),
             opt(r.limit_ms),
             format!("{:.1}", r.max_stall_ms),
+            format!("{:.1}", r.pause_held_max_ms),
+            format!("{:.1}", r.before_window_max_ms),
             format!("{:.1}", r.p99_ms),
             r.errors.to_string(),
             r.rows_differing.to_string(),

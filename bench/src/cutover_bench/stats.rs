@@ -51,6 +51,14 @@ pub(super) struct ClientStats {
     /// second after the pause ended: what the switch left cold (fresh
     /// backends' caches, a backlog of held transactions), ms.
     pub(super) after_pause_max_ms: f64,
+    /// The longest BEGIN-to-COMMIT time of the transactions that overlap
+    /// the pause (in flight at the freeze, or held at the gate): the
+    /// stall the pause itself caused, ms.
+    pub(super) pause_held_max_ms: f64,
+    /// The longest BEGIN-to-COMMIT time of the transactions that ended in
+    /// a span as long as the window, right before it: what the machine
+    /// does by itself over the same exposure, with no cutover running, ms.
+    pub(super) before_window_max_ms: f64,
     /// The same clients before the window (after a 1 s warm-up).
     pub(super) baseline_p50_ms: f64,
     pub(super) baseline_p99_ms: f64,
@@ -64,16 +72,22 @@ pub(super) struct ClientStats {
 pub(super) struct Span {
     pub(super) sent_us: u64,
     pub(super) answered_us: u64,
+    pub(super) pause_start_us: u64,
     pub(super) pause_end_us: u64,
 }
 
 /// Figures of `txs` around the cutover `span`, over a run of `seconds`.
 pub(super) fn client_stats(txs: &[Tx], span: Span, seconds: f64) -> ClientStats {
     let Span {
-        sent_us, answered_us, ..
+        sent_us,
+        answered_us,
+        pause_start_us,
+        pause_end_us,
     } = span;
     let from = sent_us.saturating_sub(WINDOW_MARGIN_US);
     let to = answered_us.saturating_add(WINDOW_MARGIN_US);
+    let longest = |keep: &dyn Fn(&Tx) -> bool| ms(txs.iter().filter(|t| keep(t)).map(|t| t.service_us()).max().unwrap_or(0));
+    let before_from = from.saturating_sub(to - from).max(WARMUP_US);
     let in_window = |t: &&Tx| t.end_us >= from && t.due_us <= to;
     let window: Vec<&Tx> = txs.iter().filter(in_window).collect();
     let baseline: Vec<&Tx> = txs
@@ -94,12 +108,9 @@ pub(super) fn client_stats(txs: &[Tx], span: Span, seconds: f64) -> ClientStats 
         max_latency_ms: ms(window.iter().map(|t| t.latency_us()).max().unwrap_or(0)),
         p99_latency_ms: ms(wl.value_at_quantile(0.99)),
         max_commit_gap_ms: ms(max_gap(&window, from, to)),
-        after_pause_max_ms: ms(txs
-            .iter()
-            .filter(|t| (span.pause_end_us..span.pause_end_us + 1_000_000).contains(&t.start_us))
-            .map(|t| t.service_us())
-            .max()
-            .unwrap_or(0)),
+        after_pause_max_ms: longest(&|t| (pause_end_us..pause_end_us + 1_000_000).contains(&t.start_us)),
+        pause_held_max_ms: longest(&|t| t.start_us <= pause_end_us && t.end_us >= pause_start_us),
+        before_window_max_ms: longest(&|t| (before_from..from).contains(&t.end_us) && t.due_us >= WARMUP_US),
         baseline_p50_ms: ms(b.value_at_quantile(0.5)),
         baseline_p99_ms: ms(b.value_at_quantile(0.99)),
         baseline_max_ms: ms(baseline.iter().map(|t| t.service_us()).max().unwrap_or(0)),
@@ -224,6 +235,7 @@ mod tests {
         let span = Span {
             sent_us: 5_000_000,
             answered_us: 5_100_000,
+            pause_start_us: 5_050_000,
             pause_end_us: 5_090_000,
         };
         let s = client_stats(&txs, span, 10.0);
@@ -236,6 +248,27 @@ mod tests {
         assert_eq!(s.max_commit_gap_ms, 1078.0);
         // Begun after the pause: the one due at 5.1 s.
         assert_eq!(s.after_pause_max_ms, 2.0);
+        // Over the pause (5.05 to 5.09 s): the one held 80 ms.
+        assert_eq!(s.pause_held_max_ms, 79.0);
+    }
+
+    #[test]
+    fn the_span_before_the_window_is_as_long_as_the_window() {
+        // The window spans 4.0 to 6.1 s; as long before it, 1.9 to 4.0 s:
+        // the 50 ms one ends in it, the 300 ms one before it and the 70 ms
+        // one (ending at 4.05 s) in the window.
+        let txs = vec![tx(1500, 300), tx(2500, 50), tx(3980, 70), tx(5100, 3)];
+        let span = Span {
+            sent_us: 5_000_000,
+            answered_us: 5_100_000,
+            pause_start_us: 5_050_000,
+            pause_end_us: 5_090_000,
+        };
+        let s = client_stats(&txs, span, 10.0);
+        assert_eq!(s.before_window_max_ms, 49.0);
+        assert_eq!(s.max_stall_ms, 69.0);
+        // Nothing overlaps the pause: the last one begins after it.
+        assert_eq!(s.pause_held_max_ms, 0.0);
     }
 
     #[test]

@@ -363,6 +363,23 @@ async fn run<S: Socket>(
         .unwrap_or_else(|_| Err(format!("no answer within {} s", STEP_TIMEOUT.as_secs())))
 }
 
+/// The longest a turn to open rests after its opening (see [`rest_turn`]).
+const TURN_REST_AT_MOST: Duration = Duration::from_millis(50);
+
+/// Hands a turn to open back once it has rested as long as its opening
+/// took (at most [`TURN_REST_AT_MOST`]), without holding up the backend
+/// just opened. A move order that limits how many sessions open at once
+/// does it to spare a busy server: back-to-back openings would still keep
+/// that many of its CPUs busy, where resting keeps them at half of it, and
+/// the server's own transactions get the rest.
+pub(crate) fn rest_turn(turn: tokio::sync::OwnedSemaphorePermit, opening_took: Duration) {
+    let rest = opening_took.min(TURN_REST_AT_MOST);
+    tokio::spawn(async move {
+        tokio::time::sleep(rest).await;
+        drop(turn);
+    });
+}
+
 /// How long warming a backend opened ahead may take.
 const WARM_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -496,6 +513,26 @@ fn quote_ident(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    #[tokio::test]
+    async fn a_turn_rests_as_long_as_its_opening_took_and_no_longer_than_the_cap() {
+        let turns = Arc::new(tokio::sync::Semaphore::new(1));
+        let turn = turns.clone().acquire_owned().await.unwrap();
+        let rested_from = Instant::now();
+        rest_turn(turn, Duration::from_millis(40));
+        assert!(turns.try_acquire().is_err(), "the turn is handed back only after its rest");
+        let next = turns.clone().acquire_owned().await.unwrap();
+        assert!(rested_from.elapsed() >= Duration::from_millis(40));
+        // An opening that took long (a distant server) rests the cap only.
+        let rested_from = Instant::now();
+        rest_turn(next, Duration::from_secs(60));
+        let _again = turns.acquire().await.unwrap();
+        let rested = rested_from.elapsed();
+        assert!(rested >= TURN_REST_AT_MOST && rested < Duration::from_secs(30), "{rested:?}");
+    }
 
     #[test]
     fn replay_sets_authorization_first_and_role_last() {

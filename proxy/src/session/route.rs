@@ -220,9 +220,11 @@ pub struct MoveRequest {
     /// What pinned sessions do; by default [`PinnedPolicy::Stay`] for the
     /// database sessions already use and [`PinnedPolicy::Close`] for another.
     pub pinned: Option<PinnedPolicy>,
-    /// How many sessions open their next backend at once; all at once when
-    /// `None`. Each backend's start and warm-up cost the server CPU, which a
-    /// busy database takes from the transactions running meanwhile.
+    /// How many sessions open their next backend at once, each turn resting
+    /// as long as its opening took (50 ms at most) before the next session
+    /// takes it; all at once, without rests, when `None`. Each backend's
+    /// start and warm-up cost the server CPU, which a busy database takes
+    /// from the transactions running meanwhile.
     pub open_at_once: Option<usize>,
 }
 

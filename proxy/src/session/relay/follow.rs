@@ -87,17 +87,25 @@ impl Relay<'_> {
         let epoch = route.epoch;
         // Opened (and warmed) on its own task: the relay goes on meanwhile.
         let task = tokio::spawn(async move {
-            let _turn = match &route2.opening {
-                Some(limit) => Some(limit.clone().acquire_owned().await),
+            let turn = match &route2.opening {
+                Some(limit) => limit.clone().acquire_owned().await.ok(),
                 None => None,
             };
-            let mut be = moving::open_with(&shared.config, &route2, &login).await?;
-            if !moving::warm(&mut be.conn).await {
-                // Its answer may still be on the way: never hand it over.
-                moving::retire(be.conn);
-                be = moving::open_with(&shared.config, &route2, &login).await?;
+            let began = Instant::now();
+            let opened = async {
+                let mut be = moving::open_with(&shared.config, &route2, &login).await?;
+                if !moving::warm(&mut be.conn).await {
+                    // Its answer may still be on the way: never hand it over.
+                    moving::retire(be.conn);
+                    be = moving::open_with(&shared.config, &route2, &login).await?;
+                }
+                Ok(be)
             }
-            Ok(be)
+            .await;
+            if let Some(turn) = turn {
+                moving::rest_turn(turn, began.elapsed());
+            }
+            opened
         });
         // Given up on (the order called off, the session gone), the
         // opening stops too, even while it waits for its turn.

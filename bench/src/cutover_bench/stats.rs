@@ -86,7 +86,14 @@ pub(super) fn client_stats(txs: &[Tx], span: Span, seconds: f64) -> ClientStats 
     } = span;
     let from = sent_us.saturating_sub(WINDOW_MARGIN_US);
     let to = answered_us.saturating_add(WINDOW_MARGIN_US);
-    let longest = |keep: &dyn Fn(&Tx) -> bool| ms(txs.iter().filter(|t| keep(t)).map(|t| t.service_us()).max().unwrap_or(0));
+    let longest = |keep: &dyn Fn(&Tx) -> bool| {
+        ms(txs
+            .iter()
+            .filter(|t| keep(t))
+            .map(|t| t.service_us())
+            .max()
+            .unwrap_or(0))
+    };
     let before_from = from.saturating_sub(to - from).max(WARMUP_US);
     let in_window = |t: &&Tx| t.end_us >= from && t.due_us <= to;
     let window: Vec<&Tx> = txs.iter().filter(in_window).collect();
@@ -227,18 +234,23 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_stall_is_the_longest_latency_in_the_window() {
-        // A cutover sent at 5 s, answered at 5.1 s; one transaction queued
-        // 80 ms behind it, one slow one long before it.
-        let txs = vec![tx(1500, 300), tx(4000, 2), tx(5000, 80), tx(5100, 3), tx(9000, 2)];
-        let span = Span {
+    /// A cutover sent at 5 s and answered at 5.1 s, its pause from 5.05 to
+    /// 5.09 s.
+    fn cutover_at_5s() -> Span {
+        Span {
             sent_us: 5_000_000,
             answered_us: 5_100_000,
             pause_start_us: 5_050_000,
             pause_end_us: 5_090_000,
-        };
-        let s = client_stats(&txs, span, 10.0);
+        }
+    }
+
+    #[test]
+    fn the_stall_is_the_longest_latency_in_the_window() {
+        // One transaction queued 80 ms behind the cutover, one slow one
+        // long before it.
+        let txs = vec![tx(1500, 300), tx(4000, 2), tx(5000, 80), tx(5100, 3), tx(9000, 2)];
+        let s = client_stats(&txs, cutover_at_5s(), 10.0);
         assert_eq!(s.window_transactions, 3);
         assert_eq!(s.max_stall_ms, 79.0);
         assert_eq!(s.max_latency_ms, 80.0);
@@ -258,13 +270,7 @@ mod tests {
         // the 50 ms one ends in it, the 300 ms one before it and the 70 ms
         // one (ending at 4.05 s) in the window.
         let txs = vec![tx(1500, 300), tx(2500, 50), tx(3980, 70), tx(5100, 3)];
-        let span = Span {
-            sent_us: 5_000_000,
-            answered_us: 5_100_000,
-            pause_start_us: 5_050_000,
-            pause_end_us: 5_090_000,
-        };
-        let s = client_stats(&txs, span, 10.0);
+        let s = client_stats(&txs, cutover_at_5s(), 10.0);
         assert_eq!(s.before_window_max_ms, 49.0);
         assert_eq!(s.max_stall_ms, 69.0);
         // Nothing overlaps the pause: the last one begins after it.

@@ -523,7 +523,10 @@ mod tests {
         let turn = turns.clone().acquire_owned().await.unwrap();
         let rested_from = Instant::now();
         rest_turn(turn, Duration::from_millis(40));
-        assert!(turns.try_acquire().is_err(), "the turn is handed back only after its rest");
+        assert!(
+            turns.try_acquire().is_err(),
+            "the turn is handed back only after its rest"
+        );
         let next = turns.clone().acquire_owned().await.unwrap();
         assert!(rested_from.elapsed() >= Duration::from_millis(40));
         // An opening that took long (a distant server) rests the cap only.
@@ -531,7 +534,10 @@ mod tests {
         rest_turn(next, Duration::from_secs(60));
         let _again = turns.acquire().await.unwrap();
         let rested = rested_from.elapsed();
-        assert!(rested >= TURN_REST_AT_MOST && rested < Duration::from_secs(30), "{rested:?}");
+        assert!(
+            rested >= TURN_REST_AT_MOST && rested < Duration::from_secs(30),
+            "{rested:?}"
+        );
     }
 
     #[test]

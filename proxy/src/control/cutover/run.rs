@@ -37,14 +37,16 @@ struct Failure {
 /// still in a transaction are asked to end it (their client hears 57P01).
 const TERMINATE_AFTER: Duration = Duration::from_secs(1);
 
-/// How many sessions open their target backend at once in preflight: a
-/// few, since every backend's start and warm-up takes CPU from the busy
-/// source's transactions (sixteen at once stalled them for 50-80 ms on
-/// two cores), and more with more sessions, so that they all open in about
-/// 25 waves: well within the open timeout even when each open costs a
-/// distant target several round trips.
+/// How many sessions open their target backend at once in preflight: one
+/// up to 25 sessions, since every backend's start and warm-up takes CPU
+/// from the busy source's transactions (sixteen at once stalled them for
+/// 50-80 ms on two cores; two at a time, each turn resting as long as its
+/// opening took, still left a few such stalls), and more with more
+/// sessions, so that they all open in about 25 waves: within the open
+/// timeout even when each open costs a distant target several round
+/// trips (25 waves of 300 ms and their 50 ms rests take under 9 s).
 fn open_at_once(sessions: usize) -> usize {
-    sessions.div_ceil(25).max(2)
+    sessions.div_ceil(25).max(1)
 }
 
 /// What preflight prepared for the freeze.

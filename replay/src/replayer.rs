@@ -944,8 +944,9 @@ async fn lock_keys(
 
 /// Whether a foreign key that workers follow (not NO ACTION or RESTRICT)
 /// has `table` as its child or its parent: then another worker may sync, or
-/// lock, keys of `table` that hash to this one.
-fn reached_by_followed_keys(catalog: &Catalog, table: &QualifiedName) -> bool {
+/// lock, keys of `table` that hash to this one, and a batch may write keys
+/// of it that were never logged (a parent's delete reaching its children).
+pub fn reached_by_followed_keys(catalog: &Catalog, table: &QualifiedName) -> bool {
     let followed = |fk: &&crate::catalog::ForeignKey| !matches!(fk.on_delete, FkAction::NoAction | FkAction::Restrict);
     catalog.foreign_keys_of(table).iter().any(followed) || catalog.referencing(table).iter().any(followed)
 }

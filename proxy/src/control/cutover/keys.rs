@@ -2,7 +2,7 @@
 //! the commits the final pass synced, and a random sample of earlier ones.
 
 use rand::Rng;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::Path;
 use switchyard_replay::log::{Key, LogError, LogReader, Lsn, Record};
 
@@ -30,6 +30,72 @@ pub(super) fn between(dir: &Path, after: Lsn, upto: Lsn) -> Result<(TableKeys, u
         }
     }
     Ok((keys, logged))
+}
+
+/// The log followed from the end of preflight on, so that the final sync
+/// reads only the records written since: opening a reader scans its segment
+/// from the start, megabytes into a busy log, which the pause would pay.
+pub(super) struct Tail {
+    reader: LogReader,
+    /// Commits read that the replayer had not confirmed when last seen,
+    /// oldest first.
+    commits: VecDeque<(Lsn, Vec<(String, Vec<Key>)>)>,
+}
+
+impl Tail {
+    /// A tail of the commits after `after`, read up to the log's end.
+    pub(super) fn open(dir: &Path, after: Lsn) -> Result<Tail, LogError> {
+        let mut tail = Tail {
+            reader: LogReader::open(dir, after.next())?,
+            commits: VecDeque::new(),
+        };
+        tail.advance(after)?;
+        Ok(tail)
+    }
+
+    /// Reads what was appended since, and forgets the commits at or below
+    /// `confirmed` (the replayer applied them: no final sync needs them).
+    pub(super) fn advance(&mut self, confirmed: Lsn) -> Result<(), LogError> {
+        while let Some(entry) = self.reader.next()? {
+            self.keep(entry);
+        }
+        while self.commits.front().is_some_and(|(lsn, _)| *lsn <= confirmed) {
+            self.commits.pop_front();
+        }
+        Ok(())
+    }
+
+    /// What [`between`] reads, from the tail: the keys of every commit
+    /// after `after` up to `upto`, with how many were logged. `after` must
+    /// not be below the position the tail was last advanced to.
+    pub(super) fn between(mut self, after: Lsn, upto: Lsn) -> Result<(TableKeys, u64), LogError> {
+        while let Some(entry) = self.reader.next()? {
+            let lsn = entry.lsn;
+            if lsn > upto {
+                break;
+            }
+            self.keep(entry);
+            if lsn == upto {
+                break;
+            }
+        }
+        let mut keys = TableKeys::new();
+        let mut logged = 0;
+        for (_, tables) in self.commits.into_iter().filter(|(lsn, _)| *lsn > after && *lsn <= upto) {
+            for (table, k) in tables {
+                logged += k.len() as u64;
+                keys.entry(table).or_default().extend(k);
+            }
+        }
+        Ok((keys, logged))
+    }
+
+    fn keep(&mut self, entry: switchyard_replay::log::LogEntry) {
+        if let Record::Commit(c) = entry.record {
+            let tables = c.tables.into_iter().map(|t| (t.table, t.keys)).collect();
+            self.commits.push_back((entry.lsn, tables));
+        }
+    }
 }
 
 /// At most `n` keys drawn uniformly (reservoir sampling) from the commits
@@ -84,4 +150,60 @@ pub(super) fn merge(keys: &mut TableKeys, more: TableKeys) {
 /// How many keys in all.
 pub(super) fn count(keys: &TableKeys) -> u64 {
     keys.values().map(|k| k.len() as u64).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_replay::log::{CommitRecord, LogOptions, LogWriter, Marker, TableKeys as LoggedKeys};
+
+    fn commit(i: u64) -> Record {
+        Record::Commit(CommitRecord {
+            session_id: i % 3,
+            commit_time_micros: i as i64,
+            tables: vec![LoggedKeys {
+                table: format!("public.t{}", i % 2),
+                key_columns: vec!["id".to_owned()],
+                keys: vec![vec![Some(i.to_string())], vec![Some((i / 2).to_string())]],
+            }],
+            statements: Vec::new(),
+            backend_pid: 0,
+        })
+    }
+
+    #[test]
+    fn the_tail_reads_the_same_final_keys_as_a_reader_opened_at_the_freeze() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = LogOptions {
+            segment_size: 4096,
+            ..LogOptions::default()
+        };
+        let writer = LogWriter::open(dir.path(), options).unwrap();
+        let append = |r: Record| writer.append_blocking(r).unwrap();
+        for i in 0..300 {
+            append(commit(i));
+        }
+        // Preflight ends with the replayer at 250: the tail starts there.
+        let mut tail = Tail::open(dir.path(), Lsn(250)).unwrap();
+        for i in 300..500 {
+            append(commit(i));
+        }
+        tail.advance(Lsn(420)).unwrap();
+        for i in 500..640 {
+            append(commit(i));
+        }
+        // The freeze: the replayer is at 600, the marker follows the commits.
+        let marker = append(Record::Marker(Marker::Freeze { time_micros: 1 }));
+        append(commit(9999));
+        let from_tail = tail.between(Lsn(600), marker).unwrap();
+        let read_at_freeze = between(dir.path(), Lsn(600), marker).unwrap();
+        assert_eq!(from_tail, read_at_freeze);
+        assert_eq!(from_tail.1, 80, "two keys for each of the 40 commits after 600");
+        assert!(!from_tail.0.values().any(|k| k.contains(&vec![Some("9999".to_owned())])));
+        assert!(list_segments_count(dir.path()) > 3, "the log rolled over meanwhile");
+    }
+
+    fn list_segments_count(dir: &Path) -> usize {
+        std::fs::read_dir(dir).unwrap().count()
+    }
 }

@@ -58,6 +58,8 @@ struct Ready {
     target_catalog: Arc<switchyard_replay::catalog::Catalog>,
     sequences: SequencePlan,
     sample: TableKeys,
+    /// The log followed up to the end of preflight (taken by the final pass).
+    tail: Option<keys::Tail>,
     active: Arc<Active>,
     status: Arc<ReplayStatus>,
     order: Order,
@@ -172,7 +174,8 @@ impl Run {
             let shared = self.shared.clone();
             tokio::spawn(async move { shared.capture.mark_on_target(parts).await })
         });
-        if let Err(failure) = self.final_pass(&ready, limit).await {
+        let tail = ready.tail.take();
+        if let Err(failure) = self.final_pass(&ready, tail, limit).await {
             if let Some(mark) = mark {
                 if let Ok(Ok(m)) = mark.await {
                     self.unmark(m).await;
@@ -536,7 +539,7 @@ impl Run {
         if let Some(reason) = self.abort.borrow().clone() {
             return Err(self.fail(format!("aborted: {reason}")));
         }
-        let ready = Ready {
+        let mut ready = Ready {
             source,
             target,
             mapping: plan.mapping,
@@ -544,6 +547,7 @@ impl Run {
             target_catalog: plan.target_catalog,
             sequences,
             sample,
+            tail: None,
             active,
             status,
             order,
@@ -555,6 +559,14 @@ impl Run {
                 .map_err(|e| self.fail(format!("the verify cannot run: {e}")))?;
             self.part_done("verify rehearsal");
         }
+        let dir = ready.active.config.log_dir.clone();
+        let confirmed = Lsn(ready.status.confirmed_lsn.load(Relaxed));
+        let tail = tokio::task::spawn_blocking(move || keys::Tail::open(&dir, confirmed))
+            .await
+            .map_err(|e| self.fail(format!("reading the capture log failed: {e}")))?
+            .map_err(|e| self.fail(format!("cannot read the capture log: {e}")))?;
+        ready.tail = Some(tail);
+        self.part_done("log tail");
         Ok(ready)
     }
 

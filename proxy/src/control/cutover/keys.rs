@@ -39,8 +39,11 @@ pub(super) struct Tail {
     reader: LogReader,
     /// Commits read that the replayer had not confirmed when last seen,
     /// oldest first.
-    commits: VecDeque<(Lsn, Vec<(String, Vec<Key>)>)>,
+    commits: VecDeque<(Lsn, CommitKeys)>,
 }
+
+/// One commit's keys, per table as logged.
+type CommitKeys = Vec<(String, Vec<Key>)>;
 
 impl Tail {
     /// A tail of the commits after `after`, read up to the log's end.

@@ -5,17 +5,49 @@
 //! gate when dropped, so every path (success, error, timeout, shutdown)
 //! reopens it.
 //!
+//! The sessions that waited go through the reopened gate in the order they
+//! came to it, a few at a time ([`release_at_once`]): each that ends its
+//! transaction lets the next one through, and newcomers queue behind them
+//! until the queue is empty, for at most [`RELEASE_IN_ORDER_FOR`]. Let
+//! through all at once, every waiting transaction would share the servers'
+//! cores with every other and all would end together, the first one to
+//! have waited as late as the last; in order, the first ones end first,
+//! and the longest wait is shorter.
+//!
 //! The protocol is a Dekker-style handshake on two atomics: a session marks
 //! itself busy *before* it reads `closed`, and a closer sets `closed` *before*
 //! it reads `busy`. With sequentially consistent ordering at least one side
 //! sees the other, so no session can slip into work after the closer has seen
 //! zero busy sessions.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use thiserror::Error;
-use tokio::sync::Notify;
+use tokio::sync::{AcquireError, Notify, OwnedSemaphorePermit, Semaphore};
+
+/// The longest the reopened gate lets sessions through in order; past it
+/// everyone still queued goes at once.
+pub const RELEASE_IN_ORDER_FOR: Duration = Duration::from_millis(50);
+
+/// How many sessions the reopened gate lets through at once: twice the
+/// cores, at least two, enough to keep the servers busy without every
+/// waiting transaction sharing them.
+pub fn release_at_once() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()) * 2
+}
+
+/// One close of the gate, from the close until the reopened gate has let
+/// everyone queued through: its turns are the permits of a fair (FIFO)
+/// semaphore that holds none while the gate is closed.
+#[derive(Debug)]
+struct Phase {
+    turns: Arc<Semaphore>,
+    /// When the order ends regardless; set at the reopen.
+    until: OnceLock<tokio::time::Instant>,
+}
 
 /// Why closing the gate failed.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -45,6 +77,14 @@ pub struct Gate {
     generation: AtomicU64,
     opened: Notify,
     drained: Notify,
+    /// Set from a close until the reopened gate has let everyone queued
+    /// through (the fast path of [`Gate::try_enter`] reads only this).
+    releasing: AtomicBool,
+    phase: Mutex<Option<Arc<Phase>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Gate {
@@ -72,12 +112,55 @@ impl Gate {
     /// `true` means it is now busy and may forward work; `false` means the
     /// gate is closed and it must wait with [`Gate::wait_open`].
     pub fn try_enter(&self) -> bool {
+        self.try_enter_with(None)
+    }
+
+    /// [`Gate::try_enter`] for a session that may hold a turn of the
+    /// reopened gate's order.
+    fn try_enter_with(&self, turn: Option<&Arc<Phase>>) -> bool {
         self.busy.fetch_add(1, SeqCst);
-        if !self.closed.load(SeqCst) {
+        if !self.closed.load(SeqCst) && (!self.releasing.load(SeqCst) || self.has_turn(turn)) {
             return true;
         }
         self.leave();
         false
+    }
+
+    /// Whether no order is kept, or `turn` is one of the current order's.
+    fn has_turn(&self, turn: Option<&Arc<Phase>>) -> bool {
+        match (lock(&self.phase).as_ref(), turn) {
+            (None, _) => true,
+            (Some(now), Some(turn)) => Arc::ptr_eq(now, turn),
+            (Some(_), None) => false,
+        }
+    }
+
+    /// The order sessions queue in now, if one is kept.
+    fn phase(&self) -> Option<Arc<Phase>> {
+        if !self.releasing.load(SeqCst) {
+            return None;
+        }
+        lock(&self.phase).clone()
+    }
+
+    /// Ends `phase`'s order (if it is still the current one): everyone
+    /// queued in it goes.
+    fn end_phase(&self, phase: &Arc<Phase>) {
+        let mut now = lock(&self.phase);
+        if now.as_ref().is_some_and(|p| Arc::ptr_eq(p, phase)) {
+            *now = None;
+            self.releasing.store(false, SeqCst);
+        }
+        drop(now);
+        phase.turns.close();
+    }
+
+    /// Ends `phase`'s order once nobody is queued: turns left over mean
+    /// nobody waits for one (the semaphore hands each to a waiter first).
+    fn end_phase_if_idle(&self, phase: &Arc<Phase>) {
+        if phase.until.get().is_some() && phase.turns.available_permits() > 0 {
+            self.end_phase(phase);
+        }
     }
 
     /// A busy session is back at a transaction boundary.
@@ -118,6 +201,15 @@ impl Gate {
             return Err(GateError::AlreadyClosed);
         }
         let generation = self.generation.fetch_add(1, SeqCst) + 1;
+        let phase = Arc::new(Phase {
+            turns: Arc::new(Semaphore::new(0)),
+            until: OnceLock::new(),
+        });
+        let earlier = lock(&self.phase).replace(phase);
+        self.releasing.store(true, SeqCst);
+        if let Some(earlier) = earlier {
+            earlier.turns.close();
+        }
         Ok(Closed {
             gate: self.clone(),
             generation,
@@ -128,6 +220,13 @@ impl Gate {
     pub fn open(&self) -> bool {
         let was = self.closed.swap(false, SeqCst);
         if was {
+            // Bound first: the lock must be let go before the order may end.
+            let phase = lock(&self.phase).clone();
+            if let Some(phase) = phase {
+                let _ = phase.until.set(tokio::time::Instant::now() + RELEASE_IN_ORDER_FOR);
+                phase.turns.add_permits(release_at_once());
+                self.end_phase_if_idle(&phase);
+            }
             self.opened.notify_waiters();
         }
         was
@@ -240,17 +339,38 @@ pub fn reopen_if_generation(gate: &Gate, generation: u64) -> bool {
 }
 
 /// A session's hold on the gate: at most one busy mark, released on drop so a
-/// session that dies mid-transaction never blocks a drain.
-#[derive(Debug)]
+/// session that dies mid-transaction never blocks a drain; and its place in
+/// the reopened gate's order while it waits, then its turn while it works.
 pub struct Busy {
     gate: Arc<Gate>,
     busy: bool,
+    /// The order whose turn this session holds.
+    turn: Option<Arc<Phase>>,
+    /// Its place in an order's queue, kept across [`Busy::wait_turn`] calls.
+    queued: Option<(Arc<Phase>, Queued)>,
+}
+
+type Queued = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
+
+impl std::fmt::Debug for Busy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Busy")
+            .field("busy", &self.busy)
+            .field("turn", &self.turn.is_some())
+            .field("queued", &self.queued.is_some())
+            .finish()
+    }
 }
 
 impl Busy {
     /// Not busy yet.
     pub fn new(gate: Arc<Gate>) -> Busy {
-        Busy { gate, busy: false }
+        Busy {
+            gate,
+            busy: false,
+            turn: None,
+            queued: None,
+        }
     }
 
     /// Whether this session is marked busy.
@@ -258,20 +378,76 @@ impl Busy {
         self.busy
     }
 
-    /// Marks busy if the gate is open; `false` if the session must wait.
+    /// Marks busy if the gate lets this session through; `false` if it
+    /// must wait with [`Busy::wait_turn`].
     pub fn try_enter(&mut self) -> bool {
         if self.busy {
             return true;
         }
-        self.busy = self.gate.try_enter();
+        self.busy = self.gate.try_enter_with(self.turn.as_ref());
+        if !self.busy {
+            // A turn of an order that ended or was replaced by a new close.
+            self.turn = None;
+        }
         self.busy
     }
 
-    /// Back at a boundary.
+    /// Back at a boundary. A session that held a turn of the reopened
+    /// gate's order passes it to the next one queued.
     pub fn leave(&mut self) {
         if self.busy {
             self.busy = false;
             self.gate.leave();
+            if let Some(phase) = self.turn.take() {
+                phase.turns.add_permits(1);
+                self.gate.end_phase_if_idle(&phase);
+            }
+        }
+    }
+
+    /// Waits until [`Busy::try_enter`] may let this session through: the
+    /// gate open, and its turn come if the reopened gate keeps an order.
+    /// Cancel-safe: a session's place in the queue stays when the future is
+    /// dropped, and the next call goes on waiting in it.
+    pub async fn wait_turn(&mut self) {
+        let gate = self.gate.clone();
+        loop {
+            let Some(phase) = gate.phase() else {
+                self.queued = None;
+                gate.wait_open().await;
+                if gate.phase().is_none() {
+                    return;
+                }
+                continue;
+            };
+            if !self.queued.as_ref().is_some_and(|(p, _)| Arc::ptr_eq(p, &phase)) {
+                let acquire: Queued = Box::pin(phase.turns.clone().acquire_owned());
+                self.queued = Some((phase.clone(), acquire));
+            }
+            let (_, acquire) = self.queued.as_mut().expect("just set");
+            let _held = Held::new(&gate.held);
+            let opened = gate.opened.notified();
+            tokio::pin!(opened);
+            opened.as_mut().enable();
+            let until = phase.until.get().copied();
+            let got = tokio::select! {
+                got = acquire => Some(got),
+                _ = async { tokio::time::sleep_until(until.expect("guarded")).await }, if until.is_some() => None,
+                // The reopen sets the order's deadline: look again.
+                _ = &mut opened, if until.is_none() => continue,
+            };
+            self.queued = None;
+            match got {
+                Some(Ok(permit)) => {
+                    permit.forget();
+                    self.turn = Some(phase);
+                }
+                // The order ended (everyone goes) or a new close replaced it.
+                Some(Err(_)) => {}
+                // Waited past the order's end: it ends for everyone.
+                None => gate.end_phase(&phase),
+            }
+            return;
         }
     }
 
@@ -372,5 +548,93 @@ mod tests {
         let _second = gate.close(Duration::from_secs(1)).await.unwrap();
         assert!(!reopen_if_generation(&gate, generation));
         assert!(gate.is_closed());
+    }
+}
+
+#[cfg(test)]
+mod order_tests {
+    use super::*;
+
+    /// A session: waits its turn, enters, works `work`, leaves; returns
+    /// when it entered, from `start`.
+    async fn session(gate: Arc<Gate>, start: tokio::time::Instant, work: Duration) -> Duration {
+        let mut busy = Busy::new(gate);
+        while !busy.try_enter() {
+            busy.wait_turn().await;
+        }
+        let entered = start.elapsed();
+        tokio::time::sleep(work).await;
+        busy.leave();
+        entered
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_reopened_gate_lets_waiters_through_in_order_a_few_at_a_time() {
+        let gate = Gate::new();
+        let closed = gate.close_now().unwrap();
+        let start = tokio::time::Instant::now();
+        let mut sessions = Vec::new();
+        for _ in 0..12 {
+            sessions.push(tokio::spawn(session(gate.clone(), start, Duration::from_millis(2))));
+            // In the order they come (paused time moves a millisecond at a time).
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(gate.held(), 12);
+        let reopened = start.elapsed();
+        drop(closed);
+        let mut entered = Vec::new();
+        for s in sessions {
+            entered.push(s.await.unwrap());
+        }
+        let k = release_at_once();
+        for (i, e) in entered.iter().enumerate() {
+            // Wave by wave, each wave after the last one's work.
+            let wave = (i / k) as u32;
+            let expected = reopened + Duration::from_millis(2) * wave;
+            assert!(
+                e.abs_diff(expected) < Duration::from_micros(500),
+                "session {i} entered at {e:?}, expected about {expected:?}"
+            );
+        }
+        // Nobody queued any more: the next session goes straight in.
+        let mut late = Busy::new(gate.clone());
+        assert!(late.try_enter());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_order_ends_when_its_time_is_up_even_if_turns_are_never_given_back() {
+        let gate = Gate::new();
+        let closed = gate.close_now().unwrap();
+        let start = tokio::time::Instant::now();
+        let k = release_at_once();
+        let mut sessions = Vec::new();
+        for _ in 0..k + 3 {
+            // Each works far longer than the order lasts.
+            sessions.push(tokio::spawn(session(gate.clone(), start, Duration::from_secs(10))));
+            tokio::time::sleep(Duration::from_micros(100)).await;
+        }
+        drop(closed);
+        tokio::time::sleep(RELEASE_IN_ORDER_FOR + Duration::from_millis(1)).await;
+        assert_eq!(gate.busy(), k + 3, "everyone went in once the order's time was up");
+        let mut late = Busy::new(gate.clone());
+        assert!(late.try_enter());
+        for s in sessions {
+            s.abort();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_few_waiters_the_order_ends_at_the_reopen() {
+        let gate = Gate::new();
+        let closed = gate.close_now().unwrap();
+        let start = tokio::time::Instant::now();
+        let one = tokio::spawn(session(gate.clone(), start, Duration::from_millis(1)));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        drop(closed);
+        let entered = one.await.unwrap();
+        assert!(entered <= Duration::from_millis(6), "{entered:?}");
+        let mut next = Busy::new(gate.clone());
+        assert!(next.try_enter(), "no order kept with turns to spare");
     }
 }

@@ -214,7 +214,6 @@ impl<'a> Relay<'a> {
         // the watch's shared waiter list (a lock all sessions contend) every time.
         let shutdown_changed = shutdown.changed();
         tokio::pin!(shutdown_changed);
-        let gate = self.shared.gate.clone();
         let info = self.info.clone();
         let mut client = client.parts();
         let mut server = server.parts();
@@ -304,7 +303,7 @@ impl<'a> Relay<'a> {
                 r = net::write_some(&mut server.write, server.wbuf), if write_server => {
                     r?;
                 }
-                _ = gate.wait_open(), if self.held => {
+                () = self.busy.wait_turn(), if self.held => {
                     if let Some(end) = self.forward_client(&mut client, &mut server)? {
                         return Ok(end);
                     }

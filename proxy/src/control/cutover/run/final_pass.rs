@@ -202,13 +202,13 @@ async fn read_ahead<'a>(
     keys::merge(&mut late_keys, synced.clone());
     let early = KeysCheck::new(mapped, &by_table(&early_keys)).map_err(|e| e.to_string())?;
     let late = KeysCheck::new(mapped, &by_table(&late_keys)).map_err(|e| e.to_string())?;
-    // Both reads go out at once on the source connection.
-    let (early_rows, late_rows) =
-        futures_util::future::try_join(early.read_source(&ready.source), late.read_source(&ready.source))
-            .await
-            .map_err(|e| e.to_string())?;
-    let early = early
-        .compare(&ready.target, early_rows)
+    // Both reads go out at once on the source connection, the early one
+    // first: its comparison starts as soon as its rows are in.
+    let compare_early = async {
+        let rows = early.read_source(&ready.source).await?;
+        early.compare(&ready.target, rows).await
+    };
+    let (early, late_rows) = futures_util::future::try_join(compare_early, late.read_source(&ready.source))
         .await
         .map_err(|e| e.to_string())?;
     Ok(Ahead {

@@ -197,6 +197,10 @@ impl Gate {
 
     /// Closes the gate without waiting; [`Closed::drain`] waits.
     pub fn close_now(self: &Arc<Gate>) -> Result<Closed, GateError> {
+        // Closing and reopening each happen under the order's lock, so that
+        // a close's order is never installed on a gate a racing reopen has
+        // opened (nor a reopen's release given to a close's new order).
+        let mut current = lock(&self.phase);
         if self.closed.compare_exchange(false, true, SeqCst, SeqCst).is_err() {
             return Err(GateError::AlreadyClosed);
         }
@@ -205,8 +209,9 @@ impl Gate {
             turns: Arc::new(Semaphore::new(0)),
             until: OnceLock::new(),
         });
-        let earlier = lock(&self.phase).replace(phase);
+        let earlier = current.replace(phase);
         self.releasing.store(true, SeqCst);
+        drop(current);
         if let Some(earlier) = earlier {
             earlier.turns.close();
         }
@@ -218,14 +223,33 @@ impl Gate {
 
     /// Reopens the gate if it is closed; returns whether it was.
     pub fn open(&self) -> bool {
+        self.open_if(None)
+    }
+
+    /// Reopens the gate if it is closed (by the close numbered
+    /// `generation`, if given).
+    fn open_if(&self, generation: Option<u64>) -> bool {
+        let current = lock(&self.phase);
+        if generation.is_some_and(|g| self.generation.load(SeqCst) != g) {
+            return false;
+        }
+        let phase = current.clone();
+        // The order's end is set before the gate opens: a waiter that sees
+        // the gate open sees when its order ends.
+        if let Some(phase) = &phase {
+            let _ = phase.until.set(tokio::time::Instant::now() + RELEASE_IN_ORDER_FOR);
+        }
         let was = self.closed.swap(false, SeqCst);
         if was {
-            // Bound first: the lock must be let go before the order may end.
-            let phase = lock(&self.phase).clone();
-            if let Some(phase) = phase {
-                let _ = phase.until.set(tokio::time::Instant::now() + RELEASE_IN_ORDER_FOR);
+            if let Some(phase) = &phase {
                 phase.turns.add_permits(release_at_once());
-                self.end_phase_if_idle(&phase);
+            }
+        }
+        // Let go before the order may end, which takes the lock again.
+        drop(current);
+        if was {
+            if let Some(phase) = &phase {
+                self.end_phase_if_idle(phase);
             }
             self.opened.notify_waiters();
         }
@@ -234,9 +258,7 @@ impl Gate {
 
     fn open_generation(&self, generation: u64) {
         // A guard from an earlier close must not reopen a later one.
-        if self.generation.load(SeqCst) == generation {
-            self.open();
-        }
+        self.open_if(Some(generation));
     }
 
     /// How many times the gate has been closed.
@@ -387,9 +409,17 @@ impl Busy {
         self.busy = self.gate.try_enter_with(self.turn.as_ref());
         if !self.busy {
             // A turn of an order that ended or was replaced by a new close.
-            self.turn = None;
+            self.give_back_turn();
         }
         self.busy
+    }
+
+    /// Passes the turn this session holds, if any, to the next one queued.
+    fn give_back_turn(&mut self) {
+        if let Some(phase) = self.turn.take() {
+            phase.turns.add_permits(1);
+            self.gate.end_phase_if_idle(&phase);
+        }
     }
 
     /// Back at a boundary. A session that held a turn of the reopened
@@ -398,10 +428,7 @@ impl Busy {
         if self.busy {
             self.busy = false;
             self.gate.leave();
-            if let Some(phase) = self.turn.take() {
-                phase.turns.add_permits(1);
-                self.gate.end_phase_if_idle(&phase);
-            }
+            self.give_back_turn();
         }
     }
 
@@ -430,6 +457,14 @@ impl Busy {
             tokio::pin!(opened);
             opened.as_mut().enable();
             let until = phase.until.get().copied();
+            if until.is_none() && !gate.is_closed() {
+                // An order on an open gate that no reopen released (closes
+                // and reopens take the same lock, so this is only a guard):
+                // it ends rather than keep anyone waiting.
+                self.queued = None;
+                gate.end_phase(&phase);
+                return;
+            }
             let got = tokio::select! {
                 got = acquire => Some(got),
                 _ = async { tokio::time::sleep_until(until.expect("guarded")).await }, if until.is_some() => None,
@@ -460,6 +495,8 @@ impl Busy {
 impl Drop for Busy {
     fn drop(&mut self) {
         self.leave();
+        // A session that ends (or moves away) with its turn unused.
+        self.give_back_turn();
     }
 }
 
@@ -622,6 +659,38 @@ mod order_tests {
         for s in sessions {
             s.abort();
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_turn_left_unused_passes_to_the_next_waiter() {
+        let gate = Gate::new();
+        let closed = gate.close_now().unwrap();
+        let start = tokio::time::Instant::now();
+        let k = release_at_once();
+        // The first k waiters get their turns and end without using them
+        // (a session closed at the flip, say).
+        let mut first = Vec::new();
+        for _ in 0..k {
+            let mut busy = Busy::new(gate.clone());
+            assert!(!busy.try_enter());
+            first.push(tokio::spawn(async move {
+                busy.wait_turn().await;
+                drop(busy);
+            }));
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let next = tokio::spawn(session(gate.clone(), start, Duration::from_millis(1)));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let reopened = start.elapsed();
+        drop(closed);
+        for f in first {
+            f.await.unwrap();
+        }
+        let entered = next.await.unwrap();
+        assert!(
+            entered < reopened + Duration::from_millis(2),
+            "the next waiter entered at {entered:?}, reopened at {reopened:?}: it waited for the order's end"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -36,6 +36,9 @@ pub(super) fn between(dir: &Path, after: Lsn, upto: Lsn) -> Result<(TableKeys, u
 /// reads only the records written since: opening a reader scans its segment
 /// from the start, megabytes into a busy log, which the pause would pay.
 pub(super) struct Tail {
+    dir: std::path::PathBuf,
+    /// The position it follows from: commits after it.
+    from: Lsn,
     reader: LogReader,
     /// Commits read that the replayer had not confirmed when last seen,
     /// oldest first.
@@ -49,6 +52,8 @@ impl Tail {
     /// A tail of the commits after `after`, read up to the log's end.
     pub(super) fn open(dir: &Path, after: Lsn) -> Result<Tail, LogError> {
         let mut tail = Tail {
+            dir: dir.to_path_buf(),
+            from: after,
             reader: LogReader::open(dir, after.next())?,
             commits: VecDeque::new(),
         };
@@ -65,13 +70,27 @@ impl Tail {
         while self.commits.front().is_some_and(|(lsn, _)| *lsn <= confirmed) {
             self.commits.pop_front();
         }
+        self.from = self.from.max(confirmed);
         Ok(())
     }
 
     /// What [`between`] reads, from the tail: the keys of every commit
-    /// after `after` up to `upto`, with how many were logged. `after` must
-    /// not be below the position the tail was last advanced to.
+    /// after `after` up to `upto`, with how many were logged. From the log
+    /// itself when the tail cannot tell: `after` below where it started or
+    /// last forgot commits (a replayer that restarted from an older
+    /// position), or the tail's segments gone (retention keeping few
+    /// records).
     pub(super) fn between(mut self, after: Lsn, upto: Lsn) -> Result<(TableKeys, u64), LogError> {
+        if after < self.from {
+            return between(&self.dir, after, upto);
+        }
+        match self.read_to(upto) {
+            Ok(()) => Ok(self.keys(after, upto)),
+            Err(_) => between(&self.dir, after, upto),
+        }
+    }
+
+    fn read_to(&mut self, upto: Lsn) -> Result<(), LogError> {
         while let Some(entry) = self.reader.next()? {
             let lsn = entry.lsn;
             if lsn > upto {
@@ -82,6 +101,10 @@ impl Tail {
                 break;
             }
         }
+        Ok(())
+    }
+
+    fn keys(self, after: Lsn, upto: Lsn) -> (TableKeys, u64) {
         let mut keys = TableKeys::new();
         let mut logged = 0;
         for (_, tables) in self.commits.into_iter().filter(|(lsn, _)| *lsn > after && *lsn <= upto) {
@@ -90,7 +113,7 @@ impl Tail {
                 keys.entry(table).or_default().extend(k);
             }
         }
-        Ok((keys, logged))
+        (keys, logged)
     }
 
     fn keep(&mut self, entry: switchyard_replay::log::LogEntry) {
@@ -204,6 +227,23 @@ mod tests {
         assert_eq!(from_tail.1, 80, "two keys for each of the 40 commits after 600");
         assert!(!from_tail.0.values().any(|k| k.contains(&vec![Some("9999".to_owned())])));
         assert!(list_segments_count(dir.path()) > 3, "the log rolled over meanwhile");
+    }
+
+    #[test]
+    fn a_position_below_the_tails_start_is_read_from_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = LogWriter::open(dir.path(), LogOptions::default()).unwrap();
+        for i in 0..50 {
+            writer.append_blocking(commit(i)).unwrap();
+        }
+        let tail = Tail::open(dir.path(), Lsn(40)).unwrap();
+        let marker = writer
+            .append_blocking(Record::Marker(Marker::Freeze { time_micros: 1 }))
+            .unwrap();
+        // The replayer restarted from 30: commits 31..=50 are the final ones.
+        let (keys, logged) = tail.between(Lsn(30), marker).unwrap();
+        assert_eq!((keys, logged), between(dir.path(), Lsn(30), marker).unwrap());
+        assert_eq!(logged, 40);
     }
 
     fn list_segments_count(dir: &Path) -> usize {

@@ -2,7 +2,7 @@
 //! the commits the final pass synced, and a random sample of earlier ones.
 
 use rand::Rng;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use switchyard_replay::log::{Key, LogError, LogReader, Lsn, Record};
 
@@ -15,21 +15,9 @@ pub(super) const SAMPLE_WINDOW: u64 = 200_000;
 /// The keys of every commit after `after` up to `upto`, with how many
 /// keys were logged (before de-duplication).
 pub(super) fn between(dir: &Path, after: Lsn, upto: Lsn) -> Result<(TableKeys, u64), LogError> {
-    let mut keys = TableKeys::new();
-    let mut logged = 0;
-    let mut reader = LogReader::open(dir, after.next())?;
-    while let Some(entry) = reader.next()? {
-        if entry.lsn > upto {
-            break;
-        }
-        if let Record::Commit(c) = entry.record {
-            for t in c.tables {
-                logged += t.keys.len() as u64;
-                keys.entry(t.table).or_default().extend(t.keys);
-            }
-        }
-    }
-    Ok((keys, logged))
+    let mut tail = Tail::at(dir, after)?;
+    tail.read_to(upto)?;
+    Ok(tail.keys(after, upto))
 }
 
 /// The log followed from the end of preflight on, so that the final sync
@@ -40,9 +28,8 @@ pub(super) struct Tail {
     /// The position it follows from: commits after it.
     from: Lsn,
     reader: LogReader,
-    /// Commits read that the replayer had not confirmed when last seen,
-    /// oldest first.
-    commits: VecDeque<(Lsn, CommitKeys)>,
+    /// The commits read, oldest first.
+    commits: Vec<(Lsn, CommitKeys)>,
 }
 
 /// One commit's keys, per table as logged.
@@ -51,35 +38,28 @@ type CommitKeys = Vec<(String, Vec<Key>)>;
 impl Tail {
     /// A tail of the commits after `after`, read up to the log's end.
     pub(super) fn open(dir: &Path, after: Lsn) -> Result<Tail, LogError> {
-        let mut tail = Tail {
-            dir: dir.to_path_buf(),
-            from: after,
-            reader: LogReader::open(dir, after.next())?,
-            commits: VecDeque::new(),
-        };
-        tail.advance(after)?;
+        let mut tail = Tail::at(dir, after)?;
+        while let Some(entry) = tail.reader.next()? {
+            tail.keep(entry);
+        }
         Ok(tail)
     }
 
-    /// Reads what was appended since, and forgets the commits at or below
-    /// `confirmed` (the replayer applied them: no final sync needs them).
-    pub(super) fn advance(&mut self, confirmed: Lsn) -> Result<(), LogError> {
-        while let Some(entry) = self.reader.next()? {
-            self.keep(entry);
-        }
-        while self.commits.front().is_some_and(|(lsn, _)| *lsn <= confirmed) {
-            self.commits.pop_front();
-        }
-        self.from = self.from.max(confirmed);
-        Ok(())
+    /// A tail of the commits after `after`, nothing read yet.
+    fn at(dir: &Path, after: Lsn) -> Result<Tail, LogError> {
+        Ok(Tail {
+            dir: dir.to_path_buf(),
+            from: after,
+            reader: LogReader::open(dir, after.next())?,
+            commits: Vec::new(),
+        })
     }
 
     /// What [`between`] reads, from the tail: the keys of every commit
     /// after `after` up to `upto`, with how many were logged. From the log
-    /// itself when the tail cannot tell: `after` below where it started or
-    /// last forgot commits (a replayer that restarted from an older
-    /// position), or the tail's segments gone (retention keeping few
-    /// records).
+    /// itself when the tail cannot tell: `after` below where it started (a
+    /// replayer that restarted from an older position), or the tail's
+    /// segments gone (retention keeping few records).
     pub(super) fn between(mut self, after: Lsn, upto: Lsn) -> Result<(TableKeys, u64), LogError> {
         if after < self.from {
             return between(&self.dir, after, upto);
@@ -90,6 +70,7 @@ impl Tail {
         }
     }
 
+    /// Reads on up to the record at `upto` (or the log's end).
     fn read_to(&mut self, upto: Lsn) -> Result<(), LogError> {
         while let Some(entry) = self.reader.next()? {
             let lsn = entry.lsn;
@@ -104,6 +85,8 @@ impl Tail {
         Ok(())
     }
 
+    /// The keys of the commits read after `after` up to `upto`, with how
+    /// many were logged.
     fn keys(self, after: Lsn, upto: Lsn) -> (TableKeys, u64) {
         let mut keys = TableKeys::new();
         let mut logged = 0;
@@ -119,7 +102,7 @@ impl Tail {
     fn keep(&mut self, entry: switchyard_replay::log::LogEntry) {
         if let Record::Commit(c) = entry.record {
             let tables = c.tables.into_iter().map(|t| (t.table, t.keys)).collect();
-            self.commits.push_back((entry.lsn, tables));
+            self.commits.push((entry.lsn, tables));
         }
     }
 }
@@ -210,11 +193,10 @@ mod tests {
             append(commit(i));
         }
         // Preflight ends with the replayer at 250: the tail starts there.
-        let mut tail = Tail::open(dir.path(), Lsn(250)).unwrap();
+        let tail = Tail::open(dir.path(), Lsn(250)).unwrap();
         for i in 300..500 {
             append(commit(i));
         }
-        tail.advance(Lsn(420)).unwrap();
         for i in 500..640 {
             append(commit(i));
         }

@@ -54,11 +54,7 @@ impl Run {
         self.report.freeze_lsn = Some(lsn.0);
         let verify = self.report.options.verify;
         let sample = (verify == VerifyMode::Sample).then_some(&ready.sample);
-        let mapped = Mapped {
-            mapping: &ready.mapping,
-            source: &ready.source_catalog,
-            target: &ready.target_catalog,
-        };
+        let mapped = ready.mapped();
         let confirmed = async {
             let r = wait_confirmed(&self.shared, &ready.status, lsn).await;
             (r, Instant::now())
@@ -148,11 +144,7 @@ pub(super) async fn rehearse_verify(ready: &Ready) -> Result<(), String> {
     if keys.is_empty() {
         return Ok(());
     }
-    let mapped = Mapped {
-        mapping: &ready.mapping,
-        source: &ready.source_catalog,
-        target: &ready.target_catalog,
-    };
+    let mapped = ready.mapped();
     let check = KeysCheck::new(mapped, &keys).map_err(|e| e.to_string())?;
     let rows = check.read_source(&ready.source).await.map_err(|e| e.to_string())?;
     check.compare(&ready.target, rows).await.map_err(|e| e.to_string())?;
@@ -244,6 +236,17 @@ fn split_sample(sample: &TableKeys, synced: &TableKeys, followed: impl Fn(&str) 
         }
     }
     (early, late)
+}
+
+impl Ready {
+    /// What the verify reads tables through.
+    fn mapped(&self) -> Mapped<'_> {
+        Mapped {
+            mapping: &self.mapping,
+            source: &self.source_catalog,
+            target: &self.target_catalog,
+        }
+    }
 }
 
 /// The keys as the verify takes them.

@@ -62,9 +62,14 @@ fn draw_panel(area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>, p: 
         .y_label_area_size(70)
         .build_cartesian_2d(-PLOT_BEFORE_S..PLOT_AFTER_S, (Y_FLOOR_MS..top).log_scale())
         .map_err(|e| anyhow!("{e}"))?;
+    let x_desc = if p.recipe.is_empty() {
+        "seconds from the start of the pause (the gate closed)"
+    } else {
+        "seconds from the start of the pause (switchyard: gate closed; recipe: PAUSE sent)"
+    };
     chart
         .configure_mesh()
-        .x_desc("seconds from the start of the pause (switchyard: gate closed; recipe: PAUSE sent)")
+        .x_desc(x_desc)
         .y_desc("latency from the schedule, ms")
         .label_style((FONT, 14))
         .draw()

@@ -11,7 +11,27 @@ use switchyard_proxy::Proxy;
 
 /// switchyard: a PostgreSQL proxy for zero-downtime migrations.
 #[derive(Debug, Parser)]
-#[command(name = "switchyard", version, about, long_about = None)]
+#[command(
+    name = "switchyard",
+    version,
+    about,
+    long_about = None,
+    after_help = "Examples:
+  switchyard demo --seconds 5                          a whole migration on two throwaway servers
+  switchyard check-config --config switchyard.toml     every setting in force
+  switchyard proxy --config switchyard.toml            run the proxy
+  switchyard status --config switchyard.toml           the running proxy at a glance
+  switchyard capture start --config switchyard.toml    then clone, catchup start, verify, cutover
+
+The console commands (status, pause, resume, reconnect, capture, catchup
+start|stop|show, lag, verify, cutover, admin) read the console's address and
+admin login from --config FILE, or take --host, --port, -U and --password.
+
+Exit codes: 0 success; 1 the proxy or a database could not be reached, or
+refused the command; 2 a bad config or bad arguments; 3 a cutover refused at
+preflight (nothing frozen); 4 a cutover called off after the freeze (traffic
+stays on the source); 5 VERIFY found rows that differ."
+)]
 struct Cli {
     /// How log lines are written to stderr: text (plain, coloured only on
     /// a terminal) or json (one object per line, each field its own key).
@@ -63,9 +83,13 @@ fn main() {
         .with_writer(std::io::stderr);
     match cli.log_format {
         cli::LogFormat::Json => logs.json().flatten_event(true).init(),
-        // Colour codes only for a terminal: a log file gets plain text.
+        // Colour codes only for a terminal (and not with NO_COLOR set): a
+        // log file gets plain text.
         cli::LogFormat::Text => logs
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_ansi(
+                std::io::IsTerminal::is_terminal(&std::io::stderr())
+                    && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+            )
             .init(),
     }
     let threads = match &cli.command {
@@ -137,21 +161,23 @@ async fn run(command: Command) -> i32 {
                 }
             }
         }
-        Command::CheckConfig { config } => match cli::load_config(&config) {
-            Ok(c) => {
-                println!("{}: OK; the settings in force (passwords hidden):", config.display());
-                let rows = c.effective();
-                let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-                for (k, v) in rows {
-                    println!("  {k:width$}  {v}");
+        Command::CheckConfig { config } => {
+            match cli::load_config(&config).and_then(|c| c.check_mapping_file().map(|()| c)) {
+                Ok(c) => {
+                    println!("{}: OK; the settings in force (passwords hidden):", config.display());
+                    let rows = c.effective();
+                    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+                    for (k, v) in rows {
+                        println!("  {k:width$}  {v}");
+                    }
+                    0
                 }
-                0
+                Err(e) => {
+                    eprintln!("switchyard: {e}");
+                    2
+                }
             }
-            Err(e) => {
-                eprintln!("switchyard: {e}");
-                2
-            }
-        },
+        }
         Command::Status(console) => with_console(&console, |c| async move { cli::status::run(&c).await }).await,
         Command::Pause { console, timeout } => {
             // The command's console session ends at once, so the pause must
@@ -201,13 +227,37 @@ async fn run(command: Command) -> i32 {
             database,
             console,
         } => run_command(&console, action.command(database.as_deref())).await,
-        Command::Admin { console, command } => match AdminCommand::parse(command.trim().trim_end_matches(';')) {
-            Ok(cmd) => run_command(&console, cmd).await,
-            Err(e) => {
-                eprintln!("switchyard: {e}");
-                2
+        Command::Admin { console, command } => {
+            // `;`-separated, as the console takes them; all parsed before any runs.
+            let parsed: Result<Vec<AdminCommand>, _> = command
+                .split(';')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(AdminCommand::parse)
+                .collect();
+            match parsed {
+                Ok(commands) if !commands.is_empty() => {
+                    with_console(&console, |c| async move {
+                        for command in &commands {
+                            let code = print(cli::console(&c, command).await);
+                            if code != 0 {
+                                return code;
+                            }
+                        }
+                        0
+                    })
+                    .await
+                }
+                Ok(_) => {
+                    eprintln!("switchyard: no console command given, e.g. switchyard admin 'SHOW STATUS'");
+                    2
+                }
+                Err(e) => {
+                    eprintln!("switchyard: {e}");
+                    2
+                }
             }
-        },
+        }
         Command::Cutover(args) => cli::cutover::run(&args).await,
         Command::Verify {
             console,
@@ -335,20 +385,22 @@ mod tests {
         fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
             for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
                 let name = format!("{path} {}", sub.get_name());
-                // A group's examples cover its subcommands.
-                let own = sub
+                let examples = sub
                     .get_after_help()
                     .is_some_and(|h| h.to_string().contains("Examples:"));
-                if sub.get_about().is_none() || (!own && !sub.has_subcommands()) {
+                if sub.get_about().is_none() || !examples {
                     missing.push(name.clone());
                 }
-                if !own {
-                    walk(sub, &name, missing);
-                }
+                walk(sub, &name, missing);
             }
         }
         let mut missing = Vec::new();
         walk(&Cli::command(), "switchyard", &mut missing);
         assert!(missing.is_empty(), "no help with examples: {missing:?}");
+        let top = Cli::command()
+            .get_after_help()
+            .map(|h| h.to_string())
+            .unwrap_or_default();
+        assert!(top.contains("Examples:") && top.contains("Exit codes:"), "{top}");
     }
 }

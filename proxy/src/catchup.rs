@@ -91,6 +91,17 @@ impl Plan {
         let resolved = mapping
             .resolve(&source_catalog, &target_catalog)
             .map_err(CatchupError::Mapping)?;
+        let client = source
+            .connect("catchup check")
+            .await
+            .map_err(|e| CatchupError::Database {
+                what: "cannot connect to the source".into(),
+                message: switchyard_replay::error_text(&e),
+            })?;
+        resolved
+            .check_on_source(&client, &source_catalog)
+            .await
+            .map_err(CatchupError::Mapping)?;
         Ok(Plan {
             source,
             target,
@@ -204,7 +215,7 @@ async fn supervise(
         if started.elapsed() > std::time::Duration::from_secs(60) {
             pause = std::time::Duration::from_secs(1);
         }
-        tracing::error!(%error, retry_in = ?pause, "catch-up stopped; starting it again");
+        tracing::error!(%error, retry_in_ms = pause.as_millis() as u64, "catch-up stopped; starting it again");
         *lock(&retry.error) = Some(error);
         retry.restarts.fetch_add(1, Relaxed);
         tokio::select! {

@@ -14,6 +14,7 @@ use crate::admin::AdminCommand;
 use crate::config::Config;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
+use switchyard_replay::{DbTls, SslMode};
 
 /// `--log-format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -92,8 +93,9 @@ pub enum Command {
     },
     /// Write capture: `start`, `stop` or `show` (CAPTURE START | CAPTURE STOP | SHOW CAPTURE).
     #[command(after_help = "Examples:
-  switchyard capture start --config switchyard.toml
-  switchyard capture show --config switchyard.toml
+  switchyard capture start --config switchyard.toml       the database capture.database names
+  switchyard capture start app --config switchyard.toml   the database app
+  switchyard capture show --config switchyard.toml        state, barrier, log on disk, bypassing sessions
   switchyard capture stop --config switchyard.toml")]
     Capture {
         /// start, stop or show.
@@ -117,6 +119,8 @@ pub enum Command {
     /// proxy, or `run` standalone in the foreground.
     #[command(after_help = "Examples:
   switchyard catchup start --config switchyard.toml
+  switchyard catchup show --config switchyard.toml
+  switchyard catchup stop --config switchyard.toml
   switchyard catchup run --config switchyard.toml --until-caught-up")]
     Catchup {
         /// What to do.
@@ -146,10 +150,12 @@ pub enum Command {
         #[arg(long)]
         rows_per_range: Option<usize>,
     },
-    /// Run any admin console command, e.g. `switchyard admin "SHOW SESSIONS"`.
+    /// Run any admin console command, e.g. `switchyard admin "SHOW SESSIONS"`;
+    /// several `;`-separated run in turn.
     #[command(after_help = "Examples:
   switchyard admin --config switchyard.toml 'SHOW SESSIONS'
-  switchyard admin --config switchyard.toml 'CAPTURE ACK'")]
+  switchyard admin --config switchyard.toml 'SHOW CONFIG; SHOW STATUS'
+  switchyard admin --config switchyard.toml 'SHOW HELP'    every console command")]
     Admin {
         /// How to reach the console.
         #[command(flatten)]
@@ -199,13 +205,22 @@ pub struct CloneArgs {
 #[derive(Debug, Subcommand)]
 pub enum CatchupCommand {
     /// Start catch-up in the running proxy (CATCHUP START).
+    #[command(after_help = "Examples:
+  switchyard catchup start --config switchyard.toml   after the clone and the migration; then switchyard lag")]
     Start(ConsoleArgs),
     /// Stop catch-up in the running proxy (CATCHUP STOP).
+    #[command(after_help = "Examples:
+  switchyard catchup stop --config switchyard.toml    e.g. before more DDL on the target; start it again after")]
     Stop(ConsoleArgs),
-    /// Show catch-up progress and lag (SHOW LAG).
+    /// Show catch-up progress and lag (SHOW LAG), as `switchyard lag`.
+    #[command(after_help = "Examples:
+  switchyard catchup show --config switchyard.toml")]
     Show(ConsoleArgs),
     /// Run catch-up standalone, in the foreground, without a proxy (the
     /// capture log must be readable here). Stops on Ctrl-C.
+    #[command(after_help = "Examples:
+  switchyard catchup run --config switchyard.toml                     until Ctrl-C, a progress line every 5 s
+  switchyard catchup run --config switchyard.toml --until-caught-up   exit 0 once the log is applied")]
     Run {
         /// The proxy's TOML config: [source], [target], [capture] log_dir, [catchup].
         #[arg(short, long, value_name = "FILE")]
@@ -255,6 +270,27 @@ pub struct ConsoleAddr {
     /// Name of the admin database [default: the config's admin_database, else switchyard].
     #[arg(long)]
     pub admin_database: Option<String>,
+    /// TLS towards the proxy, as libpq's sslmode: disable, prefer (TLS
+    /// when the proxy offers it), require, verify-ca or verify-full
+    /// [default: prefer; the certificate is checked only with --sslrootcert].
+    #[arg(long, value_name = "MODE", value_parser = parse_sslmode)]
+    pub sslmode: Option<SslMode>,
+    /// CA certificates (PEM) the proxy's certificate must be signed by.
+    #[arg(long, value_name = "FILE")]
+    pub sslrootcert: Option<String>,
+}
+
+fn parse_sslmode(s: &str) -> Result<SslMode, String> {
+    [
+        SslMode::Disable,
+        SslMode::Prefer,
+        SslMode::Require,
+        SslMode::VerifyCa,
+        SslMode::VerifyFull,
+    ]
+    .into_iter()
+    .find(|m| m.name() == s)
+    .ok_or_else(|| "expected disable, prefer, require, verify-ca or verify-full".to_owned())
 }
 
 /// The console to speak to, resolved.
@@ -270,6 +306,10 @@ pub struct Console {
     pub password: Option<String>,
     /// The admin database.
     pub admin_database: String,
+    /// TLS towards the proxy.
+    pub sslmode: SslMode,
+    /// CA certificates to check the proxy's certificate against.
+    pub sslrootcert: Option<String>,
 }
 
 impl ConsoleArgs {
@@ -310,6 +350,8 @@ impl ConsoleAddr {
                 .clone()
                 .or_else(|| config.map(|c| c.admin_database.clone()))
                 .unwrap_or_else(|| "switchyard".to_owned()),
+            sslmode: self.sslmode.unwrap_or_default(),
+            sslrootcert: self.sslrootcert.clone(),
         }
     }
 }
@@ -340,28 +382,40 @@ pub enum ConsoleError {
 pub async fn console_streaming(
     args: &Console,
     command: &AdminCommand,
-    mut on_notice: impl FnMut(&str) + Send + 'static,
+    on_notice: impl FnMut(&str) + Send + 'static,
 ) -> Result<ReplyRows, ConsoleError> {
-    use tokio_postgres::{AsyncMessage, SimpleQueryMessage};
-    let (client, mut conn) = console_config(args)
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| ConsoleError::Unreachable(unreachable(args, &e)))?;
-    let task = tokio::spawn(async move {
-        while let Some(m) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
-            match m {
-                Ok(AsyncMessage::Notice(n)) => on_notice(n.message()),
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
+    use tokio_postgres::SimpleQueryMessage;
+    let tls = DbTls::new(args.sslmode, args.sslrootcert.as_deref())
+        .map_err(|e| ConsoleError::Unreachable(format!("--sslrootcert: {e}")))?;
+    let mut config = console_config(args);
+    config.ssl_mode(match args.sslmode {
+        SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+        SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+        _ => tokio_postgres::config::SslMode::Require,
     });
+    let connect_error = |e: tokio_postgres::Error| ConsoleError::Unreachable(unreachable(args, &e));
+    let (client, task) = match tls.client_config() {
+        None => {
+            let (client, conn) = config.connect(tokio_postgres::NoTls).await.map_err(connect_error)?;
+            (client, drive(conn, on_notice))
+        }
+        Some(tls) => {
+            let tls = tokio_postgres_rustls::MakeRustlsConnect::new(rustls::ClientConfig::clone(tls));
+            let (client, conn) = config.connect(tls).await.map_err(connect_error)?;
+            (client, drive(conn, on_notice))
+        }
+    };
     let messages = client.simple_query(&command.to_string()).await;
     drop(client);
     let _ = task.await;
     let messages = messages.map_err(|e| match e.as_db_error() {
         Some(d) => ConsoleError::Refused(d.code().code().to_owned(), d.message().to_owned()),
-        None => ConsoleError::Unreachable(e.to_string()),
+        None => ConsoleError::Unreachable(format!(
+            "the admin console at {}:{} closed the connection: {}",
+            args.host,
+            args.port,
+            switchyard_replay::error_text(&e)
+        )),
     })?;
     let mut reply = ReplyRows::default();
     for m in messages {
@@ -393,11 +447,40 @@ fn console_config(args: &Console) -> tokio_postgres::Config {
     cfg
 }
 
+/// Drives a console connection on its own task, handing each NOTICE to
+/// `on_notice`; the task ends with the connection.
+fn drive<S, T>(
+    mut conn: tokio_postgres::Connection<S, T>,
+    mut on_notice: impl FnMut(&str) + Send + 'static,
+) -> tokio::task::JoinHandle<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        while let Some(m) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+            match m {
+                Ok(tokio_postgres::AsyncMessage::Notice(n)) => on_notice(n.message()),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    })
+}
+
+/// Why the console could not be reached, and what to check: the proxy's
+/// own words when it refused the login.
 fn unreachable(args: &Console, e: &tokio_postgres::Error) -> String {
-    format!(
-        "cannot reach the admin console at {}:{} as {}: {e}",
-        args.host, args.port, args.user
-    )
+    let at = format!("the admin console at {}:{}", args.host, args.port);
+    match e.as_db_error() {
+        Some(db) => format!("{at} refused {}: {}", args.user, db.message()),
+        None => format!(
+            "cannot reach {at} as {}: {}; is the proxy running there? --config FILE reads its listen \
+             address and admin user (or give --host, --port and -U)",
+            args.user,
+            switchyard_replay::error_text(e)
+        ),
+    }
 }
 
 /// Runs one console command and returns its column names and rows
@@ -509,6 +592,8 @@ mod tests {
                 user: "dba".into(),
                 password: Some("secret".into()),
                 admin_database: "console".into(),
+                sslmode: SslMode::Prefer,
+                sslrootcert: None,
             }
         );
         let flags = ConsoleAddr {
@@ -517,6 +602,8 @@ mod tests {
             user: Some("other".into()),
             password: None,
             admin_database: None,
+            sslmode: None,
+            sslrootcert: None,
         };
         let c = flags.resolve(Some(&config));
         assert_eq!((c.host.as_str(), c.port, c.user.as_str()), ("10.0.0.5", 6500, "other"));

@@ -70,17 +70,18 @@ pub async fn run(config: &Config, options: &CloneOptions, console: &Console) -> 
         );
     }
     wait_for_barrier(console, options.barrier_timeout).await?;
-    hold_log_for_copy(config);
     match options.method {
         Method::Logical => logical(config, options, &bin, &source_pg, &source, source_version).await,
-        Method::Physical => physical(options, &bin, &source_pg, &source, source_version, tool_version).await,
+        Method::Physical => physical(config, options, &bin, &source_pg, &source, source_version, tool_version).await,
     }
 }
 
 /// The copy about to be made replays the capture log from its start: hold
 /// the whole log for it (the hold of its replayer, which then moves it on),
 /// so that retention does not delete what it needs while another replayer
-/// confirms. A log directory not on this machine is only warned about.
+/// confirms. Taken once every check has passed, just before the copy: a
+/// refused clone leaves the holds as they were. A log directory not on
+/// this machine is only warned about.
 fn hold_log_for_copy(config: &Config) {
     let Ok(target) = config.target_connection("switchyard clone") else {
         return;
@@ -172,6 +173,7 @@ async fn logical(
             options.dir.display()
         );
     }
+    hold_log_for_copy(config);
     let tables = table_sizes(source).await?;
     let total_bytes: u64 = tables.iter().map(|t| t.bytes).sum();
 
@@ -233,6 +235,7 @@ async fn logical(
 }
 
 async fn physical(
+    config: &Config,
     options: &CloneOptions,
     bin: &Binaries,
     source_pg: &Dsn,
@@ -266,6 +269,7 @@ async fn physical(
             options.dir.display()
         );
     }
+    hold_log_for_copy(config);
     let total: i64 = source
         .query_one(
             "SELECT sum(pg_database_size(oid))::bigint FROM pg_database WHERE datallowconn",

@@ -73,7 +73,7 @@ impl AuthMethod {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Address clients connect to. Default `127.0.0.1:6432`.
-    #[serde(default = "default_listen")]
+    #[serde(default = "default_listen", deserialize_with = "socket_addr")]
     pub listen: SocketAddr,
     /// Name of the virtual database that is the admin console. Default `switchyard`.
     #[serde(default = "default_admin_database")]
@@ -353,6 +353,7 @@ pub const MAX_TIMEOUT_MS: u64 = 86_400_000;
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Address of the HTTP endpoint serving `/metrics`; off when absent.
+    #[serde(default, deserialize_with = "some_socket_addr")]
     pub listen: Option<SocketAddr>,
 }
 
@@ -576,6 +577,22 @@ impl Config {
         })?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Reads `catchup.mapping`, if set, and checks its syntax and keys
+    /// (`check-config`; catch-up checks it against both catalogs when it
+    /// starts). Not part of [`Config::load`]: a proxy starts, and serves,
+    /// whatever the catch-up file holds.
+    pub fn check_mapping_file(&self) -> Result<(), ConfigError> {
+        match &self.catchup.mapping {
+            None => Ok(()),
+            Some(path) => switchyard_replay::mapping::Mapping::load(path)
+                .map(drop)
+                .map_err(|e| ConfigError::Invalid {
+                    key: "catchup.mapping".into(),
+                    message: e.to_string(),
+                }),
+        }
     }
 
     /// Checks values that parse but cannot work.
@@ -934,6 +951,21 @@ fn pg_config(
     Ok(Dsn::new(pg, tls.clone()))
 }
 
+/// An `ip:port` address; the error says what form is wanted (a host name
+/// is not resolved: the address is bound).
+fn socket_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "`{text}` is not an IP address and port: write e.g. \"127.0.0.1:6432\", \"0.0.0.0:6432\" or \"[::1]:6432\" (a host name is not accepted)"
+        ))
+    })
+}
+
+fn some_socket_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    socket_addr(d).map(Some)
+}
+
 /// Whether a stored password is an md5 hash (`md5` + 32 hex digits).
 pub fn is_md5_hash(p: &str) -> bool {
     p.len() == 35 && p.starts_with("md5") && p[3..].bytes().all(|b| b.is_ascii_hexdigit())
@@ -1052,6 +1084,23 @@ mod tests {
         let c = Config::parse(text, "switchyard.example.toml").unwrap();
         assert_eq!(c.auth.method, AuthMethod::ScramSha256);
         assert!(c.user("admin").is_some_and(|u| u.admin));
+        // Capture, catch-up and the cutover can log in with what it sets.
+        c.source_control("t").unwrap();
+        c.target_connection("t").unwrap();
+    }
+
+    #[test]
+    fn docker_config_is_valid_and_names_every_login() {
+        let text = include_str!("../../docker/switchyard.toml");
+        let c = Config::parse(text, "docker/switchyard.toml").unwrap();
+        assert!(c.users.iter().any(|u| u.admin));
+        for (what, pg) in [
+            ("source", c.source_control("t").unwrap()),
+            ("target", c.target_connection("t").unwrap()),
+        ] {
+            // The postgres image asks for a password over TCP.
+            assert!(pg.pg.get_password().is_some(), "no {what} password");
+        }
     }
 
     #[test]
@@ -1068,6 +1117,37 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("limits.max_clients"), "{e}");
+    }
+
+    #[test]
+    fn check_config_reads_the_mapping_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mapping.toml");
+        let mut c = Config::parse("[source]\nhost = \"h\"\n[auth]\nmethod = \"trust\"\n", "t").unwrap();
+        c.check_mapping_file().unwrap();
+        c.catchup.mapping = Some(path.clone());
+        let e = c.check_mapping_file().unwrap_err().to_string();
+        assert!(e.contains("catchup.mapping") && e.contains("mapping.toml"), "{e}");
+        std::fs::write(&path, "[tables.person.colums]\nfull_name = \"name\"\n").unwrap();
+        let e = c.check_mapping_file().unwrap_err().to_string();
+        assert!(e.contains("catchup.mapping") && e.contains("colums"), "{e}");
+        std::fs::write(&path, "[tables.person.columns]\nfull_name = \"name\"\n").unwrap();
+        c.check_mapping_file().unwrap();
+    }
+
+    #[test]
+    fn a_listen_address_that_is_not_ip_and_port_says_what_to_write() {
+        let e = Config::parse("listen = \"localhost:6432\"\n[source]\nhost = \"h\"\n", "t").unwrap_err();
+        assert!(e.to_string().contains("127.0.0.1:6432"), "{e}");
+        let e = Config::parse("[source]\nhost = \"h\"\n[metrics]\nlisten = \"9187\"\n", "t").unwrap_err();
+        assert!(e.to_string().contains("not an IP address and port"), "{e}");
+        let c = Config::parse(
+            "listen = \"[::1]:7000\"\n[source]\nhost = \"h\"\n[auth]\nmethod = \"trust\"\n[metrics]\nlisten = \"127.0.0.1:9187\"\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 7000);
+        assert_eq!(c.metrics.listen.map(|a| a.port()), Some(9187));
     }
 
     #[test]

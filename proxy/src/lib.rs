@@ -34,6 +34,5 @@ pub use server::Proxy;
 /// What a failed query or connection says to a DBA: the database's own
 /// message when the database answered, else the error (connect, I/O).
 pub(crate) fn db_message(e: &tokio_postgres::Error) -> String {
-    e.as_db_error()
-        .map_or_else(|| e.to_string(), |d| d.message().to_owned())
+    switchyard_replay::error_message(e)
 }

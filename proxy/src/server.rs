@@ -185,7 +185,9 @@ impl Proxy {
             Ok(None) => {}
             Err(e) => tracing::error!(error = %e, "capture could not be resumed after a restart"),
         }
-        tracing::info!(%addr, metrics = ?metrics_addr, source = %format!("{}:{}", shared.config.source.host, shared.config.source.port), "switchyard proxy listening");
+        let metrics = metrics_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
+        let source = &shared.config.source;
+        tracing::info!(%addr, %metrics, source_host = %source.host, source_port = source.port, "switchyard proxy listening");
         let task = tokio::spawn(serve(listener, shared.clone(), side_tasks));
         Ok(Proxy {
             addr,

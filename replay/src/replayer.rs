@@ -41,7 +41,7 @@ mod hold;
 #[derive(Debug, Error)]
 pub enum ReplayError {
     /// A database call failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {}", crate::error_text(source))]
     Db {
         /// What was being done.
         what: String,

@@ -135,6 +135,8 @@ pub(super) fn cli_console(proxy: &ProxyThread, config: &Config) -> switchyard_pr
         user: ADMIN.to_owned(),
         password: None,
         admin_database: config.admin_database.clone(),
+        sslmode: switchyard_replay::SslMode::Disable,
+        sslrootcert: None,
     }
 }
 

@@ -441,7 +441,7 @@ async fn run_query(shared: &Arc<Shared>, sql: &str, out: &mut bytes::BytesMut, s
     for text in statements {
         let result = match AdminCommand::parse(text) {
             Ok(cmd) => {
-                tracing::info!(command = ?cmd, "admin command");
+                tracing::info!(session, command = %cmd, "admin command");
                 cmd.execute(shared, session).await
             }
             Err(e) => Err(e),
@@ -449,6 +449,7 @@ async fn run_query(shared: &Arc<Shared>, sql: &str, out: &mut bytes::BytesMut, s
         match result {
             Ok(reply) => reply.encode(out),
             Err(e) => {
+                tracing::warn!(session, command = text, sqlstate = e.code(), error = %e, "admin command failed");
                 bmsg::error_response(out, Severity::Error, e.code(), &e.to_string());
                 return;
             }

@@ -46,9 +46,9 @@ pub fn render(status: &StatusReply, capture: &CaptureReply, lag: &LagReply, cuto
     let mut cap = capture.state();
     if let CaptureReply::On(on) = capture {
         cap.push_str(&format!(
-            " on the {} (database {}), {} transaction(s) and {} key(s) logged",
-            on.server.name(),
+            ", database {} on the {}, {} transaction(s) and {} key(s) logged",
             on.database,
+            on.server.name(),
             on.transactions_captured,
             on.keys_captured
         ));
@@ -135,7 +135,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("capture   on on the target (database app), 40 transaction(s) and 90 key(s) logged\n"),
+            text.contains("capture   on, database app on the target, 40 transaction(s) and 90 key(s) logged\n"),
             "{text}"
         );
         assert!(text.contains("catch-up  off\n"), "{text}");
@@ -166,7 +166,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("waiting for barrier on the source (database app), 40 transaction(s) and 90 key(s) logged, 1 session(s) holding the barrier"),
+            text.contains("waiting for barrier, database app on the source, 40 transaction(s) and 90 key(s) logged, 1 session(s) holding the barrier"),
             "{text}"
         );
         assert!(

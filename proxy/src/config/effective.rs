@@ -33,7 +33,10 @@ impl Config {
         let client = |what: &str| format!("(the client's {what})");
         derived("source.database", client("database"));
         derived("source.user", client("user name"));
-        derived("source.password", hidden(false));
+        derived(
+            "source.password",
+            "(unset: the client's password, when [[users]] holds it in clear text)".to_owned(),
+        );
         derived(
             "capture.database",
             match self.capture_database() {
@@ -68,7 +71,7 @@ impl Config {
                 "target.user",
                 match self.control_user() {
                     Some(u) => format!("{u} (from capture.user)"),
-                    None => "(unset: set target.user)".to_owned(),
+                    None => "(unset: set target.user or capture.user)".to_owned(),
                 },
             );
             if target.password.is_none() {
@@ -90,6 +93,9 @@ impl Config {
         }
         derived("catchup.mapping", "(none: same tables and columns by name)".to_owned());
         derived("metrics.listen", "(off)".to_owned());
+        // An empty section whose keys are listed anyway says nothing more.
+        let listed: Vec<String> = rows.iter().map(|(k, _)| k.clone()).collect();
+        rows.retain(|(k, v)| v != "(none)" || !listed.iter().any(|l| l.starts_with(&format!("{k}."))));
         let section = |k: &str| {
             let top = k.split('.').next().unwrap_or(k);
             ORDER.iter().position(|s| *s == top).unwrap_or(ORDER.len())

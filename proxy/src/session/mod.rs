@@ -116,6 +116,7 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr, permi
     let info = registered.info.clone();
     if database == shared.config.admin_database {
         if !shared.users.is_admin(&user) {
+            tracing::warn!(%peer, user = %user, "admin console login refused: not an admin user");
             let r = Refusal::fatal(
                 "28000",
                 format!(

@@ -37,7 +37,7 @@ impl CatalogError {
     pub(crate) fn query(what: &'static str, sql: &str, source: tokio_postgres::Error) -> Self {
         let message = match source.as_db_error() {
             Some(db) => db.message().to_owned(),
-            None => source.to_string(),
+            None => crate::error_message(&source),
         };
         CatalogError::Query {
             what,

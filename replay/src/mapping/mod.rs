@@ -114,6 +114,44 @@ impl Mapping {
     }
 }
 
+impl Resolved {
+    /// Prepares on `source` the statement that reads each table whose
+    /// mapping computes a column with an SQL expression, so that an
+    /// expression the source cannot run (a misspelt column, a missing
+    /// function, a type error) is reported now, naming its table with the
+    /// database's own words, rather than when the first write comes.
+    /// Plain column copies were checked against the catalogs already.
+    pub async fn check_on_source(
+        &self,
+        source: &tokio_postgres::Client,
+        source_catalog: &crate::catalog::Catalog,
+    ) -> Result<(), Vec<MappingError>> {
+        let mut errors = Vec::new();
+        for map in self.tables.values() {
+            if !map.columns.iter().any(|(_, c)| matches!(c, ColumnSource::Expr(_))) {
+                continue;
+            }
+            let sql = rows::read_by_keys_sql(map, source_catalog, std::iter::empty());
+            let types = vec![tokio_postgres::types::Type::TEXT_ARRAY; map.source_key.len()];
+            if let Err(e) = source.prepare_typed(&sql, &types).await {
+                errors.push(MappingError::table(
+                    &map.source.to_string(),
+                    format!(
+                        "its [tables.\"{}\".columns] expressions do not run on the source: {}",
+                        map.source,
+                        crate::error_text(&e)
+                    ),
+                ));
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+}
+
 /// Splits `schema.table` (or `table`, meaning `public`); double quotes
 /// keep case and dots.
 pub(crate) fn split_name(name: &str) -> (String, String) {

@@ -134,6 +134,35 @@ fn resolve_table(src: &Table, spec: &TableSpec, target: &Catalog) -> Result<Tabl
             _ => {}
         }
     }
+    for (c, expr) in &spec.columns {
+        if let ColumnSource::Column(from) = plain_or_expr(expr) {
+            if src.column(&from).is_none() {
+                errors.push(MappingError::column(
+                    &name,
+                    c,
+                    format!("mapped from source column {from}, which {name} does not have"),
+                ));
+            }
+        }
+    }
+    for (c, expr) in &spec.reverse {
+        if src.column(c).is_none() {
+            errors.push(MappingError::column(
+                &name,
+                c,
+                "listed under `reverse` but the source table has no such column",
+            ));
+        }
+        if let ColumnSource::Column(from) = plain_or_expr(expr) {
+            if dst.column(&from).is_none() {
+                errors.push(MappingError::column(
+                    &name,
+                    c,
+                    format!("rebuilt under `reverse` from column {from}, which {target_name} does not have"),
+                ));
+            }
+        }
+    }
     let dropped = |c: &str| spec.drop.iter().any(|d| d == c);
     let mut columns = Vec::new();
     for col in &dst.columns {
@@ -425,6 +454,47 @@ mod tests {
         );
         assert!(
             all.contains("column gone") && all.contains("list it in `drop`"),
+            "{all}"
+        );
+    }
+
+    #[test]
+    fn a_column_copied_from_or_back_to_a_missing_column_is_named() {
+        let text = r#"
+            [tables."t".columns]
+            full_name = "nme"
+            [tables."t".reverse]
+            name = "fulname"
+            gone = "full_name"
+        "#;
+        let m = Mapping::parse(text, "m.toml").unwrap();
+        let src = catalog(vec![table(
+            "t",
+            vec![col("id", true, false), col("name", false, false)],
+            &["id"],
+        )]);
+        let dst = catalog(vec![table(
+            "t",
+            vec![col("id", true, false), col("full_name", false, false)],
+            &["id"],
+        )]);
+        let all: Vec<String> = m
+            .resolve(&src, &dst)
+            .unwrap_err()
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        let all = all.join("\n");
+        assert!(
+            all.contains("column full_name: mapped from source column nme, which public.t does not have"),
+            "{all}"
+        );
+        assert!(
+            all.contains("column name: rebuilt under `reverse` from column fulname, which public.t does not have"),
+            "{all}"
+        );
+        assert!(
+            all.contains("column gone: listed under `reverse` but the source table has no such column"),
             "{all}"
         );
     }

@@ -127,7 +127,7 @@ impl SequenceError {
     pub(crate) fn query(step: SyncStep, source: tokio_postgres::Error) -> Self {
         let message = match source.as_db_error() {
             Some(db) => db.message().to_owned(),
-            None => source.to_string(),
+            None => crate::error_message(&source),
         };
         SequenceError::Query {
             step,

@@ -104,7 +104,7 @@ pub struct Mismatch {
 #[derive(Debug, Error)]
 pub enum VerifyError {
     /// A database call failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {}", crate::error_text(source))]
     Db {
         /// What was being done.
         what: String,

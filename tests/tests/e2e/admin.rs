@@ -237,6 +237,32 @@ async fn console_errors_and_access() -> Result<()> {
     let app = proxy.connect_as("app", None, "postgres").await?;
     let who: String = app.query_one("select current_user::text", &[]).await?.get(0);
     assert_eq!(who, "app");
+
+    // The CLI says why in the proxy's words, and what to check when
+    // nothing answers.
+    let cli = |user: &str, port: u16| {
+        let mut cmd =
+            tokio::process::Command::new(crate::capture_kill::switchyard_binary().expect("switchyard binary"));
+        cmd.args(["status", "--host", "127.0.0.1", "--port", &port.to_string(), "-U", user])
+            .env_remove("PGPASSWORD")
+            .kill_on_drop(true);
+        cmd
+    };
+    let out = cli("app", proxy.port()).output().await?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("refused app") && stderr.contains("set admin = true for it in [[users]]"),
+        "{stderr}"
+    );
+    let nobody = crate::capture_kill::free_port()?;
+    let out = cli("dba", nobody).output().await?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("Connection refused") && stderr.contains("is the proxy running there?"),
+        "{stderr}"
+    );
     Ok(())
 }
 

@@ -79,5 +79,53 @@ async fn mapping_resolves_against_both_catalogs() -> Result<()> {
     ensure!(resolved.reverse_errors().is_empty(), "{:?}", resolved.reverse_errors());
     let tag = resolved.table(&QualifiedName::new("public", "tag")).unwrap();
     ensure!(tag.target_key == vec!["a".to_string(), "b".to_string()]);
+    // Its expressions run on the source.
+    resolved
+        .check_on_source(&src, &src_cat)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+
+    // A copy from a source column that does not exist is named from the
+    // catalogs; a misspelt column inside an expression, by the source.
+    let misspelt = |first_name: &str, owner_id: &str| {
+        Mapping::parse(
+            &format!(
+                r#"
+                [tables.person]
+                drop = ["legacy"]
+                [tables.person.columns]
+                first_name = "{first_name}"
+                last_name = "split_part(name, ' ', 2)"
+                [tables.account]
+                target = "accounts"
+                [tables.account.columns]
+                owner_id = "{owner_id}"
+                "#
+            ),
+            "mapping.toml",
+        )
+    };
+    let errors = misspelt("split_part(name, ' ', 1)", "ownr")?
+        .resolve(&src_cat, &dst_cat)
+        .unwrap_err();
+    let all: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    let all = all.join("\n");
+    ensure!(
+        all.contains("mapping of public.account, column owner_id: mapped from source column ownr, which public.account does not have"),
+        "{all}"
+    );
+    let resolved = misspelt("split_part(nme, ' ', 1)", "owner")?
+        .resolve(&src_cat, &dst_cat)
+        .map_err(|e| anyhow::anyhow!("the catalogs cannot see into an expression: {e:?}"))?;
+    let errors = resolved.check_on_source(&src, &src_cat).await.unwrap_err();
+    let all: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    let all = all.join("\n");
+    ensure!(errors.len() == 1, "{all}");
+    ensure!(
+        all.contains("mapping of public.person:")
+            && all.contains("expressions do not run on the source")
+            && all.contains("\"nme\" does not exist (SQLSTATE 42703)"),
+        "{all}"
+    );
     Ok(())
 }

@@ -122,7 +122,7 @@ impl Run {
                 crate::stats::Stats::bump(&self.shared.stats.cutovers_aborted);
             }
             state => {
-                tracing::info!(id = self.report.id, state = %state.name(), pause_ms = ?self.report.pause_ms, "cutover finished");
+                tracing::info!(id = self.report.id, state = %state.name(), pause_ms = self.report.pause_ms, "cutover finished");
                 if *state == State::Done {
                     crate::stats::Stats::bump(&self.shared.stats.cutovers_done);
                 }

@@ -137,7 +137,7 @@ async fn verify_and_cutover_from_psql_and_the_cli() -> Result<()> {
     ensure!(out.status.code() == Some(0), "{shown}");
     for line in [
         "proxy     serving, traffic to the target",
-        "capture   on on the target (database postgres)",
+        "capture   on, database postgres on the target",
         "cutover   aborted at preflight: traffic is already on [target]",
     ] {
         ensure!(shown.contains(line), "no {line:?} in\n{shown}");

@@ -212,6 +212,94 @@ async fn tls_required_refuses_clear_text_clients() -> Result<()> {
     Ok(())
 }
 
+/// Runs the `switchyard` binary's console command `args` against `proxy`.
+async fn cli(proxy: &TestProxy, login: &str, args: &[&str]) -> Result<std::process::Output> {
+    let mut cmd = tokio::process::Command::new(crate::capture_kill::switchyard_binary()?);
+    cmd.args(args)
+        .args(["--host", "127.0.0.1", "--port"])
+        .arg(proxy.port().to_string())
+        .args(["-U", login])
+        .env_remove("PGPASSWORD")
+        .kill_on_drop(true);
+    Ok(within(Duration::from_secs(60), "the switchyard command", cmd.output()).await??)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_the_cli_reaches_a_console_that_requires_tls() -> Result<()> {
+    init_tracing();
+    let pki = Pki::new("switchyard test CA")?;
+    let other = Pki::new("another CA")?;
+    let cluster = Cluster::start().await?;
+    let proxy = tls_proxy(&cluster, &pki, ClientTls::Require).await?;
+    let login = cluster.superuser();
+    let shown = |o: &std::process::Output| {
+        format!(
+            "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+
+    // By default (prefer) the CLI takes the TLS the proxy offers.
+    let out = cli(&proxy, login, &["status"]).await?;
+    ensure!(out.status.success(), "{}", shown(&out));
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).contains("proxy"),
+        "{}",
+        shown(&out)
+    );
+    let out = cli(&proxy, login, &["admin", "SHOW VERSION; SHOW STATUS"]).await?;
+    ensure!(out.status.success(), "{}", shown(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        stdout.contains("switchyard") && stdout.contains("state"),
+        "{}",
+        shown(&out)
+    );
+
+    // verify-full against the CA that signed the proxy's certificate.
+    let ca = pki.ca_path().display().to_string();
+    let out = cli(
+        &proxy,
+        login,
+        &["lag", "--sslmode", "verify-full", "--sslrootcert", &ca],
+    )
+    .await?;
+    ensure!(out.status.success(), "{}", shown(&out));
+
+    // Another CA: refused, saying why; in clear text: the proxy's words.
+    let wrong = other.ca_path().display().to_string();
+    let out = cli(
+        &proxy,
+        login,
+        &["lag", "--sslmode", "verify-full", "--sslrootcert", &wrong],
+    )
+    .await?;
+    ensure!(out.status.code() == Some(1), "{}", shown(&out));
+    ensure!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot reach the admin console"),
+        "{}",
+        shown(&out)
+    );
+    let out = cli(&proxy, login, &["status", "--sslmode", "disable"]).await?;
+    ensure!(out.status.code() == Some(1), "{}", shown(&out));
+    ensure!(
+        String::from_utf8_lossy(&out.stderr).contains("sslmode=require"),
+        "{}",
+        shown(&out)
+    );
+    // A console command that does not parse is a bad argument.
+    let out = cli(&proxy, login, &["admin", "SHOW VERSION; NO SUCH COMMAND"]).await?;
+    ensure!(out.status.code() == Some(2), "{}", shown(&out));
+    ensure!(
+        out.stdout.is_empty(),
+        "ran before every command parsed: {}",
+        shown(&out)
+    );
+    Ok(())
+}
+
 #[test]
 fn tls_config_errors_say_what_to_fix() -> Result<()> {
     let pki = Pki::new("switchyard test CA")?;

@@ -225,6 +225,12 @@ async fn logical_clone_then_catchup_in_the_proxy_and_standalone() -> Result<()> 
         "{}",
         text(&out)
     );
+    // Refused before the copy: the log is not held for it.
+    ensure!(!text(&out).contains("is held from its start"), "{}", text(&out));
+    let holds: Vec<_> = std::fs::read_dir(f.log_path().join("holds"))
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    ensure!(holds.is_empty(), "a refused clone left holds: {holds:?}");
     target.batch_execute("DROP TABLE stray").await?;
 
     // The clone, with writes going on.

@@ -62,7 +62,7 @@ pub(super) async fn execute(
     if to != shared.router.current().destination && !force {
         return Err(AdminError::State(format!(
             "RECONNECT TO {} moves the applications to another database without syncing it: writes made since \
-             it was last caught up would be missing there. CUTOVER does this safely; add FORCE if this is really meant",
+             it was last caught up would be missing there. CUTOVER does this safely; add FORCE (switchyard reconnect --force) if this is really meant",
             to.name()
         )));
     }

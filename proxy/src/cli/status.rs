@@ -39,7 +39,7 @@ pub fn render(status: &StatusReply, capture: &CaptureReply, lag: &LagReply, cuto
     lines.push((
         "sessions",
         format!(
-            "{} ({} in a transaction, {} held at the gate, {} moved so far)",
+            "{} ({} in a transaction, {} held at the gate, {} moved so far; console sessions included, this one too)",
             status.sessions, status.busy_sessions, status.held_sessions, status.sessions_moved
         ),
     ));
@@ -131,7 +131,7 @@ mod tests {
         );
         assert!(text.contains("proxy     serving, traffic to the target\n"), "{text}");
         assert!(
-            text.contains("sessions  12 (3 in a transaction, 0 held at the gate, 12 moved so far)"),
+            text.contains("sessions  12 (3 in a transaction, 0 held at the gate, 12 moved so far; console sessions included, this one too)"),
             "{text}"
         );
         assert!(

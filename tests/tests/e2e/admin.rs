@@ -135,7 +135,10 @@ async fn config_and_help(admin: &Client, source_port: u16) -> Result<()> {
     );
     assert_eq!(c["admin_database"], "switchyard");
     assert_eq!(c["auth.method"], "trust");
-    assert!(c["source.password"].starts_with("(unset: the client's password"), "{c:?}");
+    assert!(
+        c["source.password"].starts_with("(unset: the client's password"),
+        "{c:?}"
+    );
     // Every section, with what unset settings resolve to.
     assert_eq!(c["catchup.workers"], "4");
     assert_eq!(c["cutover.on_drain_timeout"], "abort");

@@ -452,7 +452,7 @@ impl Run {
             let list: Vec<String> = bypass.iter().map(|(pid, d)| format!("pid {pid} ({d})")).collect();
             return Err(self.fail(format!(
                 "{} session(s) on the source bypass the proxy; their writes are not captured and they would \
-                 stay on the old source: {}; stop them, or add ALLOW_BYPASS once you are sure they do not write",
+                 stay on the old source: {}; stop them, or add ALLOW_BYPASS (switchyard cutover --allow-bypass) once you are sure they do not write",
                 bypass.len(),
                 list.join(", ")
             )));

@@ -237,14 +237,22 @@ async fn run(command: Command) -> i32 {
                 .collect();
             match parsed {
                 Ok(commands) if !commands.is_empty() => {
+                    // In one session, as psql would run them.
                     with_console(&console, |c| async move {
+                        let session = match cli::ConsoleSession::open(&c, |notice| eprintln!("{notice}")).await {
+                            Ok(s) => s,
+                            Err(e) => return print(Err(anyhow::anyhow!("{e}"))),
+                        };
+                        let mut code = 0;
                         for command in &commands {
-                            let code = print(cli::console(&c, command).await);
+                            let reply = session.run(command).await.map_err(|e| anyhow::anyhow!("{e}"));
+                            code = print(reply.map(|r| cli::render_rows(&r)));
                             if code != 0 {
-                                return code;
+                                break;
                             }
                         }
-                        0
+                        session.close().await;
+                        code
                     })
                     .await
                 }

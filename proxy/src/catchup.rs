@@ -91,17 +91,9 @@ impl Plan {
         let resolved = mapping
             .resolve(&source_catalog, &target_catalog)
             .map_err(CatchupError::Mapping)?;
-        let client = source
-            .connect("catchup check")
-            .await
-            .map_err(|e| CatchupError::Database {
-                what: "cannot connect to the source".into(),
-                message: switchyard_replay::error_text(&e),
-            })?;
-        resolved
-            .check_on_source(&client, &source_catalog)
-            .await
-            .map_err(CatchupError::Mapping)?;
+        if resolved.has_expressions() {
+            check_expressions(&source, &resolved, &source_catalog).await?;
+        }
         Ok(Plan {
             source,
             target,
@@ -133,6 +125,30 @@ impl Plan {
         )
         .await
     }
+}
+
+/// Prepares the mapping's expressions on the source (see
+/// [`Resolved::check_on_source`]), waiting on no lock for long: a prepare
+/// waits behind a pending ALTER of its table.
+async fn check_expressions(
+    source: &switchyard_replay::Dsn,
+    resolved: &switchyard_replay::mapping::Resolved,
+    catalog: &Catalog,
+) -> Result<(), CatchupError> {
+    let database = |e: tokio_postgres::Error| CatchupError::Database {
+        what: "cannot check the mapping's expressions on the source".into(),
+        message: switchyard_replay::error_text(&e),
+    };
+    let client = source.connect("catchup check").await.map_err(database)?;
+    client
+        .batch_execute("SET lock_timeout = '5s'")
+        .await
+        .map_err(database)?;
+    resolved
+        .check_on_source(&client, catalog)
+        .await
+        .map_err(database)?
+        .map_err(CatchupError::Mapping)
 }
 
 async fn load_catalog(pg: &switchyard_replay::Dsn, what: &str) -> Result<Catalog, CatchupError> {

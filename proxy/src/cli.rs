@@ -316,7 +316,15 @@ impl ConsoleArgs {
     /// The console these arguments name, reading the config file if given.
     pub fn console(&self) -> Result<Console, crate::config::ConfigError> {
         let config = self.config.as_deref().map(Config::load).transpose()?;
-        Ok(self.addr.resolve(config.as_ref()))
+        let console = self.addr.resolve(config.as_ref());
+        // A bad --sslmode/--sslrootcert pair is a bad argument (exit code 2).
+        DbTls::new(console.sslmode, console.sslrootcert.as_deref()).map_err(|e| {
+            crate::config::ConfigError::Invalid {
+                key: "--sslrootcert".into(),
+                message: format!("{e} (with --sslmode {})", console.sslmode.name()),
+            }
+        })?;
+        Ok(console)
     }
 }
 
@@ -377,6 +385,14 @@ pub enum ConsoleError {
     Refused(String, String),
 }
 
+impl std::fmt::Display for ConsoleError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConsoleError::Unreachable(m) | ConsoleError::Refused(_, m) => f.write_str(m),
+        }
+    }
+}
+
 /// Runs one console command, handing each NOTICE to `on_notice` as it
 /// arrives, and returns the column names and rows of its reply.
 pub async fn console_streaming(
@@ -384,54 +400,84 @@ pub async fn console_streaming(
     command: &AdminCommand,
     on_notice: impl FnMut(&str) + Send + 'static,
 ) -> Result<ReplyRows, ConsoleError> {
-    use tokio_postgres::SimpleQueryMessage;
-    let tls = DbTls::new(args.sslmode, args.sslrootcert.as_deref())
-        .map_err(|e| ConsoleError::Unreachable(format!("--sslrootcert: {e}")))?;
-    let mut config = console_config(args);
-    config.ssl_mode(match args.sslmode {
-        SslMode::Disable => tokio_postgres::config::SslMode::Disable,
-        SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
-        _ => tokio_postgres::config::SslMode::Require,
-    });
-    let connect_error = |e: tokio_postgres::Error| ConsoleError::Unreachable(unreachable(args, &e));
-    let (client, task) = match tls.client_config() {
-        None => {
-            let (client, conn) = config.connect(tokio_postgres::NoTls).await.map_err(connect_error)?;
-            (client, drive(conn, on_notice))
-        }
-        Some(tls) => {
-            let tls = tokio_postgres_rustls::MakeRustlsConnect::new(rustls::ClientConfig::clone(tls));
-            let (client, conn) = config.connect(tls).await.map_err(connect_error)?;
-            (client, drive(conn, on_notice))
-        }
-    };
-    let messages = client.simple_query(&command.to_string()).await;
-    drop(client);
-    let _ = task.await;
-    let messages = messages.map_err(|e| match e.as_db_error() {
-        Some(d) => ConsoleError::Refused(d.code().code().to_owned(), d.message().to_owned()),
-        None => ConsoleError::Unreachable(format!(
-            "the admin console at {}:{} closed the connection: {}",
-            args.host,
-            args.port,
-            switchyard_replay::error_text(&e)
-        )),
-    })?;
-    let mut reply = ReplyRows::default();
-    for m in messages {
-        match m {
-            SimpleQueryMessage::RowDescription(cols) => {
-                reply.columns = cols.iter().map(|c| c.name().to_string()).collect();
+    let session = ConsoleSession::open(args, on_notice).await?;
+    let reply = session.run(command).await;
+    session.close().await;
+    reply
+}
+
+/// One admin console session, for commands that must share it (an
+/// attached PAUSE lasts until the session ends).
+pub struct ConsoleSession {
+    client: tokio_postgres::Client,
+    task: tokio::task::JoinHandle<()>,
+    at: String,
+}
+
+impl ConsoleSession {
+    /// Logs in to the console; each NOTICE goes to `on_notice`.
+    pub async fn open(args: &Console, on_notice: impl FnMut(&str) + Send + 'static) -> Result<Self, ConsoleError> {
+        let tls = DbTls::new(args.sslmode, args.sslrootcert.as_deref())
+            .map_err(|e| ConsoleError::Unreachable(format!("--sslrootcert: {e}")))?;
+        let mut config = console_config(args);
+        config.ssl_mode(match args.sslmode {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            _ => tokio_postgres::config::SslMode::Require,
+        });
+        let connect_error = |e: tokio_postgres::Error| ConsoleError::Unreachable(unreachable(args, &e));
+        let (client, task) = match tls.client_config() {
+            None => {
+                let (client, conn) = config.connect(tokio_postgres::NoTls).await.map_err(connect_error)?;
+                (client, drive(conn, on_notice))
             }
-            SimpleQueryMessage::Row(r) => {
-                reply
-                    .rows
-                    .push((0..r.len()).map(|i| r.get(i).unwrap_or("").to_string()).collect());
+            Some(tls) => {
+                let tls = tokio_postgres_rustls::MakeRustlsConnect::new(rustls::ClientConfig::clone(tls));
+                let (client, conn) = config.connect(tls).await.map_err(connect_error)?;
+                (client, drive(conn, on_notice))
             }
-            _ => {}
-        }
+        };
+        Ok(ConsoleSession {
+            client,
+            task,
+            at: format!("{}:{}", args.host, args.port),
+        })
     }
-    Ok(reply)
+
+    /// Runs one command and returns its reply's columns and rows.
+    pub async fn run(&self, command: &AdminCommand) -> Result<ReplyRows, ConsoleError> {
+        use tokio_postgres::SimpleQueryMessage;
+        let messages = self.client.simple_query(&command.to_string()).await;
+        let messages = messages.map_err(|e| match e.as_db_error() {
+            Some(d) => ConsoleError::Refused(d.code().code().to_owned(), d.message().to_owned()),
+            None => ConsoleError::Unreachable(format!(
+                "the admin console at {} closed the connection: {}",
+                self.at,
+                switchyard_replay::error_text(&e)
+            )),
+        })?;
+        let mut reply = ReplyRows::default();
+        for m in messages {
+            match m {
+                SimpleQueryMessage::RowDescription(cols) => {
+                    reply.columns = cols.iter().map(|c| c.name().to_string()).collect();
+                }
+                SimpleQueryMessage::Row(r) => {
+                    reply
+                        .rows
+                        .push((0..r.len()).map(|i| r.get(i).unwrap_or("").to_string()).collect());
+                }
+                _ => {}
+            }
+        }
+        Ok(reply)
+    }
+
+    /// Logs out, once every NOTICE has been handed on.
+    pub async fn close(self) {
+        drop(self.client);
+        let _ = self.task.await;
+    }
 }
 
 fn console_config(args: &Console) -> tokio_postgres::Config {
@@ -472,15 +518,23 @@ where
 /// own words when it refused the login.
 fn unreachable(args: &Console, e: &tokio_postgres::Error) -> String {
     let at = format!("the admin console at {}:{}", args.host, args.port);
-    match e.as_db_error() {
-        Some(db) => format!("{at} refused {}: {}", args.user, db.message()),
-        None => format!(
-            "cannot reach {at} as {}: {}; is the proxy running there? --config FILE reads its listen \
-             address and admin user (or give --host, --port and -U)",
-            args.user,
-            switchyard_replay::error_text(e)
-        ),
+    if let Some(db) = e.as_db_error() {
+        return format!("{at} refused {}: {}", args.user, db.message());
     }
+    let text = switchyard_replay::error_text(e);
+    let io = std::error::Error::source(e).is_some_and(|c| c.is::<std::io::Error>());
+    let hint = if text.starts_with("error performing TLS handshake") {
+        "; check --sslmode and --sslrootcert (with verify-full, --host must be a name or address the proxy's \
+         certificate holds)"
+    } else if text.contains("password missing") {
+        "; give --password (or PGPASSWORD): the config holds no clear-text password for this user"
+    } else if io {
+        "; is the proxy running there? --config FILE reads its listen address and admin user (or give --host, \
+         --port and -U)"
+    } else {
+        ""
+    };
+    format!("cannot reach {at} as {}: {text}{hint}", args.user)
 }
 
 /// Runs one console command and returns its column names and rows

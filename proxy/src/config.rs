@@ -899,7 +899,9 @@ impl Config {
             .or(self.control_user())
             .ok_or_else(|| ConfigError::Invalid {
                 key: "target.user".into(),
-                message: "no user to log in to the target with: set target.user".into(),
+                message:
+                    "no user to log in to the target with: set target.user (or capture.user, which it defaults to)"
+                        .into(),
             })?;
         let database = target
             .database

@@ -21,14 +21,17 @@ pub use log::{
 };
 
 /// What a failed query or connection says, for an error message: the
-/// database's message with its SQLSTATE, detail and hint when the database
+/// database's message with its SQLSTATE, detail (but for integrity
+/// violations, whose detail quotes row values) and hint when the database
 /// answered; else the driver's error with its causes ("error connecting to
 /// server: Connection refused (os error 111)"), where the driver's own
 /// text alone would say only "db error" or "error connecting to server".
 pub fn error_text(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
         let mut text = format!("{} (SQLSTATE {})", db.message(), db.code().code());
-        if let Some(detail) = db.detail() {
+        // An integrity violation's detail quotes row values ("Key
+        // (email)=(...) already exists"): kept out of logs and replies.
+        if let Some(detail) = db.detail().filter(|_| !db.code().code().starts_with("23")) {
             text.push_str(&format!("; detail: {detail}"));
         }
         if let Some(hint) = db.hint() {

@@ -41,12 +41,13 @@ mod hold;
 #[derive(Debug, Error)]
 pub enum ReplayError {
     /// A database call failed.
-    #[error("{what}: {}", crate::error_text(source))]
+    #[error("{what}: {}", crate::error_text(error))]
     Db {
         /// What was being done.
         what: String,
-        /// The driver's error.
-        source: tokio_postgres::Error,
+        /// The driver's error, rendered in the message (not a `source`:
+        /// a chain printed with `{:#}` would say it twice).
+        error: tokio_postgres::Error,
     },
     /// The log could not be read.
     #[error("capture log: {0}")]
@@ -66,7 +67,7 @@ pub enum ReplayError {
 
 fn db(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> ReplayError {
     let what = what.into();
-    move |source| ReplayError::Db { what, source }
+    move |error| ReplayError::Db { what, error }
 }
 
 /// Replay settings.
@@ -779,9 +780,9 @@ impl Worker {
                         self.committed[self.id].store(batch.upto.0, Relaxed);
                         break;
                     }
-                    Err(ReplayError::Db { source, .. })
+                    Err(ReplayError::Db { error, .. })
                         if attempt < 1_000
-                            && source.code().is_some_and(|c| {
+                            && error.code().is_some_and(|c| {
                                 use tokio_postgres::error::SqlState;
                                 *c == SqlState::T_R_DEADLOCK_DETECTED
                                     || *c == SqlState::T_R_SERIALIZATION_FAILURE

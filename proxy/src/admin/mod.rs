@@ -393,10 +393,13 @@ async fn run_watching(shared: &Arc<Shared>, client: &mut Conn, sql: &str, sessio
             _ => None,
         };
         if let Some(result) = streamed {
-            tracing::info!(command = %text, "admin command");
+            tracing::info!(session, command = %text, "admin command");
             match result {
                 Ok(reply) => reply.encode(&mut out),
-                Err(e) => bmsg::error_response(&mut out, Severity::Error, e.code(), &e.to_string()),
+                Err(e) => {
+                    log_failure(session, text, &e);
+                    bmsg::error_response(&mut out, Severity::Error, e.code(), &e.to_string());
+                }
             }
             client.queue(&out);
             return true;
@@ -431,6 +434,13 @@ async fn run_watching(shared: &Arc<Shared>, client: &mut Conn, sql: &str, sessio
     true
 }
 
+/// Logs a console command that failed: its session, its text (the first
+/// 200 characters), the SQLSTATE and the error.
+fn log_failure(session: u64, text: &str, e: &AdminError) {
+    let shown: String = text.chars().take(200).collect();
+    tracing::warn!(session, command = %shown.escape_debug(), sqlstate = e.code(), error = %e, "admin command failed");
+}
+
 /// Runs each `;`-separated command of a simple query; stops at the first error.
 async fn run_query(shared: &Arc<Shared>, sql: &str, out: &mut bytes::BytesMut, session: u64) {
     let statements: Vec<&str> = sql.split(';').map(str::trim).filter(|s| !s.is_empty()).collect();
@@ -449,7 +459,7 @@ async fn run_query(shared: &Arc<Shared>, sql: &str, out: &mut bytes::BytesMut, s
         match result {
             Ok(reply) => reply.encode(out),
             Err(e) => {
-                tracing::warn!(session, command = text, sqlstate = e.code(), error = %e, "admin command failed");
+                log_failure(session, text, &e);
                 bmsg::error_response(out, Severity::Error, e.code(), &e.to_string());
                 return;
             }

@@ -115,17 +115,27 @@ impl Mapping {
 }
 
 impl Resolved {
+    /// Whether some table's mapping computes a column with an SQL
+    /// expression (which [`Resolved::check_on_source`] checks).
+    pub fn has_expressions(&self) -> bool {
+        self.tables
+            .values()
+            .any(|m| m.columns.iter().any(|(_, c)| matches!(c, ColumnSource::Expr(_))))
+    }
+
     /// Prepares on `source` the statement that reads each table whose
     /// mapping computes a column with an SQL expression, so that an
     /// expression the source cannot run (a misspelt column, a missing
-    /// function, a type error) is reported now, naming its table with the
-    /// database's own words, rather than when the first write comes.
-    /// Plain column copies were checked against the catalogs already.
+    /// function, a type error: SQLSTATE classes 42 and 22) is reported
+    /// now, naming its table with the database's own words, rather than
+    /// when the first write comes. Plain column copies were checked against
+    /// the catalogs already. Any other failure (a lost connection, a lock
+    /// timeout) is the outer error.
     pub async fn check_on_source(
         &self,
         source: &tokio_postgres::Client,
         source_catalog: &crate::catalog::Catalog,
-    ) -> Result<(), Vec<MappingError>> {
+    ) -> Result<Result<(), Vec<MappingError>>, tokio_postgres::Error> {
         let mut errors = Vec::new();
         for map in self.tables.values() {
             if !map.columns.iter().any(|(_, c)| matches!(c, ColumnSource::Expr(_))) {
@@ -133,22 +143,24 @@ impl Resolved {
             }
             let sql = rows::read_by_keys_sql(map, source_catalog, std::iter::empty());
             let types = vec![tokio_postgres::types::Type::TEXT_ARRAY; map.source_key.len()];
-            if let Err(e) = source.prepare_typed(&sql, &types).await {
-                errors.push(MappingError::table(
-                    &map.source.to_string(),
-                    format!(
-                        "its [tables.\"{}\".columns] expressions do not run on the source: {}",
-                        map.source,
-                        crate::error_text(&e)
-                    ),
-                ));
+            match source.prepare_typed(&sql, &types).await {
+                Ok(_) => {}
+                Err(e)
+                    if e.code()
+                        .is_some_and(|c| c.code().starts_with("42") || c.code().starts_with("22")) =>
+                {
+                    errors.push(MappingError::table(
+                        &map.source.to_string(),
+                        format!(
+                            "its expressions under `columns` do not run on the source: {}",
+                            crate::error_text(&e)
+                        ),
+                    ));
+                }
+                Err(e) => return Err(e),
             }
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors)
-        }
+        Ok(if errors.is_empty() { Ok(()) } else { Err(errors) })
     }
 }
 

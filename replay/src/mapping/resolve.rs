@@ -140,25 +140,10 @@ fn resolve_table(src: &Table, spec: &TableSpec, target: &Catalog) -> Result<Tabl
                 errors.push(MappingError::column(
                     &name,
                     c,
-                    format!("mapped from source column {from}, which {name} does not have"),
-                ));
-            }
-        }
-    }
-    for (c, expr) in &spec.reverse {
-        if src.column(c).is_none() {
-            errors.push(MappingError::column(
-                &name,
-                c,
-                "listed under `reverse` but the source table has no such column",
-            ));
-        }
-        if let ColumnSource::Column(from) = plain_or_expr(expr) {
-            if dst.column(&from).is_none() {
-                errors.push(MappingError::column(
-                    &name,
-                    c,
-                    format!("rebuilt under `reverse` from column {from}, which {target_name} does not have"),
+                    format!(
+                        "mapped from source column {from}, which {name} does not have (an SQL expression \
+                         rather than a column goes in parentheses, e.g. \"({from})\")"
+                    ),
                 ));
             }
         }
@@ -234,7 +219,7 @@ fn resolve_table(src: &Table, spec: &TableSpec, target: &Catalog) -> Result<Tabl
     if !errors.is_empty() {
         return Err(errors);
     }
-    let reverse = reverse_columns(&name, src, spec, &columns);
+    let reverse = reverse_columns(&name, src, dst, spec, &columns);
     Ok(TableMap {
         source: src.name.clone(),
         target: target_name,
@@ -246,14 +231,37 @@ fn resolve_table(src: &Table, spec: &TableSpec, target: &Catalog) -> Result<Tabl
 }
 
 /// Source column -> value from the target row: explicit `reverse` entries,
-/// else the inverse of a plain column copy.
+/// else the inverse of a plain column copy. Its errors concern only a
+/// rollback: they are reported, never refused, so forward catch-up runs.
 fn reverse_columns(
     name: &str,
     src: &Table,
+    dst: &Table,
     spec: &TableSpec,
     forward: &[(String, ColumnSource)],
 ) -> Result<Vec<(String, ColumnSource)>, Vec<MappingError>> {
     let mut errors = Vec::new();
+    for (c, expr) in &spec.reverse {
+        if src.column(c).is_none() {
+            errors.push(MappingError::column(
+                name,
+                c,
+                "listed under `reverse` but the source table has no such column",
+            ));
+        }
+        if let ColumnSource::Column(from) = plain_or_expr(expr) {
+            if dst.column(&from).is_none() {
+                errors.push(MappingError::column(
+                    name,
+                    c,
+                    format!(
+                        "rebuilt under `reverse` from column {from}, which {} does not have",
+                        dst.name
+                    ),
+                ));
+            }
+        }
+    }
     let mut out = Vec::new();
     for col in &src.columns {
         if col.generated.is_some() {
@@ -283,9 +291,32 @@ fn reverse_columns(
     }
 }
 
-/// A bare identifier is a column copy; anything else an expression.
+/// Bare words that are SQL values, not column names.
+const VALUE_KEYWORDS: &[&str] = &[
+    "true",
+    "false",
+    "null",
+    "current_date",
+    "current_time",
+    "current_timestamp",
+    "localtime",
+    "localtimestamp",
+    "current_user",
+    "current_role",
+    "session_user",
+    "user",
+    "current_catalog",
+    "current_schema",
+];
+
+/// A bare identifier is a column copy (but for the bare words of SQL that
+/// are values: `true`, `null`, `current_timestamp`...); anything else an
+/// expression.
 fn plain_or_expr(expr: &str) -> ColumnSource {
     let e = expr.trim();
+    if VALUE_KEYWORDS.contains(&e.to_ascii_lowercase().as_str()) {
+        return ColumnSource::Expr(e.to_owned());
+    }
     let bare = !e.is_empty()
         && e.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
         && e.chars()
@@ -489,14 +520,51 @@ mod tests {
             all.contains("column full_name: mapped from source column nme, which public.t does not have"),
             "{all}"
         );
+        // The reverse side's mistakes concern a rollback: reported with
+        // the table's map, not refused.
+        let fixed = Mapping::parse(&text.replace("\"nme\"", "\"name\""), "m.toml").unwrap();
+        let r = fixed.resolve(&src, &dst).unwrap();
+        let reverse: Vec<String> = r.reverse_errors().iter().map(|e| e.to_string()).collect();
+        let reverse = reverse.join("\n");
         assert!(
-            all.contains("column name: rebuilt under `reverse` from column fulname, which public.t does not have"),
-            "{all}"
+            reverse.contains("column name: rebuilt under `reverse` from column fulname, which public.t does not have"),
+            "{reverse}"
         );
         assert!(
-            all.contains("column gone: listed under `reverse` but the source table has no such column"),
-            "{all}"
+            reverse.contains("column gone: listed under `reverse` but the source table has no such column"),
+            "{reverse}"
         );
+    }
+
+    #[test]
+    fn sql_value_words_are_expressions_not_columns() {
+        let text = r#"
+            [tables."t".columns]
+            active = "true"
+            note = "NULL"
+            seen = "current_timestamp"
+        "#;
+        let m = Mapping::parse(text, "m.toml").unwrap();
+        let src = catalog(vec![table("t", vec![col("id", true, false)], &["id"])]);
+        let dst = catalog(vec![table(
+            "t",
+            vec![
+                col("id", true, false),
+                col("active", true, false),
+                col("note", false, false),
+                col("seen", false, false),
+            ],
+            &["id"],
+        )]);
+        let r = m.resolve(&src, &dst).unwrap();
+        let t = r.table(&QualifiedName::new("public", "t")).unwrap();
+        assert!(t
+            .columns
+            .contains(&("active".into(), ColumnSource::Expr("true".into()))));
+        assert!(t.columns.contains(&("note".into(), ColumnSource::Expr("NULL".into()))));
+        assert!(t
+            .columns
+            .contains(&("seen".into(), ColumnSource::Expr("current_timestamp".into()))));
     }
 
     #[test]

@@ -104,12 +104,13 @@ pub struct Mismatch {
 #[derive(Debug, Error)]
 pub enum VerifyError {
     /// A database call failed.
-    #[error("{what}: {}", crate::error_text(source))]
+    #[error("{what}: {}", crate::error_text(error))]
     Db {
         /// What was being done.
         what: String,
-        /// The driver's error.
-        source: tokio_postgres::Error,
+        /// The driver's error, rendered in the message (not a `source`:
+        /// a chain printed with `{:#}` would say it twice).
+        error: tokio_postgres::Error,
     },
     /// A table asked for is not in the mapping.
     #[error("table {0} is not in the mapping; name a source table, or re-resolve the mapping with the current source catalog")]
@@ -130,5 +131,5 @@ pub enum VerifyError {
 
 pub(crate) fn db(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> VerifyError {
     let what = what.into();
-    move |source| VerifyError::Db { what, source }
+    move |error| VerifyError::Db { what, error }
 }

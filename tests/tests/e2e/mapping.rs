@@ -80,9 +80,10 @@ async fn mapping_resolves_against_both_catalogs() -> Result<()> {
     let tag = resolved.table(&QualifiedName::new("public", "tag")).unwrap();
     ensure!(tag.target_key == vec!["a".to_string(), "b".to_string()]);
     // Its expressions run on the source.
+    ensure!(resolved.has_expressions());
     resolved
         .check_on_source(&src, &src_cat)
-        .await
+        .await?
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
 
     // A copy from a source column that does not exist is named from the
@@ -117,13 +118,13 @@ async fn mapping_resolves_against_both_catalogs() -> Result<()> {
     let resolved = misspelt("split_part(nme, ' ', 1)", "owner")?
         .resolve(&src_cat, &dst_cat)
         .map_err(|e| anyhow::anyhow!("the catalogs cannot see into an expression: {e:?}"))?;
-    let errors = resolved.check_on_source(&src, &src_cat).await.unwrap_err();
+    let errors = resolved.check_on_source(&src, &src_cat).await?.unwrap_err();
     let all: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
     let all = all.join("\n");
     ensure!(errors.len() == 1, "{all}");
     ensure!(
         all.contains("mapping of public.person:")
-            && all.contains("expressions do not run on the source")
+            && all.contains("expressions under `columns` do not run on the source")
             && all.contains("\"nme\" does not exist (SQLSTATE 42703)"),
         "{all}"
     );

@@ -31,7 +31,7 @@ impl PositionWatch {
                 let now = match replayer::positions(&c).await {
                     Ok(now) => now,
                     // The replayer has not created its schema yet.
-                    Err(ReplayError::Db { source, .. }) if source.code() == Some(&SqlState::UNDEFINED_TABLE) => {
+                    Err(ReplayError::Db { error, .. }) if error.code() == Some(&SqlState::UNDEFINED_TABLE) => {
                         HashMap::new()
                     }
                     Err(e) => return Err(e.into()),

@@ -258,6 +258,30 @@ async fn tls_the_cli_reaches_a_console_that_requires_tls() -> Result<()> {
         shown(&out)
     );
 
+    // Several commands share one session: an attached PAUSE holds for the
+    // next command and ends with the session.
+    let out = cli(&proxy, login, &["admin", "PAUSE 10s; SHOW STATUS"]).await?;
+    ensure!(out.status.success(), "{}", shown(&out));
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).contains("paused"),
+        "{}",
+        shown(&out)
+    );
+    // (the proxy sees the session end a moment after the command exits)
+    let mut serving = String::new();
+    for _ in 0..20 {
+        let out = cli(&proxy, login, &["status"]).await?;
+        serving = shown(&out);
+        if String::from_utf8_lossy(&out.stdout).contains("serving") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ensure!(
+        serving.contains("serving"),
+        "the session's pause outlived it: {serving}"
+    );
+
     // verify-full against the CA that signed the proxy's certificate.
     let ca = pki.ca_path().display().to_string();
     let out = cli(
@@ -277,8 +301,25 @@ async fn tls_the_cli_reaches_a_console_that_requires_tls() -> Result<()> {
     )
     .await?;
     ensure!(out.status.code() == Some(1), "{}", shown(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(
-        String::from_utf8_lossy(&out.stderr).contains("cannot reach the admin console"),
+        stderr.contains("cannot reach the admin console") && stderr.contains("check --sslmode and --sslrootcert"),
+        "{}",
+        shown(&out)
+    );
+    // verify-full without a CA is a bad argument, as is a CA file that is not there.
+    let out = cli(&proxy, login, &["lag", "--sslmode", "verify-full"]).await?;
+    ensure!(out.status.code() == Some(2), "{}", shown(&out));
+    let missing = pki.path("missing.pem").display().to_string();
+    let out = cli(
+        &proxy,
+        login,
+        &["lag", "--sslmode", "verify-ca", "--sslrootcert", &missing],
+    )
+    .await?;
+    ensure!(out.status.code() == Some(2), "{}", shown(&out));
+    ensure!(
+        String::from_utf8_lossy(&out.stderr).contains("--sslrootcert"),
         "{}",
         shown(&out)
     );

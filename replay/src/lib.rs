@@ -42,8 +42,9 @@ pub fn error_text(e: &tokio_postgres::Error) -> String {
     with_causes(e)
 }
 
-/// `e` followed by each of its causes, ": "-separated.
-fn with_causes(e: &tokio_postgres::Error) -> String {
+/// `e` followed by each of its causes, ": "-separated (for a database's
+/// answer: "db error: ERROR: ...", the server's whole report).
+pub fn with_causes(e: &tokio_postgres::Error) -> String {
     let mut text = e.to_string();
     let mut cause = std::error::Error::source(e);
     while let Some(c) = cause {

@@ -110,12 +110,5 @@ impl Error {
 /// A tokio-postgres error with its causes: its own `Display` says only
 /// "db error", leaving the server's message to `source()`.
 fn pg_error_text(error: &tokio_postgres::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = std::error::Error::source(error);
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
+    switchyard_replay::with_causes(error)
 }

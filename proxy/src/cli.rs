@@ -419,21 +419,17 @@ impl ConsoleSession {
     pub async fn open(args: &Console, on_notice: impl FnMut(&str) + Send + 'static) -> Result<Self, ConsoleError> {
         let tls = DbTls::new(args.sslmode, args.sslrootcert.as_deref())
             .map_err(|e| ConsoleError::Unreachable(format!("--sslrootcert: {e}")))?;
-        let mut config = console_config(args);
-        config.ssl_mode(match args.sslmode {
-            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
-            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
-            _ => tokio_postgres::config::SslMode::Require,
-        });
+        // The mode told to tokio-postgres as for the databases.
+        let dsn = switchyard_replay::Dsn::new(console_config(args), tls);
         let connect_error = |e: tokio_postgres::Error| ConsoleError::Unreachable(unreachable(args, &e));
-        let (client, task) = match tls.client_config() {
+        let (client, task) = match dsn.tls.client_config() {
             None => {
-                let (client, conn) = config.connect(tokio_postgres::NoTls).await.map_err(connect_error)?;
+                let (client, conn) = dsn.pg.connect(tokio_postgres::NoTls).await.map_err(connect_error)?;
                 (client, drive(conn, on_notice))
             }
             Some(tls) => {
                 let tls = tokio_postgres_rustls::MakeRustlsConnect::new(rustls::ClientConfig::clone(tls));
-                let (client, conn) = config.connect(tls).await.map_err(connect_error)?;
+                let (client, conn) = dsn.pg.connect(tls).await.map_err(connect_error)?;
                 (client, drive(conn, on_notice))
             }
         };
@@ -542,9 +538,7 @@ fn unreachable(args: &Console, e: &tokio_postgres::Error) -> String {
 pub async fn console_rows(args: &Console, command: &AdminCommand) -> anyhow::Result<ReplyRows> {
     console_streaming(args, command, |notice| eprintln!("{notice}"))
         .await
-        .map_err(|e| match e {
-            ConsoleError::Unreachable(m) | ConsoleError::Refused(_, m) => anyhow::anyhow!("{m}"),
-        })
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Formats a reply's rows as an aligned text table.

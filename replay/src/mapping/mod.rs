@@ -118,9 +118,7 @@ impl Resolved {
     /// Whether some table's mapping computes a column with an SQL
     /// expression (which [`Resolved::check_on_source`] checks).
     pub fn has_expressions(&self) -> bool {
-        self.tables
-            .values()
-            .any(|m| m.columns.iter().any(|(_, c)| matches!(c, ColumnSource::Expr(_))))
+        self.tables.values().any(TableMap::has_expressions)
     }
 
     /// Prepares on `source` the statement that reads each table whose
@@ -137,10 +135,7 @@ impl Resolved {
         source_catalog: &crate::catalog::Catalog,
     ) -> Result<Result<(), Vec<MappingError>>, tokio_postgres::Error> {
         let mut errors = Vec::new();
-        for map in self.tables.values() {
-            if !map.columns.iter().any(|(_, c)| matches!(c, ColumnSource::Expr(_))) {
-                continue;
-            }
+        for map in self.tables.values().filter(|m| m.has_expressions()) {
             let sql = rows::read_by_keys_sql(map, source_catalog, std::iter::empty());
             let types = vec![tokio_postgres::types::Type::TEXT_ARRAY; map.source_key.len()];
             match source.prepare_typed(&sql, &types).await {

@@ -32,6 +32,13 @@ pub struct TableMap {
     pub reverse: Result<Vec<(String, ColumnSource)>, Vec<MappingError>>,
 }
 
+impl TableMap {
+    /// Whether some target column is computed by an SQL expression.
+    pub fn has_expressions(&self) -> bool {
+        self.columns.iter().any(|(_, c)| matches!(c, ColumnSource::Expr(_)))
+    }
+}
+
 /// A whole mapping, resolved: one entry per source table.
 #[derive(Debug, Clone, Default)]
 pub struct Resolved {
